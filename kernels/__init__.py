@@ -1,0 +1,1 @@
+"""Numba kernels over plain arrays (installed as ``sparsify.kernels``); imports numpy and numba only."""

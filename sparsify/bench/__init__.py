@@ -1,0 +1,1 @@
+"""Benchmark harness: warm-up, repeats, percentiles, JSON/Markdown/PNG."""

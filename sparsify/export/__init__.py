@@ -1,0 +1,1 @@
+"""ONNX export, the ai.sparsify op domain, and verification."""

@@ -1,0 +1,1 @@
+"""Capture of a model and the dependency graph of its coupled channels."""

@@ -1,0 +1,1 @@
+"""Compiler passes: each plans first, then rewrites, and records why it skipped anything."""

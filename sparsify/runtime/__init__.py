@@ -1,0 +1,1 @@
+"""Loads sparse models and runs them; the only importer of sparsify.kernels."""
