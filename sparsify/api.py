@@ -1,0 +1,185 @@
+"""The public functions the CLI maps onto, one per command."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsify.artifact import Run, derive, is_run_dir, load_run, save_run
+from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, make_input_specs, random_inputs
+from sparsify.errors import DataError, ExportError, ModelError
+from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
+from sparsify.finetune import TrainConfig, evaluate, train
+from sparsify.masks import apply_masks, fold_masks
+from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
+from sparsify.modelref import build_model, load_weights, model_ref, read_state_dict
+
+
+@dataclasses.dataclass
+class ModelSource:
+    """Where a model comes from: a run directory, or a reference plus optional weights and inputs."""
+
+    model: str
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    weights: str | None = None
+    data: str | None = None
+    input_shapes: Sequence[str] = ()
+    input_dtypes: Sequence[str] = ()
+
+
+def open_model(src: ModelSource) -> Run:
+    """A run from a run directory, or a fresh (unmasked) run from a model reference."""
+    if is_run_dir(src.model):
+        run = load_run(src.model)
+        if src.weights:
+            raise ModelError(f"--weights cannot be combined with the run directory {src.model}; the run holds its weights")
+        if src.data:
+            run.data = src.data
+        return run
+    if Path(src.model).is_dir():
+        raise ModelError(f"{src.model} is a directory but holds no manifest.json; expected a run directory, "
+                         f"a built-in model ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:attr'")
+    ref = model_ref(src.model, src.model_args)
+    model = build_model(ref)
+    if src.weights:
+        load_weights(model, read_state_dict(src.weights), src.weights)
+    inputs = resolve_inputs(src, ref)
+    return Run(model=model, model_ref=ref, inputs=inputs, data=src.data)
+
+
+def resolve_inputs(src: ModelSource, ref: dict[str, Any]) -> list[InputSpec]:
+    """Input specs from --data, else --input-shape, else the built-in model's known shape."""
+    if src.data:
+        return input_specs_from_data(load_data(src.data).train)
+    if src.input_shapes:
+        return make_input_specs(src.input_shapes, src.input_dtypes)
+    if ref["kind"] == "builtin":
+        return [InputSpec("input", BUILTIN_INPUT_SHAPE, "float32")]
+    raise DataError(f"cannot tell the inputs of model {ref['name']!r}: give --data or --input-shape (e.g. --input-shape 1,3,32,32)")
+
+
+def _need_data(run: Run, data: str | None) -> Splits:
+    ref = data or run.data
+    if not ref:
+        raise DataError("this step needs data: give --data (e.g. --data digits)")
+    run.data = ref
+    return load_data(ref)
+
+
+def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path) -> Run:
+    """Train a model densely on its data and write a run."""
+    run = open_model(src)
+    splits = _need_data(run, src.data)
+    history = train(run.model, splits.train, splits.val, cfg)
+    test = evaluate(run.model, splits.test)
+    step = {"step": "train", "config": dataclasses.asdict(cfg), "data": splits.name}
+    new = derive(run, run.model, step, {"history": history, "test_accuracy": round(test["accuracy"], 4),
+                                        "dense_test_accuracy": round(test["accuracy"], 4)})
+    save_run(new, out)
+    return new
+
+
+def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = None, scope: str = "layer",
+                method: str = "magnitude", targets: str | None = None, ignore: str | None = None,
+                structure: str | None = None, ratio: float | None = None, criterion: str = "l1",
+                round_to: int = 1, min_channels: int = 1, seed: int = 0) -> tuple[Run, Any]:
+    """Plan masks (unstructured, or structured groups), attach them, and write a run; returns (run, plan)."""
+    from sparsify.errors import PruneError
+
+    run = open_model(src)
+    model = run.model
+    if structure is None:
+        from sparsify.pruner import plan_unstructured
+
+        if sparsity is None:
+            raise PruneError("give --sparsity (unstructured) or --structure channel|head with --ratio")
+        plan = plan_unstructured(model, sparsity, scope=scope, method=method, targets=targets, ignore=ignore, seed=seed)
+        step = {"step": "prune", "pattern": "unstructured", "sparsity": sparsity, "scope": scope,
+                "method": method, "targets": targets, "ignore": ignore, "seed": seed}
+    else:
+        from sparsify.structured import plan_structured
+
+        if ratio is None:
+            ratio = sparsity if sparsity is not None else 0.5
+        calib = None
+        if criterion == "taylor":
+            splits = _need_data(run, src.data)
+            from sparsify.data import loader, split_batch
+
+            calib = [(split_batch(b)[0][0], split_batch(b)[1]) for b, _ in zip(loader(splits.train, 64, shuffle=True), range(8))]
+        with torch.no_grad():
+            example = random_inputs(run.inputs)
+        fold_copy = fold_masks(copy.deepcopy(model))
+        plan = plan_structured(fold_copy, example, structure=structure, ratio=ratio, criterion=criterion,
+                               scope=scope, round_to=round_to, min_channels=min_channels, targets=targets,
+                               ignore=ignore, calib_batches=calib, seed=seed)
+        step = {"step": "prune", "pattern": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
+                "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed}
+    existing = run.masks
+    masks = {k: (v & existing[k]) if k in existing else v for k, v in plan.masks.items()}
+    apply_masks(model, masks)
+    metrics: dict[str, Any] = {}
+    if run.data:
+        acc = evaluate(model, load_data(run.data).test)["accuracy"]
+        metrics["test_accuracy"] = round(acc, 4)
+        metrics["pruned_test_accuracy"] = round(acc, 4)
+    new = derive(run, model, step, metrics)
+    save_run(new, out)
+    return new, plan
+
+
+def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None) -> Run:
+    """Fine-tune a pruned run with its masks fixed (optionally distilling from its unpruned self)."""
+    run = load_run(run_path)
+    splits = _need_data(run, data)
+    teacher = None
+    if cfg.distill:
+        teacher = teacher_for(run)
+    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher)
+    test = evaluate(run.model, splits.test)
+    step = {"step": "finetune", "config": dataclasses.asdict(cfg), "data": splits.name}
+    new = derive(run, run.model, step, {"finetune_history": history, "test_accuracy": round(test["accuracy"], 4),
+                                        "finetuned_test_accuracy": round(test["accuracy"], 4)})
+    save_run(new, out)
+    return new
+
+
+def teacher_for(run: Run) -> nn.Module:
+    """The dense teacher: the run's recorded dense parent if known, else the run's weights without masks."""
+    teacher_path = run.metrics.get("teacher_run")
+    if teacher_path and Path(teacher_path).is_dir():
+        return fold_masks(load_run(teacher_path).model).eval()
+    return fold_masks(copy.deepcopy(run.model)).eval()
+
+
+def reference_module(run: Run) -> nn.Module:
+    """The masked model in eval mode with masks folded into plain tensors."""
+    return fold_masks(copy.deepcopy(run.model)).eval()
+
+
+def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """Seeded random inputs at batch 1 and 3, plus a batch of real data when the run knows its data."""
+    sets = {f"random b{b}": [t.numpy() for t in random_inputs(run.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
+    if run.data:
+        from sparsify.data import loader, split_batch
+
+        x, _ = split_batch(next(iter(loader(load_data(run.data).test, 16))))
+        sets["data b16"] = [t.numpy() for t in x]
+    return sets
+
+
+def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
+                 verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                 opset: int | None = None, **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Export a run; verification (on by default) must pass before anything appears at ``out``."""
+    from sparsify.export import pipeline
+
+    run = load_run(run_path)
+    return pipeline.export_run(run, Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
+                               opset=opset, **mode_options)

@@ -1,0 +1,216 @@
+"""The ``sparsify`` command line: a thin layer mapping flags onto sparsify.api."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from sparsify.errors import SparsifyError
+
+
+def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
+    p.add_argument("model", help="built-in model (digits-mlp, digits-cnn, digits-vit), 'package.module:attr', or a run directory")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument for a model factory (repeatable)")
+    p.add_argument("--weights", help=".safetensors file or a state dict readable with torch.load(weights_only=True)")
+    if with_data:
+        p.add_argument("--data", help="'digits', a .npz with x and y, or 'package.module:attr'")
+    p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (repeatable)")
+    p.add_argument("--input-dtype", action="append", default=[], metavar="DTYPE", help="dtype of the inputs (default float32)")
+
+
+def _source(args: argparse.Namespace):
+    from sparsify.api import ModelSource
+    from sparsify.modelref import parse_model_args
+
+    return ModelSource(args.model, parse_model_args(args.model_arg), args.weights, getattr(args, "data", None),
+                       args.input_shape, args.input_dtype)
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _train_config(args: argparse.Namespace, **extra):
+    from sparsify.finetune import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                       batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, **extra)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sparsify.api import train_model
+
+    run = train_model(_source(args), _train_config(args), args.output)
+    print(f"trained {args.model}: test accuracy {run.metrics['test_accuracy']:.2f}% → {args.output}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from sparsify.api import prune_model
+
+    run, plan = prune_model(_source(args), args.output, sparsity=args.sparsity, scope=args.scope, method=args.method,
+                            targets=args.targets, ignore=args.ignore, structure=args.structure, ratio=args.ratio,
+                            criterion=args.criterion, round_to=args.round_to, min_channels=args.min_channels,
+                            seed=args.seed)
+    print(plan)
+    acc = run.metrics.get("pruned_test_accuracy")
+    print(f"pruned run written to {args.output}" + (f"; test accuracy {acc:.2f}%" if acc is not None else ""))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from sparsify.api import finetune_model
+
+    cfg = _train_config(args, distill=args.distill, temperature=args.temperature, alpha=args.alpha)
+    run = finetune_model(args.run, cfg, args.output, data=args.data)
+    print(f"fine-tuned {args.run}: test accuracy {run.metrics['test_accuracy']:.2f}% → {args.output}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sparsify.api import export_model
+
+    options = {}
+    if args.density_threshold is not None:
+        options["density_threshold"] = args.density_threshold
+    if args.target_batch is not None:
+        options["target_batch"] = args.target_batch
+    path, report, summary = export_model(args.run, args.output, fmt=args.format, mode=args.mode,
+                                         verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
+                                         opset=args.opset, **options)
+    if report is not None:
+        print(report.table())
+    for line in summary.get("lines", []):
+        print(line)
+    print(f"wrote {path} ({summary.get('bytes', 0):,} bytes, mode {args.mode})"
+          + ("" if report is not None else " — verification skipped (--no-verify)"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from sparsify.inspect_model import inspect_path
+
+    result = inspect_path(args.path)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sparsify.bench import cli as bench_cli
+
+    return bench_cli.run(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sparsify.runtime.cli import run_file
+
+    return run_file(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sparsify.demo import run_demo
+
+    run_demo(args.output, quick=args.quick, threads=args.threads)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparsify", description="Prune, fine-tune and compile PyTorch models to exact slim or sparse ONNX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model densely on its data and write a run")
+    _add_model_args(p)
+    _add_train_args(p, epochs=20, lr=3e-3)
+    p.add_argument("-o", "--output", required=True, help="run directory to write")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="compute masks and write a pruned run")
+    _add_model_args(p)
+    p.add_argument("--sparsity", type=float, help="unstructured: fraction of weights to zero, in [0, 1)")
+    p.add_argument("--scope", choices=["layer", "global"], default="layer")
+    p.add_argument("--method", choices=["magnitude", "random"], default="magnitude", help="unstructured criterion")
+    p.add_argument("--targets", help="regex over tensor names to prune (default: Linear/Conv/attention weights)")
+    p.add_argument("--ignore", help="regex over tensor names to keep dense")
+    p.add_argument("--structure", choices=["channel", "head"], help="structured pruning of whole channels or heads")
+    p.add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
+    p.add_argument("--criterion", choices=["l1", "l2", "random", "taylor"], default="l1", help="structured importance")
+    p.add_argument("--round-to", type=int, default=1, help="structured: keep a multiple of this many channels")
+    p.add_argument("--min-channels", type=int, default=1, help="structured: keep at least this many channels per group")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="run directory to write")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="fine-tune a pruned run with its masks fixed")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="data reference (default: the run's)")
+    _add_train_args(p, epochs=10, lr=1e-3)
+    p.add_argument("--distill", action="store_true", help="add distillation from the dense teacher")
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
+    p.add_argument("-o", "--output", required=True, help="run directory to write")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("export", help="export a run (verified in ONNX Runtime by default)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torch"], default="onnx")
+    p.add_argument("--mode", choices=["dense", "slim", "sparse"], default="dense")
+    p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--opset", type=int)
+    p.add_argument("--density-threshold", type=float, help="sparse mode: convert layers whose density is below this")
+    p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="measure latency of ONNX models (or runs)")
+    try:
+        from sparsify.bench import cli as bench_cli
+
+        bench_cli.add_arguments(p)
+    except ImportError:
+        p.add_argument("models", nargs="+")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="run a (sparse) ONNX model on .npy inputs")
+    p.add_argument("model")
+    p.add_argument("--input", action="append", required=True, help=".npy file per model input (repeatable, in order)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("-o", "--output", required=True, help=".npy file for the first output")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data")
+    p.add_argument("-o", "--output", default="sparsify-demo", help="output directory")
+    p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SparsifyError as exc:
+        print(f"sparsify {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Dense ONNX export of a torch module (masks folded by the caller) with a dynamic batch axis."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from sparsify.errors import ExportError
+
+DEFAULT_OPSET = 18
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's progress prints and warnings (errors still raise)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path,
+                input_names: Sequence[str], output_names: Sequence[str] | None = None,
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET):
+    """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto."""
+    import onnx
+
+    module = module.eval()
+    inputs = tuple(example_inputs)
+    if dynamic_batch:
+        # A batch of 1 would be specialized by torch.export; export at batch 2 with a symbolic dim.
+        inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        dynamic_shapes = tuple({0: batch} for _ in inputs)
+    else:
+        dynamic_shapes = None
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                module, inputs, None, dynamo=True, input_names=list(input_names),
+                output_names=list(output_names) if output_names else None,
+                dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; name the model and the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
+    proto = program.model_proto
+    onnx.save_model(proto, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX model for {type(module).__name__} fails onnx.checker: {exc}") from exc
+    return proto

@@ -1,0 +1,68 @@
+"""Export a run in a chosen mode, verify it, and only then move it to the destination."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sparsify.artifact import Run
+from sparsify.data import random_inputs
+from sparsify.errors import ExportError
+from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
+from sparsify.export.verify import VerifyReport, ort_runner, torch_runner, verify as verify_outputs
+from sparsify.fileio import atomic_path
+
+MODES = ("dense", "slim", "sparse")
+FORMATS = ("onnx", "torch")
+
+
+def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list[str]:
+    """``output`` for a single output, ``output_i`` for several."""
+    with torch.no_grad():
+        out = module(*example)
+    n = len(out) if isinstance(out, (tuple, list)) else 1
+    return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", verify: bool = True,
+               atol: float, rtol: float, opset: int | None = None, **options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Write ``run`` to ``out`` as ``fmt``/``mode``; returns (path, verification report, summary)."""
+    from sparsify.api import reference_module, verification_inputs
+
+    if mode not in MODES:
+        raise ExportError(f"--mode {mode!r} should be one of {', '.join(MODES)}")
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} should be one of {', '.join(FORMATS)}")
+    if fmt == "torch" and mode != "slim":
+        raise ExportError("--format torch is available for --mode slim only; use --format onnx")
+    reference = reference_module(run)
+    example = random_inputs(run.inputs)
+    input_names = [s.name for s in run.inputs]
+    output_names = output_names_of(reference, example)
+    summary: dict[str, Any] = {"mode": mode, "format": fmt}
+    report: VerifyReport | None = None
+    with atomic_path(out, ExportError) as tmp:
+        candidate: Callable | None = None
+        if mode == "dense":
+            export_onnx(reference, example, tmp, input_names, output_names, opset=opset or DEFAULT_OPSET)
+            candidate = ort_runner(tmp)[0]
+        elif mode == "slim":
+            from sparsify.export.slim_export import export_slim
+
+            candidate, extra = export_slim(run, reference, example, tmp, fmt, input_names, output_names,
+                                           opset=opset or DEFAULT_OPSET, **options)
+            summary.update(extra)
+        else:
+            from sparsify.export.sparse_export import export_sparse
+
+            candidate, extra = export_sparse(run, reference, example, tmp, input_names, output_names,
+                                             opset=opset or DEFAULT_OPSET, **options)
+            summary.update(extra)
+        if verify:
+            report = verify_outputs(torch_runner(reference), candidate, verification_inputs(run),
+                                    f"{out.name} ({mode})", output_names, atol=atol, rtol=rtol)
+            report.raise_if_failed()
+        summary["bytes"] = tmp.stat().st_size
+    return out, report, summary

@@ -1,0 +1,137 @@
+"""Numerical equivalence of a candidate (ONNX file or module) against a reference torch module."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsify.errors import ModelFileError, VerificationError
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+@dataclasses.dataclass
+class OutputError:
+    """Error of one output on one input set."""
+
+    input_set: str
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """Per-output errors of a candidate against the reference, with the tolerances used."""
+
+    candidate: str
+    atol: float
+    rtol: float
+    rows: list[OutputError]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows)
+
+    @property
+    def max_abs(self) -> float:
+        return max((r.max_abs for r in self.rows), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((r.max_rel for r in self.rows), default=0.0)
+
+    def table(self) -> str:
+        head = f"verify {self.candidate} against the masked torch model (atol {self.atol:g}, rtol {self.rtol:g})"
+        lines = [head, f"  {'inputs':<16} {'output':<12} {'shape':<16} {'max abs':>10} {'max rel':>10}  result"]
+        for r in self.rows:
+            lines.append(f"  {r.input_set:<16} {r.output:<12} {str(list(r.shape)):<16} {r.max_abs:>10.3e} "
+                         f"{r.max_rel:>10.3e}  {'ok' if r.ok else 'MISMATCH'}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"candidate": self.candidate, "atol": self.atol, "rtol": self.rtol, "ok": self.ok,
+                "max_abs": self.max_abs, "max_rel": self.max_rel,
+                "rows": [dataclasses.asdict(r) for r in self.rows]}
+
+    def raise_if_failed(self) -> None:
+        if not self.ok:
+            bad = [r for r in self.rows if not r.ok]
+            raise VerificationError(
+                f"{self.candidate} does not match the reference within atol {self.atol:g} / rtol {self.rtol:g}: "
+                + "; ".join(f"{r.output} on {r.input_set}: max abs {r.max_abs:.3e}, max rel {r.max_rel:.3e}" for r in bad)
+                + ".\n" + self.table())
+
+
+def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
+    """(max abs err, max rel err, within |a−e| ≤ atol + rtol·|e| everywhere, shapes equal)."""
+    if expected.shape != actual.shape:
+        return float("inf"), float("inf"), False
+    e, a = expected.astype(np.float64), actual.astype(np.float64)
+    if e.size == 0:
+        return 0.0, 0.0, True
+    diff = np.abs(a - e)
+    finite = np.isfinite(a) == np.isfinite(e)
+    diff = np.where(np.isnan(diff) & ~finite, np.inf, np.nan_to_num(diff, nan=0.0))
+    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
+    ok = bool(np.all(diff <= atol + rtol * np.abs(e)) and np.all(finite))
+    return float(diff.max()), float(rel.max()), ok
+
+
+def torch_runner(module: nn.Module) -> Runner:
+    """Run a torch module on numpy inputs in eval mode without gradients."""
+    module.eval()
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().numpy() for o in outs]
+
+    return run
+
+
+def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
+    """Run an ONNX file in ONNX Runtime (CPU); returns the runner and the output names."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelFileError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+    names = [i.name for i in sess.get_inputs()]
+    outputs = [o.name for o in sess.get_outputs()]
+
+    def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return sess.run(None, {n: np.ascontiguousarray(x) for n, x in zip(names, inputs)})
+
+    return run, outputs
+
+
+def verify(reference: Runner, candidate: Runner, input_sets: dict[str, Sequence[np.ndarray]],
+           candidate_name: str, output_names: Sequence[str] | None = None,
+           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
+    """Compare every output of ``candidate`` with ``reference`` on each named input set."""
+    rows: list[OutputError] = []
+    for set_name, inputs in input_sets.items():
+        expected, actual = reference(inputs), candidate(inputs)
+        if len(expected) != len(actual):
+            raise VerificationError(f"{candidate_name} gives {len(actual)} outputs; the reference gives {len(expected)}")
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            name = output_names[i] if output_names and i < len(output_names) else f"output_{i}"
+            max_abs, max_rel, ok = compare(np.asarray(e), np.asarray(a), atol, rtol)
+            rows.append(OutputError(set_name, name, tuple(np.asarray(e).shape), max_abs, max_rel, ok))
+    return VerifyReport(candidate_name, atol, rtol, rows)

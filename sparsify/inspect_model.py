@@ -1,0 +1,223 @@
+"""Per-layer tables for runs and ONNX files: shape, params, nonzeros, sparsity, pattern, MACs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsify.errors import ModelFileError
+
+
+@dataclasses.dataclass
+class LayerRow:
+    """One tensor of the model."""
+
+    tensor: str
+    shape: tuple[int, ...]
+    params: int
+    nonzeros: int
+    pattern: str
+    macs: int | None = None  # dense multiply-accumulates per sample of the op using the tensor
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / max(1, self.params)
+
+
+@dataclasses.dataclass
+class Inspection:
+    """The table for a whole model plus totals."""
+
+    source: str
+    rows: list[LayerRow]
+    file_bytes: int
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def totals(self) -> dict[str, Any]:
+        params = sum(r.params for r in self.rows)
+        nnz = sum(r.nonzeros for r in self.rows)
+        macs = sum(r.macs or 0 for r in self.rows)
+        eff = sum(int(round((r.macs or 0) * r.nonzeros / max(1, r.params))) for r in self.rows)
+        return {"params": params, "nonzeros": nnz, "sparsity": 1 - nnz / max(1, params),
+                "macs": macs, "nonzero_macs": eff, "file_bytes": self.file_bytes}
+
+    def table(self) -> str:
+        width = max([len(r.tensor) for r in self.rows] + [6])
+        head = f"{'tensor':<{width}}  {'shape':<18} {'params':>10} {'nonzeros':>10} {'sparsity':>8}  {'pattern':<12} {'MACs':>12}"
+        lines = [f"{self.source}", head, "-" * len(head)]
+        for r in self.rows:
+            macs = f"{r.macs:,}" if r.macs is not None else "-"
+            lines.append(f"{r.tensor:<{width}}  {str(list(r.shape)):<18} {r.params:>10,} {r.nonzeros:>10,} "
+                         f"{r.sparsity:>8.2%}  {r.pattern:<12} {macs:>12}")
+        t = self.totals()
+        lines.append("-" * len(head))
+        lines.append(f"{'total':<{width}}  {'':<18} {t['params']:>10,} {t['nonzeros']:>10,} {t['sparsity']:>8.2%}  "
+                     f"{'':<12} {t['macs']:>12,}")
+        lines.append(f"MACs per sample: {t['macs']:,} dense, {t['nonzero_macs']:,} on nonzero weights; "
+                     f"file size {t['file_bytes']:,} bytes")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "totals": self.totals(), "notes": self.notes,
+                "rows": [{**dataclasses.asdict(r), "sparsity": r.sparsity} for r in self.rows]}
+
+
+def classify_pattern(w: np.ndarray) -> str:
+    """dense, unstructured, channel (whole output rows zero), or empty."""
+    nnz = int(np.count_nonzero(w))
+    if nnz == w.size:
+        return "dense"
+    if nnz == 0:
+        return "empty"
+    if w.ndim >= 2:
+        rows = w.reshape(w.shape[0], -1)
+        row_nnz = np.count_nonzero(rows, axis=1)
+        if np.all((row_nnz == 0) | (row_nnz == rows.shape[1])):
+            return "channel"
+        cols = np.count_nonzero(rows, axis=0)
+        if np.all((cols == 0) | (cols == rows.shape[0])):
+            return "in-channel"
+    return "unstructured"
+
+
+def _module_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """Dense MACs per sample of each weight tensor used by Linear / Conv / MultiheadAttention."""
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def hook(name: str, module: nn.Module):
+        def fn(_m, inputs, output):
+            batch = inputs[0].shape[0] if inputs[0].dim() > 1 else 1
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(module, nn.Linear):
+                macs[f"{name}.weight"] = out.numel() // batch * module.in_features
+            elif isinstance(module, nn.modules.conv._ConvNd):
+                k = int(np.prod(module.kernel_size)) * module.in_channels // module.groups
+                macs[f"{name}.weight"] = out.numel() // batch * k
+            elif isinstance(module, nn.MultiheadAttention):
+                tokens = out.numel() // batch // module.embed_dim
+                macs[f"{name}.in_proj_weight"] = tokens * module.embed_dim * 3 * module.embed_dim
+                macs[f"{name}.out_proj.weight"] = tokens * module.embed_dim * module.embed_dim
+        return fn
+
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)):
+            hooks.append(module.register_forward_hook(hook(name, module)))
+    try:
+        with torch.no_grad():
+            model.eval()(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def inspect_run(path: str | Path) -> Inspection:
+    """Table of a run's tensors (masks folded), MACs from one forward pass at batch 1."""
+    from sparsify.api import reference_module
+    from sparsify.artifact import load_run
+    from sparsify.data import random_inputs
+
+    run = load_run(path)
+    model = reference_module(run)
+    macs = _module_macs(model, random_inputs(run.inputs, batch=1))
+    masked = set(run.masks)
+    rows = []
+    for name, t in model.state_dict().items():
+        if not t.is_floating_point() or t.dim() == 0:
+            continue
+        w = t.numpy()
+        rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
+                             classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
+    size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors"])
+
+
+def load_onnx(path: str | Path, load_external: bool = True):
+    """onnx.load with a clear error when the file is missing or not ONNX."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist; expected an ONNX model file")
+    try:
+        model = onnx.load(str(path), load_external_data=load_external)
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not an ONNX model (protobuf parse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    if not model.graph.node and not model.graph.initializer:
+        raise ModelFileError(f"{path} is not an ONNX model: it parses but holds an empty graph")
+    return model
+
+
+def _onnx_macs(model) -> dict[str, int]:
+    """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1)."""
+    import onnx
+    from onnx import shape_inference
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = 1
+    try:
+        m = shape_inference.infer_shapes(m, data_prop=True)
+    except Exception:
+        return {}
+    shapes = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    inits = {i.name: list(i.dims) for i in m.graph.initializer}
+    macs: dict[str, int] = {}
+    for node in m.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
+            out = shapes.get(node.output[0])
+            w = inits[node.input[1]]
+            if out is None:
+                continue
+            if node.op_type == "Conv":
+                macs[node.input[1]] = int(np.prod(out)) * int(np.prod(w[1:]))
+            elif node.op_type == "Gemm":
+                trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+                macs[node.input[1]] = int(np.prod(out)) * (w[1] if trans_b else w[0])
+            else:
+                macs[node.input[1]] = int(np.prod(out)) * w[0]
+    return macs
+
+
+def inspect_onnx(path: str | Path) -> Inspection:
+    """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
+    from onnx import numpy_helper
+
+    model = load_onnx(path)
+    macs = _onnx_macs(model)
+    rows = []
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
+            continue
+        rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
+                             classify_pattern(w), macs.get(init.name)))
+    domains = sorted({n.domain for n in model.graph.node if n.domain})
+    notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
+    return Inspection(str(path), rows, os.path.getsize(path), notes)
+
+
+def inspect_path(path: str | Path) -> Inspection:
+    """Inspect a run directory or an ONNX file."""
+    from sparsify.artifact import is_run_dir
+
+    if is_run_dir(path):
+        return inspect_run(path)
+    if Path(path).is_dir():
+        raise ModelFileError(f"{path} is a directory without manifest.json; expected a run directory or an ONNX file")
+    return inspect_onnx(path)

@@ -1,0 +1,134 @@
+"""Model references: built-in names and ``package.module:attr`` imports, plus weight loading.
+
+A reference is recorded in a run's manifest as ``{"kind": "builtin"|"import", "name": ..., "args": {...}}``
+so that the run can rebuild the module later; weights always come from the run's safetensors.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sparsify.errors import ModelError, SparsifyError
+from sparsify.models import BUILTIN_MODELS, build_builtin
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings → kwargs; values are Python literals when they parse, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ModelError(f"--model-arg {item!r} should look like key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def import_attr(ref: str, error: type[SparsifyError] = ModelError, what: str = "model") -> Any:
+    """Import ``package.module:attr`` (attr may be dotted) and return the attribute."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise error(f"{what} reference {ref!r} should look like 'package.module:attr'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise error(f"{what} reference {ref!r}: module {module_name!r} could not be imported ({type(exc).__name__}: {exc})") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{what} reference {ref!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_model(ref: Mapping[str, Any]) -> nn.Module:
+    """Build the module a manifest reference describes."""
+    kind, name, args = ref.get("kind"), ref.get("name"), dict(ref.get("args") or {})
+    if kind == "builtin":
+        return build_builtin(str(name), **args)
+    if kind == "import":
+        obj = import_attr(str(name))
+        if isinstance(obj, nn.Module):
+            if args:
+                raise ModelError(f"model reference {name!r} is an nn.Module instance; it takes no --model-arg (got {sorted(args)})")
+            return copy.deepcopy(obj)
+        if callable(obj):
+            try:
+                module = obj(**args)
+            except Exception as exc:
+                raise ModelError(f"model factory {name!r} failed with arguments {args}: {type(exc).__name__}: {exc}") from exc
+            if not isinstance(module, nn.Module):
+                raise ModelError(f"model factory {name!r} returned a {type(module).__name__}; expected a torch.nn.Module")
+            return module
+        raise ModelError(f"model reference {name!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one")
+    raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin' or 'import'")
+
+
+def model_ref(spec: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest reference for a ``--model`` value (a built-in name or ``module:attr``)."""
+    if spec in BUILTIN_MODELS:
+        return {"kind": "builtin", "name": spec, "args": dict(args or {})}
+    if ":" in spec:
+        return {"kind": "import", "name": spec, "args": dict(args or {})}
+    raise ModelError(
+        f"unknown built-in model {spec!r}; expected one of {', '.join(sorted(BUILTIN_MODELS))}, "
+        "a run directory, or an import reference 'package.module:attr'"
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from ``.safetensors`` or a ``torch.load(weights_only=True)`` state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"weights file {path} is not a valid safetensors file: {exc}") from exc
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(
+            f"weights file {path} could not be read with torch.load(weights_only=True) "
+            f"(only plain state dicts of tensors are accepted, nothing is unpickled): {exc}"
+        ) from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"weights file {path} should hold a dict of parameter name → tensor")
+    return obj
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load a state dict strictly; any missing, unexpected or mis-shaped key is an error listing them."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes {_short(wrong)}")
+    if problems:
+        raise ModelError(f"weights from {source} do not fit the model: " + "; ".join(problems))
+    model.load_state_dict(dict(state), strict=True)
+
+
+def _short(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return f"[{shown}{', …' if len(items) > limit else ''}] ({len(items)})"

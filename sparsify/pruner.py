@@ -1,0 +1,144 @@
+"""Unstructured pruning: choose target tensors, score them, and plan masks (plan first, apply second)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsify.criteria import get_criterion
+from sparsify.errors import PruneError
+from sparsify.masks import Masks, get_masks
+
+# Modules whose weight matrices are pruning targets by default.
+PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
+
+
+def check_sparsity(sparsity: float) -> float:
+    """Validate a sparsity in [0, 1)."""
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise PruneError(f"sparsity={sparsity!r} should be a float in [0, 1): the fraction of weights set to zero")
+    return float(sparsity)
+
+
+def _compile(regex: str | None, flag: str) -> re.Pattern[str] | None:
+    if regex is None:
+        return None
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise PruneError(f"{flag} {regex!r} is not a valid regular expression: {exc}") from None
+
+
+def _own_tensors(module: nn.Module) -> list[str]:
+    """Names of a module's own parameters, parametrized ones under their plain name."""
+    names = [n for n, t in module._parameters.items() if t is not None]
+    if parametrize.is_parametrized(module):
+        names += list(module.parametrizations.keys())
+    return names
+
+
+def named_weights(model: nn.Module, modules: tuple[type, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Plain fully-qualified name → effective tensor for every ≥2-D parameter (of ``modules`` if given)."""
+    out: dict[str, torch.Tensor] = {}
+    for mname, module in model.named_modules():
+        if modules is not None and not isinstance(module, modules):
+            continue
+        for pname in _own_tensors(module):
+            tensor = getattr(module, pname)
+            if tensor.dim() >= 2:
+                out[f"{mname}.{pname}" if mname else pname] = tensor
+    return out
+
+
+def candidate_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Default targets: the ≥2-D weight matrices of Linear, Conv and MultiheadAttention modules."""
+    return named_weights(model, PRUNABLE_MODULES)
+
+
+def select_targets(model: nn.Module, targets: str | None = None, ignore: str | None = None) -> dict[str, torch.Tensor]:
+    """Tensors to prune: names matching ``targets`` (default: all candidates) and not ``ignore``."""
+    tpat, ipat = _compile(targets, "--targets"), _compile(ignore, "--ignore")
+    candidates = candidate_tensors(model)
+    if tpat is not None:
+        pool = named_weights(model)
+        chosen = {n: t for n, t in pool.items() if tpat.search(n)}
+        if not chosen:
+            raise PruneError(f"--targets {targets!r} matches no prunable tensor; candidates are: "
+                             + ", ".join(sorted(pool)[:20]) + (" …" if len(pool) > 20 else ""))
+    else:
+        chosen = candidates
+    if ipat is not None:
+        chosen = {n: t for n, t in chosen.items() if not ipat.search(n)}
+    if not chosen:
+        raise PruneError("no tensor is left to prune after --ignore " + repr(ignore))
+    return chosen
+
+
+@dataclasses.dataclass
+class UnstructuredPlan:
+    """Masks to apply and the resulting per-tensor sparsity, computed before the model changes."""
+
+    masks: Masks
+    sparsity: float
+    scope: str
+    method: str
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [{"tensor": n, "shape": list(m.shape), "kept": int(m.sum()), "numel": m.numel(),
+                 "sparsity": round(1 - int(m.sum()) / max(1, m.numel()), 4)} for n, m in self.masks.items()]
+
+    def __str__(self) -> str:
+        rows = [f"unstructured {self.method} pruning, {self.scope} scope, target sparsity {self.sparsity:.2%}"]
+        rows += [f"  {r['tensor']:<48} {str(tuple(r['shape'])):<20} sparsity {r['sparsity']:.2%}" for r in self.summary()]
+        return "\n".join(rows)
+
+
+def _keep_top(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Bool mask keeping all but the ``n_prune`` lowest scores (ties broken by position)."""
+    flat = scores.reshape(-1)
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if n_prune > 0:
+        order = torch.argsort(flat, stable=True)
+        keep[order[:n_prune]] = False
+    return keep.reshape(scores.shape)
+
+
+def plan_unstructured(model: nn.Module, sparsity: float, *, scope: str = "layer", method: str = "magnitude",
+                      targets: str | None = None, ignore: str | None = None, seed: int = 0) -> UnstructuredPlan:
+    """Plan masks pruning ``sparsity`` of the selected weights by the chosen criterion.
+
+    Already-pruned weights (an existing mask) stay pruned and count towards the target.
+    """
+    sparsity = check_sparsity(sparsity)
+    if scope not in ("layer", "global"):
+        raise PruneError(f"scope {scope!r} should be 'layer' or 'global'")
+    scorer = get_criterion(method)
+    chosen = select_targets(model, targets, ignore)
+    existing = get_masks(model)
+    gen = torch.Generator().manual_seed(seed)
+    scores = {}
+    for name, tensor in chosen.items():
+        s = scorer(name, tensor, gen)
+        if name in existing:  # pruned weights come first, whatever their score
+            s = torch.where(existing[name], s, torch.full_like(s, -1.0))
+        scores[name] = s
+    masks: Masks = {}
+    if scope == "layer":
+        for name, s in scores.items():
+            masks[name] = _keep_top(s, int(round(sparsity * s.numel())))
+    else:
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        keep = _keep_top(flat, int(round(sparsity * flat.numel())))
+        offset = 0
+        for name, s in scores.items():
+            masks[name] = keep[offset:offset + s.numel()].reshape(s.shape)
+            offset += s.numel()
+    for name in masks:
+        if name in existing:
+            masks[name] &= existing[name]
+    return UnstructuredPlan(masks=masks, sparsity=sparsity, scope=scope, method=method)
