@@ -1,1 +1,19 @@
-"""Numba kernels over plain arrays (installed as ``sparsify.kernels``); imports numpy and numba only."""
+"""Numba kernels over plain arrays (installed as ``sparsify.kernels``); imports numpy and numba only.
+
+Public API:
+- :class:`CSR` (``csr.py``): the sparse weight format; :func:`choose_index_dtype`.
+- :class:`SparseLinear`, :func:`csr_linear` (``spmm.py``): ``act(x @ W.T + b)``.
+- :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight.
+- :func:`set_threads`, :func:`get_threads`, :func:`warmup` (``threads.py``).
+- Errors (``errors.py``): :class:`KernelValueError` and its subclasses
+  :class:`CSRFormatError`, :class:`KernelArgumentError`; the runtime wraps them.
+"""
+
+from .csr import CSR, choose_index_dtype
+from .errors import CSRFormatError, KernelArgumentError, KernelValueError
+from .spmm import SparseLinear, csr_linear
+
+__all__ = [
+    "CSR", "choose_index_dtype", "CSRFormatError", "KernelArgumentError", "KernelValueError",
+    "SparseLinear", "csr_linear",
+]

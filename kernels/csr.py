@@ -1,0 +1,201 @@
+"""The CSR matrix type the kernels consume: arrays, invariants, dense conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CSRFormatError
+
+DATA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def choose_index_dtype(shape: tuple[int, int], nnz: int) -> np.dtype:
+    """int32 while every column index and the nonzero count fit in it, int64 otherwise.
+
+    (int16 column indices were measured no faster than int32 on this machine; see the
+    benchmark notes in ``benchmarks/bench_kernels.py``.)
+    """
+    if max(int(shape[1]), int(nnz)) <= _INT32_MAX:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+class CSR:
+    """A compressed-sparse-row matrix: ``data``, ``indices``, ``indptr`` and ``shape``.
+
+    Row ``r`` holds the values ``data[indptr[r]:indptr[r+1]]`` at the columns
+    ``indices[indptr[r]:indptr[r+1]]``. ``data`` is float32 or float64; ``indices`` and
+    ``indptr`` share one integer dtype, int32 or int64.
+
+    The constructor runs the cheap checks of :meth:`check_format` (dtypes, dimensions,
+    lengths). The O(nnz) checks run on ``check_format(full=True)``; the object remembers
+    that they passed (``fully_checked``), and kernels run them once before first use,
+    because Numba kernels do not bounds-check. The arrays are held as read-only views so
+    the checked invariants cannot be broken through this object.
+    """
+
+    __slots__ = ("data", "indices", "indptr", "shape", "fully_checked")
+
+    def __init__(self, data, indices, indptr, shape: tuple[int, int]) -> None:
+        self.data = _readonly(np.ascontiguousarray(data))
+        self.indices = _readonly(np.ascontiguousarray(indices))
+        self.indptr = _readonly(np.ascontiguousarray(indptr))
+        try:
+            rows, cols = (int(s) for s in shape)
+        except (TypeError, ValueError):
+            raise CSRFormatError(f"shape {shape!r} should be a pair of non-negative integers") from None
+        self.shape = (rows, cols)
+        self.fully_checked = False
+        self.check_format(full=False)
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        """Number of stored values (explicit zeros included)."""
+        return int(self.data.shape[0])
+
+    @property
+    def density(self) -> float:
+        """nnz / (rows * cols); 0.0 for an empty shape."""
+        size = self.shape[0] * self.shape[1]
+        return self.nnz / size if size else 0.0
+
+    @property
+    def dtype(self) -> np.dtype:
+        """dtype of the stored values."""
+        return self.data.dtype
+
+    def __repr__(self) -> str:
+        return (f"CSR(shape={self.shape}, nnz={self.nnz}, density={self.density:.4f}, "
+                f"dtype={self.dtype}, index_dtype={self.indices.dtype})")
+
+    # -- invariants -----------------------------------------------------------------
+    def check_format(self, full: bool = False) -> None:
+        """Raise CSRFormatError unless the invariants hold.
+
+        Always: dtypes, 1-D arrays, ``indptr`` size rows+1, ``indptr[0] == 0``,
+        ``indptr[-1] == len(indices) == len(data)``, indices dtype wide enough.
+        With ``full=True`` also (O(nnz)): ``indptr`` non-decreasing, column indices in
+        ``[0, cols)``, indices strictly increasing within each row (sorted, no
+        duplicates). A passing full check sets ``fully_checked``.
+        """
+        rows, cols = self.shape
+        if rows < 0 or cols < 0:
+            raise CSRFormatError(f"shape {self.shape} should be a pair of non-negative integers")
+        for name in ("data", "indices", "indptr"):
+            a = getattr(self, name)
+            if a.ndim != 1:
+                raise CSRFormatError(f"{name} should be 1-D, got {a.ndim}-D with shape {a.shape}")
+        if self.data.dtype not in DATA_DTYPES:
+            raise CSRFormatError(f"data dtype {self.data.dtype} should be float32 or float64")
+        if self.indices.dtype not in INDEX_DTYPES:
+            raise CSRFormatError(f"indices dtype {self.indices.dtype} should be int32 or int64")
+        if self.indptr.dtype != self.indices.dtype:
+            raise CSRFormatError(
+                f"indptr dtype {self.indptr.dtype} should equal indices dtype {self.indices.dtype}")
+        if self.indptr.shape[0] != rows + 1:
+            raise CSRFormatError(f"indptr size {self.indptr.shape[0]} should be {rows + 1} (rows + 1)")
+        if self.indptr[0] != 0:
+            raise CSRFormatError(f"indptr[0] is {int(self.indptr[0])} but should be 0")
+        nnz = int(self.indptr[-1])
+        if self.indices.shape[0] != nnz:
+            raise CSRFormatError(
+                f"indices size {self.indices.shape[0]} should be {nnz} (indptr[-1])")
+        if self.data.shape[0] != nnz:
+            raise CSRFormatError(f"data size {self.data.shape[0]} should be {nnz} (indptr[-1])")
+        limit = np.iinfo(self.indices.dtype).max
+        if max(cols, nnz) > limit:
+            raise CSRFormatError(
+                f"indices dtype {self.indices.dtype} holds values up to {limit}, "
+                f"but cols is {cols} and nnz is {nnz}")
+        if not full:
+            return
+        lengths = np.diff(self.indptr)
+        bad = np.flatnonzero(lengths < 0)
+        if bad.size:
+            r = int(bad[0])
+            raise CSRFormatError(
+                f"indptr should be non-decreasing, but indptr[{r}] = {int(self.indptr[r])} "
+                f"> indptr[{r + 1}] = {int(self.indptr[r + 1])}")
+        if nnz:
+            idx = self.indices
+            out = np.flatnonzero((idx < 0) | (idx >= cols))
+            if out.size:
+                j = int(out[0])
+                r = int(np.searchsorted(self.indptr, j, side="right")) - 1
+                raise CSRFormatError(
+                    f"column index {int(idx[j])} at indices[{j}] (row {r}) should be in [0, {cols})")
+            # Positions j >= 1 that are not the first entry of their row must exceed idx[j-1].
+            not_first = np.ones(nnz, dtype=bool)
+            starts = self.indptr[:-1][lengths > 0]
+            not_first[starts] = False
+            not_first[0] = False
+            prev_ge = np.zeros(nnz, dtype=bool)
+            prev_ge[1:] = idx[1:] <= idx[:-1]
+            bad = np.flatnonzero(not_first & prev_ge)
+            if bad.size:
+                j = int(bad[0])
+                r = int(np.searchsorted(self.indptr, j, side="right")) - 1
+                what = "duplicate" if idx[j] == idx[j - 1] else "unsorted"
+                raise CSRFormatError(
+                    f"indices of row {r} should be strictly increasing, but indices[{j}] = "
+                    f"{int(idx[j])} follows {int(idx[j - 1])} ({what})")
+        self.fully_checked = True
+
+    # -- conversion -----------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, w, mask=None, index_dtype=None) -> "CSR":
+        """Build a CSR from a 2-D float32/float64 array, dropping zeros.
+
+        ``mask`` (same shape, truthy = keep) drops every masked-out entry; a kept entry
+        that is exactly 0.0 is dropped too. ``index_dtype`` defaults to
+        :func:`choose_index_dtype`. The result is fully checked by construction.
+        """
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise CSRFormatError(f"weight should be 2-D, got {w.ndim}-D with shape {w.shape}")
+        if w.dtype not in DATA_DTYPES:
+            raise CSRFormatError(f"weight dtype {w.dtype} should be float32 or float64")
+        keep = w != 0
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.shape != w.shape:
+                raise CSRFormatError(f"mask shape {mask.shape} should be {w.shape} (the weight's)")
+            keep &= mask.astype(bool)
+        rows_idx, cols_idx = np.nonzero(keep)  # row-major order: sorted within each row
+        nnz = rows_idx.shape[0]
+        if index_dtype is None:
+            index_dtype = choose_index_dtype(w.shape, nnz)
+        index_dtype = np.dtype(index_dtype)
+        indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows_idx, minlength=w.shape[0]), out=indptr[1:])
+        out = cls(w[rows_idx, cols_idx], cols_idx.astype(index_dtype),
+                  indptr.astype(index_dtype), w.shape)
+        out.fully_checked = True
+        return out
+
+    def to_dense(self) -> np.ndarray:
+        """The dense 2-D array (same dtype as ``data``)."""
+        rows, cols = self.shape
+        dense = np.zeros((rows, cols), dtype=self.data.dtype)
+        row_of = np.repeat(np.arange(rows), np.diff(self.indptr))
+        dense[row_of, self.indices] = self.data
+        return dense
+
+    def row_slice(self, start: int, stop: int) -> "CSR":
+        """Rows ``start:stop`` as a new CSR sharing nothing mutable with this one."""
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise CSRFormatError(f"row slice {start}:{stop} should lie within [0, {self.shape[0]}]")
+        a, b = int(self.indptr[start]), int(self.indptr[stop])
+        out = CSR(self.data[a:b], self.indices[a:b], self.indptr[start:stop + 1] - a,
+                  (stop - start, self.shape[1]))
+        out.fully_checked = self.fully_checked
+        return out

@@ -1,0 +1,169 @@
+"""Sparse linear layers: ``Y = act(X @ W.T + b)`` with a CSR weight.
+
+Use :class:`SparseLinear` on hot paths: it validates the weight, bias and activation
+once at construction, so ``__call__`` only checks the input and dispatches. The
+functional :func:`csr_linear` builds one per call.
+
+Input policy: ``x`` must have the weight's dtype (float32 or float64); a different
+dtype is rejected with :class:`KernelArgumentError` rather than converted, because a
+silent float64 -> float32 cast loses precision and a float32 -> float64 cast allocates
+on every call. Non-contiguous inputs are accepted (copied to contiguous memory).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import _jit
+from .csr import CSR
+from .errors import CSRFormatError, KernelArgumentError
+
+# Per-row cost in nonzero-equivalents, used to balance parallel chunks.
+_ROW_COST = 2
+# Parallel chunks per thread (more chunks even out rows of uneven cost).
+_CHUNKS_PER_THREAD = 4
+
+
+def activation_code(activation: str | None) -> int:
+    """Map ``None``/``"none"``/``"relu"``/``"gelu"`` to the kernels' activation code."""
+    try:
+        return _jit.ACTIVATIONS[activation]
+    except (KeyError, TypeError):
+        raise KernelArgumentError(
+            f"activation {activation!r} should be one of None, 'relu', 'gelu'") from None
+
+
+def pick_tile(batch: int) -> int:
+    """Batch tile width for the SpMM kernel: the smallest of TILES covering ``batch``."""
+    for t in _jit.TILES:
+        if batch <= t:
+            return t
+    return _jit.TILES[-1]
+
+
+def checked(weight: CSR) -> CSR:
+    """Return ``weight`` after making sure its full format check has passed once."""
+    if not isinstance(weight, CSR):
+        raise KernelArgumentError(f"weight should be a kernels.CSR, got {type(weight).__name__}")
+    if not weight.fully_checked:
+        weight.check_format(full=True)
+    return weight
+
+
+def prepare_bias(bias, rows: int, dtype: np.dtype, name: str = "bias") -> np.ndarray:
+    """A C-contiguous bias of ``rows`` values in ``dtype`` (zeros when ``bias`` is None)."""
+    if bias is None:
+        return np.zeros(rows, dtype=dtype)
+    b = np.asarray(bias)
+    if b.dtype != dtype:
+        raise KernelArgumentError(f"{name} dtype {b.dtype} should be {dtype} (the weight's dtype)")
+    if b.shape != (rows,):
+        raise KernelArgumentError(f"{name} shape {b.shape} should be ({rows},)")
+    return np.ascontiguousarray(b)
+
+
+class RowChunks:
+    """Row ranges of similar cost (nnz + a per-row term) for parallel work, cached per count."""
+
+    def __init__(self, indptr: np.ndarray) -> None:
+        rows = indptr.shape[0] - 1
+        self._cost = indptr.astype(np.int64) + _ROW_COST * np.arange(rows + 1, dtype=np.int64)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def bounds(self, n_chunks: int | None = None) -> np.ndarray:
+        """int64 array of n_chunks+1 row boundaries (default: 4 per Numba thread)."""
+        if n_chunks is None:
+            n_chunks = _CHUNKS_PER_THREAD * numba.get_num_threads()
+        b = self._cache.get(n_chunks)
+        if b is None:
+            rows = self._cost.shape[0] - 1
+            n = max(1, min(n_chunks, rows))
+            targets = np.linspace(0, self._cost[-1], n + 1)
+            b = np.searchsorted(self._cost, targets, side="left").clip(1, rows)
+            # Move each boundary to whichever neighbouring row edge is nearer its target.
+            nearer_prev = (targets - self._cost[b - 1]) < (self._cost[b] - targets)
+            b = (b - nearer_prev).astype(np.int64)
+            b[0], b[-1] = 0, rows
+            b = np.unique(b) if rows else np.zeros(2, dtype=np.int64)
+            self._cache[n_chunks] = b
+        return b
+
+
+class SparseLinear:
+    """A prepared sparse linear layer: ``layer(x) == act(x @ W.T + bias)``.
+
+    ``weight`` is a CSR of shape (out_features, in_features) (torch's ``Linear.weight``
+    layout); ``bias`` has out_features values of the weight's dtype or is None;
+    ``activation`` is None, ``"relu"`` or ``"gelu"`` (exact erf, torch's default).
+    ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
+    (..., out_features). Rows of ``x`` go through the SpMV kernel when there is one,
+    through the batch-tiled SpMM kernel otherwise. Safe to call from several threads.
+    """
+
+    def __init__(self, weight: CSR, bias=None, activation: str | None = None) -> None:
+        self.weight = checked(weight)
+        self.out_features, self.in_features = weight.shape
+        self.dtype = weight.dtype
+        self.bias = prepare_bias(bias, self.out_features, self.dtype)
+        self.activation = activation
+        self._act = activation_code(activation)
+        self._chunks = RowChunks(weight.indptr)
+
+    def __repr__(self) -> str:
+        return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Compute the layer on ``x``; write into ``out`` (C-contiguous) when given."""
+        if not isinstance(x, np.ndarray):
+            raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise KernelArgumentError(
+                f"input dtype {x.dtype} should be {self.dtype} (the weight's dtype); "
+                "convert it explicitly")
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise KernelArgumentError(
+                f"input shape {x.shape} should end in {self.in_features} (in_features)")
+        lead = x.shape[:-1]
+        out_shape = lead + (self.out_features,)
+        if out is None:
+            out = np.empty(out_shape, dtype=self.dtype)
+        elif (not isinstance(out, np.ndarray) or out.shape != out_shape
+              or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
+            raise KernelArgumentError(
+                f"out should be a writeable C-contiguous {self.dtype} array of shape {out_shape}, "
+                f"got {_describe(out)}")
+        batch = out.size // self.out_features if self.out_features else int(np.prod(lead))
+        if batch == 0 or self.out_features == 0:
+            return out
+        w = self.weight
+        bounds = self._chunks.bounds()
+        if batch == 1:
+            xv = np.ascontiguousarray(x.reshape(self.in_features))
+            _jit.spmv(w.data, w.indices, w.indptr, xv, self.bias, self._act,
+                      out.reshape(self.out_features), bounds)
+            return out
+        x2 = x.reshape(batch, self.in_features)
+        xt = np.ascontiguousarray(x2.T)[None]
+        kernel = _jit.spmm_kernel(pick_tile(batch))
+        kernel(w.data, w.indices, w.indptr, xt, self.bias, self._act,
+               out.reshape(-1), 0, 0, 1, self.out_features, bounds)
+        return out
+
+
+def csr_linear(x: np.ndarray, w: CSR, bias=None, activation: str | None = None,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """``act(x @ w.T + bias)`` for x of shape (..., in) -> (..., out); see SparseLinear."""
+    return SparseLinear(w, bias, activation)(x, out)
+
+
+def _describe(a) -> str:
+    if not isinstance(a, np.ndarray):
+        return type(a).__name__
+    layout = "C-contiguous" if a.flags.c_contiguous else "non-contiguous"
+    ro = "" if a.flags.writeable else "read-only "
+    return f"{ro}{layout} {a.dtype} array of shape {a.shape}"
+
+
+__all__ = ["SparseLinear", "csr_linear", "activation_code", "pick_tile", "checked",
+           "prepare_bias", "RowChunks", "CSRFormatError"]

@@ -1,0 +1,41 @@
+"""Shared fixtures for the kernel tests: random sparse weights and float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparsify.kernels.csr import CSR
+
+
+def random_sparse(rng: np.random.Generator, shape, density: float, dtype=np.float32,
+                  empty_rows: bool = False) -> np.ndarray:
+    """A dense array with about ``density`` of its entries nonzero (exactly 0 or 1 honoured)."""
+    w = rng.standard_normal(shape)
+    w[rng.random(shape) >= density] = 0.0
+    if empty_rows and shape[0] > 1:
+        w[:: 2] = 0.0
+    return w.astype(dtype)
+
+
+def reference_linear(x, w_dense, bias=None, activation=None) -> np.ndarray:
+    """act(x @ w.T + b) computed in float64 (torch's GELU for the erf activation)."""
+    y = x.astype(np.float64) @ w_dense.astype(np.float64).T
+    if bias is not None:
+        y = y + bias.astype(np.float64)
+    t = torch.from_numpy(y)
+    if activation == "relu":
+        t = torch.relu(t)
+    elif activation == "gelu":
+        t = torch.nn.functional.gelu(t)
+    return t.numpy()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def make_csr(w: np.ndarray) -> CSR:
+    return CSR.from_dense(w)

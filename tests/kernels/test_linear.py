@@ -1,0 +1,169 @@
+"""SparseLinear / csr_linear against a float64 dense reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sparsify.kernels import CSR, CSRFormatError, KernelArgumentError, SparseLinear, csr_linear
+from sparsify.kernels.spmm import RowChunks, pick_tile
+from tests.helpers import assert_close
+from tests.kernels.conftest import random_sparse, reference_linear
+
+ACTS = [None, "relu", "gelu"]
+
+
+def _check(rng, shape, density, batch, dtype, bias, activation, empty_rows=False):
+    w = random_sparse(rng, shape, density, dtype, empty_rows=empty_rows)
+    b = rng.standard_normal(shape[0]).astype(dtype) if bias else None
+    x = rng.standard_normal((batch, shape[1])).astype(dtype)
+    y = csr_linear(x, CSR.from_dense(w), b, activation)
+    assert_close(y, reference_linear(x, w, b, activation).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("batch", [1, 3, 8, 17, 70])
+def test_matches_dense(rng, dtype, activation, bias, batch):
+    _check(rng, (37, 29), 0.3, batch, dtype, bias, activation, empty_rows=True)
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 1), (64, 200)])
+@pytest.mark.parametrize("density", [0.0, 1e-3, 0.5, 1.0])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_shapes_and_densities(rng, shape, density, batch):
+    _check(rng, shape, density, batch, np.float32, True, None)
+
+
+def test_large_layer_unit_scale_fp32(rng):
+    # 1024 inputs, dense rows: fp32 accumulation must stay within 1e-5 of float64.
+    w = (random_sparse(rng, (256, 1024), 0.5) / 32).astype(np.float32)
+    x = rng.uniform(-1, 1, (33, 1024)).astype(np.float32)
+    layer = SparseLinear(CSR.from_dense(w))
+    assert_close(layer(x), reference_linear(x, w).astype(np.float32))
+    assert_close(layer(x[:1]), reference_linear(x[:1], w).astype(np.float32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), batch=st.integers(1, 40),
+       density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), seed=st.integers(0, 2**31 - 1),
+       activation=st.sampled_from(ACTS), dtype=st.sampled_from([np.float32, np.float64]))
+def test_property_matches_dense(rows, cols, batch, density, seed, activation, dtype):
+    _check(np.random.default_rng(seed), (rows, cols), density, batch, dtype, True, activation)
+
+
+def test_leading_dims_and_1d_input(rng):
+    w = random_sparse(rng, (11, 13), 0.4)
+    layer = SparseLinear(CSR.from_dense(w), activation="relu")
+    x = rng.standard_normal((2, 3, 13)).astype(np.float32)
+    assert_close(layer(x), reference_linear(x.reshape(6, 13), w, None, "relu")
+                 .astype(np.float32).reshape(2, 3, 11))
+    v = x[0, 0]
+    assert_close(layer(v), reference_linear(v[None], w, None, "relu").astype(np.float32)[0])
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_non_contiguous_input(rng, batch):
+    w = random_sparse(rng, (12, 10), 0.5)
+    big = rng.standard_normal((batch, 20)).astype(np.float32)
+    x = big[:, ::2]
+    assert not x.flags.c_contiguous
+    assert_close(csr_linear(x, CSR.from_dense(w)), reference_linear(x, w).astype(np.float32))
+    xf = np.asfortranarray(rng.standard_normal((batch, 10)).astype(np.float32))
+    assert_close(csr_linear(xf, CSR.from_dense(w)), reference_linear(xf, w).astype(np.float32))
+
+
+def test_out_argument(rng):
+    w = random_sparse(rng, (12, 10), 0.5)
+    layer = SparseLinear(CSR.from_dense(w))
+    x = rng.standard_normal((4, 10)).astype(np.float32)
+    out = np.full((4, 12), np.nan, np.float32)
+    res = layer(x, out=out)
+    assert res is out
+    assert_close(out, reference_linear(x, w).astype(np.float32))
+    with pytest.raises(KernelArgumentError, match=r"out should be .* shape \(4, 12\), got .*shape \(4, 11\)"):
+        layer(x, out=np.empty((4, 11), np.float32))
+    with pytest.raises(KernelArgumentError, match="non-contiguous"):
+        layer(x, out=np.empty((12, 4), np.float32).T)
+
+
+def test_zero_batch_and_empty_shapes(rng):
+    w = random_sparse(rng, (6, 5), 0.5)
+    layer = SparseLinear(CSR.from_dense(w))
+    assert layer(np.empty((0, 5), np.float32)).shape == (0, 6)
+    empty_in = SparseLinear(CSR.from_dense(np.zeros((4, 0), np.float32)),
+                            bias=np.arange(4, dtype=np.float32), activation="relu")
+    assert_close(empty_in(np.empty((3, 0), np.float32)), np.tile(np.arange(4, dtype=np.float32), (3, 1)))
+    no_out = SparseLinear(CSR.from_dense(np.zeros((0, 5), np.float32)))
+    assert no_out(np.ones((2, 5), np.float32)).shape == (2, 0)
+
+
+def test_nan_propagates(rng):
+    w = random_sparse(rng, (6, 5), 1.0)
+    x = np.ones((3, 5), np.float32)
+    x[1, 2] = np.nan
+    for act in ACTS:
+        y = csr_linear(x, CSR.from_dense(w), activation=act)
+        assert np.isnan(y[1]).all() and not np.isnan(y[[0, 2]]).any()
+        y1 = csr_linear(x[1], CSR.from_dense(w), activation=act)
+        assert np.isnan(y1).all()
+
+
+def test_rejects_wrong_dtypes_and_shapes(rng):
+    w = CSR.from_dense(random_sparse(rng, (6, 5), 0.5))
+    layer = SparseLinear(w)
+    with pytest.raises(KernelArgumentError, match="input dtype float64 should be float32"):
+        layer(np.ones((2, 5)))
+    with pytest.raises(KernelArgumentError, match="input dtype int64 should be float32"):
+        layer(np.ones((2, 5), np.int64))
+    with pytest.raises(KernelArgumentError, match=r"input shape \(2, 4\) should end in 5"):
+        layer(np.ones((2, 4), np.float32))
+    with pytest.raises(KernelArgumentError, match="input should be a numpy array"):
+        layer([[1.0] * 5])
+    with pytest.raises(KernelArgumentError, match="bias dtype float64 should be float32"):
+        SparseLinear(w, bias=np.ones(6))
+    with pytest.raises(KernelArgumentError, match=r"bias shape \(5,\) should be \(6,\)"):
+        SparseLinear(w, bias=np.ones(5, np.float32))
+    with pytest.raises(KernelArgumentError, match="activation 'tanh' should be one of"):
+        SparseLinear(w, activation="tanh")
+    with pytest.raises(KernelArgumentError, match="weight should be a kernels.CSR"):
+        SparseLinear(np.eye(3, dtype=np.float32))
+
+
+def test_unchecked_csr_is_fully_checked_before_use():
+    bad = CSR(np.ones(2, np.float32), np.array([0, 7], np.int32), np.array([0, 1, 2], np.int32), (2, 3))
+    with pytest.raises(CSRFormatError, match=r"column index 7 .* should be in \[0, 3\)"):
+        SparseLinear(bad)
+    good = CSR(np.ones(2, np.float32), np.array([0, 2], np.int32), np.array([0, 1, 2], np.int32), (2, 3))
+    SparseLinear(good)
+    assert good.fully_checked
+
+
+def test_int64_indices(rng):
+    w = random_sparse(rng, (9, 7), 0.5)
+    m = CSR.from_dense(w, index_dtype=np.int64)
+    x = rng.standard_normal((1, 7)).astype(np.float32)
+    assert_close(csr_linear(x, m), reference_linear(x, w).astype(np.float32))
+
+
+def test_row_chunks_cover_rows_in_order():
+    indptr = np.array([0, 100, 100, 100, 101, 300, 300], np.int64)
+    for n in (1, 2, 3, 8, 50):
+        b = RowChunks(indptr).bounds(n)
+        assert b[0] == 0 and b[-1] == 6
+        assert (np.diff(b) > 0).all()
+        assert len(b) - 1 <= n
+    # Balanced by cost (nnz + 2 per row): no chunk exceeds an equal share plus one row.
+    cost = indptr + 2 * np.arange(7)
+    for n in (2, 3):
+        b = RowChunks(indptr).bounds(n)
+        per_chunk = cost[b[1:]] - cost[b[:-1]]
+        assert per_chunk.max() <= cost[-1] / n + np.diff(cost).max()
+    assert RowChunks(indptr).bounds(2).tolist() == [0, 4, 6]
+    assert RowChunks(np.zeros(1, np.int64)).bounds(4).tolist() == [0, 0]
+
+
+def test_pick_tile():
+    assert [pick_tile(b) for b in (2, 8, 9, 16, 30, 64, 65, 1000)] == [8, 8, 16, 16, 32, 64, 64, 64]
