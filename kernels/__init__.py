@@ -11,9 +11,12 @@ Public API:
 
 from .csr import CSR, choose_index_dtype
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError
+from .conv import SparseConv2d, csr_conv2d
 from .spmm import SparseLinear, csr_linear
+from .threads import get_threads, set_threads, warmup
 
 __all__ = [
     "CSR", "choose_index_dtype", "CSRFormatError", "KernelArgumentError", "KernelValueError",
-    "SparseLinear", "csr_linear",
+    "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d",
+    "set_threads", "get_threads", "warmup",
 ]

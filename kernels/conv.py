@@ -1,0 +1,131 @@
+"""Sparse 2-D convolution (NCHW) with a CSR weight: im2col + the batch-tiled SpMM kernel.
+
+The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shape
+(out_channels, in_channels // groups * kh * kw). A 1x1, stride-1, unpadded, ungrouped
+conv reads the input in place (each image is already an (in, H*W) matrix); every other
+conv first unfolds blocks of images into a column buffer of at most ~8 MiB. Grouped
+convs run one SpMM per group (correct for any ``groups``, but depthwise convs pay one
+kernel launch per channel: they are not a fast path).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _jit
+from .csr import CSR
+from .errors import KernelArgumentError
+from .spmm import RowChunks, activation_code, checked, pick_tile, prepare_bias
+
+_COLS_BUDGET_BYTES = 8 << 20
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in pair):
+        raise KernelArgumentError(
+            f"{name} {value!r} should be an int >= {minimum} or a pair of them")
+    return int(pair[0]), int(pair[1])
+
+
+class SparseConv2d:
+    """A prepared sparse conv: ``conv(x)`` equals ``act(torch.nn.functional.conv2d(x, W, b, ...))``.
+
+    ``kernel_size``, ``stride``, ``padding``, ``dilation`` are ints or (h, w) pairs
+    (zero padding only); ``groups`` must divide the output channels. ``x`` is
+    (N, C, H, W) with the weight's dtype; C = groups * weight.shape[1] / (kh * kw).
+    """
+
+    def __init__(self, weight: CSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,
+                 groups: int = 1, activation: str | None = None) -> None:
+        self.weight = checked(weight)
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.dilation = _pair(dilation, "dilation", 1)
+        if not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise KernelArgumentError(f"groups {groups!r} should be a positive int")
+        self.groups = int(groups)
+        out_ch, k = weight.shape
+        kh, kw = self.kernel_size
+        if k % (kh * kw):
+            raise KernelArgumentError(
+                f"weight has {k} columns, which should be a multiple of kh*kw = {kh * kw}")
+        if out_ch % self.groups:
+            raise KernelArgumentError(
+                f"weight has {out_ch} output channels, which should be a multiple of groups = {groups}")
+        self.out_channels = out_ch
+        self.in_channels = self.groups * (k // (kh * kw))
+        self.dtype = weight.dtype
+        self.bias = prepare_bias(bias, out_ch, self.dtype)
+        self.activation = activation
+        self._act = activation_code(activation)
+        per = out_ch // self.groups
+        self._parts = []
+        for g in range(self.groups):
+            part = weight if self.groups == 1 else weight.row_slice(g * per, (g + 1) * per)
+            self._parts.append((part, self.bias[g * per:(g + 1) * per].copy(), RowChunks(part.indptr)))
+        self._pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1)
+                           and self.padding == (0, 0) and self.groups == 1)
+
+    def __repr__(self) -> str:
+        return (f"SparseConv2d({self.weight!r}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"activation={self.activation!r})")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(Ho, Wo) for an input of spatial size (height, width)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
+                                                  self.dilation)
+        return ((height + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+                (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The conv of ``x`` (N, C, H, W) -> (N, out_channels, Ho, Wo)."""
+        if not isinstance(x, np.ndarray):
+            raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise KernelArgumentError(
+                f"input dtype {x.dtype} should be {self.dtype} (the weight's dtype); convert it explicitly")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise KernelArgumentError(
+                f"input shape {x.shape} should be (N, {self.in_channels}, H, W)")
+        n, c, h, w = x.shape
+        ho, wo = self.output_size(h, w)
+        if ho < 1 or wo < 1:
+            raise KernelArgumentError(
+                f"input spatial size ({h}, {w}) is too small for kernel {self.kernel_size}, "
+                f"padding {self.padding}, dilation {self.dilation}: output would be ({ho}, {wo})")
+        o, p = self.out_channels, ho * wo
+        y = np.empty((n, o, ho, wo), dtype=self.dtype)
+        if n == 0 or o == 0:
+            return y
+        x = np.ascontiguousarray(x)
+        flat = y.reshape(-1)
+        kernel = _jit.spmm_kernel(pick_tile(p))
+        if self._pointwise:
+            part, bias, chunks = self._parts[0]
+            kernel(part.data, part.indices, part.indptr, x.reshape(n, c, h * w), bias, self._act,
+                   flat, 0, o * p, p, 1, chunks.bounds())
+            return y
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
+                                                  self.dilation)
+        cg = c // self.groups
+        per = o // self.groups
+        rows_k = cg * kh * kw
+        block = max(1, min(n, _COLS_BUDGET_BYTES // max(1, rows_k * p * x.itemsize)))
+        cols = np.empty((block, rows_k, p), dtype=self.dtype)
+        for n0 in range(0, n, block):
+            m = min(block, n - n0)
+            buf = cols[:m]
+            for g, (part, bias, chunks) in enumerate(self._parts):
+                _jit.im2col(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, buf)
+                kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
+                       flat, n0 * o * p + g * per * p, o * p, p, 1, chunks.bounds())
+        return y
+
+
+def csr_conv2d(x: np.ndarray, w: CSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,
+               groups: int = 1, activation: str | None = None) -> np.ndarray:
+    """NCHW conv with a CSR weight (out, in/groups*kh*kw); see SparseConv2d."""
+    return SparseConv2d(w, bias, kernel_size, stride, padding, dilation, groups, activation)(x)

@@ -1,0 +1,49 @@
+"""Thread control and JIT warm-up for the kernels."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from . import _jit
+from .conv import SparseConv2d
+from .csr import CSR
+from .errors import KernelArgumentError
+from .spmm import SparseLinear
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in the parallel kernels (1 <= n <= numba.config.NUMBA_NUM_THREADS).
+
+    Like ``numba.set_num_threads``, which it wraps, the setting applies to the calling
+    thread (and the parallel regions it launches).
+    """
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
+        raise KernelArgumentError(f"threads {n!r} should be an int in [1, {limit}]")
+    numba.set_num_threads(int(n))
+
+
+def get_threads() -> int:
+    """Number of threads the parallel kernels use from the calling thread."""
+    return numba.get_num_threads()
+
+
+def warmup(dtypes=(np.float32, np.float64)) -> None:
+    """Compile (or load from the on-disk cache) every kernel signature the wrappers use.
+
+    Runs, on tiny inputs and for each dtype with int32 indices: the SpMV kernel, the
+    SpMM kernel at every batch tile width (``_jit.TILES``), the pointwise conv path and
+    the im2col conv path. Call it once before timing or serving; the first call in a
+    fresh environment can take tens of seconds, later processes load the cache.
+    int64-index weights (more than 2**31-1 columns or nonzeros) compile on first use.
+    """
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        w = rng.standard_normal((4, 9)).astype(dtype)
+        layer = SparseLinear(CSR.from_dense(w), activation="relu")
+        layer(np.ones(9, dtype))
+        for tile in _jit.TILES:
+            layer(np.ones((tile, 9), dtype))
+        SparseConv2d(CSR.from_dense(w), kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
+        SparseConv2d(CSR.from_dense(w), kernel_size=1)(np.ones((1, 9, 2, 2), dtype))

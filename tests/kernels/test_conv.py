@@ -1,0 +1,111 @@
+"""SparseConv2d / csr_conv2d against torch's conv2d in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from sparsify.kernels import CSR, KernelArgumentError, SparseConv2d, csr_conv2d
+from tests.helpers import assert_close
+from tests.kernels.conftest import random_sparse
+
+
+def _reference(x, w4, bias, stride, padding, dilation, groups, activation):
+    t = torch.nn.functional.conv2d(
+        torch.from_numpy(x.astype(np.float64)), torch.from_numpy(w4.astype(np.float64)),
+        None if bias is None else torch.from_numpy(bias.astype(np.float64)),
+        stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if activation == "relu":
+        t = torch.relu(t)
+    elif activation == "gelu":
+        t = torch.nn.functional.gelu(t)
+    return t.numpy().astype(x.dtype)
+
+
+def _check(rng, n, c, h, w, out, k, stride=1, padding=0, dilation=1, groups=1, density=0.4,
+           bias=True, activation=None, dtype=np.float32):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    w4 = random_sparse(rng, (out, c // groups * kh * kw), density, dtype).reshape(out, c // groups, kh, kw)
+    b = rng.standard_normal(out).astype(dtype) if bias else None
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    y = csr_conv2d(x, CSR.from_dense(w4.reshape(out, -1)), b, (kh, kw), stride, padding, dilation,
+                   groups, activation)
+    assert_close(y, _reference(x, w4, b, stride, padding, dilation, groups, activation))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_pointwise(rng, dtype, activation):
+    _check(rng, 3, 8, 5, 7, 6, 1, activation=activation, dtype=dtype)
+
+
+@pytest.mark.parametrize("k, stride, padding, dilation", [
+    (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 0, 1), (3, 1, 2, 2), (5, 2, 2, 1), ((1, 3), 1, (0, 1), 1),
+    (1, 2, 0, 1), (2, (1, 2), (1, 0), (2, 1)), (3, 3, 0, 1),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spatial(rng, k, stride, padding, dilation, dtype):
+    _check(rng, 2, 5, 9, 8, 7, k, stride, padding, dilation, dtype=dtype)
+
+
+@pytest.mark.parametrize("groups, c, out", [(2, 6, 4), (3, 6, 9), (6, 6, 6)])
+def test_groups(rng, groups, c, out):
+    _check(rng, 2, c, 6, 6, out, 3, 1, 1, 1, groups=groups, activation="relu")
+
+
+@pytest.mark.parametrize("density", [0.0, 1e-3, 1.0])
+def test_densities_and_no_bias(rng, density):
+    _check(rng, 2, 4, 6, 6, 5, 3, padding=1, density=density, bias=False)
+
+
+def test_large_spatial_uses_full_tiles(rng):
+    # H*W = 1024 spans full 64-wide tiles plus a tail through im2col in several image blocks.
+    _check(rng, 3, 16, 33, 31, 16, 3, padding=1, density=0.3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(3, 10), w=st.integers(3, 10),
+       out=st.integers(1, 6), k=st.integers(1, 3), stride=st.integers(1, 3),
+       padding=st.integers(0, 2), dilation=st.integers(1, 2), seed=st.integers(0, 2**31 - 1))
+def test_property_matches_torch(n, c, h, w, out, k, stride, padding, dilation, seed):
+    if (h + 2 * padding - dilation * (k - 1) - 1) < 0 or (w + 2 * padding - dilation * (k - 1) - 1) < 0:
+        return
+    _check(np.random.default_rng(seed), n, c, h, w, out, k, stride, padding, dilation)
+
+
+def test_non_contiguous_input(rng):
+    w4 = random_sparse(rng, (4, 3 * 9), 0.5).reshape(4, 3, 3, 3)
+    x = rng.standard_normal((2, 6, 7, 7)).astype(np.float32)[:, ::2]
+    assert not x.flags.c_contiguous
+    conv = SparseConv2d(CSR.from_dense(w4.reshape(4, -1)), kernel_size=3, padding=1)
+    assert_close(conv(x), _reference(x, w4, None, 1, 1, 1, 1, None))
+    conv1 = SparseConv2d(CSR.from_dense(w4[:, :, 1, 1].copy()), kernel_size=1)
+    assert_close(conv1(x), _reference(x, w4[:, :, 1:2, 1:2], None, 1, 0, 1, 1, None))
+
+
+def test_rejects_bad_arguments(rng):
+    m = CSR.from_dense(random_sparse(rng, (4, 18), 0.5))
+    conv = SparseConv2d(m, kernel_size=3)
+    assert conv.in_channels == 2
+    with pytest.raises(KernelArgumentError, match=r"input shape \(1, 3, 5, 5\) should be \(N, 2, H, W\)"):
+        conv(np.ones((1, 3, 5, 5), np.float32))
+    with pytest.raises(KernelArgumentError, match="input dtype float64 should be float32"):
+        conv(np.ones((1, 2, 5, 5)))
+    with pytest.raises(KernelArgumentError, match=r"output would be \(0, 0\)"):
+        conv(np.ones((1, 2, 2, 2), np.float32))
+    with pytest.raises(KernelArgumentError, match="18 columns, which should be a multiple of kh\\*kw = 4"):
+        SparseConv2d(m, kernel_size=2)
+    with pytest.raises(KernelArgumentError, match="4 output channels, which should be a multiple of groups = 3"):
+        SparseConv2d(m, kernel_size=3, groups=3)
+    with pytest.raises(KernelArgumentError, match="stride 0 should be an int >= 1"):
+        SparseConv2d(m, kernel_size=3, stride=0)
+    with pytest.raises(KernelArgumentError, match=r"padding \(1, 2, 3\)"):
+        SparseConv2d(m, kernel_size=3, padding=(1, 2, 3))
+
+
+def test_output_size_and_empty_batch(rng):
+    conv = SparseConv2d(CSR.from_dense(random_sparse(rng, (4, 18), 0.5)), kernel_size=3, stride=2, padding=1)
+    assert conv.output_size(7, 8) == (4, 4)
+    assert conv(np.ones((0, 2, 7, 8), np.float32)).shape == (0, 4, 4, 4)

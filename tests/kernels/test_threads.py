@@ -1,0 +1,44 @@
+"""Thread control and warm-up."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
+from sparsify.kernels import _jit
+from tests.helpers import assert_close
+from tests.kernels.conftest import random_sparse, reference_linear
+
+
+def test_set_threads_round_trip_and_results_do_not_depend_on_it(rng):
+    before = get_threads()
+    w = random_sparse(rng, (300, 50), 0.3)
+    layer = SparseLinear(CSR.from_dense(w))
+    x = rng.standard_normal((20, 50)).astype(np.float32)
+    try:
+        results = []
+        for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            set_threads(n)
+            assert get_threads() == n
+            results.append((layer(x), layer(x[0])))
+        for y, y1 in results:
+            assert_close(y, reference_linear(x, w).astype(np.float32))
+            assert_close(y1, reference_linear(x[:1], w).astype(np.float32)[0])
+    finally:
+        set_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, "2"])
+def test_set_threads_rejects(bad):
+    with pytest.raises(KernelArgumentError, match="threads .* should be an int in"):
+        set_threads(bad)
+
+
+def test_warmup_compiles_every_tile_and_dtype():
+    warmup()
+    kernels = [_jit.spmv, _jit.im2col] + [_jit.spmm_kernel(t) for t in _jit.TILES]
+    for k in kernels:
+        dtypes = {str(sig[0].dtype) for sig in k.signatures}
+        assert {"float32", "float64"} <= dtypes, (k, dtypes)
