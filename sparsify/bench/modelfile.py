@@ -1,0 +1,121 @@
+"""What a model path points at: an ONNX file (dense or using our sparse domain) or a run directory.
+
+Sniffing reads the ONNX protobuf without external data, so it never loads large weights
+stored beside the file, and turns a file that is not ONNX into a :class:`ModelFileError`
+that names the file, instead of a protobuf traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparsify.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import onnx
+
+# The ONNX domain of sparsify's own ops; a graph using it needs the sparse runtime.
+SPARSIFY_DOMAIN = "ai.sparsify"
+# A run directory (prune/finetune output) is recognized by its manifest.
+RUN_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A checked model path: ``kind`` is ``"onnx"`` or ``"run"``; ``domains`` are the op domains used."""
+
+    path: Path
+    kind: str
+    domains: frozenset[str] = frozenset()
+    external_files: tuple[Path, ...] = ()
+
+    @property
+    def uses_sparsify_ops(self) -> bool:
+        """True when some node (in any subgraph or local function) is in the ``ai.sparsify`` domain."""
+        return SPARSIFY_DOMAIN in self.domains
+
+
+def load_onnx_header(path: Path) -> onnx.ModelProto:
+    """Parse an ONNX file without external data; raise ModelFileError if it is not ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(
+            f"{path}: expected an ONNX model file (a serialized onnx.ModelProto), "
+            f"but it could not be parsed as one ({type(exc).__name__}: {exc})"
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.output) == 0:
+        raise ModelFileError(
+            f"{path}: expected an ONNX model with a graph and at least one output, "
+            f"but found ir_version={model.ir_version}, "
+            f"{len(model.graph.node)} nodes and {len(model.graph.output)} outputs "
+            "(is this really an ONNX file?)"
+        )
+    return model
+
+
+def _graph_domains(graph: onnx.GraphProto, out: set[str]) -> None:
+    import onnx
+
+    for node in graph.node:
+        out.add(node.domain or "ai.onnx")
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _graph_domains(attr.g, out)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _graph_domains(g, out)
+
+
+def op_domains(model: onnx.ModelProto) -> frozenset[str]:
+    """Every op domain used by nodes of the main graph, its subgraphs and local functions."""
+    found: set[str] = set()
+    _graph_domains(model.graph, found)
+    for fn in model.functions:
+        for node in fn.node:
+            found.add(node.domain or "ai.onnx")
+    return frozenset(found)
+
+
+def check_model_path(path: str | os.PathLike) -> ModelFile:
+    """Classify ``path`` as an ONNX file or a run directory; raise ModelFileError otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such file; expected an ONNX model file or a run directory")
+    if p.is_dir():
+        if not (p / RUN_MANIFEST).is_file():
+            raise ModelFileError(
+                f"{p}: is a directory without {RUN_MANIFEST}; expected an ONNX model file "
+                "or a run directory written by `sparsify prune`/`finetune`"
+            )
+        return ModelFile(p, "run")
+    model = load_onnx_header(p)
+    return ModelFile(p, "onnx", op_domains(model), external_data_files(model, p.parent))
+
+
+def external_data_files(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:
+    """The distinct external-data files the model's initializers point at (relative to ``base``)."""
+    import onnx
+
+    found: dict[Path, None] = {}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in init.external_data:
+                if entry.key == "location":
+                    found[base / entry.value] = None
+    return tuple(found)
+
+
+def size_on_disk(model: ModelFile) -> int:
+    """Bytes on disk: for a directory the sum over all files below it; for an ONNX file
+    its size plus the external-data files it references (those that exist)."""
+    p = model.path
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size + sum(f.stat().st_size for f in model.external_files if f.is_file())

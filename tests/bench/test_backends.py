@@ -1,0 +1,95 @@
+"""Backends: ORT runs a model, auto-pick, the sparse runtime's absence, torch via registration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsify.bench import backends
+from sparsify.bench.backends import (
+    InputSpec,
+    OrtBackend,
+    TorchBackend,
+    factory_reference,
+    get_backend,
+    pick_backend,
+    register_backend,
+    resolve_factory,
+)
+from sparsify.bench.inputs import make_feeds
+from sparsify.bench.modelfile import ModelFile, check_model_path
+from sparsify.errors import ModelError
+from tests.bench.conftest import matmul_weight
+from tests.helpers import assert_close
+
+
+def test_ort_runner_specs_and_result(matmul_onnx: Path):
+    runner = OrtBackend().load(matmul_onnx, threads=1)
+    (spec,) = runner.input_specs
+    assert spec.name == "x" and spec.shape == ("N", 8) and spec.dtype == np.float32
+    feeds = make_feeds(runner.input_specs, 3)
+    (y,) = runner.run(feeds)
+    assert_close(y, feeds["x"] @ matmul_weight())
+
+
+def test_auto_pick(matmul_onnx: Path, sparse_onnx: Path, tmp_path: Path):
+    assert pick_backend(check_model_path(matmul_onnx)) == "ort"
+    assert pick_backend(check_model_path(sparse_onnx)) == "sparsify"
+    assert pick_backend(ModelFile(tmp_path, "run")) == "torch"
+    assert pick_backend(check_model_path(sparse_onnx), "ort") == "ort"  # overridable
+    with pytest.raises(ValueError, match="'nope' is not registered"):
+        pick_backend(check_model_path(matmul_onnx), "nope")
+
+
+def test_sparsify_backend_without_runtime_session_is_a_clear_error(sparse_onnx: Path, monkeypatch):
+    import sparsify.runtime
+
+    monkeypatch.delattr(sparsify.runtime, "Session", raising=False)
+    with pytest.raises(ModelError, match=r"sparse\.onnx: the 'sparsify' backend needs the sparse runtime"):
+        get_backend("sparsify").load(sparse_onnx, 1)
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x, scale):
+        return self.fc(x) * scale, x.sum(dim=1)
+
+
+def test_torch_backend_via_registration(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(backends, "_REGISTRY", dict(backends._REGISTRY))
+    module = Tiny()
+    seen = []
+
+    def loader(path):
+        seen.append(path)
+        return module, [("x", (None, 8), torch.float32), InputSpec("scale", (1, 1), np.dtype(np.float32))]
+
+    register_backend("torch", lambda: TorchBackend(loader))
+    runner = get_backend("torch").load(tmp_path, threads=1)
+    assert seen == [tmp_path] and torch.get_num_threads() == 1
+    assert [s.dtype for s in runner.input_specs] == [np.float32, np.float32]
+    feeds = make_feeds(runner.input_specs, 5)
+    y, s = runner.run(feeds)
+    with torch.no_grad():
+        expected = module.fc(torch.from_numpy(feeds["x"])).numpy() * feeds["scale"]
+    assert_close(y, expected)
+    assert_close(s, feeds["x"].sum(axis=1))
+    assert factory_reference("torch") is None  # a lambda cannot be re-created in a fresh process
+
+
+def test_torch_loader_returning_the_wrong_thing(tmp_path: Path):
+    with pytest.raises(ModelError, match="expected \\(module, input_specs\\)"):
+        TorchBackend(lambda p: "oops").load(tmp_path, 1)
+
+
+def test_factory_references_resolve():
+    assert factory_reference("ort") == "sparsify.bench.backends:OrtBackend"
+    assert resolve_factory(factory_reference("torch")) is backends.default_torch_backend
+    with pytest.raises(ValueError, match="callable"):
+        register_backend("x", 3)
