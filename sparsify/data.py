@@ -56,7 +56,7 @@ class Splits:
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """Parse ``1,3,32,32`` into a shape tuple."""
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        shape = tuple(int(p) for p in text.split(","))
     except ValueError:
         raise DataError(f"--input-shape {text!r} should be comma-separated positive integers, e.g. 1,3,32,32") from None
     if not shape or any(s <= 0 for s in shape):

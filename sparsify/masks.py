@@ -95,8 +95,16 @@ def enforce_masks_after_steps(optimizer: torch.optim.Optimizer, model: nn.Module
 
 
 def fold_masks(model: nn.Module) -> nn.Module:
-    """Replace every masked tensor by W ⊙ M as a plain parameter (in place); returns the model."""
+    """Replace every masked tensor by W ⊙ M as a plain parameter (in place); returns the model.
+
+    Safe on a ``copy.deepcopy`` of a masked model: the copy and the original share torch's
+    generated ``Parametrized*`` class, whose properties removal deletes, so each module first
+    gets a private copy of that class and the original model keeps working.
+    """
     for _, module, tensor_name, _ in list(iter_masks(model)):
+        cls = module.__class__
+        if not getattr(cls, "_sparsify_private", False):
+            module.__class__ = type(cls.__name__, cls.__bases__, {**cls.__dict__, "_sparsify_private": True})
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     return model
 

@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_run(tmp_path_factory):
+    """A briefly trained digits-cnn run, pruned 80% globally, shared by the export tests."""
+    from sparsify.api import ModelSource, prune_model, train_model
+    from sparsify.finetune import TrainConfig
+
+    root = tmp_path_factory.mktemp("runs")
+    train_model(ModelSource("digits-cnn", data="digits"), TrainConfig(epochs=1, progress=False), root / "dense")
+    prune_model(ModelSource(str(root / "dense")), root / "pruned", sparsity=0.8, scope="global")
+    return root
