@@ -7,8 +7,9 @@ then loads the model, builds feeds at the given batch, runs it ``runs`` times, a
 peak RSS (``VmHWM`` in ``/proc/self/status``). The reported number is ``peak - baseline``:
 the extra resident memory the model needed at its worst moment —
 weights (including any copy made while loading), the runtime's arenas and caches, thread
-stacks touched, activations, feeds and outputs. It excludes the interpreter and library
-code. It is a high-water mark, not a steady state, and page-granular.
+stacks touched, activations, feeds and outputs, and the runtime's one-time costs of a first
+session (lazily touched code pages, arenas: about 16 MiB for ONNX Runtime even on a tiny
+model). It excludes the interpreter and the imported library code. It is a high-water mark, not a steady state, and page-granular.
 
 Where the peak mark cannot be reset (not Linux, or a kernel that refuses), the baseline is
 ``getrusage(RUSAGE_SELF).ru_maxrss`` after the imports; then memory freed after a transient

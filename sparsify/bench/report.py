@@ -223,7 +223,8 @@ class BenchResult:
         cores = self.machine.get("logical_cores")
         caption = (f"Measured on {self.machine.get('cpu', 'unknown CPU')} ({cores} logical cores); "
                    "latency percentiles over interleaved runs, spread = ±IQR/2 relative to p50, "
-                   "speedup vs the first model at the same batch and threads.")
+                   "speedup vs the first model at the same batch and threads, peak MiB = extra "
+                   "resident memory of loading and running the model in a fresh process.")
         return "\n".join([head, align, *body, "", caption]) + "\n"
 
     def write_markdown(self, path: str | os.PathLike) -> Path:
