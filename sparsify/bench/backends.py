@@ -7,8 +7,8 @@ exposes ``input_specs`` and ``run(feeds) -> list[np.ndarray]``. Built-in backend
   ``inter_op_num_threads=1``, sequential execution, all graph optimizations;
 - ``sparsify``: the sparse runtime ``sparsify.runtime.Session(path, threads=N)``
   (imported lazily, with a clear error when it is not available);
-- ``torch``: an ``nn.Module`` obtained from a loader callable; the default loader asks
-  ``sparsify.api.load_run_module(path)``. Register another with
+- ``torch``: an ``nn.Module`` obtained from a loader callable; the default loader reads a
+  run directory (see :func:`load_run_module`). Register another with
   ``register_backend("torch", lambda: TorchBackend(my_loader))``.
 
 Backends are registered by factory (a zero-argument callable returning a Backend) so that
@@ -132,6 +132,14 @@ def specs_from_onnx(model: onnx.ModelProto, where: str) -> list[InputSpec]:
     return specs
 
 
+def import_optional(module: str, attr: str, error: type[Exception], message: str) -> Any:
+    """``module.attr``, or raise ``error(message)`` with ``{exc}`` in the message filled in."""
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise error(message.replace("{exc}", str(exc))) from None
+
+
 class OrtRunner:
     """An ``onnxruntime.InferenceSession`` behind the Runner interface."""
 
@@ -184,14 +192,11 @@ class SparsifyBackend:
 
     def load(self, path: Path, threads: int) -> Runner:
         """A runtime Session with ``threads`` threads; input specs from it or from the ONNX graph."""
-        try:
-            session_cls = importlib.import_module("sparsify.runtime").Session
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(
-                f"{path}: the 'sparsify' backend needs the sparse runtime "
-                f"(sparsify.runtime.Session), which is not available in this install ({exc}); "
-                "use --backend ort for models without ai.sparsify ops"
-            ) from None
+        session_cls = import_optional(
+            "sparsify.runtime", "Session", ModelError,
+            f"{path}: the 'sparsify' backend needs the sparse runtime (sparsify.runtime.Session), "
+            "which is not available in this install ({exc}); use --backend ort for models without "
+            "ai.sparsify ops")
         session = session_cls(os.fspath(path), threads=threads)
         if hasattr(session, "get_inputs"):
             specs = specs_from_node_args(session.get_inputs(), str(path))
@@ -204,11 +209,14 @@ TorchLoader = Callable[[Path], Any]
 
 
 def as_input_spec(obj: Any) -> InputSpec:
-    """An InputSpec from an InputSpec, a ``(name, shape, dtype)`` triple, or a mapping with those keys."""
+    """An InputSpec from an InputSpec, an object with ``name``/``shape``/``dtype`` attributes,
+    a mapping with those keys, or a ``(name, shape, dtype)`` triple (dtype numpy, str or torch)."""
     if isinstance(obj, InputSpec):
         return obj
     if isinstance(obj, Mapping):
         name, shape, dtype = obj["name"], obj["shape"], obj["dtype"]
+    elif all(hasattr(obj, a) for a in ("name", "shape", "dtype")):
+        name, shape, dtype = obj.name, obj.shape, obj.dtype
     else:
         name, shape, dtype = obj
     if hasattr(dtype, "is_floating_point"):  # a torch.dtype
@@ -275,16 +283,26 @@ class TorchBackend:
 
 
 def load_run_module(path: Path) -> Any:
-    """The default torch loader: ``sparsify.api.load_run_module(path)``, with a clear error if absent."""
+    """The default torch loader for a run directory.
+
+    Uses ``sparsify.api.load_run_module(path)`` when the API provides it; otherwise the
+    run's masked model in eval mode with masks folded (``sparsify.artifact.load_run`` +
+    ``sparsify.api.reference_module``) and the input specs recorded in its manifest.
+    """
     try:
-        loader = importlib.import_module("sparsify.api").load_run_module
-    except (ImportError, AttributeError) as exc:
-        raise RunError(
-            f"{path}: the 'torch' backend loads run directories through "
-            f"sparsify.api.load_run_module, which is not available in this install ({exc}); "
-            "register a loader with sparsify.bench.register_backend('torch', ...)"
-        ) from None
-    return loader(path)
+        return importlib.import_module("sparsify.api").load_run_module(path)
+    except AttributeError:
+        pass
+    load_run = import_optional(
+        "sparsify.artifact", "load_run", RunError,
+        f"{path}: the 'torch' backend cannot load run directories in this install ({{exc}}); "
+        "register a loader with sparsify.bench.register_backend('torch', ...)")
+    reference_module = import_optional(
+        "sparsify.api", "reference_module", RunError,
+        f"{path}: the 'torch' backend cannot build the run's module in this install ({{exc}}); "
+        "register a loader with sparsify.bench.register_backend('torch', ...)")
+    run = load_run(path)
+    return reference_module(run), list(run.inputs)
 
 
 def default_torch_backend() -> Backend:

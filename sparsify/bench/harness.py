@@ -95,7 +95,7 @@ def bench(
     from tqdm import tqdm
 
     bar = tqdm(total=len(threads) * len(batches) + (len(files) if memory else 0),
-               desc="bench", unit="point", file=sys.stderr, disable=not progress, leave=False)
+               desc="bench", unit="step", file=sys.stderr, disable=not progress, leave=False)
     stats_at: dict[tuple[int, int, int], Stats] = {}
     try:
         for t in threads:

@@ -93,3 +93,40 @@ def test_factory_references_resolve():
     assert resolve_factory(factory_reference("torch")) is backends.default_torch_backend
     with pytest.raises(ValueError, match="callable"):
         register_backend("x", 3)
+
+
+def test_default_torch_backend_loads_a_run_directory(tmp_path: Path):
+    """Integration with the run format: a built-in model saved as a run, benchmarked in torch."""
+    from sparsify.api import ModelSource, open_model
+    from sparsify.artifact import save_run
+    from sparsify.bench import bench
+
+    run_dir = save_run(open_model(ModelSource("digits-mlp")), tmp_path / "run")
+    result = bench([run_dir], batches=(4,), warmup=1, repeat=2, memory=False, progress=False)
+    (info,) = result.models
+    assert (info.kind, info.backend) == ("run", "torch")
+    assert info.input_specs[0]["shape"] == [1, 1, 8, 8] and info.input_specs[0]["dtype"] == "float32"
+    assert info.file_bytes > 1000 and result.records[0].stats.n == 2
+
+
+def test_sparsify_backend_calls_the_runtime_session(sparse_onnx: Path, monkeypatch):
+    """The runtime's planned API: Session(path, threads=N).run(None, feeds); specs from the graph."""
+    import sparsify.runtime
+
+    made = []
+
+    class FakeSession:
+        def __init__(self, path, threads):
+            made.append((path, threads))
+
+        def run(self, output_names, feeds):
+            assert output_names is None
+            return [feeds["x"][:, :4] * 2]
+
+    monkeypatch.setattr(sparsify.runtime, "Session", FakeSession, raising=False)
+    runner = get_backend("sparsify").load(sparse_onnx, threads=2)
+    assert made == [(str(sparse_onnx), 2)]
+    assert runner.input_specs == [InputSpec("x", ("N", 8), np.dtype(np.float32))]
+    feeds = make_feeds(runner.input_specs, 3)
+    (y,) = runner.run(feeds)
+    assert_close(y, feeds["x"][:, :4] * 2)
