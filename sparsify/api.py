@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify.artifact import Run, derive, is_run_dir, load_run, save_run
+from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_manifest, save_run
 from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, make_input_specs, random_inputs
-from sparsify.errors import DataError, ExportError, ModelError
+from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
 from sparsify.masks import apply_masks, fold_masks
@@ -121,6 +121,9 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
                                ignore=ignore, calib_batches=calib, seed=seed)
         step = {"step": "prune", "pattern": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
                 "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed}
+    if is_run_dir(src.model):
+        step["parent"] = {"path": str(Path(src.model).resolve()),
+                          "weights_sha256": read_manifest(src.model)["files"][WEIGHTS]["sha256"]}
     existing = run.masks
     masks = {k: (v & existing[k]) if k in existing else v for k, v in plan.masks.items()}
     apply_masks(model, masks)
@@ -134,14 +137,13 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
     return new, plan
 
 
-def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None) -> Run:
-    """Fine-tune a pruned run with its masks fixed (optionally distilling from its unpruned self)."""
+def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,
+                   teacher: str | Path | None = None) -> Run:
+    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher."""
     run = load_run(run_path)
     splits = _need_data(run, data)
-    teacher = None
-    if cfg.distill:
-        teacher = teacher_for(run)
-    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher)
+    teacher_model = teacher_for(run, teacher) if cfg.distill else None
+    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher_model)
     test = evaluate(run.model, splits.test)
     step = {"step": "finetune", "config": dataclasses.asdict(cfg), "data": splits.name}
     new = derive(run, run.model, step, {"finetune_history": history, "test_accuracy": round(test["accuracy"], 4),
@@ -150,12 +152,24 @@ def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data
     return new
 
 
-def teacher_for(run: Run) -> nn.Module:
-    """The dense teacher: the run's recorded dense parent if known, else the run's weights without masks."""
-    teacher_path = run.metrics.get("teacher_run")
-    if teacher_path and Path(teacher_path).is_dir():
-        return fold_masks(load_run(teacher_path).model).eval()
-    return fold_masks(copy.deepcopy(run.model)).eval()
+def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
+    """The dense teacher: ``teacher`` if given, else the run the first prune step started from.
+
+    The recorded parent is used only if its weights still have the recorded hash.
+    """
+    if teacher is None:
+        parents = [s["parent"] for s in run.recipe if s.get("step") == "prune" and s.get("parent")]
+        if not parents:
+            raise RunError(f"run {run.path} records no dense parent run to distill from; give --teacher RUN")
+        parent = parents[0]
+        teacher = parent["path"]
+        if not is_run_dir(teacher):
+            raise RunError(f"the dense parent {teacher} of run {run.path} is gone; give --teacher RUN")
+        actual = read_manifest(teacher)["files"][WEIGHTS]["sha256"]
+        if actual != parent["weights_sha256"]:
+            raise RunError(f"the dense parent {teacher} changed since {run.path} was pruned from it "
+                           "(weights hash differs); give --teacher RUN")
+    return fold_masks(load_run(teacher).model).eval()
 
 
 def reference_module(run: Run) -> nn.Module:

@@ -70,7 +70,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsify.api import finetune_model
 
     cfg = _train_config(args, distill=args.distill, temperature=args.temperature, alpha=args.alpha)
-    run = finetune_model(args.run, cfg, args.output, data=args.data)
+    run = finetune_model(args.run, cfg, args.output, data=args.data, teacher=args.teacher)
     print(f"fine-tuned {args.run}: test accuracy {run.metrics['test_accuracy']:.2f}% → {args.output}")
     return 0
 
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data reference (default: the run's)")
     _add_train_args(p, epochs=10, lr=1e-3)
     p.add_argument("--distill", action="store_true", help="add distillation from the dense teacher")
+    p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from)")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
     p.add_argument("-o", "--output", required=True, help="run directory to write")

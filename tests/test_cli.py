@@ -48,3 +48,28 @@ def test_unwritable_output(tmp_path, capsys):
     blocker.write_text("")
     assert main(["prune", "digits-mlp", "--sparsity", "0.5", "-o", str(blocker / "run")]) != 0
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_distill_uses_the_recorded_dense_parent(tmp_path, capsys, monkeypatch):
+    import sparsify.api as api
+
+    d = tmp_path
+    assert main(["train", "tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset",
+                 "--epochs", "1", "--no-progress", "-o", str(d / "dense")]) == 0
+    assert main(["prune", str(d / "dense"), "--sparsity", "0.9", "-o", str(d / "pruned")]) == 0
+    seen = {}
+    real = api.teacher_for
+
+    def spy(run, teacher=None):
+        model = real(run, teacher)
+        seen["fc1"] = model.fc1.weight.detach().clone()
+        return model
+
+    monkeypatch.setattr(api, "teacher_for", spy)
+    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "-o", str(d / "ft")]) == 0
+    dense = api.load_run(d / "dense").model.fc1.weight
+    assert (seen["fc1"] == dense).all(), "the teacher is the dense parent, not the pruned student"
+    # A changed parent is refused rather than silently used.
+    assert main(["prune", str(d / "dense"), "--sparsity", "0.3", "-o", str(d / "dense")]) == 0
+    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "-o", str(d / "ft2")]) != 0
+    assert "changed since" in capsys.readouterr().err
