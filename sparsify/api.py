@@ -88,13 +88,20 @@ def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path) -> Run:
 def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = None, scope: str = "layer",
                 method: str = "magnitude", targets: str | None = None, ignore: str | None = None,
                 structure: str | None = None, ratio: float | None = None, criterion: str = "l1",
-                round_to: int = 1, min_channels: int = 1, seed: int = 0) -> tuple[Run, Any]:
+                round_to: int = 1, min_channels: int = 1, nm: str | None = None, seed: int = 0) -> tuple[Run, Any]:
     """Plan masks (unstructured, or structured groups), attach them, and write a run; returns (run, plan)."""
     from sparsify.errors import PruneError
 
     run = open_model(src)
     model = run.model
-    if structure is None:
+    if nm is not None:
+        from sparsify.pruner import parse_nm, plan_nm
+
+        n, m = parse_nm(nm)
+        plan = plan_nm(model, n, m, method=method, targets=targets, ignore=ignore, seed=seed)
+        step = {"step": "prune", "pattern": f"{n}:{m}", "method": method, "targets": targets, "ignore": ignore,
+                "seed": seed}
+    elif structure is None:
         from sparsify.pruner import plan_unstructured
 
         if sparsity is None:

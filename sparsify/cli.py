@@ -59,7 +59,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     run, plan = prune_model(_source(args), args.output, sparsity=args.sparsity, scope=args.scope, method=args.method,
                             targets=args.targets, ignore=args.ignore, structure=args.structure, ratio=args.ratio,
                             criterion=args.criterion, round_to=args.round_to, min_channels=args.min_channels,
-                            seed=args.seed)
+                            nm=args.nm, seed=args.seed)
     print(plan)
     acc = run.metrics.get("pruned_test_accuracy")
     print(f"pruned run written to {args.output}" + (f"; test accuracy {acc:.2f}%" if acc is not None else ""))
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["magnitude", "random"], default="magnitude", help="unstructured criterion")
     p.add_argument("--targets", help="regex over tensor names to prune (default: Linear/Conv/attention weights)")
     p.add_argument("--ignore", help="regex over tensor names to keep dense")
+    p.add_argument("--nm", metavar="N:M", help="semi-structured: keep N of every M consecutive weights (e.g. 2:4)")
     p.add_argument("--structure", choices=["channel", "head"], help="structured pruning of whole channels or heads")
     p.add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
     p.add_argument("--criterion", choices=["l1", "l2", "random", "taylor"], default="l1", help="structured importance")

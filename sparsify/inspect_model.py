@@ -84,6 +84,12 @@ def classify_pattern(w: np.ndarray) -> str:
         cols = np.count_nonzero(rows, axis=0)
         if np.all((cols == 0) | (cols == rows.shape[0])):
             return "in-channel"
+        for m in (4, 8, 16):
+            if rows.shape[1] % m == 0:
+                per_group = np.count_nonzero(rows.reshape(-1, m), axis=1)
+                n = int(per_group.max())
+                if n < m and n <= m // 2:
+                    return f"{n}:{m}"
     return "unstructured"
 
 

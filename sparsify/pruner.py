@@ -87,13 +87,14 @@ class UnstructuredPlan:
     sparsity: float
     scope: str
     method: str
+    pattern: str = "unstructured"
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"tensor": n, "shape": list(m.shape), "kept": int(m.sum()), "numel": m.numel(),
                  "sparsity": round(1 - int(m.sum()) / max(1, m.numel()), 4)} for n, m in self.masks.items()]
 
     def __str__(self) -> str:
-        rows = [f"unstructured {self.method} pruning, {self.scope} scope, target sparsity {self.sparsity:.2%}"]
+        rows = [f"{self.pattern} {self.method} pruning, {self.scope} scope, target sparsity {self.sparsity:.2%}"]
         rows += [f"  {r['tensor']:<48} {str(tuple(r['shape'])):<20} sparsity {r['sparsity']:.2%}" for r in self.summary()]
         return "\n".join(rows)
 
@@ -142,3 +143,43 @@ def plan_unstructured(model: nn.Module, sparsity: float, *, scope: str = "layer"
         if name in existing:
             masks[name] &= existing[name]
     return UnstructuredPlan(masks=masks, sparsity=sparsity, scope=scope, method=method)
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    """``"2:4"`` → (2, 4): keep N of every M consecutive weights."""
+    try:
+        n, m = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise PruneError(f"--nm {text!r} should look like N:M, e.g. 2:4") from None
+    if not 0 < n < m:
+        raise PruneError(f"--nm {text!r}: N={n} and M={m} should satisfy 0 < N < M")
+    return n, m
+
+
+def plan_nm(model: nn.Module, n: int, m: int, *, method: str = "magnitude", targets: str | None = None,
+            ignore: str | None = None, seed: int = 0) -> UnstructuredPlan:
+    """Semi-structured N:M masks: in every group of M consecutive input weights of a row, keep the N best.
+
+    Rows are the output channels; a tensor whose row length (in × kernel) is not a multiple of M
+    is an error naming it (use --ignore to skip it).
+    """
+    scorer = get_criterion(method)
+    chosen = select_targets(model, targets, ignore)
+    existing = get_masks(model)
+    gen = torch.Generator().manual_seed(seed)
+    masks: Masks = {}
+    for name, tensor in chosen.items():
+        row = tensor[0].numel()
+        if row % m:
+            raise PruneError(f"{name} has rows of {row} weights, not a multiple of M={m}; "
+                             f"N:M pruning needs whole groups (skip it with --ignore)")
+        s = scorer(name, tensor, gen)
+        if name in existing:
+            s = torch.where(existing[name], s, torch.full_like(s, -1.0))
+        groups = s.reshape(-1, m)
+        order = torch.argsort(groups, dim=1, descending=True, stable=True)
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(1, order[:, :n], True)
+        masks[name] = keep.reshape(tensor.shape)
+        if name in existing:
+            masks[name] &= existing[name]
+    return UnstructuredPlan(masks=masks, sparsity=1 - n / m, scope="layer", method=method, pattern=f"{n}:{m}")

@@ -75,3 +75,47 @@ def test_targets_matching_nothing_lists_candidates():
         plan_unstructured(build_builtin("digits-mlp"), 0.5, targets="^conv")
     with pytest.raises(PruneError, match="not a valid regular expression"):
         plan_unstructured(build_builtin("digits-mlp"), 0.5, targets="(")
+
+
+def test_nm_keeps_n_best_of_every_m():
+    from sparsify.pruner import plan_nm
+
+    model = build_builtin("digits-mlp")
+    plan = plan_nm(model, 2, 4)
+    for name, mask in plan.masks.items():
+        groups = mask.reshape(-1, 4)
+        assert torch.all(groups.sum(dim=1) == 2), name
+        w = dict(model.named_parameters())[name].detach().abs().reshape(-1, 4)
+        kept_min = torch.where(groups, w, torch.full_like(w, float("inf"))).min(dim=1).values
+        pruned_max = torch.where(~groups, w, torch.full_like(w, -1.0)).max(dim=1).values
+        assert torch.all(pruned_max <= kept_min)
+
+
+def test_nm_rejects_bad_specs_and_ragged_rows():
+    from sparsify.pruner import parse_nm, plan_nm
+
+    with pytest.raises(PruneError, match="0 < N < M"):
+        parse_nm("4:4")
+    with pytest.raises(PruneError, match="N:M"):
+        parse_nm("two:four")
+    with pytest.raises(PruneError, match=r"stem\.0\.weight has rows of 9 weights, not a multiple of M=4"):
+        plan_nm(build_builtin("digits-cnn"), 2, 4)
+    assert "stem.0.weight" not in plan_nm(build_builtin("digits-cnn"), 2, 4, ignore="stem").masks
+
+
+def test_inspect_names_the_pattern():
+    import numpy as np
+
+    from sparsify.inspect_model import classify_pattern
+    from sparsify.pruner import plan_nm
+
+    model = build_builtin("digits-mlp")
+    w = (model.fc2.weight * plan_nm(model, 2, 4).masks["fc2.weight"]).detach().numpy()
+    assert classify_pattern(w) == "2:4"
+    w = model.fc2.weight.detach().numpy().copy()
+    assert classify_pattern(w) == "dense"
+    w[3] = 0
+    assert classify_pattern(w) == "channel"
+    w[5, 7] = 0
+    assert classify_pattern(w) == "unstructured"
+    assert classify_pattern(np.zeros((4, 4))) == "empty"
