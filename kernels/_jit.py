@@ -16,14 +16,22 @@ import math
 import numba
 import numpy as np
 
+from ._simd import axpy
+
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
 
 # Reassociation lets LLVM vectorize the row sums; no nnan/ninf so NaN and inf propagate.
 FASTMATH = {"reassoc", "contract"}
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
-# Batch tile widths for the SpMM kernel, one compiled variant each.
-TILES = (8, 16, 32, 64)
+# SpMM: no reassociation (it lets LLVM vectorize the sum over nonzeros with gathers
+# instead of the batch tile); contraction into FMAs only.
+SPMM_FASTMATH = {"contract"}
+# Widest batch tile of each compiled SpMM variant; SMALL_TILE also covers tails.
+TILES = (8, 16, 32)
+SMALL_TILE = 8
+# Independent accumulator sets per tile row (hides floating-point add latency).
+CHAINS = 4
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -49,31 +57,63 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
             out[r] = _activate(s, act)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=FASTMATH, inline="always")
-def _row_times_tile(data, indices, lo, hi, x, b0, w, init, acc):
-    """acc[:w] = init + sum_{j in [lo, hi)} data[j] * x[indices[j], b0:b0+w]."""
+@numba.njit(cache=True, nogil=True, fastmath=SPMM_FASTMATH)
+def _row_generic(data, indices, lo, hi, xf, b0, stride, w, init, acc):
+    """acc[:w] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*stride + b0 : ... + w]."""
     for t in range(w):
         acc[t] = init
+    ub0, ustride = np.uintp(b0), np.uintp(stride)
     for j in range(lo, hi):
         v = data[j]
-        xr = x[np.uintp(indices[j]), b0:b0 + w]
+        p = np.uintp(indices[j]) * ustride + ub0
         for t in range(w):
-            acc[t] += v * xr[t]
+            acc[t] += v * xf[p + np.uintp(t)]
+
+
+@functools.lru_cache(maxsize=None)
+def _row_vector(tile: int):
+    """The row kernel of width ``tile``: like _row_generic with explicit SIMD, CHAINS sums."""
+    n_acc = CHAINS * tile
+
+    @numba.njit(cache=True, nogil=True, fastmath=SPMM_FASTMATH)
+    def row(data, indices, lo, hi, xf, b0, stride, init, acc):
+        for t in range(n_acc):
+            acc[t] = 0
+        ub0, ustride = np.uintp(b0), np.uintp(stride)
+        j = lo
+        # CHAINS (= 4) independent accumulators hide the add latency.
+        while j + 4 <= hi:
+            axpy(acc, 0, xf, np.uintp(indices[j]) * ustride + ub0, data[j], tile)
+            axpy(acc, tile, xf, np.uintp(indices[j + 1]) * ustride + ub0, data[j + 1], tile)
+            axpy(acc, 2 * tile, xf, np.uintp(indices[j + 2]) * ustride + ub0, data[j + 2], tile)
+            axpy(acc, 3 * tile, xf, np.uintp(indices[j + 3]) * ustride + ub0, data[j + 3], tile)
+            j += 4
+        while j < hi:
+            axpy(acc, 0, xf, np.uintp(indices[j]) * ustride + ub0, data[j], tile)
+            j += 1
+        for t in range(tile):
+            acc[t] = init + ((acc[t] + acc[tile + t]) + (acc[2 * tile + t] + acc[3 * tile + t]))
+
+    return row
 
 
 @functools.lru_cache(maxsize=None)
 def spmm_kernel(tile: int):
-    """The SpMM kernel with batch tile ``tile`` (a compile-time constant; cached)."""
+    """The SpMM kernel whose widest batch tile is ``tile`` (one of TILES; cached)."""
+    row_big = _row_vector(tile)
+    row_small = _row_vector(SMALL_TILE)
+    n_acc = CHAINS * tile
 
-    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)
-    def spmm(data, indices, indptr, xt, bias, act, out, off, s_n, s_r, s_b, bounds):
-        """Y[n, r, b] = act(bias[r] + sum_j data[j] * xt[n, indices[j], b]).
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
+    def spmm(data, indices, indptr, xt, bias, act, out, off, s_n, s_r, s_b, valid, bounds):
+        """Y[n, r, b] = act(bias[r] + sum_j data[j] * xt[n, indices[j], b]) for b < valid.
 
         ``xt`` is (N, in, B) C-contiguous, so each nonzero scales one contiguous batch
-        vector. ``Y[n, r, b]`` is stored at ``out[off + n*s_n + r*s_r + b*s_b]`` (``out``
-        is a flat buffer): the same kernel writes (batch, out) linear outputs and NCHW
-        conv outputs. Work items are (image, row chunk); batch tiles of ``tile``
-        columns keep the accumulator in L1.
+        vector; columns ``valid..B`` are padding and are not stored. ``Y[n, r, b]`` is
+        stored at ``out[off + n*s_n + r*s_r + b*s_b]`` (``out`` is a flat buffer): the
+        same kernel writes (batch, out) linear outputs and NCHW conv outputs. Work items
+        are (image, row chunk). The batch is covered by tiles of ``tile`` columns, then
+        of SMALL_TILE, then one scalar tail, each keeping its accumulators in registers.
         """
         n_img = xt.shape[0]
         width = xt.shape[2]
@@ -81,21 +121,29 @@ def spmm_kernel(tile: int):
         for item in numba.prange(n_img * n_chunks):
             n = item // n_chunks
             ch = item - n * n_chunks
-            x = xt[n]
+            xf = xt[n].reshape(-1)
             base = off + n * s_n
-            acc = np.empty(tile, dtype=xt.dtype)
-            for b0 in range(0, width, tile):
-                w = min(tile, width - b0)
+            acc = np.empty(n_acc, dtype=xt.dtype)
+            b0 = 0
+            while b0 < valid:
+                if b0 + tile <= width:
+                    w = tile
+                elif b0 + SMALL_TILE <= width:
+                    w = SMALL_TILE
+                else:
+                    w = width - b0
                 for r in range(bounds[ch], bounds[ch + 1]):
-                    if w == tile:  # constant trip count: unrolled and vectorized
-                        _row_times_tile(data, indices, indptr[r], indptr[r + 1], x, b0, tile,
-                                        bias[r], acc)
+                    lo, hi = indptr[r], indptr[r + 1]
+                    if w == tile:
+                        row_big(data, indices, lo, hi, xf, b0, width, bias[r], acc)
+                    elif w == SMALL_TILE:
+                        row_small(data, indices, lo, hi, xf, b0, width, bias[r], acc)
                     else:
-                        _row_times_tile(data, indices, indptr[r], indptr[r + 1], x, b0, w,
-                                        bias[r], acc)
+                        _row_generic(data, indices, lo, hi, xf, b0, width, w, bias[r], acc)
                     pos = base + r * s_r + b0 * s_b
-                    for t in range(w):
+                    for t in range(min(w, valid - b0)):
                         out[pos + t * s_b] = _activate(acc[t], act)
+                b0 += w
 
     return spmm
 

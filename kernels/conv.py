@@ -106,7 +106,7 @@ class SparseConv2d:
         if self._pointwise:
             part, bias, chunks = self._parts[0]
             kernel(part.data, part.indices, part.indptr, x.reshape(n, c, h * w), bias, self._act,
-                   flat, 0, o * p, p, 1, chunks.bounds())
+                   flat, 0, o * p, p, 1, p, chunks.bounds())
             return y
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
                                                   self.dilation)
@@ -121,7 +121,7 @@ class SparseConv2d:
             for g, (part, bias, chunks) in enumerate(self._parts):
                 _jit.im2col(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, buf)
                 kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
-                       flat, n0 * o * p + g * per * p, o * p, p, 1, chunks.bounds())
+                       flat, n0 * o * p + g * per * p, o * p, p, 1, p, chunks.bounds())
         return y
 
 

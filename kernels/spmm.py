@@ -35,11 +35,10 @@ def activation_code(activation: str | None) -> int:
 
 
 def pick_tile(batch: int) -> int:
-    """Batch tile width for the SpMM kernel: the smallest of TILES covering ``batch``."""
-    for t in _jit.TILES:
-        if batch <= t:
-            return t
-    return _jit.TILES[-1]
+    """Widest batch tile for the SpMM kernel: 8 up to 8 columns, 16 below 32, else 32."""
+    if batch <= 8:
+        return 8
+    return 16 if batch < 32 else 32
 
 
 def checked(weight: CSR) -> CSR:
@@ -144,10 +143,14 @@ class SparseLinear:
                       out.reshape(self.out_features), bounds)
             return out
         x2 = x.reshape(batch, self.in_features)
-        xt = np.ascontiguousarray(x2.T)[None]
+        # Transposed input, zero-padded to a multiple of the small tile width.
+        padded = -(-batch // _jit.SMALL_TILE) * _jit.SMALL_TILE
+        xt = np.empty((1, self.in_features, padded), dtype=self.dtype)
+        xt[0, :, :batch] = x2.T
+        xt[0, :, batch:] = 0
         kernel = _jit.spmm_kernel(pick_tile(batch))
         kernel(w.data, w.indices, w.indptr, xt, self.bias, self._act,
-               out.reshape(-1), 0, 0, 1, self.out_features, bounds)
+               out.reshape(-1), 0, 0, 1, self.out_features, batch, bounds)
         return out
 
 
