@@ -1,0 +1,240 @@
+"""Planning options, bad input, partial masks, unanalysable ops, and save/load of slim models."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsify.errors import ModelFileError, PruneError
+from sparsify.passes.slim import load_slim, save_slim, slim_model
+from sparsify.structured import merge_masks, plan_structured
+from tests.helpers import assert_close
+from tests.structured import models as M
+from tests.structured.util import masked_model
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class SigmoidHidden(nn.Module):
+    """A hidden layer whose activation maps 0 to 0.5: pruned channels are not zero after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.sigmoid(self.fc1(x)))
+
+
+@pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, "half"])
+def test_ratio_outside_range_is_rejected(ratio):
+    with pytest.raises(PruneError, match=r"ratio=.* should be a float in \[0, 1\)"):
+        plan_structured(M.LinearChain(), (_x(2, 12),), ratio=ratio)
+
+
+def test_targets_matching_nothing_is_rejected():
+    with pytest.raises(PruneError, match="targets='nope' matches no parameter"):
+        plan_structured(M.LinearChain(), (_x(2, 12),), ratio=0.5, targets="nope")
+
+
+def test_bad_options_name_the_valid_values():
+    with pytest.raises(PruneError, match="criterion='l3' should be one of"):
+        plan_structured(M.LinearChain(), (_x(2, 12),), ratio=0.5, criterion="l3")
+    with pytest.raises(PruneError, match="structure='block' should be one of"):
+        plan_structured(M.LinearChain(), (_x(2, 12),), ratio=0.5, structure="block")
+
+
+def test_plan_is_printable_and_json_and_leaves_the_model_alone():
+    model = M.randomize_norms(M.ConvBNReLU())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_structured(model, (_x(2, 3, 8, 8),), ratio=0.5)
+    text = str(plan)
+    assert "conv1: 8/16 channels kept" in text and "conv2: 12/24 channels kept" in text
+    d = json.loads(plan.to_json())
+    assert {g["name"] for g in d["groups"] if not g["skipped"]} == {"conv1", "conv2"}
+    assert d["masks"]["conv1.weight"] == {"shape": [16, 3, 3, 3], "kept": 8 * 27}
+    # the group's masks cover producer rows, bias, BN affine and the consumer's input slice
+    m = plan.masks
+    pruned = (~m["conv1.weight"].flatten(1).any(1)).nonzero().flatten()
+    assert len(pruned) == 8
+    assert not m["conv1.bias"][pruned].any() and not m["bn1.weight"][pruned].any()
+    assert not m["bn1.bias"][pruned].any() and not m["conv2.weight"][:, pruned].any()
+    assert "bn1.running_mean" not in m
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_l1_prunes_the_smallest_channels():
+    model = M.LinearChain()
+    with torch.no_grad():
+        model.fc1.weight[:8] *= 0.01  # the group's importance sums rows, bias and fc2's columns
+        model.fc1.bias[:8] *= 0.01
+        model.fc2.weight[:, :8] *= 0.01
+    plan = plan_structured(model, (_x(2, 12),), ratio=0.25, targets="fc1")
+    kept = plan.masks["fc1.weight"].any(1)
+    assert kept[:8].sum() == 0 and kept[8:].all()
+    assert "fc2.bias" not in plan.masks  # fc2's group not targeted
+
+
+def test_global_scope_taylor_random_and_round_to():
+    model = M.randomize_norms(M.Residual())
+    x = _x(2, 3, 8, 8)
+    batches = [(_x(4, 3, 8, 8, seed=i), torch.randint(0, 5, (4,))) for i in range(2)]
+    plans = {
+        "global": plan_structured(model, (x,), ratio=0.5, scope="global"),
+        "taylor": plan_structured(model, (x,), ratio=0.5, criterion="taylor", calib_batches=batches),
+        "random": plan_structured(model, (x,), ratio=0.5, criterion="random", seed=1),
+        "round": plan_structured(model, (x,), ratio=0.3, round_to=4),
+    }
+    for name, plan in plans.items():
+        res = slim_model(model, plan.masks, (x,))
+        with torch.no_grad():
+            assert_close(res.module(x), masked_model(model, plan.masks)(x), atol=1e-5)
+    kept_global = sum(g.kept_units for g in plans["global"].groups if not g.skipped)
+    total = sum(g.total_units for g in plans["global"].groups if not g.skipped)
+    assert kept_global == total - total // 2
+    for g in plans["round"].groups:
+        if not g.skipped:
+            assert g.kept_units % 4 == 0, g
+    r1 = plan_structured(model, (x,), ratio=0.5, criterion="random", seed=1)
+    assert all(torch.equal(r1.masks[k], plans["random"].masks[k]) for k in r1.masks)
+    with pytest.raises(PruneError, match="taylor' needs calib_batches"):
+        plan_structured(model, (x,), ratio=0.5, criterion="taylor")
+
+
+def test_heads_and_ffn_neurons_together():
+    model = M.randomize_norms(M.TinyEncoder(layers=2))
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    heads = plan_structured(model, (ids,), structure="head", ratio=0.5)
+    ffn = plan_structured(model, (ids,), structure="channel", ratio=0.5, targets=r"fc1")
+    masks = merge_masks(heads.masks, ffn.masks)
+    res = slim_model(model, masks, (ids,))
+    st = res.module.state_dict()
+    assert tuple(st["layers.0.attn.q.weight"].shape) == (16, 32)
+    assert tuple(st["layers.1.fc1.weight"].shape) == (32, 32)
+    assert tuple(st["tok.weight"].shape) == (50, 32)  # residual stream untouched
+    run = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(res.module(run), masked_model(model, masks)(run), atol=1e-5)
+
+
+def test_opaque_op_is_skipped_with_its_name_and_location():
+    model = M.Opaque()
+    plan = plan_structured(model, (_x(2, 8),), ratio=0.5)
+    reason = plan.skipped["fc1"]
+    assert "cumsum" in reason and "models.py" in reason
+    assert "fc1.weight" not in plan.masks and "fc2.weight" in plan.masks
+    # masks that prune fc1 anyway: the channel is kept, with the reason, and the model stays exact
+    masks = {"fc1.weight": torch.ones(16, 8, dtype=torch.bool), "fc1.bias": torch.ones(16, dtype=torch.bool)}
+    masks["fc1.weight"][:4] = False
+    masks["fc1.bias"][:4] = False
+    res = slim_model(model, masks, (_x(2, 8),))
+    assert tuple(res.module.state_dict()["fc1.weight"].shape) == (16, 8)
+    group = next(g for g in res.report.groups if g["name"] == "fc1")
+    assert group["kept_channels"] == 16 and any("cumsum" in r for r in group["reasons"])
+    x = _x(5, 8, seed=2)
+    with torch.no_grad():
+        assert_close(res.module(x), masked_model(model, masks)(x), atol=1e-5)
+
+
+def test_producer_only_masks_are_enough_when_the_channel_is_zero():
+    model = M.LinearChain()
+    masks = {"fc1.weight": torch.ones(32, 12, dtype=torch.bool), "fc1.bias": torch.ones(32, dtype=torch.bool)}
+    masks["fc1.weight"][::2] = False
+    masks["fc1.bias"][::2] = False
+    res = slim_model(model, masks, (_x(2, 12),))
+    assert tuple(res.module.state_dict()["fc2.weight"].shape) == (24, 16)
+
+
+def test_unmasked_bias_keeps_the_channel_and_says_why():
+    model = M.LinearChain()
+    masks = {"fc1.weight": torch.ones(32, 12, dtype=torch.bool)}
+    masks["fc1.weight"][:10] = False
+    res = slim_model(model, masks, (_x(2, 12),))
+    assert tuple(res.module.state_dict()["fc1.weight"].shape) == (32, 12)
+    group = next(g for g in res.report.groups if g["name"] == "fc1")
+    assert group["kept_channels"] == 32 and "fc1.bias (dim 0) is not masked" in group["reasons"][0]
+    x = _x(4, 12, seed=3)
+    with torch.no_grad():
+        assert_close(res.module(x), masked_model(model, masks)(x), atol=1e-5)
+
+
+def test_sigmoid_constant_needs_the_consumer_slice_masked():
+    model = SigmoidHidden()
+    x = _x(2, 6)
+    rows = torch.ones(8, dtype=torch.bool)
+    rows[:4] = False
+    producer = {"fc1.weight": rows[:, None].expand(8, 6).clone(), "fc1.bias": rows.clone()}
+    res = slim_model(model, producer, (x,))
+    group = next(g for g in res.report.groups if g["name"] == "fc1")
+    assert group["kept_channels"] == 8 and "not zero there" in group["reasons"][0]
+    full = dict(producer, **{"fc2.weight": rows[None, :].expand(3, 8).clone()})
+    res = slim_model(model, full, (x,))
+    assert tuple(res.module.state_dict()["fc2.weight"].shape) == (3, 4)
+    xs = _x(5, 6, seed=4)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(model, full)(xs), atol=1e-5)
+
+
+def test_partial_head_is_not_removed():
+    model = M.SelfAttention()
+    x = _x(2, 5, 32)
+    rows = torch.ones(32, dtype=torch.bool)
+    rows[:4] = False  # half of head 0 only
+    masks = {f"{p}.weight": rows[:, None].expand(32, 32).clone() for p in "qkv"}
+    masks.update({f"{p}.bias": rows.clone() for p in "qkv"})
+    res = slim_model(model, masks, (x,))
+    assert tuple(res.module.state_dict()["q.weight"].shape) == (32, 32)
+    assert any("head" in r for g in res.report.groups for r in g["reasons"])
+
+
+def test_bad_masks_are_rejected():
+    with pytest.raises(PruneError, match="mask 'fc9.weight' names no parameter"):
+        slim_model(M.LinearChain(), {"fc9.weight": torch.ones(2, dtype=torch.bool)}, (_x(2, 12),))
+    with pytest.raises(PruneError, match=r"mask 'fc1.weight' has shape \(3,\), expected \(32, 12\)"):
+        slim_model(M.LinearChain(), {"fc1.weight": torch.ones(3, dtype=torch.bool)}, (_x(2, 12),))
+
+
+def test_save_and_load_without_pickle(tmp_path):
+    model = M.randomize_norms(M.Residual())
+    x = _x(2, 3, 8, 8)
+    plan = plan_structured(model, (x,), ratio=0.5)
+    res = slim_model(model, plan.masks, (x,))
+    path = tmp_path / "slim.pt2"
+    save_slim(res, path)
+    loaded = load_slim(path)
+    xs = _x(3, 3, 8, 8, seed=5)
+    with torch.no_grad():
+        assert_close(loaded(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
+    # an archive that would unpickle a tensor is refused before torch reads it
+    bad = tmp_path / "bad.pt2"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("model_weights_config.json"):
+                data = data.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            zout.writestr(item, data)
+    with pytest.raises(ModelFileError, match="is pickled; refusing to load"):
+        load_slim(bad)
+    with pytest.raises(ModelFileError, match="not a .pt2 archive"):
+        (tmp_path / "junk.pt2").write_bytes(b"junk")
+        load_slim(tmp_path / "junk.pt2")
+
+
+def test_dead_attention_weights_output_is_dropped():
+    """nn.MultiheadAttention computes averaged weights nobody uses: slim must not trip on them."""
+    model = M.MHABlock()
+    x = _x(2, 5, 8)
+    plan = plan_structured(model, (x,), structure="head", ratio=0.5)
+    res = slim_model(model, plan.masks, (x,))
+    ops = {str(n.target) for n in res.module.graph.nodes if n.op == "call_function"}
+    assert not any("mean" in o for o in ops)
+    assert res.report.macs_after < res.report.macs_before
+    _ = F  # keep the functional import used by SigmoidHidden's siblings
