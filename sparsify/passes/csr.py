@@ -1,0 +1,436 @@
+"""CSR conversion pass on a dense-exported ONNX graph: plan which weights to convert, then rewrite.
+
+:func:`plan_csr` looks at every Gemm / MatMul (+ bias Add) / Conv whose weight is an
+initializer and decides, per layer, whether to replace it by an ``ai.sparsify`` op, recording
+the reason either way ("density 0.62 above threshold 0.35 for batch 1", "weight is not an
+initializer", ...). A following Relu that is the sole consumer is fused into the op, and so is
+the exact-erf GELU pattern the exporter emits (``x * (0.5 * (erf(x / sqrt2) + 1))``).
+:func:`rewrite_csr` then builds the new model: CSR arrays and bias are ordinary
+initializers, every other op stays standard. :class:`CsrPass` wraps both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from sparsify.errors import ExportError
+from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
+
+# Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (2 threads, fp32),
+# by target batch. Measured with
+#   python benchmarks/bench_sparse_e2e.py --crossover --out benchmarks/results/sparse_crossover.json
+# on this machine (2 cores, AVX2); each entry is the largest density on the grid
+# {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7} at which the kernels were faster for both 1024x1024
+# and 4096x4096 layers, so the choice is conservative. Batches between entries use the
+# entry of the next larger measured batch.
+LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.1, 64: 0.05}
+# Convs at batch 1 (measured on 64-channel 3x3 convs over 8x8 and 16x16 maps and a 128-channel
+# 1x1 conv over 16x16): the output pixels act as the batch, so the crossover is low.
+CONV_CROSSOVER: float = 0.1
+
+
+def default_threshold(kind: str, target_batch: int = 1) -> float:
+    """The measured crossover density for ``kind`` ("linear" or "conv") at ``target_batch``."""
+    if kind == "conv":
+        return CONV_CROSSOVER
+    for batch in sorted(LINEAR_CROSSOVER):
+        if target_batch <= batch:
+            return LINEAR_CROSSOVER[batch]
+    return LINEAR_CROSSOVER[max(LINEAR_CROSSOVER)]
+
+
+@dataclasses.dataclass
+class LayerDecision:
+    """What the pass decided for one Gemm / MatMul / Conv node, and why."""
+
+    node: str
+    op_type: str
+    weight: str | None
+    weight_shape: tuple[int, ...] | None
+    nnz: int | None
+    density: float | None
+    convert: bool
+    reason: str
+    activation: str = "none"
+    bias: str | None = None
+    output: str = ""
+    threshold: float | None = None
+    # Node indices (in graph order) replaced by the sparse op: the main node first.
+    fused: tuple[int, ...] = ()
+    transpose: bool = False  # CSR holds weight.T (MatMul / Gemm transB=0)
+
+    def line(self) -> str:
+        """One human-readable line."""
+        what = f"{self.op_type} {self.node!r}" + (f" (weight {self.weight}, {list(self.weight_shape)})"
+                                                  if self.weight and self.weight_shape else "")
+        fused = f", fused {self.activation}" if self.convert and self.activation != "none" else ""
+        return f"{'converted' if self.convert else 'kept dense'}: {what}: {self.reason}{fused}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (no internal indices)."""
+        return {"node": self.node, "op_type": self.op_type, "weight": self.weight,
+                "weight_shape": list(self.weight_shape) if self.weight_shape else None,
+                "nnz": self.nnz, "density": self.density, "convert": self.convert, "reason": self.reason,
+                "activation": self.activation, "threshold": self.threshold}
+
+
+@dataclasses.dataclass
+class CsrPlan:
+    """Decisions for every candidate node, with the inputs of the choice."""
+
+    decisions: list[LayerDecision]
+    target_batch: int
+    density_threshold: float | None  # the user's override, None when measured defaults were used
+
+    @property
+    def converted(self) -> list[LayerDecision]:
+        return [d for d in self.decisions if d.convert]
+
+    @property
+    def skipped(self) -> list[LayerDecision]:
+        return [d for d in self.decisions if not d.convert]
+
+    def lines(self) -> list[str]:
+        return [d.line() for d in self.decisions]
+
+
+@dataclasses.dataclass
+class PassResult:
+    """The rewritten model, whether anything changed, and the plan behind it."""
+
+    model: onnx.ModelProto
+    modified: bool
+    plan: CsrPlan
+
+
+class _Graph:
+    """Index of a graph: producers, consumers, initializers, graph outputs."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.nodes = list(g.node)
+        self.inits = {i.name: i for i in g.initializer}
+        self.outputs = {o.name for o in g.output}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for name in n.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(i)
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self.inits[name])
+        return self._arrays[name]
+
+    def sole_consumer(self, value: str) -> int | None:
+        """Index of the only node reading ``value`` (None if several, none, or a graph output)."""
+        users = self.consumers.get(value, [])
+        if len(users) != 1 or value in self.outputs:
+            return None
+        return users[0]
+
+    def scalar(self, name: str) -> float | None:
+        if name in self.inits:
+            a = self.array(name)
+            if a.size == 1 and np.issubdtype(a.dtype, np.floating):
+                return float(a.reshape(()))
+        return None
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in out.items()}
+
+
+def _match_gelu(g: _Graph, value: str) -> tuple[list[int], str] | None:
+    """Node indices and output of ``value * (0.5 * (erf(value / sqrt2) + 1))`` (the exporter's exact GELU)."""
+    users = g.consumers.get(value, [])
+    if value in g.outputs or len(users) != 2:
+        return None
+    div = next((i for i in users if g.nodes[i].op_type == "Div" and g.nodes[i].input[0] == value), None)
+    mul_out = next((i for i in users if g.nodes[i].op_type == "Mul"), None)
+    if div is None or mul_out is None:
+        return None
+    s = g.scalar(g.nodes[div].input[1])
+    if s is None or abs(s - math.sqrt(2.0)) > 1e-6:
+        return None
+    chain = [div]
+    erf = g.sole_consumer(g.nodes[div].output[0])
+    if erf is None or g.nodes[erf].op_type != "Erf":
+        return None
+    add = g.sole_consumer(g.nodes[erf].output[0])
+    if add is None or g.nodes[add].op_type != "Add":
+        return None
+    other = [v for v in g.nodes[add].input if v != g.nodes[erf].output[0]]
+    if len(other) != 1 or g.scalar(other[0]) != 1.0:
+        return None
+    half = g.sole_consumer(g.nodes[add].output[0])
+    if half is None or g.nodes[half].op_type != "Mul":
+        return None
+    other = [v for v in g.nodes[half].input if v != g.nodes[add].output[0]]
+    if len(other) != 1 or g.scalar(other[0]) != 0.5:
+        return None
+    if g.sole_consumer(g.nodes[half].output[0]) != mul_out:
+        return None
+    if sorted(g.nodes[mul_out].input) != sorted([value, g.nodes[half].output[0]]):
+        return None
+    chain += [erf, add, half, mul_out]
+    return chain, g.nodes[mul_out].output[0]
+
+
+def _fuse_activation(g: _Graph, value: str) -> tuple[str, list[int], str]:
+    """(activation, fused node indices, new output) for the activation consuming ``value``, if any."""
+    nxt = g.sole_consumer(value)
+    if nxt is not None and g.nodes[nxt].op_type == "Relu":
+        return "relu", [nxt], g.nodes[nxt].output[0]
+    gelu = _match_gelu(g, value)
+    if gelu is not None:
+        return "gelu", gelu[0], gelu[1]
+    return "none", [], value
+
+
+def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
+    """Structural checks for node ``idx``; a decision with convert=True means "eligible"."""
+    node = g.nodes[idx]
+    if node.op_type not in ("Gemm", "MatMul", "Conv") or node.domain not in ("", "ai.onnx"):
+        return None
+    label = node_label(node)
+    weight = node.input[1] if len(node.input) > 1 else None
+
+    def skip(reason: str, shape=None) -> LayerDecision:
+        return LayerDecision(label, node.op_type, weight, shape, None, None, False, reason)
+
+    if weight not in g.inits:
+        if node.op_type == "MatMul" and node.input[0] in g.inits:
+            return skip("weight is the left operand of MatMul (only X @ W is converted)")
+        return skip("weight is not an initializer")
+    w = g.array(weight)
+    shape = tuple(int(s) for s in w.shape)
+    if w.dtype not in (np.float32, np.float64):
+        return skip(f"weight dtype {w.dtype} is not float32/float64", shape)
+    attrs = _attrs(node)
+    bias = None
+    transpose = False
+    fused = [idx]
+    out = node.output[0]
+    if node.op_type == "Gemm":
+        if w.ndim != 2:
+            return skip(f"Gemm weight has rank {w.ndim}, expected 2", shape)
+        if attrs.get("transA", 0):
+            return skip("Gemm transA=1", shape)
+        if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return skip(f"Gemm alpha={attrs.get('alpha', 1.0)} beta={attrs.get('beta', 1.0)} (only 1.0 is converted)", shape)
+        transpose = not attrs.get("transB", 0)
+        rows = shape[1] if transpose else shape[0]
+        if len(node.input) > 2 and node.input[2]:
+            bias = node.input[2]
+            if bias not in g.inits:
+                return skip("Gemm bias C is not an initializer", shape)
+            b = g.array(bias)
+            if b.size != rows or b.shape not in ((rows,), (1, rows)) or b.dtype != w.dtype:
+                return skip(f"Gemm bias C has shape {tuple(b.shape)} {b.dtype}, expected ({rows},) {w.dtype}", shape)
+    elif node.op_type == "MatMul":
+        if w.ndim != 2:
+            return skip(f"MatMul weight has rank {w.ndim}, expected 2", shape)
+        transpose = True
+        add = g.sole_consumer(out)
+        if add is not None and g.nodes[add].op_type == "Add":
+            other = [v for v in g.nodes[add].input if v != out]
+            if len(other) == 1 and other[0] in g.inits:
+                b = g.array(other[0])
+                if b.dtype == w.dtype and b.size == shape[1] and b.shape[-1:] == (shape[1],) and b.ndim <= 2:
+                    bias = other[0]
+                    fused.append(add)
+                    out = g.nodes[add].output[0]
+    else:  # Conv
+        if w.ndim != 4:
+            return skip(f"Conv weight has rank {w.ndim}; only 2-D convs (rank 4) are converted", shape)
+        if attrs.get("auto_pad", "NOTSET") != "NOTSET":
+            return skip(f"Conv auto_pad={attrs['auto_pad']} (only explicit pads are converted)", shape)
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if pads[:2] != pads[2:]:
+            return skip(f"Conv pads {pads} are asymmetric", shape)
+        group = int(attrs.get("group", 1))
+        if group > 1 and shape[1] == 1:
+            return skip(f"Conv groups={group} is depthwise (one kernel launch per channel; kept dense)", shape)
+        if len(node.input) > 2 and node.input[2]:
+            bias = node.input[2]
+            if bias not in g.inits:
+                return skip("Conv bias is not an initializer", shape)
+    activation, act_nodes, out = _fuse_activation(g, out)
+    return LayerDecision(label, node.op_type, weight, shape, None, None, True, "", activation, bias, out,
+                         fused=tuple(fused + act_nodes), transpose=transpose)
+
+
+def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
+             target_batch: int = 1) -> CsrPlan:
+    """Decide, for each Gemm / MatMul / Conv of ``model``, whether to convert it and why.
+
+    A layer is converted when its weight density is strictly below the threshold: the
+    measured crossover for ``target_batch`` (:func:`default_threshold`) unless
+    ``density_threshold`` overrides it. A threshold of 1.0 means "convert every eligible
+    layer", fully dense ones included.
+    """
+    if density_threshold is not None and not (isinstance(density_threshold, (int, float))
+                                              and 0.0 <= density_threshold <= 1.0):
+        raise ExportError(f"density threshold {density_threshold!r} should be a number in [0, 1]")
+    if not isinstance(target_batch, int) or target_batch < 1:
+        raise ExportError(f"target batch {target_batch!r} should be a positive int")
+    g = _Graph(model)
+    decisions: list[LayerDecision] = []
+    claimed: set[int] = set()
+    for idx in range(len(g.nodes)):
+        if idx in claimed:
+            continue
+        d = _candidate(g, idx)
+        if d is None:
+            continue
+        decisions.append(d)
+        if not d.convert:
+            continue
+        w = g.array(d.weight)
+        nnz = int(np.count_nonzero(w))
+        d.nnz, d.density = nnz, nnz / max(1, w.size)
+        kind = "conv" if d.op_type == "Conv" else "linear"
+        threshold = default_threshold(kind, target_batch) if density_threshold is None else float(density_threshold)
+        d.threshold = threshold
+        source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
+        if d.density < threshold or threshold >= 1.0:
+            d.reason = f"density {d.density:.3f} below threshold {threshold:.2f} {source}"
+            if d.density >= threshold:
+                d.reason = f"density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
+            claimed.update(d.fused)
+        else:
+            d.convert = False
+            d.reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
+            d.activation, d.fused = "none", ()
+    return CsrPlan(decisions, target_batch, density_threshold)
+
+
+def _index_arrays(csr_indices: np.ndarray, csr_indptr: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Narrowest stored dtypes: uint16 column indices when cols fit, int32 (int64) indptr."""
+    nnz = int(csr_indptr[-1]) if csr_indptr.size else 0
+    ptr = csr_indptr.astype(np.int32 if nnz <= np.iinfo(np.int32).max else np.int64)
+    if cols <= np.iinfo(np.uint16).max + 1:
+        return csr_indices.astype(np.uint16), ptr
+    return csr_indices.astype(np.int32 if cols <= np.iinfo(np.int32).max else np.int64), ptr
+
+
+def _csr(w2d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows_idx, cols_idx = np.nonzero(w2d)
+    indptr = np.zeros(w2d.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows_idx, minlength=w2d.shape[0]), out=indptr[1:])
+    return np.ascontiguousarray(w2d[rows_idx, cols_idx]), cols_idx, indptr
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out
+
+
+def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
+    """A new model with every converted layer of ``plan`` replaced by an ``ai.sparsify`` op.
+
+    Dense weights no longer used are dropped; the ``ai.sparsify`` domain is added to
+    ``opset_import``; value_info of the replaced outputs is kept so shape inference can
+    continue past the custom ops.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if not plan.converted:
+        return out
+    g = _Graph(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        known = {vi.name: vi for vi in inferred.graph.value_info}
+    except Exception:  # shape inference is a convenience here, not a requirement
+        known = {}
+    taken = {i.name for i in model.graph.initializer} | {v for n in model.graph.node for v in [*n.input, *n.output]}
+    taken |= {n.name for n in model.graph.node}
+    new_inits: list[onnx.TensorProto] = []
+    replace: dict[int, onnx.NodeProto] = {}
+    drop: set[int] = set()
+    for d in plan.converted:
+        main = g.nodes[d.fused[0]]
+        w = g.array(d.weight)
+        w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
+        data, indices, indptr = _csr(np.ascontiguousarray(w2d))
+        idx, ptr = _index_arrays(indices, indptr, w2d.shape[1])
+        base = d.weight
+        names = tuple(_unique(f"{base}.csr_{part}", taken) for part in ("data", "indices", "indptr"))
+        for name, arr in zip(names, (data, idx, ptr)):
+            new_inits.append(numpy_helper.from_array(arr, name))
+        bias = d.bias
+        if bias is not None and g.array(bias).shape != (w2d.shape[0],):
+            b = g.array(bias).reshape(w2d.shape[0])
+            bias = _unique(f"{bias}.flat", taken)
+            new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b), bias))
+        conv: dict[str, Any] = {}
+        if d.op_type == "Conv":
+            a = _attrs(main)
+            conv = dict(kernel_shape=list(a.get("kernel_shape", w.shape[2:])), strides=a.get("strides", [1, 1]),
+                        pads=a.get("pads", [0, 0, 0, 0]), dilations=a.get("dilations", [1, 1]),
+                        group=a.get("group", 1))
+        op = CONV_OP if d.op_type == "Conv" else LINEAR_OP
+        node = make_node(op, main.input[0], names, bias, d.output, _unique(f"{d.node}.sparse", taken),
+                         tuple(w2d.shape), d.activation, d.weight, tuple(w.shape), d.op_type, **conv)
+        replace[d.fused[0]] = node
+        drop.update(d.fused[1:])
+    nodes = []
+    for i, n in enumerate(g.nodes):
+        if i in replace:
+            nodes.append(replace[i])
+        elif i not in drop:
+            nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    used = {v for n in nodes for v in n.input} | {o.name for o in out.graph.output}
+    kept = [i for i in out.graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept + new_inits)
+    graph_inputs = [vi for vi in out.graph.input if vi.name in used or vi.name not in g.inits]
+    del out.graph.input[:]
+    out.graph.input.extend(graph_inputs)
+    have_vi = {vi.name for vi in out.graph.value_info} | {o.name for o in out.graph.output}
+    values = {v for n in nodes for v in n.output}
+    vis = [vi for vi in out.graph.value_info if vi.name in values]
+    vis += [known[d.output] for d in plan.converted if d.output in known and d.output not in have_vi]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(vis)
+    if not any(o.domain == DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return out
+
+
+class CsrPass:
+    """Plan, then rewrite: ``CsrPass(threshold, batch).call(model) -> PassResult``."""
+
+    name = "csr"
+
+    def __init__(self, density_threshold: float | None = None, target_batch: int = 1) -> None:
+        self.density_threshold = density_threshold
+        self.target_batch = target_batch
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        plan = plan_csr(model, self.density_threshold, self.target_batch)
+        return PassResult(rewrite_csr(model, plan), bool(plan.converted), plan)
+
+
+def convert_layers(model: onnx.ModelProto, density_threshold: float | None = None,
+                   target_batch: int = 1) -> PassResult:
+    """Shorthand for ``CsrPass(density_threshold, target_batch).call(model)``."""
+    return CsrPass(density_threshold, target_batch).call(model)
+
+
+__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "default_threshold", "LayerDecision", "CsrPlan",
+                          "PassResult", "plan_csr", "rewrite_csr", "CsrPass", "convert_layers"]

@@ -1,0 +1,108 @@
+"""Small standard ONNX ops ("glue" between sparse layers) evaluated in numpy.
+
+Running an Add + Relu between two sparse convs through its own ONNX Runtime session costs
+one ``InferenceSession.run`` (tens of microseconds of fixed overhead); numpy does it in a
+few. Only ops whose numpy result is identical to ONNX semantics are here, and only on
+float tensors (the partitioner checks the inferred types); anything else runs in ORT.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper
+
+GlueFn = Callable[[list[Any]], list[np.ndarray]]
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _binary(fn) -> Callable[[onnx.NodeProto, dict], GlueFn]:
+    return lambda node, consts: (lambda xs: [fn(xs[0], xs[1])])
+
+
+def _relu(node, consts) -> GlueFn:
+    def run(xs):
+        return [np.maximum(xs[0], xs[0].dtype.type(0))]
+    return run
+
+
+def _identity(node, consts) -> GlueFn:
+    return lambda xs: [xs[0]]
+
+
+def _reshape(node, consts) -> GlueFn:
+    allowzero = int(_attrs(node).get("allowzero", 0))
+
+    def run(xs):
+        x, shape = xs[0], [int(s) for s in xs[1]]
+        if not allowzero:
+            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        return [x.reshape(shape)]
+    return run
+
+
+def _flatten(node, consts) -> GlueFn:
+    axis = int(_attrs(node).get("axis", 1))
+
+    def run(xs):
+        x = xs[0]
+        a = axis + x.ndim if axis < 0 else axis
+        lead = int(np.prod(x.shape[:a], dtype=np.int64))
+        return [x.reshape(lead, -1)]
+    return run
+
+
+def _reduce_mean(node, consts) -> GlueFn:
+    a = _attrs(node)
+    keepdims = bool(a.get("keepdims", 1))
+    noop = bool(a.get("noop_with_empty_axes", 0))
+    static_axes = a.get("axes")  # opset < 18 carries axes as an attribute
+
+    def run(xs):
+        x = xs[0]
+        axes = static_axes if static_axes is not None else (xs[1] if len(xs) > 1 and xs[1] is not None else None)
+        if axes is None or len(axes) == 0:
+            if noop:
+                return [x]
+            axes = range(x.ndim)
+        axes = tuple(int(ax) % x.ndim for ax in axes)
+        return [np.mean(x, axis=axes, keepdims=keepdims, dtype=x.dtype)]
+    return run
+
+
+def _global_average_pool(node, consts) -> GlueFn:
+    def run(xs):
+        x = xs[0]
+        return [np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)]
+    return run
+
+
+GLUE_OPS: dict[str, Callable[[onnx.NodeProto, dict], GlueFn]] = {
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _binary(np.divide),
+    "Relu": _relu,
+    "Identity": _identity,
+    "Reshape": _reshape,
+    "Flatten": _flatten,
+    "ReduceMean": _reduce_mean,
+    "GlobalAveragePool": _global_average_pool,
+}
+# Inputs of these ops that are shapes/axes (int64), not float data.
+INT_INPUTS = {"Reshape": {1}, "ReduceMean": {1}}
+
+
+def supports(node: onnx.NodeProto) -> bool:
+    """True when ``node`` is a standard-domain op with a numpy implementation here."""
+    return node.domain in ("", "ai.onnx") and node.op_type in GLUE_OPS
+
+
+def compile_node(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:
+    """The numpy function for ``node`` (inputs in node order, missing optional inputs as None)."""
+    return GLUE_OPS[node.op_type](node, consts)

@@ -1,0 +1,143 @@
+"""``Session``: load a sparse ONNX file once, run it many times (mirrors onnxruntime.InferenceSession)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from sparsify.errors import DataError, ModelFileError
+from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
+from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition
+
+# ONNX element types -> ORT's type strings (NodeArg.type).
+_TYPE_STRINGS = {
+    onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.DOUBLE: "tensor(double)",
+    onnx.TensorProto.FLOAT16: "tensor(float16)", onnx.TensorProto.INT8: "tensor(int8)",
+    onnx.TensorProto.INT16: "tensor(int16)", onnx.TensorProto.INT32: "tensor(int32)",
+    onnx.TensorProto.INT64: "tensor(int64)", onnx.TensorProto.UINT8: "tensor(uint8)",
+    onnx.TensorProto.UINT16: "tensor(uint16)", onnx.TensorProto.UINT32: "tensor(uint32)",
+    onnx.TensorProto.UINT64: "tensor(uint64)", onnx.TensorProto.BOOL: "tensor(bool)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeArg:
+    """An input or output like ORT's NodeArg: ``name``, ``shape`` (int or str/None per dim), ``type``."""
+
+    name: str
+    shape: list[int | str | None]
+    type: str
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """The numpy dtype of ``type`` (None when the model does not say)."""
+        for elem, text in _TYPE_STRINGS.items():
+            if text == self.type:
+                return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        return None
+
+
+def _node_arg(vi: onnx.ValueInfoProto) -> NodeArg:
+    t = vi.type.tensor_type
+    shape: list[int | str | None] = []
+    if t.HasField("shape"):
+        for d in t.shape.dim:
+            shape.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
+    return NodeArg(vi.name, shape, _TYPE_STRINGS.get(t.elem_type, f"tensor(type {t.elem_type})"))
+
+
+class Session:
+    """Run an ONNX file with ``ai.sparsify`` ops: our kernels for those, ONNX Runtime/numpy for the rest.
+
+    Loading validates every CSR weight (a corrupt file raises ModelFileError naming the node
+    and tensor) and builds every kernel object and ORT segment once. ``threads`` sets the
+    Numba kernel threads (per run, on the calling thread) and each ORT segment's intra-op
+    threads. ``glue`` picks how small standard ops between sparse ops run: "numpy"
+    (default, measured faster: see ``benchmarks/bench_sparse_e2e.py``) or "ort".
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy") -> None:
+        from sparsify.kernels import get_threads, set_threads
+
+        import numba
+
+        limit = numba.config.NUMBA_NUM_THREADS
+        if not isinstance(threads, (int, np.integer)) or not 1 <= threads <= limit:
+            raise DataError(f"threads {threads!r} should be an int in [1, {limit}] (this machine's thread limit)")
+        if glue not in GLUE_POLICIES:
+            raise DataError(f"glue {glue!r} should be one of {GLUE_POLICIES}")
+        self.path = Path(path)
+        self.threads = int(threads)
+        self._set_threads, self._get_threads = set_threads, get_threads
+        model = load_model(self.path)
+        where = str(self.path)
+        inits = {i.name: i for i in model.graph.initializer}
+        self.layers = {i: build_sparse_layer(n, inits, where) for i, n in enumerate(model.graph.node)
+                       if is_sparse_node(n)}
+        init_names = set(inits)
+        self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
+        self._outputs = [_node_arg(vi) for vi in model.graph.output]
+        self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where)
+        self._output_names = [o.name for o in self._outputs]
+
+    # -- ORT-like interface -------------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        """Graph inputs (initializers excluded), in order."""
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        """Graph outputs, in order."""
+        return list(self._outputs)
+
+    def describe(self) -> list[str]:
+        """One line per execution step (sparse kernel, numpy glue or ORT segment)."""
+        return describe(self.steps)
+
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""
+        if not isinstance(feeds, Mapping):
+            raise DataError(f"feeds should be a dict of input name -> numpy array, got {type(feeds).__name__}")
+        expected = {i.name for i in self._inputs}
+        unknown = sorted(set(feeds) - expected)
+        if unknown:
+            raise DataError(f"{self.path.name}: unknown input(s) {unknown}; the model's inputs are "
+                            f"{[i.name for i in self._inputs]}")
+        out: dict[str, np.ndarray] = {}
+        for spec in self._inputs:
+            if spec.name not in feeds:
+                raise DataError(f"{self.path.name}: input {spec.name!r} is missing; expected an array of shape "
+                                f"{spec.shape} and type {spec.type}")
+            x = feeds[spec.name]
+            if not isinstance(x, np.ndarray):
+                raise DataError(f"input {spec.name!r} should be a numpy array, got {type(x).__name__}")
+            dtype = spec.dtype
+            if dtype is not None and x.dtype != dtype:
+                raise DataError(f"input {spec.name!r} has dtype {x.dtype}; the model expects {dtype} ({spec.type})")
+            if spec.shape and (x.ndim != len(spec.shape) or any(
+                    isinstance(d, int) and d != s for d, s in zip(spec.shape, x.shape))):
+                raise DataError(f"input {spec.name!r} has shape {list(x.shape)}; the model expects {spec.shape} "
+                                "(str/None = any size)")
+            out[spec.name] = x
+        return out
+
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        """Run the model on ``feeds``; return the named outputs (all, in graph order, for None)."""
+        values: dict[str, Any] = self.check_feeds(feeds)
+        names = self._output_names if output_names is None else list(output_names)
+        missing = [n for n in names if n not in self._output_names]
+        if missing:
+            raise DataError(f"{self.path.name}: unknown output(s) {missing}; the model's outputs are {self._output_names}")
+        if self._get_threads() != self.threads:
+            self._set_threads(self.threads)
+        for step in self.steps:
+            results = step.run([values[v] for v in step.inputs])
+            values.update(zip(step.outputs, results))
+        return [values[n] for n in names]
+
+
+__all__ = ["Session", "NodeArg"]

@@ -1,0 +1,106 @@
+"""The sparse runtime against ONNX Runtime on the dense export."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from sparsify.errors import DataError, KernelInputError
+from sparsify.runtime import Session
+from tests.helpers import assert_close
+from tests.runtime.conftest import sparse_pair
+from tests.sparse_export import models
+
+
+def ort_run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("glue", ["numpy", "ort"])
+@pytest.mark.parametrize("kind", ["mlp", "gelu", "cnn"])
+def test_runtime_equals_dense_ort_at_batch_1_and_5(pairs, kind, glue):
+    _, dense, sparse, plan = pairs[kind]
+    sess = Session(sparse, threads=2, glue=glue)
+    assert sum(s.kind == "sparse" for s in sess.steps) == len(plan.converted) > 0
+    for batch in (1, 5):
+        x = models.inputs(kind, batch, seed=10 + batch)
+        (y,) = sess.run(None, {"x": x})
+        assert_close(y, ort_run(dense, x))
+
+
+def test_cnn_glue_runs_in_numpy_or_ort_as_asked(pairs):
+    sparse = pairs["cnn"][2]
+    kinds = [s.kind for s in Session(sparse, glue="numpy").steps]
+    assert "numpy" in kinds and "ort" not in kinds
+    kinds = [s.kind for s in Session(sparse, glue="ort").steps]
+    assert "ort" in kinds and "numpy" not in kinds
+
+
+def test_partially_converted_model_mixes_kernels_and_ort(tmp_path):
+    # The head (density 1.0) stays a dense Gemm in an ORT segment at the default threshold.
+    _, dense, sparse, plan = sparse_pair(tmp_path, "mlp", threshold=None)
+    assert [d.convert for d in plan.decisions] == [True, True, False]
+    sess = Session(sparse, threads=1)
+    assert [s.kind for s in sess.steps] == ["sparse", "sparse", "ort"]
+    x = models.inputs("mlp", 4)
+    assert_close(sess.run(["y"], {"x": x})[0], ort_run(dense, x))
+
+
+def test_fully_pruned_and_fully_dense_layers(tmp_path):
+    _, dense, sparse, plan = sparse_pair(tmp_path, "mlp", threshold=1.0, densities=(0.0, 1.0, 0.5))
+    assert [d.nnz for d in plan.decisions][0] == 0 and plan.decisions[1].density == 1.0
+    sess = Session(sparse)
+    x = models.inputs("mlp", 3)
+    assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
+
+
+def test_dense_onnx_without_sparse_ops_runs_as_one_ort_segment(pairs):
+    dense = pairs["mlp"][1]
+    sess = Session(dense)
+    assert [s.kind for s in sess.steps] == ["ort"]
+    x = models.inputs("mlp", 2)
+    assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
+
+
+def test_inputs_and_outputs_look_like_ort(pairs):
+    sess = Session(pairs["cnn"][2])
+    ref = ort.InferenceSession(str(pairs["cnn"][1]), providers=["CPUExecutionProvider"])
+    for mine, theirs in ((sess.get_inputs(), ref.get_inputs()), (sess.get_outputs(), ref.get_outputs())):
+        assert [(a.name, a.shape, a.type) for a in mine] == [(a.name, a.shape, a.type) for a in theirs]
+
+
+def test_bench_backend_loads_the_runtime(pairs):
+    from sparsify.bench.backends import SparsifyBackend
+
+    runner = SparsifyBackend().load(pairs["mlp"][2], threads=1)
+    x = models.inputs("mlp", 1)
+    assert [s.name for s in runner.input_specs] == ["x"]
+    assert_close(runner.run({"x": x})[0], ort_run(pairs["mlp"][1], x))
+
+
+@pytest.mark.parametrize("feeds, message", [
+    ({}, "input 'x' is missing"),
+    ({"x": np.zeros((1, 32)), }, "dtype float64; the model expects float32"),
+    ({"x": np.zeros((1, 31), np.float32)}, r"shape \[1, 31\]; the model expects \['batch', 32\]"),
+    ({"x": np.zeros((32,), np.float32)}, r"shape \[32\]"),
+    ({"x": [[0.0] * 32]}, "should be a numpy array"),
+    ({"x": np.zeros((1, 32), np.float32), "z": np.zeros(1)}, r"unknown input\(s\) \['z'\]"),
+])
+def test_bad_feeds_name_the_input(pairs, feeds, message):
+    with pytest.raises(DataError, match=message):
+        Session(pairs["mlp"][2]).run(None, feeds)
+
+
+def test_unknown_output_name_and_bad_threads(pairs):
+    with pytest.raises(DataError, match=r"unknown output\(s\) \['nope'\]"):
+        Session(pairs["mlp"][2]).run(["nope"], {"x": models.inputs("mlp", 1)})
+    with pytest.raises(DataError, match="threads 0 should be an int"):
+        Session(pairs["mlp"][2], threads=0)
+
+
+def test_kernel_errors_are_wrapped_with_the_node_name(pairs):
+    sess = Session(pairs["mlp"][2])
+    step = next(s for s in sess.steps if s.kind == "sparse")
+    with pytest.raises(KernelInputError, match=rf"SparseLinear node '{step.nodes[0]}'.*dtype float64"):
+        step.run([np.zeros((1, 32))])

@@ -1,0 +1,179 @@
+"""The CSR conversion pass: decisions with reasons, fusion, rewrite equal to the dense model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsify.errors import ExportError
+from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, reference_evaluator
+from sparsify.passes.csr import CsrPass, default_threshold, plan_csr, rewrite_csr
+from tests.helpers import assert_close
+from tests.sparse_export import models
+
+
+def by_weight(plan):
+    return {d.weight: d for d in plan.decisions}
+
+
+def ort_run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_default_threshold_comes_from_the_table_and_falls_with_batch():
+    t1, t8, t64 = default_threshold("linear", 1), default_threshold("linear", 8), default_threshold("linear", 64)
+    assert 0 < t64 <= t8 <= t1 < 1
+    assert default_threshold("linear", 5) == t8  # between entries: the next larger measured batch
+    assert default_threshold("linear", 1000) == t64
+
+
+def test_plan_decides_by_density_and_says_why(dense_files):
+    model = onnx.load(str(dense_files["mlp"][1]))
+    plan = plan_csr(model, target_batch=1)
+    d = by_weight(plan)
+    t = default_threshold("linear", 1)
+    assert [x.op_type for x in plan.decisions] == ["Gemm", "Gemm", "Gemm"]
+    assert d["fc1.weight"].convert and 0.05 < d["fc1.weight"].density < 0.15
+    assert f"below threshold {t:.2f} for batch 1" in d["fc1.weight"].reason
+    assert d["fc1.weight"].activation == "relu"
+    assert d["fc2.weight"].convert == (d["fc2.weight"].density < t)
+    assert not d["head.weight"].convert and d["head.weight"].density == 1.0
+    assert f"density 1.000 not below threshold {t:.2f} for batch 1" in d["head.weight"].reason
+    assert any("kept dense" in line and "head.weight" in line for line in plan.lines())
+
+
+def test_large_target_batch_lowers_the_threshold(dense_files):
+    model = onnx.load(str(dense_files["mlp"][1]))
+    d = by_weight(plan_csr(model, target_batch=64))
+    t = default_threshold("linear", 64)
+    assert d["fc2.weight"].convert is False and f"for batch 64" in d["fc2.weight"].reason
+    assert d["fc1.weight"].convert == (d["fc1.weight"].density < t)
+
+
+def test_threshold_override_one_converts_even_fully_dense_layers(dense_files):
+    model = onnx.load(str(dense_files["mlp"][1]))
+    plan = plan_csr(model, density_threshold=1.0)
+    assert all(x.convert for x in plan.decisions)
+    assert "set by --density-threshold" in by_weight(plan)["head.weight"].reason
+    plan0 = plan_csr(model, density_threshold=0.0)
+    assert not any(x.convert for x in plan0.decisions)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "x"])
+def test_bad_threshold_is_rejected(dense_files, bad):
+    with pytest.raises(ExportError, match="density threshold"):
+        plan_csr(onnx.load(str(dense_files["mlp"][1])), density_threshold=bad)
+
+
+def _graph(nodes, inits, inputs, out_shape=None):
+    g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_structural_skips_carry_reasons():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 8)) * (rng.random((8, 8)) < 0.1)).astype(np.float32)
+    wc = np.zeros((8, 1, 3, 3), np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    xb = helper.make_tensor_value_info("wb", TensorProto.FLOAT, [8, 8])
+    xi = helper.make_tensor_value_info("xi", TensorProto.FLOAT, [1, 8, 5, 5])
+    nodes = [
+        helper.make_node("Gemm", ["x", "wb"], ["a"], name="g_input_weight", transB=1),
+        helper.make_node("Gemm", ["a", "w"], ["b"], name="g_transA", transA=1),
+        helper.make_node("Gemm", ["b", "w"], ["c"], name="g_alpha", alpha=2.0),
+        helper.make_node("Conv", ["xi", "wc"], ["d"], name="c_depthwise", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["xi", "wc8"], ["e"], name="c_asym", pads=[0, 0, 1, 1]),
+        helper.make_node("Conv", ["xi", "wc8"], ["f"], name="c_same", auto_pad="SAME_UPPER"),
+        helper.make_node("Gemm", ["c", "w"], ["y"], name="g_ok", transB=0),
+    ]
+    model = _graph(nodes, {"w": w, "wc": wc, "wc8": np.zeros((8, 8, 2, 2), np.float32)}, [x, xb, xi])
+    d = {x.node: x for x in plan_csr(model).decisions}
+    assert d["g_input_weight"].reason == "weight is not an initializer"
+    assert d["g_transA"].reason == "Gemm transA=1"
+    assert "alpha=2.0" in d["g_alpha"].reason
+    assert "groups=8 is depthwise" in d["c_depthwise"].reason
+    assert "pads [0, 0, 1, 1] are asymmetric" in d["c_asym"].reason
+    assert "auto_pad=SAME_UPPER" in d["c_same"].reason
+    assert d["g_ok"].convert and d["g_ok"].transpose  # transB=0: the CSR holds W.T
+    assert sum(x.convert for x in d.values()) == 1
+
+
+def test_relu_fused_only_when_it_is_the_sole_consumer():
+    w = np.eye(4, dtype=np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["a"], name="shared", transB=1),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Add", ["a", "r"], ["b"]),
+             helper.make_node("Gemm", ["b", "w"], ["c"], name="alone", transB=1),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = _graph(nodes, {"w": w}, [x])
+    result = CsrPass(density_threshold=1.0).call(model)
+    d = {x.node: x for x in result.plan.decisions}
+    assert d["shared"].activation == "none" and d["alone"].activation == "relu"
+    assert [n.op_type for n in result.model.graph.node] == [LINEAR_OP, "Relu", "Add", LINEAR_OP]
+    xv = np.random.default_rng(1).standard_normal((2, 4)).astype(np.float32)
+    expected = np.maximum(xv + np.maximum(xv, 0), 0)
+    assert_close(reference_evaluator(result.model).run(None, {"x": xv})[0], expected)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gelu", "cnn"])
+def test_rewrite_checks_and_reference_evaluator_equals_dense(dense_files, kind):
+    _, path = dense_files[kind]
+    dense = onnx.load(str(path))
+    result = CsrPass(density_threshold=1.0).call(dense)
+    model = result.model
+    assert result.modified
+    onnx.checker.check_model(model, full_check=True)
+    assert any(o.domain == DOMAIN for o in model.opset_import)
+    ops = [n.op_type for n in model.graph.node]
+    assert not {"Gemm", "MatMul", "Conv"} & set(ops), ops
+    if kind == "gelu":
+        assert ops == [LINEAR_OP, LINEAR_OP]  # MatMul+Add+erf-GELU fused into the first op
+        assert result.plan.decisions[0].activation == "gelu"
+    if kind == "cnn":
+        assert ops.count(CONV_OP) == 4
+    # Dense weights are gone from the file.
+    names = {i.name for i in model.graph.initializer}
+    assert not any(d.weight in names for d in result.plan.converted)
+    for batch in (1, 5):
+        x = models.inputs(kind, batch, seed=batch)
+        assert_close(reference_evaluator(model).run(None, {"x": x})[0], ort_run(path, x))
+
+
+def test_fully_pruned_layer_converts_to_an_empty_csr(tmp_path):
+    model, path = models.export("mlp", tmp_path / "m.onnx", densities=(0.1, 0.0, 0.2))
+    result = CsrPass().call(onnx.load(str(path)))
+    fc2 = by_weight(result.plan)["fc2.weight"]
+    assert fc2.convert and fc2.nnz == 0
+    data = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    assert data["fc2.weight.csr_data"].shape == (0,)
+    assert (data["fc2.weight.csr_indptr"] == 0).all()
+    x = models.inputs("mlp", 3)
+    assert_close(reference_evaluator(result.model).run(None, {"x": x})[0], ort_run(path, x))
+
+
+def test_sparse_file_is_smaller_in_proportion_to_density(tmp_path):
+    _, path = models.export("mlp", tmp_path / "m.onnx", densities=(0.1, 0.1, 0.1))
+    result = CsrPass(density_threshold=1.0).call(onnx.load(str(path)))
+    onnx.save(result.model, str(tmp_path / "s.onnx"))
+    dense_w = sum(d.weight_shape[0] * d.weight_shape[1] * 4 for d in result.plan.converted)
+    nnz = sum(d.nnz for d in result.plan.converted)
+    saved = (path.stat().st_size - (tmp_path / "s.onnx").stat().st_size)
+    sparse_w = dense_w - saved
+    # float32 values + uint16 column indices: 6 bytes per nonzero, plus indptr and names.
+    assert sparse_w < 6 * nnz + 4 * (64 + 48 + 10 + 3) + 600
+    inits = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    assert inits["fc1.weight.csr_indices"].dtype == np.uint16
+    assert inits["fc1.weight.csr_indptr"].dtype == np.int32
+
+
+def test_rewrite_without_conversions_returns_an_unchanged_copy(dense_files):
+    dense = onnx.load(str(dense_files["mlp"][1]))
+    result = CsrPass(density_threshold=0.0).call(dense)
+    assert not result.modified and result.model == dense and result.model is not dense
+    plan = plan_csr(dense, density_threshold=0.0)
+    assert rewrite_csr(dense, plan).SerializeToString() == dense.SerializeToString()
