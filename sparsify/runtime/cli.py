@@ -1,0 +1,47 @@
+"""``sparsify run MODEL --input x.npy [--input ...] --threads N -o y.npy``: run a model file on .npy inputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from sparsify.errors import DataError
+from sparsify.fileio import atomic_path
+
+
+def load_inputs(paths: list[str], session) -> dict[str, np.ndarray]:
+    """Read one .npy per model input (in input order) without unpickling; DataError naming the file."""
+    specs = session.get_inputs()
+    if len(paths) != len(specs):
+        raise DataError(f"got {len(paths)} --input file(s) but the model has {len(specs)} input(s): "
+                        f"{[s.name for s in specs]} (pass one .npy per input, in that order)")
+    feeds: dict[str, np.ndarray] = {}
+    for spec, p in zip(specs, paths):
+        path = Path(p)
+        if not path.is_file():
+            raise DataError(f"input file {path} for input {spec.name!r} does not exist")
+        try:
+            feeds[spec.name] = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise DataError(f"input file {path} for input {spec.name!r} is not a readable .npy array: {exc}") from None
+    return feeds
+
+
+def run_file(args: argparse.Namespace) -> int:
+    """Load ``args.model``, run it on ``args.input`` with ``args.threads`` threads, save the first output."""
+    from sparsify.runtime.session import Session
+
+    session = Session(args.model, threads=args.threads)
+    feeds = load_inputs(list(args.input), session)
+    outputs = session.run(None, feeds)
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise DataError(f"output path {out} should end in .npy")
+    with atomic_path(out, DataError) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, outputs[0], allow_pickle=False)
+    y = outputs[0]
+    print(f"wrote {out} ({session.get_outputs()[0].name}: shape {list(y.shape)}, {y.dtype})")
+    return 0

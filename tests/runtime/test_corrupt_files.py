@@ -1,0 +1,114 @@
+"""Corrupted sparse files are rejected at load with ModelFileError naming the node and tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from sparsify.errors import ModelFileError
+from sparsify.runtime import Session
+
+T = "fc1.weight.csr_"
+
+
+def mutate(src, dst, name, fn):
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(init).copy()), name))
+            break
+    else:
+        raise AssertionError(f"no initializer {name}")
+    onnx.save(model, str(dst))
+    return dst
+
+
+def swap_first_rows(p):
+    i = int(np.flatnonzero(np.diff(p) > 0)[0]) + 1
+    p[i], p[i + 1] = p[i + 1] + 1, p[i]
+    return p
+
+
+def set_(i, v):
+    def fn(a):
+        a[i] = v
+        return a
+    return fn
+
+
+def unsort_first_row(idx):
+    idx[0], idx[1] = idx[1], idx[0]
+    return idx
+
+
+CASES = [
+    ("indptr", swap_first_rows, "indptr should be non-decreasing"),
+    ("indptr", set_(0, 1), r"indptr\[0\] is 1 but should be 0"),
+    ("indptr", lambda p: p[:-1], "indptr size 64 should be 65"),
+    ("indptr", lambda p: p.astype(np.float32), "dtype float32; expected int32 or int64"),
+    ("indices", set_(0, 32), r"column index 32 at indices\[0\] \(row \d+\) should be in \[0, 32\)"),
+    ("indices", unsort_first_row, "should be strictly increasing"),
+    ("indices", lambda a: a[:-1], "indices size .* should be .* \\(indptr\\[-1\\]\\)"),
+    ("indices", lambda a: a.reshape(1, -1), "shape \\[1, \\d+\\]; expected 1-D"),
+    ("data", lambda a: np.concatenate([a, a[:1]]), "data size .* should be .* \\(indptr\\[-1\\]\\)"),
+    ("data", lambda a: a.astype(np.int32), "dtype int32; expected float32 or float64"),
+]
+
+
+@pytest.mark.parametrize("part, fn, message", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_corrupt_csr_is_rejected_naming_tensor_and_node(pairs, tmp_path, part, fn, message):
+    sparse = pairs["mlp"][2]
+    bad = mutate(sparse, tmp_path / "bad.onnx", T + part, fn)
+    with pytest.raises(ModelFileError) as info:
+        Session(bad)
+    text = str(info.value)
+    assert f"'{T}{part}'" in text, text
+    assert "SparseLinear node 'node_linear.sparse'" in text, text
+    assert __import__("re").search(message, text), text
+
+
+def test_bias_of_wrong_length_is_rejected(pairs, tmp_path):
+    bad = mutate(pairs["mlp"][2], tmp_path / "bad.onnx", "fc1.bias", lambda b: b[:-1])
+    with pytest.raises(ModelFileError, match=r"bias tensor 'fc1.bias' has shape \[63\] float32; expected \[64\]"):
+        Session(bad)
+
+
+def test_shape_attribute_disagreeing_with_the_arrays_is_rejected(pairs, tmp_path):
+    model = onnx.load(str(pairs["mlp"][2]))
+    node = model.graph.node[0]
+    for a in node.attribute:
+        if a.name == "shape":
+            a.CopyFrom(helper.make_attribute("shape", [64, 8]))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelFileError, match=rf"indices tensor '{T}indices' is corrupt: column index \d+ .* should be in \[0, 8\)"):
+        Session(tmp_path / "bad.onnx")
+
+
+def test_csr_arrays_must_be_initializers(pairs, tmp_path):
+    model = onnx.load(str(pairs["mlp"][2]))
+    model.graph.node[0].input[2] = "x"
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelFileError, match="indices tensor 'x' is not an initializer"):
+        Session(tmp_path / "bad.onnx")
+
+
+def test_bad_attributes_are_rejected(pairs, tmp_path):
+    model = onnx.load(str(pairs["mlp"][2]))
+    node = model.graph.node[0]
+    for a in node.attribute:
+        if a.name == "activation":
+            a.CopyFrom(helper.make_attribute("activation", "swish"))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelFileError, match="activation 'swish' should be one of"):
+        Session(tmp_path / "bad.onnx")
+
+
+def test_truncated_and_missing_files(pairs, tmp_path):
+    data = pairs["mlp"][2].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="cut.onnx"):
+        Session(tmp_path / "cut.onnx")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        Session(tmp_path / "missing.onnx")
