@@ -204,10 +204,20 @@ def inspect_onnx(path: str | Path) -> Inspection:
     """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
     from onnx import numpy_helper
 
+    from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
+
     model = load_onnx(path)
     macs = _onnx_macs(model)
     rows = []
+    # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
+    sparse = sparse_op_infos(model)
+    csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
+    for info in sparse:
+        rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
+                             f"csr {info.op_type}", info.macs))
     for init in model.graph.initializer:
+        if init.name in csr_arrays:
+            continue
         w = numpy_helper.to_array(init)
         if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
             continue
@@ -215,6 +225,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
                              classify_pattern(w), macs.get(init.name)))
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
+    notes += [info.note() for info in sparse]
     return Inspection(str(path), rows, os.path.getsize(path), notes)
 
 

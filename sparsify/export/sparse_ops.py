@@ -223,3 +223,57 @@ def reference_evaluator(model: onnx.ModelProto | str):
     from onnx.reference import ReferenceEvaluator
 
     return ReferenceEvaluator(model, new_ops=REFERENCE_OPS)
+
+
+@dataclasses.dataclass
+class SparseOpInfo:
+    """What ``sparsify inspect`` shows for one ``ai.sparsify`` node."""
+
+    node: str
+    op_type: str
+    weight_name: str
+    weight_shape: tuple[int, ...]
+    nnz: int
+    csr_bytes: int
+    macs: int | None  # dense multiply-accumulates per sample (batch 1), when the output shape is known
+
+    @property
+    def params(self) -> int:
+        return int(np.prod(self.weight_shape)) if self.weight_shape else 0
+
+    @property
+    def density(self) -> float:
+        return self.nnz / max(1, self.params)
+
+    def note(self) -> str:
+        dense = self.params * 4
+        per = f" ({self.csr_bytes / self.nnz:.2f} bytes/nonzero)" if self.nnz else ""
+        return (f"{self.op_type} {self.node!r}: weight {self.weight_name} {list(self.weight_shape)}, "
+                f"{self.nnz:,} nonzeros (density {self.density:.3f}), CSR {self.csr_bytes:,} bytes{per} "
+                f"vs {dense:,} bytes dense float32")
+
+
+def sparse_op_infos(model: onnx.ModelProto) -> list[SparseOpInfo]:
+    """One :class:`SparseOpInfo` per ``ai.sparsify`` node (attributes and initializer sizes only)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
+              for vi in [*model.graph.value_info, *model.graph.output] if vi.type.tensor_type.HasField("shape")}
+    out = []
+    for node in model.graph.node:
+        if node.domain != DOMAIN or node.op_type not in OPS or len(node.input) < 4:
+            continue
+        try:
+            attrs = parse_attrs(node)
+        except ModelFileError:
+            continue
+        arrays = [inits.get(v) for v in node.input[1:4]]
+        if any(a is None for a in arrays):
+            continue
+        nnz = int(np.prod(arrays[0].dims)) if arrays[0].dims else 0
+        size = sum(int(np.prod(a.dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(a.data_type)).itemsize
+                   for a in arrays)
+        y = shapes.get(node.output[0])
+        macs = int(np.prod(y)) * attrs.shape[1] if y else None
+        out.append(SparseOpInfo(node_label(node), node.op_type, attrs.weight_name or node.input[1],
+                                attrs.weight_shape or attrs.shape, nnz, int(size), macs))
+    return out
