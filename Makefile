@@ -12,7 +12,6 @@ DEMO_OUT ?= sparsify-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
