@@ -27,9 +27,13 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # SpMM: no reassociation (it lets LLVM vectorize the sum over nonzeros with gathers
 # instead of the batch tile); contraction into FMAs only.
 SPMM_FASTMATH = {"contract"}
-# Widest batch tile of each compiled SpMM variant; SMALL_TILE also covers tails.
-TILES = (8, 16, 32)
-SMALL_TILE = 8
+# Batch tile widths of the compiled SpMM variants (16 measured fastest per column;
+# 8 wastes less padding for batches up to 8).
+TILES = (8, 16)
+# Nonzeros per row block in the SpMM cache blocking (~256 KiB of fp32 CSR).
+BLOCK_NNZ = 32768
+# Bytes of packed input per tile group in the SpMM cache blocking (half of L2).
+GROUP_BYTES = 1 << 20
 # Independent accumulator sets per tile row (hides floating-point add latency).
 CHAINS = 4
 
@@ -57,39 +61,29 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
             out[r] = _activate(s, act)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-def _row_generic(data, indices, lo, hi, xf, b0, stride, w, init, acc):
-    """acc[:w] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*stride + b0 : ... + w]."""
-    for t in range(w):
-        acc[t] = init
-    ub0, ustride = np.uintp(b0), np.uintp(stride)
-    for j in range(lo, hi):
-        v = data[j]
-        p = np.uintp(indices[j]) * ustride + ub0
-        for t in range(w):
-            acc[t] += v * xf[p + np.uintp(t)]
-
-
 @functools.lru_cache(maxsize=None)
 def _row_vector(tile: int):
-    """The row kernel of width ``tile``: like _row_generic with explicit SIMD, CHAINS sums."""
+    """``row(...)``: acc[:tile] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*tile : +tile].
+
+    ``xf`` is one packed (in, tile) block, flattened. Explicit SIMD (``axpy``) and
+    CHAINS (= 4) independent accumulator sets hide the floating-point add latency.
+    """
     n_acc = CHAINS * tile
+    stride = np.uintp(tile)
 
     @numba.njit(cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-    def row(data, indices, lo, hi, xf, b0, stride, init, acc):
+    def row(data, indices, lo, hi, xf, init, acc):
         for t in range(n_acc):
             acc[t] = 0
-        ub0, ustride = np.uintp(b0), np.uintp(stride)
         j = lo
-        # CHAINS (= 4) independent accumulators hide the add latency.
         while j + 4 <= hi:
-            axpy(acc, 0, xf, np.uintp(indices[j]) * ustride + ub0, data[j], tile)
-            axpy(acc, tile, xf, np.uintp(indices[j + 1]) * ustride + ub0, data[j + 1], tile)
-            axpy(acc, 2 * tile, xf, np.uintp(indices[j + 2]) * ustride + ub0, data[j + 2], tile)
-            axpy(acc, 3 * tile, xf, np.uintp(indices[j + 3]) * ustride + ub0, data[j + 3], tile)
+            axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
+            axpy(acc, tile, xf, np.uintp(indices[j + 1]) * stride, data[j + 1], tile)
+            axpy(acc, 2 * tile, xf, np.uintp(indices[j + 2]) * stride, data[j + 2], tile)
+            axpy(acc, 3 * tile, xf, np.uintp(indices[j + 3]) * stride, data[j + 3], tile)
             j += 4
         while j < hi:
-            axpy(acc, 0, xf, np.uintp(indices[j]) * ustride + ub0, data[j], tile)
+            axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
             j += 1
         for t in range(tile):
             acc[t] = init + ((acc[t] + acc[tile + t]) + (acc[2 * tile + t] + acc[3 * tile + t]))
@@ -97,68 +91,85 @@ def _row_vector(tile: int):
     return row
 
 
+def tile_group(n_in: int, tile: int, itemsize: int) -> int:
+    """Tiles per group in the SpMM cache blocking: as many as fit in GROUP_BYTES (>= 1)."""
+    return max(1, GROUP_BYTES // max(1, n_in * tile * itemsize))
+
+
 @functools.lru_cache(maxsize=None)
 def spmm_kernel(tile: int):
-    """The SpMM kernel whose widest batch tile is ``tile`` (one of TILES; cached)."""
-    row_big = _row_vector(tile)
-    row_small = _row_vector(SMALL_TILE)
+    """The SpMM kernel for inputs packed in batch tiles of ``tile`` columns (cached)."""
+    row = _row_vector(tile)
     n_acc = CHAINS * tile
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-    def spmm(data, indices, indptr, xt, bias, act, out, off, s_n, s_r, s_b, valid, bounds):
-        """Y[n, r, b] = act(bias[r] + sum_j data[j] * xt[n, indices[j], b]) for b < valid.
+    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_r, s_b, valid, group, bounds):
+        """Y[n, r, b] = act(bias[r] + sum_j data[j] * X[n, indices[j], b]) for b < valid.
 
-        ``xt`` is (N, in, B) C-contiguous, so each nonzero scales one contiguous batch
-        vector; columns ``valid..B`` are padding and are not stored. ``Y[n, r, b]`` is
-        stored at ``out[off + n*s_n + r*s_r + b*s_b]`` (``out`` is a flat buffer): the
-        same kernel writes (batch, out) linear outputs and NCHW conv outputs. Work items
-        are (image, row chunk). The batch is covered by tiles of ``tile`` columns, then
-        of SMALL_TILE, then one scalar tail, each keeping its accumulators in registers.
+        The input is packed: ``xp[n, b // tile, c, b % tile] = X[n, c, b]`` (C-contiguous,
+        zero beyond ``valid``), so each nonzero scales one contiguous ``tile``-vector and
+        a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
+        ``out[off + n*s_n + r*s_r + b*s_b]`` (``out`` is a flat buffer): the same kernel
+        writes (batch, out) linear outputs and NCHW conv outputs. Work items are
+        (image, row chunk).
         """
-        n_img = xt.shape[0]
-        width = xt.shape[2]
+        n_img = xp.shape[0]
+        n_tiles = xp.shape[1]
         n_chunks = bounds.shape[0] - 1
         for item in numba.prange(n_img * n_chunks):
             n = item // n_chunks
             ch = item - n * n_chunks
-            xf = xt[n].reshape(-1)
             base = off + n * s_n
-            acc = np.empty(n_acc, dtype=xt.dtype)
-            b0 = 0
-            while b0 < valid:
-                if b0 + tile <= width:
-                    w = tile
-                elif b0 + SMALL_TILE <= width:
-                    w = SMALL_TILE
-                else:
-                    w = width - b0
-                for r in range(bounds[ch], bounds[ch + 1]):
-                    lo, hi = indptr[r], indptr[r + 1]
-                    if w == tile:
-                        row_big(data, indices, lo, hi, xf, b0, width, bias[r], acc)
-                    elif w == SMALL_TILE:
-                        row_small(data, indices, lo, hi, xf, b0, width, bias[r], acc)
-                    else:
-                        _row_generic(data, indices, lo, hi, xf, b0, width, w, bias[r], acc)
-                    pos = base + r * s_r + b0 * s_b
-                    for t in range(min(w, valid - b0)):
-                        out[pos + t * s_b] = _activate(acc[t], act)
-                b0 += w
+            acc = np.empty(n_acc, dtype=xp.dtype)
+            r_end = bounds[ch + 1]
+            # Cache blocking: a group of tiles (``group``, sized by the wrapper to stay in
+            # L2) meets a block of rows holding about BLOCK_NNZ nonzeros.
+            for g0 in range(0, n_tiles, group):
+                r_lo = bounds[ch]
+                while r_lo < r_end:
+                    r_hi = r_lo + 1
+                    while r_hi < r_end and indptr[r_hi] - indptr[r_lo] < BLOCK_NNZ:
+                        r_hi += 1
+                    for ti in range(g0, min(n_tiles, g0 + group)):
+                        xf = xp[n, ti].reshape(-1)
+                        b0 = ti * tile
+                        w = min(tile, valid - b0)
+                        for r in range(r_lo, r_hi):
+                            row(data, indices, indptr[r], indptr[r + 1], xf, bias[r], acc)
+                            pos = base + r * s_r + b0 * s_b
+                            for t in range(w):
+                                out[pos + t * s_b] = _activate(acc[t], act)
+                    r_lo = r_hi
 
     return spmm
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, cols):
-    """cols[m, (c-c0)*kh*kw + i*kw + j, oh*Wo + ow] = x[n0+m, c, oh*sh-ph+i*dh, ow*sw-pw+j*dw].
+def pack_rows(x, xp):
+    """xp[0, b // T, c, b % T] = x[b, c] (zero for padded b); x is (B, in) C-contiguous."""
+    batch, n_in = x.shape
+    n_tiles, tile = xp.shape[1], xp.shape[3]
+    for c in numba.prange(n_in):
+        for ti in range(n_tiles):
+            b0 = ti * tile
+            w = min(tile, batch - b0)
+            for t in range(w):
+                xp[0, ti, c, t] = x[b0 + t, c]
+            for t in range(w, tile):
+                xp[0, ti, c, t] = 0
 
-    Zero where the input position falls in the padding. ``x`` is NCHW C-contiguous;
-    ``cols`` is (M, C'*kh*kw, Ho*Wo) with Ho, Wo implied by its last dimension.
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
+    """Unfold images n0.. of NCHW ``x`` into the packed SpMM input ``cols``.
+
+    ``cols[m, p // T, k, p % T]`` = x[n0+m, c, oh*sh-ph+i*dh, ow*sw-pw+j*dw] for
+    k = (c-c0)*kh*kw + i*kw + j and p = oh*wo + ow; zero in the padding and for
+    p >= ho*wo. ``cols`` is (M, n_tiles, K, T) C-contiguous.
     """
-    n_img, k_rows, _ = cols.shape
-    height, wid = x.shape[2], x.shape[3]
-    wo = (wid + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    ho = cols.shape[2] // wo if wo > 0 else 0
+    n_img, n_tiles, k_rows, tile = cols.shape
+    height, width = x.shape[2], x.shape[3]
+    n_pos = ho * wo
     for item in numba.prange(n_img * k_rows):
         m = item // k_rows
         k = item - m * k_rows
@@ -166,17 +177,17 @@ def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, cols):
         i = (k // kw) % kh
         j = k % kw
         xc = x[n0 + m, c]
-        row = cols[m, k]
         for oh in range(ho):
             ih = oh * sh - ph + i * dh
-            dst = oh * wo
-            if ih < 0 or ih >= height:
-                for ow in range(wo):
-                    row[dst + ow] = 0
-            else:
-                for ow in range(wo):
-                    iw = ow * sw - pw + j * dw
-                    if iw >= 0 and iw < wid:
-                        row[dst + ow] = xc[ih, iw]
-                    else:
-                        row[dst + ow] = 0
+            inside = ih >= 0 and ih < height
+            for ow in range(wo):
+                p = oh * wo + ow
+                ti = p // tile
+                iw = ow * sw - pw + j * dw
+                if inside and iw >= 0 and iw < width:
+                    cols[m, ti, k, p - ti * tile] = xc[ih, iw]
+                else:
+                    cols[m, ti, k, p - ti * tile] = 0
+        for p in range(n_pos, n_tiles * tile):
+            ti = p // tile
+            cols[m, ti, k, p - ti * tile] = 0

@@ -1,9 +1,9 @@
 """Sparse 2-D convolution (NCHW) with a CSR weight: im2col + the batch-tiled SpMM kernel.
 
 The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shape
-(out_channels, in_channels // groups * kh * kw). A 1x1, stride-1, unpadded, ungrouped
-conv reads the input in place (each image is already an (in, H*W) matrix); every other
-conv first unfolds blocks of images into a column buffer of at most ~8 MiB. Grouped
+(out_channels, in_channels // groups * kh * kw). Blocks of images are unfolded into
+the SpMM kernel's packed input layout (a buffer of at most ~8 MiB unless one image
+needs more; for a 1x1 stride-1 conv this is a plain repack), then multiplied. Grouped
 convs run one SpMM per group (correct for any ``groups``, but depthwise convs pay one
 kernel launch per channel: they are not a fast path).
 """
@@ -65,8 +65,6 @@ class SparseConv2d:
         for g in range(self.groups):
             part = weight if self.groups == 1 else weight.row_slice(g * per, (g + 1) * per)
             self._parts.append((part, self.bias[g * per:(g + 1) * per].copy(), RowChunks(part.indptr)))
-        self._pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1)
-                           and self.padding == (0, 0) and self.groups == 1)
 
     def __repr__(self) -> str:
         return (f"SparseConv2d({self.weight!r}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -102,26 +100,24 @@ class SparseConv2d:
             return y
         x = np.ascontiguousarray(x)
         flat = y.reshape(-1)
-        kernel = _jit.spmm_kernel(pick_tile(p))
-        if self._pointwise:
-            part, bias, chunks = self._parts[0]
-            kernel(part.data, part.indices, part.indptr, x.reshape(n, c, h * w), bias, self._act,
-                   flat, 0, o * p, p, 1, p, chunks.bounds())
-            return y
+        tile = pick_tile(p)
+        n_tiles = -(-p // tile)
+        kernel = _jit.spmm_kernel(tile)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
                                                   self.dilation)
         cg = c // self.groups
         per = o // self.groups
         rows_k = cg * kh * kw
-        block = max(1, min(n, _COLS_BUDGET_BYTES // max(1, rows_k * p * x.itemsize)))
-        cols = np.empty((block, rows_k, p), dtype=self.dtype)
+        block = max(1, min(n, _COLS_BUDGET_BYTES // max(1, rows_k * n_tiles * tile * x.itemsize)))
+        cols = np.empty((block, n_tiles, rows_k, tile), dtype=self.dtype)
+        group = _jit.tile_group(rows_k, tile, x.itemsize)
         for n0 in range(0, n, block):
             m = min(block, n - n0)
             buf = cols[:m]
             for g, (part, bias, chunks) in enumerate(self._parts):
-                _jit.im2col(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, buf)
+                _jit.im2col(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
                 kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
-                       flat, n0 * o * p + g * per * p, o * p, p, 1, p, chunks.bounds())
+                       flat, n0 * o * p + g * per * p, o * p, p, 1, p, group, chunks.bounds())
         return y
 
 

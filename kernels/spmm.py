@@ -35,10 +35,8 @@ def activation_code(activation: str | None) -> int:
 
 
 def pick_tile(batch: int) -> int:
-    """Widest batch tile for the SpMM kernel: 8 up to 8 columns, 16 below 32, else 32."""
-    if batch <= 8:
-        return 8
-    return 16 if batch < 32 else 32
+    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 beyond."""
+    return 8 if batch <= 8 else 16
 
 
 def checked(weight: CSR) -> CSR:
@@ -143,14 +141,13 @@ class SparseLinear:
                       out.reshape(self.out_features), bounds)
             return out
         x2 = x.reshape(batch, self.in_features)
-        # Transposed input, zero-padded to a multiple of the small tile width.
-        padded = -(-batch // _jit.SMALL_TILE) * _jit.SMALL_TILE
-        xt = np.empty((1, self.in_features, padded), dtype=self.dtype)
-        xt[0, :, :batch] = x2.T
-        xt[0, :, batch:] = 0
-        kernel = _jit.spmm_kernel(pick_tile(batch))
-        kernel(w.data, w.indices, w.indptr, xt, self.bias, self._act,
-               out.reshape(-1), 0, 0, 1, self.out_features, batch, bounds)
+        tile = pick_tile(batch)
+        xp = np.empty((1, -(-batch // tile), self.in_features, tile), dtype=self.dtype)
+        _jit.pack_rows(np.ascontiguousarray(x2), xp)
+        kernel = _jit.spmm_kernel(tile)
+        kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act,
+               out.reshape(-1), 0, 0, 1, self.out_features, batch,
+               _jit.tile_group(self.in_features, tile, xp.itemsize), bounds)
         return out
 
 

@@ -33,8 +33,8 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
     """Compile (or load from the on-disk cache) every kernel signature the wrappers use.
 
     Runs, on tiny inputs and for each dtype with int32 indices: the SpMV kernel, the
-    SpMM kernel at every batch tile width (``_jit.TILES``), the pointwise conv path and
-    the im2col conv path. Call it once before timing or serving; the first call in a
+    SpMM kernel at every batch tile width (``_jit.TILES``), the input packing and the
+    conv unfolding. Call it once before timing or serving; the first call in a
     fresh environment can take tens of seconds, later processes load the cache.
     int64-index weights (more than 2**31-1 columns or nonzeros) compile on first use.
     """
@@ -46,4 +46,4 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
         for tile in _jit.TILES:
             layer(np.ones((tile, 9), dtype))
         SparseConv2d(CSR.from_dense(w), kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
-        SparseConv2d(CSR.from_dense(w), kernel_size=1)(np.ones((1, 9, 2, 2), dtype))
+        SparseConv2d(CSR.from_dense(w), kernel_size=1)(np.ones((1, 9, 4, 4), dtype))

@@ -61,7 +61,7 @@ def test_densities_and_no_bias(rng, density):
 
 
 def test_large_spatial_uses_full_tiles(rng):
-    # H*W = 1024 spans full 64-wide tiles plus a tail through im2col in several image blocks.
+    # H*W = 1023 spans many 16-wide tiles plus a padded last one, in several image blocks.
     _check(rng, 3, 16, 33, 31, 16, 3, padding=1, density=0.3)
 
 

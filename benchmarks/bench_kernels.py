@@ -1,0 +1,268 @@
+"""Sweep: sparse linear kernels (ours) against scipy, torch and ONNX Runtime at 2 threads.
+
+    python benchmarks/bench_kernels.py [--quick] [--out benchmarks/results/kernels.json]
+                                       [--plot benchmarks/results/kernels.png]
+
+For each layer shape (out x in), sparsity and batch it times ``y = x @ W.T`` with:
+``ours`` (sparsify.kernels.SparseLinear), ``scipy_csr`` (scipy.sparse CSR @ x.T, one
+thread: scipy does not parallelise), ``torch_sparse_csr`` (torch CSR tensor @ x.T),
+``torch_dense`` (F.linear) and ``ort_dense`` (a one-node ONNX MatMul with the weight as an
+initializer, intra_op_num_threads = threads). Dense backends do not depend on the
+sparsity and are timed once per (shape, batch).
+
+Every backend is called once untimed (Numba kernels are compiled up front by
+``kernels.warmup()``), then timed call by call until ``--min-time`` seconds and at least
+``--min-reps`` calls have passed (at most ``--max-reps``). The JSON holds median and p90
+per point, speedups over ORT dense, the crossover sparsity per (shape, batch) — the
+lowest measured sparsity from which ours beats ORT dense at every higher measured
+sparsity — machine information and the load average before and after (the machine is
+shared: a high load average means noisy numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import onnx
+import onnxruntime as ort
+import scipy
+import scipy.sparse
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsify.kernels import CSR, SparseLinear, set_threads, warmup
+
+FULL = dict(shapes=[(1024, 1024), (4096, 4096), (4096, 1024), (1024, 4096)],
+            sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98], batches=[1, 8, 64, 256])
+QUICK = dict(shapes=[(1024, 1024), (4096, 4096)], sparsities=[0.9], batches=[1, 8, 64])
+# (shape, sparsity, batch, required speedup over ORT dense) from the kernel brief.
+HEADLINE = [((4096, 4096), 0.9, 1, 7.0), ((4096, 4096), 0.9, 8, 3.0),
+            ((4096, 4096), 0.9, 64, 1.3), ((1024, 1024), 0.9, 1, 3.0)]
+SPARSE_BACKENDS = ("ours", "scipy_csr", "torch_sparse_csr")
+DENSE_BACKENDS = ("torch_dense", "ort_dense")
+
+
+def time_call(fn, min_time: float, min_reps: int, max_reps: int) -> dict:
+    """Call ``fn`` once untimed, then time single calls; median/p90/min in milliseconds."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
+            "min_ms": float(ms.min()), "reps": len(times)}
+
+
+def ort_matmul_session(w: np.ndarray, threads: int) -> ort.InferenceSession:
+    """A one-node MatMul model y = x @ W.T with W.T as an initializer."""
+    out_f, in_f = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "wt"], ["y"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_f])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out_f])],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "wt")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def machine_info(threads: int) -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model, "logical_cpus": os.cpu_count(), "threads": threads,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "numpy": np.__version__, "numba": numba.__version__, "numba_threading_layer": None,
+        "scipy": scipy.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+    }
+
+
+def crossover(points: list[dict]) -> float | None:
+    """Lowest sparsity from which ours beats ORT dense at every higher measured sparsity."""
+    best = None
+    for p in sorted(points, key=lambda p: -p["sparsity"]):
+        if p["speedup_vs_ort_dense"] >= 1.0:
+            best = p["sparsity"]
+        else:
+            break
+    return best
+
+
+def run(cfg: dict, threads: int, min_time: float, min_reps: int, max_reps: int, seed: int,
+        log=print) -> dict:
+    set_threads(threads)
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    warmup(dtypes=(np.float32,))
+    log(f"warmup (JIT compile or cache load): {time.perf_counter() - t0:.1f} s")
+    info = machine_info(threads)
+    info["numba_threading_layer"] = numba.threading_layer()
+    info["loadavg_start"] = os.getloadavg()
+    rng = np.random.default_rng(seed)
+    points, dense = [], []
+    timing = dict(min_time=min_time, min_reps=min_reps, max_reps=max_reps)
+    for shape in cfg["shapes"]:
+        out_f, in_f = shape
+        base = rng.standard_normal(shape).astype(np.float32)
+        keep_score = rng.random(shape)
+        sess = ort_matmul_session(base, threads)
+        wt_dense = torch.from_numpy(base)
+        xs = {b: rng.standard_normal((b, in_f)).astype(np.float32) for b in cfg["batches"]}
+        dense_ms = {}
+        for b, x in xs.items():
+            xt = torch.from_numpy(x)
+            with torch.inference_mode():
+                r_t = time_call(lambda: torch.nn.functional.linear(xt, wt_dense), **timing)
+            r_o = time_call(lambda: sess.run(None, {"x": x}), **timing)
+            dense_ms[b] = r_o["median_ms"]
+            dense.append({"shape": list(shape), "batch": b, "torch_dense": r_t, "ort_dense": r_o})
+            log(f"{out_f}x{in_f} b{b:<3} dense: torch {r_t['median_ms']:.3f} ms, "
+                f"ort {r_o['median_ms']:.3f} ms")
+        for sp in cfg["sparsities"]:
+            w = np.where(keep_score >= sp, base, np.float32(0))
+            csr = CSR.from_dense(w)
+            sp_scipy = scipy.sparse.csr_matrix(w)
+            sp_torch = torch.from_numpy(w).to_sparse_csr()
+            for b, x in xs.items():
+                layer = SparseLinear(csr)
+                y = layer(x)
+                ref = x.astype(np.float64) @ w.astype(np.float64).T
+                xt = torch.from_numpy(x)
+                xT = np.ascontiguousarray(x.T)
+                xtT = xt.T.contiguous()
+                res = {"ours": time_call(lambda: layer(x), **timing),
+                       "scipy_csr": time_call(lambda: (sp_scipy @ xT).T, **timing)}
+                with torch.inference_mode():
+                    res["torch_sparse_csr"] = time_call(lambda: (sp_torch @ xtT).T, **timing)
+                ours = res["ours"]["median_ms"]
+                point = {
+                    "shape": list(shape), "sparsity": sp, "batch": b, "nnz": csr.nnz,
+                    "max_abs_err_vs_fp64": float(np.abs(y - ref).max()),
+                    **res,
+                    "ort_dense_median_ms": dense_ms[b],
+                    "speedup_vs_ort_dense": dense_ms[b] / ours,
+                    "speedup_vs_scipy_csr": res["scipy_csr"]["median_ms"] / ours,
+                    "speedup_vs_torch_sparse_csr": res["torch_sparse_csr"]["median_ms"] / ours,
+                }
+                points.append(point)
+                log(f"{out_f}x{in_f} sp{sp:.2f} b{b:<3} ours {ours:.3f} ms "
+                    f"(p90 {res['ours']['p90_ms']:.3f}) x{point['speedup_vs_ort_dense']:.2f} vs ORT, "
+                    f"scipy {res['scipy_csr']['median_ms']:.3f}, "
+                    f"torch csr {res['torch_sparse_csr']['median_ms']:.3f}")
+    crossovers = []
+    for shape in cfg["shapes"]:
+        for b in cfg["batches"]:
+            sel = [p for p in points if tuple(p["shape"]) == tuple(shape) and p["batch"] == b]
+            crossovers.append({"shape": list(shape), "batch": b, "crossover_sparsity": crossover(sel)})
+    headline = []
+    for shape, sp, b, target in HEADLINE:
+        for p in points:
+            if tuple(p["shape"]) == shape and p["sparsity"] == sp and p["batch"] == b:
+                headline.append({"shape": list(shape), "sparsity": sp, "batch": b,
+                                 "ours_median_ms": p["ours"]["median_ms"],
+                                 "ort_dense_median_ms": p["ort_dense_median_ms"],
+                                 "speedup_vs_ort_dense": p["speedup_vs_ort_dense"],
+                                 "target_speedup": target,
+                                 "met": p["speedup_vs_ort_dense"] >= target})
+    info["loadavg_end"] = os.getloadavg()
+    return {"machine": info, "config": {**cfg, **timing, "seed": seed},
+            "headline": headline, "crossovers": crossovers, "dense": dense, "points": points,
+            "elapsed_s": time.perf_counter() - t0}
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def plot(result: dict, path: Path) -> None:
+    """Speedup over ORT dense vs sparsity, one line per batch, one panel per shape."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = result["config"]["shapes"]
+    fig, axes = plt.subplots(1, len(shapes), figsize=(4.5 * len(shapes), 4), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        for b in result["config"]["batches"]:
+            sel = sorted((p for p in result["points"]
+                          if tuple(p["shape"]) == tuple(shape) and p["batch"] == b),
+                         key=lambda p: p["sparsity"])
+            xs = [p["sparsity"] for p in sel]
+            ys = [p["speedup_vs_ort_dense"] for p in sel]
+            line, = ax.plot(xs, ys, marker="o", label=f"batch {b}")
+            cross = next(c["crossover_sparsity"] for c in result["crossovers"]
+                         if tuple(c["shape"]) == tuple(shape) and c["batch"] == b)
+            if cross is not None:
+                ax.axvline(cross, color=line.get_color(), linestyle=":", alpha=0.6)
+        ax.axhline(1.0, color="k", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{shape[0]}x{shape[1]} (out x in)")
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("speedup over ORT dense")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"sparse linear, {result['machine']['threads']} threads "
+                 f"(dotted: crossover sparsity)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="headline subset only (< 1 min)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels.json"))
+    ap.add_argument("--plot", type=Path, default=None, help="also write a PNG here")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-time", type=float, default=None,
+                    help="seconds of timed calls per point (default 0.25, quick 0.1)")
+    ap.add_argument("--min-reps", type=int, default=5)
+    ap.add_argument("--max-reps", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    min_time = args.min_time if args.min_time is not None else (0.1 if args.quick else 0.25)
+    result = run(cfg, args.threads, min_time, args.min_reps, args.max_reps, args.seed)
+    result["config"]["quick"] = args.quick
+    write_json_atomic(result, args.out)
+    print(f"wrote {args.out} ({result['elapsed_s']:.0f} s)")
+    for h in result["headline"]:
+        print(f"headline {h['shape'][0]}x{h['shape'][1]} sp{h['sparsity']} b{h['batch']}: "
+              f"ours {h['ours_median_ms']:.3f} ms, ORT dense {h['ort_dense_median_ms']:.3f} ms, "
+              f"x{h['speedup_vs_ort_dense']:.2f} (target x{h['target_speedup']}) "
+              f"{'met' if h['met'] else 'NOT met'}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
