@@ -86,6 +86,7 @@ class DepGraph:
     rects: list[np.ndarray] = field(default_factory=list)
     ln_nodes: list[str] = field(default_factory=list)
     attention_nodes: list[str] = field(default_factory=list)
+    param_views: dict[str, str] = field(default_factory=dict)  # node -> fqn it aliases/slices
 
     # -- building ---------------------------------------------------------------------
     def new_vars(self, n: int, owner: str) -> np.ndarray:

@@ -67,6 +67,15 @@ def param_fqn(a) -> str | None:
     return a.target if isinstance(a, fx.Node) and a.op == "get_attr" else None
 
 
+# ops that give a view of a parameter with its trailing dims in place (pos[:, :T], expand...)
+PARAM_VIEW_OPS = {"alias", "slice", "clone", "contiguous", "detach", "_to_copy", "to", "expand", "unsqueeze"}
+
+
+def param_source(g: DepGraph, a) -> str | None:
+    """The parameter `a` is, or is a right-aligned view of (see PARAM_VIEW_OPS)."""
+    return param_fqn(a) or (g.param_views.get(a.name) if isinstance(a, fx.Node) else None)
+
+
 def same(g: DepGraph, n: fx.Node, nz: bool | None = None) -> Lab | None:
     """Output labels equal the input's (shape may change along unlabelled dims)."""
     x = lab(g, n.args[0])
@@ -169,7 +178,7 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         miss = (out >= 0) & ~labelled[i]
         if not miss.any():
             continue
-        fqn = param_fqn(o)
+        fqn = param_source(g, o)
         o_shape = shape(o)
         off = nd - len(o_shape)
         size_gt1 = [d for d in range(nd) if d >= off and not L._eq(o_shape[d - off], 1)]
@@ -178,9 +187,12 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         clash = [d for d in varying if d in size_gt1]
         if not clash:
             continue  # broadcast along the channel dims: it adds a per-position value
-        if fqn is not None and x is None and kind in ("add", "mul"):
+        p_shape = list(g.tensor(fqn).shape) if fqn is not None else []
+        p_off = len(o_shape) - len(p_shape)
+        if fqn is not None and x is None and kind in ("add", "mul") and all(
+                d - off - p_off >= 0 and L._eq(p_shape[d - off - p_off], o_shape[d - off]) for d in clash):
             for d in clash:
-                g.assign(fqn, d - off, out_lab.dim_labels(d), "affine" if kind == "add" else "scale")
+                g.assign(fqn, d - off - p_off, out_lab.dim_labels(d), "affine" if kind == "add" else "scale")
             arrs[i] = out
             labelled[i] = out >= 0
             continue
@@ -194,7 +206,7 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
     # is a pruned channel zero at the output?
     if kind == "add":
         nz = any(x.nz for x in labs if x is not None) or any(
-            (~lb & (out >= 0)).any() and param_fqn(o) is None for lb, o in zip(labelled, operands))
+            (~lb & (out >= 0)).any() and param_source(g, o) is None for lb, o in zip(labelled, operands))
     elif kind == "mul":
         nz = all((x.nz if x is not None else True) for x in labs)
     else:
@@ -736,6 +748,8 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
         fn = RULES.get(name)
         ins = [lab(g, a) for a in _flat_nodes(n.args) + _flat_nodes(n.kwargs)]
         labelled = [x for x in ins if x is not None]
+        if name in PARAM_VIEW_OPS and not labelled and param_source(g, n.args[0]) is not None:
+            g.param_views[n.name] = param_source(g, n.args[0])
         if fn is None:
             if labelled:
                 for x in labelled:

@@ -238,3 +238,35 @@ def test_dead_attention_weights_output_is_dropped():
     assert not any("mean" in o for o in ops)
     assert res.report.macs_after < res.report.macs_before
     _ = F  # keep the functional import used by SigmoidHidden's siblings
+
+
+def test_testbed_bert_embedding_dim_through_a_sliced_position_table():
+    """pos[:, :T] is a view of a parameter: it joins the residual-stream group and is sliced."""
+    from sparsify.models.testbeds import bert_style
+
+    model = bert_style(vocab=60, dim=32, heads=4, ffn=64, layers=1, max_len=16)
+    ids = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(0))
+    plan = plan_structured(model, (ids,), ratio=0.5)
+    assert "tok" in {g.name.split(" ")[0] for g in plan.groups if not g.skipped}
+    res = slim_model(model, plan.masks, (ids,))
+    st = res.module.state_dict()
+    assert tuple(st["pos"].shape) == (1, 16, 16) and tuple(st["tok.weight"].shape) == (60, 16)
+    run = torch.randint(0, 60, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_close(res.module(run), masked_model(model, plan.masks)(run), atol=1e-5)
+
+
+def test_testbed_resnet_prunes_the_residual_streams():
+    from sparsify.models.testbeds import resnet_style
+
+    model = resnet_style(blocks=(1, 1), widths=(8, 16), num_classes=4)
+    x = _x(2, 3, 32, 32)
+    plan = plan_structured(model, (x,), ratio=0.5)
+    res = slim_model(model, plan.masks, (x,))
+    st = res.module.state_dict()
+    assert tuple(st["stem.weight"].shape) == (4, 3, 7, 7)
+    assert tuple(st["layers.1.down.0.weight"].shape) == (8, 4, 1, 1)
+    assert tuple(st["fc.weight"].shape) == (4, 8)
+    assert res.report.macs_after < 0.5 * res.report.macs_before  # the 3-channel stem dominates here
+    with torch.no_grad():
+        assert_close(res.module(x), masked_model(model, plan.masks)(x), atol=1e-5)
