@@ -1,0 +1,170 @@
+"""Shared pieces of the benchmark scripts: argument parsing, the JSON envelope, skipped legs.
+
+Every script writes one JSON document::
+
+    {"schema": "sparsify.<name>/<version>", "created": "<UTC ISO time>", "machine": machine_info(),
+     "config": {...}, ... script-specific fields ...}
+
+atomically (temporary file + ``os.replace``, via ``sparsify.bench.report.write_atomic``).
+A leg whose implementation is not installed yet (ImportError / NotImplementedError) is recorded
+as ``{"skipped": "<reason>"}`` instead of being measured; nothing is faked.
+
+The scripts import this module as ``benchmarks.common``; :func:`repo_on_path` puts the
+repository root on ``sys.path`` when they run as ``python benchmarks/<script>.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+# What a leg may raise when its implementation has not landed yet; anything else is a real failure.
+MISSING = (ImportError, NotImplementedError)
+
+
+def repo_on_path() -> None:
+    """Make ``benchmarks.common`` importable when a script runs as ``python benchmarks/x.py``."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def parser(description: str, default_out: str, plot: bool = True) -> argparse.ArgumentParser:
+    """``--quick``, ``--out PATH`` (JSON) and, when ``plot``, ``--plot PATH`` / ``--no-plot``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a tiny subset for development (< 1 min)")
+    p.add_argument("--out", type=Path, default=RESULTS / default_out, help="JSON output path")
+    if plot:
+        p.add_argument("--plot", type=Path, default=None,
+                       help="PNG output path (default: the JSON path with .png)")
+        p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    return p
+
+
+def plot_path(args: argparse.Namespace) -> Path | None:
+    """Where the PNG goes: ``--plot``, else beside the JSON; None with ``--no-plot``."""
+    if getattr(args, "no_plot", False):
+        return None
+    return args.plot if args.plot is not None else args.out.with_suffix(".png")
+
+
+def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The common head of every document: schema, created, machine, config."""
+    from sparsify.bench.machine import machine_info
+
+    return {"schema": schema, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine_info(), "config": config}
+
+
+def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` atomically as indented JSON; refuses NaN/inf (not valid JSON)."""
+    from sparsify.bench.report import write_atomic
+
+    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend (a clear error when matplotlib is missing)."""
+    from sparsify.bench.plot import require_matplotlib
+
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from sparsify.bench.report import write_atomic
+
+    try:
+        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def write_outputs(args: argparse.Namespace, doc: dict[str, Any],
+                  plot: Callable[[dict[str, Any], Path], Any] | None = None) -> None:
+    """Write the JSON to ``args.out`` and, unless ``--no-plot``, the PNG made by ``plot(doc, path)``."""
+    write_json(args.out, doc)
+    say(f"wrote {args.out}" + (f" ({doc['total_s']} s)" if "total_s" in doc else ""))
+    png = plot_path(args)
+    if plot is not None and png is not None:
+        plot(doc, png)
+        say(f"wrote {png}")
+
+
+def skipped(exc: BaseException) -> dict[str, str]:
+    """The record of a leg that could not run because its implementation is missing."""
+    return {"skipped": f"{type(exc).__name__}: {exc}"}
+
+
+def optional_leg(fn: Callable[[], Any]) -> tuple[Any, dict[str, str] | None]:
+    """``(fn(), None)``, or ``(None, skipped(...))`` when ``fn`` hits a missing implementation."""
+    try:
+        return fn(), None
+    except MISSING as exc:
+        say(f"skipped: {type(exc).__name__}: {exc}")
+        return None, skipped(exc)
+
+
+def finite(x: float | None, digits: int = 6) -> float | None:
+    """``x`` rounded to ``digits`` significant digits; None for None, NaN or inf."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def say(msg: str) -> None:
+    """Progress on stderr (stdout stays free for the summary)."""
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def l3_bytes() -> int | None:
+    """The last-level cache size the kernel reports for cpu0 (None when unknown).
+
+    Under a hypervisor this is what the guest is told, which need not be what a process
+    effectively gets; the roofline measures bandwidth at several sizes instead of trusting it.
+    """
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    best = None
+    for idx in sorted(base.glob("index*")):
+        try:
+            level = int((idx / "level").read_text())
+            size = (idx / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1:], 1)
+        value = int(size.rstrip("KMG")) * mult
+        if best is None or level >= best[0]:
+            best = (level, value)
+    return None if best is None else best[1]
+
+
+def ffn_mlp(width: int = 4096, depth: int = 4, seed: int = 0):
+    """The FFN-heavy MLP of the model benchmarks: ``depth`` x (Linear(width, width) + ReLU), seeded random weights.
+
+    Referenced by runs as ``benchmarks.common:ffn_mlp``; its input is ``(N, width)``.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    return nn.Sequential(*layers)
