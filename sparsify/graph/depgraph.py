@@ -61,6 +61,23 @@ class UnionFind:
         return u
 
 
+def nz_max(a, b):
+    """Join of two `nz` states: False (zero) < "const" (per-channel constant) < True (unknown)."""
+    order = {False: 0, "const": 1, True: 2}
+    return a if order[a] >= order[b] else b
+
+
+@dataclass
+class Fold:
+    """How a constant input channel of a consumer folds into its bias (None: it cannot)."""
+
+    node: str  # the consumer op
+    input: str  # its input activation
+    kind: str  # "linear" (W: out x in), "matmul" (W: in x out), "conv"
+    bias: str | None
+    why_not: str | None = None
+
+
 @dataclass
 class ParamUse:
     """Labels of one dim of a parameter/buffer."""
@@ -69,7 +86,8 @@ class ParamUse:
     dim: int
     labels: np.ndarray
     role: str
-    nz: bool = False  # consumer only: pruned input channels may be non-zero here
+    nz: bool | str = False  # consumer only: pruned input channels may be non-zero ("const": constant)
+    fold: Fold | None = None
 
 
 @dataclass
@@ -118,17 +136,19 @@ class DepGraph:
             self.block(flat, reason)
         self.blocks.append((kind, [flat[flat >= 0]]))
 
-    def assign(self, fqn: str, dim: int, labels: np.ndarray, role: str, nz: bool = False) -> None:
+    def assign(self, fqn: str, dim: int, labels: np.ndarray, role: str, nz: bool | str = False,
+               fold: Fold | None = None) -> None:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         key = (fqn, dim)
         if key in self.uses:
             old = self.uses[key]
             self.unify(old.labels, labels)
-            old.nz = old.nz or nz
+            old.nz = nz_max(old.nz, nz)
+            old.fold = None  # a weight used twice: no bias fold
             if ROLES.index(role) < ROLES.index(old.role):
                 old.role = role
             return
-        self.uses[key] = ParamUse(fqn, dim, labels, role, nz)
+        self.uses[key] = ParamUse(fqn, dim, labels, role, nz, fold)
 
     def add_rect(self, arr: np.ndarray) -> None:
         sq = arr.reshape([s for s in arr.shape if s > 1])

@@ -45,7 +45,7 @@ def _prod(xs):
 class Lab:
     factors: list[list]
     arr: np.ndarray
-    nz: bool = False
+    nz: bool | str = False  # False: zero; "const": a per-channel constant; True: unknown
 
     @property
     def ndim(self) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from torch import fx
 
 from sparsify.graph import labels as L
-from sparsify.graph.depgraph import DepGraph, where
+from sparsify.graph.depgraph import DepGraph, Fold, where
 from sparsify.graph.labels import Lab, LabelError
 
 Rule = Callable[[DepGraph, fx.Node], object]
@@ -110,7 +110,8 @@ def _zero_preserving(g, n):
 
 @rule(*NONZERO)
 def _nonzero(g, n):
-    return same(g, n, nz=True)
+    x = lab(g, n.args[0])
+    return same(g, n, nz=True if x is not None and x.nz is True else "const")
 
 
 @rule("softmax", "_softmax", "log_softmax", "_log_softmax")
@@ -137,7 +138,7 @@ def _binary(g, n):
             return None
         s = b if a_t else a
         if kind == "add":
-            return same_as(g, n, x, nz=x.nz or s != 0)
+            return same_as(g, n, x, nz=x.nz if s == 0 else (x.nz or "const"))
         if kind == "mul" or (kind == "div" and a_t):
             return same_as(g, n, x)
         if kind == "pow" and a_t and isinstance(s, (int, float)) and s > 0:
@@ -223,7 +224,8 @@ def _linear(g, n):
     return linear_like(g, n, x, param_fqn(w), 0, param_fqn(bias))
 
 
-def linear_like(g: DepGraph, n: fx.Node, x, w_fqn: str | None, out_dim: int, b_fqn: str | None) -> Lab:
+def linear_like(g: DepGraph, n: fx.Node, x, w_fqn: str | None, out_dim: int, b_fqn: str | None,
+                bias_fold: bool = True) -> Lab:
     """y = x W^T + b with W's output channels on `out_dim` (0: Linear, 1: Conv1D / x @ W)."""
     xl = lab(g, x)
     out_shape = shape(n)
@@ -239,7 +241,9 @@ def linear_like(g: DepGraph, n: fx.Node, x, w_fqn: str | None, out_dim: int, b_f
             g.block(xl.arr, f"'{n.name}' applies a linear map along a non-channel dim of pruned "
                             f"channels at {where(n)}")
         elif xl.varies(nd - 1):
-            g.assign(w_fqn, in_dim, xl.dim_labels(nd - 1), "consumer", xl.nz)
+            fold = Fold(n.name, x.name, "linear" if out_dim == 0 else "matmul", b_fqn,
+                        None if b_fqn is not None else f"'{n.name}' has no bias to fold a constant into")
+            g.assign(w_fqn, in_dim, xl.dim_labels(nd - 1), "consumer", xl.nz, fold)
     n_out = g.tensor(w_fqn).shape[out_dim]
     v = g.new_vars(n_out, w_fqn)
     g.assign(w_fqn, out_dim, v, "producer")
@@ -424,7 +428,14 @@ def _conv(g, n):
     in_labels = xl.dim_labels(1) if xl is not None and xl.varies(1) else None
     if groups == 1:
         if in_labels is not None:
-            g.assign(w_fqn, 1, in_labels, "consumer", xl.nz)
+            why = None if b_fqn is not None else f"conv '{n.name}' has no bias to fold a constant into"
+            padding = n.args[4] if len(n.args) > 4 else 0
+            if isinstance(padding, str):
+                padding = [0] if padding == "valid" else [1]
+            padding = [padding] if isinstance(padding, int) else list(padding)
+            if any(p != 0 for p in padding) and any(k > 1 for k in wt.shape[2:]):
+                why = f"conv '{n.name}' zero-pads its input: a constant channel is not constant at the border"
+            g.assign(w_fqn, 1, in_labels, "consumer", xl.nz, Fold(n.name, x.name, "conv", b_fqn, why))
     else:
         c_in = wt.shape[1] * groups
         if in_labels is None:
@@ -515,7 +526,9 @@ def _pool(g, n):
     val = n.meta["val"]
     if isinstance(val, (tuple, list)):
         return [reshape_unlabelled(x, [L.as_size(s) for s in v.shape]) for v in val]
-    return same(g, n)
+    # zero padding of an average pool makes a constant channel vary at the border
+    nz = True if op_name(n).startswith("avg_pool") and x.nz == "const" else None
+    return same(g, n, nz=nz)
 
 
 @rule("mean", "sum", "amax", "max", "amin")

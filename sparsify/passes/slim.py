@@ -23,7 +23,7 @@ from sparsify.graph.depgraph import DepGraph, UnionFind
 from sparsify.graph.groups import class_slices, compute_groups
 from sparsify.graph.labels import Lab
 from sparsify.graph.rules import analyze
-from sparsify.passes.slim_rewrite import remove_dead_code, rewrite_graph
+from sparsify.passes.slim_rewrite import fold_constants, remove_dead_code, rewrite_graph
 from sparsify.passes.slim_save import load_slim, save_slim  # noqa: F401  (public re-export)
 from sparsify.passes.slim_stats import count_macs, count_params
 
@@ -67,6 +67,7 @@ class SlimResult:
 class Decision:
     removed: np.ndarray  # bool over vars (by class root)
     reasons: dict[int, str]  # class root -> why a masked class stays
+    folds: list = field(default_factory=list)  # (consumer ParamUse, positions): constants to fold
 
 
 def _zero_positions(masks: dict[str, torch.Tensor], fqn: str, dim: int, size: int) -> np.ndarray:
@@ -88,6 +89,7 @@ def decide(dg: DepGraph, masks: dict[str, torch.Tensor]) -> Decision:
     wanted = np.zeros(nv, dtype=bool)
     has_producer = np.zeros(nv, dtype=bool)
     reasons: dict[int, str] = {}
+    folds: list = []
     for (fqn, dim), roots in slices.items():
         use = dg.uses[(fqn, dim)]
         valid = roots >= 0
@@ -97,10 +99,16 @@ def decide(dg: DepGraph, masks: dict[str, torch.Tensor]) -> Decision:
             wanted[roots[valid & zero]] = True
         if use.role in ("producer", "affine") or (use.role == "consumer" and use.nz):
             bad = valid & ~zero
+            if use.role == "consumer" and use.nz == "const" and use.fold is not None and not use.fold.why_not:
+                if bad.any():
+                    folds.append((use, bad))  # the constant moves into the consumer's bias
+                continue
             for c in np.unique(roots[bad]).tolist():
                 if ok[c]:
                     why = "is not masked" if use.role != "consumer" else \
                         "is not masked and the pruned channel is not zero there"
+                    if use.role == "consumer" and use.fold is not None and use.fold.why_not:
+                        why += f" (no constant fold: {use.fold.why_not})"
                     reasons[c] = f"{fqn} (dim {dim}) {why}"
                 ok[c] = False
     for v, why in dg.blocked.items():
@@ -157,7 +165,13 @@ def decide(dg: DepGraph, masks: dict[str, torch.Tensor]) -> Decision:
                             removed[c2] = False
                             reasons.setdefault(c2, f"kept so that tensor '{name}' keeps a rectangular shape")
                 changed = True
-    return Decision(removed[root], {c: w for c, w in reasons.items() if wanted[c] and not removed[c]})
+    removed_vars = removed[root]
+    fold_plan = []
+    for use, bad in folds:
+        pos = np.nonzero(bad & removed_vars[np.where(use.labels >= 0, use.labels, 0)])[0]
+        if len(pos):
+            fold_plan.append((use, pos))
+    return Decision(removed_vars, {c: w for c, w in reasons.items() if wanted[c] and not removed[c]}, fold_plan)
 
 
 def _masked_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
@@ -190,6 +204,7 @@ def slim_model(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs:
     remove_dead_code(gm)
     dg = analyze(gm)
     dec = decide(dg, masks)
+    fold_constants(gm, dec.folds, cap.example_inputs)
     rewrite_graph(gm, dg, dec.removed)
     report = SlimReport(groups=_report(dg, dec, masks))
     inputs = cap.example_inputs

@@ -50,6 +50,52 @@ def layer_norm_fixed_count(x: torch.Tensor, weight, bias, eps: float, count: int
     return y
 
 
+def _activations(gm: fx.GraphModule, names: set[str], inputs: tuple) -> dict[str, torch.Tensor]:
+    """Values of the named nodes on `inputs` (the graph still holds the masked weights)."""
+    out: dict[str, torch.Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            val = super().run_node(n)
+            if n.name in names:
+                out[n.name] = val.detach()
+            return val
+    with torch.no_grad():
+        Recorder(gm).run(*inputs)
+    return out
+
+
+def fold_constants(gm: fx.GraphModule, folds: list, inputs: tuple) -> None:
+    """Move constant input channels that are about to be removed into the consumer's bias.
+
+    The channel is constant by construction (masked producers, then elementwise ops only);
+    its value is read from one run and checked to be constant over every position."""
+    if not folds:
+        return
+    acts = _activations(gm, {use.fold.input for use, _ in folds}, inputs)
+    for use, pos in folds:
+        f = use.fold
+        x = acts[f.input]
+        ch = x.movedim(1, -1) if f.kind == "conv" else x
+        ch = ch.reshape(-1, ch.shape[-1])[:, torch.from_numpy(pos)]
+        k = ch[0]
+        if (ch - k).abs().max() > 1e-6 * (1 + k.abs().max()):
+            raise PruneError(f"internal: channel of '{f.input}' feeding '{f.node}' is not constant")
+        mod_path, _, name = use.fqn.rpartition(".")
+        w = getattr(gm.get_submodule(mod_path) if mod_path else gm, name).detach()
+        idx = torch.from_numpy(pos)
+        if f.kind == "matmul":
+            delta = k @ w[idx, :]
+        elif f.kind == "linear":
+            delta = w[:, idx] @ k
+        else:
+            delta = w[:, idx].flatten(2).sum(2) @ k
+        b_path, _, b_name = f.bias.rpartition(".")
+        bmod = gm.get_submodule(b_path) if b_path else gm
+        with torch.no_grad():
+            getattr(bmod, b_name).add_(delta.to(getattr(bmod, b_name).dtype))
+
+
 def _kept_along(lab: Lab, removed: np.ndarray) -> list[np.ndarray | None]:
     """Per arr axis: bool keep vector (None when the axis is not labelled)."""
     arr = lab.arr

@@ -25,12 +25,30 @@ def _x(*shape, seed=0):
 class SigmoidHidden(nn.Module):
     """A hidden layer whose activation maps 0 to 0.5: pruned channels are not zero after it."""
 
-    def __init__(self):
+    def __init__(self, bias: bool = True):
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3, bias=bias)
 
     def forward(self, x):
         return self.fc2(torch.sigmoid(self.fc1(x)))
+
+
+class SigmoidConv(nn.Module):
+    """conv -> sigmoid -> conv (1x1, or 3x3 zero-padded): the fold is exact only for the 1x1."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, k, padding=k // 2)
+
+    def forward(self, x):
+        return self.c2(torch.sigmoid(self.c1(x))).mean((2, 3))
+
+
+def _producer_masks(prefix: str, shape: tuple[int, ...], n_pruned: int) -> dict[str, torch.Tensor]:
+    rows = torch.ones(shape[0], dtype=torch.bool)
+    rows[:n_pruned] = False
+    w = rows.reshape((-1,) + (1,) * (len(shape) - 1)).expand(shape).clone()
+    return {f"{prefix}.weight": w, f"{prefix}.bias": rows}
 
 
 @pytest.mark.parametrize("ratio", [1.0, -0.1, 1.5, "half"])
@@ -166,21 +184,35 @@ def test_unmasked_bias_keeps_the_channel_and_says_why():
         assert_close(res.module(x), masked_model(model, masks)(x), atol=1e-5)
 
 
-def test_sigmoid_constant_needs_the_consumer_slice_masked():
+def test_sigmoid_constant_is_folded_into_the_consumer_bias():
+    """Producer rows masked, consumer columns not: sigmoid(0) = 0.5 moves into fc2's bias."""
     model = SigmoidHidden()
-    x = _x(2, 6)
-    rows = torch.ones(8, dtype=torch.bool)
-    rows[:4] = False
-    producer = {"fc1.weight": rows[:, None].expand(8, 6).clone(), "fc1.bias": rows.clone()}
-    res = slim_model(model, producer, (x,))
-    group = next(g for g in res.report.groups if g["name"] == "fc1")
-    assert group["kept_channels"] == 8 and "not zero there" in group["reasons"][0]
-    full = dict(producer, **{"fc2.weight": rows[None, :].expand(3, 8).clone()})
-    res = slim_model(model, full, (x,))
+    masks = _producer_masks("fc1", (8, 6), 4)
+    res = slim_model(model, masks, (_x(2, 6),))
     assert tuple(res.module.state_dict()["fc2.weight"].shape) == (3, 4)
     xs = _x(5, 6, seed=4)
     with torch.no_grad():
-        assert_close(res.module(xs), masked_model(model, full)(xs), atol=1e-5)
+        assert_close(res.module(xs), masked_model(model, masks)(xs), atol=1e-5)
+
+
+def test_constant_without_an_exact_fold_keeps_the_channel():
+    no_bias = SigmoidHidden(bias=False)
+    res = slim_model(no_bias, _producer_masks("fc1", (8, 6), 4), (_x(2, 6),))
+    group = next(g for g in res.report.groups if g["name"] == "fc1")
+    assert group["kept_channels"] == 8 and "has no bias to fold" in group["reasons"][0]
+    padded = SigmoidConv(3)
+    masks = _producer_masks("c1", (8, 3, 3, 3), 4)
+    res = slim_model(padded, masks, (_x(2, 3, 6, 6),))
+    group = next(g for g in res.report.groups if g["name"] == "c1")
+    assert group["kept_channels"] == 8 and "zero-pads its input" in group["reasons"][0]
+    xs = _x(3, 3, 6, 6, seed=6)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(padded, masks)(xs), atol=1e-5)
+    pointwise = SigmoidConv(1)
+    res = slim_model(pointwise, masks, (_x(2, 3, 6, 6),))
+    assert tuple(res.module.state_dict()["c2.weight"].shape) == (4, 4, 1, 1)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(pointwise, masks)(xs), atol=1e-5)
 
 
 def test_partial_head_is_not_removed():
