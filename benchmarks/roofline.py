@@ -262,10 +262,14 @@ def run(quick: bool) -> dict[str, Any]:
     doc = envelope(SCHEMA, config)
     doc["load"] = {"before": list(os.getloadavg())}
     doc["l3_reported_bytes"] = l3_bytes()
-    doc["bandwidth"] = measure_bandwidth(sizes, threads, min_time)
-    doc["gemm"] = measure_gemm(gemm_n, threads, min_time)
-    doc["ceilings"] = ceilings(doc["bandwidth"], doc["gemm"], threads)
-    doc["kernels"] = measure_kernels(shapes, sparsity, batches, threads, min_time)
+    numba_threads = numba.get_num_threads()
+    try:
+        doc["bandwidth"] = measure_bandwidth(sizes, threads, min_time)
+        doc["gemm"] = measure_gemm(gemm_n, threads, min_time)
+        doc["ceilings"] = ceilings(doc["bandwidth"], doc["gemm"], threads)
+        doc["kernels"] = measure_kernels(shapes, sparsity, batches, threads, min_time)
+    finally:
+        numba.set_num_threads(numba_threads)
     attach_roofs(doc["kernels"], doc["ceilings"])
     doc["load"]["after"] = list(os.getloadavg())
     return doc

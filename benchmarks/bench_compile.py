@@ -1,0 +1,271 @@
+"""Compile cost: wall time and peak memory of each pipeline step for the bigger models.
+
+Steps per model, in order (each later step reads the run or file an earlier one wrote):
+``build`` (model -> dense run on disk), ``export_dense``, ``prune_unstructured`` (90%,
+magnitude, layer-wise), ``export_sparse``, ``prune_structured`` (ratio 0.5, channels or
+heads), ``export_slim``. Exports verify against the masked torch model (the API default),
+so their time includes verification.
+
+Every step runs in a fresh Python process: it imports torch, onnx, onnxruntime and the API,
+then resets the kernel's peak-RSS mark and reads the baseline (the same method as
+``sparsify.bench.memory``: ``/proc/self/clear_refs`` + ``VmHWM``, falling back to
+``ru_maxrss``), runs the step, and reports ``peak - baseline`` (tracemalloc would not see
+the C allocations of torch / ONNX / protobuf). ``wall_s`` is the step alone; ``process_s``
+adds interpreter start-up and imports. Each step is repeated ``--repeat`` times (fresh
+process each time); the median and p90 are reported with all samples.
+
+A step whose implementation has not landed (ImportError / NotImplementedError) is recorded
+as ``{"skipped": reason}``, and so are the steps that need its output.
+
+Run::
+
+    python benchmarks/bench_compile.py [--quick] [--models mlp-4096,bert-style] [--repeat N] [--out PATH.json]
+
+JSON schema ``sparsify.compile/1`` (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import MISSING, REPO, envelope, finite, parser, pyplot, save_figure, say, skipped, write_outputs
+
+SCHEMA = "sparsify.compile/1"
+# (step, what it needs): the prerequisites must have succeeded in the same repetition.
+STEPS = (
+    ("build", None),
+    ("export_dense", "build"),
+    ("prune_unstructured", "build"),
+    ("export_sparse", "prune_unstructured"),
+    ("prune_structured", "build"),
+    ("export_slim", "prune_structured"),
+)
+SPARSITY = 0.9
+RATIO = 0.5
+
+
+def all_cases(quick: bool) -> list[dict[str, Any]]:
+    """Model name, reference, arguments, input spec and structure of each case."""
+    if quick:
+        return [{"name": "mlp-512", "model": "benchmarks.common:ffn_mlp", "model_args": {"width": 512, "depth": 2},
+                 "input_shapes": ["1,512"], "input_dtypes": [], "structure": "channel"}]
+    return [
+        {"name": "mlp-4096", "model": "benchmarks.common:ffn_mlp", "model_args": {"width": 4096, "depth": 4},
+         "input_shapes": ["1,4096"], "input_dtypes": [], "structure": "channel"},
+        {"name": "resnet-style", "model": "sparsify.models.testbeds:resnet_style", "model_args": {},
+         "input_shapes": ["1,3,224,224"], "input_dtypes": [], "structure": "channel"},
+        {"name": "bert-style", "model": "sparsify.models.testbeds:bert_style", "model_args": {},
+         "input_shapes": ["1,128"], "input_dtypes": ["int64"], "structure": "head"},
+    ]
+
+
+# -- the child process ------------------------------------------------------------------------
+
+def _do_step(step: str, case: dict[str, Any], work: Path) -> None:
+    """Run one pipeline step through the public API (in the child)."""
+    from sparsify.api import ModelSource, export_model, open_model, prune_model
+    from sparsify.artifact import save_run
+
+    if step == "build":
+        if ":" in case["model"]:  # a module that has not landed is a missing leg
+            __import__(case["model"].partition(":")[0])
+        src = ModelSource(case["model"], case["model_args"], input_shapes=case["input_shapes"],
+                          input_dtypes=case["input_dtypes"])
+        save_run(open_model(src), work / "dense")
+    elif step == "export_dense":
+        export_model(work / "dense", work / "dense.onnx")
+    elif step == "prune_unstructured":
+        prune_model(ModelSource(str(work / "dense")), work / "sparse-run", sparsity=SPARSITY, scope="layer")
+    elif step == "export_sparse":
+        export_model(work / "sparse-run", work / "sparse.onnx", mode="sparse")
+    elif step == "prune_structured":
+        prune_model(ModelSource(str(work / "dense")), work / "slim-run", structure=case["structure"], ratio=RATIO)
+    elif step == "export_slim":
+        export_model(work / "slim-run", work / "slim.onnx", mode="slim")
+    else:
+        raise ValueError(f"unknown step {step!r}; expected one of {[s for s, _ in STEPS]}")
+
+
+def child(request: dict[str, Any]) -> dict[str, Any]:
+    """In the fresh process: import, take the baseline, run the step, take the peak."""
+    import numpy  # noqa: F401  (imports are part of the baseline, not of the step)
+    import onnx  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+
+    import sparsify.api  # noqa: F401
+    # Reuse the harness's peak-RSS method (reset VmHWM, else ru_maxrss) rather than a copy of it.
+    from sparsify.bench.memory import _baseline, _peak
+
+    baseline, method = _baseline()
+    t0 = time.perf_counter()
+    try:
+        _do_step(request["step"], request["case"], Path(request["work"]))
+    except MISSING as exc:
+        return skipped(exc)
+    wall = time.perf_counter() - t0
+    peak = _peak(method)
+    return {"wall_s": wall, "peak_mib": peak - baseline, "baseline_mib": baseline, "method": method}
+
+
+# -- the parent ---------------------------------------------------------------------------------
+
+def run_step(step: str, case: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
+    """One step in a fresh process; raises RuntimeError with the child's last stderr line on failure."""
+    request = {"step": step, "case": case, "work": str(work)}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(request)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
+    process_s = time.perf_counter() - t0
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:]) or "no output"
+        raise RuntimeError(f"{case['name']}: step {step} exited with {proc.returncode}:\n{tail}")
+    out = json.loads(lines[-1])
+    if "skipped" not in out:
+        out["process_s"] = process_s
+    return out
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median / p90 / min of wall time and peak memory over the repetitions of a step."""
+    import numpy as np
+
+    done = [s for s in samples if "skipped" not in s]
+    if not done:
+        return {"skipped": samples[0]["skipped"]}
+    out: dict[str, Any] = {"n": len(done)}
+    for key in ("wall_s", "process_s", "peak_mib"):
+        v = np.array([s[key] for s in done], dtype=float)
+        out[f"{key}_p50"] = finite(float(np.percentile(v, 50)))
+        out[f"{key}_p90"] = finite(float(np.percentile(v, 90)))
+        out[f"{key}_min"] = finite(float(v.min()))
+    out["method"] = done[0]["method"]
+    out["samples"] = [{k: finite(s[k]) for k in ("wall_s", "process_s", "peak_mib")} for s in done]
+    return out
+
+
+def select_steps(wanted: list[str] | None, error) -> list[str]:
+    """The steps to run in pipeline order: ``wanted`` plus their prerequisites (all when None)."""
+    names = [s for s, _ in STEPS]
+    if wanted is None:
+        return names
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        error(f"--steps: unknown {unknown}; choose from {names}")
+    needs = dict(STEPS)
+    chosen = set()
+    for step in wanted:
+        while step is not None and step not in chosen:
+            chosen.add(step)
+            step = needs[step]
+    return [s for s in names if s in chosen]
+
+
+def run_case(case: dict[str, Any], root: Path, repeat: int, timeout: float,
+             steps: list[str] | None = None) -> dict[str, Any]:
+    """The steps of one model, ``repeat`` times, each repetition in a fresh work directory."""
+    selected = [(s, n) for s, n in STEPS if steps is None or s in steps]
+    samples: dict[str, list[dict[str, Any]]] = {s: [] for s, _ in selected}
+    sizes: dict[str, int] = {}
+    for k in range(repeat):
+        work = root / case["name"] / f"rep{k}"
+        work.mkdir(parents=True)
+        for step, needs in selected:
+            if needs is not None and "skipped" in (samples[needs][-1] if samples[needs] else {"skipped": ""}):
+                samples[step].append({"skipped": f"needs {needs}, which was skipped: {samples[needs][-1]['skipped']}"})
+                continue
+            say(f"{case['name']}: {step} (repetition {k + 1}/{repeat})")
+            out = run_step(step, case, work, timeout)
+            samples[step].append(out)
+            if "skipped" in out:
+                say(f"{case['name']}: {step} skipped: {out['skipped']}")
+            else:
+                say(f"{case['name']}: {step}: {out['wall_s']:.2f} s, peak +{out['peak_mib']:.0f} MiB")
+        for name in ("dense.onnx", "sparse.onnx", "slim.onnx"):
+            if (work / name).is_file():
+                sizes[name] = (work / name).stat().st_size
+    return {"model": case["name"], "reference": case["model"], "model_args": case["model_args"],
+            "input_shapes": case["input_shapes"], "structure": case["structure"],
+            "steps": [{"step": s, "needs": needs, **summarize(samples[s])} for s, needs in selected],
+            "file_bytes": sizes}
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """Two panels: step wall time (p50) and peak extra memory (p50), grouped by model."""
+    plt = pyplot()
+    import numpy as np
+
+    steps = doc["config"]["steps"]
+    models = doc["models"]
+    x = np.arange(len(steps))
+    width = 0.8 / max(1, len(models))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, m in enumerate(models):
+        by = {s["step"]: s for s in m["steps"]}
+        off = x - 0.4 + width * (i + 0.5)
+        ax_t.bar(off, [by.get(s, {}).get("wall_s_p50", np.nan) for s in steps], width, label=m["model"])
+        ax_m.bar(off, [by.get(s, {}).get("peak_mib_p50", np.nan) for s in steps], width, label=m["model"])
+    for ax, label in ((ax_t, "wall time of the step (s, p50)"), (ax_m, "peak extra RSS (MiB, p50)")):
+        ax.set_xticks(x, [s.replace("_", "\n") for s in steps], fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"sparsify compile cost — {doc['machine'].get('cpu')}; missing bar = step skipped",
+                 fontsize="medium")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
+        print(json.dumps(child(json.loads(sys.argv[2]))))
+        return 0
+    p = parser(__doc__.splitlines()[0], "compile.json")
+    p.add_argument("--models", default=None, help="comma-separated subset of the model names")
+    p.add_argument("--repeat", type=int, default=None, help="repetitions per step (default: 1 quick, 2 full)")
+    p.add_argument("--steps", default=None,
+                   help="comma-separated subset of the steps (their prerequisites are added)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per step")
+    args = p.parse_args(argv)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 2)
+    if repeat < 1:
+        p.error(f"--repeat {repeat} should be a positive integer")
+    steps = select_steps(args.steps.split(",") if args.steps else None, p.error)
+    cases = all_cases(args.quick)
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - {c["name"] for c in cases})
+        if unknown:
+            p.error(f"--models: unknown {unknown}; choose from {[c['name'] for c in cases]}")
+        cases = [c for c in cases if c["name"] in wanted]
+    config = {"quick": args.quick, "models": [c["name"] for c in cases], "repeat": repeat,
+              "steps": steps, "sparsity": SPARSITY, "ratio": RATIO,
+              "memory": "peak RSS minus RSS after imports, fresh process per step (VmHWM reset, else ru_maxrss)",
+              "wall": "wall_s = the step alone; process_s = whole child process incl. interpreter start and imports",
+              "verify": "exports verify against the masked torch model (API default)"}
+    doc = envelope(SCHEMA, config)
+    doc["load"] = {"before": list(os.getloadavg())}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sparsify-bench-compile-") as root:
+        doc["models"] = [run_case(c, Path(root), repeat, args.timeout, steps) for c in cases]
+    doc["total_s"] = round(time.perf_counter() - t0, 1)
+    doc["load"]["after"] = list(os.getloadavg())
+    write_outputs(args, doc, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

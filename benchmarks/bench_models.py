@@ -1,0 +1,335 @@
+"""End-to-end model benchmarks: dense ONNX vs slim (structured) and sparse (unstructured) exports.
+
+For every model: a dense run (digits models: trained briefly on the bundled digits data;
+the others: seeded random weights), its dense ONNX export, then one variant per level:
+- **slim**: channel (attention-head for ViT/BERT) pruning at ratios 0.25 / 0.5 / 0.75,
+  exported with ``mode="slim"`` (pruned channels physically removed);
+- **sparse**: unstructured magnitude pruning at 80 / 90 / 95 %, exported with
+  ``mode="sparse"`` (CSR weights run by sparsify's runtime).
+Digits variants are fine-tuned briefly with the masks fixed, and their test accuracy is
+reported (dense, pruned, fine-tuned). Every ONNX file is benchmarked against the dense one
+in the same ``sparsify.bench.bench`` call (interleaved, same feeds), and described by
+``sparsify.inspect_model.inspect_onnx(path).totals()`` (params, nonzeros, MACs, file size).
+Every export is verified against the masked torch model (the API's default).
+
+A leg whose implementation has not landed (ImportError / NotImplementedError from the API)
+is recorded as ``{"skipped": reason}``; any other error stops the script.
+
+Run::
+
+    python benchmarks/bench_models.py [--quick] [--models digits-mlp,mlp-4096] [--out PATH.json]
+                                      [--plot PATH.png] [--memory] [--keep DIR]
+
+JSON schema ``sparsify.models/1`` (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import envelope, finite, optional_leg, parser, pyplot, save_figure, say, write_outputs
+
+SCHEMA = "sparsify.models/1"
+SPARSITIES = (0.8, 0.9, 0.95)
+RATIOS = (0.25, 0.5, 0.75)
+
+
+@dataclasses.dataclass
+class Case:
+    """One model of the benchmark and how to treat it."""
+
+    name: str
+    model: str  # built-in name or package.module:attr
+    structure: str  # channel | head
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_shapes: tuple[str, ...] = ()
+    input_dtypes: tuple[str, ...] = ()
+    data: str | None = None  # trained and evaluated on this data when set
+    epochs: int = 0  # dense training epochs (data models)
+    scope: str = "layer"  # unstructured pruning scope
+    batches: tuple[int, ...] = (1, 8)
+    sparsities: tuple[float, ...] = SPARSITIES
+    ratios: tuple[float, ...] = RATIOS
+
+    def source(self):
+        from sparsify.api import ModelSource
+
+        return ModelSource(self.model, dict(self.model_args), data=self.data,
+                           input_shapes=list(self.input_shapes), input_dtypes=list(self.input_dtypes))
+
+
+def all_cases(quick: bool) -> list[Case]:
+    """The models of a full (or ``--quick``) run, in order."""
+    if quick:
+        return [
+            Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=2, scope="global",
+                 batches=(1,), sparsities=(0.9,), ratios=(0.5,)),
+            Case("mlp-512", "benchmarks.common:ffn_mlp", "channel", {"width": 512, "depth": 2},
+                 ("1,512",), batches=(1,), sparsities=(0.9,), ratios=(0.5,)),
+        ]
+    return [
+        Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=10, scope="global", batches=(1, 64)),
+        Case("digits-cnn", "digits-cnn", "channel", data="digits", epochs=6, scope="global", batches=(1, 64)),
+        Case("digits-vit", "digits-vit", "head", data="digits", epochs=15, scope="global", batches=(1, 64)),
+        Case("mlp-4096", "benchmarks.common:ffn_mlp", "channel", {"width": 4096, "depth": 4}, ("1,4096",),
+             batches=(1, 8, 64)),
+        Case("resnet-style", "sparsify.models.testbeds:resnet_style", "channel", {}, ("1,3,224,224",),
+             batches=(1,)),
+        Case("bert-style", "sparsify.models.testbeds:bert_style", "head", {}, ("1,128",), ("int64",),
+             batches=(1, 8)),
+    ]
+
+
+@dataclasses.dataclass
+class Settings:
+    """Budgets of a run."""
+
+    finetune_epochs: int
+    lr: float
+    threads: int
+    min_time: float
+    warmup: int
+    memory: bool
+
+
+def _seconds(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 3)
+
+
+def describe_onnx(path: Path) -> dict[str, Any]:
+    """params / nonzeros / MACs / file size of an ONNX file (``inspect_onnx(...).totals()``)."""
+    from sparsify.inspect_model import inspect_onnx
+
+    t = inspect_onnx(path).totals()
+    return {k: finite(v) if isinstance(v, float) else v for k, v in t.items()}
+
+
+def describe_run(path: Path) -> dict[str, Any]:
+    """params / nonzeros / dense and nonzero MACs of a pruned run (``inspect_run(...).totals()``).
+
+    Unlike the ONNX description, this counts MACs for every layer whatever the export mode
+    (the sparse ONNX holds its weights in custom ops that ``inspect_onnx`` does not count).
+    """
+    from sparsify.inspect_model import inspect_run
+
+    t = inspect_run(path).totals()
+    return {k: finite(v) if isinstance(v, float) else v for k, v in t.items() if k != "file_bytes"}
+
+
+def dense_run(case: Case, out: Path, s: Settings) -> tuple[dict[str, Any], float | None]:
+    """Write the dense run (trained for data models); returns (record, dense test accuracy)."""
+    from sparsify.api import open_model, train_model
+    from sparsify.artifact import save_run
+    from sparsify.finetune import TrainConfig
+
+    if ":" in case.model:  # a model module that has not landed is a missing leg, not a failure
+        importlib.import_module(case.model.partition(":")[0])
+    if case.data:
+        run, secs = _seconds(lambda: train_model(
+            case.source(), TrainConfig(epochs=case.epochs, lr=s.lr, progress=False), out))
+        acc = run.metrics["test_accuracy"]
+        return {"train_epochs": case.epochs, "train_s": secs, "test_accuracy": acc}, acc
+    _, secs = _seconds(lambda: save_run(open_model(case.source()), out))
+    return {"weights": "seeded random", "build_s": secs}, None
+
+
+def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s: Settings) -> dict[str, Any]:
+    """Prune (and fine-tune data models), export; the record lacks latency until benchmarked."""
+    from sparsify.api import ModelSource, export_model, finetune_model, prune_model
+    from sparsify.finetune import TrainConfig
+
+    label = f"{kind}-{round(level * 100)}"
+    rec: dict[str, Any] = {"variant": label, "kind": kind,
+                           "structure": case.structure if kind == "slim" else "unstructured"}
+    if kind == "slim":
+        rec["ratio"] = level
+        prune_kw = {"structure": case.structure, "ratio": level}
+    else:
+        rec["sparsity"] = level
+        prune_kw = {"sparsity": level, "scope": case.scope}
+        rec["scope"] = case.scope
+    say(f"{case.name}: {label}: prune")
+    pruned, skip = optional_leg(lambda: _seconds(lambda: prune_model(
+        ModelSource(str(dense_dir)), work / f"{label}-pruned", **prune_kw)))
+    if skip:
+        return {**rec, "prune": skip}
+    (run, _plan), rec["prune_s"] = pruned
+    run_dir = work / f"{label}-pruned"
+    if case.data:
+        rec["pruned_accuracy"] = run.metrics.get("pruned_test_accuracy")
+        tuned, rec["finetune_s"] = _seconds(lambda: finetune_model(
+            run_dir, TrainConfig(epochs=s.finetune_epochs, lr=s.lr / 3, progress=False), work / f"{label}-ft"))
+        rec["finetune_epochs"] = s.finetune_epochs
+        rec["finetuned_accuracy"] = tuned.metrics.get("finetuned_test_accuracy")
+        run_dir = work / f"{label}-ft"
+    rec["run"] = describe_run(run_dir)
+    onnx_path = work / f"{label}.onnx"
+    say(f"{case.name}: {label}: export --mode {kind}")
+    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=kind)))
+    if skip:
+        rec["export"] = skip
+    else:
+        (_, report, summary), rec["export_s"] = exported
+        rec["verify_max_abs"] = finite(report.max_abs) if report is not None else None
+        rec["export_summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+        rec["onnx"] = describe_onnx(onnx_path)
+        rec["path"] = str(onnx_path)
+    return rec
+
+
+def attach_latency(records: list[dict[str, Any]], result) -> None:
+    """Copy p50/p90/speedup per batch from the BenchResult into the records with a ``path``."""
+    by_path = {r["path"]: r for r in records if "path" in r}
+    for row in result.records:
+        rec = by_path.get(row.model)
+        if rec is None:
+            continue
+        rec.setdefault("latency", []).append({
+            "batch": row.batch, "threads": row.threads, "backend": row.backend, "n": row.stats.n,
+            "p50_ms": finite(row.stats.p50_ms), "p90_ms": finite(row.stats.p90_ms),
+            "spread": finite(row.stats.spread), "speedup": finite(row.speedup), "peak_mib": finite(row.peak_mib),
+        })
+
+
+def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
+    """Everything for one model; returns its record."""
+    from sparsify.api import export_model
+    from sparsify.bench import bench
+
+    work = root / case.name
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"model": case.name, "reference": case.model, "model_args": case.model_args,
+                           "structure": case.structure, "data": case.data, "batches": list(case.batches)}
+    say(f"{case.name}: dense run")
+    built, skip = optional_leg(lambda: dense_run(case, work / "dense", s))
+    if skip:
+        return {**rec, **skip}
+    rec["dense"], dense_acc = built
+    say(f"{case.name}: export dense")
+    (_, report, _), secs = _seconds(lambda: export_model(work / "dense", work / "dense.onnx"))
+    dense = rec["dense"]
+    dense.update({"export_s": secs, "verify_max_abs": finite(report.max_abs) if report else None,
+                  "onnx": describe_onnx(work / "dense.onnx"), "path": str(work / "dense.onnx")})
+    variants = [variant(case, "slim", r, work / "dense", work, s) for r in case.ratios]
+    variants += [variant(case, "sparse", sp, work / "dense", work, s) for sp in case.sparsities]
+    if not keep:  # the ONNX files stay for the benchmark; the run directories can go
+        for d in work.iterdir():
+            if d.is_dir() and d.name != "dense":
+                shutil.rmtree(d)
+    files = [dense["path"]] + [v["path"] for v in variants if "path" in v]
+    say(f"{case.name}: benchmark {len(files)} ONNX files at batches {case.batches}, {s.threads} thread(s)")
+    result = bench(files, batches=case.batches, threads=(s.threads,), warmup=s.warmup, min_time=s.min_time,
+                   memory=s.memory, progress=False)
+    attach_latency([dense, *variants], result)
+    for v in variants:
+        if "onnx" in v:
+            v["file_ratio"] = finite(v["onnx"]["file_bytes"] / dense["onnx"]["file_bytes"])
+        if dense_acc is not None and v.get("finetuned_accuracy") is not None:
+            v["accuracy_delta"] = finite(v["finetuned_accuracy"] - dense_acc, 4)
+    rec["variants"] = variants
+    rec["total_s"] = round(time.perf_counter() - t0, 1)
+    for r in [dense, *variants]:
+        if "path" in r:
+            r["file"] = Path(r.pop("path")).name
+    return rec
+
+
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """One panel per model: speedup vs dense ONNX (p50) per variant and batch; accuracy in the labels."""
+    plt = pyplot()
+    import numpy as np
+
+    models = [m for m in doc["models"] if m.get("variants")]
+    n = max(1, len(models))
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, models):
+        vs = m["variants"]
+        names = []
+        for v in vs:
+            acc = v.get("finetuned_accuracy")
+            names.append(v["variant"] + (f"\n{acc:.1f}%" if acc is not None else ""))
+        x = np.arange(len(vs))
+        batches = m["batches"]
+        width = 0.8 / len(batches)
+        for i, b in enumerate(batches):
+            sp = [next((lat["speedup"] for lat in v.get("latency", []) if lat["batch"] == b), np.nan) for v in vs]
+            ax.bar(x - 0.4 + width * (i + 0.5), sp, width, label=f"batch {b}")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(x, names, fontsize=7, rotation=0)
+        ax.set_yscale("log")
+        title = m["model"]
+        if m.get("dense", {}).get("test_accuracy") is not None:
+            title += f" (dense {m['dense']['test_accuracy']:.1f}%)"
+        ax.set_title(title, fontsize="medium")
+        ax.set_ylabel("speedup vs dense ONNX (p50, log)")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+    mach = doc["machine"]
+    fig.suptitle(f"sparsify model benchmarks — {mach.get('cpu')}, {doc['config']['threads']} thread(s); "
+                 "missing bar = leg skipped", fontsize="medium")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the selected cases; returns the JSON document."""
+    cases = all_cases(args.quick)
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - {c.name for c in cases})
+        if unknown:
+            raise SystemExit(f"--models: unknown {unknown}; choose from {[c.name for c in cases]}")
+        cases = [c for c in cases if c.name in wanted]
+    s = Settings(finetune_epochs=1 if args.quick else 3, lr=3e-3, threads=min(2, os.cpu_count() or 1),
+                 min_time=0.1 if args.quick else 0.4, warmup=3 if args.quick else 10, memory=args.memory)
+    config = {"quick": args.quick, "models": [c.name for c in cases], "threads": s.threads,
+              "min_time_s": s.min_time, "warmup": s.warmup, "finetune_epochs": s.finetune_epochs, "lr": s.lr,
+              "memory": s.memory, "sparsities": list(SPARSITIES), "ratios": list(RATIOS),
+              "latency": "sparsify.bench.bench, all ONNX files of a model interleaved; speedup = dense p50 / p50",
+              "accuracy": "test split of the bundled digits data, percent"}
+    doc = envelope(SCHEMA, config)
+    doc["load"] = {"before": list(os.getloadavg())}
+    t0 = time.perf_counter()
+    root_ctx = tempfile.TemporaryDirectory(prefix="sparsify-bench-models-") if args.keep is None else None
+    root = Path(root_ctx.name) if root_ctx else args.keep
+    try:
+        doc["models"] = [run_case(c, root, s, keep=args.keep is not None) for c in cases]
+    finally:
+        if root_ctx:
+            root_ctx.cleanup()
+    doc["total_s"] = round(time.perf_counter() - t0, 1)
+    doc["load"]["after"] = list(os.getloadavg())
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0], "models.json")
+    p.add_argument("--models", default=None, help="comma-separated subset of the model names")
+    p.add_argument("--memory", action="store_true", help="also probe peak memory (a fresh process per file)")
+    p.add_argument("--keep", type=Path, default=None, help="keep runs and ONNX files in this directory")
+    args = p.parse_args(argv)
+    write_outputs(args, run(args), plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

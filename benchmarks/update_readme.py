@@ -1,0 +1,321 @@
+"""Regenerate the results section of README.md from the JSON files in benchmarks/results/.
+
+Only the text between the marker lines ``<!-- results:begin ... -->`` and
+``<!-- results:end -->`` is replaced; the markers and everything outside them stay
+byte-for-byte. The section depends only on the JSON contents (never on the clock), so
+running the script twice gives the same README. The write is atomic.
+
+Documents read when present (a missing or unrecognized one is named as "not measured"):
+``kernels.json`` (bench_kernels.py), ``sparse_e2e.json`` (bench_sparse_e2e.py),
+``slim.json`` (``sparsify.slim/1``, bench_slim.py), ``models.json`` (``sparsify.models/1``),
+``compile.json`` (``sparsify.compile/1``), ``roofline.json`` (``sparsify.roofline/1``).
+
+Run::
+
+    python benchmarks/update_readme.py [--readme README.md] [--results benchmarks/results] [--check]
+
+``--check`` writes nothing and exits 1 when the README is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BEGIN = re.compile(r"^<!-- results:begin\b.*-->[ \t]*$", re.M)
+END = re.compile(r"^<!-- results:end -->[ \t]*$", re.M)
+COMMANDS = [
+    ("kernels.json", "python benchmarks/bench_kernels.py --plot benchmarks/results/kernels.png"),
+    ("sparse_e2e.json", "python benchmarks/bench_sparse_e2e.py"),
+    ("slim.json", "python benchmarks/bench_slim.py"),
+    ("models.json", "python benchmarks/bench_models.py"),
+    ("compile.json", "python benchmarks/bench_compile.py"),
+    ("roofline.json", "python benchmarks/roofline.py"),
+]
+
+
+class ReadmeError(Exception):
+    """The README cannot be updated (markers missing, duplicated or out of order)."""
+
+
+def load(results: Path, name: str, schema_prefix: str | None) -> dict[str, Any] | None:
+    """The JSON document ``name`` when it exists, parses, and (if given) has a schema starting with the prefix."""
+    path = results / name
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if schema_prefix is not None and not str(doc.get("schema", "")).startswith(schema_prefix):
+        return None
+    return doc
+
+
+def x(v: float | None) -> str:
+    """A speedup or ratio as ``×1.23`` (``-`` when missing)."""
+    if v is None:
+        return "-"
+    return f"×{v:.2f}" if v >= 0.1 else f"×{v:.2g}"
+
+
+def ms(v: float | None) -> str:
+    """Milliseconds with 3 significant digits (``-`` when missing)."""
+    if v is None:
+        return "-"
+    return f"{v:.3g} ms" if v < 1000 else f"{v / 1000:.3g} s"
+
+
+def table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A GitHub Markdown table (first column left-aligned, the others right-aligned)."""
+    out = ["| " + " | ".join(head) + " |",
+           "| " + " | ".join([":---"] + ["---:"] * (len(head) - 1)) + " |"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+# -- headline ---------------------------------------------------------------------------------------
+
+def headline_kernels(doc: dict | None) -> list[list[str]]:
+    if doc is None or not doc.get("headline"):
+        return []
+    rows = []
+    hs = [h for h in doc["headline"] if list(h["shape"]) == [4096, 4096]]
+    if hs:
+        parts = ", ".join(f"batch {h['batch']} {x(h['speedup_vs_ort_dense'])}" for h in sorted(hs, key=lambda h: h["batch"]))
+        rows.append([f"Sparse kernel vs ORT dense, 4096×4096 layer at {hs[0]['sparsity']:.0%} sparsity",
+                     parts, "kernels.json"])
+    for h in doc["headline"]:
+        if list(h["shape"]) != [4096, 4096]:
+            rows.append([f"Sparse kernel vs ORT dense, {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, "
+                         f"batch {h['batch']}", x(h["speedup_vs_ort_dense"]), "kernels.json"])
+    return rows
+
+
+def _variant(models: dict | None, model: str, name: str) -> dict | None:
+    for m in (models or {}).get("models", []):
+        if m.get("model") == model:
+            return next((v for v in m.get("variants", []) if v.get("variant") == name), None)
+    return None
+
+
+def _lat(v: dict | None) -> str:
+    if not v or not v.get("latency"):
+        return "-"
+    return ", ".join(f"batch {lat['batch']} {x(lat['speedup'])}" for lat in v["latency"])
+
+
+def headline_e2e(e2e: dict | None, models: dict | None) -> list[list[str]]:
+    mlp = (e2e or {}).get("mlp")
+    if isinstance(mlp, dict) and mlp.get("rows"):
+        parts = ", ".join(f"batch {r['batch']} {x(r.get('speedup_p50'))}" for r in mlp["rows"])
+        return [[f"4×Linear({mlp.get('width')}) MLP at {mlp.get('sparsity', 0.9):.0%}: sparse runtime vs dense ONNX "
+                 "in ORT, end to end", parts, "sparse_e2e.json"]]
+    v = _variant(models, "mlp-4096", "sparse-90")
+    if v and v.get("latency"):
+        return [["4×Linear(4096) MLP at 90%: sparse export vs dense ONNX, end to end", _lat(v), "models.json"]]
+    return []
+
+
+def headline_slim(slim: dict | None, models: dict | None) -> list[list[str]]:
+    rows = []
+    for r in (slim or {}).get("results", []):
+        rows.append([f"Slim {r['model']} (ratio 0.5): latency dense / slim in ORT, batch {r.get('batch', 1)}",
+                     f"{x(1 / r['latency_ratio_p50']) if r.get('latency_ratio_p50') else '-'} "
+                     f"(MACs {x(r.get('macs_ratio'))} of dense)", "slim.json"])
+    if rows:
+        return rows
+    for model in ("resnet-style", "bert-style"):
+        v = _variant(models, model, "slim-50")
+        if v and v.get("latency"):
+            rows.append([f"Slim {model} (ratio 0.5) vs dense ONNX", _lat(v), "models.json"])
+    return rows
+
+
+def headline_demo(models: dict | None) -> list[list[str]]:
+    rows = []
+    for m in (models or {}).get("models", []):
+        dense = m.get("dense", {})
+        if m.get("data") is None or dense.get("test_accuracy") is None:
+            continue
+        parts = [f"dense {dense['test_accuracy']:.1f}%"]
+        for v in m.get("variants", []):
+            acc = v.get("finetuned_accuracy")
+            b1 = next((lat for lat in v.get("latency", []) if lat["batch"] == 1), None)
+            if acc is not None:
+                parts.append(f"{v['variant']} {acc:.1f}%" + (f" ({x(b1['speedup'])} at batch 1)" if b1 else ""))
+        rows.append([f"{m['model']}: test accuracy after fine-tuning (speedup vs dense ONNX)", "; ".join(parts),
+                     "models.json"])
+    return rows
+
+
+# -- details --------------------------------------------------------------------------------------
+
+def models_details(models: dict | None) -> list[str]:
+    if not models or not models.get("models"):
+        return []
+    rows = []
+    for m in models["models"]:
+        if "skipped" in m:
+            rows.append([m["model"], "all", f"skipped: {m['skipped']}", "", "", "", ""])
+            continue
+        dense = m.get("dense", {})
+        for v in [{"variant": "dense", **dense}, *m.get("variants", [])]:
+            onnx = v.get("onnx") or {}
+            acc = v.get("test_accuracy", v.get("finetuned_accuracy"))
+            skip = next((v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)
+                         and "skipped" in v[k]), None)
+            lat = "; ".join(f"b{lat['batch']} {ms(lat['p50_ms'])} ({x(lat['speedup'])})" for lat in v.get("latency", []))
+            macs = (v.get("run") or {}).get("nonzero_macs") or onnx.get("macs")
+            rows.append([m["model"], v["variant"], "-" if acc is None else f"{acc:.1f}%",
+                         f"{onnx['nonzeros']:,}" if "nonzeros" in onnx else "-",
+                         f"{macs:,}" if macs else "-",
+                         f"{onnx['file_bytes'] / 2**20:.2f}" if "file_bytes" in onnx else "-",
+                         lat or (f"skipped: {skip}" if skip else "-")])
+    cfg = models.get("config", {})
+    return ["<details><summary>All model variants (models.json)</summary>", "",
+            *table(["model", "variant", "accuracy", "nonzero weights", "MACs (nonzero)", "file MiB",
+                    f"p50 latency (speedup vs dense), {cfg.get('threads')} threads"], rows),
+            "", "</details>", ""]
+
+
+def compile_details(doc: dict | None) -> list[str]:
+    if not doc or not doc.get("models"):
+        return []
+    steps = doc.get("config", {}).get("steps") or [s["step"] for s in doc["models"][0]["steps"]]
+    rows = []
+    for m in doc["models"]:
+        by = {s["step"]: s for s in m["steps"]}
+        cells = []
+        for s in steps:
+            st = by.get(s, {})
+            cells.append("skipped" if "skipped" in st else
+                         f"{st['wall_s_p50']:.1f} s / {st['peak_mib_p50']:.0f} MiB" if "wall_s_p50" in st else "-")
+        rows.append([m["model"], *cells])
+    return ["<details><summary>Compile cost: wall time / peak extra memory per step, p50 (compile.json)</summary>",
+            "", *table(["model", *steps], rows), "", "</details>", ""]
+
+
+def roofline_details(doc: dict | None) -> list[str]:
+    if not doc or not doc.get("ceilings"):
+        return []
+    rows = [[f"{t} thread{'s' if t != '1' else ''}", f"{c['dram_gbps']:.1f} GB/s ({c['dram_size_mib']} MiB array)",
+             f"{c['cache_gbps']:.1f} GB/s ({c['cache_size_mib']} MiB array)",
+             f"{c['peak_gflops']:.0f} GFLOP/s ({c['peak_lib']})"] for t, c in doc["ceilings"].items()]
+    krows = [[f"{k['impl']} {k['rows']}×{k['cols']}", str(k["batch"]), str(k["threads"]), ms(k["p50_ms"]),
+              f"{k['gbps_p50']:.1f}", f"{k['gflops_p50']:.1f}", f"{k['pct_of_roof_dram']:.0f}%",
+              f"{k['pct_of_roof_cache']:.0f}%"]
+             for k in doc.get("kernels", [])]
+    return ["<details><summary>Roofline: machine ceilings and kernels against them (roofline.json)</summary>", "",
+            *table(["", "read bandwidth, large array", "read bandwidth, small array", "fp32 GEMM peak"], rows), "",
+            *table(["kernel (90% sparse / dense)", "batch", "threads", "p50", "GB/s", "GFLOP/s", "of DRAM roof",
+                   "of cache roof"], krows),
+            "", "</details>", ""]
+
+
+def machine_line(docs: dict[str, dict | None]) -> list[str]:
+    lines = []
+    for name, doc in docs.items():
+        if not doc:
+            continue
+        m = doc.get("machine", {})
+        pk = m.get("packages") or {}
+        versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
+        load = doc.get("load") or {}
+        before = load.get("before") or m.get("loadavg") or doc.get("loadavg")
+        load_s = f"; load average {before[0]:.1f} at start" if isinstance(before, list) and before else ""
+        created = doc.get("created", "")
+        lines.append(f"- `{name}`: {m.get('cpu', 'unknown CPU')}, {m.get('usable_cores', m.get('logical_cores', '?'))} "
+                     f"usable cores{load_s}" + (f"; {versions}" if versions else "") + (f"; {created}" if created else ""))
+    return lines
+
+
+def render(results: Path, readme_dir: Path) -> str:
+    """The Markdown between the markers (without the marker lines), ending in a newline."""
+    kernels = load(results, "kernels.json", None)
+    if kernels is not None and "headline" not in kernels:
+        kernels = None
+    e2e = load(results, "sparse_e2e.json", "sparsify.sparse_e2e/")
+    slim = load(results, "slim.json", "sparsify.slim/")
+    models = load(results, "models.json", "sparsify.models/")
+    comp = load(results, "compile.json", "sparsify.compile/")
+    roof = load(results, "roofline.json", "sparsify.roofline/")
+    docs = {"kernels.json": kernels, "sparse_e2e.json": e2e, "slim.json": slim, "models.json": models,
+            "compile.json": comp, "roofline.json": roof}
+    rel = Path(os.path.relpath(results, readme_dir)).as_posix()
+    out = ["Generated by `python benchmarks/update_readme.py` from the JSON files in "
+           f"`{rel}/`; numbers are p50 wall-clock latencies unless noted. The machine is shared with "
+           "other work, so expect noise (the load average at the start of each run is listed below).", ""]
+    rows = headline_kernels(kernels) + headline_e2e(e2e, models) + headline_slim(slim, models) + headline_demo(models)
+    if rows:
+        out += table(["result", "measured", "source"], rows) + [""]
+    else:
+        out += ["No benchmark results yet.", ""]
+    out += models_details(models) + compile_details(comp) + roofline_details(roof)
+    pngs = sorted(p.name for p in results.glob("*.png")) if results.is_dir() else []
+    if pngs:
+        out += ["Plots: " + " · ".join(f"[{p}]({rel}/{p})" for p in pngs), ""]
+    missing = [n for n, d in docs.items() if d is None]
+    if missing:
+        out += ["Not measured yet: " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
+    machine = machine_line(docs)
+    if machine:
+        out += ["Measured on:", *machine, ""]
+    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers):", "", "```bash",
+            *(cmd for _, cmd in COMMANDS), "python benchmarks/update_readme.py", "```"]
+    return "\n".join(out) + "\n"
+
+
+def splice(text: str, section: str) -> str:
+    """``text`` with the lines between the markers replaced by ``section``."""
+    begins, ends = list(BEGIN.finditer(text)), list(END.finditer(text))
+    if len(begins) != 1 or len(ends) != 1:
+        raise ReadmeError(f"expected exactly one '<!-- results:begin ... -->' line and one '<!-- results:end -->' "
+                          f"line, found {len(begins)} and {len(ends)}")
+    b, e = begins[0], ends[0]
+    if e.start() < b.end():
+        raise ReadmeError("the '<!-- results:end -->' marker comes before '<!-- results:begin ... -->'")
+    return text[: b.end()] + "\n" + section + text[e.start():]
+
+
+def update(readme: Path, results: Path, check: bool = False) -> bool:
+    """Regenerate the section; returns True when the README changed (or, with ``check``, would change)."""
+    from sparsify.bench.report import write_atomic
+
+    old = readme.read_bytes().decode("utf-8")  # bytes: line endings outside the markers stay as they are
+    new = splice(old, render(results, readme.resolve().parent))
+    if new == old:
+        return False
+    if not check:
+        write_atomic(readme, lambda tmp: tmp.write_bytes(new.encode("utf-8")))
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--readme", type=Path, default=REPO / "README.md")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    args = p.parse_args(argv)
+    try:
+        changed = update(args.readme, args.results, check=args.check)
+    except (ReadmeError, OSError) as exc:
+        print(f"update_readme: {args.readme}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.readme} is {'out of date' if changed else 'up to date'}")
+        return 1 if changed else 0
+    print(f"{args.readme} {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):
+        sys.path.insert(0, str(REPO))
+    sys.exit(main())

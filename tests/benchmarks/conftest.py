@@ -1,0 +1,38 @@
+"""Checks shared by the benchmark-script smoke tests."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_doc(path: Path, schema: str) -> dict[str, Any]:
+    """The JSON document at ``path``, checked for the schema tag and the common envelope."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["schema"] == schema
+    assert set(doc) >= {"created", "machine", "config"}
+    assert doc["machine"]["logical_cores"] >= 1 and doc["machine"]["cpu"]
+    return doc
+
+
+def assert_png(path: Path) -> None:
+    """A PNG file of non-trivial size."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    assert len(data) > 1000
+
+
+def positive(*values: Any) -> None:
+    """Every value is a finite number > 0."""
+    for v in values:
+        assert isinstance(v, (int, float)) and not isinstance(v, bool), v
+        assert math.isfinite(v) and v > 0, v
+
+
+def no_temp_files(folder: Path) -> None:
+    """Atomic writes leave no temporary files behind."""
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,47 @@
+"""bench_compile.py: a --quick run of two steps in fresh processes, step selection, skip propagation."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import bench_compile
+from tests.benchmarks.conftest import assert_png, no_temp_files, positive, read_doc
+
+
+def test_quick_run_measures_steps_in_fresh_processes(tmp_path):
+    out = tmp_path / "c.json"
+    assert bench_compile.main(["--quick", "--steps", "prune_unstructured", "--out", str(out)]) == 0
+    doc = read_doc(out, bench_compile.SCHEMA)
+    assert_png(tmp_path / "c.png")
+    no_temp_files(tmp_path)
+    assert doc["config"]["steps"] == ["build", "prune_unstructured"]
+    (model,) = doc["models"]
+    assert [s["step"] for s in model["steps"]] == ["build", "prune_unstructured"]
+    for s in model["steps"]:
+        assert s["n"] == doc["config"]["repeat"] == len(s["samples"])
+        positive(s["wall_s_p50"], s["process_s_p50"], s["peak_mib_p50"])
+        # The process includes interpreter start-up and imports, so it takes longer than the step.
+        assert s["process_s_p50"] > s["wall_s_p50"]
+        assert s["method"] in ("VmHWM", "ru_maxrss")
+
+
+def test_steps_bring_their_prerequisites():
+    assert bench_compile.select_steps(["export_sparse"], pytest.fail) == ["build", "prune_unstructured", "export_sparse"]
+    assert bench_compile.select_steps(None, pytest.fail) == [s for s, _ in bench_compile.STEPS]
+    with pytest.raises(SystemExit):
+        bench_compile.main(["--quick", "--steps", "nope", "--out", "unused.json"])
+
+
+def test_a_skipped_step_skips_what_needs_it(monkeypatch, tmp_path):
+    def fake(step, case, work, timeout):
+        if step == "prune_structured":
+            return {"skipped": "ImportError: no structured pruning"}
+        return {"wall_s": 1.0, "process_s": 2.0, "peak_mib": 3.0, "baseline_mib": 1.0, "method": "VmHWM"}
+
+    monkeypatch.setattr(bench_compile, "run_step", fake)
+    case = bench_compile.all_cases(quick=True)[0]
+    rec = bench_compile.run_case(case, tmp_path, repeat=2, timeout=1.0)
+    by = {s["step"]: s for s in rec["steps"]}
+    assert by["prune_structured"]["skipped"] == "ImportError: no structured pruning"
+    assert by["export_slim"]["skipped"].startswith("needs prune_structured, which was skipped")
+    assert by["export_sparse"]["n"] == 2 and by["export_sparse"]["wall_s_p50"] == 1.0

@@ -1,0 +1,70 @@
+"""bench_models.py: a --quick run of the random-weight MLP, and how missing legs are recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import bench_models, common
+from tests.benchmarks.conftest import assert_png, no_temp_files, positive, read_doc
+
+
+@pytest.fixture(scope="module")
+def quick_doc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    assert bench_models.main(["--quick", "--models", "mlp-512", "--out", str(out / "m.json")]) == 0
+    return out, read_doc(out / "m.json", bench_models.SCHEMA)
+
+
+def test_quick_run_writes_a_well_formed_document(quick_doc):
+    out, doc = quick_doc
+    assert_png(out / "m.png")
+    no_temp_files(out)
+    (model,) = doc["models"]
+    assert model["model"] == "mlp-512" and model["batches"] == [1]
+    dense = model["dense"]
+    positive(dense["onnx"]["params"], dense["onnx"]["macs"], dense["onnx"]["file_bytes"])
+    # 2 x Linear(512, 512): weights + biases, and 512 * 512 MACs per layer per sample.
+    assert dense["onnx"]["params"] == 2 * (512 * 512 + 512)
+    assert dense["onnx"]["macs"] == 2 * 512 * 512
+    (lat,) = dense["latency"]
+    assert lat["speedup"] == 1.0 and lat["batch"] == 1
+    positive(lat["p50_ms"], lat["p90_ms"])
+    kinds = {v["kind"]: v for v in model["variants"]}
+    assert set(kinds) == {"slim", "sparse"}
+    for v in model["variants"]:
+        skip = [v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)]
+        if skip:  # a leg whose implementation has not landed says why, and has no numbers
+            assert skip[0] and "latency" not in v
+            continue
+        (vl,) = v["latency"]
+        positive(vl["p50_ms"], vl["speedup"], v["onnx"]["file_bytes"])
+        assert vl["speedup"] == pytest.approx(lat["p50_ms"] / vl["p50_ms"], rel=1e-3)
+        assert v["verify_max_abs"] is not None and v["verify_max_abs"] < 1e-3
+    sparse = kinds["sparse"]
+    assert sparse["sparsity"] == 0.9
+    # The pruned run keeps ~10% of the weights (biases are not pruned).
+    assert sparse["run"]["nonzeros"] == pytest.approx(0.1 * 2 * 512 * 512 + 2 * 512, rel=0.01)
+    if "onnx" in sparse:
+        assert sparse["file_ratio"] < 0.5
+
+
+def test_missing_implementation_is_recorded_as_skipped():
+    def missing():
+        raise NotImplementedError("slim export is not written yet")
+
+    value, skip = common.optional_leg(missing)
+    assert value is None and skip == {"skipped": "NotImplementedError: slim export is not written yet"}
+    assert common.optional_leg(lambda: 42) == (42, None)
+
+
+def test_other_errors_are_not_hidden():
+    def broken():
+        raise ValueError("a real bug")
+
+    with pytest.raises(ValueError, match="a real bug"):
+        common.optional_leg(broken)
+
+
+def test_unknown_model_is_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        bench_models.main(["--quick", "--models", "nope", "--out", str(tmp_path / "m.json")])

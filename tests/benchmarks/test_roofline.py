@@ -1,0 +1,73 @@
+"""roofline.py: a --quick run into a temporary folder, and the roof arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import roofline
+from tests.benchmarks.conftest import assert_png, no_temp_files, positive, read_doc
+
+
+@pytest.fixture(scope="module")
+def quick_doc(tmp_path_factory):
+    out = tmp_path_factory.mktemp("roofline")
+    assert roofline.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png")]) == 0
+    return out, read_doc(out / "r.json", roofline.SCHEMA)
+
+
+def test_quick_run_writes_a_well_formed_document(quick_doc):
+    out, doc = quick_doc
+    assert_png(out / "r.png")
+    no_temp_files(out)
+    threads = doc["config"]["threads"]
+    assert {(r["size_mib"], r["threads"]) for r in doc["bandwidth"]} == {
+        (s, t) for s in doc["config"]["bandwidth_sizes_mib"] for t in threads}
+    for r in doc["bandwidth"]:
+        positive(r["gbps_p50"], r["gbps_p90"], r["p50_ms"])
+        assert r["bytes"] == r["size_mib"] * 2**20
+        assert r["p90_ms"] >= r["p50_ms"]
+    for r in doc["gemm"]:
+        positive(r["gflops_p50"], r["p50_ms"])
+    assert sorted(doc["ceilings"]) == [str(t) for t in threads]
+    for c in doc["ceilings"].values():
+        positive(c["dram_gbps"], c["cache_gbps"], c["peak_gflops"])
+    impls = {(k["impl"], k["rows"], k["batch"], k["threads"]) for k in doc["kernels"]}
+    assert impls == {(i, n, b, t) for i in ("sparse", "dense") for n, _ in doc["config"]["kernel_shapes"]
+                     for b in doc["config"]["batches"] for t in threads}
+
+
+def test_bytes_and_flops_follow_the_documented_model(quick_doc):
+    _, doc = quick_doc
+    for k in doc["kernels"]:
+        n, b = k["rows"], k["batch"]
+        io = 4 * b * (k["rows"] + k["cols"])
+        if k["impl"] == "sparse":
+            # CSR float32 data + int32 indices + int32 indptr, then x and y.
+            assert k["bytes"] == 8 * k["nnz"] + 4 * (n + 1) + io
+            assert k["flops"] == 2 * k["nnz"] * b
+            assert k["nnz"] == round(n * n * (1 - doc["config"]["sparsity"]))
+            assert k["kernel"] == ("spmv" if b == 1 else "spmm")
+        else:
+            assert k["bytes"] == 4 * n * n + io
+            assert k["flops"] == 2 * n * n * b
+        assert k["intensity"] == pytest.approx(k["flops"] / k["bytes"], rel=1e-5)
+        assert k["gflops_p50"] == pytest.approx(k["flops"] / k["p50_ms"] / 1e6, rel=1e-4)
+        positive(k["pct_of_roof_dram"], k["pct_of_roof_cache"])
+
+
+def test_roof_is_the_lower_of_bandwidth_and_compute():
+    bw = [{"size_mib": 4, "threads": 1, "gbps_p50": 50.0}, {"size_mib": 1024, "threads": 1, "gbps_p50": 10.0}]
+    gemm = [{"lib": "torch", "threads": 1, "gflops_p50": 100.0}, {"lib": "numpy", "threads": 1, "gflops_p50": 80.0}]
+    roofs = roofline.ceilings(bw, gemm, [1])
+    assert roofs["1"] == {"dram_gbps": 10.0, "dram_size_mib": 1024, "cache_gbps": 50.0, "cache_size_mib": 4,
+                          "peak_gflops": 100.0, "peak_lib": "torch"}
+    kernels = [{"threads": 1, "intensity": 0.5, "gflops_p50": 2.5}, {"threads": 1, "intensity": 20.0, "gflops_p50": 50.0}]
+    roofline.attach_roofs(kernels, roofs)
+    assert kernels[0]["roof_dram_gflops"] == 5.0 and kernels[0]["pct_of_roof_dram"] == 50.0
+    assert kernels[0]["roof_cache_gflops"] == 25.0 and kernels[0]["pct_of_roof_cache"] == 10.0
+    assert kernels[1]["roof_dram_gflops"] == 100.0 and kernels[1]["pct_of_roof_dram"] == 50.0
+
+
+def test_random_sparse_has_exactly_the_requested_zeros():
+    w = roofline.random_sparse(64, 32, 0.9, seed=3)
+    assert w.dtype.name == "float32" and (w == 0).sum() == round(0.9 * 64 * 32)
