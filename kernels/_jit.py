@@ -56,7 +56,9 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
     for ch in numba.prange(bounds.shape[0] - 1):
         for r in range(bounds[ch], bounds[ch + 1]):
             s = bias[r]
-            for j in range(indptr[r], indptr[r + 1]):
+            # Unsigned positions: no negative-index wraparound, so data and indices
+            # are read as contiguous vectors (only x is gathered).
+            for j in range(np.uintp(indptr[r]), np.uintp(indptr[r + 1])):
                 s += data[j] * x[np.uintp(indices[j])]
             out[r] = _activate(s, act)
 
@@ -75,16 +77,19 @@ def _row_vector(tile: int):
     def row(data, indices, lo, hi, xf, init, acc):
         for t in range(n_acc):
             acc[t] = 0
+        one, two, three, four = np.uintp(1), np.uintp(2), np.uintp(3), np.uintp(4)
         j = lo
-        while j + 4 <= hi:
+        while j + four <= hi:
             axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
-            axpy(acc, tile, xf, np.uintp(indices[j + 1]) * stride, data[j + 1], tile)
-            axpy(acc, 2 * tile, xf, np.uintp(indices[j + 2]) * stride, data[j + 2], tile)
-            axpy(acc, 3 * tile, xf, np.uintp(indices[j + 3]) * stride, data[j + 3], tile)
-            j += 4
+            axpy(acc, tile, xf, np.uintp(indices[j + one]) * stride, data[j + one], tile)
+            axpy(acc, 2 * tile, xf, np.uintp(indices[j + two]) * stride, data[j + two],
+                 tile)
+            axpy(acc, 3 * tile, xf, np.uintp(indices[j + three]) * stride, data[j + three],
+                 tile)
+            j += four
         while j < hi:
             axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
-            j += 1
+            j += one
         for t in range(tile):
             acc[t] = init + ((acc[t] + acc[tile + t]) + (acc[2 * tile + t] + acc[3 * tile + t]))
 
@@ -103,7 +108,8 @@ def spmm_kernel(tile: int):
     n_acc = CHAINS * tile
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_r, s_b, valid, group, bounds):
+    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_r, s_b, valid, group, block_nnz,
+             bounds):
         """Y[n, r, b] = act(bias[r] + sum_j data[j] * X[n, indices[j], b]) for b < valid.
 
         The input is packed: ``xp[n, b // tile, c, b % tile] = X[n, c, b]`` (C-contiguous,
@@ -123,19 +129,19 @@ def spmm_kernel(tile: int):
             acc = np.empty(n_acc, dtype=xp.dtype)
             r_end = bounds[ch + 1]
             # Cache blocking: a group of tiles (``group``, sized by the wrapper to stay in
-            # L2) meets a block of rows holding about BLOCK_NNZ nonzeros.
+            # L2) meets a block of rows holding about ``block_nnz`` nonzeros.
             for g0 in range(0, n_tiles, group):
                 r_lo = bounds[ch]
                 while r_lo < r_end:
                     r_hi = r_lo + 1
-                    while r_hi < r_end and indptr[r_hi] - indptr[r_lo] < BLOCK_NNZ:
+                    while r_hi < r_end and indptr[r_hi] - indptr[r_lo] < block_nnz:
                         r_hi += 1
                     for ti in range(g0, min(n_tiles, g0 + group)):
                         xf = xp[n, ti].reshape(-1)
                         b0 = ti * tile
                         w = min(tile, valid - b0)
                         for r in range(r_lo, r_hi):
-                            row(data, indices, indptr[r], indptr[r + 1], xf, bias[r], acc)
+                            row(data, indices, np.uintp(indptr[r]), np.uintp(indptr[r + 1]), xf, bias[r], acc)
                             pos = base + r * s_r + b0 * s_b
                             for t in range(w):
                                 out[pos + t * s_b] = _activate(acc[t], act)

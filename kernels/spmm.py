@@ -147,7 +147,7 @@ class SparseLinear:
         kernel = _jit.spmm_kernel(tile)
         kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act,
                out.reshape(-1), 0, 0, 1, self.out_features, batch,
-               _jit.tile_group(self.in_features, tile, xp.itemsize), bounds)
+               _jit.tile_group(self.in_features, tile, xp.itemsize), _jit.BLOCK_NNZ, bounds)
         return out
 
 
