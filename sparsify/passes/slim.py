@@ -224,10 +224,8 @@ def slim_model(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs:
     if reexport:
         program = export_program(gm, inputs)
         module = program.module()
-        try:
-            module.eval()
-        except (NotImplementedError, RuntimeError):
-            pass
+        for sub in module.modules():  # the graph is already captured in eval mode; exported
+            sub.training = False      # modules refuse .eval(), so only the flag is set
     one = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
     report.params_before = count_params(model)
     report.params_after = count_params(module)

@@ -269,7 +269,6 @@ def test_dead_attention_weights_output_is_dropped():
     ops = {str(n.target) for n in res.module.graph.nodes if n.op == "call_function"}
     assert not any("mean" in o for o in ops)
     assert res.report.macs_after < res.report.macs_before
-    _ = F  # keep the functional import used by SigmoidHidden's siblings
 
 
 def test_testbed_bert_embedding_dim_through_a_sliced_position_table():
@@ -302,3 +301,25 @@ def test_testbed_resnet_prunes_the_residual_streams():
     assert res.report.macs_after < 0.5 * res.report.macs_before  # the 3-channel stem dominates here
     with torch.no_grad():
         assert_close(res.module(x), masked_model(model, plan.masks)(x), atol=1e-5)
+
+
+class MaxPoolTokens(nn.Module):
+    """torch.max over tokens returns (values, indices): channels pass through the values."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.max(F.relu(self.fc1(x)), dim=1).values)
+
+
+def test_tuple_output_reduction_keeps_channel_labels():
+    model = MaxPoolTokens()
+    x = _x(2, 5, 6)
+    plan = plan_structured(model, (x,), ratio=0.5)
+    res = slim_model(model, plan.masks, (x,))
+    assert tuple(res.module.state_dict()["fc2.weight"].shape) == (3, 8)
+    xs = _x(4, 5, 6, seed=7)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
