@@ -143,9 +143,9 @@ def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches,
     return acc
 
 
-def _unit_importance(dg: DepGraph, slices, scores, group: ChannelGroup) -> np.ndarray:
-    nv = dg.num_vars()
-    per_class = np.zeros(nv, dtype=np.float64)
+def _class_importance(dg: DepGraph, slices, scores) -> np.ndarray:
+    """Score of every channel class: the sum over all its tensor slices (BN buffers excluded)."""
+    per_class = np.zeros(dg.num_vars(), dtype=np.float64)
     for (fqn, dim), roots in slices.items():
         role = dg.uses[(fqn, dim)].role
         if role == "stat" or fqn not in scores:
@@ -157,7 +157,7 @@ def _unit_importance(dg: DepGraph, slices, scores, group: ChannelGroup) -> np.nd
             s.double().numpy()
         ok = roots >= 0
         np.add.at(per_class, roots[ok], red[ok])
-    return np.array([per_class[u].sum() for u in group.units])
+    return per_class
 
 
 def _select(groups_imp: list[tuple[ChannelGroup, np.ndarray]], ratio: float, scope: str, round_to: int,
@@ -270,7 +270,8 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
         raise PruneError(f"targets={targets!r} matches no prunable group")
     scores = _param_scores(dg, model, criterion, calib_batches, loss_fn, example_inputs) if eligible else {}
     slices = class_slices(dg)
-    imps = [(g, _unit_importance(dg, slices, scores, g)) for g in eligible]
+    per_class = _class_importance(dg, slices, scores) if eligible else None
+    imps = [(g, np.array([per_class[u].sum() for u in g.units])) for g in eligible]
     rng = np.random.default_rng(seed)
     chosen = _select(imps, float(ratio), scope, round_to, min_channels, rng, criterion == "random")
     pruned_classes: set[int] = set()

@@ -4,6 +4,24 @@
 graph and a node and returns the node's output labels (`Lab`, a list for tuple outputs, or
 None when the output carries no prunable channel). An op without a rule that receives
 pruned-channel labels blocks those channels, naming the op and where it came from.
+
+The rule table in one place (details in rules_layers.py / rules_shape.py):
+
+| op | channels in | channels out |
+|---|---|---|
+| linear, addmm, x @ W (Conv1D) | consumer: W's input dim | producer: W's output dim (+ bias) |
+| conv (groups=1) | consumer: W dim 1 | producer: W dim 0 (+ bias) |
+| conv (grouped, depthwise) | whole groups: in-group and out-group channels form one unit | |
+| embedding | | producer: W dim 1 |
+| batch_norm, layer_norm (channel dim) | same channels; weight/bias must be masked; LN is rewritten to keep its statistics | same |
+| relu, gelu, silu, tanh, dropout, ... | same channels, still zero | same |
+| sigmoid, exp, softplus, + scalar | same channels, now a constant (folded into a consumer bias when exact) | same |
+| add/sub/mul (broadcasting) | unify channels at equal positions; a parameter operand gets labelled | |
+| pooling, mean/sum over other dims | same channels (avg-pool padding breaks constants) | same |
+| view/reshape/flatten/unflatten | labels follow the factorisation (conv -> flatten: a block of H*W features) | |
+| permute/transpose, expand, select/slice, cat, split/chunk | labels move, concatenate, split with offsets | |
+| scaled_dot_product_attention, activation matmul | q.k contraction unifies; each head is one unit | v's channels |
+| softmax / mean / LN over a channel dim, model output, unknown op | channels blocked, reason recorded | |
 """
 
 from __future__ import annotations
@@ -135,9 +153,12 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue
         try:
             g.labs[n.name] = fn(g, n)
-        except LabelError as e:
+        except (LabelError, ValueError, IndexError, TypeError) as e:
+            # LabelError: the rule cannot carry these channels; the others: an argument pattern the
+            # rule does not know (e.g. broadcast heads). Either way: do not prune through it.
+            why = str(e) if isinstance(e, LabelError) else f"unsupported arguments ({type(e).__name__}: {e})"
             for x in labelled:
-                g.block(x.arr, f"{name} ('{n.name}') at {where(n)}: {e}")
+                g.block(x.arr, f"{name} ('{n.name}') at {where(n)}: {why}")
             g.labs[n.name] = None if not isinstance(n.meta.get("val"), (list, tuple)) else \
                 [None] * len(n.meta["val"])
     return g

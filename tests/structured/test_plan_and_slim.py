@@ -323,3 +323,21 @@ def test_tuple_output_reduction_keeps_channel_labels():
     xs = _x(4, 5, 6, seed=7)
     with torch.no_grad():
         assert_close(res.module(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.export cannot capture it
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_model_that_cannot_be_captured_gives_a_model_error():
+    from sparsify.errors import ModelError
+
+    with pytest.raises(ModelError, match="torch.export could not capture DataDependent"):
+        plan_structured(DataDependent(), (_x(2, 4),), ratio=0.5)
