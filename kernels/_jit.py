@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 
 import numba
 import numpy as np
@@ -197,3 +198,20 @@ def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
         for p in range(n_pos, n_tiles * tile):
             ti = p // tile
             cols[m, ti, k, p - ti * tile] = 0
+
+
+@functools.lru_cache(maxsize=None)
+def serial(kernel):
+    """The single-threaded twin of a ``parallel=True`` kernel (prange runs as range).
+
+    Compiled from the same Python function under its own qualified name, so its
+    on-disk cache entry does not collide with the parallel version's. Used for calls
+    too small to repay a parallel launch.
+    """
+    f = kernel.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
+                              f.__defaults__, f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__module__ = f.__module__
+    twin.__doc__ = f.__doc__
+    return numba.njit(cache=True, nogil=True, fastmath=kernel.targetoptions.get("fastmath", False))(twin)

@@ -15,6 +15,7 @@ import numpy as np
 from . import _jit
 from .csr import CSR
 from .errors import KernelArgumentError
+from . import spmm as _spmm
 from .spmm import RowChunks, activation_code, checked, pick_tile, prepare_bias
 
 _COLS_BUDGET_BYTES = 8 << 20
@@ -102,7 +103,10 @@ class SparseConv2d:
         flat = y.reshape(-1)
         tile = pick_tile(p)
         n_tiles = -(-p // tile)
-        kernel = _jit.spmm_kernel(tile)
+        small = self.weight.nnz * n * p < _spmm.SERIAL_WORK
+        variant = _jit.serial if small else (lambda k: k)
+        kernel = variant(_jit.spmm_kernel(tile))
+        unfold = variant(_jit.im2col)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
                                                   self.dilation)
         cg = c // self.groups
@@ -115,10 +119,10 @@ class SparseConv2d:
             m = min(block, n - n0)
             buf = cols[:m]
             for g, (part, bias, chunks) in enumerate(self._parts):
-                _jit.im2col(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
+                unfold(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
                 kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
                        flat, n0 * o * p + g * per * p, o * p, p, 1, p, group, _jit.BLOCK_NNZ,
-                       chunks.bounds())
+                       chunks.bounds(1) if small else chunks.bounds())
         return y
 
 

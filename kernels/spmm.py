@@ -23,6 +23,10 @@ from .errors import CSRFormatError, KernelArgumentError
 _ROW_COST = 2
 # Parallel chunks per thread (more chunks even out rows of uneven cost).
 _CHUNKS_PER_THREAD = 4
+# Below this many multiply-adds (nnz * batch) a call runs the serial kernel twins: a
+# parallel launch costs ~2 us here, and a parallel region waits for its slowest
+# thread, which on a busy machine can be descheduled for milliseconds.
+SERIAL_WORK = 32768
 
 
 def activation_code(activation: str | None) -> int:
@@ -95,7 +99,8 @@ class SparseLinear:
     ``activation`` is None, ``"relu"`` or ``"gelu"`` (exact erf, torch's default).
     ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
     (..., out_features). Rows of ``x`` go through the SpMV kernel when there is one,
-    through the batch-tiled SpMM kernel otherwise. Safe to call from several threads.
+    through the batch-tiled SpMM kernel otherwise; calls with fewer than SERIAL_WORK
+    multiply-adds run on one thread. Safe to call from several threads.
     """
 
     def __init__(self, weight: CSR, bias=None, activation: str | None = None) -> None:
@@ -133,22 +138,31 @@ class SparseLinear:
         batch = out.size // self.out_features if self.out_features else int(np.prod(lead))
         if batch == 0 or self.out_features == 0:
             return out
+        if self.weight.nnz * batch < SERIAL_WORK:
+            self._run(x, out, batch, self._chunks.bounds(1), _jit.serial)
+        else:
+            self._run(x, out, batch, self._chunks.bounds(), _identity)
+        return out
+
+    def _run(self, x: np.ndarray, out: np.ndarray, batch: int, bounds: np.ndarray, variant) -> None:
         w = self.weight
-        bounds = self._chunks.bounds()
         if batch == 1:
             xv = np.ascontiguousarray(x.reshape(self.in_features))
-            _jit.spmv(w.data, w.indices, w.indptr, xv, self.bias, self._act,
+            variant(_jit.spmv)(w.data, w.indices, w.indptr, xv, self.bias, self._act,
                       out.reshape(self.out_features), bounds)
-            return out
+            return
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch)
         xp = np.empty((1, -(-batch // tile), self.in_features, tile), dtype=self.dtype)
-        _jit.pack_rows(np.ascontiguousarray(x2), xp)
-        kernel = _jit.spmm_kernel(tile)
+        variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
+        kernel = variant(_jit.spmm_kernel(tile))
         kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act,
                out.reshape(-1), 0, 0, 1, self.out_features, batch,
                _jit.tile_group(self.in_features, tile, xp.itemsize), _jit.BLOCK_NNZ, bounds)
-        return out
+
+
+def _identity(kernel):
+    return kernel
 
 
 def csr_linear(x: np.ndarray, w: CSR, bias=None, activation: str | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _jit
+from . import _jit, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -34,16 +34,23 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
 
     Runs, on tiny inputs and for each dtype with int32 indices: the SpMV kernel, the
     SpMM kernel at every batch tile width (``_jit.TILES``), the input packing and the
-    conv unfolding. Call it once before timing or serving; the first call in a
+    conv unfolding, each in its parallel version and its serial twin. Not safe to run
+    while other threads call the kernels (it switches ``spmm.SERIAL_WORK``). Call it once before timing or serving; the first call in a
     fresh environment can take tens of seconds, later processes load the cache.
     int64-index weights (more than 2**31-1 columns or nonzeros) compile on first use.
     """
     rng = np.random.default_rng(0)
-    for dtype in dtypes:
-        w = rng.standard_normal((4, 9)).astype(dtype)
-        layer = SparseLinear(CSR.from_dense(w), activation="relu")
-        layer(np.ones(9, dtype))
-        for tile in _jit.TILES:
-            layer(np.ones((tile, 9), dtype))
-        SparseConv2d(CSR.from_dense(w), kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
-        SparseConv2d(CSR.from_dense(w), kernel_size=1)(np.ones((1, 9, 4, 4), dtype))
+    saved = spmm.SERIAL_WORK
+    try:
+        # Tiny inputs: once through the parallel kernels, once through their serial twins.
+        for serial_work in (0, np.inf):
+            spmm.SERIAL_WORK = serial_work
+            for dtype in dtypes:
+                w = rng.standard_normal((4, 9)).astype(dtype)
+                layer = SparseLinear(CSR.from_dense(w), activation="relu")
+                layer(np.ones(9, dtype))
+                for tile in _jit.TILES:
+                    layer(np.ones((tile, 9), dtype))
+                SparseConv2d(CSR.from_dense(w), kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
+    finally:
+        spmm.SERIAL_WORK = saved

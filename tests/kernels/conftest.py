@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,26 @@ def reference_linear(x, w_dense, bias=None, activation=None) -> np.ndarray:
     elif activation == "gelu":
         t = torch.nn.functional.gelu(t)
     return t.numpy()
+
+
+@contextlib.contextmanager
+def serial_work_set_to(value):
+    """Temporarily set spmm.SERIAL_WORK (0: always parallel kernels, inf: always serial)."""
+    from sparsify.kernels import spmm
+    saved = spmm.SERIAL_WORK
+    spmm.SERIAL_WORK = value
+    try:
+        yield
+    finally:
+        spmm.SERIAL_WORK = saved
+
+
+@pytest.fixture(params=["parallel", "serial"])
+def path(request, monkeypatch):
+    """Force every call through the parallel kernels or through their serial twins."""
+    from sparsify.kernels import spmm
+    monkeypatch.setattr(spmm, "SERIAL_WORK", 0 if request.param == "parallel" else float("inf"))
+    return request.param
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseConv2d, csr_conv2d
 from tests.helpers import assert_close
-from tests.kernels.conftest import random_sparse
+from tests.kernels.conftest import random_sparse, serial_work_set_to
 
 
 def _reference(x, w4, bias, stride, padding, dilation, groups, activation):
@@ -37,7 +37,7 @@ def _check(rng, n, c, h, w, out, k, stride=1, padding=0, dilation=1, groups=1, d
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", [None, "relu", "gelu"])
-def test_pointwise(rng, dtype, activation):
+def test_pointwise(rng, path, dtype, activation):
     _check(rng, 3, 8, 5, 7, 6, 1, activation=activation, dtype=dtype)
 
 
@@ -46,12 +46,12 @@ def test_pointwise(rng, dtype, activation):
     (1, 2, 0, 1), (2, (1, 2), (1, 0), (2, 1)), (3, 3, 0, 1),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_spatial(rng, k, stride, padding, dilation, dtype):
+def test_spatial(rng, path, k, stride, padding, dilation, dtype):
     _check(rng, 2, 5, 9, 8, 7, k, stride, padding, dilation, dtype=dtype)
 
 
 @pytest.mark.parametrize("groups, c, out", [(2, 6, 4), (3, 6, 9), (6, 6, 6)])
-def test_groups(rng, groups, c, out):
+def test_groups(rng, path, groups, c, out):
     _check(rng, 2, c, 6, 6, out, 3, 1, 1, 1, groups=groups, activation="relu")
 
 
@@ -68,11 +68,13 @@ def test_large_spatial_uses_full_tiles(rng):
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 6), h=st.integers(3, 10), w=st.integers(3, 10),
        out=st.integers(1, 6), k=st.integers(1, 3), stride=st.integers(1, 3),
-       padding=st.integers(0, 2), dilation=st.integers(1, 2), seed=st.integers(0, 2**31 - 1))
-def test_property_matches_torch(n, c, h, w, out, k, stride, padding, dilation, seed):
+       padding=st.integers(0, 2), dilation=st.integers(1, 2), seed=st.integers(0, 2**31 - 1),
+       serial_work=st.sampled_from([0, float("inf")]))
+def test_property_matches_torch(n, c, h, w, out, k, stride, padding, dilation, seed, serial_work):
     if (h + 2 * padding - dilation * (k - 1) - 1) < 0 or (w + 2 * padding - dilation * (k - 1) - 1) < 0:
         return
-    _check(np.random.default_rng(seed), n, c, h, w, out, k, stride, padding, dilation)
+    with serial_work_set_to(serial_work):
+        _check(np.random.default_rng(seed), n, c, h, w, out, k, stride, padding, dilation)
 
 
 def test_non_contiguous_input(rng):

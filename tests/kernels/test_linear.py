@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from sparsify.kernels import CSR, CSRFormatError, KernelArgumentError, SparseLinear, csr_linear
 from sparsify.kernels.spmm import RowChunks, pick_tile
 from tests.helpers import assert_close
-from tests.kernels.conftest import random_sparse, reference_linear
+from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to
 
 ACTS = [None, "relu", "gelu"]
 
@@ -26,14 +26,14 @@ def _check(rng, shape, density, batch, dtype, bias, activation, empty_rows=False
 @pytest.mark.parametrize("activation", ACTS)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 3, 8, 17, 70])
-def test_matches_dense(rng, dtype, activation, bias, batch):
+def test_matches_dense(rng, path, dtype, activation, bias, batch):
     _check(rng, (37, 29), 0.3, batch, dtype, bias, activation, empty_rows=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 1), (64, 200)])
 @pytest.mark.parametrize("density", [0.0, 1e-3, 0.5, 1.0])
 @pytest.mark.parametrize("batch", [1, 9])
-def test_shapes_and_densities(rng, shape, density, batch):
+def test_shapes_and_densities(rng, path, shape, density, batch):
     _check(rng, shape, density, batch, np.float32, True, None)
 
 
@@ -49,9 +49,11 @@ def test_large_layer_unit_scale_fp32(rng):
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 40), cols=st.integers(1, 40), batch=st.integers(1, 40),
        density=st.sampled_from([0.0, 0.05, 0.5, 1.0]), seed=st.integers(0, 2**31 - 1),
-       activation=st.sampled_from(ACTS), dtype=st.sampled_from([np.float32, np.float64]))
-def test_property_matches_dense(rows, cols, batch, density, seed, activation, dtype):
-    _check(np.random.default_rng(seed), (rows, cols), density, batch, dtype, True, activation)
+       activation=st.sampled_from(ACTS), dtype=st.sampled_from([np.float32, np.float64]),
+       serial_work=st.sampled_from([0, float("inf")]))
+def test_property_matches_dense(rows, cols, batch, density, seed, activation, dtype, serial_work):
+    with serial_work_set_to(serial_work):
+        _check(np.random.default_rng(seed), (rows, cols), density, batch, dtype, True, activation)
 
 
 def test_leading_dims_and_1d_input(rng):

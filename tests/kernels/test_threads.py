@@ -39,6 +39,6 @@ def test_set_threads_rejects(bad):
 def test_warmup_compiles_every_tile_and_dtype():
     warmup()
     kernels = [_jit.spmv, _jit.im2col, _jit.pack_rows] + [_jit.spmm_kernel(t) for t in _jit.TILES]
-    for k in kernels:
+    for k in kernels + [_jit.serial(k) for k in kernels]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
