@@ -60,6 +60,7 @@ class Case:
     epochs: int = 0  # dense training epochs (data models)
     scope: str = "layer"  # unstructured pruning scope
     batches: tuple[int, ...] = (1, 8)
+    threads: tuple[int, ...] = (1, 2)
     sparsities: tuple[float, ...] = SPARSITIES
     ratios: tuple[float, ...] = RATIOS
 
@@ -75,9 +76,9 @@ def all_cases(quick: bool) -> list[Case]:
     if quick:
         return [
             Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=2, scope="global",
-                 batches=(1,), sparsities=(0.9,), ratios=(0.5,)),
+                 batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
             Case("mlp-512", "benchmarks.common:ffn_mlp", "channel", {"width": 512, "depth": 2},
-                 ("1,512",), batches=(1,), sparsities=(0.9,), ratios=(0.5,)),
+                 ("1,512",), batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
         ]
     return [
         Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=10, scope="global", batches=(1, 64)),
@@ -98,7 +99,6 @@ class Settings:
 
     finetune_epochs: int
     lr: float
-    threads: int
     min_time: float
     warmup: int
     memory: bool
@@ -214,7 +214,8 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"model": case.name, "reference": case.model, "model_args": case.model_args,
-                           "structure": case.structure, "data": case.data, "batches": list(case.batches)}
+                           "structure": case.structure, "data": case.data, "batches": list(case.batches),
+                           "threads": list(case.threads)}
     say(f"{case.name}: dense run")
     built, skip = optional_leg(lambda: dense_run(case, work / "dense", s))
     if skip:
@@ -232,8 +233,8 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
             if d.is_dir() and d.name != "dense":
                 shutil.rmtree(d)
     files = [dense["path"]] + [v["path"] for v in variants if "path" in v]
-    say(f"{case.name}: benchmark {len(files)} ONNX files at batches {case.batches}, {s.threads} thread(s)")
-    result = bench(files, batches=case.batches, threads=(s.threads,), warmup=s.warmup, min_time=s.min_time,
+    say(f"{case.name}: benchmark {len(files)} ONNX files at batches {case.batches}, threads {case.threads}")
+    result = bench(files, batches=case.batches, threads=case.threads, warmup=s.warmup, min_time=s.min_time,
                    memory=s.memory, progress=False)
     attach_latency([dense, *variants], result)
     for v in variants:
@@ -268,11 +269,12 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
             acc = v.get("finetuned_accuracy")
             names.append(v["variant"] + (f"\n{acc:.1f}%" if acc is not None else ""))
         x = np.arange(len(vs))
-        batches = m["batches"]
-        width = 0.8 / len(batches)
-        for i, b in enumerate(batches):
-            sp = [next((lat["speedup"] for lat in v.get("latency", []) if lat["batch"] == b), np.nan) for v in vs]
-            ax.bar(x - 0.4 + width * (i + 0.5), sp, width, label=f"batch {b}")
+        points = [(b, t) for b in m["batches"] for t in m.get("threads", [1])]
+        width = 0.8 / len(points)
+        for i, (b, t) in enumerate(points):
+            sp = [next((lat["speedup"] for lat in v.get("latency", []) if (lat["batch"], lat["threads"]) == (b, t)),
+                       np.nan) for v in vs]
+            ax.bar(x - 0.4 + width * (i + 0.5), sp, width, label=f"batch {b}, {t} thread{'s' if t > 1 else ''}")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(x, names, fontsize=7, rotation=0)
         ax.set_yscale("log")
@@ -284,7 +286,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3, which="both")
         ax.legend(fontsize="x-small")
     mach = doc["machine"]
-    fig.suptitle(f"sparsify model benchmarks — {mach.get('cpu')}, {doc['config']['threads']} thread(s); "
+    fig.suptitle(f"sparsify model benchmarks — {mach.get('cpu')}, threads {doc['config']['threads']}; "
                  "missing bar = leg skipped", fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -299,9 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"--models: unknown {unknown}; choose from {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in wanted]
-    s = Settings(finetune_epochs=1 if args.quick else 3, lr=3e-3, threads=min(2, os.cpu_count() or 1),
-                 min_time=0.1 if args.quick else 0.4, warmup=3 if args.quick else 10, memory=args.memory)
-    config = {"quick": args.quick, "models": [c.name for c in cases], "threads": s.threads,
+    s = Settings(finetune_epochs=1 if args.quick else 3, lr=3e-3, min_time=0.1 if args.quick else 0.4, warmup=3 if args.quick else 10, memory=args.memory)
+    config = {"quick": args.quick, "models": [c.name for c in cases], "threads": sorted({t for c in cases for t in c.threads}),
               "min_time_s": s.min_time, "warmup": s.warmup, "finetune_epochs": s.finetune_epochs, "lr": s.lr,
               "memory": s.memory, "sparsities": list(SPARSITIES), "ratios": list(RATIOS),
               "latency": "sparsify.bench.bench, all ONNX files of a model interleaved; speedup = dense p50 / p50",

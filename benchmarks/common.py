@@ -56,12 +56,21 @@ def plot_path(args: argparse.Namespace) -> Path | None:
     return args.plot if args.plot is not None else args.out.with_suffix(".png")
 
 
+# Environment variables that change how the thread pools behave (recorded with every result).
+THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "NUMBA_", "MKL_", "OPENBLAS_")
+
+
+def thread_env() -> dict[str, str]:
+    """The thread-pool environment variables that are set (OMP_*, GOMP_*, KMP_*, NUMBA_*, MKL_*, OPENBLAS_*)."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(THREAD_ENV_PREFIXES)}
+
+
 def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The common head of every document: schema, created, machine, config."""
+    """The common head of every document: schema, created, machine, config, thread env."""
     from sparsify.bench.machine import machine_info
 
     return {"schema": schema, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(), "config": config}
+            "machine": machine_info(), "config": config, "env": thread_env()}
 
 
 def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:

@@ -129,52 +129,59 @@ def random_sparse(rows: int, cols: int, sparsity: float, seed: int = 0) -> np.nd
     return w
 
 
-def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], threads: list[int],
-                    min_time: float) -> list[dict[str, Any]]:
-    """One row per (shape, batch, threads, impl): ``sparse`` = SparseLinear, ``dense`` = torch linear."""
+def _sparse_layer(w: np.ndarray, threads: int):
+    """(call(x, out), bytes of the weight, nnz) for SparseLinear; sets the Numba thread count."""
+    from sparsify.kernels import CSR, SparseLinear, set_threads
+
+    set_threads(threads)
+    csr = CSR.from_dense(w)
+    layer = SparseLinear(csr)
+    return layer, csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes, csr.nnz
+
+
+def _dense_layer(w: np.ndarray, threads: int):
+    """(call(x, out), bytes of the weight, rows * cols) for torch matmul; sets torch's thread count."""
     import torch
 
-    from sparsify.kernels import CSR, SparseLinear, set_threads, warmup
+    torch.set_num_threads(threads)
+    tw = torch.from_numpy(w)
+    return (lambda x, out: torch.matmul(torch.from_numpy(x), tw.T, out=torch.from_numpy(out))), w.nbytes, w.size
 
-    warmup(dtypes=(np.float32,))
+
+def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], threads: list[int],
+                    min_time: float, impl: str) -> list[dict[str, Any]]:
+    """One row per (shape, batch, threads): ``impl="sparse"`` = SparseLinear, ``"dense"`` = torch matmul.
+
+    The dense layer multiplies by the same (90% zero) matrix as a dense array, so its useful
+    FLOPs count every entry: it is the baseline a sparse kernel has to beat.
+    """
+    if impl == "sparse":
+        from sparsify.kernels import warmup
+
+        warmup(dtypes=(np.float32,))
+    make = _sparse_layer if impl == "sparse" else _dense_layer
     rows = []
-    old = torch.get_num_threads()
-    try:
-        for n in shapes:
-            w = random_sparse(n, n, sparsity)
-            csr = CSR.from_dense(w)
-            layer = SparseLinear(csr)
-            tw = torch.from_numpy(w)
-            nnz = csr.nnz
-            csr_bytes = csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes
+    for n in shapes:
+        w = random_sparse(n, n, sparsity)
+        for t in threads:
+            layer, w_bytes, nnz = make(w, t)
             for b in batches:
                 x = np.random.default_rng(b).standard_normal((b, n), dtype=np.float32)
                 out = np.empty((b, n), np.float32)
-                tx, tout = torch.from_numpy(x), torch.empty(b, n)
-                io_bytes = x.nbytes + out.nbytes
-                impls = {
-                    "sparse": (lambda: layer(x, out), csr_bytes + io_bytes, 2 * nnz * b),
-                    "dense": (lambda: torch.matmul(tx, tw.T, out=tout), w.nbytes + io_bytes, 2 * n * n * b),
-                }
-                for t in threads:
-                    set_threads(t)
-                    torch.set_num_threads(t)
-                    for impl, (fn, nbytes, flops) in impls.items():
-                        p50, p90, k = _time(fn, min_time)
-                        rows.append({
-                            "impl": impl, "backend": "sparsify.kernels.SparseLinear" if impl == "sparse" else "torch.matmul",
-                            "rows": n, "cols": n, "sparsity": sparsity if impl == "sparse" else 0.0,
-                            "nnz": nnz if impl == "sparse" else n * n, "batch": b, "threads": t, "n": k,
-                            "kernel": ("spmv" if b == 1 else "spmm") if impl == "sparse" else "gemm",
-                            "bytes": nbytes, "flops": flops, "intensity": finite(flops / nbytes),
-                            "p50_ms": finite(p50), "p90_ms": finite(p90),
-                            "gbps_p50": finite(nbytes / p50 / 1e6), "gbps_p90": finite(nbytes / p90 / 1e6),
-                            "gflops_p50": finite(flops / p50 / 1e6), "gflops_p90": finite(flops / p90 / 1e6),
-                        })
-                        say(f"{impl} {n}x{n} batch {b}, {t} thread(s): {p50:.3f} ms, "
-                            f"{nbytes / p50 / 1e6:.1f} GB/s, {flops / p50 / 1e6:.1f} GFLOP/s")
-    finally:
-        torch.set_num_threads(old)
+                nbytes, flops = w_bytes + x.nbytes + out.nbytes, 2 * nnz * b
+                p50, p90, k = _time(lambda: layer(x, out), min_time)
+                rows.append({
+                    "impl": impl, "backend": "sparsify.kernels.SparseLinear" if impl == "sparse" else "torch.matmul",
+                    "rows": n, "cols": n, "sparsity": sparsity if impl == "sparse" else 0.0,
+                    "nnz": nnz, "batch": b, "threads": t, "n": k,
+                    "kernel": ("spmv" if b == 1 else "spmm") if impl == "sparse" else "gemm",
+                    "bytes": nbytes, "flops": flops, "intensity": finite(flops / nbytes),
+                    "p50_ms": finite(p50), "p90_ms": finite(p90),
+                    "gbps_p50": finite(nbytes / p50 / 1e6), "gbps_p90": finite(nbytes / p90 / 1e6),
+                    "gflops_p50": finite(flops / p50 / 1e6), "gflops_p90": finite(flops / p90 / 1e6),
+                })
+                say(f"{impl} {n}x{n} batch {b}, {t} thread(s): {p50:.3f} ms, "
+                    f"{nbytes / p50 / 1e6:.1f} GB/s, {flops / p50 / 1e6:.1f} GFLOP/s")
     return rows
 
 
@@ -245,8 +252,50 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+# Each family runs in a fresh process, so one library's idle thread pool (spinning OpenMP
+# workers of torch's bundled libgomp, Numba's pool on the system libgomp) cannot steal the
+# cores another library's parallel region waits for. On the shared 2-core VM this mattered
+# by two orders of magnitude (see benchmarks/README.md).
+FAMILIES = {
+    "bandwidth": (measure_bandwidth, "numba"),
+    "gemm": (measure_gemm, "torch"),
+    "sparse_kernels": (lambda **kw: measure_kernels(**kw, impl="sparse"), "numba"),
+    "dense_kernels": (lambda **kw: measure_kernels(**kw, impl="dense"), "torch"),
+}
+# libgomp's default spin-then-sleep wait (GOMP_SPINCOUNT unset) made 2-thread OpenMP regions
+# (Numba's "omp" layer, torch) take ~7 ms instead of ~0.03 ms whenever another process held
+# the other core; a passive wait (0) avoided most of it. Used for every family unless the
+# caller set GOMP_SPINCOUNT; recorded in "family_env".
+POOL_ENV = {"GOMP_SPINCOUNT": "0"}
+
+
+def family_env(pool: str) -> dict[str, str]:
+    """Extra environment of a family's process (``pool`` names its thread pool, for the record)."""
+    del pool  # the same setting serves both pools today
+    return {} if "GOMP_SPINCOUNT" in os.environ else dict(POOL_ENV)
+
+
+def run_family(name: str, params: dict[str, Any], timeout: float = 900.0) -> tuple[list[dict[str, Any]], dict]:
+    """Run one measurement family in a fresh process; returns (rows, the extra env it ran with)."""
+    import json
+    import subprocess
+
+    from benchmarks.common import REPO
+
+    extra = family_env(FAMILIES[name][1])
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--family", name, json.dumps(params)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
+    sys.stderr.write(proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"roofline family {name} exited with {proc.returncode}")
+    return json.loads(lines[-1]), extra
+
+
 def run(quick: bool) -> dict[str, Any]:
-    """Measure everything; returns the JSON document."""
+    """Measure everything (one fresh process per family); returns the JSON document."""
     threads = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
     if quick:
         sizes, gemm_n, shapes, batches, min_time = [4, 128], 512, [1024], [1, 8], 0.05
@@ -258,24 +307,33 @@ def run(quick: bool) -> dict[str, Any]:
               "min_time_s": min_time, "dtype": "float32", "index_dtype": "int32",
               "bytes_model": "sparse: CSR data + indices + indptr + x + y; dense: W + x + y (each read/written once)",
               "flops_model": "sparse: 2 * nnz * batch (useful); dense: 2 * rows * cols * batch",
-              "timing": "sparsify.bench.measure: warm-up, then adaptive repeats; p50 and p90 of wall time"}
+              "timing": "sparsify.bench.measure: warm-up, then adaptive repeats; p50 and p90 of wall time",
+              "processes": "one fresh process per family (bandwidth, gemm, sparse_kernels, dense_kernels)"}
     doc = envelope(SCHEMA, config)
     doc["load"] = {"before": list(os.getloadavg())}
     doc["l3_reported_bytes"] = l3_bytes()
-    numba_threads = numba.get_num_threads()
-    try:
-        doc["bandwidth"] = measure_bandwidth(sizes, threads, min_time)
-        doc["gemm"] = measure_gemm(gemm_n, threads, min_time)
-        doc["ceilings"] = ceilings(doc["bandwidth"], doc["gemm"], threads)
-        doc["kernels"] = measure_kernels(shapes, sparsity, batches, threads, min_time)
-    finally:
-        numba.set_num_threads(numba_threads)
+    doc["family_env"] = {}
+    kernel_kw = {"shapes": shapes, "sparsity": sparsity, "batches": batches, "threads": threads, "min_time": min_time}
+    params = {"bandwidth": {"sizes_mib": sizes, "threads": threads, "min_time": min_time},
+              "gemm": {"n": gemm_n, "threads": threads, "min_time": min_time},
+              "sparse_kernels": kernel_kw, "dense_kernels": kernel_kw}
+    rows = {}
+    for name, kw in params.items():
+        rows[name], doc["family_env"][name] = run_family(name, kw)
+    doc["bandwidth"], doc["gemm"] = rows["bandwidth"], rows["gemm"]
+    doc["ceilings"] = ceilings(doc["bandwidth"], doc["gemm"], threads)
+    doc["kernels"] = rows["sparse_kernels"] + rows["dense_kernels"]
     attach_roofs(doc["kernels"], doc["ceilings"])
     doc["load"]["after"] = list(os.getloadavg())
     return doc
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--family":
+        import json
+
+        print(json.dumps(FAMILIES[sys.argv[2]][0](**json.loads(sys.argv[3]))))
+        return 0
     args = parser(__doc__.splitlines()[0], "roofline.json").parse_args(argv)
     write_outputs(args, run(args.quick), plot)
     return 0

@@ -105,10 +105,15 @@ def _variant(models: dict | None, model: str, name: str) -> dict | None:
     return None
 
 
+def _point(lat: dict) -> str:
+    t = lat.get("threads")
+    return f"batch {lat['batch']}" + (f", {t} thread{'s' if t != 1 else ''}" if t else "")
+
+
 def _lat(v: dict | None) -> str:
     if not v or not v.get("latency"):
         return "-"
-    return ", ".join(f"batch {lat['batch']} {x(lat['speedup'])}" for lat in v["latency"])
+    return "; ".join(f"{_point(lat)} {x(lat['speedup'])}" for lat in v["latency"])
 
 
 def headline_e2e(e2e: dict | None, models: dict | None) -> list[list[str]]:
@@ -147,9 +152,10 @@ def headline_demo(models: dict | None) -> list[list[str]]:
         parts = [f"dense {dense['test_accuracy']:.1f}%"]
         for v in m.get("variants", []):
             acc = v.get("finetuned_accuracy")
-            b1 = next((lat for lat in v.get("latency", []) if lat["batch"] == 1), None)
+            b1 = [lat for lat in v.get("latency", []) if lat["batch"] == 1]
             if acc is not None:
-                parts.append(f"{v['variant']} {acc:.1f}%" + (f" ({x(b1['speedup'])} at batch 1)" if b1 else ""))
+                speed = ", ".join(f"{x(lat['speedup'])} at {_point(lat)}" for lat in b1)
+                parts.append(f"{v['variant']} {acc:.1f}%" + (f" ({speed})" if speed else ""))
         rows.append([f"{m['model']}: test accuracy after fine-tuning (speedup vs dense ONNX)", "; ".join(parts),
                      "models.json"])
     return rows
@@ -171,17 +177,17 @@ def models_details(models: dict | None) -> list[str]:
             acc = v.get("test_accuracy", v.get("finetuned_accuracy"))
             skip = next((v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)
                          and "skipped" in v[k]), None)
-            lat = "; ".join(f"b{lat['batch']} {ms(lat['p50_ms'])} ({x(lat['speedup'])})" for lat in v.get("latency", []))
+            lat = "; ".join(f"b{lat['batch']}/{lat.get('threads', '?')}t {ms(lat['p50_ms'])} ({x(lat['speedup'])})"
+                            for lat in v.get("latency", []))
             macs = (v.get("run") or {}).get("nonzero_macs") or onnx.get("macs")
             rows.append([m["model"], v["variant"], "-" if acc is None else f"{acc:.1f}%",
                          f"{onnx['nonzeros']:,}" if "nonzeros" in onnx else "-",
                          f"{macs:,}" if macs else "-",
                          f"{onnx['file_bytes'] / 2**20:.2f}" if "file_bytes" in onnx else "-",
                          lat or (f"skipped: {skip}" if skip else "-")])
-    cfg = models.get("config", {})
     return ["<details><summary>All model variants (models.json)</summary>", "",
             *table(["model", "variant", "accuracy", "nonzero weights", "MACs (nonzero)", "file MiB",
-                    f"p50 latency (speedup vs dense), {cfg.get('threads')} threads"], rows),
+                    "p50 latency (speedup vs dense) per batch/threads"], rows),
             "", "</details>", ""]
 
 

@@ -20,7 +20,8 @@ def test_quick_run_writes_a_well_formed_document(quick_doc):
     assert_png(out / "m.png")
     no_temp_files(out)
     (model,) = doc["models"]
-    assert model["model"] == "mlp-512" and model["batches"] == [1]
+    assert model["model"] == "mlp-512" and model["batches"] == [1] and model["threads"] == [1]
+    assert isinstance(doc["env"], dict)
     dense = model["dense"]
     positive(dense["onnx"]["params"], dense["onnx"]["macs"], dense["onnx"]["file_bytes"])
     # 2 x Linear(512, 512): weights + biases, and 512 * 512 MACs per layer per sample.
