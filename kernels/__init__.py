@@ -1,7 +1,7 @@
 """Numba kernels over plain arrays (installed as ``sparsify.kernels``); imports numpy and numba only.
 
 Public API:
-- :class:`CSR` (``csr.py``): the sparse weight format; :func:`choose_index_dtype`.
+- :class:`CSR` (``csr.py``): the sparse weight format; :func:`choose_index_dtypes`.
 - :class:`SparseLinear`, :func:`csr_linear` (``spmm.py``): ``act(x @ W.T + b)``.
 - :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight.
 - :func:`set_threads`, :func:`get_threads`, :func:`warmup` (``threads.py``).
@@ -9,14 +9,14 @@ Public API:
   :class:`CSRFormatError`, :class:`KernelArgumentError`; the runtime wraps them.
 """
 
-from .csr import CSR, choose_index_dtype
+from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError
 from .conv import SparseConv2d, csr_conv2d
 from .spmm import SparseLinear, csr_linear
 from .threads import get_threads, set_threads, warmup
 
 __all__ = [
-    "CSR", "choose_index_dtype", "CSRFormatError", "KernelArgumentError", "KernelValueError",
+    "CSR", "choose_index_dtypes", "CSRFormatError", "KernelArgumentError", "KernelValueError",
     "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d",
     "set_threads", "get_threads", "warmup",
 ]

@@ -29,15 +29,17 @@ def get_threads() -> int:
     return numba.get_num_threads()
 
 
-def warmup(dtypes=(np.float32, np.float64)) -> None:
+def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -> None:
     """Compile (or load from the on-disk cache) every kernel signature the wrappers use.
 
-    Runs, on tiny inputs and for each dtype with int32 indices: the SpMV kernel, the
+    Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
+    ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernel, the
     SpMM kernel at every batch tile width (``_jit.TILES``), the input packing and the
-    conv unfolding, each in its parallel version and its serial twin. Not safe to run
-    while other threads call the kernels (it switches ``spmm.SERIAL_WORK``). Call it once before timing or serving; the first call in a
-    fresh environment can take tens of seconds, later processes load the cache.
-    int64-index weights (more than 2**31-1 columns or nonzeros) compile on first use.
+    conv unfolding, each in its parallel version and its serial twin. Call it once
+    before timing or serving, not while other threads call the kernels (it switches
+    ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
+    more; later processes load the on-disk cache. Other index dtypes (int64) compile
+    on first use.
     """
     rng = np.random.default_rng(0)
     saved = spmm.SERIAL_WORK
@@ -46,11 +48,13 @@ def warmup(dtypes=(np.float32, np.float64)) -> None:
         for serial_work in (0, np.inf):
             spmm.SERIAL_WORK = serial_work
             for dtype in dtypes:
-                w = rng.standard_normal((4, 9)).astype(dtype)
-                layer = SparseLinear(CSR.from_dense(w), activation="relu")
-                layer(np.ones(9, dtype))
-                for tile in _jit.TILES:
-                    layer(np.ones((tile, 9), dtype))
-                SparseConv2d(CSR.from_dense(w), kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
+                for index_dtype in index_dtypes:
+                    w = CSR.from_dense(rng.standard_normal((4, 9)).astype(dtype),
+                                       index_dtype=index_dtype)
+                    layer = SparseLinear(w, activation="relu")
+                    layer(np.ones(9, dtype))
+                    for tile in _jit.TILES:
+                        layer(np.ones((tile, 9), dtype))
+                    SparseConv2d(w, kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
     finally:
         spmm.SERIAL_WORK = saved

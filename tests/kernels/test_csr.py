@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsify.kernels import CSR, CSRFormatError, choose_index_dtype
+from sparsify.kernels import CSR, CSRFormatError, choose_index_dtypes
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse
 
@@ -38,11 +38,24 @@ def test_from_dense_respects_mask_and_drops_kept_zeros():
 
 def test_index_dtype_is_chosen_and_overridable():
     w = np.eye(3, dtype=np.float32)
-    assert CSR.from_dense(w).indices.dtype == np.int32
-    assert CSR.from_dense(w, index_dtype=np.int64).indptr.dtype == np.int64
-    assert choose_index_dtype((10, 2**31 - 1), 5) == np.int32
-    assert choose_index_dtype((10, 2**31), 5) == np.int64
-    assert choose_index_dtype((10, 10), 2**31) == np.int64
+    m = CSR.from_dense(w)
+    assert (m.indices.dtype, m.indptr.dtype) == (np.int16, np.int32)
+    m = CSR.from_dense(w, index_dtype=np.int32)
+    assert (m.indices.dtype, m.indptr.dtype) == (np.int32, np.int32)
+    m = CSR.from_dense(w, index_dtype=np.int64)
+    assert (m.indices.dtype, m.indptr.dtype) == (np.int64, np.int64)
+    assert choose_index_dtypes((10, 32768), 5) == (np.int16, np.int32)
+    assert choose_index_dtypes((10, 32769), 5) == (np.int32, np.int32)
+    assert choose_index_dtypes((10, 2**31), 5) == (np.int32, np.int32)
+    assert choose_index_dtypes((10, 2**31 + 1), 5) == (np.int64, np.int32)
+    assert choose_index_dtypes((10, 10), 2**31) == (np.int16, np.int64)
+    with pytest.raises(CSRFormatError, match="index_dtype uint8 should be int16, int32 or int64"):
+        CSR.from_dense(w, index_dtype=np.uint8)
+
+
+def test_int16_indices_must_hold_the_columns():
+    with pytest.raises(CSRFormatError, match="holds column indices up to 32767, but cols is 32769"):
+        CSR(np.ones(1, np.float32), np.zeros(1, np.int16), np.array([0, 1], np.int32), (1, 32769))
 
 
 def test_arrays_are_read_only():
@@ -81,8 +94,8 @@ def test_valid_arrays_pass_full_check():
     (lambda d, i, p: (d, i[:3], p), (3, 4), "indices size 3 should be 4"),
     (lambda d, i, p: (d[:3], i, p), (3, 4), "data size 3 should be 4"),
     (lambda d, i, p: (d.astype(np.int64), i, p), (3, 4), "data dtype int64 should be float32 or float64"),
-    (lambda d, i, p: (d, i.astype(np.float32), p), (3, 4), "indices dtype float32 should be int32 or int64"),
-    (lambda d, i, p: (d, i.astype(np.int64), p), (3, 4), "indptr dtype int32 should equal indices dtype int64"),
+    (lambda d, i, p: (d, i.astype(np.float32), p), (3, 4), "indices dtype float32 should be int16, int32 or int64"),
+    (lambda d, i, p: (d, i, p.astype(np.int16)), (3, 4), "indptr dtype int16 should be int32 or int64"),
     (lambda d, i, p: (d.reshape(2, 2), i, p), (3, 4), "data should be 1-D"),
     (lambda d, i, p: (d, i, p), (3, -4), r"shape \(3, -4\)"),
 ])

@@ -143,11 +143,14 @@ def test_unchecked_csr_is_fully_checked_before_use():
     assert good.fully_checked
 
 
-def test_int64_indices(rng):
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_index_dtypes(rng, path, index_dtype, batch):
     w = random_sparse(rng, (9, 7), 0.5)
-    m = CSR.from_dense(w, index_dtype=np.int64)
-    x = rng.standard_normal((1, 7)).astype(np.float32)
-    assert_close(csr_linear(x, m), reference_linear(x, w).astype(np.float32))
+    m = CSR.from_dense(w, index_dtype=index_dtype)
+    assert m.indices.dtype == index_dtype
+    x = rng.standard_normal((batch, 7)).astype(np.float32)
+    assert_close(csr_linear(x, m, activation="gelu"), reference_linear(x, w, None, "gelu").astype(np.float32))
 
 
 def test_row_chunks_cover_rows_in_order():
