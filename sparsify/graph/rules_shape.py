@@ -61,6 +61,17 @@ def _binary(g, n):
     return elementwise(g, n, [a, b], kind)
 
 
+@rule("where")
+def _where(g, n):
+    cond, a, b = n.args[:3]
+    if lab(g, cond) is not None:
+        raise LabelError("where with a condition on pruned channels")
+    if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
+        x = lab(g, a if isinstance(a, fx.Node) else b)
+        return None if x is None else same_as(g, n, x, nz=True)
+    return elementwise(g, n, [a, b], "add")  # the output takes values of a or b position-wise
+
+
 def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | None:
     """Broadcasting binary op: unify channels at equal positions; parameters get labelled."""
     labs = [lab(g, o) for o in operands]
@@ -116,8 +127,9 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
     g.unify(arrs[0], arrs[1]) if len(arrs) == 2 else None
     # is a pruned channel zero at the output?
     if kind == "add":
-        nz = any(x.nz for x in labs if x is not None) or any(
-            (~lb & (out >= 0)).any() and param_source(g, o) is None for lb, o in zip(labelled, operands))
+        # an operand without labels at a channel position (not a parameter labelled above) adds
+        # a value there: the pruned channel is no longer zero
+        nz = any(x.nz for x in labs if x is not None) or any((~lb & (out >= 0)).any() for lb in labelled)
     elif kind == "mul":
         nz = all((x.nz if x is not None else True) for x in labs)
     else:

@@ -315,3 +315,48 @@ class Opaque(nn.Module):
         h = F.relu(self.fc1(x))
         h = torch.cumsum(h, dim=-1)
         return self.fc3(F.relu(self.fc2(h)))
+
+
+class GPT2Attention(nn.Module):
+    """GPT-2 style: packed c_attn (Conv1D, 3C outputs) split into q/k/v, causal mask via where."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, seq: int = 8):
+        super().__init__()
+        self.h, self.dim = heads, dim
+        self.wte = nn.Embedding(50, dim)
+        self.c_attn, self.c_proj = Conv1D(dim, 3 * dim), Conv1D(dim, dim)
+        self.register_buffer("bias", torch.tril(torch.ones(seq, seq)).view(1, 1, seq, seq))
+        self.lm = nn.Linear(dim, 50, bias=False)
+
+    def _heads(self, x):
+        return x.view(x.size()[:-1] + (self.h, x.size(-1) // self.h)).permute(0, 2, 1, 3)
+
+    def forward(self, ids):
+        h = self.wte(ids)
+        q, k, v = (self._heads(t) for t in self.c_attn(h).split(self.dim, dim=2))
+        w = torch.matmul(q, k.transpose(-1, -2)) / (v.size(-1) ** 0.5)
+        t = q.size(-2)
+        w = torch.where(self.bias[:, :, :t, :t].bool(), w, torch.tensor(torch.finfo(w.dtype).min))
+        a = torch.matmul(torch.softmax(w, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        return self.lm(h + self.c_proj(a.view(a.size()[:-2] + (self.dim,))))
+
+
+class MaskedSelfAttention(nn.Module):
+    """HF-BERT style: a second input (attention mask) added to the scores."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.h, self.d = heads, dim // heads
+        self.inp = nn.Linear(6, dim)
+        self.query, self.key, self.value, self.dense = (nn.Linear(dim, dim) for _ in range(4))
+        self.out = nn.Linear(dim, 3)
+
+    def _heads(self, x):
+        return x.view(x.size()[:-1] + (self.h, self.d)).permute(0, 2, 1, 3)
+
+    def forward(self, x, mask):
+        h = self.inp(x)
+        q, k, v = self._heads(self.query(h)), self._heads(self.key(h)), self._heads(self.value(h))
+        s = torch.matmul(q, k.transpose(-1, -2)) / self.d ** 0.5 + (1.0 - mask[:, None, None, :]) * -10000.0
+        c = torch.matmul(torch.softmax(s, dim=-1), v).permute(0, 2, 1, 3).contiguous()
+        return self.out(self.dense(c.view(c.size()[:-2] + (self.h * self.d,))) + h)

@@ -341,3 +341,29 @@ def test_model_that_cannot_be_captured_gives_a_model_error():
 
     with pytest.raises(ModelError, match="torch.export could not capture DataDependent"):
         plan_structured(DataDependent(), (_x(2, 4),), ratio=0.5)
+
+
+def test_gpt2_packed_attention_heads_and_embedding_dim():
+    model = M.GPT2Attention()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    heads = plan_structured(model, (ids,), structure="head", ratio=0.5)
+    chans = plan_structured(model, (ids,), structure="channel", ratio=0.5)
+    res = slim_model(model, merge_masks(heads.masks, chans.masks), (ids,))
+    st = res.module.state_dict()
+    assert tuple(st["c_attn.weight"].shape) == (16, 48)  # (in: half the stream, out: 3 x 2 heads x 8)
+    assert tuple(st["wte.weight"].shape) == (50, 16) and tuple(st["lm.weight"].shape) == (50, 16)
+    run = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = masked_model(model, merge_masks(heads.masks, chans.masks))(run)
+        assert_close(res.module(run), ref, atol=1e-5)
+
+
+def test_attention_with_a_mask_input():
+    model = M.MaskedSelfAttention()
+    x, mask = _x(2, 5, 6), torch.ones(2, 5)
+    plan = plan_structured(model, (x, mask), structure="head", ratio=0.5)
+    res = slim_model(model, plan.masks, (x, mask))
+    assert tuple(res.module.state_dict()["query.weight"].shape) == (16, 32)
+    xs, ms = _x(3, 5, 6, seed=8), (torch.rand(3, 5) > 0.3).float()
+    with torch.no_grad():
+        assert_close(res.module(xs, ms), masked_model(model, plan.masks)(xs, ms), atol=1e-5)
