@@ -367,3 +367,17 @@ def test_attention_with_a_mask_input():
     xs, ms = _x(3, 5, 6, seed=8), (torch.rand(3, 5) > 0.3).float()
     with torch.no_grad():
         assert_close(res.module(xs, ms), masked_model(model, plan.masks)(xs, ms), atol=1e-5)
+
+
+def test_min_channels_zero_ratio_and_batch_one_examples():
+    model = M.LinearChain()
+    x1 = _x(1, 12)  # batch 1: capture widens it so the batch stays dynamic
+    plan = plan_structured(model, (x1,), ratio=0.9, min_channels=8)
+    kept = {g.name: g.kept_channels for g in plan.groups if not g.skipped}
+    assert kept == {"fc1": 8, "fc2": 8}
+    res = slim_model(model, plan.masks, (x1,))
+    xs = _x(7, 12, seed=9)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
+    none = plan_structured(model, (x1,), ratio=0.0)
+    assert none.masks == {} and all(g.kept_units == g.total_units for g in none.groups)
