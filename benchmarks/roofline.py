@@ -130,22 +130,24 @@ def random_sparse(rows: int, cols: int, sparsity: float, seed: int = 0) -> np.nd
 
 
 def _sparse_layer(w: np.ndarray, threads: int):
-    """(call(x, out), bytes of the weight, nnz) for SparseLinear; sets the Numba thread count."""
+    """(call(x, out), bytes of the weight, nnz, dtypes) for SparseLinear; sets the Numba thread count."""
     from sparsify.kernels import CSR, SparseLinear, set_threads
 
     set_threads(threads)
-    csr = CSR.from_dense(w)
+    csr = CSR.from_dense(w)  # the index dtypes are the ones CSR chooses (recorded per row)
     layer = SparseLinear(csr)
-    return layer, csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes, csr.nnz
+    dtypes = {"data": str(csr.data.dtype), "indices": str(csr.indices.dtype), "indptr": str(csr.indptr.dtype)}
+    return layer, csr.data.nbytes + csr.indices.nbytes + csr.indptr.nbytes, csr.nnz, dtypes
 
 
 def _dense_layer(w: np.ndarray, threads: int):
-    """(call(x, out), bytes of the weight, rows * cols) for torch matmul; sets torch's thread count."""
+    """(call(x, out), bytes of the weight, rows * cols, dtypes) for torch matmul; sets torch's thread count."""
     import torch
 
     torch.set_num_threads(threads)
     tw = torch.from_numpy(w)
-    return (lambda x, out: torch.matmul(torch.from_numpy(x), tw.T, out=torch.from_numpy(out))), w.nbytes, w.size
+    call = lambda x, out: torch.matmul(torch.from_numpy(x), tw.T, out=torch.from_numpy(out))  # noqa: E731
+    return call, w.nbytes, w.size, {"data": str(w.dtype)}
 
 
 def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], threads: list[int],
@@ -164,7 +166,7 @@ def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], thre
     for n in shapes:
         w = random_sparse(n, n, sparsity)
         for t in threads:
-            layer, w_bytes, nnz = make(w, t)
+            layer, w_bytes, nnz, dtypes = make(w, t)
             for b in batches:
                 x = np.random.default_rng(b).standard_normal((b, n), dtype=np.float32)
                 out = np.empty((b, n), np.float32)
@@ -173,7 +175,7 @@ def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], thre
                 rows.append({
                     "impl": impl, "backend": "sparsify.kernels.SparseLinear" if impl == "sparse" else "torch.matmul",
                     "rows": n, "cols": n, "sparsity": sparsity if impl == "sparse" else 0.0,
-                    "nnz": nnz, "batch": b, "threads": t, "n": k,
+                    "nnz": nnz, "dtypes": dtypes, "batch": b, "threads": t, "n": k,
                     "kernel": ("spmv" if b == 1 else "spmm") if impl == "sparse" else "gemm",
                     "bytes": nbytes, "flops": flops, "intensity": finite(flops / nbytes),
                     "p50_ms": finite(p50), "p90_ms": finite(p90),
@@ -304,7 +306,7 @@ def run(quick: bool) -> dict[str, Any]:
     sparsity = 0.9
     config = {"quick": quick, "threads": threads, "bandwidth_sizes_mib": sizes, "gemm_n": gemm_n,
               "kernel_shapes": [[n, n] for n in shapes], "sparsity": sparsity, "batches": batches,
-              "min_time_s": min_time, "dtype": "float32", "index_dtype": "int32",
+              "min_time_s": min_time, "dtype": "float32", "index_dtype": "as CSR.from_dense chooses (kernels[].dtypes)",
               "bytes_model": "sparse: CSR data + indices + indptr + x + y; dense: W + x + y (each read/written once)",
               "flops_model": "sparse: 2 * nnz * batch (useful); dense: 2 * rows * cols * batch",
               "timing": "sparsify.bench.measure: warm-up, then adaptive repeats; p50 and p90 of wall time",

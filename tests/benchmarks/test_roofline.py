@@ -42,8 +42,11 @@ def test_bytes_and_flops_follow_the_documented_model(quick_doc):
         n, b = k["rows"], k["batch"]
         io = 4 * b * (k["rows"] + k["cols"])
         if k["impl"] == "sparse":
-            # CSR float32 data + int32 indices + int32 indptr, then x and y.
-            assert k["bytes"] == 8 * k["nnz"] + 4 * (n + 1) + io
+            # CSR float32 data + indices + indptr (dtypes as CSR chose them), then x and y.
+            size = {"int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8}
+            d = k["dtypes"]
+            assert d["data"] == "float32"
+            assert k["bytes"] == (4 + size[d["indices"]]) * k["nnz"] + size[d["indptr"]] * (n + 1) + io
             assert k["flops"] == 2 * k["nnz"] * b
             assert k["nnz"] == round(n * n * (1 - doc["config"]["sparsity"]))
             assert k["kernel"] == ("spmv" if b == 1 else "spmm")
