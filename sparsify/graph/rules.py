@@ -13,6 +13,7 @@ The rule table in one place (details in rules_layers.py / rules_shape.py):
 | conv (groups=1) | consumer: W dim 1 | producer: W dim 0 (+ bias) |
 | conv (grouped, depthwise) | whole groups: in-group and out-group channels form one unit | |
 | embedding | | producer: W dim 1 |
+| group_norm | whole norm groups are the unit (their statistics stay exact) | same |
 | batch_norm, layer_norm (channel dim) | same channels; weight/bias must be masked; LN is rewritten to keep its statistics | same |
 | relu, gelu, silu, tanh, dropout, ... | same channels, still zero | same |
 | sigmoid, exp, softplus, + scalar | same channels, now a constant (folded into a consumer bias when exact) | same |

@@ -308,3 +308,29 @@ def _layer_norm(g, n):
     affine = param_fqn(w) is not None and param_fqn(b) is not None
     out = x.copy(nz=not affine)
     return out if op_name(n) == "layer_norm" else [out, None, None]
+
+
+@rule("group_norm")
+def _group_norm(g, n):
+    """GroupNorm: statistics per group of C/G channels, so whole groups are the unit."""
+    x = lab(g, n.args[0])
+    if x is None:
+        return None
+    if any(x.varies(d) for d in range(x.ndim) if d != 1):
+        raise LabelError("group norm with channels on a non-channel dim")
+    if not x.varies(1):
+        return same_as(g, n, x)
+    if x.nz:
+        raise LabelError("pruned channels are not zero before GroupNorm (its statistics would change)")
+    groups = int(n.args[1])
+    w = n.args[2] if len(n.args) > 2 else None
+    b = n.args[3] if len(n.args) > 3 else None
+    lbl = x.dim_labels(1)
+    per = len(lbl) // groups
+    for j in range(groups):
+        g.add_block("group", [lbl[j * per:(j + 1) * per]], f"group norm '{n.name}' at {where(n)}")
+    for p in (w, b):
+        if param_fqn(p) is not None:
+            g.assign(param_fqn(p), 0, lbl, "affine")
+    affine = param_fqn(w) is not None and param_fqn(b) is not None
+    return same_as(g, n, x, nz=not affine)

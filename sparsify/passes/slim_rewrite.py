@@ -222,6 +222,11 @@ def rewrite_graph(gm: fx.GraphModule, dg: DepGraph, removed: np.ndarray) -> None
                 args = list(n.args)
                 args[gi] = int(ns) // per_group
                 n.args = tuple(args)
+        elif name == "group_norm" and out is not None:
+            ns = new_sizes(out, removed)[1]
+            if ns is not None:
+                per_group = int(n.meta["val"].shape[1]) // int(n.args[1])
+                n.args = (n.args[0], int(ns) // per_group) + tuple(n.args[2:])
         elif name == "select":
             x = _lab(dg, n.args[0])
             if x is not None and x.varies(n.args[1] % x.ndim):

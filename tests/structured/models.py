@@ -15,7 +15,7 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
             if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)) and m.weight is not None:
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
     return model.eval()
@@ -360,3 +360,16 @@ class MaskedSelfAttention(nn.Module):
         s = torch.matmul(q, k.transpose(-1, -2)) / self.d ** 0.5 + (1.0 - mask[:, None, None, :]) * -10000.0
         c = torch.matmul(torch.softmax(s, dim=-1), v).permute(0, 2, 1, 3).contiguous()
         return self.out(self.dense(c.view(c.size()[:-2] + (self.h * self.d,))) + h)
+
+
+class ConvGroupNorm(nn.Module):
+    """conv -> GroupNorm(4 groups) -> SiLU -> conv: whole norm groups are pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.gn = nn.Conv2d(3, 16, 3, padding=1), nn.GroupNorm(4, 16)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv2(F.silu(self.gn(self.conv1(x)))).mean((2, 3)))
