@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import ExportError
+from sparsify.export.verify import set_eval
 
 DEFAULT_OPSET = 18
 
@@ -39,7 +40,7 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path:
     """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto."""
     import onnx
 
-    module = module.eval()
+    set_eval(module)
     inputs = tuple(example_inputs)
     if dynamic_batch:
         # A batch of 1 would be specialized by torch.export; export at batch 2 with a symbolic dim.

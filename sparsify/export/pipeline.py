@@ -52,7 +52,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
             from sparsify.export.slim_export import export_slim
 
             candidate, extra = export_slim(run, reference, example, tmp, fmt, input_names, output_names,
-                                           opset=opset or DEFAULT_OPSET, **options)
+                                           opset=opset or DEFAULT_OPSET, atol=atol, rtol=rtol, **options)
             summary.update(extra)
         else:
             from sparsify.export.sparse_export import export_sparse

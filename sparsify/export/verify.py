@@ -88,9 +88,20 @@ def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) 
     return float(diff.max()), float(rel.max()), ok
 
 
+def set_eval(module: nn.Module) -> nn.Module:
+    """Put a module in eval mode, including modules from torch.export (which refuse ``.eval()``;
+    their graph was captured in eval mode, so only the flags are set)."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        for sub in module.modules():
+            sub.training = False
+    return module
+
+
 def torch_runner(module: nn.Module) -> Runner:
     """Run a torch module on numpy inputs in eval mode without gradients."""
-    module.eval()
+    set_eval(module)
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
