@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from sparsify.errors import ModelFileError
 from sparsify.export.sparse_ops import (CONV_OP, DATA_DTYPES, DOMAIN, INDEX_DTYPES, INDPTR_DTYPES, LINEAR_OP,
                                         SparseOpAttrs, node_label, parse_attrs)
-from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear
+from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -106,9 +106,16 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
                              "expected uint16, int32 or int64")
     if indptr.dtype not in INDPTR_DTYPES:
         raise ModelFileError(f"{label}: indptr tensor {names['indptr']!r} has dtype {indptr.dtype}; expected int32 or int64")
-    wide = np.int64 if np.dtype(np.int64) in (indices.dtype, indptr.dtype) else np.int32
+    rows, cols = attrs.shape
+    if indices.size and int(indices.max()) >= cols:  # before narrowing, so the message shows the stored value
+        j = int(np.argmax(indices >= cols))
+        raise ModelFileError(f"{label}: indices tensor {names['indices']!r} is corrupt: column index "
+                             f"{int(indices[j])} at indices[{j}] should be in [0, {cols})")
+    # The kernels' preferred dtypes (int16 column indices while cols fit: measured faster).
+    index_dtype, _ = choose_index_dtypes((rows, cols), int(indices.shape[0]))
+    ptr_dtype = np.int64 if indptr.dtype == np.int64 else np.int32
     try:
-        csr = CSR(data.copy(), indices.astype(wide), indptr.astype(wide), attrs.shape)
+        csr = CSR(data.copy(), indices.astype(index_dtype), indptr.astype(ptr_dtype), attrs.shape)
         csr.check_format(full=True)
     except KernelValueError as exc:
         role = _tensor_role(str(exc))

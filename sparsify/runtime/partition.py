@@ -72,16 +72,18 @@ def _is_float(t: onnx.TypeProto | None) -> bool:
     return t is not None and t.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 
-def _sparse_step(layer: SparseLayer) -> Step:
+def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None) -> Step:
+    """The kernel call of one sparse node; ``const`` is its input when that is an initializer."""
     kernel, label = layer.kernel, f"{layer.op_type} node {layer.node_name!r}"
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         try:
-            return [kernel(xs[0])]
+            return [kernel(xs[0] if const is None else const)]
         except KernelValueError as exc:
             raise KernelInputError(f"{label}: {exc}") from None
 
-    return Step("sparse", [layer.input], [layer.output], run, [layer.node_name])
+    inputs = [layer.input] if const is None else []
+    return Step("sparse", inputs, [layer.output], run, [layer.node_name])
 
 
 def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
@@ -170,7 +172,9 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
     steps: list[Step] = []
     for k, (kind, idx) in enumerate(groups):
         if kind == "sparse":
-            steps.append(_sparse_step(layers[idx[0]]))
+            layer = layers[idx[0]]
+            const = numpy_helper.to_array(inits[layer.input]) if layer.input in inits else None
+            steps.append(_sparse_step(layer, const))
             continue
         nodes = [g.node[i] for i in idx]
         produced = {v for n in nodes for v in n.output if v}

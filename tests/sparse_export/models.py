@@ -23,7 +23,7 @@ def prune_(layer: nn.Module, density: float, seed: int) -> nn.Module:
 class MLP(nn.Module):
     """Linear-ReLU, Linear-ReLU, Linear with chosen densities (the second may be fully pruned)."""
 
-    def __init__(self, densities=(0.1, 0.3, 1.0), seed: int = 0) -> None:
+    def __init__(self, densities=(0.1, 0.2, 1.0), seed: int = 0) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.fc1, self.fc2, self.head = nn.Linear(32, 64), nn.Linear(64, 48), nn.Linear(48, 10)
