@@ -127,7 +127,9 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
                                scope=scope, round_to=round_to, min_channels=min_channels, targets=targets,
                                ignore=ignore, calib_batches=calib, seed=seed)
         step = {"step": "prune", "pattern": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
-                "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed}
+                "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed,
+                "groups": [{k: v for k, v in g.to_dict().items() if k != "tensors"} for g in plan.groups],
+                "skipped": dict(plan.skipped)}
     if is_run_dir(src.model):
         step["parent"] = {"path": str(Path(src.model).resolve()),
                           "weights_sha256": read_manifest(src.model)["files"][WEIGHTS]["sha256"]}

@@ -143,7 +143,23 @@ def inspect_run(path: str | Path) -> Inspection:
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors"])
+    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors", *_group_notes(run.recipe)])
+
+
+def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
+    """Per structured group recorded by prune: kept/total units, or why it was skipped."""
+    notes = []
+    for step in recipe:
+        if step.get("step") != "prune" or "groups" not in step:
+            continue
+        for g in step["groups"]:
+            unit = "heads" if g["kind"] == "head" else "channels"
+            if g.get("skipped"):
+                notes.append(f"group {g['name']}: not pruned ({g['skipped']})")
+            else:
+                notes.append(f"group {g['name']}: {g['kept_units']}/{g['total_units']} {unit} kept")
+        notes += [f"group {name}: not pruned ({why})" for name, why in step.get("skipped", {}).items()]
+    return notes
 
 
 def load_onnx(path: str | Path, load_external: bool = True):

@@ -51,3 +51,12 @@ def test_slim_of_a_run_without_masks_is_an_error(digits_cnn_run, tmp_path):
 def test_torch_format_only_for_slim(digits_cnn_run, tmp_path):
     with pytest.raises(ExportError, match="--format torch is available for --mode slim only"):
         export_model(digits_cnn_run / "pruned", tmp_path / "x.pt2", mode="dense", fmt="torch")
+
+
+def test_inspect_shows_groups_of_a_structured_run(channel_run):
+    from sparsify.inspect_model import inspect_path
+
+    text = inspect_path(channel_run).table()
+    assert "group block1.conv1: 16/32 channels kept" in text
+    assert "group head: not pruned (channels reach the model output" in text
+    assert "channel" in text
