@@ -42,7 +42,7 @@ CHAINS = 4
 @numba.njit(cache=True, nogil=True, inline="always")
 def _activate(v, act):
     if act == 1:
-        return v * 0 if v < 0 else v
+        return 0.0 if v < 0 else v  # NaN stays NaN, -inf becomes 0
     if act == 2:
         return v * (0.5 + 0.5 * math.erf(v * _INV_SQRT2))
     return v
