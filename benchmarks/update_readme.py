@@ -177,6 +177,7 @@ def models_details(models: dict | None) -> list[str]:
             acc = v.get("test_accuracy", v.get("finetuned_accuracy"))
             skip = next((v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)
                          and "skipped" in v[k]), None)
+            failed = v.get("failed")
             lat = "; ".join(f"b{lat['batch']}/{lat.get('threads', '?')}t {ms(lat['p50_ms'])} ({x(lat['speedup'])})"
                             for lat in v.get("latency", []))
             macs = (v.get("run") or {}).get("nonzero_macs") or onnx.get("macs")
@@ -184,7 +185,7 @@ def models_details(models: dict | None) -> list[str]:
                          f"{onnx['nonzeros']:,}" if "nonzeros" in onnx else "-",
                          f"{macs:,}" if macs else "-",
                          f"{onnx['file_bytes'] / 2**20:.2f}" if "file_bytes" in onnx else "-",
-                         lat or (f"skipped: {skip}" if skip else "-")])
+                         lat or (f"skipped: {skip}" if skip else f"FAILED: {failed}" if failed else "-")])
     return ["<details><summary>All model variants (models.json)</summary>", "",
             *table(["model", "variant", "accuracy", "nonzero weights", "MACs (nonzero)", "file MiB",
                     "p50 latency (speedup vs dense) per batch/threads"], rows),

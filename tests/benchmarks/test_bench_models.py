@@ -69,3 +69,18 @@ def test_other_errors_are_not_hidden():
 def test_unknown_model_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         bench_models.main(["--quick", "--models", "nope", "--out", str(tmp_path / "m.json")])
+
+
+def test_keep_going_records_a_failure_as_failed_never_as_numbers(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("verification failed: max abs 3.0\nmore detail")
+
+    monkeypatch.setattr(bench_models, "variant", broken)
+    case = bench_models.all_cases(quick=True)[1]
+    settings = bench_models.Settings(finetune_epochs=1, lr=1e-3, min_time=0.1, warmup=1, memory=False)
+    with pytest.raises(RuntimeError):
+        bench_models.guarded(case, "sparse", 0.9, tmp_path, settings)
+    settings.keep_going = True
+    rec = bench_models.guarded(case, "sparse", 0.9, tmp_path, settings)
+    assert rec == {"variant": "sparse-90", "kind": "sparse",
+                   "failed": "RuntimeError: verification failed: max abs 3.0"}
