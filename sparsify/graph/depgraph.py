@@ -103,7 +103,6 @@ class DepGraph:
     blocked: dict[int, str] = field(default_factory=dict)  # var -> reason
     rects: list[np.ndarray] = field(default_factory=list)
     ln_nodes: list[str] = field(default_factory=list)
-    attention_nodes: list[str] = field(default_factory=list)
     param_views: dict[str, str] = field(default_factory=dict)  # node -> fqn it aliases/slices
 
     # -- building ---------------------------------------------------------------------

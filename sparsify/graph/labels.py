@@ -58,9 +58,6 @@ class Lab:
     def varies(self, d: int) -> bool:
         return any(self.arr.shape[a] > 1 for a in self.axes(d))
 
-    def labeled_dims(self) -> list[int]:
-        return [d for d in range(self.ndim) if self.varies(d)]
-
     def dim_labels(self, d: int) -> np.ndarray:
         """1-D labels along real dim d (which must be the only varying dim, or others broadcast)."""
         other = [a for a in range(self.arr.ndim) if a not in self.axes(d)]
@@ -73,10 +70,6 @@ class Lab:
                 return None
             raise LabelError(f"channel dim {d} has a dynamic size {sizes}")
         return np.broadcast_to(sub, [int(s) for s in sizes]).reshape(-1)
-
-    def vars(self) -> np.ndarray:
-        v = np.unique(self.arr)
-        return v[v >= 0]
 
     def copy(self, nz: bool | None = None) -> Lab:
         return Lab([list(f) for f in self.factors], self.arr, self.nz if nz is None else nz)
@@ -173,6 +166,3 @@ def align(lab: Lab | None, out_factors: list[list], in_shape: list) -> np.ndarra
     shape = [s for p in pieces for s in p]
     return lab.arr.reshape(shape)
 
-
-def any_varying(arr: np.ndarray) -> list[int]:
-    return [a for a in range(arr.ndim) if arr.shape[a] > 1]

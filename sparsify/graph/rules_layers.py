@@ -118,7 +118,6 @@ def matmul_activations(g: DepGraph, n: fx.Node, a, b) -> Lab | None:
     a_batch = la is not None and any(la.varies(d) for d in batch)
     b_batch = lb is not None and any(lb.varies(d) for d in batch)
     out_factors = [list(ref.factors[d]) for d in batch] + [[so[-2]], [so[-1]]]
-    g.attention_nodes.append(n.name)
     if b_col or a_row:
         # output channels come from b's columns (attn @ v) or a's rows
         main, other = (lb, la) if b_col else (la, lb)
@@ -163,7 +162,6 @@ def _sdpa(g, n):
     for x in (lq, lk, lv):
         if x is not None and x.varies(nd - 2):
             raise LabelError("attention labelled along the sequence dim")
-    g.attention_nodes.append(n.name)
     if lq is not None or lk is not None:
         # q.k contraction over head_dim
         aq = lq.arr if lq is not None else None
