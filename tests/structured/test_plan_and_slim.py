@@ -241,7 +241,14 @@ def test_save_and_load_without_pickle(tmp_path):
     res = slim_model(model, plan.masks, (x,))
     path = tmp_path / "slim.pt2"
     save_slim(res, path)
-    loaded = load_slim(path)
+    import pickle
+
+    def no_unpickling(*a, **k):
+        raise AssertionError("load_slim must not unpickle anything")
+    with pytest.MonkeyPatch.context() as mp:
+        for mod, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
+            mp.setattr(mod, name, no_unpickling)
+        loaded = load_slim(path)
     xs = _x(3, 3, 8, 8, seed=5)
     with torch.no_grad():
         assert_close(loaded(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
