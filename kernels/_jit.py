@@ -177,27 +177,46 @@ def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
     n_img, n_tiles, k_rows, tile = cols.shape
     height, width = x.shape[2], x.shape[3]
     n_pos = ho * wo
-    for item in numba.prange(n_img * k_rows):
-        m = item // k_rows
-        k = item - m * k_rows
-        c = c0 + k // (kh * kw)
-        i = (k // kw) % kh
-        j = k % kw
-        xc = x[n0 + m, c]
-        for oh in range(ho):
-            ih = oh * sh - ph + i * dh
-            inside = ih >= 0 and ih < height
-            for ow in range(wo):
-                p = oh * wo + ow
-                ti = p // tile
-                iw = ow * sw - pw + j * dw
-                if inside and iw >= 0 and iw < width:
-                    cols[m, ti, k, p - ti * tile] = xc[ih, iw]
+    # One task per (image, tile): it fills the tile's contiguous (K, T) block, walking
+    # the T output positions incrementally (no division per element).
+    for item in numba.prange(n_img * n_tiles):
+        m = item // n_tiles
+        ti = item - m * n_tiles
+        p0 = ti * tile
+        oh0 = p0 // wo
+        ow0 = p0 - oh0 * wo
+        for k in range(k_rows):
+            c = c0 + k // (kh * kw)
+            i = (k // kw) % kh
+            j = k % kw
+            xc = x[n0 + m, c]
+            dst = cols[m, ti, k]
+            oh, ow = oh0, ow0
+            t = 0
+            while t < tile:
+                if p0 + t >= n_pos:  # padding columns past the last output position
+                    for u in range(t, tile):
+                        dst[u] = 0
+                    break
+                run = min(tile - t, wo - ow)  # positions left in this output row
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= height:
+                    for u in range(run):
+                        dst[t + u] = 0
                 else:
-                    cols[m, ti, k, p - ti * tile] = 0
-        for p in range(n_pos, n_tiles * tile):
-            ti = p // tile
-            cols[m, ti, k, p - ti * tile] = 0
+                    src = xc[ih]
+                    iw = ow * sw - pw + j * dw
+                    for u in range(run):
+                        if iw >= 0 and iw < width:
+                            dst[t + u] = src[iw]
+                        else:
+                            dst[t + u] = 0
+                        iw += sw
+                t += run
+                ow += run
+                if ow == wo:
+                    ow = 0
+                    oh += 1
 
 
 @functools.lru_cache(maxsize=None)
