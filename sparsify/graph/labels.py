@@ -118,6 +118,8 @@ def reshape(lab: Lab, out_shape: list) -> Lab:
             q = _ratio(f, need)
             if q.is_number and q.is_integer and q > 1:
                 # split factor f into (need, q)
+                if need.is_number and not need.is_integer:
+                    raise LabelError(f"reshape to {out_shape}: dims do not nest (factor {f}, {need} needed)")
                 need = int(need) if need.is_number else need
                 q = int(q)
                 if arr_sizes[i] > 1 and not is_static(need):
