@@ -39,7 +39,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, finite, optional_leg, parser, pyplot, save_figure, say, write_outputs
+from benchmarks.common import (envelope, finite, optional_leg, parser, pyplot, save_figure, say, write_json,
+                               write_outputs)
 
 SCHEMA = "sparsify.models/1"
 SPARSITIES = (0.8, 0.9, 0.95)
@@ -263,6 +264,18 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     return rec
 
 
+def case_guarded(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
+    """:func:`run_case`; with ``--keep-going`` a model that fails outside its variants is recorded as failed."""
+    if not s.keep_going:
+        return run_case(case, root, s, keep)
+    try:
+        return run_case(case, root, s, keep)
+    except Exception as exc:  # recorded as a failure, never as numbers
+        say(f"{case.name}: FAILED: {type(exc).__name__}: {exc}")
+        return {"model": case.name, "reference": case.model,
+                "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """One panel per model: speedup vs dense ONNX (p50) per variant and batch; accuracy in the labels."""
     plt = pyplot()
@@ -334,8 +347,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     root_ctx = tempfile.TemporaryDirectory(prefix="sparsify-bench-models-") if args.keep is None else None
     root = Path(root_ctx.name) if root_ctx else args.keep
+    doc["models"] = []
     try:
-        doc["models"] = [run_case(c, root, s, keep=args.keep is not None) for c in cases]
+        for c in cases:
+            doc["models"].append(case_guarded(c, root, s, keep=args.keep is not None))
+            # The document so far, marked partial, so a crash late in a long run keeps the models done.
+            write_json(args.out, {**doc, "partial": True, "total_s": round(time.perf_counter() - t0, 1)})
     finally:
         torch.set_num_threads(torch_threads)
         if root_ctx:

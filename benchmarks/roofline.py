@@ -49,20 +49,18 @@ def read_sum(a):  # pragma: no cover - compiled
     return s
 
 
-def _stats(samples_ns: list[int]) -> tuple[float, float]:
-    from sparsify.bench import Stats
+def _time(fn, min_time: float, warmup: int = 3):
+    """Stats (p50, p90, min … in ms) of ``fn`` via the harness's measuring loop."""
+    from sparsify.bench import Stats, measure
 
-    st = Stats.from_ns(samples_ns)
-    return st.p50_ms, st.p90_ms
+    return Stats.from_ns(measure(fn, warmup=warmup, min_time=min_time))
 
 
-def _time(fn, min_time: float, warmup: int = 3) -> tuple[float, float, int]:
-    """(p50 ms, p90 ms, samples) of ``fn`` via the harness's measuring loop."""
-    from sparsify.bench import measure
-
-    samples = measure(fn, warmup=warmup, min_time=min_time)
-    p50, p90 = _stats(samples)
-    return p50, p90, len(samples)
+def rates(st, work: float, unit: str) -> dict[str, Any]:
+    """Timing fields plus ``work`` per second (GB/s or GFLOP/s: work / ms / 1e6) at p50, p90 and best."""
+    return {"n": st.n, "p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
+            f"{unit}_p50": finite(work / st.p50_ms / 1e6), f"{unit}_p90": finite(work / st.p90_ms / 1e6),
+            f"{unit}_best": finite(work / st.min_ms / 1e6)}
 
 
 def measure_bandwidth(sizes_mib: list[int], threads: list[int], min_time: float) -> list[dict[str, Any]]:
@@ -72,51 +70,43 @@ def measure_bandwidth(sizes_mib: list[int], threads: list[int], min_time: float)
         a = np.ones(size * MIB // F32, dtype=np.float32)
         for t in threads:
             numba.set_num_threads(t)
-            p50, p90, n = _time(lambda: read_sum(a), min_time)
-            rows.append({"size_mib": size, "threads": t, "bytes": a.nbytes, "n": n,
-                         "p50_ms": finite(p50), "p90_ms": finite(p90),
-                         "gbps_p50": finite(a.nbytes / p50 / 1e6), "gbps_p90": finite(a.nbytes / p90 / 1e6)})
-            say(f"bandwidth {size} MiB, {t} thread(s): {a.nbytes / p50 / 1e6:.1f} GB/s (p50)")
+            st = _time(lambda: read_sum(a), min_time)
+            rows.append({"size_mib": size, "threads": t, "bytes": a.nbytes, **rates(st, a.nbytes, "gbps")})
+            say(f"bandwidth {size} MiB, {t} thread(s): {a.nbytes / st.p50_ms / 1e6:.1f} GB/s (p50), "
+                f"{a.nbytes / st.min_ms / 1e6:.1f} (best)")
         del a
     return rows
 
 
-def measure_gemm(n: int, threads: list[int], min_time: float) -> list[dict[str, Any]]:
+def measure_gemm(sizes: list[int], threads: list[int], min_time: float) -> list[dict[str, Any]]:
     """fp32 n x n x n matmul GFLOP/s in torch and numpy (numpy's BLAS threads via threadpoolctl)."""
+    import contextlib
+
     import torch
 
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    flops = 2 * n**3
-    rows = []
-    old = torch.get_num_threads()
     try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    rows = []
+    for n in sizes:
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), dtype=np.float32)
+        b = rng.standard_normal((n, n), dtype=np.float32)
+        ta, tb, out = torch.from_numpy(a), torch.from_numpy(b), torch.empty(n, n)
         for t in threads:
             torch.set_num_threads(t)
-            out = torch.empty(n, n)
-            cands = [("torch", lambda: torch.matmul(ta, tb, out=out))]
-            try:
-                from threadpoolctl import threadpool_limits
-            except ImportError:
-                threadpool_limits = None
-            cands.append(("numpy", lambda: np.matmul(a, b)))
-            for lib, fn in cands:
+            for lib in ("torch", "numpy"):
                 if lib == "numpy" and threadpool_limits is None:
                     rows.append({"lib": lib, "n": n, "threads": t, "skipped": "threadpoolctl is not installed"})
                     continue
-                if lib == "numpy":
-                    with threadpool_limits(limits=t):
-                        p50, p90, k = _time(fn, min_time, warmup=2)
-                else:
-                    p50, p90, k = _time(fn, min_time, warmup=2)
-                rows.append({"lib": lib, "n": n, "threads": t, "n_samples": k, "p50_ms": finite(p50),
-                             "p90_ms": finite(p90), "gflops_p50": finite(flops / p50 / 1e6),
-                             "gflops_p90": finite(flops / p90 / 1e6)})
-                say(f"gemm {lib} {n}^3, {t} thread(s): {flops / p50 / 1e6:.1f} GFLOP/s (p50)")
-    finally:
-        torch.set_num_threads(old)
+                limit = threadpool_limits(limits=t) if lib == "numpy" else contextlib.nullcontext()
+                fn = (lambda: np.matmul(a, b)) if lib == "numpy" else (lambda: torch.matmul(ta, tb, out=out))
+                with limit:
+                    st = _time(fn, min_time, warmup=2)
+                rows.append({"lib": lib, "n": n, "threads": t, **rates(st, 2 * n**3, "gflops")})
+                say(f"gemm {lib} {n}^3, {t} thread(s): {2 * n**3 / st.p50_ms / 1e6:.1f} GFLOP/s (p50), "
+                    f"{2 * n**3 / st.min_ms / 1e6:.1f} (best)")
     return rows
 
 
@@ -171,35 +161,39 @@ def measure_kernels(shapes: list[int], sparsity: float, batches: list[int], thre
                 x = np.random.default_rng(b).standard_normal((b, n), dtype=np.float32)
                 out = np.empty((b, n), np.float32)
                 nbytes, flops = w_bytes + x.nbytes + out.nbytes, 2 * nnz * b
-                p50, p90, k = _time(lambda: layer(x, out), min_time)
+                st = _time(lambda: layer(x, out), min_time)
                 rows.append({
                     "impl": impl, "backend": "sparsify.kernels.SparseLinear" if impl == "sparse" else "torch.matmul",
                     "rows": n, "cols": n, "sparsity": sparsity if impl == "sparse" else 0.0,
-                    "nnz": nnz, "dtypes": dtypes, "batch": b, "threads": t, "n": k,
+                    "nnz": nnz, "dtypes": dtypes, "batch": b, "threads": t,
                     "kernel": ("spmv" if b == 1 else "spmm") if impl == "sparse" else "gemm",
                     "bytes": nbytes, "flops": flops, "intensity": finite(flops / nbytes),
-                    "p50_ms": finite(p50), "p90_ms": finite(p90),
-                    "gbps_p50": finite(nbytes / p50 / 1e6), "gbps_p90": finite(nbytes / p90 / 1e6),
-                    "gflops_p50": finite(flops / p50 / 1e6), "gflops_p90": finite(flops / p90 / 1e6),
+                    **rates(st, nbytes, "gbps"), **rates(st, flops, "gflops"),
                 })
-                say(f"{impl} {n}x{n} batch {b}, {t} thread(s): {p50:.3f} ms, "
-                    f"{nbytes / p50 / 1e6:.1f} GB/s, {flops / p50 / 1e6:.1f} GFLOP/s")
+                say(f"{impl} {n}x{n} batch {b}, {t} thread(s): {st.p50_ms:.3f} ms, "
+                    f"{nbytes / st.p50_ms / 1e6:.1f} GB/s, {flops / st.p50_ms / 1e6:.1f} GFLOP/s")
     return rows
 
 
 def ceilings(bandwidth: list[dict], gemm: list[dict], threads: list[int]) -> dict[str, dict[str, float]]:
-    """Per thread count: DRAM bandwidth (largest array), cache bandwidth (smallest), GEMM peak (best lib)."""
+    """Per thread count: DRAM bandwidth (largest array), cache bandwidth (smallest), GEMM peak (best lib and size).
+
+    Ceilings use each measurement's best sample (``*_best``): a roof is what the hardware can
+    reach, and on a shared machine the median is pulled down by other work. Kernel points
+    are plotted at their median.
+    """
     out = {}
     for t in threads:
         bw = [r for r in bandwidth if r["threads"] == t]
-        gm = [r for r in gemm if r["threads"] == t and "gflops_p50" in r]
+        gm = [r for r in gemm if r["threads"] == t and "gflops_best" in r]
         big = max(bw, key=lambda r: r["size_mib"])
         small = min(bw, key=lambda r: r["size_mib"])
         out[str(t)] = {
-            "dram_gbps": big["gbps_p50"], "dram_size_mib": big["size_mib"],
-            "cache_gbps": small["gbps_p50"], "cache_size_mib": small["size_mib"],
-            "peak_gflops": max(r["gflops_p50"] for r in gm),
-            "peak_lib": max(gm, key=lambda r: r["gflops_p50"])["lib"],
+            "dram_gbps": big["gbps_best"], "dram_size_mib": big["size_mib"],
+            "cache_gbps": small["gbps_best"], "cache_size_mib": small["size_mib"],
+            "peak_gflops": max(r["gflops_best"] for r in gm),
+            "peak_lib": max(gm, key=lambda r: r["gflops_best"])["lib"],
+            "peak_n": max(gm, key=lambda r: r["gflops_best"])["n"],
         }
     return out
 
@@ -300,16 +294,17 @@ def run(quick: bool) -> dict[str, Any]:
     """Measure everything (one fresh process per family); returns the JSON document."""
     threads = [1, 2] if (os.cpu_count() or 1) >= 2 else [1]
     if quick:
-        sizes, gemm_n, shapes, batches, min_time = [4, 128], 512, [1024], [1, 8], 0.05
+        sizes, gemm_sizes, shapes, batches, min_time = [4, 128], [512], [1024], [1, 8], 0.05
     else:
-        sizes, gemm_n, shapes, batches, min_time = [4, 16, 64, 1024], 2048, [1024, 4096], [1, 8, 64], 0.5
+        sizes, gemm_sizes, shapes, batches, min_time = [4, 16, 64, 1024], [1024, 2048], [1024, 4096], [1, 8, 64], 0.5
     sparsity = 0.9
-    config = {"quick": quick, "threads": threads, "bandwidth_sizes_mib": sizes, "gemm_n": gemm_n,
+    config = {"quick": quick, "threads": threads, "bandwidth_sizes_mib": sizes, "gemm_sizes": gemm_sizes,
               "kernel_shapes": [[n, n] for n in shapes], "sparsity": sparsity, "batches": batches,
               "min_time_s": min_time, "dtype": "float32", "index_dtype": "as CSR.from_dense chooses (kernels[].dtypes)",
               "bytes_model": "sparse: CSR data + indices + indptr + x + y; dense: W + x + y (each read/written once)",
               "flops_model": "sparse: 2 * nnz * batch (useful); dense: 2 * rows * cols * batch",
-              "timing": "sparsify.bench.measure: warm-up, then adaptive repeats; p50 and p90 of wall time",
+              "timing": "sparsify.bench.measure: warm-up, then adaptive repeats; p50, p90 and min of wall time",
+              "ceilings": "best sample (min time) of each bandwidth / GEMM measurement; kernel points at p50",
               "processes": "one fresh process per family (bandwidth, gemm, sparse_kernels, dense_kernels)"}
     doc = envelope(SCHEMA, config)
     doc["load"] = {"before": list(os.getloadavg())}
@@ -317,7 +312,7 @@ def run(quick: bool) -> dict[str, Any]:
     doc["family_env"] = {}
     kernel_kw = {"shapes": shapes, "sparsity": sparsity, "batches": batches, "threads": threads, "min_time": min_time}
     params = {"bandwidth": {"sizes_mib": sizes, "threads": threads, "min_time": min_time},
-              "gemm": {"n": gemm_n, "threads": threads, "min_time": min_time},
+              "gemm": {"sizes": gemm_sizes, "threads": threads, "min_time": min_time},
               "sparse_kernels": kernel_kw, "dense_kernels": kernel_kw}
     rows = {}
     for name, kw in params.items():

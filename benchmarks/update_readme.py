@@ -168,8 +168,9 @@ def models_details(models: dict | None) -> list[str]:
         return []
     rows = []
     for m in models["models"]:
-        if "skipped" in m:
-            rows.append([m["model"], "all", f"skipped: {m['skipped']}", "", "", "", ""])
+        if "skipped" in m or "failed" in m:
+            why = f"skipped: {m['skipped']}" if "skipped" in m else f"FAILED: {m['failed']}"
+            rows.append([m["model"], "all", "-", "-", "-", "-", why])
             continue
         dense = m.get("dense", {})
         for v in [{"variant": "dense", **dense}, *m.get("variants", [])]:
@@ -214,13 +215,15 @@ def roofline_details(doc: dict | None) -> list[str]:
         return []
     rows = [[f"{t} thread{'s' if t != '1' else ''}", f"{c['dram_gbps']:.1f} GB/s ({c['dram_size_mib']} MiB array)",
              f"{c['cache_gbps']:.1f} GB/s ({c['cache_size_mib']} MiB array)",
-             f"{c['peak_gflops']:.0f} GFLOP/s ({c['peak_lib']})"] for t, c in doc["ceilings"].items()]
+             f"{c['peak_gflops']:.0f} GFLOP/s ({c['peak_lib']}"
+             + (f", {c['peak_n']}³" if c.get("peak_n") else "") + ")"] for t, c in doc["ceilings"].items()]
     krows = [[f"{k['impl']} {k['rows']}×{k['cols']}", str(k["batch"]), str(k["threads"]), ms(k["p50_ms"]),
               f"{k['gbps_p50']:.1f}", f"{k['gflops_p50']:.1f}", f"{k['pct_of_roof_dram']:.0f}%",
               f"{k['pct_of_roof_cache']:.0f}%"]
              for k in doc.get("kernels", [])]
     return ["<details><summary>Roofline: machine ceilings and kernels against them (roofline.json)</summary>", "",
-            *table(["", "read bandwidth, large array", "read bandwidth, small array", "fp32 GEMM peak"], rows), "",
+            *table(["ceilings (best sample)", "read bandwidth, large array", "read bandwidth, small array",
+                    "fp32 GEMM peak"], rows), "",
             *table(["kernel (90% sparse / dense)", "batch", "threads", "p50", "GB/s", "GFLOP/s", "of DRAM roof",
                    "of cache roof"], krows),
             "", "</details>", ""]

@@ -27,7 +27,8 @@ def test_quick_run_writes_a_well_formed_document(quick_doc):
         assert r["bytes"] == r["size_mib"] * 2**20
         assert r["p90_ms"] >= r["p50_ms"]
     for r in doc["gemm"]:
-        positive(r["gflops_p50"], r["p50_ms"])
+        positive(r["gflops_p50"], r["gflops_best"], r["p50_ms"])
+        assert r["gflops_best"] >= r["gflops_p50"] >= r["gflops_p90"]
     assert sorted(doc["ceilings"]) == [str(t) for t in threads]
     for c in doc["ceilings"].values():
         positive(c["dram_gbps"], c["cache_gbps"], c["peak_gflops"])
@@ -55,15 +56,20 @@ def test_bytes_and_flops_follow_the_documented_model(quick_doc):
             assert k["flops"] == 2 * n * n * b
         assert k["intensity"] == pytest.approx(k["flops"] / k["bytes"], rel=1e-5)
         assert k["gflops_p50"] == pytest.approx(k["flops"] / k["p50_ms"] / 1e6, rel=1e-4)
+        assert k["gbps_best"] == pytest.approx(k["bytes"] / k["min_ms"] / 1e6, rel=1e-4)
         positive(k["pct_of_roof_dram"], k["pct_of_roof_cache"])
 
 
 def test_roof_is_the_lower_of_bandwidth_and_compute():
-    bw = [{"size_mib": 4, "threads": 1, "gbps_p50": 50.0}, {"size_mib": 1024, "threads": 1, "gbps_p50": 10.0}]
-    gemm = [{"lib": "torch", "threads": 1, "gflops_p50": 100.0}, {"lib": "numpy", "threads": 1, "gflops_p50": 80.0}]
+    # Ceilings come from the best samples, not the medians.
+    bw = [{"size_mib": 4, "threads": 1, "gbps_p50": 40.0, "gbps_best": 50.0},
+          {"size_mib": 1024, "threads": 1, "gbps_p50": 5.0, "gbps_best": 10.0}]
+    gemm = [{"lib": "torch", "n": 512, "threads": 1, "gflops_p50": 90.0, "gflops_best": 100.0},
+            {"lib": "numpy", "n": 512, "threads": 1, "gflops_p50": 95.0, "gflops_best": 96.0},
+            {"lib": "numpy", "n": 512, "threads": 1, "skipped": "threadpoolctl is not installed"}]
     roofs = roofline.ceilings(bw, gemm, [1])
     assert roofs["1"] == {"dram_gbps": 10.0, "dram_size_mib": 1024, "cache_gbps": 50.0, "cache_size_mib": 4,
-                          "peak_gflops": 100.0, "peak_lib": "torch"}
+                          "peak_gflops": 100.0, "peak_lib": "torch", "peak_n": 512}
     kernels = [{"threads": 1, "intensity": 0.5, "gflops_p50": 2.5}, {"threads": 1, "intensity": 20.0, "gflops_p50": 50.0}]
     roofline.attach_roofs(kernels, roofs)
     assert kernels[0]["roof_dram_gflops"] == 5.0 and kernels[0]["pct_of_roof_dram"] == 50.0
