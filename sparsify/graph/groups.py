@@ -49,8 +49,15 @@ def class_slices(dg: DepGraph) -> dict[tuple[str, int], np.ndarray]:
 
 def _group_uf(dg: DepGraph) -> UnionFind:
     uf = dg.uf.copy()
+    for u in dg.uses.values():  # the channels of one producer dim form one group
+        if u.role == "producer":
+            lbl = u.labels[u.labels >= 0].tolist()
+            for v in lbl[1:]:
+                uf.union(lbl[0], v)
     first: dict[str, int] = {}
-    for v, owner in enumerate(dg.var_owner):
+    for v, owner in enumerate(dg.var_owner):  # virtual head variables of one attention op
+        if not owner.startswith("<"):
+            continue
         if owner in first:
             uf.union(first[owner], v)
         else:

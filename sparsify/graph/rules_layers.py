@@ -63,11 +63,28 @@ def _matmul(g, n):
     a, b = n.args[0], n.args[1]
     if param_fqn(b) is not None and len(shape(b)) == 2:
         return linear_like(g, n, a, param_fqn(b), 1, None)
+    if _transposed_param(b) is not None:  # x @ W.T (e.g. a tied embedding as output layer)
+        return linear_like(g, n, a, _transposed_param(b), 0, None)
     if param_fqn(a) is not None:
         if lab(g, b) is not None:
             raise LabelError("matmul with a parameter on the left")
         return None
     return matmul_activations(g, n, a, b)
+
+
+def _transposed_param(b) -> str | None:
+    """fqn of a 2-D parameter W when `b` is W.t() / W.T / W.transpose(0, 1)."""
+    if not (isinstance(b, fx.Node) and b.op == "call_function"):
+        return None
+    name = op_name(b)
+    src = b.args[0] if b.args else None
+    if param_fqn(src) is None or len(shape(src)) != 2:
+        return None
+    if name in ("t", "numpy_T") or (name == "transpose" and sorted(d % 2 for d in b.args[1:3]) == [0, 1]):
+        return param_fqn(src)
+    if name == "permute" and [d % 2 for d in b.args[1]] == [1, 0]:
+        return param_fqn(src)
+    return None
 
 
 def matmul_activations(g: DepGraph, n: fx.Node, a, b) -> Lab | None:

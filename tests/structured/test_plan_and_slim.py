@@ -388,3 +388,29 @@ def test_min_channels_zero_ratio_and_batch_one_examples():
         assert_close(res.module(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
     none = plan_structured(model, (x1,), ratio=0.0)
     assert none.masks == {} and all(g.kept_units == g.total_units for g in none.groups)
+
+
+class TiedLM(nn.Module):
+    """Embedding reused as the output layer through x @ W.T."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(40, 16)
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h = h + self.fc2(F.relu(self.fc1(h)))
+        return h @ self.emb.weight.T
+
+
+def test_tied_embedding_used_transposed_as_output_layer():
+    model = TiedLM()
+    ids = torch.randint(0, 40, (2, 6), generator=torch.Generator().manual_seed(0))
+    plan = plan_structured(model, (ids,), ratio=0.5)
+    res = slim_model(model, plan.masks, (ids,))
+    st = res.module.state_dict()
+    assert tuple(st["emb.weight"].shape) == (40, 8) and tuple(st["fc1.weight"].shape) == (16, 8)
+    run = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert_close(res.module(run), masked_model(model, plan.masks)(run), atol=1e-5)
