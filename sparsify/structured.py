@@ -266,8 +266,10 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
             plans.append(GroupPlan(g.name, g.kind, g.tensors, len(g.units), len(g.units), n_real, n_real, reason))
         else:
             eligible.append(g)
-    if targets is not None and not eligible and not any("targets" not in r for r in skipped.values()):
-        raise PruneError(f"targets={targets!r} matches no prunable group")
+    if targets is not None and not any(_matches(targets, g.producers) for g in groups):
+        names = sorted({p for g in groups for p in g.producers})
+        raise PruneError(f"targets={targets!r} matches no layer that produces channels "
+                         f"(producers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
     scores = _param_scores(dg, model, criterion, calib_batches, loss_fn, example_inputs) if eligible else {}
     slices = class_slices(dg)
     per_class = _class_importance(dg, slices, scores) if eligible else None

@@ -60,6 +60,9 @@ def test_ratio_outside_range_is_rejected(ratio):
 def test_targets_matching_nothing_is_rejected():
     with pytest.raises(PruneError, match="targets='nope' matches no parameter"):
         plan_structured(M.LinearChain(), (_x(2, 12),), ratio=0.5, targets="nope")
+    model = M.randomize_norms(M.ConvBNReLU())
+    with pytest.raises(PruneError, match=r"targets='bn1' matches no layer that produces channels \(producers: conv1"):
+        plan_structured(model, (_x(2, 3, 8, 8),), ratio=0.5, targets="bn1")
 
 
 def test_bad_options_name_the_valid_values():
