@@ -97,6 +97,10 @@ def _row_vector(tile: int):
     return row
 
 
+_row8 = _row_vector(8)
+_row16 = _row_vector(16)
+
+
 def tile_group(n_in: int, tile: int, itemsize: int) -> int:
     """Tiles per group in the SpMM cache blocking: as many as fit in GROUP_BYTES (>= 1)."""
     return max(1, GROUP_BYTES // max(1, n_in * tile * itemsize))
@@ -104,8 +108,13 @@ def tile_group(n_in: int, tile: int, itemsize: int) -> int:
 
 @functools.lru_cache(maxsize=None)
 def spmm_kernel(tile: int):
-    """The SpMM kernel for inputs packed in batch tiles of ``tile`` columns (cached)."""
-    row = _row_vector(tile)
+    """The SpMM kernel for inputs packed in batch tiles of ``tile`` columns (cached).
+
+    The kernel closes over ints only and calls the row kernels as module globals: a
+    closure over a dispatcher would give the on-disk cache a new key in every process.
+    """
+    if tile not in TILES:
+        raise ValueError(f"tile {tile} should be one of {TILES}")
     n_acc = CHAINS * tile
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
@@ -142,7 +151,11 @@ def spmm_kernel(tile: int):
                         b0 = ti * tile
                         w = min(tile, valid - b0)
                         for r in range(r_lo, r_hi):
-                            row(data, indices, np.uintp(indptr[r]), np.uintp(indptr[r + 1]), xf, bias[r], acc)
+                            lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                            if tile == 8:  # a compile-time constant: one branch survives
+                                _row8(data, indices, lo, hi, xf, bias[r], acc)
+                            else:
+                                _row16(data, indices, lo, hi, xf, bias[r], acc)
                             pos = base + r * s_r + b0 * s_b
                             for t in range(w):
                                 out[pos + t * s_b] = _activate(acc[t], act)
