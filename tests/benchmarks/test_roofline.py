@@ -1,4 +1,4 @@
-"""roofline.py: a --quick run into a temporary folder, and the roof arithmetic."""
+"""roofline.py: a --smoke run (the --quick code paths at tiny sizes) into a temporary folder, and the roof arithmetic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.benchmarks.conftest import assert_png, no_temp_files, positive, read_
 @pytest.fixture(scope="module")
 def quick_doc(tmp_path_factory):
     out = tmp_path_factory.mktemp("roofline")
-    assert roofline.main(["--quick", "--out", str(out / "r.json"), "--plot", str(out / "r.png")]) == 0
+    assert roofline.main(["--smoke", "--out", str(out / "r.json"), "--plot", str(out / "r.png")]) == 0
     return out, read_doc(out / "r.json", roofline.SCHEMA)
 
 
