@@ -14,7 +14,6 @@ To prune heads and FFN neurons together, make two plans (the second with
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import PruneError
-from sparsify.graph.capture import capture
+from sparsify.graph.capture import capture, plain_copy
 from sparsify.graph.depgraph import DepGraph
 from sparsify.graph.groups import ChannelGroup, class_slices, compute_groups
 from sparsify.graph.rules import analyze
@@ -123,7 +122,7 @@ def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches,
     if calib_batches is None:
         raise PruneError("criterion='taylor' needs calib_batches: an iterable of (inputs, targets)")
     loss_fn = loss_fn or nn.functional.cross_entropy
-    m = copy.deepcopy(model).eval()
+    m = plain_copy(model)
     params = dict(m.named_parameters())
     acc = {f: torch.zeros_like(t) for f, t in tensors.items()}
     seen = 0
@@ -237,7 +236,7 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
     dg = analyze(cap.gm)
     groups = compute_groups(dg)
     if targets is not None:
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in cap.gm.named_parameters()]
         if not any(re.search(targets, n) for n in names):
             raise PruneError(f"targets={targets!r} matches no parameter of the model "
                              f"(e.g. {', '.join(names[:4])})")

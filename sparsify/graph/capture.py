@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from sparsify.errors import ModelError
 
@@ -48,11 +49,29 @@ def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...]) 
                          f"batch dimension: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
+def plain_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy with parametrizations (e.g. mask parametrizations) squashed, so
+    parameters carry their plain names ("fc1.weight") and their parametrized values."""
+    m = copy.deepcopy(model).eval()
+    for mod in list(m.modules()):
+        if not parametrize.is_parametrized(mod):
+            continue
+        # not parametrize.remove_parametrizations: it edits the parametrized class, which the
+        # copy shares with the caller's model
+        with torch.no_grad():
+            values = {name: getattr(mod, name).detach().clone() for name in mod.parametrizations.keys()}
+        del mod._modules["parametrizations"]
+        mod.__class__ = mod.__class__.__bases__[0]
+        for name, v in values.items():
+            mod.register_parameter(name, nn.Parameter(v))
+    return m
+
+
 def capture(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Captured:
     """Export an eval-mode copy of `model`; the caller's model is not modified."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    m = copy.deepcopy(model).eval()
+    m = plain_copy(model)
     ep = export_program(m, example_inputs)
     gm = ep.module()
     return Captured(ep, gm, widen_batch(example_inputs))

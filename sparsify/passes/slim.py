@@ -10,7 +10,6 @@ against the masked model and re-exports it with a dynamic batch dimension.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from torch import fx, nn
 
 from sparsify.errors import PruneError, VerificationError
-from sparsify.graph.capture import capture, export_program
+from sparsify.graph.capture import capture, export_program, plain_copy
 from sparsify.graph.depgraph import DepGraph, UnionFind
 from sparsify.graph.groups import class_slices, compute_groups
 from sparsify.graph.labels import Lab
@@ -175,7 +174,7 @@ def decide(dg: DepGraph, masks: dict[str, torch.Tensor]) -> Decision:
 
 
 def _masked_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    m = copy.deepcopy(model).eval()
+    m = plain_copy(model)
     state = dict(m.named_parameters())
     state.update(dict(m.named_buffers()))
     for k, mk in masks.items():

@@ -417,3 +417,30 @@ def test_tied_embedding_used_transposed_as_output_layer():
     run = torch.randint(0, 40, (3, 6), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert_close(res.module(run), masked_model(model, plan.masks)(run), atol=1e-5)
+
+
+def test_models_with_mask_parametrizations_are_squashed_first():
+    from torch.nn.utils import parametrize
+
+    class Mask(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.register_buffer("m", m)
+
+        def forward(self, w):
+            return w * self.m
+
+    model = M.LinearChain()
+    plan = plan_structured(model, (_x(2, 12),), ratio=0.5)
+    wrapped = M.LinearChain()
+    wrapped.load_state_dict(model.state_dict())
+    for name, mk in plan.masks.items():
+        mod_name, _, p = name.rpartition(".")
+        parametrize.register_parametrization(wrapped.get_submodule(mod_name), p, Mask(mk.float()))
+    res = slim_model(wrapped, plan.masks, (_x(2, 12),))
+    assert tuple(res.module.state_dict()["fc1.weight"].shape) == (16, 12)
+    xs = _x(4, 12, seed=3)
+    with torch.no_grad():
+        assert_close(res.module(xs), wrapped(xs), atol=1e-5)
+    again = plan_structured(wrapped, (_x(2, 12),), ratio=0.5)  # plans on the parametrized model too
+    assert set(again.masks) == set(plan.masks)
