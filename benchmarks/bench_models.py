@@ -193,16 +193,21 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
     return rec
 
 
+def failure(exc: Exception) -> str:
+    """The one-line reason a ``--keep-going`` run records for a real failure."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
 def guarded(case: Case, kind: str, level: float, work: Path, s: Settings) -> dict[str, Any]:
     """:func:`variant`; with ``--keep-going`` a real failure is recorded as ``{"failed": reason}`` (not skipped)."""
-    if not s.keep_going:
-        return variant(case, kind, level, work / "dense", work, s)
     try:
         return variant(case, kind, level, work / "dense", work, s)
     except Exception as exc:  # recorded, reported in the README as a failure, never as a number
-        say(f"{case.name}: {kind}-{round(level * 100)} FAILED: {type(exc).__name__}: {exc}")
-        return {"variant": f"{kind}-{round(level * 100)}", "kind": kind,
-                "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+        if not s.keep_going:
+            raise
+        say(f"{case.name}: {kind}-{round(level * 100)} FAILED: {failure(exc)}")
+        return {"variant": f"{kind}-{round(level * 100)}", "kind": kind, "failed": failure(exc)}
 
 
 def attach_latency(records: list[dict[str, Any]], result) -> None:
@@ -266,14 +271,13 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
 
 def case_guarded(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     """:func:`run_case`; with ``--keep-going`` a model that fails outside its variants is recorded as failed."""
-    if not s.keep_going:
-        return run_case(case, root, s, keep)
     try:
         return run_case(case, root, s, keep)
     except Exception as exc:  # recorded as a failure, never as numbers
-        say(f"{case.name}: FAILED: {type(exc).__name__}: {exc}")
-        return {"model": case.name, "reference": case.model,
-                "failed": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]}
+        if not s.keep_going:
+            raise
+        say(f"{case.name}: FAILED: {failure(exc)}")
+        return {"model": case.name, "reference": case.model, "failed": failure(exc)}
 
 
 def plot(doc: dict[str, Any], path: Path) -> Path:
