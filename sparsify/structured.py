@@ -191,13 +191,15 @@ def _select(groups_imp: list[tuple[ChannelGroup, np.ndarray]], ratio: float, sco
     entries.sort()
     by_index = {g.index: g for g, _ in groups_imp}
     pruned: dict[int, list[int]] = {g.index: [] for g, _ in groups_imp}
+    count = 0
     for _, gi, ui in entries:
-        if sum(len(v) for v in pruned.values()) >= n_prune:
+        if count >= n_prune:
             break
         g = by_index[gi]
         if len(g.units) - len(pruned[gi]) - 1 < min_units(g):
             continue
         pruned[gi].append(ui)
+        count += 1
     for gi, lst in pruned.items():
         g = by_index[gi]
         n = len(g.units)
