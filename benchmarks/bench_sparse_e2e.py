@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,18 +39,11 @@ from benchmarks.common import envelope, finite, parser, say, write_json  # noqa:
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 
 
-def ort_session(path_or_bytes, threads: int):
-    """ORT the way the bench harness runs it: CPU, intra-op threads, sequential, all optimizations."""
-    import onnxruntime as ort
+def ort_session(path: str | Path, threads: int):
+    """ORT exactly as the bench harness runs it (``sparsify.bench.backends.OrtRunner``)."""
+    from sparsify.bench.backends import OrtRunner
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    src = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, Path)) else path_or_bytes
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    return OrtRunner(Path(path), threads).session
 
 
 def timed(fns: dict[str, Callable[[], Any]], min_time: float) -> dict[str, dict[str, float]]:
@@ -257,8 +251,10 @@ def crossover(threads: int, quick: bool, min_time: float) -> dict[str, Any]:
                       rng.standard_normal((c, c, k, k)).astype(np.float32),
                       lambda w: model("Conv", w, pads=[w.shape[2] // 2] * 4), hw))
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="sparse-crossover-"))
     for name, kind, w, build, param in cases:
-        sess = ort_session(build(w), threads)
+        (workdir / "op.onnx").write_bytes(build(w))
+        sess = ort_session(workdir / "op.onnx", threads)
         if kind == "linear":
             x = rng.standard_normal((param, w.shape[1])).astype(np.float32)
         else:
@@ -290,6 +286,7 @@ def crossover(threads: int, quick: bool, min_time: float) -> dict[str, Any]:
         rows.append({"case": name, "kind": kind,
                      "dense_ms": {"min_ms": finite(dense.min_ms), "p50_ms": finite(dense.p50_ms)},
                      "sparse_ms": sparse_ms, "sparse_over_dense_min": ratios, "crossover_density": best})
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"densities": list(DENSITIES), "rows": rows}
 
 

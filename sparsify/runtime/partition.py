@@ -91,10 +91,12 @@ def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[st
     compiled = [(glue.compile_node(n, consts), list(n.input), list(n.output)) for n in nodes]
 
     def run(xs: list[Any]) -> list[np.ndarray]:
-        env = dict(consts)
+        env = consts.copy()
         env.update(zip(inputs, xs))
         for fn, ins, outs in compiled:
-            env.update(zip(outs, fn([env[v] if v else None for v in ins])))
+            results = fn([env[v] if v else None for v in ins])
+            for o, r in zip(outs, results):
+                env[o] = r
         return [env[o] for o in outputs]
 
     return Step("numpy", inputs, outputs, run, [n.name or n.op_type for n in nodes])
