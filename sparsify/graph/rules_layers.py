@@ -201,10 +201,8 @@ def _sdpa(g, n):
     _bind_heads(g, n, parts)
     if lv is None:
         return None
-    sv = shape(v)
     factors = [list(f) for f in lv.factors]
     factors[nd - 2] = [shape(n)[nd - 2]]
-    del sv
     return Lab(factors, lv.arr, lv.nz)
 
 

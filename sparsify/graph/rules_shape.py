@@ -293,20 +293,19 @@ def _split(g, n):
     if not x.varies(dim):
         return [reshape_unlabelled(x, [L.as_size(s) for s in o.shape]) if name != "unbind" else
                 _drop_dim(x, dim) for o in outs]
+    if name in ("unbind", "tensor_split"):
+        raise LabelError(f"{name} along the channel dim (its outputs cannot be resized)")
     if len(x.factors[dim]) != 1:
         raise LabelError("split of a factored channel dim")
-    lbl = x.dim_labels(dim)
     ax = x.axes(dim)[0]
     res, start = [], 0
     for o in outs:
-        sz = 1 if name == "unbind" else int(o.shape[dim])
+        sz = int(o.shape[dim])
         part = np.take(x.arr, np.arange(start, start + sz), axis=ax)
         start += sz
         factors = [list(f) for f in x.factors]
         factors[dim] = [sz]
-        lb = Lab(factors, part, x.nz)
-        res.append(_drop_dim(lb, dim) if name == "unbind" else lb)
-    del lbl
+        res.append(Lab(factors, part, x.nz))
     return res
 
 
