@@ -73,12 +73,34 @@ def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
             "machine": machine_info(), "config": config, "env": thread_env()}
 
 
-def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` atomically as indented JSON; refuses NaN/inf (not valid JSON)."""
+def file_mode(path: str | os.PathLike | None = None) -> int:
+    """Permissions for a file written atomically: those of ``path`` if it exists, else 0o666 minus the umask.
+
+    (The temporary file of an atomic write is created 0o600; without this the result would be too.)
+    """
+    if path is not None and os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_text_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + os.replace), keeping or defaulting its permissions."""
     from sparsify.bench.report import write_atomic
 
-    text = json.dumps(doc, indent=2, allow_nan=False) + "\n"
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    mode = file_mode(path)
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+        os.chmod(tmp, mode)
+
+    return write_atomic(path, write)
+
+
+def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Write ``doc`` atomically as indented JSON; refuses NaN/inf (not valid JSON)."""
+    return write_text_atomic(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
 
 
 def pyplot():
@@ -100,8 +122,14 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
     from sparsify.bench.report import write_atomic
 
+    mode = file_mode(path)
+
+    def write(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=110)
+        os.chmod(tmp, mode)
+
     try:
-        return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        return write_atomic(path, write)
     finally:
         plt.close(fig)
 

@@ -296,14 +296,14 @@ def splice(text: str, section: str) -> str:
 
 def update(readme: Path, results: Path, check: bool = False) -> bool:
     """Regenerate the section; returns True when the README changed (or, with ``check``, would change)."""
-    from sparsify.bench.report import write_atomic
+    from benchmarks.common import write_text_atomic
 
     old = readme.read_bytes().decode("utf-8")  # bytes: line endings outside the markers stay as they are
     new = splice(old, render(results, readme.resolve().parent))
     if new == old:
         return False
     if not check:
-        write_atomic(readme, lambda tmp: tmp.write_bytes(new.encode("utf-8")))
+        write_text_atomic(readme, new.encode("utf-8"))  # keeps the README's permissions
     return True
 
 

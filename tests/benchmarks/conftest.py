@@ -34,5 +34,8 @@ def positive(*values: Any) -> None:
 
 
 def no_temp_files(folder: Path) -> None:
-    """Atomic writes leave no temporary files behind."""
+    """Atomic writes leave no temporary files behind, and the results are not private (0o600) files."""
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    for p in folder.iterdir():
+        if p.suffix in (".json", ".png"):
+            assert p.stat().st_mode & 0o044, f"{p} is readable by its owner only"

@@ -59,7 +59,9 @@ def run(readme: Path, *extra: str) -> int:
 
 
 def test_only_the_marked_section_changes_and_a_second_run_is_a_no_op(readme):
+    readme.chmod(0o640)
     assert run(readme) == 0
+    assert readme.stat().st_mode & 0o777 == 0o640  # the atomic write keeps the permissions
     text = readme.read_bytes().decode()
     assert text.startswith(BEFORE + BEGIN) and text.endswith(END + AFTER)
     assert text.count(BEGIN) == 1 and text.count(END) == 1
