@@ -18,7 +18,7 @@ The rule table in one place (details in rules_layers.py / rules_shape.py):
 | relu, gelu, silu, tanh, dropout, ... | same channels, still zero | same |
 | sigmoid, exp, softplus, + scalar | same channels, now a constant (folded into a consumer bias when exact) | same |
 | add/sub/mul (broadcasting) | unify channels at equal positions; a parameter operand gets labelled | |
-| pooling, mean/sum over other dims | same channels (avg-pool padding breaks constants) | same |
+| pooling, upsampling, pad (spatial), mean/sum over other dims | same channels (zero padding breaks constants) | same |
 | view/reshape/flatten/unflatten | labels follow the factorisation (conv -> flatten: a block of H*W features) | |
 | permute/transpose, expand, select/slice, cat, split/chunk | labels move, concatenate, split with offsets | |
 | scaled_dot_product_attention, activation matmul | q.k contraction unifies; each head is one unit | v's channels |

@@ -156,6 +156,32 @@ def _pool(g, n):
     return same(g, n, nz=nz)
 
 
+@rule("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d",
+      "upsample_bicubic2d", "upsample_linear1d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa")
+def _upsample(g, n):
+    """Spatial resampling: each output is a weighted sum of one channel's inputs."""
+    return _pool(g, n)
+
+
+@rule("pad", "constant_pad_nd")
+def _pad(g, n):
+    x = lab(g, n.args[0])
+    if x is None:
+        return None
+    pad = list(n.args[1])
+    padded = [x.ndim - 1 - i // 2 for i in range(len(pad)) if pad[i] != 0]
+    if any(x.varies(d) for d in padded):
+        raise LabelError("padding along the channel dim")
+    mode = n.args[2] if len(n.args) > 2 else n.kwargs.get("mode", "constant")
+    value = n.args[3] if len(n.args) > 3 else n.kwargs.get("value", None)
+    if op_name(n) == "constant_pad_nd":
+        mode, value = "constant", (n.args[2] if len(n.args) > 2 else 0)
+    # reflect/replicate keep a zero or constant channel as it is; a constant pad value keeps a
+    # zero channel zero only if the value is 0, and never keeps a non-zero constant constant
+    keeps = mode != "constant" or (not value and x.nz != "const")
+    return same(g, n, nz=None if keeps else True)
+
+
 @rule("mean", "sum", "amax", "max", "amin")
 def _reduce(g, n):
     x = lab(g, n.args[0])

@@ -373,3 +373,19 @@ class ConvGroupNorm(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv2(F.silu(self.gn(self.conv1(x)))).mean((2, 3)))
+
+
+class UpsamplePad(nn.Module):
+    """FPN/UNet-style: upsample and pad the pruned channels, then a conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2 = nn.Conv2d(16, 8, 3)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        y = F.pad(F.interpolate(y, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="reflect")
+        y = y + F.interpolate(F.relu(self.bn(self.c1(x))), size=y.shape[-2:], mode="bilinear")
+        return self.fc(self.c2(y).mean((2, 3)))

@@ -48,6 +48,7 @@ CASES = {
                             {"conv.weight": (4, 3, 3, 3), "fc1.weight": (8, 64), "fc2.weight": (3, 8)}),
     "group_norm": (M.ConvGroupNorm, img(), "channel",
                    {"conv1.weight": (8, 3, 3, 3), "gn.weight": (8,), "conv2.weight": (4, 8, 3, 3)}),
+    "upsample_pad": (M.UpsamplePad, img(), "channel", {"c1.weight": (8, 3, 3, 3), "c2.weight": (4, 8, 3, 3)}),
     "global_pool": (M.GlobalPool, img(), "channel", {"conv.weight": (8, 3, 3, 3), "fc.weight": (3, 8)}),
     "layer_norm": (M.LayerNormMLP, seq(3, 10), "channel",
                    {"fc1.weight": (16, 10), "ln.weight": (16,), "fc2.weight": (4, 16)}),
