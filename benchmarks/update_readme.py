@@ -143,7 +143,15 @@ def headline_slim(slim: dict | None, models: dict | None) -> list[list[str]]:
     return rows
 
 
+HEADLINE_VARIANTS = ("slim-50", "sparse-90")
+
+
+def _short(lat: dict) -> str:
+    return f"b{lat['batch']}/{lat.get('threads', '?')}t"
+
+
 def headline_demo(models: dict | None) -> list[list[str]]:
+    """Per digits model: dense accuracy, and accuracy + batch-1 speedups of the 50% slim and 90% sparse variants."""
     rows = []
     for m in (models or {}).get("models", []):
         dense = m.get("dense", {})
@@ -152,12 +160,12 @@ def headline_demo(models: dict | None) -> list[list[str]]:
         parts = [f"dense {dense['test_accuracy']:.1f}%"]
         for v in m.get("variants", []):
             acc = v.get("finetuned_accuracy")
-            b1 = [lat for lat in v.get("latency", []) if lat["batch"] == 1]
-            if acc is not None:
-                speed = ", ".join(f"{x(lat['speedup'])} at {_point(lat)}" for lat in b1)
-                parts.append(f"{v['variant']} {acc:.1f}%" + (f" ({speed})" if speed else ""))
-        rows.append([f"{m['model']}: test accuracy after fine-tuning (speedup vs dense ONNX)", "; ".join(parts),
-                     "models.json"])
+            if v.get("variant") not in HEADLINE_VARIANTS or acc is None:
+                continue
+            speed = ", ".join(f"{x(lat['speedup'])} {_short(lat)}" for lat in v.get("latency", []) if lat["batch"] == 1)
+            parts.append(f"{v['variant']} {acc:.1f}%" + (f" ({speed})" if speed else ""))
+        rows.append([f"{m['model']}: test accuracy after brief fine-tuning (speedup vs dense ONNX, "
+                     "batch/threads)", "; ".join(parts), "models.json"])
     return rows
 
 
@@ -170,7 +178,7 @@ def models_details(models: dict | None) -> list[str]:
     for m in models["models"]:
         if "skipped" in m or "failed" in m:
             why = f"skipped: {m['skipped']}" if "skipped" in m else f"FAILED: {m['failed']}"
-            rows.append([m["model"], "all", "-", "-", "-", "-", why])
+            rows.append([m["model"], "all", "-", "-", "-", "-", "-", why])
             continue
         dense = m.get("dense", {})
         for v in [{"variant": "dense", **dense}, *m.get("variants", [])]:
@@ -179,16 +187,17 @@ def models_details(models: dict | None) -> list[str]:
             skip = next((v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)
                          and "skipped" in v[k]), None)
             failed = v.get("failed")
-            lat = "; ".join(f"b{lat['batch']}/{lat.get('threads', '?')}t {ms(lat['p50_ms'])} ({x(lat['speedup'])})"
-                            for lat in v.get("latency", []))
+            lat = "; ".join(f"{_short(lat)} {ms(lat['p50_ms'])} ({x(lat['speedup'])})" for lat in v.get("latency", []))
+            csr = (v.get("export_summary") or {}).get("nonzeros") if v.get("kind") == "sparse" else None
             macs = (v.get("run") or {}).get("nonzero_macs") or onnx.get("macs")
             rows.append([m["model"], v["variant"], "-" if acc is None else f"{acc:.1f}%",
                          f"{onnx['nonzeros']:,}" if "nonzeros" in onnx else "-",
+                         "-" if csr is None else f"{csr:,}" if csr else "0 (kept dense)",
                          f"{macs:,}" if macs else "-",
                          f"{onnx['file_bytes'] / 2**20:.2f}" if "file_bytes" in onnx else "-",
                          lat or (f"skipped: {skip}" if skip else f"FAILED: {failed}" if failed else "-")])
     return ["<details><summary>All model variants (models.json)</summary>", "",
-            *table(["model", "variant", "accuracy", "nonzero weights", "MACs (nonzero)", "file MiB",
+            *table(["model", "variant", "accuracy", "nonzero weights", "weights in CSR", "MACs (nonzero)", "file MiB",
                     "p50 latency (speedup vs dense) per batch/threads"], rows),
             "", "</details>", ""]
 

@@ -30,6 +30,7 @@ def fixtures(results: Path) -> None:
                                       "latency": [{"batch": 1, "p50_ms": 0.5, "speedup": 1.0}]},
                             "variants": [
                                 {"variant": "sparse-90", "kind": "sparse", "finetuned_accuracy": 95.25,
+                                 "export_summary": {"nonzeros": 123456},
                                  "onnx": {"nonzeros": 100, "file_bytes": 2**19}, "run": {"nonzero_macs": 500},
                                  "latency": [{"batch": 1, "threads": 1, "p50_ms": 0.25, "speedup": 2.0},
                                              {"batch": 1, "threads": 2, "p50_ms": 0.5, "speedup": 1.0}]},
@@ -77,8 +78,10 @@ def test_section_reports_the_numbers_and_names_what_is_missing(readme):
     section = readme.read_text().split(BEGIN)[1].split(END)[0]
     assert "old generated text" not in section
     assert "batch 1 ×7.25, batch 8 ×3.50, batch 64 ×1.38" in section
-    assert "dense 97.5%" in section and "sparse-90 95.2%" in section and "(×2.00 at batch 1, 1 thread, ×1.00 at batch 1, 2 threads)" in section
+    assert "dense 97.5%; sparse-90 95.2% (×2.00 b1/1t, ×1.00 b1/2t)" in section
     assert "skipped: ImportError: no slim export" in section
+    assert "| digits-cnn | sparse-90 | 95.2% | 100 | 123,456 | 500 | 0.50 | b1/1t 0.25 ms (×2.00); b1/2t 0.5 ms (×1.00) |" \
+        in section
     assert "4.2 s / 300 MiB" in section
     assert "[models.png](results/models.png)" in section
     assert "Test CPU 9000" in section and "load average 1.5" in section
