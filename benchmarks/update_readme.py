@@ -88,7 +88,8 @@ def headline_kernels(doc: dict | None) -> list[list[str]]:
     rows = []
     hs = [h for h in doc["headline"] if list(h["shape"]) == [4096, 4096]]
     if hs:
-        parts = ", ".join(f"batch {h['batch']} {x(h['speedup_vs_ort_dense'])}" for h in sorted(hs, key=lambda h: h["batch"]))
+        hs.sort(key=lambda h: h["batch"])
+        parts = ", ".join(f"batch {h['batch']} {x(h['speedup_vs_ort_dense'])}" for h in hs)
         rows.append([f"Sparse kernel vs ORT dense, 4096×4096 layer at {hs[0]['sparsity']:.0%} sparsity",
                      parts, "kernels.json"])
     for h in doc["headline"]:
@@ -117,15 +118,18 @@ def _lat(v: dict | None) -> str:
 
 
 def headline_e2e(e2e: dict | None, models: dict | None) -> list[list[str]]:
+    rows = []
     mlp = (e2e or {}).get("mlp")
     if isinstance(mlp, dict) and mlp.get("rows"):
         parts = ", ".join(f"batch {r['batch']} {x(r.get('speedup_p50'))}" for r in mlp["rows"])
-        return [[f"4×Linear({mlp.get('width')}) MLP at {mlp.get('sparsity', 0.9):.0%}: sparse runtime vs dense ONNX "
-                 "in ORT, end to end", parts, "sparse_e2e.json"]]
+        rows.append([f"4×Linear({mlp.get('width')}) MLP at {mlp.get('sparsity', 0.9):.0%}: sparse runtime vs dense "
+                     f"ONNX in ORT, end to end, {(e2e.get('config') or {}).get('threads', '?')} threads", parts,
+                     "sparse_e2e.json"])
     v = _variant(models, "mlp-4096", "sparse-90")
     if v and v.get("latency"):
-        return [["4×Linear(4096) MLP at 90%: sparse export vs dense ONNX, end to end", _lat(v), "models.json"]]
-    return []
+        rows.append(["4×Linear(4096) MLP at 90% through the API (prune, export --mode sparse) vs dense ONNX",
+                     _lat(v), "models.json"])
+    return rows
 
 
 def headline_slim(slim: dict | None, models: dict | None) -> list[list[str]]:
@@ -250,8 +254,9 @@ def machine_line(docs: dict[str, dict | None]) -> list[str]:
         before = load.get("before") or m.get("loadavg") or doc.get("loadavg")
         load_s = f"; load average {before[0]:.1f} at start" if isinstance(before, list) and before else ""
         created = doc.get("created", "")
-        lines.append(f"- `{name}`: {m.get('cpu', 'unknown CPU')}, {m.get('usable_cores', m.get('logical_cores', '?'))} "
-                     f"usable cores{load_s}" + (f"; {versions}" if versions else "") + (f"; {created}" if created else ""))
+        cores = m.get("usable_cores", m.get("logical_cores", "?"))
+        extra = (f"; {versions}" if versions else "") + (f"; {created}" if created else "")
+        lines.append(f"- `{name}`: {m.get('cpu', 'unknown CPU')}, {cores} usable cores{load_s}{extra}")
     return lines
 
 
