@@ -389,3 +389,37 @@ class UpsamplePad(nn.Module):
         y = F.pad(F.interpolate(y, scale_factor=2, mode="nearest"), (1, 1, 1, 1), mode="reflect")
         y = y + F.interpolate(F.relu(self.bn(self.c1(x))), size=y.shape[-2:], mode="bilinear")
         return self.fc(self.c2(y).mean((2, 3)))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: expand 1x1, depthwise 3x3, project 1x1, residual."""
+
+    def __init__(self, c: int = 16, e: int = 4):
+        super().__init__()
+        self.stem, self.b0 = nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.pw, self.b1 = nn.Conv2d(c, c * e, 1, bias=False), nn.BatchNorm2d(c * e)
+        self.dw, self.b2 = nn.Conv2d(c * e, c * e, 3, padding=1, groups=c * e, bias=False), nn.BatchNorm2d(c * e)
+        self.pj, self.b3 = nn.Conv2d(c * e, c, 1, bias=False), nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = F.relu6(self.b0(self.stem(x)))
+        y = F.relu6(self.b2(self.dw(F.relu6(self.b1(self.pw(x))))))
+        return self.fc((x + self.b3(self.pj(y))).mean((2, 3)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt: depthwise 7x7, channels-last LayerNorm and MLP, layer scale, residual."""
+
+    def __init__(self, c: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 4, stride=4)
+        self.dw, self.ln = nn.Conv2d(c, c, 7, padding=3, groups=c), nn.LayerNorm(c)
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.head = nn.Linear(c, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.fc2(F.gelu(self.fc1(self.ln(self.dw(x).permute(0, 2, 3, 1)))))
+        return self.head((x + (self.gamma * y).permute(0, 3, 1, 2)).mean((2, 3)))

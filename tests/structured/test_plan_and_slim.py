@@ -444,3 +444,20 @@ def test_models_with_mask_parametrizations_are_squashed_first():
         assert_close(res.module(xs), wrapped(xs), atol=1e-5)
     again = plan_structured(wrapped, (_x(2, 12),), ratio=0.5)  # plans on the parametrized model too
     assert set(again.masks) == set(plan.masks)
+
+
+@pytest.mark.parametrize("ctor,shape,expected", [
+    (M.InvertedResidual, (2, 3, 8, 8), {"stem.weight": (8, 3, 3, 3), "dw.weight": (32, 1, 3, 3), "pj.weight": (8, 32, 1, 1)}),
+    (M.ConvNeXtBlock, (2, 3, 16, 16), {"stem.weight": (8, 3, 4, 4), "dw.weight": (8, 1, 7, 7), "gamma": (8,),
+                                      "fc1.weight": (32, 8), "fc2.weight": (8, 32)}),
+])
+def test_mobilenet_and_convnext_blocks(ctor, shape, expected):
+    model = M.randomize_norms(ctor())
+    x = _x(*shape)
+    plan = plan_structured(model, (x,), ratio=0.5)
+    res = slim_model(model, plan.masks, (x,))
+    st = res.module.state_dict()
+    assert {k: tuple(st[k].shape) for k in expected} == expected
+    xs = _x(3, *shape[1:], seed=12)
+    with torch.no_grad():
+        assert_close(res.module(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
