@@ -108,8 +108,8 @@ def _check(structure, ratio, criterion, scope, round_to, min_channels) -> None:
         raise PruneError(f"min_channels={min_channels!r} should be an integer >= 1")
 
 
-def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches, loss_fn,
-                  example_inputs) -> dict[str, torch.Tensor]:
+def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches,
+                  loss_fn) -> dict[str, torch.Tensor]:
     """Elementwise score per parameter named in the graph."""
     names = {u.fqn for u in dg.uses.values()}
     tensors = {f: dg.tensor(f).detach().float() for f in names}
@@ -271,7 +271,7 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
         names = sorted({p for g in groups for p in g.producers})
         raise PruneError(f"targets={targets!r} matches no layer that produces channels "
                          f"(producers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
-    scores = _param_scores(dg, model, criterion, calib_batches, loss_fn, example_inputs) if eligible else {}
+    scores = _param_scores(dg, model, criterion, calib_batches, loss_fn) if eligible else {}
     slices = class_slices(dg)
     per_class = _class_importance(dg, slices, scores) if eligible else None
     imps = [(g, np.array([per_class[u].sum() for u in g.units])) for g in eligible]
@@ -285,7 +285,7 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
         n_real = _real(dg, g.classes.tolist())
         plans.append(GroupPlan(g.name, g.kind, g.tensors, len(g.units), len(g.units) - len(sel),
                                n_real, n_real - _real(dg, cls)))
-    masks = build_masks(dg, slices, pruned_classes, {g.index for g in eligible if len(chosen[g.index])}, groups)
+    masks = build_masks(dg, slices, pruned_classes)
     settings = {"structure": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
                 "round_to": round_to, "min_channels": min_channels}
     if targets is not None:
@@ -295,8 +295,7 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
     return StructuredPlan(masks, plans, skipped, settings)
 
 
-def build_masks(dg: DepGraph, slices, pruned: set[int], touched: set[int],
-                groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+def build_masks(dg: DepGraph, slices, pruned: set[int]) -> dict[str, torch.Tensor]:
     """Bool masks (False = pruned) over every non-buffer tensor dim of the pruned classes."""
     masks: dict[str, torch.Tensor] = {}
     if not pruned:
