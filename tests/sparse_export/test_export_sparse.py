@@ -105,3 +105,18 @@ def test_cli_export_sparse_then_inspect_and_run(forced, tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(out), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
     assert np.load(tmp_path / "y.npy").shape == (2, 10)
+
+
+def test_inspect_rows_for_sparse_ops_match_the_summary(forced):
+    from sparsify.inspect_model import inspect_onnx
+
+    out, _, _, summary = forced
+    result = inspect_onnx(out)
+    csr_rows = [r for r in result.rows if r.pattern.startswith("csr")]
+    assert sorted(r.pattern for r in csr_rows) == ["csr SparseConv"] * 6 + ["csr SparseLinear"]
+    assert sum(r.nonzeros for r in csr_rows) == summary["nonzeros"]
+    by_name = {r.tensor: r for r in csr_rows}
+    assert by_name["block2.conv1.weight"].shape == (64, 64, 3, 3) and by_name["block2.conv1.weight"].params == 36864
+    assert by_name["block2.conv1.weight"].macs == 36864 * 16  # 4x4 output map at batch 1
+    assert not any(".csr_" in r.tensor for r in result.rows)
+    assert any("bytes/nonzero" in n for n in result.notes)
