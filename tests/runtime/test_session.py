@@ -104,3 +104,30 @@ def test_kernel_errors_are_wrapped_with_the_node_name(pairs):
     step = next(s for s in sess.steps if s.kind == "sparse")
     with pytest.raises(KernelInputError, match=rf"SparseLinear node '{step.nodes[0]}'.*dtype float64"):
         step.run([np.zeros((1, 32))])
+
+
+def test_gemm_without_transB_and_row_bias_and_float64(tmp_path):
+    """Gemm transB=0 (CSR holds W.T), bias C of shape (1, out), and a float64 model."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsify.export.sparse_ops import reference_evaluator
+    from sparsify.passes.csr import CsrPass
+
+    for dtype, elem in ((np.float32, TensorProto.FLOAT), (np.float64, TensorProto.DOUBLE)):
+        rng = np.random.default_rng(0)
+        w = (rng.standard_normal((6, 4)) * (rng.random((6, 4)) < 0.4)).astype(dtype)  # (in, out)
+        c = rng.standard_normal((1, 4)).astype(dtype)
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["x", "w", "c"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", elem, ["n", 6])], [helper.make_tensor_value_info("y", elem, ["n", 4])],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")])
+        dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        result = CsrPass(density_threshold=1.0).call(dense)
+        assert result.plan.decisions[0].transpose and result.plan.decisions[0].activation == "relu"
+        path = tmp_path / f"g_{elem}.onnx"
+        onnx.save(result.model, str(path))
+        x = rng.standard_normal((3, 6)).astype(dtype)
+        expected = np.maximum(x @ w + c, 0)
+        assert_close(Session(path).run(None, {"x": x})[0], expected)
+        assert_close(reference_evaluator(result.model).run(None, {"x": x})[0], expected)
