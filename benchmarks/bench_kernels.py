@@ -27,6 +27,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numba
@@ -39,6 +40,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsify.kernels import CSR, SparseLinear, set_threads, warmup
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
 FULL = dict(shapes=[(1024, 1024), (4096, 4096), (4096, 1024), (1024, 4096)],
             sparsities=[0.5, 0.7, 0.8, 0.9, 0.95, 0.98], batches=[1, 8, 64, 256])

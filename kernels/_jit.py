@@ -118,15 +118,17 @@ def spmm_kernel(tile: int):
     n_acc = CHAINS * tile
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_r, s_b, valid, group, block_nnz,
-             bounds):
+    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_t, s_r, s_b, valid, group,
+             block_nnz, bounds):
         """Y[n, r, b] = act(bias[r] + sum_j data[j] * X[n, indices[j], b]) for b < valid.
 
         The input is packed: ``xp[n, b // tile, c, b % tile] = X[n, c, b]`` (C-contiguous,
         zero beyond ``valid``), so each nonzero scales one contiguous ``tile``-vector and
         a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
-        ``out[off + n*s_n + r*s_r + b*s_b]`` (``out`` is a flat buffer): the same kernel
-        writes (batch, out) linear outputs and NCHW conv outputs. Work items are
+        ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (b % tile)*s_b]`` (``out`` is a flat
+        buffer): the same kernel writes (batch, out) linear outputs and NCHW conv
+        outputs. (Writing tile-packed outputs and transposing afterwards, to avoid the
+        strided stores of the linear case, measured no faster.) Work items are
         (image, row chunk).
         """
         n_img = xp.shape[0]
@@ -156,7 +158,7 @@ def spmm_kernel(tile: int):
                                 _row8(data, indices, lo, hi, xf, bias[r], acc)
                             else:
                                 _row16(data, indices, lo, hi, xf, bias[r], acc)
-                            pos = base + r * s_r + b0 * s_b
+                            pos = base + ti * s_t + r * s_r
                             for t in range(w):
                                 out[pos + t * s_b] = _activate(acc[t], act)
                     r_lo = r_hi

@@ -121,7 +121,7 @@ class SparseConv2d:
             for g, (part, bias, chunks) in enumerate(self._parts):
                 unfold(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
                 kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
-                       flat, n0 * o * p + g * per * p, o * p, p, 1, p, group, _jit.BLOCK_NNZ,
+                       flat, n0 * o * p + g * per * p, o * p, tile, p, 1, p, group, _jit.BLOCK_NNZ,
                        chunks.bounds(1) if small else chunks.bounds())
         return y
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _jit
 from .csr import CSR
-from .errors import CSRFormatError, KernelArgumentError
+from .errors import KernelArgumentError
 
 # Per-row cost in nonzero-equivalents, used to balance parallel chunks.
 _ROW_COST = 2
@@ -149,16 +149,17 @@ class SparseLinear:
         if batch == 1:
             xv = np.ascontiguousarray(x.reshape(self.in_features))
             variant(_jit.spmv)(w.data, w.indices, w.indptr, xv, self.bias, self._act,
-                      out.reshape(self.out_features), bounds)
+                               out.reshape(self.out_features), bounds)
             return
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch)
         xp = np.empty((1, -(-batch // tile), self.in_features, tile), dtype=self.dtype)
         variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
-        kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act,
-               out.reshape(-1), 0, 0, 1, self.out_features, batch,
-               _jit.tile_group(self.in_features, tile, xp.itemsize), _jit.BLOCK_NNZ, bounds)
+        group = _jit.tile_group(self.in_features, tile, xp.itemsize)
+        kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act, out.reshape(-1),
+               0, 0, tile * self.out_features, 1, self.out_features, batch, group,
+               _jit.BLOCK_NNZ, bounds)
 
 
 def _identity(kernel):
@@ -180,4 +181,4 @@ def _describe(a) -> str:
 
 
 __all__ = ["SparseLinear", "csr_linear", "activation_code", "pick_tile", "checked",
-           "prepare_bias", "RowChunks", "CSRFormatError"]
+           "prepare_bias", "RowChunks", "SERIAL_WORK"]
