@@ -4,8 +4,8 @@
                                        [--plot benchmarks/results/kernels.png]
 
 For each layer shape (out x in), sparsity and batch it times ``y = x @ W.T`` with:
-``ours`` (sparsify.kernels.SparseLinear), ``scipy_csr`` (scipy.sparse CSR @ x.T, one
-thread: scipy does not parallelise), ``torch_sparse_csr`` (torch CSR tensor @ x.T),
+``ours`` (sparsify.kernels.SparseLinear), ``scipy_csr`` ((scipy.sparse CSR @ x.T).T, one
+thread: scipy does not parallelise), ``torch_sparse_csr`` ((torch CSR tensor @ x.T).T),
 ``torch_dense`` (F.linear) and ``ort_dense`` (a one-node ONNX MatMul with the weight as an
 initializer, intra_op_num_threads = threads). Dense backends do not depend on the
 sparsity and are timed once per (shape, batch).
@@ -157,12 +157,13 @@ def run(cfg: dict, threads: int, min_time: float, min_reps: int, max_reps: int, 
                 y = layer(x)
                 ref = x.astype(np.float64) @ w.astype(np.float64).T
                 xt = torch.from_numpy(x)
-                xT = np.ascontiguousarray(x.T)
-                xtT = xt.T.contiguous()
+                # Every backend starts from x (batch, in) and returns y (batch, out); the
+                # baselines compute W @ x.T (transposing x inside the timed call) and
+                # return a transposed view, not a copy.
                 res = {"ours": time_call(lambda: layer(x), **timing),
-                       "scipy_csr": time_call(lambda: (sp_scipy @ xT).T, **timing)}
+                       "scipy_csr": time_call(lambda: (sp_scipy @ x.T).T, **timing)}
                 with torch.inference_mode():
-                    res["torch_sparse_csr"] = time_call(lambda: (sp_torch @ xtT).T, **timing)
+                    res["torch_sparse_csr"] = time_call(lambda: (sp_torch @ xt.T).T, **timing)
                 ours = res["ours"]["median_ms"]
                 point = {
                     "shape": list(shape), "sparsity": sp, "batch": b, "nnz": csr.nnz,
