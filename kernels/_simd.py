@@ -41,6 +41,13 @@ def axpy(typingctx, acc, acc_off, x, x_off, v, width):
                                        ir.Constant(ir.IntType(32), 0))
         splat = builder.shuffle_vector(splat, ir.Constant(vty, ir.Undefined),
                                        ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
+        # Keep vectors this wide legal in the enclosing function (LLVM otherwise splits
+        # 512-bit vectors on CPUs that prefer 256-bit ones); the inliner carries the
+        # attribute into the callers.
+        bits = n * context.get_abi_sizeof(fty) * 8
+        attr = f'"min-legal-vector-width"="{bits}"'
+        if bits > 256 and attr not in builder.function.attributes:
+            set.add(builder.function.attributes, attr)  # AttributeSet.add rejects string attrs
         prod = builder.fmul(xv, splat, flags=("contract",))
         builder.store(builder.fadd(a, prod, flags=("contract",)), acc_ptr, align=align)
         return context.get_dummy_value()
