@@ -39,8 +39,8 @@ def activation_code(activation: str | None) -> int:
 
 
 def pick_tile(batch: int) -> int:
-    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 beyond."""
-    return 8 if batch <= 8 else 16
+    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32."""
+    return 8 if batch <= 8 else 16 if batch <= 16 else 32
 
 
 def checked(weight: CSR) -> CSR:

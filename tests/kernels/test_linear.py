@@ -181,4 +181,4 @@ def test_row_chunks_cover_rows_in_order():
 
 
 def test_pick_tile():
-    assert [pick_tile(b) for b in (2, 8, 9, 16, 65, 1000)] == [8, 8, 16, 16, 16, 16]
+    assert [pick_tile(b) for b in (2, 8, 9, 16, 17, 65, 1000)] == [8, 8, 16, 16, 32, 32, 32]
