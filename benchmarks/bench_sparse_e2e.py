@@ -106,11 +106,15 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         st = Stats.from_ns(measure(lambda: sess.run(None, {"x": x}), warmup=20, min_time=spec["min_time"]))
         out[batch] = {"p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
                       "n": st.n, "spread": finite(st.spread)}
+        if spec["backend"] != "ort":
+            import numba
+
+            out[batch]["numba_threading_layer"] = numba.threading_layer()
     return out
 
 
 def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]], threads: int, min_time: float,
-                     glue: str = "numpy") -> dict[int, dict[str, Any]]:
+                     glue: str = "numpy", numba_layer: str | None = None) -> dict[int, dict[str, Any]]:
     """Run :func:`_child` in a fresh interpreter, so no other runtime's threads share the process.
 
     Measured reason: in one process, ORT's intra-op threads (spinning after each run) and
@@ -123,8 +127,11 @@ def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]
 
     spec = {"backend": backend, "path": str(path), "threads": threads, "min_time": min_time, "glue": glue,
             "shapes": {str(b): list(s) for b, s in shapes.items()}}
+    env = dict(os.environ)
+    if numba_layer:
+        env["NUMBA_THREADING_LAYER"] = numba_layer
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"measurement of {backend} on {path} failed:\n{proc.stderr[-2000:]}")
     return {int(k): v for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
@@ -149,15 +156,21 @@ def compare(dense: Path, sparse: Path, shape_of: Callable[[int], tuple[int, ...]
     shapes = {b: shape_of(b) for b in batches}
     dense_t = measure_in_child("ort", dense, shapes, threads, min_time)
     sparse_t = measure_in_child("sparsify", sparse, shapes, threads, min_time, glue)
+    # The same runtime with Numba's workqueue threading layer instead of the default (omp here):
+    # omp's barrier waits stalled for scheduler ticks whenever other processes held the cores.
+    wq_t = measure_in_child("sparsify", sparse, shapes, threads, min_time, glue, numba_layer="workqueue")
     rows = []
     for batch in batches:
-        t = {"ort_dense": dense_t[batch], "sparsify": sparse_t[batch]}
+        t = {"ort_dense": dense_t[batch], "sparsify": sparse_t[batch], "sparsify_workqueue": wq_t[batch]}
         speedup = t["ort_dense"]["p50_ms"] / t["sparsify"]["p50_ms"]
+        speedup_wq = t["ort_dense"]["p50_ms"] / t["sparsify_workqueue"]["p50_ms"]
         say(f"  batch {batch}: ORT dense {t['ort_dense']['p50_ms']:.3f} ms (p90 {t['ort_dense']['p90_ms']:.3f}), "
             f"sparse runtime {t['sparsify']['p50_ms']:.3f} ms (p90 {t['sparsify']['p90_ms']:.3f}) "
-            f"-> {speedup:.2f}x (max abs err {errors[batch]:.1e})")
+            f"-> {speedup:.2f}x; with workqueue {t['sparsify_workqueue']['p50_ms']:.3f} ms "
+            f"(p90 {t['sparsify_workqueue']['p90_ms']:.3f}) -> {speedup_wq:.2f}x (max abs err {errors[batch]:.1e})")
         rows.append({"batch": batch, "max_abs_err": errors[batch], **t, "speedup_p50": finite(speedup),
-                     "speedup_min": finite(t["ort_dense"]["min_ms"] / t["sparsify"]["min_ms"])})
+                     "speedup_min": finite(t["ort_dense"]["min_ms"] / t["sparsify"]["min_ms"]),
+                     "speedup_p50_workqueue": finite(speedup_wq)})
     return rows
 
 
