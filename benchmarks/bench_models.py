@@ -83,8 +83,8 @@ def all_cases(quick: bool) -> list[Case]:
         ]
     return [
         Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=10, scope="global", batches=(1, 64)),
-        Case("digits-cnn", "digits-cnn", "channel", data="digits", epochs=6, scope="global", batches=(1, 64)),
-        Case("digits-vit", "digits-vit", "head", data="digits", epochs=15, scope="global", batches=(1, 64)),
+        Case("digits-cnn", "digits-cnn", "channel", data="digits", epochs=4, scope="global", batches=(1, 64)),
+        Case("digits-vit", "digits-vit", "head", data="digits", epochs=12, scope="global", batches=(1, 64)),
         Case("mlp-4096", "benchmarks.common:ffn_mlp", "channel", {"width": 4096, "depth": 4}, ("1,4096",),
              batches=(1, 8, 64)),
         Case("resnet-style", "sparsify.models.testbeds:resnet_style", "channel", {}, ("1,3,224,224",),

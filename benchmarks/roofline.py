@@ -255,17 +255,17 @@ FAMILIES = {
     "sparse_kernels": (lambda **kw: measure_kernels(**kw, impl="sparse"), "numba"),
     "dense_kernels": (lambda **kw: measure_kernels(**kw, impl="dense"), "torch"),
 }
-# libgomp's default spin-then-sleep wait (GOMP_SPINCOUNT unset) made 2-thread OpenMP regions
-# (Numba's "omp" layer, torch) take ~7 ms instead of ~0.03 ms whenever another process held
-# the other core; a passive wait (0) avoided most of it. Used for every family unless the
-# caller set GOMP_SPINCOUNT; recorded in "family_env".
-POOL_ENV = {"GOMP_SPINCOUNT": "0"}
+# libgomp's default spin-then-sleep wait (GOMP_SPINCOUNT unset) made 2-thread Numba regions
+# take ~7 ms instead of ~0.03 ms whenever another process held the other core; a passive wait
+# (0) avoided it. The same setting made torch's 2-thread GEMM no faster than 1 thread on a
+# quiet machine (many barriers per call), so torch keeps its defaults: what users get, with
+# the best-sample ceilings absorbing the noise. An explicit GOMP_SPINCOUNT applies to all.
+POOL_ENV = {"numba": {"GOMP_SPINCOUNT": "0"}, "torch": {}}
 
 
 def family_env(pool: str) -> dict[str, str]:
-    """Extra environment of a family's process (``pool`` names its thread pool, for the record)."""
-    del pool  # the same setting serves both pools today
-    return {} if "GOMP_SPINCOUNT" in os.environ else dict(POOL_ENV)
+    """Extra environment of a family's process, by its thread pool (``numba`` or ``torch``)."""
+    return {} if "GOMP_SPINCOUNT" in os.environ else dict(POOL_ENV[pool])
 
 
 def run_family(name: str, params: dict[str, Any], timeout: float = 900.0) -> tuple[list[dict[str, Any]], dict]:

@@ -80,3 +80,11 @@ def test_roof_is_the_lower_of_bandwidth_and_compute():
 def test_random_sparse_has_exactly_the_requested_zeros():
     w = roofline.random_sparse(64, 32, 0.9, seed=3)
     assert w.dtype.name == "float32" and (w == 0).sum() == round(0.9 * 64 * 32)
+
+
+def test_passive_openmp_wait_only_for_numba_and_only_when_unset(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert roofline.family_env("numba") == {"GOMP_SPINCOUNT": "0"}
+    assert roofline.family_env("torch") == {}
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    assert roofline.family_env("numba") == {}
