@@ -226,6 +226,7 @@ def write_json_atomic(obj: dict, path: Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
