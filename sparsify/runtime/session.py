@@ -63,6 +63,12 @@ class Session:
     Add+Relu+ReduceMean 8.2 vs 6.1 us, i.e. a wash. Under load from other processes a
     2-thread ORT segment (spinning off) stalled on thread wake-ups (0.24 ms vs 168 ms per
     run in ``benchmarks/bench_sparse_e2e.py``'s glue leg), numpy never does: numpy it is.
+
+    Threads: with Numba's default ``omp`` threading layer, 2-thread kernels stalled for
+    scheduler ticks whenever other processes held the cores (a 1024x1024 SpMV: 0.017 ms
+    quiet, 6-14 ms under load); ``NUMBA_THREADING_LAYER=workqueue`` (set before the first
+    kernel runs) stayed at 0.04-0.05 ms, but its kernels must not be launched from several
+    Python threads at once. See ``benchmarks/results/sparse_e2e*.json``.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy") -> None:
