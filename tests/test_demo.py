@@ -16,8 +16,13 @@ def test_quick_demo_produces_every_artifact(tmp_path, capsys):
     assert report["unstructured"]["verify_max_abs"] <= 1e-5
     for name in ("dense", "pruned", "finetuned"):
         assert (out / name / "manifest.json").is_file()
-    for f in ("dense.onnx", "pruned-dense.onnx", "bench.json", "report.txt"):
+    for f in ("dense.onnx", "pruned-dense.onnx", "slim.onnx", "mlp-sparse.onnx", "bench-cnn.json", "bench-mlp.json", "report.txt"):
         assert (out / f).is_file(), f
-    bench = json.loads((out / "bench.json").read_text())
+    bench = json.loads((out / "bench-mlp.json").read_text())
     assert bench["schema"].startswith("sparsify.bench/")
     assert "dense accuracy" in capsys.readouterr().out
+    assert report["structured"]["params_after"] < report["structured"]["params_before"]
+    assert report["structured"]["verify_max_abs"] <= 1e-5
+    assert report["sparse"]["verify_max_abs"] <= 1e-5
+    assert report["sparse"]["sparse_bytes"] < 0.5 * report["sparse"]["dense_bytes"]
+    assert {r["backend"] for r in bench["results"]} == {"ort", "sparsify"}
