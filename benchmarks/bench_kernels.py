@@ -17,6 +17,14 @@ per point, speedups over ORT dense, the crossover sparsity per (shape, batch) â€
 lowest measured sparsity from which ours beats ORT dense at every higher measured
 sparsity â€” machine information and the load average before and after (the machine is
 shared: a high load average means noisy numbers).
+
+On a shared machine a 2-thread parallel region waits for its slowest thread, which
+other jobs can deschedule for milliseconds; the 2-thread wall-clock numbers are then
+dominated by scheduling. ``--threads 1 --clock cpu`` times the calling thread's CPU
+time instead, which ranks the kernels reliably on a busy machine:
+
+    python benchmarks/bench_kernels.py --threads 1 --clock cpu \
+        --out benchmarks/results/kernels_1thread_cpu.json
 """
 
 from __future__ import annotations
