@@ -46,8 +46,12 @@ def axpy(typingctx, acc, acc_off, x, x_off, v, width):
         # attribute into the callers.
         bits = n * context.get_abi_sizeof(fty) * 8
         attr = f'"min-legal-vector-width"="{bits}"'
-        if bits > 256 and attr not in builder.function.attributes:
-            set.add(builder.function.attributes, attr)  # AttributeSet.add rejects string attrs
+        attrs = getattr(builder.function, "attributes", None)
+        if bits > 256 and isinstance(attrs, set) and attr not in attrs:
+            # llvmlite's AttributeSet.add only takes known keyword attributes; a string
+            # attribute goes in through set.add. Without it the code is still correct,
+            # just split into 256-bit halves.
+            set.add(attrs, attr)
         prod = builder.fmul(xv, splat, flags=("contract",))
         builder.store(builder.fadd(a, prod, flags=("contract",)), acc_ptr, align=align)
         return context.get_dummy_value()
