@@ -20,7 +20,7 @@ def test_quick_demo_produces_every_artifact(tmp_path, capsys):
         assert (out / f).is_file(), f
     bench = json.loads((out / "bench-mlp.json").read_text())
     assert bench["schema"].startswith("sparsify.bench/")
-    assert "dense accuracy" in capsys.readouterr().out
+    assert "digits-cnn dense" in capsys.readouterr().out
     assert report["structured"]["params_after"] < report["structured"]["params_before"]
     assert report["structured"]["verify_max_abs"] <= 1e-5
     assert report["sparse"]["verify_max_abs"] <= 1e-5
