@@ -25,17 +25,17 @@ from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_O
 # Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (fp32), by target
 # batch. Measured with
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
-# (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of each side): each entry is the
-# largest grid density at which the kernels were faster for both 1024x1024 and 4096x4096 layers.
-# Sparse/dense time at that density: batch 1 0.54 / 0.57, batch 8 0.86 / 0.93, batch 64 0.89 / 0.75.
-# One thread, because on the shared 2-core machine 2-thread Numba regions stalled whenever
-# another process held a core; the clean 2-thread row (4096, batch 1: 0.77 at 0.4, 1.02 at
-# 0.5) agrees. Batches between entries use the entry of the next larger measured batch.
-LINEAR_CROSSOVER: dict[int, float] = {1: 0.3, 8: 0.3, 64: 0.1}
+# (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of each side; kernels as of
+# commit 00d453d): each entry is the largest grid density at which the kernels were faster for
+# both 1024x1024 and 4096x4096 layers. Sparse/dense time at that density (1024 / 4096):
+# batch 1 0.84 / 0.84, batch 8 0.82 / 0.49, batch 64 0.74 / 0.48. One thread, because on the
+# shared 2-core machine 2-thread Numba regions stalled whenever another process held a core.
+# Batches between entries use the entry of the next larger measured batch.
+LINEAR_CROSSOVER: dict[int, float] = {1: 0.5, 8: 0.3, 64: 0.1}
 # Convs (64-channel 3x3 over 8x8 and 16x16, 128-channel 1x1 over 16x16, batch 1): the kernels
-# were 3.4-5.5x slower than ORT even at density 0.02 (fixed per-call cost of the im2col/packing
-# path in the kernels of 2026-11-25), so no conv is converted by default; --density-threshold
-# still forces it. Re-measure when the conv kernel changes.
+# were 1.4-2.1x slower than ORT even at density 0.02 (fixed per-call cost of the im2col/packing
+# path), so no conv is converted by default; --density-threshold still forces it.
+# Re-measure when the conv kernel changes.
 CONV_CROSSOVER: float = 0.0
 
 
