@@ -100,7 +100,8 @@ class SparseLinear:
     ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
     (..., out_features). Rows of ``x`` go through the SpMV kernel when there is one,
     through the batch-tiled SpMM kernel otherwise; calls with fewer than SERIAL_WORK
-    multiply-adds run on one thread. Safe to call from several threads.
+    multiply-adds run on one thread. Safe to call from several threads under the omp
+    or tbb threading layer (Numba's workqueue layer is not thread-safe).
     """
 
     def __init__(self, weight: CSR, bias=None, activation: str | None = None) -> None:
