@@ -89,6 +89,7 @@ def export_pair(model, example, workdir: Path, name: str, threshold: float | Non
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one backend on one file at several batches (runs in a fresh process)."""
+    import sparsify.runtime  # noqa: F401  first: its OMP_WAIT_POLICY default must precede libgomp's loading
     from sparsify.bench.timing import Stats, measure
     from sparsify.kernels import set_threads, warmup
 
@@ -110,6 +111,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             import numba
 
             out[batch]["numba_threading_layer"] = numba.threading_layer()
+            out[batch]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     return out
 
 
