@@ -150,12 +150,14 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
         raise ValueError(f"glue policy {glue_policy!r} should be one of {GLUE_POLICIES}")
     g = model.graph
     inits = {i.name: i for i in g.initializer}
+    # Shape inference stops at our ops unless their outputs are typed: declare the element
+    # type of every sparse output the file leaves untyped (the model is ours to edit).
+    declared = {vi.name for vi in [*g.value_info, *g.output]}
+    for layer in layers.values():
+        if layer.output not in declared:
+            data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
+            g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
     types = value_types(model)
-    for i, layer in layers.items():
-        data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
-        t = types.get(layer.output)
-        if t is None or t.tensor_type.elem_type != data_type:
-            types[layer.output] = helper.make_tensor_type_proto(data_type, None)
     # Cut the node list into sparse nodes and maximal runs of standard nodes.
     groups: list[tuple[str, list[int]]] = []
     for i, node in enumerate(g.node):

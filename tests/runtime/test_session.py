@@ -145,3 +145,18 @@ def test_runtime_import_defaults_omp_wait_policy_without_overriding_the_user(env
     code = "import os, sys, sparsify.runtime; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True)
     assert out.stdout.split() == [expected, "False"]  # and torch (which loads libgomp) was not imported
+
+
+def test_file_without_value_info_still_types_the_ort_segments(tmp_path):
+    import onnx
+
+    # sparse -> dense Gemm + Relu in ORT -> sparse: the ORT segment's output is intermediate,
+    # so its type must come from shape inference through the sparse op before it.
+    _, dense, sparse, plan = sparse_pair(tmp_path, "mlp", threshold=None, densities=(0.1, 1.0, 0.1))
+    model = onnx.load(str(sparse))
+    del model.graph.value_info[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    sess = Session(tmp_path / "bare.onnx")
+    assert [s.kind for s in sess.steps] == ["sparse", "ort", "sparse"]
+    x = models.inputs("mlp", 2)
+    assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
