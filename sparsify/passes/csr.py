@@ -11,6 +11,7 @@ initializers, every other op stays standard. :class:`CsrPass` wraps both.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 from typing import Any, Sequence
@@ -68,17 +69,26 @@ class LayerDecision:
     # Node indices (in graph order) replaced by the sparse op: the main node first.
     fused: tuple[int, ...] = ()
     transpose: bool = False  # CSR holds weight.T (MatMul / Gemm transB=0)
+    # The torch parameter behind an exporter-made initializer ("val_9" -> "fc1.weight"), if known.
+    source: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        """The weight's name for people: the torch parameter when known, else the initializer."""
+        if self.source and self.source != self.weight:
+            return f"{self.source} (initializer {self.weight})"
+        return self.weight
 
     def line(self) -> str:
         """One human-readable line."""
-        what = f"{self.op_type} {self.node!r}" + (f" (weight {self.weight}, {list(self.weight_shape)})"
+        what = f"{self.op_type} {self.node!r}" + (f" (weight {self.label}, {list(self.weight_shape)})"
                                                   if self.weight and self.weight_shape else "")
         fused = f", fused {self.activation}" if self.convert and self.activation != "none" else ""
         return f"{'converted' if self.convert else 'kept dense'}: {what}: {self.reason}{fused}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (no internal indices)."""
-        return {"node": self.node, "op_type": self.op_type, "weight": self.weight,
+        return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "source": self.source,
                 "weight_shape": list(self.weight_shape) if self.weight_shape else None,
                 "nnz": self.nnz, "density": self.density, "convert": self.convert, "reason": self.reason,
                 "activation": self.activation, "threshold": self.threshold}
@@ -200,6 +210,21 @@ def _fuse_activation(g: _Graph, value: str) -> tuple[str, list[int], str]:
     return "none", [], value
 
 
+def _source_parameter(node: onnx.NodeProto, weight: str) -> str | None:
+    """``<module path>.weight`` from the exporter's name-scope metadata, for initializers it named ``val_*``."""
+    if not weight.startswith("val_"):
+        return weight
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            path = ".".join(str(p) for p in scopes[1:-1] if p)
+            return f"{path}.weight" if path else None
+    return None
+
+
 def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
     """Structural checks for node ``idx``; a decision with convert=True means "eligible"."""
     node = g.nodes[idx]
@@ -270,7 +295,8 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
                 return skip("Conv bias is not an initializer", shape)
     activation, act_nodes, out = _fuse_activation(g, out)
     return LayerDecision(label, node.op_type, weight, shape, None, None, True, "", activation, bias, out,
-                         fused=tuple(fused + act_nodes), transpose=transpose)
+                         fused=tuple(fused + act_nodes), transpose=transpose,
+                         source=_source_parameter(node, weight))
 
 
 def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
@@ -372,7 +398,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
         w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
         data, indices, indptr = _csr(np.ascontiguousarray(w2d))
         idx, ptr = _index_arrays(indices, indptr, w2d.shape[1])
-        base = d.weight
+        base = d.source or d.weight
         names = tuple(_unique(f"{base}.csr_{part}", taken) for part in ("data", "indices", "indptr"))
         for name, arr in zip(names, (data, idx, ptr)):
             new_inits.append(numpy_helper.from_array(arr, name))
@@ -389,7 +415,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
                         group=a.get("group", 1))
         op = CONV_OP if d.op_type == "Conv" else LINEAR_OP
         node = make_node(op, main.input[0], names, bias, d.output, _unique(f"{d.node}.sparse", taken),
-                         tuple(w2d.shape), d.activation, d.weight, tuple(w.shape), d.op_type, **conv)
+                         tuple(w2d.shape), d.activation, d.source or d.weight, tuple(w.shape), d.op_type, **conv)
         replace[d.fused[0]] = node
         drop.update(d.fused[1:])
     nodes = []

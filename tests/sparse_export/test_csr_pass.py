@@ -177,3 +177,15 @@ def test_rewrite_without_conversions_returns_an_unchanged_copy(dense_files):
     assert not result.modified and result.model == dense and result.model is not dense
     plan = plan_csr(dense, density_threshold=0.0)
     assert rewrite_csr(dense, plan).SerializeToString() == dense.SerializeToString()
+
+
+def test_exporter_made_initializers_are_named_after_the_torch_parameter(dense_files):
+    # 3-D inputs export Linear as MatMul with a transposed copy of the weight named val_*.
+    result = CsrPass(density_threshold=1.0).call(onnx.load(str(dense_files["gelu"][1])))
+    first = result.plan.decisions[0]
+    assert first.weight.startswith("val_") and first.source == "fc1.weight"
+    assert "weight fc1.weight (initializer val_" in first.line()
+    names = {i.name for i in result.model.graph.initializer}
+    assert {"fc1.weight.csr_data", "fc2.weight.csr_indices"} <= names
+    attrs = {a.name: helper.get_attribute_value(a) for a in result.model.graph.node[0].attribute}
+    assert attrs["weight_name"] == b"fc1.weight" and list(attrs["weight_shape"]) == [16, 40]
