@@ -58,7 +58,7 @@ def _time(fn, min_time: float, warmup: int = 3):
 
 def rates(st, work: float, unit: str) -> dict[str, Any]:
     """Timing fields plus ``work`` per second (GB/s or GFLOP/s: work / ms / 1e6) at p50, p90 and best."""
-    return {"n": st.n, "p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
+    return {"samples": st.n, "p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
             f"{unit}_p50": finite(work / st.p50_ms / 1e6), f"{unit}_p90": finite(work / st.p90_ms / 1e6),
             f"{unit}_best": finite(work / st.min_ms / 1e6)}
 
@@ -255,12 +255,13 @@ FAMILIES = {
     "sparse_kernels": (lambda **kw: measure_kernels(**kw, impl="sparse"), "numba"),
     "dense_kernels": (lambda **kw: measure_kernels(**kw, impl="dense"), "torch"),
 }
-# libgomp's default spin-then-sleep wait (GOMP_SPINCOUNT unset) made 2-thread Numba regions
-# take ~7 ms instead of ~0.03 ms whenever another process held the other core; a passive wait
-# (0) avoided it. The same setting made torch's 2-thread GEMM no faster than 1 thread on a
-# quiet machine (many barriers per call), so torch keeps its defaults: what users get, with
-# the best-sample ceilings absorbing the noise. An explicit GOMP_SPINCOUNT applies to all.
-POOL_ENV = {"numba": {"GOMP_SPINCOUNT": "0"}, "torch": {}}
+# libgomp's default spin-then-sleep wait (GOMP_SPINCOUNT unset) made 2-thread OpenMP regions
+# (Numba's "omp" layer and torch alike) take ~7 ms instead of ~0.03-0.2 ms whenever another
+# process held the other core; a passive wait (0) avoided it. Measured twice on the shared VM:
+# with torch on its defaults, dense 1024x1024 at 2 threads took 6.8 ms (vs 0.17 ms passive)
+# and 2-thread GEMM was no faster than 1 thread either way. So every family waits passively
+# unless GOMP_SPINCOUNT is set explicitly (which then applies to all).
+POOL_ENV = {"numba": {"GOMP_SPINCOUNT": "0"}, "torch": {"GOMP_SPINCOUNT": "0"}}
 
 
 def family_env(pool: str) -> dict[str, str]:

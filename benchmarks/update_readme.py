@@ -247,12 +247,16 @@ def machine_line(docs: dict[str, dict | None]) -> list[str]:
     for name, doc in docs.items():
         if not doc:
             continue
-        m = doc.get("machine", {})
+        m = dict(doc.get("machine", {}))
+        m.setdefault("cpu", m.get("cpu_model", "unknown CPU"))  # bench_kernels.py names it cpu_model
+        m.setdefault("usable_cores", m.get("logical_cpus", "?"))
         pk = m.get("packages") or {}
         versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
         load = doc.get("load") or {}
-        before = load.get("before") or m.get("loadavg") or doc.get("loadavg")
-        load_s = f"; load average {before[0]:.1f} at start" if isinstance(before, list) and before else ""
+        before = load.get("before") or m.get("loadavg_start")
+        when = "at start" if before else "at the end"
+        before = before or m.get("loadavg") or doc.get("loadavg")
+        load_s = f"; load average {before[0]:.1f} {when}" if isinstance(before, list) and before else ""
         created = doc.get("created", "")
         cores = m.get("usable_cores", m.get("logical_cores", "?"))
         extra = (f"; {versions}" if versions else "") + (f"; {created}" if created else "")
