@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sparsify.errors import DataError
 from sparsify.fileio import atomic_path
 
+if TYPE_CHECKING:
+    from sparsify.runtime.session import Session
 
-def load_inputs(paths: list[str], session) -> dict[str, np.ndarray]:
+
+def load_inputs(paths: list[str], session: "Session") -> dict[str, np.ndarray]:
     """Read one .npy per model input (in input order) without unpickling; DataError naming the file."""
     specs = session.get_inputs()
     if len(paths) != len(specs):
