@@ -23,7 +23,7 @@ from sparsify.finetune import TrainConfig
 MODEL = "digits-cnn"
 SPARSITY = 0.8
 CHANNEL_RATIO = 0.5
-SPARSE_MODEL, SPARSE_HIDDEN, SPARSE_SPARSITY = "digits-mlp", 1024, 0.9
+SPARSE_MODEL, SPARSE_HIDDEN, SPARSE_SPARSITY = "digits-mlp", 2048, 0.9
 
 
 def _say(msg: str) -> None:

@@ -4,8 +4,8 @@
 feeds)``, ``get_inputs()``, ``get_outputs()``. ``ai.sparsify`` ops run on the Numba
 kernels; every other op runs in ONNX Runtime segments or, for small glue ops, in numpy.
 
-Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets
-it. libgomp reads it once, when it is first loaded: by ``import torch`` or by the first
+Importing sparsify (``sparsify/__init__.py``) sets ``OMP_WAIT_POLICY=PASSIVE`` unless the
+environment already sets it. libgomp reads it once, when it is first loaded: by ``import torch`` or by the first
 parallel Numba kernel, whichever comes first; so it works when this package is imported
 before both (``sparsify run`` and the bench harness's sparse backend do; this package does
 not import torch), and has no effect otherwise (then set it in the environment). Measured
@@ -16,10 +16,6 @@ on the moment, PASSIVE 0.17 ms every time. The default policy spins the pool thr
 then hold a core that the next parallel region's other thread is waiting for.
 """
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from sparsify.runtime.session import NodeArg, Session  # noqa: E402
+from sparsify.runtime.session import NodeArg, Session
 
 __all__ = ["Session", "NodeArg"]
