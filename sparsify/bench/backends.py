@@ -144,18 +144,9 @@ class OrtRunner:
     """An ``onnxruntime.InferenceSession`` behind the Runner interface."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
+        from sparsify.ortsession import ort_session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/… types
-            raise ModelFileError(f"{path}: ONNX Runtime could not load the model: {exc}") from exc
+        self.session = ort_session(path, threads)
         self.input_specs = specs_from_node_args(self.session.get_inputs(), str(path))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify.errors import ModelFileError, VerificationError
+from sparsify.errors import VerificationError
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -114,15 +114,9 @@ def torch_runner(module: nn.Module) -> Runner:
 
 def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
     """Run an ONNX file in ONNX Runtime (CPU); returns the runner and the output names."""
-    import onnxruntime as ort
+    from sparsify.ortsession import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelFileError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
+    sess = ort_session(path, threads)
     names = [i.name for i in sess.get_inputs()]
     outputs = [o.name for o in sess.get_outputs()]
 

@@ -105,7 +105,7 @@ def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[st
 def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
               types: dict[str, onnx.TypeProto], inits: dict[str, onnx.TensorProto], threads: int,
               where: str) -> Step:
-    import onnxruntime as ort
+    from sparsify.ortsession import ort_session
 
     def info(name: str) -> onnx.ValueInfoProto:
         t = types.get(name)
@@ -122,20 +122,9 @@ def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[
                               initializer=[inits[v] for v in sorted(used) if v in inits])
     sub = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain != DOMAIN],
                             ir_version=model.ir_version)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
     # Spinning pool threads would compete with the Numba kernels that run right after.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{where}: ONNX Runtime cannot load the segment "
-                             f"{[n.name or n.op_type for n in nodes][:5]}: {first}") from exc
+    segment = f"{where}: the segment {[n.name or n.op_type for n in nodes][:5]}"
+    sess = ort_session(sub.SerializeToString(), threads, spinning=False, where=segment)
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         return sess.run(outputs, dict(zip(inputs, xs)))
