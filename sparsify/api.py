@@ -75,12 +75,16 @@ def _need_data(run: Run, data: str | None) -> Splits:
 def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path) -> Run:
     """Train a model densely on its data and write a run."""
     run = open_model(src)
-    splits = _need_data(run, src.data)
-    history = train(run.model, splits.train, splits.val, cfg)
-    test = evaluate(run.model, splits.test)
-    step = {"step": "train", "config": dataclasses.asdict(cfg), "data": splits.name}
-    new = derive(run, run.model, step, {"history": history, "test_accuracy": round(test["accuracy"], 4),
-                                        "dense_test_accuracy": round(test["accuracy"], 4)})
+    return _train_and_save(run, _need_data(run, src.data), cfg, None, "train", "history", "dense_test_accuracy", out)
+
+
+def _train_and_save(run: Run, splits: Splits, cfg: TrainConfig, teacher: nn.Module | None, step_name: str,
+                    history_key: str, accuracy_key: str, out: str | Path) -> Run:
+    """Train the run's model in place, evaluate it on the test split and write the new run."""
+    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher)
+    accuracy = round(evaluate(run.model, splits.test)["accuracy"], 4)
+    step = {"step": step_name, "config": dataclasses.asdict(cfg), "data": splits.name}
+    new = derive(run, run.model, step, {history_key: history, "test_accuracy": accuracy, accuracy_key: accuracy})
     save_run(new, out)
     return new
 
@@ -152,13 +156,8 @@ def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data
     run = load_run(run_path)
     splits = _need_data(run, data)
     teacher_model = teacher_for(run, teacher) if cfg.distill else None
-    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher_model)
-    test = evaluate(run.model, splits.test)
-    step = {"step": "finetune", "config": dataclasses.asdict(cfg), "data": splits.name}
-    new = derive(run, run.model, step, {"finetune_history": history, "test_accuracy": round(test["accuracy"], 4),
-                                        "finetuned_test_accuracy": round(test["accuracy"], 4)})
-    save_run(new, out)
-    return new
+    return _train_and_save(run, splits, cfg, teacher_model, "finetune", "finetune_history",
+                           "finetuned_test_accuracy", out)
 
 
 def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
