@@ -92,7 +92,8 @@ def _train_and_save(run: Run, splits: Splits, cfg: TrainConfig, teacher: nn.Modu
 def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = None, scope: str = "layer",
                 method: str = "magnitude", targets: str | None = None, ignore: str | None = None,
                 structure: str | None = None, ratio: float | None = None, criterion: str = "l1",
-                round_to: int = 1, min_channels: int = 1, nm: str | None = None, seed: int = 0) -> tuple[Run, Any]:
+                round_to: int = 1, min_channels: int = 1, nm: str | None = None, bn_recalibrate: int = 0,
+                seed: int = 0) -> tuple[Run, Any]:
     """Plan masks (unstructured, or structured groups), attach them, and write a run; returns (run, plan)."""
     from sparsify.errors import PruneError
 
@@ -140,6 +141,11 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
     existing = run.masks
     masks = {k: (v & existing[k]) if k in existing else v for k, v in plan.masks.items()}
     apply_masks(model, masks)
+    if bn_recalibrate:
+        from sparsify.finetune import recalibrate_batchnorm
+
+        recalibrate_batchnorm(model, _need_data(run, src.data).train, bn_recalibrate, seed=seed)
+        step["bn_recalibrate_batches"] = bn_recalibrate
     metrics: dict[str, Any] = {}
     if run.data:
         acc = evaluate(model, load_data(run.data).test)["accuracy"]

@@ -59,7 +59,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     run, plan = prune_model(_source(args), args.output, sparsity=args.sparsity, scope=args.scope, method=args.method,
                             targets=args.targets, ignore=args.ignore, structure=args.structure, ratio=args.ratio,
                             criterion=args.criterion, round_to=args.round_to, min_channels=args.min_channels,
-                            nm=args.nm, seed=args.seed)
+                            nm=args.nm, bn_recalibrate=args.bn_recalibrate, seed=args.seed)
     print(plan)
     acc = run.metrics.get("pruned_test_accuracy")
     print(f"pruned run written to {args.output}" + (f"; test accuracy {acc:.2f}%" if acc is not None else ""))
@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=["l1", "l2", "random", "taylor"], default="l1", help="structured importance")
     p.add_argument("--round-to", type=int, default=1, help="structured: keep a multiple of this many channels")
     p.add_argument("--min-channels", type=int, default=1, help="structured: keep at least this many channels per group")
+    p.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
+                   help="re-estimate BatchNorm statistics on this many training batches after pruning (needs --data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.set_defaults(func=cmd_prune)

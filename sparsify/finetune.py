@@ -76,6 +76,34 @@ def evaluate(model: nn.Module, ds: Dataset, batch_size: int = 256) -> dict[str, 
     return {"accuracy": 100.0 * correct / max(1, total), "loss": loss / max(1, total)}
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, ds: Dataset, batches: int, batch_size: int = 64, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running mean/variance on ``batches`` training batches.
+
+    Pruning shifts the statistics a BatchNorm sees; stale statistics alone can wreck accuracy
+    before any fine-tuning. Weights are untouched. Returns the number of BatchNorm layers reset.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0:
+        return 0
+    saved = [(m, m.momentum) for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    try:
+        for i, batch in enumerate(loader(ds, batch_size, shuffle=True, seed=seed)):
+            if i >= batches:
+                break
+            model(*split_batch(batch)[0])
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
                       temperature: float, alpha: float) -> torch.Tensor:
     """alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels)."""

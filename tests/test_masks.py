@@ -75,3 +75,25 @@ def test_folding_a_copy_leaves_the_original_masked_and_working():
     assert_close(folded(x), expected)
     assert_close(model(x), expected)  # the original still has its parametrizations
     assert set(get_masks(model)) == set(masks)
+
+
+def test_batchnorm_recalibration_restores_statistics_and_keeps_weights():
+    from torch.utils.data import TensorDataset
+
+    from sparsify.finetune import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    x = torch.randn(128, 1, 6, 6) * 3 + 1
+    ds = TensorDataset(x, torch.zeros(128, dtype=torch.long))
+    model[1].running_mean.fill_(100.0)
+    model[1].momentum = 0.3
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    model.eval()
+    assert recalibrate_batchnorm(model, ds, batches=4, batch_size=32) == 1
+    with torch.no_grad():
+        expected = model[0](x).mean(dim=(0, 2, 3))
+    assert_close(model[1].running_mean, expected, atol=1e-5, rtol=1e-5)
+    assert model[1].momentum == 0.3 and not model.training
+    for k, v in weights.items():
+        assert torch.equal(model.state_dict()[k], v), k
