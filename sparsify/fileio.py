@@ -23,6 +23,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _parent_for(dest: Path, error: type[SparsifyError]) -> Path:
     parent = dest.parent if str(dest.parent) else Path(".")
     try:
@@ -41,9 +47,11 @@ def atomic_path(dest: str | Path, error: type[SparsifyError]) -> Iterator[Path]:
     if dest.is_dir():
         raise error(f"output path {dest} is a directory; expected a file path")
     parent = _parent_for(dest, error)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+    # The suffix keeps the destination's extension (writers such as matplotlib infer the format).
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix, dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, dest)
@@ -72,6 +80,7 @@ def atomic_dir(dest: str | Path, error: type[SparsifyError], marker: str) -> Ite
         raise error(f"output directory {dest} exists, is not empty and holds no {marker}; refusing to replace it")
     parent = _parent_for(dest, error)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         old = None

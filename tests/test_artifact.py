@@ -102,3 +102,22 @@ def test_unwritable_output_path(tmp_path):
     blocker.write_text("x")
     with pytest.raises(RunError, match="cannot create the output folder"):
         save_run(_run(), blocker / "sub" / "run")
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from sparsify.errors import SparsifyError
+    from sparsify.fileio import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "out.json", SparsifyError) as tmp:
+            assert tmp.suffix == ".json"
+            tmp.write_text("{}")
+        save_run(_run(), tmp_path / "r")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "r").stat().st_mode) == 0o755

@@ -119,3 +119,14 @@ def test_inspect_names_the_pattern():
     w[5, 7] = 0
     assert classify_pattern(w) == "unstructured"
     assert classify_pattern(np.zeros((4, 4))) == "empty"
+
+
+def test_keep_top_matches_a_stable_sort_with_ties():
+    from sparsify.pruner import _keep_top
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 5, (40, 7), generator=g).float()  # many ties
+    for n_prune in (0, 1, 13, 140, 279, 280):
+        expected = torch.ones(280, dtype=torch.bool)
+        expected[torch.argsort(scores.reshape(-1), stable=True)[:n_prune]] = False
+        assert torch.equal(_keep_top(scores, n_prune), expected.reshape(40, 7)), n_prune

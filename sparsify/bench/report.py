@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsify.bench.timing import Stats
+from sparsify.errors import SparsifyError
+from sparsify.fileio import atomic_path
 
 SCHEMA = "sparsify.bench/1"
 MIB = 1024 * 1024
@@ -143,18 +144,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     The destination is never left half-written: on any error the temporary file is removed
     and an existing file at ``path`` is untouched. Parent directories are created.
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix or ".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, SparsifyError) as tmp:
         write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+    return Path(path)
 
 
 @dataclass
