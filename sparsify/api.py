@@ -128,9 +128,11 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
         with torch.no_grad():
             example = random_inputs(run.inputs)
         fold_copy = fold_masks(copy.deepcopy(model))
-        plan = plan_structured(fold_copy, example, structure=structure, ratio=ratio, criterion=criterion,
-                               scope=scope, round_to=round_to, min_channels=min_channels, targets=targets,
-                               ignore=ignore, calib_batches=calib, seed=seed)
+        plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=criterion, scope=scope,
+                                 round_to=round_to, min_channels=min_channels, targets=targets, ignore=ignore,
+                                 calib_batches=calib, seed=seed)
+                 for s in _structures(structure)]
+        plan = plans[0] if len(plans) == 1 else CombinedPlan(plans)
         step = {"step": "prune", "pattern": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
                 "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed,
                 "groups": [{k: v for k, v in g.to_dict().items() if k != "tensors"} for g in plan.groups],
@@ -154,6 +156,50 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
     new = derive(run, model, step, metrics)
     save_run(new, out)
     return new, plan
+
+
+def _structures(structure: str) -> list[str]:
+    """``"head,channel"`` → ["head", "channel"]: several structures pruned together."""
+    from sparsify.errors import PruneError
+    from sparsify.structured import STRUCTURES
+
+    parts = [s.strip() for s in structure.split(",") if s.strip()]
+    bad = [s for s in parts if s not in STRUCTURES]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise PruneError(f"--structure {structure!r} should be one or more of {', '.join(STRUCTURES)}, "
+                         "comma-separated and without repeats (e.g. head,channel)")
+    return parts
+
+
+@dataclasses.dataclass
+class CombinedPlan:
+    """Several structured plans applied together (e.g. heads and channels): masks ANDed."""
+
+    plans: list[Any]
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        from sparsify.structured import merge_masks
+
+        return merge_masks(*(p.masks for p in self.plans))
+
+    @property
+    def groups(self) -> list[Any]:
+        """Groups some plan prunes, plus groups every plan skips."""
+        pruned = [g for p in self.plans for g in p.groups if not g.skipped]
+        return pruned + [g for g in self.plans[0].groups if g.skipped and g.name in self.skipped]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Groups that no plan prunes, with the first plan's reason."""
+        pruned = {g.name for p in self.plans for g in p.groups if not g.skipped}
+        common = set.intersection(*(set(p.skipped) for p in self.plans)) - pruned
+        return {k: v for k, v in self.plans[0].skipped.items() if k in common}
+
+    def __str__(self) -> str:
+        return "\n".join(str(p).split("\n  skipped:")[0] for p in self.plans) + (
+            "\n  skipped by every structure:\n" + "\n".join(f"    {k}: {v}" for k, v in self.skipped.items())
+            if self.skipped else "")
 
 
 def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,

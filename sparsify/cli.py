@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="regex over tensor names to prune (default: Linear/Conv/attention weights)")
     p.add_argument("--ignore", help="regex over tensor names to keep dense")
     p.add_argument("--nm", metavar="N:M", help="semi-structured: keep N of every M consecutive weights (e.g. 2:4)")
-    p.add_argument("--structure", choices=["channel", "head"], help="structured pruning of whole channels or heads")
+    p.add_argument("--structure", metavar="channel|head[,…]",
+                   help="structured pruning of whole channels or attention heads; 'head,channel' prunes both")
     p.add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
     p.add_argument("--criterion", choices=["l1", "l2", "random", "taylor"], default="l1", help="structured importance")
     p.add_argument("--round-to", type=int, default=1, help="structured: keep a multiple of this many channels")

@@ -60,3 +60,20 @@ def test_inspect_shows_groups_of_a_structured_run(channel_run):
     assert "group block1.conv1: 16/32 channels kept" in text
     assert "group head: not pruned (channels reach the model output" in text
     assert "channel" in text
+
+
+def test_heads_and_ffn_neurons_in_one_prune(tmp_path):
+    from sparsify.errors import PruneError
+
+    run, plan = prune_model(ModelSource("digits-vit"), tmp_path / "vit", structure="head,channel", ratio=0.5)
+    masks = run.masks
+    assert int(masks["blocks.0.attn.in_proj_weight"].any(dim=1).sum()) == 3 * 64 // 2, "half the heads"
+    assert int(masks["blocks.0.fc1.weight"].any(dim=1).sum()) == 64, "half the FFN neurons"
+    assert "blocks.0.fc1" not in plan.skipped and "blocks.0.attn" not in plan.skipped
+    assert "head" in plan.skipped
+    path, report, summary = export_model(tmp_path / "vit", tmp_path / "vit.onnx", mode="slim")
+    assert report.ok and summary["params_after"] < 0.6 * summary["params_before"]
+    with pytest.raises(PruneError, match="one or more of channel, head"):
+        prune_model(ModelSource("digits-vit"), tmp_path / "x", structure="head,head")
+    with pytest.raises(PruneError, match="one or more of channel, head"):
+        prune_model(ModelSource("digits-vit"), tmp_path / "x", structure="filters")
