@@ -12,7 +12,6 @@ When no validation/test split is given, the data is split 80/10/10 with a fixed 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any, Sequence
 

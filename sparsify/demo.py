@@ -7,7 +7,6 @@ against the dense original → print and write a report. Everything lands under 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import fx, nn
+from torch import nn
 
 from sparsify.errors import PruneError, VerificationError
 from sparsify.graph.capture import capture, export_program, plain_copy

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from sparsify.errors import DataError, ModelFileError
+from sparsify.errors import DataError
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition
 

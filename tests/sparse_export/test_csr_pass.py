@@ -49,7 +49,7 @@ def test_large_target_batch_lowers_the_threshold(dense_files):
     model = onnx.load(str(dense_files["mlp"][1]))
     d = by_weight(plan_csr(model, target_batch=64))
     t = default_threshold("linear", 64)
-    assert d["fc2.weight"].convert is False and f"for batch 64" in d["fc2.weight"].reason
+    assert d["fc2.weight"].convert is False and "for batch 64" in d["fc2.weight"].reason
     assert d["fc1.weight"].convert == (d["fc1.weight"].density < t)
 
 
