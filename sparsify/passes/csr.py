@@ -163,6 +163,15 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in out.items()}
 
 
+def _with_constant(g: _Graph, value: str, op_type: str, constant: float) -> int | None:
+    """The sole consumer of ``value`` if it is ``op_type(value, constant)`` (either input order)."""
+    user = g.sole_consumer(value)
+    if user is None or g.nodes[user].op_type != op_type:
+        return None
+    other = [v for v in g.nodes[user].input if v != value]
+    return user if len(other) == 1 and g.scalar(other[0]) == constant else None
+
+
 def _match_gelu(g: _Graph, value: str) -> tuple[list[int], str] | None:
     """Node indices and output of ``value * (0.5 * (erf(value / sqrt2) + 1))`` (the exporter's exact GELU)."""
     users = g.consumers.get(value, [])
@@ -179,17 +188,11 @@ def _match_gelu(g: _Graph, value: str) -> tuple[list[int], str] | None:
     erf = g.sole_consumer(g.nodes[div].output[0])
     if erf is None or g.nodes[erf].op_type != "Erf":
         return None
-    add = g.sole_consumer(g.nodes[erf].output[0])
-    if add is None or g.nodes[add].op_type != "Add":
+    add = _with_constant(g, g.nodes[erf].output[0], "Add", 1.0)
+    if add is None:
         return None
-    other = [v for v in g.nodes[add].input if v != g.nodes[erf].output[0]]
-    if len(other) != 1 or g.scalar(other[0]) != 1.0:
-        return None
-    half = g.sole_consumer(g.nodes[add].output[0])
-    if half is None or g.nodes[half].op_type != "Mul":
-        return None
-    other = [v for v in g.nodes[half].input if v != g.nodes[add].output[0]]
-    if len(other) != 1 or g.scalar(other[0]) != 0.5:
+    half = _with_constant(g, g.nodes[add].output[0], "Mul", 0.5)
+    if half is None:
         return None
     if g.sole_consumer(g.nodes[half].output[0]) != mul_out:
         return None
