@@ -1,8 +1,9 @@
 """`sparsify demo`: the main job end to end on the bundled digits data.
 
 train digits-cnn dense → prune 80% unstructured (global magnitude) → fine-tune with the mask
-fixed → export dense ONNX (verified) → structured leg and sparse leg when available → benchmark
-against the dense original → print and write a report. Everything lands under one directory.
+fixed → export dense ONNX (verified); structured leg: 50% of channels → fine-tune → slim export;
+sparse leg: a 2048-wide digits-mlp at 90% → fine-tune → sparse export; benchmark each family
+against its dense original → print and write a report. Everything lands under one directory.
 """
 
 from __future__ import annotations
@@ -81,20 +82,15 @@ def _run_demo(out: Path, quick: bool, threads: int) -> dict[str, Any]:
     }
     cnn_models = [out / "dense.onnx", out / "pruned-dense.onnx"]
 
-    slim = _optional_leg("structured leg", lambda: _structured_leg(out, ft_cfg, timings), timings)
-    if slim is not None:
-        report["structured"] = slim
-        cnn_models.append(out / "slim.onnx")
-
-    sparse = _optional_leg("sparse leg", lambda: _sparse_leg(out, train_cfg, ft_cfg, timings), timings)
-    if sparse is not None:
-        report["sparse"] = sparse
+    report["structured"] = _structured_leg(out, ft_cfg, timings)
+    cnn_models.append(out / "slim.onnx")
+    report["sparse"] = _sparse_leg(out, train_cfg, ft_cfg, timings)
 
     from sparsify.bench import bench
 
     tables = []
     report["bench"] = []
-    groups = [("cnn", cnn_models)] + ([("mlp", [out / "mlp-dense.onnx", out / "mlp-sparse.onnx"])] if sparse else [])
+    groups = [("cnn", cnn_models), ("mlp", [out / "mlp-dense.onnx", out / "mlp-sparse.onnx"])]
     for name, models in groups:
         result = _timed(f"benchmark {name} exports against the dense original", lambda: bench(
             [str(m) for m in models], batches=(1, 8), threads=(threads,), warmup=20,
@@ -109,15 +105,6 @@ def _run_demo(out: Path, quick: bool, threads: int) -> dict[str, Any]:
     (out / "report.txt").write_text(text + "\n")
     print(text)
     return report
-
-
-def _optional_leg(name: str, fn: Callable[[], Any], timings: dict[str, float]) -> Any:
-    """Run a leg whose implementation may not be installed; report and skip if so."""
-    try:
-        return fn()
-    except (ImportError, NotImplementedError) as exc:
-        _say(f"{name} skipped: {exc}")
-        return None
 
 
 def _structured_leg(out: Path, ft_cfg: TrainConfig, timings: dict[str, float]) -> dict[str, Any]:
