@@ -41,6 +41,9 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     example = random_inputs(run.inputs)
     input_names = [s.name for s in run.inputs]
     output_names = output_names_of(reference, example)
+    # Computed once (seeded random batches, plus real data when the run knows it): the slim and
+    # sparse modes check intermediate results on them, the final verification uses them again.
+    input_sets = verification_inputs(run) if verify or mode != "dense" else {}
     summary: dict[str, Any] = {"mode": mode, "format": fmt}
     report: VerifyReport | None = None
     with atomic_path(out, ExportError) as tmp:
@@ -52,16 +55,17 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
             from sparsify.export.slim_export import export_slim
 
             candidate, extra = export_slim(run, reference, example, tmp, fmt, input_names, output_names,
-                                           opset=opset or DEFAULT_OPSET, atol=atol, rtol=rtol, **options)
+                                           opset=opset or DEFAULT_OPSET, atol=atol, rtol=rtol,
+                                           input_sets=input_sets, **options)
             summary.update(extra)
         else:
             from sparsify.export.sparse_export import export_sparse
 
             candidate, extra = export_sparse(run, reference, example, tmp, input_names, output_names,
-                                             opset=opset or DEFAULT_OPSET, **options)
+                                             opset=opset or DEFAULT_OPSET, input_sets=input_sets, **options)
             summary.update(extra)
         if verify:
-            report = verify_outputs(torch_runner(reference), candidate, verification_inputs(run),
+            report = verify_outputs(torch_runner(reference), candidate, input_sets,
                                     f"{out.name} ({mode})", output_names, atol=atol, rtol=rtol)
             report.raise_if_failed()
         summary["bytes"] = tmp.stat().st_size

@@ -26,9 +26,8 @@ def _dense_onnx_bytes(reference: nn.Module, example: tuple[torch.Tensor, ...], w
 
 def export_slim(run: Run, reference: nn.Module, example: tuple[torch.Tensor, ...], tmp: Path, fmt: str,
                 input_names: Sequence[str], output_names: Sequence[str], *, opset: int,
-                atol: float, rtol: float) -> tuple[Callable, dict[str, Any]]:
+                atol: float, rtol: float, input_sets: dict[str, Sequence]) -> tuple[Callable, dict[str, Any]]:
     """Slim ``reference`` by the run's masks and write it to ``tmp``; returns (candidate runner, summary)."""
-    from sparsify.api import verification_inputs
     from sparsify.passes.slim import load_slim, save_slim, slim_model
 
     masks = run.masks
@@ -36,7 +35,7 @@ def export_slim(run: Run, reference: nn.Module, example: tuple[torch.Tensor, ...
         raise ExportError(f"run {run.path} has no masks: there is nothing to remove (prune it with --structure first)")
     result = slim_model(reference, masks, example)
     # The slim torch module itself must match the masked model, before any file is written.
-    torch_check = verify(torch_runner(reference), torch_runner(result.module), verification_inputs(run),
+    torch_check = verify(torch_runner(reference), torch_runner(result.module), input_sets,
                          "slim torch module", output_names, atol=atol, rtol=rtol)
     torch_check.raise_if_failed()
     if fmt == "onnx":

@@ -52,16 +52,22 @@ def summary_lines(plan: CsrPlan, dense_bytes: int, sparse_bytes: int, csr: int, 
 
 def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, ...], tmp: Path,
                   input_names: Sequence[str], output_names: Sequence[str], opset: int = DEFAULT_OPSET,
+                  input_sets: dict[str, Sequence[np.ndarray]] | None = None,
                   **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
     """Write the sparse ONNX model of ``reference`` to ``tmp``; return (runtime runner, summary).
 
     ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover)
     and ``target_batch`` (int, default 1). Before returning, the sparse runtime is checked
     against the dense export under ONNX Runtime on the run's verification inputs and a
-    VerificationError is raised on a mismatch.
+    VerificationError is raised on a mismatch. ``input_sets`` are those verification inputs
+    (computed from the run when not given).
     """
-    from sparsify.api import verification_inputs
     from sparsify.runtime import Session
+
+    if input_sets is None:
+        from sparsify.api import verification_inputs
+
+        input_sets = verification_inputs(run)
 
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -85,7 +91,7 @@ def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, .
         def candidate(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             return session.run(None, {n: np.ascontiguousarray(x) for n, x in zip(names, inputs)})
 
-        report: VerifyReport = verify(ort_runner(dense_path)[0], candidate, verification_inputs(run),
+        report: VerifyReport = verify(ort_runner(dense_path)[0], candidate, input_sets,
                                       "sparse runtime vs dense ONNX in ONNX Runtime", output_names,
                                       atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
         report.raise_if_failed()
