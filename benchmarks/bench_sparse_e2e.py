@@ -17,7 +17,7 @@ Legs (all fp32, ``--threads`` threads, seeded, JIT warmed up first, interleaved 
     python benchmarks/bench_sparse_e2e.py --crossover --out benchmarks/results/sparse_crossover.json
 
 Each backend is timed in a fresh process (``measure_in_child``); the sparse runtime runs with
-its default ``OMP_WAIT_POLICY=PASSIVE`` (set by ``sparsify.runtime``) and, for comparison,
+its default ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (set by ``import sparsify``) and, for comparison,
 with Numba's workqueue threading layer. The machine is shared: timings are noisy while
 other jobs run (``loadavg`` in the JSON); ORT with 2 threads suffered from the load too
 (the 4 x 4096 MLP at batch 1: 32.7 ms with 2 threads vs 19.1 ms with 1 in the saved runs).
@@ -116,6 +116,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
             out[batch]["numba_threading_layer"] = numba.threading_layer()
             out[batch]["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+            out[batch]["gomp_spincount"] = os.environ.get("GOMP_SPINCOUNT")
     return out
 
 

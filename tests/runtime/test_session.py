@@ -133,18 +133,20 @@ def test_gemm_without_transB_and_row_bias_and_float64(tmp_path):
         assert_close(reference_evaluator(result.model).run(None, {"x": x})[0], expected)
 
 
-@pytest.mark.parametrize("env, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_runtime_import_defaults_omp_wait_policy_without_overriding_the_user(env, expected):
+@pytest.mark.parametrize("env, expected", [({}, ["PASSIVE", "10000"]),
+                                           ({"OMP_WAIT_POLICY": "ACTIVE"}, ["ACTIVE", "10000"]),
+                                           ({"GOMP_SPINCOUNT": "0"}, ["PASSIVE", "0"])])
+def test_runtime_import_defaults_openmp_waiting_without_overriding_the_user(env, expected):
     import os
     import subprocess
     import sys
 
-    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if env:
-        environ["OMP_WAIT_POLICY"] = env
-    code = "import os, sys, sparsify.runtime; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    environ = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environ.update(env)
+    code = ("import os, sys, sparsify.runtime; "
+            "print(os.environ['OMP_WAIT_POLICY'], os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, check=True)
-    assert out.stdout.split() == [expected, "False"]  # and torch (which loads libgomp) was not imported
+    assert out.stdout.split() == expected + ["False"]  # and torch (which loads libgomp) was not imported
 
 
 def test_file_without_value_info_still_types_the_ort_segments(tmp_path):
