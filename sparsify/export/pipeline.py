@@ -62,7 +62,8 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
             from sparsify.export.sparse_export import export_sparse
 
             candidate, extra = export_sparse(run, reference, example, tmp, input_names, output_names,
-                                             opset=opset or DEFAULT_OPSET, input_sets=input_sets, **options)
+                                             atol=atol, rtol=rtol, opset=opset or DEFAULT_OPSET,
+                                             input_sets=input_sets, **options)
             summary.update(extra)
         if verify:
             report = verify_outputs(torch_runner(reference), candidate, input_sets,

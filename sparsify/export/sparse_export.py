@@ -18,7 +18,7 @@ from torch import nn
 
 from sparsify.errors import ExportError
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
-from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport, ort_runner, verify
+from sparsify.export.verify import VerifyReport, ort_runner, verify
 from sparsify.passes.csr import CsrPass, CsrPlan
 
 OPTIONS = ("density_threshold", "target_batch")
@@ -51,16 +51,16 @@ def summary_lines(plan: CsrPlan, dense_bytes: int, sparse_bytes: int, csr: int, 
 
 
 def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, ...], tmp: Path,
-                  input_names: Sequence[str], output_names: Sequence[str], opset: int = DEFAULT_OPSET,
-                  input_sets: dict[str, Sequence[np.ndarray]] | None = None,
+                  input_names: Sequence[str], output_names: Sequence[str], *, atol: float, rtol: float,
+                  opset: int = DEFAULT_OPSET, input_sets: dict[str, Sequence[np.ndarray]] | None = None,
                   **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
     """Write the sparse ONNX model of ``reference`` to ``tmp``; return (runtime runner, summary).
 
     ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover)
     and ``target_batch`` (int, default 1). Before returning, the sparse runtime is checked
-    against the dense export under ONNX Runtime on the run's verification inputs and a
-    VerificationError is raised on a mismatch. ``input_sets`` are those verification inputs
-    (computed from the run when not given).
+    against the dense export under ONNX Runtime on the run's verification inputs within
+    ``atol``/``rtol`` (the user's tolerances) and a VerificationError is raised on a mismatch.
+    ``input_sets`` are those verification inputs (computed from the run when not given).
     """
     from sparsify.runtime import Session
 
@@ -93,7 +93,7 @@ def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, .
 
         report: VerifyReport = verify(ort_runner(dense_path)[0], candidate, input_sets,
                                       "sparse runtime vs dense ONNX in ONNX Runtime", output_names,
-                                      atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL)
+                                      atol=atol, rtol=rtol)
         report.raise_if_failed()
     sparse_bytes = tmp.stat().st_size
     csr, nnz = csr_bytes(result.model, result.plan)

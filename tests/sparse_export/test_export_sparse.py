@@ -73,6 +73,19 @@ def test_runtime_mismatch_against_ort_fails_and_writes_nothing(digits_cnn_run, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_runtime_vs_ort_check_uses_the_users_tolerances(digits_cnn_run, tmp_path, monkeypatch, capsys):
+    real_run = Session.run
+    monkeypatch.setattr(Session, "run", lambda self, names, feeds: [y + 1e-3 for y in real_run(self, names, feeds)])
+    out = tmp_path / "m.onnx"
+    args = ["export", str(digits_cnn_run / "pruned"), "--mode", "sparse", "--density-threshold", "1",
+            "--atol", "0.01", "--rtol", "0.001", "-o", str(out)]
+    assert main(args) == 0  # an offset of 1e-3 is within atol 0.01, far outside the default 1e-5
+    text = capsys.readouterr().out
+    assert "verify the sparse runtime against the dense export in ONNX Runtime (atol 0.01, rtol 0.001)" in text
+    assert "(sparse) against the masked torch model (atol 0.01, rtol 0.001)" in text
+    assert out.is_file()
+
+
 def test_mismatch_against_torch_fails_in_the_pipeline_and_writes_nothing(digits_cnn_run, tmp_path, monkeypatch):
     real_run = Session.run
     monkeypatch.setattr(Session, "run", lambda self, names, feeds: [y * 1.01 for y in real_run(self, names, feeds)])
