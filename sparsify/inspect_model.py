@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
+from sparsify.onnxfile import load_onnx
 
 
 @dataclasses.dataclass
@@ -162,22 +163,6 @@ def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def load_onnx(path: str | Path, load_external: bool = True):
-    """onnx.load with a clear error when the file is missing or not ONNX."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path} does not exist; expected an ONNX model file")
-    try:
-        model = onnx.load(str(path), load_external_data=load_external)
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not an ONNX model (protobuf parse failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
-    if not model.graph.node and not model.graph.initializer:
-        raise ModelFileError(f"{path} is not an ONNX model: it parses but holds an empty graph")
-    return model
-
-
 def _onnx_macs(model) -> dict[str, int]:
     """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1)."""
     import onnx
@@ -222,7 +207,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
 
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
 
-    model = load_onnx(path)
+    model = load_onnx(path, external_data=True)
     macs = _onnx_macs(model)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sparsify.bench.modelfile import ModelFile, load_onnx_header
+from sparsify.bench.modelfile import ModelFile
 from sparsify.errors import ModelError, ModelFileError, RunError
+from sparsify.onnxfile import load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -192,7 +193,7 @@ class SparsifyBackend:
         if hasattr(session, "get_inputs"):
             specs = specs_from_node_args(session.get_inputs(), str(path))
         else:
-            specs = specs_from_onnx(load_onnx_header(path), str(path))
+            specs = specs_from_onnx(load_onnx(path), str(path))
         return SparsifyRunner(session, specs)
 
 

@@ -1,8 +1,8 @@
 """What a model path points at: an ONNX file (dense or using our sparse domain) or a run directory.
 
-Sniffing reads the ONNX protobuf without external data, so it never loads large weights
-stored beside the file, and turns a file that is not ONNX into a :class:`ModelFileError`
-that names the file, instead of a protobuf traceback.
+Sniffing reads the ONNX protobuf without external data (:func:`sparsify.onnxfile.load_onnx`),
+so it never loads large weights stored beside the file, and turns a file that is not ONNX
+into a :class:`ModelFileError` that names the file, instead of a protobuf traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sparsify.errors import ModelFileError
+from sparsify.onnxfile import load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -36,28 +37,6 @@ class ModelFile:
     def uses_sparsify_ops(self) -> bool:
         """True when some node (in any subgraph or local function) is in the ``ai.sparsify`` domain."""
         return SPARSIFY_DOMAIN in self.domains
-
-
-def load_onnx_header(path: Path) -> onnx.ModelProto:
-    """Parse an ONNX file without external data; raise ModelFileError if it is not ONNX."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(
-            f"{path}: expected an ONNX model file (a serialized onnx.ModelProto), "
-            f"but it could not be parsed as one ({type(exc).__name__}: {exc})"
-        ) from None
-    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.output) == 0:
-        raise ModelFileError(
-            f"{path}: expected an ONNX model with a graph and at least one output, "
-            f"but found ir_version={model.ir_version}, "
-            f"{len(model.graph.node)} nodes and {len(model.graph.output)} outputs "
-            "(is this really an ONNX file?)"
-        )
-    return model
 
 
 def _graph_domains(graph: onnx.GraphProto, out: set[str]) -> None:
@@ -95,7 +74,7 @@ def check_model_path(path: str | os.PathLike) -> ModelFile:
                 "or a run directory written by `sparsify prune`/`finetune`"
             )
         return ModelFile(p, "run")
-    model = load_onnx_header(p)
+    model = load_onnx(p)
     return ModelFile(p, "onnx", op_domains(model), external_data_files(model, p.parent))
 
 

@@ -1,0 +1,58 @@
+"""One way to read an ONNX file, shared by ``inspect`` and ``bench``.
+
+A path that is missing, not ONNX, or whose external data cannot be read becomes a
+:class:`ModelFileError` that names the file, instead of a protobuf traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparsify.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.ModelProto:
+    """The ONNX model at ``path``, with the weights stored beside it only when ``external_data``.
+
+    Raises ModelFileError naming the file when it does not exist or cannot be read, is not a
+    serialized ``onnx.ModelProto``, has no graph with at least one output, or (with
+    ``external_data``) references external data that cannot be loaded.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path} does not exist or is not a file; expected an ONNX model file")
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except OSError as exc:
+        raise ModelFileError(f"{path} cannot be read: {exc.strerror or exc}") from exc
+    except (DecodeError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(
+            f"{path} is not an ONNX model: it could not be parsed as a serialized onnx.ModelProto "
+            f"({type(exc).__name__}: {_first_line(exc)}); expected an ONNX model file"
+        ) from exc
+    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.output) == 0:
+        raise ModelFileError(
+            f"{path} is not an ONNX model: expected an ONNX model with a graph and at least one output, "
+            f"but found ir_version={model.ir_version}, {len(model.graph.node)} nodes and "
+            f"{len(model.graph.output)} outputs"
+        )
+    if external_data:
+        try:
+            onnx.load_external_data_for_model(model, os.fspath(path.parent))
+        except (onnx.checker.ValidationError, OSError) as exc:
+            raise ModelFileError(f"{path}: the external data of this ONNX model could not be loaded: "
+                                 f"{_first_line(exc)}") from exc
+    return model
