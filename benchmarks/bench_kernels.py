@@ -38,6 +38,10 @@ import time
 import warnings
 from pathlib import Path
 
+# First: importing sparsify sets the bounded OpenMP spin defaults, which libgomp (torch's
+# copy and Numba's) reads once, when it loads. Imported after torch, torch's pool spun
+# for milliseconds after each call and slowed the next backend timed.
+import sparsify  # noqa: F401  isort: skip
 import numba
 import numpy as np
 import onnx

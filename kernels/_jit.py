@@ -17,7 +17,7 @@ import types
 import numba
 import numpy as np
 
-from ._simd import axpy
+from ._simd import gather_dot, tile_row
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
@@ -36,8 +36,6 @@ TILES = (8, 16, 32)
 BLOCK_NNZ = 32768
 # Bytes of packed input per tile group in the SpMM cache blocking (half of L2).
 GROUP_BYTES = 1 << 20
-# Independent accumulator sets per tile row (hides floating-point add latency).
-CHAINS = 4
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -57,50 +55,8 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
     """
     for ch in numba.prange(bounds.shape[0] - 1):
         for r in range(bounds[ch], bounds[ch + 1]):
-            s = bias[r]
-            # Unsigned positions: no negative-index wraparound, so data and indices
-            # are read as contiguous vectors (only x is gathered).
-            for j in range(np.uintp(indptr[r]), np.uintp(indptr[r + 1])):
-                s += data[j] * x[np.uintp(indices[j])]
-            out[r] = _activate(s, act)
-
-
-@functools.lru_cache(maxsize=None)
-def _row_vector(tile: int):
-    """``row(...)``: acc[:tile] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*tile : +tile].
-
-    ``xf`` is one packed (in, tile) block, flattened. Explicit SIMD (``axpy``) and
-    CHAINS (= 4) independent accumulator sets hide the floating-point add latency.
-    """
-    n_acc = CHAINS * tile
-    stride = np.uintp(tile)
-
-    @numba.njit(cache=True, nogil=True, fastmath=SPMM_FASTMATH)
-    def row(data, indices, lo, hi, xf, init, acc):
-        for t in range(n_acc):
-            acc[t] = 0
-        one, two, three, four = np.uintp(1), np.uintp(2), np.uintp(3), np.uintp(4)
-        j = lo
-        while j + four <= hi:
-            axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
-            axpy(acc, tile, xf, np.uintp(indices[j + one]) * stride, data[j + one], tile)
-            axpy(acc, 2 * tile, xf, np.uintp(indices[j + two]) * stride, data[j + two],
-                 tile)
-            axpy(acc, 3 * tile, xf, np.uintp(indices[j + three]) * stride, data[j + three],
-                 tile)
-            j += four
-        while j < hi:
-            axpy(acc, 0, xf, np.uintp(indices[j]) * stride, data[j], tile)
-            j += one
-        for t in range(tile):
-            acc[t] = init + ((acc[t] + acc[tile + t]) + (acc[2 * tile + t] + acc[3 * tile + t]))
-
-    return row
-
-
-_row8 = _row_vector(8)
-_row16 = _row_vector(16)
-_row32 = _row_vector(32)
+            s = gather_dot(data, indices, np.uintp(indptr[r]), np.uintp(indptr[r + 1]), x)
+            out[r] = _activate(bias[r] + s, act)
 
 
 def tile_group(n_in: int, tile: int, itemsize: int) -> int:
@@ -112,13 +68,12 @@ def tile_group(n_in: int, tile: int, itemsize: int) -> int:
 def spmm_kernel(tile: int):
     """The SpMM kernel for inputs packed in batch tiles of ``tile`` columns (cached).
 
-    The kernel closes over ints only and calls the row kernels as module globals: a
-    closure over a dispatcher would give the on-disk cache a new key in every process.
+    The kernel closes over ints only (``tile`` reaches ``tile_row`` as a compile-time
+    constant): a closure over a dispatcher would give the on-disk cache a new key in
+    every process.
     """
     if tile not in TILES:
         raise ValueError(f"tile {tile} should be one of {TILES}")
-    n_acc = CHAINS * tile
-
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
     def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_t, s_r, s_b, valid, group,
              block_nnz, bounds):
@@ -140,7 +95,7 @@ def spmm_kernel(tile: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             base = off + n * s_n
-            acc = np.empty(n_acc, dtype=xp.dtype)
+            acc = np.empty(tile, dtype=xp.dtype)
             r_end = bounds[ch + 1]
             # Cache blocking: a group of tiles (``group``, sized by the wrapper to stay in
             # L2) meets a block of rows holding about ``block_nnz`` nonzeros.
@@ -156,13 +111,7 @@ def spmm_kernel(tile: int):
                         w = min(tile, valid - b0)
                         for r in range(r_lo, r_hi):
                             lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                            # ``tile`` is a compile-time constant: one branch survives.
-                            if tile == 8:
-                                _row8(data, indices, lo, hi, xf, bias[r], acc)
-                            elif tile == 16:
-                                _row16(data, indices, lo, hi, xf, bias[r], acc)
-                            else:
-                                _row32(data, indices, lo, hi, xf, bias[r], acc)
+                            tile_row(data, indices, lo, hi, xf, bias[r], acc, tile)
                             pos = base + ti * s_t + r * s_r
                             for t in range(w):
                                 out[pos + t * s_b] = _activate(acc[t], act)

@@ -1,8 +1,16 @@
-"""An explicit-SIMD building block for the SpMM kernel (Numba intrinsic).
+"""The explicit-SIMD inner loop of the SpMM kernel (a Numba intrinsic).
 
 Numba leaves LLVM's SLP vectorizer off, and the loop vectorizer prefers to vectorize the
-sum over nonzeros with gathers; both defeat an ``acc[t] += v * x[c, t]`` tile loop.
-``axpy`` emits the tile update as one LLVM vector operation instead.
+sum over nonzeros with gathers; both defeat an ``acc[t] += v * x[c, t]`` tile loop. A
+per-nonzero vector update through an ``acc`` array (the previous design) kept the
+accumulators in memory, so every update waited on a store-to-load forward. ``tile_row``
+emits the whole row loop with its accumulators as LLVM vector values (registers).
+``gather_dot`` is the SpMV row loop as 512-bit masked gathers, so a row's last partial
+chunk needs no scalar tail.
+
+Numba's on-disk cache keys a kernel on its own source file (``_jit.py``) only: after
+editing this file, delete ``kernels/__pycache__/*.nbi``/``*.nbc`` (or touch ``_jit.py``),
+or the kernels keep running the old code.
 """
 
 from __future__ import annotations
@@ -13,47 +21,211 @@ from numba.extending import intrinsic
 
 
 @intrinsic(prefer_literal=True)
-def axpy(typingctx, acc, acc_off, x, x_off, v, width):
-    """``acc[acc_off:acc_off+width] += v * x[x_off:x_off+width]`` as one vector op.
+def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
+    """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*width : +width]``.
 
-    ``acc`` and ``x`` are 1-D C-contiguous arrays of one float dtype, ``v`` a scalar of
-    it, ``width`` a compile-time integer constant. No bounds checks: callers guarantee
-    both ranges are inside the arrays.
+    The SpMM inner loop for one CSR row and one packed batch tile, emitted as LLVM IR so
+    that its four accumulator vectors stay in registers: nonzeros ``lo + 4i + k`` go to
+    accumulator ``k``, the remainder to accumulator 0, and the result is
+    ``init + ((a0 + a1) + (a2 + a3))``. ``width`` is a compile-time integer constant;
+    ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee every
+    ``indices[j]*width + width <= len(xf)`` and ``width <= len(acc)``.
     """
     if not isinstance(width, types.IntegerLiteral):
         return None
-    if not (isinstance(acc, types.Array) and isinstance(x, types.Array) and acc.dtype == x.dtype):
+    arrays = (data, xf, acc)
+    if not all(isinstance(a, types.Array) and a.dtype == data.dtype for a in arrays):
+        return None
+    if not (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)):
         return None
     n = width.literal_value
+    chains = 4
 
     def codegen(context, builder, sig, args):
-        acc_arr = context.make_array(sig.args[0])(context, builder, args[0])
-        x_arr = context.make_array(sig.args[2])(context, builder, args[2])
+        data_a, idx_a, xf_a, acc_a = (context.make_array(sig.args[i])(context, builder, args[i])
+                                      for i in (0, 1, 4, 6))
         fty = context.get_value_type(sig.args[0].dtype)
         vty = ir.VectorType(fty, n)
-        acc_ptr = builder.bitcast(builder.gep(acc_arr.data, [args[1]]), vty.as_pointer())
-        x_ptr = builder.bitcast(builder.gep(x_arr.data, [args[3]]), vty.as_pointer())
-        align = context.get_abi_sizeof(fty)
-        a = builder.load(acc_ptr, align=align)
-        xv = builder.load(x_ptr, align=align)
-        scalar = context.cast(builder, args[4], sig.args[4], sig.args[0].dtype)
-        splat = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar,
-                                       ir.Constant(ir.IntType(32), 0))
-        splat = builder.shuffle_vector(splat, ir.Constant(vty, ir.Undefined),
-                                       ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
-        # Keep vectors this wide legal in the enclosing function (LLVM otherwise splits
-        # 512-bit vectors on CPUs that prefer 256-bit ones); the inliner carries the
-        # attribute into the callers.
-        bits = n * context.get_abi_sizeof(fty) * 8
-        attr = f'"min-legal-vector-width"="{bits}"'
-        attrs = getattr(builder.function, "attributes", None)
-        if bits > 256 and isinstance(attrs, set) and attr not in attrs:
-            # llvmlite's AttributeSet.add only takes known keyword attributes; a string
-            # attribute goes in through set.add. Without it the code is still correct,
-            # just split into 256-bit halves.
-            set.add(attrs, attr)
-        prod = builder.fmul(xv, splat, flags=("contract",))
-        builder.store(builder.fadd(a, prod, flags=("contract",)), acc_ptr, align=align)
+        i64 = ir.IntType(64)
+        f_align = context.get_abi_sizeof(fty)
+        i_align = context.get_abi_sizeof(context.get_value_type(sig.args[1].dtype))
+        widen = builder.sext if sig.args[1].dtype.signed else builder.zext
+        _keep_vector_width(builder, n * f_align * 8)
+        lo = context.cast(builder, args[2], sig.args[2], types.uint64)
+        hi = context.cast(builder, args[3], sig.args[3], types.uint64)
+        zero = ir.Constant(vty, None)
+        flags = ("contract",)
+
+        def update(accum, j):
+            col = widen(builder.load(builder.gep(idx_a.data, [j]), align=i_align), i64)
+            x_ptr = builder.gep(xf_a.data, [builder.mul(col, ir.Constant(i64, n))])
+            xv = builder.load(builder.bitcast(x_ptr, vty.as_pointer()), align=f_align)
+            d = builder.load(builder.gep(data_a.data, [j]), align=f_align)
+            return builder.fadd(accum, builder.fmul(xv, _splat(builder, d, vty), flags=flags), flags=flags)
+
+        entry = builder.block
+        main_head = builder.append_basic_block("tile_row.main")
+        main_body = builder.append_basic_block("tile_row.main_body")
+        tail_head = builder.append_basic_block("tile_row.tail")
+        tail_body = builder.append_basic_block("tile_row.tail_body")
+        done = builder.append_basic_block("tile_row.done")
+        main_end = builder.add(lo, builder.and_(builder.sub(hi, lo), ir.Constant(i64, ~(chains - 1))))
+        builder.branch(main_head)
+
+        builder.position_at_end(main_head)
+        j = builder.phi(i64)
+        accs = [builder.phi(vty) for _ in range(chains)]
+        j.add_incoming(lo, entry)
+        for a in accs:
+            a.add_incoming(zero, entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, main_end), main_body, tail_head)
+
+        builder.position_at_end(main_body)
+        updated = [update(a, builder.add(j, ir.Constant(i64, k))) for k, a in enumerate(accs)]
+        j.add_incoming(builder.add(j, ir.Constant(i64, chains)), builder.block)
+        for a, u in zip(accs, updated):
+            a.add_incoming(u, builder.block)
+        builder.branch(main_head)
+
+        builder.position_at_end(tail_head)
+        jt = builder.phi(i64)
+        a0 = builder.phi(vty)
+        jt.add_incoming(j, main_head)
+        a0.add_incoming(accs[0], main_head)
+        builder.cbranch(builder.icmp_unsigned("<", jt, hi), tail_body, done)
+
+        builder.position_at_end(tail_body)
+        a0.add_incoming(update(a0, jt), builder.block)
+        jt.add_incoming(builder.add(jt, ir.Constant(i64, 1)), builder.block)
+        builder.branch(tail_head)
+
+        builder.position_at_end(done)
+        total = builder.fadd(builder.fadd(a0, accs[1]), builder.fadd(accs[2], accs[3]))
+        init = context.cast(builder, args[5], sig.args[5], sig.args[0].dtype)
+        out_ptr = builder.bitcast(acc_a.data, vty.as_pointer())
+        builder.store(builder.fadd(_splat(builder, init, vty), total), out_ptr, align=f_align)
         return context.get_dummy_value()
 
-    return types.void(acc, acc_off, x, x_off, v, width), codegen
+    return types.void(data, indices, lo, hi, xf, init, acc, width), codegen
+
+
+def _keep_vector_width(builder, bits: int) -> None:
+    """Keep ``bits``-wide vectors legal in the enclosing function.
+
+    LLVM otherwise splits 512-bit vectors on CPUs that prefer 256-bit ones; the inliner
+    carries the attribute into the callers. llvmlite's AttributeSet.add only takes known
+    keyword attributes, so the string attribute goes in through set.add; without it the
+    code is still correct, just split into 256-bit halves.
+    """
+    attr = f'"min-legal-vector-width"="{bits}"'
+    attrs = getattr(builder.function, "attributes", None)
+    if bits > 256 and isinstance(attrs, set) and attr not in attrs:
+        set.add(attrs, attr)
+
+
+class _VectorGEP(ir.Instruction):
+    """``getelementptr inbounds elem, ptr base, <n x iK> idx``: a vector of element
+    pointers (llvmlite's ``gep`` only takes scalar indices). LLVM turns a masked gather
+    through it into a base + scaled-index hardware gather."""
+
+    def __init__(self, parent, base, elem, idx, typ):
+        super().__init__(parent, typ, "getelementptr", [base, idx])
+        self.elem = elem
+
+    def descr(self, buf):
+        base, idx = self.operands
+        buf.append(f"getelementptr inbounds {self.elem}, {base.type} {base.get_reference()}, "
+                   f"{idx.type} {idx.get_reference()}"
+                   f"{self._stringify_metadata(leading_comma=True)}\n")
+
+
+def _intrinsic_fn(module, name: str, fnty):
+    """The declaration of LLVM intrinsic ``name`` in ``module`` (declared once)."""
+    return module.globals.get(name) or ir.Function(module, fnty, name)
+
+
+def _splat(builder, value, vty):
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
+
+
+@intrinsic
+def gather_dot(typingctx, data, indices, lo, hi, x):
+    """``sum_{j in [lo, hi)} data[j] * x[indices[j]]`` in 512-bit masked-gather chunks.
+
+    The SpMV inner loop for one CSR row: each chunk of 16 float32 (8 float64) nonzeros
+    is one masked load of data and indices and one masked gather from ``x``; the last
+    chunk's mask covers only ``[j, hi)``, so nothing outside the row is read. Partial
+    sums accumulate per lane and are added up at the end (reassociated). ``lo``/``hi``
+    are unsigned positions. No bounds checks: callers guarantee ``hi <= len(data)`` and
+    every index is inside ``x``.
+    """
+    if not (isinstance(data, types.Array) and isinstance(x, types.Array)
+            and data.dtype == x.dtype and isinstance(data.dtype, types.Float)):
+        return None
+    if not (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data_a, idx_a, x_a = (context.make_array(sig.args[i])(context, builder, args[i])
+                              for i in (0, 1, 4))
+        fty = context.get_value_type(sig.args[0].dtype)
+        ity = context.get_value_type(sig.args[1].dtype)
+        fsz, isz = context.get_abi_sizeof(fty), context.get_abi_sizeof(ity)
+        n = 64 // fsz  # lanes in a 512-bit vector
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        vty, vity, mty = ir.VectorType(fty, n), ir.VectorType(ity, n), ir.VectorType(i1, n)
+        pvty = ir.VectorType(x_a.data.type, n)
+        _keep_vector_width(builder, 512)
+        mod = builder.module
+        fname, iname = f"v{n}f{fsz * 8}", f"v{n}i{isz * 8}"
+        gather = _intrinsic_fn(mod, f"llvm.masked.gather.{fname}.v{n}p0",
+                               ir.FunctionType(vty, [pvty, i32, mty, vty]))
+        load_f = _intrinsic_fn(mod, f"llvm.masked.load.{fname}.p0",
+                               ir.FunctionType(vty, [data_a.data.type, i32, mty, vty]))
+        load_i = _intrinsic_fn(mod, f"llvm.masked.load.{iname}.p0",
+                               ir.FunctionType(vity, [idx_a.data.type, i32, mty, vity]))
+        reduce = _intrinsic_fn(mod, f"llvm.vector.reduce.fadd.{fname}",
+                               ir.FunctionType(fty, [fty, vty]))
+        lo = context.cast(builder, args[2], sig.args[2], types.uint64)
+        hi = context.cast(builder, args[3], sig.args[3], types.uint64)
+        lanes = ir.Constant(ir.VectorType(i64, n), list(range(n)))
+        zero = ir.Constant(vty, None)
+
+        entry = builder.block
+        head = builder.append_basic_block("gather_dot.head")
+        body = builder.append_basic_block("gather_dot.body")
+        done = builder.append_basic_block("gather_dot.done")
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        j = builder.phi(i64)
+        acc = builder.phi(vty)
+        j.add_incoming(lo, entry)
+        acc.add_incoming(zero, entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, hi), body, done)
+
+        builder.position_at_end(body)
+        mask = builder.icmp_unsigned("<", lanes, _splat(builder, builder.sub(hi, j),
+                                                        ir.VectorType(i64, n)))
+        cols = builder.call(load_i, [builder.gep(idx_a.data, [j]), ir.Constant(i32, isz), mask,
+                                     ir.Constant(vity, None)])
+        if isz < 4:  # 32-bit lane offsets give the hardware gather its base + index form
+            v32 = ir.VectorType(i32, n)
+            cols = builder.sext(cols, v32) if sig.args[1].dtype.signed else builder.zext(cols, v32)
+        ptrs = _VectorGEP(builder.block, x_a.data, fty, cols, pvty)
+        builder._insert(ptrs)
+        xv = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
+        dv = builder.call(load_f, [builder.gep(data_a.data, [j]), ir.Constant(i32, fsz), mask, zero])
+        flags = ("contract",)
+        acc.add_incoming(builder.fadd(acc, builder.fmul(dv, xv, flags=flags), flags=flags),
+                         builder.block)
+        j.add_incoming(builder.add(j, ir.Constant(i64, n)), builder.block)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        return builder.call(reduce, [ir.Constant(fty, -0.0), acc], fastmath=("reassoc",))
+
+    return data.dtype(data, indices, lo, hi, x), codegen

@@ -182,3 +182,28 @@ def test_row_chunks_cover_rows_in_order():
 
 def test_pick_tile():
     assert [pick_tile(b) for b in (2, 8, 9, 16, 17, 65, 1000)] == [8, 8, 16, 16, 32, 32, 32]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("batch", [1, 8, 16, 33])
+def test_every_row_length_through_the_vector_tails(rng, path, dtype, index_dtype, batch):
+    # Row r holds r nonzeros (0..40): every remainder of the 16/8-lane masked gather
+    # chunks (batch 1) and of the four accumulator chains (batched tiles), with each
+    # row's last chunk ending right where the next row (or the arrays) ends. Column 0 is
+    # never used and x[:, 0] is NaN: a lane outside its row's mask that read x at the
+    # masked-off default index would turn the output NaN.
+    rows, cols = 41, 64
+    w = np.zeros((rows, cols), dtype)
+    for r in range(rows):
+        picked = rng.choice(np.arange(1, cols), size=r, replace=False)
+        w[r, picked] = rng.standard_normal(r)
+    m = CSR.from_dense(w, index_dtype=index_dtype)
+    assert m.data.shape == (m.nnz,)  # no slack after the last row
+    b = rng.standard_normal(rows).astype(dtype)
+    x = rng.standard_normal((batch, cols)).astype(dtype)
+    y_ref = reference_linear(x, w, b).astype(dtype)
+    x[:, 0] = np.nan
+    y = csr_linear(x, m, b)
+    assert np.isfinite(y).all()
+    assert_close(y, y_ref)

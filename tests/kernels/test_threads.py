@@ -47,7 +47,7 @@ def test_warmup_compiles_every_tile_and_dtype():
 def test_kernel_closures_hold_only_numbers():
     # A closure over a dispatcher gets a new on-disk cache key in every process, so the
     # kernel would be recompiled (seconds) on every start and the cache would grow.
-    kernels = [_jit.spmm_kernel(t) for t in _jit.TILES] + [_jit._row_vector(t) for t in _jit.TILES]
+    kernels = [_jit.spmm_kernel(t) for t in _jit.TILES]
     for k in kernels + [_jit.serial(k) for k in kernels]:
         for cell in k.py_func.__closure__ or ():
             assert isinstance(cell.cell_contents, (int, np.integer)), (k, cell.cell_contents)
