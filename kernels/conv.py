@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _jit
+from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
 from . import spmm as _spmm
@@ -62,6 +63,7 @@ class SparseConv2d:
         self.activation = activation
         self._act = activation_code(activation)
         per = out_ch // self.groups
+        self._scratch = Scratch()  # the unfolded input
         self._parts = []
         for g in range(self.groups):
             part = weight if self.groups == 1 else weight.row_slice(g * per, (g + 1) * per)
@@ -113,7 +115,7 @@ class SparseConv2d:
         per = o // self.groups
         rows_k = cg * kh * kw
         block = max(1, min(n, _COLS_BUDGET_BYTES // max(1, rows_k * n_tiles * tile * x.itemsize)))
-        cols = np.empty((block, n_tiles, rows_k, tile), dtype=self.dtype)
+        cols = self._scratch.get((block, n_tiles, rows_k, tile), self.dtype)
         group = _jit.tile_group(rows_k, tile, x.itemsize)
         for n0 in range(0, n, block):
             m = min(block, n - n0)

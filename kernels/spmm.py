@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from . import _jit
+from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
 
@@ -112,6 +113,7 @@ class SparseLinear:
         self.activation = activation
         self._act = activation_code(activation)
         self._chunks = RowChunks(weight.indptr)
+        self._scratch = Scratch()  # the packed input of batched calls
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
@@ -154,7 +156,7 @@ class SparseLinear:
             return
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch)
-        xp = np.empty((1, -(-batch // tile), self.in_features, tile), dtype=self.dtype)
+        xp = self._scratch.get((1, -(-batch // tile), self.in_features, tile), self.dtype)
         variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
         group = _jit.tile_group(self.in_features, tile, xp.itemsize)

@@ -207,3 +207,45 @@ def test_every_row_length_through_the_vector_tails(rng, path, dtype, index_dtype
     y = csr_linear(x, m, b)
     assert np.isfinite(y).all()
     assert_close(y, y_ref)
+
+
+@pytest.mark.parametrize("shape", [7, (0,), (3, 5), (2, 0, 4), (1, 2, 3, 16)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_aligned_empty_is_cache_line_aligned(shape, dtype):
+    from sparsify.kernels.buffers import ALIGN, aligned_empty
+
+    for _ in range(8):  # several allocations: malloc hands out varying offsets
+        a = aligned_empty(shape, dtype)
+        assert a.size == 0 or a.ctypes.data % ALIGN == 0  # (no data, no address to align)
+        assert a.shape == ((shape,) if isinstance(shape, int) else shape)
+        assert a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        a[...] = 1  # the whole extent is usable
+
+
+def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
+    import threading
+
+    from sparsify.kernels import _jit
+    from sparsify.kernels.buffers import ALIGN
+
+    seen = []
+    real = _jit.pack_rows
+
+    def spy(x, xp):
+        seen.append((threading.get_ident(), xp.__array_interface__["data"][0]))
+        return real(x, xp)
+
+    monkeypatch.setattr(_jit, "pack_rows", spy)
+    w = random_sparse(rng, (40, 30), 0.3)
+    layer = SparseLinear(CSR.from_dense(w))
+    with serial_work_set_to(0):  # the parallel kernels, which the spy stands in front of
+        for batch in (40, 3, 9, 40):
+            x = rng.standard_normal((batch, 30)).astype(np.float32)
+            assert_close(layer(x), reference_linear(x, w).astype(np.float32))
+        other = threading.Thread(target=layer, args=(np.ones((5, 30), np.float32),))
+        other.start()
+        other.join()
+    addresses = [a for _, a in seen]
+    assert all(a % ALIGN == 0 for a in addresses)
+    assert len(set(addresses[:4])) == 1  # one buffer for this thread, big enough from the start
+    assert seen[4][0] != seen[0][0] and addresses[4] != addresses[0]  # another thread's own

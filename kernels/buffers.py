@@ -1,0 +1,48 @@
+"""Scratch buffers aligned to cache lines, reused across calls."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+# Bytes: one cache line, and one 512-bit vector.
+ALIGN = 64
+
+
+def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary.
+
+    numpy only guarantees 16-byte alignment. The SpMM kernel loads one 32/64/128-byte
+    vector per nonzero from the packed input, so with 16-byte alignment some of those
+    loads straddle two cache lines; which ones depends on where malloc put the buffer.
+    Measured (4096² 90% layer, batch 8, 2 threads, five processes each): numpy buffers
+    0.50-0.93 ms depending on the process, aligned ones 0.55-0.59 ms every time.
+    """
+    dtype = np.dtype(dtype)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-raw.__array_interface__["data"][0]) % align
+    return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+class Scratch:
+    """One aligned scratch buffer per calling thread, grown on demand and then reused.
+
+    A fresh aligned buffer per call measured 35 us slower per call than a reused one
+    (4096² layer, batch 1), far more than the allocation itself. ``get`` returns a view
+    that stays valid until the same thread calls ``get`` again on this object.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised aligned C-contiguous array of ``shape`` and ``dtype``."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.nbytes < nbytes:
+            buf = self._local.buf = aligned_empty(max(nbytes, 1), np.uint8)
+        return buf[:nbytes].view(dtype).reshape(shape)
