@@ -124,6 +124,12 @@ def machine_info(threads: int) -> dict:
     }
 
 
+def reference_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T in float64, computed by torch (whose OpenMP pool spins only briefly)."""
+    with torch.inference_mode():
+        return (torch.from_numpy(x).double() @ torch.from_numpy(w).double().T).numpy()
+
+
 def crossover(points: list[dict]) -> float | None:
     """Lowest sparsity from which ours beats ORT dense at every higher measured sparsity."""
     best = None
@@ -176,7 +182,10 @@ def run(cfg: dict, threads: int, min_time: float, min_reps: int, max_reps: int, 
             for b, x in xs.items():
                 layer = SparseLinear(csr)
                 y = layer(x)
-                ref = x.astype(np.float64) @ w.astype(np.float64).T
+                # The float64 reference goes through torch, not numpy: after a numpy matmul,
+                # OpenBLAS's idle worker busy-waits (~0.1 s) on one of the two cores, and the
+                # 2-thread kernel timed next ran 0.29 ms per call instead of 0.02 ms (1024²).
+                ref = reference_product(x, w)
                 xt = torch.from_numpy(x)
                 # Every backend starts from x (batch, in) and returns y (batch, out); the
                 # baselines compute W @ x.T (transposing x inside the timed call) and

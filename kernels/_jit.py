@@ -34,6 +34,8 @@ SPMM_FASTMATH = {"contract"}
 TILES = (8, 16, 32)
 # Nonzeros per row block in the SpMM cache blocking (~256 KiB of fp32 CSR).
 BLOCK_NNZ = 32768
+# Rows computed before their outputs are stored (linear layout): 16 float32 = one line.
+OUT_ROWS = 16
 # Bytes of packed input per tile group in the SpMM cache blocking (half of L2).
 GROUP_BYTES = 1 << 20
 
@@ -84,9 +86,9 @@ def spmm_kernel(tile: int):
         a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
         ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (b % tile)*s_b]`` (``out`` is a flat
         buffer): the same kernel writes (batch, out) linear outputs and NCHW conv
-        outputs. (Writing tile-packed outputs and transposing afterwards, to avoid the
-        strided stores of the linear case, measured no faster.) Work items are
-        (image, row chunk).
+        outputs. When ``s_b != 1`` (linear) it computes OUT_ROWS rows before storing them,
+        one run of OUT_ROWS adjacent values per batch column, instead of one scattered
+        value per cache line. Work items are (image, row chunk).
         """
         n_img = xp.shape[0]
         n_tiles = xp.shape[1]
@@ -95,7 +97,7 @@ def spmm_kernel(tile: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             base = off + n * s_n
-            acc = np.empty(tile, dtype=xp.dtype)
+            acc = np.empty(OUT_ROWS * tile, dtype=xp.dtype)
             r_end = bounds[ch + 1]
             # Cache blocking: a group of tiles (``group``, sized by the wrapper to stay in
             # L2) meets a block of rows holding about ``block_nnz`` nonzeros.
@@ -109,12 +111,24 @@ def spmm_kernel(tile: int):
                         xf = xp[n, ti].reshape(-1)
                         b0 = ti * tile
                         w = min(tile, valid - b0)
-                        for r in range(r_lo, r_hi):
-                            lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                            tile_row(data, indices, lo, hi, xf, bias[r], acc, tile)
-                            pos = base + ti * s_t + r * s_r
-                            for t in range(w):
-                                out[pos + t * s_b] = _activate(acc[t], act)
+                        if s_b == 1:  # batch positions contiguous (conv): store row by row
+                            for r in range(r_lo, r_hi):
+                                lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                                tile_row(data, indices, lo, hi, xf, bias[r], acc, tile)
+                                pos = base + ti * s_t + r * s_r
+                                for t in range(w):
+                                    out[pos + t] = _activate(acc[t], act)
+                        else:  # rows contiguous (linear): store OUT_ROWS rows per column
+                            for rb in range(r_lo, r_hi, OUT_ROWS):
+                                nr = min(OUT_ROWS, r_hi - rb)
+                                for i in range(nr):
+                                    lo, hi = np.uintp(indptr[rb + i]), np.uintp(indptr[rb + i + 1])
+                                    tile_row(data, indices, lo, hi, xf, bias[rb + i],
+                                             acc[i * tile:], tile)
+                                pos = base + ti * s_t + rb * s_r
+                                for t in range(w):
+                                    for i in range(nr):
+                                        out[pos + t * s_b + i * s_r] = _activate(acc[i * tile + t], act)
                     r_lo = r_hi
 
     return spmm

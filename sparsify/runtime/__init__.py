@@ -16,6 +16,11 @@ PASSIVE 2.2-2.5 ms (p90 2.3-3.4 ms); 4 x Linear(1024): default 0.085 ms or 24.6 
 on the moment, PASSIVE 0.17 ms every time. The default policy spins the pool threads, which
 then hold a core that the next parallel region's other thread is waiting for. (These
 figures predate the bounded spin count.)
+
+Other libraries' idle threads can hold a core the same way: after a numpy matmul, OpenBLAS's
+worker busy-waits for about 0.1 s, and a 2-thread 1024² layer timed right after took
+0.29 ms per call instead of 0.02 ms. If your process mixes numpy BLAS calls with sparse
+inference, limit OpenBLAS to one thread (``OPENBLAS_NUM_THREADS=1`` or threadpoolctl).
 """
 
 from sparsify.runtime.session import NodeArg, Session
