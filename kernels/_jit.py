@@ -17,7 +17,7 @@ import types
 import numba
 import numpy as np
 
-from ._simd import gather_dot, tile_row
+from ._simd import SHIFTED_ROWS, gather_dot, shifted_rows, tile_row
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
@@ -114,7 +114,7 @@ def spmm_kernel(tile: int):
                         if s_b == 1:  # batch positions contiguous (conv): store row by row
                             for r in range(r_lo, r_hi):
                                 lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                                tile_row(data, indices, lo, hi, xf, bias[r], acc, tile)
+                                tile_row(data, indices, lo, hi, xf, 0, tile, bias[r], acc, tile)
                                 pos = base + ti * s_t + r * s_r
                                 for t in range(w):
                                     out[pos + t] = _activate(acc[t], act)
@@ -123,7 +123,7 @@ def spmm_kernel(tile: int):
                                 nr = min(OUT_ROWS, r_hi - rb)
                                 for i in range(nr):
                                     lo, hi = np.uintp(indptr[rb + i]), np.uintp(indptr[rb + i + 1])
-                                    tile_row(data, indices, lo, hi, xf, bias[rb + i],
+                                    tile_row(data, indices, lo, hi, xf, 0, tile, bias[rb + i],
                                              acc[i * tile:], tile)
                                 pos = base + ti * s_t + rb * s_r
                                 for t in range(w):
@@ -132,6 +132,73 @@ def spmm_kernel(tile: int):
                     r_lo = r_hi
 
     return spmm
+
+
+@functools.lru_cache(maxsize=None)
+def direct_conv_kernel(width: int):
+    """The stride-1 direct conv kernel computing ``width`` output columns per step (cached)."""
+    if width not in TILES:
+        raise ValueError(f"width {width} should be one of {TILES}")
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH)
+    def direct_conv(data, offsets, indptr, xpad, bias, act, out, out_off, n_img, img_in, img_out,
+                    ho, wo, row_stride, bounds):
+        """Y[n, r, oh, ow] = act(bias[r] + sum_j data[j] * xpad[n*img_in + offsets[j] + oh*row_stride + ow]).
+
+        ``xpad`` is the flat zero-padded input: images of ``img_in`` values, rows of
+        ``row_stride`` values, wide enough that whole ``width``-column steps past ``wo``
+        stay inside, and with rows below the image so that whole SHIFTED_ROWS-row steps
+        past ``ho`` do too (the extra outputs are dropped). ``offsets[j]`` is the input offset
+        of nonzero j's (channel, tap). ``Y[n, r, oh, ow]`` is stored at
+        ``out[out_off + n*img_out + (r*ho + oh)*wo + ow]``. Work items are (image, row chunk).
+        """
+        n_chunks = bounds.shape[0] - 1
+        n_steps = (wo + width - 1) // width
+        for item in numba.prange(n_img * n_chunks):
+            n = item // n_chunks
+            ch = item - n * n_chunks
+            acc = np.empty(SHIFTED_ROWS * width, dtype=xpad.dtype)
+            x0 = n * img_in
+            for r in range(bounds[ch], bounds[ch + 1]):
+                lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                pos_r = out_off + n * img_out + r * ho * wo
+                for oh0 in range(0, ho, SHIFTED_ROWS):
+                    for step in range(n_steps):
+                        ow0 = step * width
+                        shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
+                                     row_stride, bias[r], acc, width)
+                        w = min(width, wo - ow0)
+                        for q in range(min(SHIFTED_ROWS, ho - oh0)):
+                            pos = pos_r + (oh0 + q) * wo + ow0
+                            for t in range(w):
+                                out[pos + t] = _activate(acc[q * width + t], act)
+
+    return direct_conv
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pad_input(x, ph, pw, xpad):
+    """xpad[n, c, i, j] = x[n, c, i - ph, j - pw] inside x, zero elsewhere; xpad is (N, C, Hp, Wx)."""
+    n_img, c_in, height, width = x.shape
+    hp, wx = xpad.shape[2], xpad.shape[3]
+    for item in numba.prange(n_img * c_in):
+        n = item // c_in
+        c = item - n * c_in
+        src = x[n, c]
+        dst = xpad[n, c]
+        for i in range(hp):
+            row = dst[i]
+            ih = i - ph
+            if ih < 0 or ih >= height:
+                for j in range(wx):
+                    row[j] = 0
+            else:
+                for j in range(pw):
+                    row[j] = 0
+                for j in range(width):
+                    row[pw + j] = src[ih, j]
+                for j in range(pw + width, wx):
+                    row[j] = 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

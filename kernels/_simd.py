@@ -21,15 +21,18 @@ from numba.extending import intrinsic
 
 
 @intrinsic(prefer_literal=True)
-def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
-    """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*width : +width]``.
+def tile_row(typingctx, data, indices, lo, hi, xf, base, scale, init, acc, width):
+    """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[p_j : p_j + width]``,
+    where ``p_j = base + indices[j] * scale``.
 
-    The SpMM inner loop for one CSR row and one packed batch tile, emitted as LLVM IR so
-    that its four accumulator vectors stay in registers: nonzeros ``lo + 4i + k`` go to
+    The inner loop for one CSR row and ``width`` outputs, emitted as LLVM IR so that its
+    four accumulator vectors stay in registers: nonzeros ``lo + 4i + k`` go to
     accumulator ``k``, the remainder to accumulator 0, and the result is
-    ``init + ((a0 + a1) + (a2 + a3))``. ``width`` is a compile-time integer constant;
-    ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee every
-    ``indices[j]*width + width <= len(xf)`` and ``width <= len(acc)``.
+    ``init + ((a0 + a1) + (a2 + a3))``. The SpMM kernel reads packed batch tiles
+    (``base`` 0, ``scale`` = width); the direct conv reads shifted input rows (``indices``
+    are per-nonzero input offsets, ``scale`` 1). ``width`` is a compile-time integer
+    constant; ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee
+    every ``p_j + width <= len(xf)`` and ``width <= len(acc)``.
     """
     if not isinstance(width, types.IntegerLiteral):
         return None
@@ -38,39 +41,27 @@ def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
         return None
     if not (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)):
         return None
+    if not (isinstance(base, types.Integer) and isinstance(scale, types.Integer)):
+        return None
     n = width.literal_value
     chains = 4
 
     def codegen(context, builder, sig, args):
-        data_a, idx_a, xf_a, acc_a = (context.make_array(sig.args[i])(context, builder, args[i])
-                                      for i in (0, 1, 4, 6))
-        fty = context.get_value_type(sig.args[0].dtype)
-        vty = ir.VectorType(fty, n)
+        data_a, idx_a, xf_a, acc_a, vty, f_align, i_align, widen, lo, hi, base, scale = \
+            _row_loop_args(context, builder, sig, args, n)
         i64 = ir.IntType(64)
-        f_align = context.get_abi_sizeof(fty)
-        i_align = context.get_abi_sizeof(context.get_value_type(sig.args[1].dtype))
-        widen = builder.sext if sig.args[1].dtype.signed else builder.zext
-        _keep_vector_width(builder, n * f_align * 8)
-        lo = context.cast(builder, args[2], sig.args[2], types.uint64)
-        hi = context.cast(builder, args[3], sig.args[3], types.uint64)
         zero = ir.Constant(vty, None)
         flags = ("contract",)
 
         def update(accum, j):
             col = widen(builder.load(builder.gep(idx_a.data, [j]), align=i_align), i64)
-            x_ptr = builder.gep(xf_a.data, [builder.mul(col, ir.Constant(i64, n))])
+            x_ptr = builder.gep(xf_a.data, [builder.add(base, builder.mul(col, scale))])
             xv = builder.load(builder.bitcast(x_ptr, vty.as_pointer()), align=f_align)
             d = builder.load(builder.gep(data_a.data, [j]), align=f_align)
             return builder.fadd(accum, builder.fmul(xv, _splat(builder, d, vty), flags=flags), flags=flags)
 
-        entry = builder.block
-        main_head = builder.append_basic_block("tile_row.main")
-        main_body = builder.append_basic_block("tile_row.main_body")
-        tail_head = builder.append_basic_block("tile_row.tail")
-        tail_body = builder.append_basic_block("tile_row.tail_body")
-        done = builder.append_basic_block("tile_row.done")
-        main_end = builder.add(lo, builder.and_(builder.sub(hi, lo), ir.Constant(i64, ~(chains - 1))))
-        builder.branch(main_head)
+        entry, main_head, main_body, tail_head, tail_body, done, main_end = \
+            _loop_blocks(builder, "tile_row", lo, hi, chains)
 
         builder.position_at_end(main_head)
         j = builder.phi(i64)
@@ -101,12 +92,47 @@ def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
 
         builder.position_at_end(done)
         total = builder.fadd(builder.fadd(a0, accs[1]), builder.fadd(accs[2], accs[3]))
-        init = context.cast(builder, args[5], sig.args[5], sig.args[0].dtype)
+        init = context.cast(builder, args[7], sig.args[7], sig.args[0].dtype)
         out_ptr = builder.bitcast(acc_a.data, vty.as_pointer())
         builder.store(builder.fadd(_splat(builder, init, vty), total), out_ptr, align=f_align)
         return context.get_dummy_value()
 
-    return types.void(data, indices, lo, hi, xf, init, acc, width), codegen
+    return types.void(data, indices, lo, hi, xf, base, scale, init, acc, width), codegen
+
+
+def _row_loop_args(context, builder, sig, args, n: int):
+    """The operands shared by ``tile_row`` and ``shifted_rows`` (same argument order).
+
+    Returns the data, index, input and accumulator array structs, the ``n``-lane vector
+    type, the value and index alignments, the index widening op, and ``lo``/``hi`` (as
+    uint64) and the two offset terms (``base`` and ``scale``/``row_stride``, as int64).
+    """
+    arrays = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 4, 8)]
+    fty = context.get_value_type(sig.args[0].dtype)
+    f_align = context.get_abi_sizeof(fty)
+    i_align = context.get_abi_sizeof(context.get_value_type(sig.args[1].dtype))
+    widen = builder.sext if sig.args[1].dtype.signed else builder.zext
+    _keep_vector_width(builder, n * f_align * 8)
+    ints = [context.cast(builder, args[i], sig.args[i], t)
+            for i, t in ((2, types.uint64), (3, types.uint64), (5, types.int64), (6, types.int64))]
+    return (*arrays, ir.VectorType(fty, n), f_align, i_align, widen, *ints)
+
+
+def _loop_blocks(builder, name: str, lo, hi, step: int):
+    """Blocks of a loop over [lo, hi) unrolled by ``step`` (a power of two), then a tail.
+
+    Returns the current (entry) block; the main loop's head and body, the tail's head
+    and body, and the exit block (all new, named after ``name``); and the end of the
+    unrolled part, ``lo + ((hi - lo) & ~(step - 1))``. Leaves the builder branching from
+    the entry block to the main head.
+    """
+    entry = builder.block
+    blocks = [builder.append_basic_block(f"{name}.{part}")
+              for part in ("main", "main_body", "tail", "tail_body", "done")]
+    i64 = ir.IntType(64)
+    main_end = builder.add(lo, builder.and_(builder.sub(hi, lo), ir.Constant(i64, ~(step - 1))))
+    builder.branch(blocks[0])
+    return (entry, *blocks, main_end)
 
 
 def _keep_vector_width(builder, bits: int) -> None:
@@ -229,3 +255,90 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
         return builder.call(reduce, [ir.Constant(fty, -0.0), acc], fastmath=("reassoc",))
 
     return data.dtype(data, indices, lo, hi, x), codegen
+
+
+# Output rows computed together by ``shifted_rows``.
+SHIFTED_ROWS = 4
+
+
+@intrinsic(prefer_literal=True)
+def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, width):
+    """For q < SHIFTED_ROWS: ``acc[q*width : (q+1)*width] = init + sum_{j in [lo, hi)}
+    data[j] * xf[p_jq : p_jq + width]`` with ``p_jq = base + q*row_stride + offsets[j]``.
+
+    The direct conv's inner loop: SHIFTED_ROWS output rows of one channel share each
+    nonzero's weight and offset loads. Two sets of SHIFTED_ROWS accumulator vectors
+    (nonzeros alternate between them, the remainder goes to the first) stay in
+    registers and are added at the end. ``width`` is a compile-time integer constant;
+    ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee every
+    ``p_jq + width <= len(xf)`` and ``SHIFTED_ROWS*width <= len(acc)``.
+    """
+    if not isinstance(width, types.IntegerLiteral):
+        return None
+    if not all(isinstance(a, types.Array) and a.dtype == data.dtype for a in (data, xf, acc)):
+        return None
+    if not (isinstance(offsets, types.Array) and isinstance(offsets.dtype, types.Integer)):
+        return None
+    if not (isinstance(base, types.Integer) and isinstance(row_stride, types.Integer)):
+        return None
+    n, rows = width.literal_value, SHIFTED_ROWS
+
+    def codegen(context, builder, sig, args):
+        data_a, off_a, xf_a, acc_a, vty, f_align, o_align, widen, lo, hi, base, stride = \
+            _row_loop_args(context, builder, sig, args, n)
+        i64 = ir.IntType(64)
+        row_base = [builder.add(base, builder.mul(stride, ir.Constant(i64, q))) for q in range(rows)]
+        zero = ir.Constant(vty, None)
+        flags = ("contract",)
+
+        def update(accums, j):
+            off = widen(builder.load(builder.gep(off_a.data, [j]), align=o_align), i64)
+            d = _splat(builder, builder.load(builder.gep(data_a.data, [j]), align=f_align), vty)
+            out = []
+            for q, a in enumerate(accums):
+                x_ptr = builder.gep(xf_a.data, [builder.add(row_base[q], off)])
+                xv = builder.load(builder.bitcast(x_ptr, vty.as_pointer()), align=f_align)
+                out.append(builder.fadd(a, builder.fmul(xv, d, flags=flags), flags=flags))
+            return out
+
+        entry, main_head, main_body, tail, tail_body, done, main_end = \
+            _loop_blocks(builder, "shifted_rows", lo, hi, 2)
+
+        builder.position_at_end(main_head)
+        j = builder.phi(i64)
+        first = [builder.phi(vty) for _ in range(rows)]
+        second = [builder.phi(vty) for _ in range(rows)]
+        j.add_incoming(lo, entry)
+        for a in first + second:
+            a.add_incoming(zero, entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, main_end), main_body, tail)
+
+        builder.position_at_end(main_body)
+        new_first = update(first, j)
+        new_second = update(second, builder.add(j, ir.Constant(i64, 1)))
+        for a, u in zip(first + second, new_first + new_second):
+            a.add_incoming(u, builder.block)
+        j.add_incoming(builder.add(j, ir.Constant(i64, 2)), builder.block)
+        builder.branch(main_head)
+
+        builder.position_at_end(tail)  # at most one nonzero left
+        builder.cbranch(builder.icmp_unsigned("<", j, hi), tail_body, done)
+        builder.position_at_end(tail_body)
+        last = update(first, j)
+        builder.branch(done)
+
+        builder.position_at_end(done)
+        merged = []
+        for q in range(rows):  # phis first in the block
+            a = builder.phi(vty)
+            a.add_incoming(first[q], tail)
+            a.add_incoming(last[q], tail_body)
+            merged.append(a)
+        init = _splat(builder, context.cast(builder, args[7], sig.args[7], sig.args[0].dtype), vty)
+        for q, a in enumerate(merged):
+            total = builder.fadd(init, builder.fadd(a, second[q]))
+            ptr = builder.gep(acc_a.data, [ir.Constant(i64, q * n)])
+            builder.store(total, builder.bitcast(ptr, vty.as_pointer()), align=f_align)
+        return context.get_dummy_value()
+
+    return types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, width), codegen

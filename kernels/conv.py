@@ -1,11 +1,18 @@
-"""Sparse 2-D convolution (NCHW) with a CSR weight: im2col + the batch-tiled SpMM kernel.
+"""Sparse 2-D convolution (NCHW) with a CSR weight: direct for stride 1, else im2col + SpMM.
 
 The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shape
-(out_channels, in_channels // groups * kh * kw). Blocks of images are unfolded into
-the SpMM kernel's packed input layout (a buffer of at most ~8 MiB unless one image
-needs more; for a 1x1 stride-1 conv this is a plain repack), then multiplied. Grouped
-convs run one SpMM per group (correct for any ``groups``, but depthwise convs pay one
-kernel launch per channel: they are not a fast path).
+(out_channels, in_channels // groups * kh * kw).
+
+- Stride 1 (any kernel size, padding, dilation): the input is copied once into a
+  zero-padded buffer and each nonzero (channel, tap) becomes an offset into it; every
+  output row is a sum over the channel's nonzeros of shifted input rows, computed
+  ``width`` columns at a time with the accumulators in registers. Nothing is unfolded,
+  so the work is nnz * Ho * Wo multiply-adds plus one copy of the input.
+- Other strides: blocks of images are unfolded into the SpMM kernel's packed input
+  layout (a buffer of at most ~8 MiB unless one image needs more), then multiplied.
+
+Grouped convs run one kernel call per group (correct for any ``groups``, but depthwise
+convs pay one launch per channel: they are not a fast path).
 """
 
 from __future__ import annotations
@@ -63,7 +70,8 @@ class SparseConv2d:
         self.activation = activation
         self._act = activation_code(activation)
         per = out_ch // self.groups
-        self._scratch = Scratch()  # the unfolded input
+        self._scratch = Scratch()  # the padded (stride 1) or unfolded input
+        self._offset_cache: dict[tuple[int, int], list[np.ndarray]] = {}
         self._parts = []
         for g in range(self.groups):
             part = weight if self.groups == 1 else weight.row_slice(g * per, (g + 1) * per)
@@ -102,6 +110,9 @@ class SparseConv2d:
         if n == 0 or o == 0:
             return y
         x = np.ascontiguousarray(x)
+        if self.stride == (1, 1):
+            self._direct(x, y)
+            return y
         flat = y.reshape(-1)
         tile = pick_tile(p)
         n_tiles = -(-p // tile)
@@ -126,6 +137,43 @@ class SparseConv2d:
                        flat, n0 * o * p + g * per * p, o * p, tile, p, 1, p, group, _jit.BLOCK_NNZ,
                        chunks.bounds(1) if small else chunks.bounds())
         return y
+
+    def _direct(self, x: np.ndarray, y: np.ndarray) -> None:
+        """The stride-1 conv of contiguous ``x`` into ``y`` through the direct kernel."""
+        n, c, h, w = x.shape
+        o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+        kw, (ph, pw), dw = self.kernel_size[1], self.padding, self.dilation[1]
+        width = pick_tile(wo)
+        # Room for whole column steps, and rows below the image for whole row steps.
+        hp = h + 2 * ph + (-ho) % _jit.SHIFTED_ROWS
+        wx = max(w + 2 * pw, -(-wo // width) * width + (kw - 1) * dw)
+        offsets = self._offsets(hp, wx)
+        xpad = self._scratch.get((n, c, hp, wx), self.dtype)
+        small = self.weight.nnz * n * ho * wo < _spmm.SERIAL_WORK
+        variant = _jit.serial if small else (lambda k: k)
+        variant(_jit.pad_input)(x, ph, pw, xpad)
+        kernel = variant(_jit.direct_conv_kernel(width))
+        per = o // self.groups
+        for g, (part, bias, chunks) in enumerate(self._parts):
+            kernel(part.data, offsets[g], part.indptr, xpad.reshape(-1), bias, self._act,
+                   y.reshape(-1), g * per * ho * wo, n, c * hp * wx, o * ho * wo, ho, wo, wx,
+                   chunks.bounds(1) if small else chunks.bounds())
+
+    def _offsets(self, hp: int, wx: int) -> list[np.ndarray]:
+        """Per group, each nonzero's offset into one padded image of (C, hp, wx) (cached)."""
+        key = (hp, wx)
+        found = self._offset_cache.get(key)
+        if found is None:
+            (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+            cg = self.in_channels // self.groups
+            found = []
+            for g, (part, _, _) in enumerate(self._parts):
+                k = part.indices.astype(np.int64)
+                chan = g * cg + k // (kh * kw)
+                tap_i, tap_j = (k // kw) % kh, k % kw
+                found.append(chan * hp * wx + tap_i * dh * wx + tap_j * dw)
+            self._offset_cache[key] = found
+        return found
 
 
 def csr_conv2d(x: np.ndarray, w: CSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,

@@ -34,8 +34,9 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
 
     Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
     ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernel, the
-    SpMM kernel at every batch tile width (``_jit.TILES``), the input packing and the
-    conv unfolding, each in its parallel version and its serial twin. Call it once
+    SpMM kernel at every batch tile width (``_jit.TILES``), the input packing, the
+    direct (stride-1) conv at every column width with its input padding, and the conv
+    unfolding, each in its parallel version and its serial twin. Call it once
     before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
@@ -55,6 +56,10 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     layer(np.ones(9, dtype))
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
-                    SparseConv2d(w, kernel_size=3, padding=1)(np.ones((1, 1, 3, 3), dtype))
+                    conv = SparseConv2d(w, kernel_size=3, padding=1)
+                    conv(np.ones((1, 1, 3, 3), dtype))  # stride 1 is direct: every width
+                    for tile in _jit.TILES:
+                        conv(np.ones((1, 1, 1, tile), dtype))
+                    SparseConv2d(w, kernel_size=3, stride=2)(np.ones((1, 1, 3, 3), dtype))
     finally:
         spmm.SERIAL_WORK = saved

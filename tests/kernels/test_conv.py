@@ -111,3 +111,39 @@ def test_output_size_and_empty_batch(rng):
     conv = SparseConv2d(CSR.from_dense(random_sparse(rng, (4, 18), 0.5)), kernel_size=3, stride=2, padding=1)
     assert conv.output_size(7, 8) == (4, 4)
     assert conv(np.ones((0, 2, 7, 8), np.float32)).shape == (0, 4, 4, 4)
+
+
+@pytest.mark.parametrize("wo", [1, 7, 8, 9, 16, 17, 33, 40])
+@pytest.mark.parametrize("k, padding, dilation", [(1, 0, 1), (3, 1, 1), (3, 2, 2), ((1, 3), (0, 1), 1)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stride_one_direct_path_every_output_width(rng, path, wo, k, padding, dilation, batch):
+    # Output widths around the 8/16/32-column steps, so the last step of each row is
+    # partial (its extra columns read the zero margin of the padded input and are dropped).
+    kh, kw = (k, k) if isinstance(k, int) else k
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    w = wo - 2 * pw + dilation * (kw - 1)
+    h = 5 - 2 * ph + dilation * (kh - 1)
+    _check(rng, batch, 6, h, w, 5, (kh, kw), 1, (ph, pw), dilation, groups=1, density=0.4,
+           activation="relu")
+
+
+def test_stride_one_direct_path_with_groups_and_nan_margin(rng):
+    # Grouped direct conv; a NaN in the input must reach exactly the outputs whose
+    # receptive field (through a nonzero tap) contains it, as in torch.
+    _check(rng, 2, 6, 9, 11, 9, 3, 1, 1, 1, groups=3, density=0.5)
+    w4 = np.ones((2, 1, 3, 3), np.float32)
+    x = np.zeros((1, 1, 5, 5), np.float32)
+    x[0, 0, 0, 0] = np.nan
+    y = csr_conv2d(x, CSR.from_dense(w4.reshape(2, -1)), None, 3, 1, 1)
+    assert np.isnan(y[0, :, :2, :2]).all() and np.isfinite(y[0, :, 2:, :]).all() and np.isfinite(y[0, :, :, 2:]).all()
+
+
+def test_direct_and_unfolded_paths_agree_on_one_weight(rng):
+    # The same weight through stride 1 (direct) and the im2col path (the stride-2 output
+    # is the stride-1 output subsampled).
+    w4 = random_sparse(rng, (7, 4 * 9), 0.3).reshape(7, 4, 3, 3)
+    x = rng.standard_normal((2, 4, 12, 13)).astype(np.float32)
+    m = CSR.from_dense(w4.reshape(7, -1))
+    full = csr_conv2d(x, m, None, 3, 1, 1)
+    strided = csr_conv2d(x, m, None, 3, 2, 1)
+    assert_close(strided, full[:, :, ::2, ::2])
