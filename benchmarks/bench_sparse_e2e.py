@@ -14,7 +14,8 @@ Legs (all fp32, ``--threads`` threads, seeded, JIT warmed up first, interleaved 
   comes from it.
 
     python benchmarks/bench_sparse_e2e.py [--quick] [--out benchmarks/results/sparse_e2e.json]
-    python benchmarks/bench_sparse_e2e.py --crossover --out benchmarks/results/sparse_crossover.json
+    python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
+    python benchmarks/bench_sparse_e2e.py --crossover --out benchmarks/results/sparse_crossover_2threads.json
 
 Each backend is timed in a fresh process (``measure_in_child``); the sparse runtime runs with
 its default ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (set by ``import sparsify``) and, for comparison,
@@ -268,10 +269,12 @@ def crossover(threads: int, quick: bool, min_time: float) -> dict[str, Any]:
         for batch in (1, 8, 64):
             cases.append((f"linear {n}x{n} batch {batch}", "linear", rng.standard_normal((n, n)).astype(np.float32),
                           lambda w: model("Gemm", w, transB=1), batch))
-    for c, hw, k in ((64, 8, 3), (64, 16, 3), (128, 16, 1)):
-        cases.append((f"conv {c}x{c} {k}x{k} on {hw}x{hw} batch 1", "conv",
-                      rng.standard_normal((c, c, k, k)).astype(np.float32),
-                      lambda w: model("Conv", w, pads=[w.shape[2] // 2] * 4), hw))
+    for c, hw, k, stride in ((64, 8, 3, 1), (64, 16, 3, 1), (256, 14, 3, 1), (128, 16, 1, 1),
+                             (64, 16, 3, 2)):
+        cases.append((f"conv {c}x{c} {k}x{k}{' stride 2' if stride == 2 else ''} on {hw}x{hw} batch 1",
+                      "conv", rng.standard_normal((c, c, k, k)).astype(np.float32),
+                      lambda w, s=stride: model("Conv", w, pads=[w.shape[2] // 2] * 4, strides=[s, s]),
+                      (hw, stride)))
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="sparse-crossover-"))
     for name, kind, w, build, param in cases:
@@ -280,7 +283,8 @@ def crossover(threads: int, quick: bool, min_time: float) -> dict[str, Any]:
         if kind == "linear":
             x = rng.standard_normal((param, w.shape[1])).astype(np.float32)
         else:
-            x = rng.standard_normal((1, w.shape[1], param, param)).astype(np.float32)
+            hw, stride = param
+            x = rng.standard_normal((1, w.shape[1], hw, hw)).astype(np.float32)
         # Dense first, then a pause, then the kernels: ORT's spinning pool threads must not
         # share the cores with the Numba threads (see measure_in_child). The decision uses the
         # fastest call of each (min): on the shared 2-core machine a 2-thread Numba region
@@ -297,7 +301,8 @@ def crossover(threads: int, quick: bool, min_time: float) -> dict[str, Any]:
                 layer = SparseLinear(CSR.from_dense(wd))
             else:
                 k = w.shape[2]
-                layer = SparseConv2d(CSR.from_dense(wd.reshape(w.shape[0], -1)), kernel_size=k, padding=k // 2)
+                layer = SparseConv2d(CSR.from_dense(wd.reshape(w.shape[0], -1)), kernel_size=k, padding=k // 2,
+                                     stride=stride)
             st = Stats.from_ns(measure(lambda: layer(x), warmup=20, min_time=min_time))
             sparse_ms[str(d)] = {"min_ms": finite(st.min_ms), "p50_ms": finite(st.p50_ms)}
             ratios[str(d)] = finite(st.min_ms / dense.min_ms)

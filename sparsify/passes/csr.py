@@ -26,24 +26,33 @@ from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_O
 # Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (fp32), by target
 # batch. Measured with
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
-# (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of each side; kernels as of
-# commit 00d453d): each entry is the largest grid density at which the kernels were faster for
-# both 1024x1024 and 4096x4096 layers. Sparse/dense time at that density (1024 / 4096):
-# batch 1 0.84 / 0.84, batch 8 0.82 / 0.49, batch 64 0.74 / 0.48. One thread, because on the
-# shared 2-core machine 2-thread Numba regions stalled whenever another process held a core.
-# Batches between entries use the entry of the next larger measured batch.
-LINEAR_CROSSOVER: dict[int, float] = {1: 0.5, 8: 0.3, 64: 0.1}
-# Convs (64-channel 3x3 over 8x8 and 16x16, 128-channel 1x1 over 16x16, batch 1): the kernels
-# were 1.4-2.1x slower than ORT even at density 0.02 (fixed per-call cost of the im2col/packing
-# path), so no conv is converted by default; --density-threshold still forces it.
-# Re-measure when the conv kernel changes.
-CONV_CROSSOVER: float = 0.0
+# and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
+# each side; kernels as of commit 01fb75d): each linear entry is the largest grid density at
+# which the kernels were faster for both 1024x1024 and 4096x4096 layers at 1 thread (at 2
+# threads the crossovers were the same or higher: 0.5/0.4, 0.3/0.4, 0.3/0.4). Sparse/dense
+# time at that density (1024 / 4096): batch 1 0.81 / 0.77, batch 8 0.84 / 0.59, batch 64
+# 0.84 / 0.70. Batches between entries use the entry of the next larger measured batch.
+LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
+# Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: 64-channel
+# 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
+# threads (sparse/dense 0.37-0.92); at 0.1 the 8x8 case was at parity with 2 threads (1.01).
+CONV_CROSSOVER: float = 0.05
+# 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads) and strided
+# convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
+# thread counts, so they are not converted by default; --density-threshold still forces it.
+# Re-measure when the conv kernels change.
 
 
-def default_threshold(kind: str, target_batch: int = 1) -> float:
-    """The measured crossover density for ``kind`` ("linear" or "conv") at ``target_batch``."""
+def default_threshold(kind: str, target_batch: int = 1, kernel_shape: Sequence[int] = (3, 3),
+                      strides: Sequence[int] = (1, 1)) -> float:
+    """The measured crossover density for ``kind`` ("linear" or "conv") at ``target_batch``.
+
+    For convs it depends on the kernel: CONV_CROSSOVER for stride-1 convs larger than
+    1x1, 0.0 (never convert) for 1x1 or strided ones.
+    """
     if kind == "conv":
-        return CONV_CROSSOVER
+        spatial = any(k > 1 for k in kernel_shape)
+        return CONV_CROSSOVER if spatial and all(st == 1 for st in strides) else 0.0
     for batch in sorted(LINEAR_CROSSOVER):
         if target_batch <= batch:
             return LINEAR_CROSSOVER[batch]
@@ -332,7 +341,14 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
         kind = "conv" if d.op_type == "Conv" else "linear"
-        threshold = default_threshold(kind, target_batch) if density_threshold is None else float(density_threshold)
+        if density_threshold is not None:
+            threshold = float(density_threshold)
+        elif kind == "conv":
+            a = _attrs(g.nodes[d.fused[0]])
+            threshold = default_threshold(kind, target_batch, a.get("kernel_shape", w.shape[2:]),
+                                          a.get("strides", (1, 1)))
+        else:
+            threshold = default_threshold(kind, target_batch)
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
         if d.density < threshold or threshold >= 1.0:
@@ -344,7 +360,8 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
             d.convert = False
             d.reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
-                d.reason += f" ({kind} kernels measured slower than ONNX Runtime at every density)"
+                what = "1x1 and strided conv" if kind == "conv" else f"{kind}"
+                d.reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
             d.activation, d.fused = "none", ()
     return CsrPlan(decisions, target_batch, density_threshold)
 

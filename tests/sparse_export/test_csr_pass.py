@@ -45,12 +45,15 @@ def test_plan_decides_by_density_and_says_why(dense_files):
     assert any("kept dense" in line and "head.weight" in line for line in plan.lines())
 
 
-def test_large_target_batch_lowers_the_threshold(dense_files):
-    model = onnx.load(str(dense_files["mlp"][1]))
-    d = by_weight(plan_csr(model, target_batch=64))
-    t = default_threshold("linear", 64)
-    assert d["fc2.weight"].convert is False and "for batch 64" in d["fc2.weight"].reason
-    assert d["fc1.weight"].convert == (d["fc1.weight"].density < t)
+def test_large_target_batch_lowers_the_threshold(tmp_path):
+    t1, t64 = default_threshold("linear", 1), default_threshold("linear", 64)
+    density = (t1 + t64) / 2  # converted for batch 1, kept dense for batch 64
+    _, path = models.export("mlp", tmp_path / "m.onnx", densities=(density, 1.0, 1.0))
+    model = onnx.load(str(path))
+    one, many = by_weight(plan_csr(model, target_batch=1)), by_weight(plan_csr(model, target_batch=64))
+    assert abs(one["fc1.weight"].density - density) < 0.05
+    assert one["fc1.weight"].convert and "for batch 1" in one["fc1.weight"].reason
+    assert not many["fc1.weight"].convert and "for batch 64" in many["fc1.weight"].reason
 
 
 def test_threshold_override_one_converts_even_fully_dense_layers(dense_files):
@@ -189,3 +192,33 @@ def test_exporter_made_initializers_are_named_after_the_torch_parameter(dense_fi
     assert {"fc1.weight.csr_data", "fc2.weight.csr_indices"} <= names
     attrs = {a.name: helper.get_attribute_value(a) for a in result.model.graph.node[0].attribute}
     assert attrs["weight_name"] == b"fc1.weight" and list(attrs["weight_shape"]) == [16, 40]
+
+
+def test_default_conv_threshold_depends_on_kernel_and_stride():
+    from sparsify.passes.csr import CONV_CROSSOVER
+
+    assert 0 < CONV_CROSSOVER < 1
+    assert default_threshold("conv", 1, (3, 3), (1, 1)) == CONV_CROSSOVER
+    assert default_threshold("conv", 1, (1, 3), [1, 1]) == CONV_CROSSOVER
+    assert default_threshold("conv", 1, (1, 1), (1, 1)) == 0.0
+    assert default_threshold("conv", 1, (3, 3), (2, 2)) == 0.0
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 6, 6])
+    inits, nodes, prev = [], [], "x"
+    for name, k, stride in (("spatial", 3, 1), ("pointwise", 1, 1), ("strided", 3, 2)):
+        w = rng.standard_normal((32, 32, k, k)).astype(np.float32)
+        w[rng.random(w.shape) >= CONV_CROSSOVER / 2] = 0  # well below the threshold
+        w[0, 0, 0, 0] = 1.0  # not all zero
+        inits.append(numpy_helper.from_array(w, f"{name}.w"))
+        nodes.append(helper.make_node("Conv", [prev, f"{name}.w"], [name], name=name,
+                                      kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2))
+        prev = name
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)],
+                              inits)
+    plan = plan_csr(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    d = {x.node: x for x in plan.decisions}
+    assert d["spatial"].convert and d["spatial"].density < CONV_CROSSOVER
+    for name in ("pointwise", "strided"):  # as sparse, but 1x1 / strided: kept dense
+        assert d[name].density < CONV_CROSSOVER and not d[name].convert
+        assert "1x1 and strided conv kernels measured slower" in d[name].reason
