@@ -182,9 +182,10 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
     """``sum_{j in [lo, hi)} data[j] * x[indices[j]]`` in 512-bit masked-gather chunks.
 
     The SpMV inner loop for one CSR row: each chunk of 16 float32 (8 float64) nonzeros
-    is one masked load of data and indices and one masked gather from ``x``; the last
-    chunk's mask covers only ``[j, hi)``, so nothing outside the row is read. Partial
-    sums accumulate per lane and are added up at the end (reassociated). ``lo``/``hi``
+    is one load of data and indices and one gather from ``x``. Whole pairs of chunks go
+    unmasked into two accumulators (two gathers in flight); the rest are masked, the
+    last one's mask covering only ``[j, hi)``, so nothing outside the row is read.
+    Partial sums accumulate per lane and are added up at the end (reassociated). ``lo``/``hi``
     are unsigned positions. No bounds checks: callers guarantee ``hi <= len(data)`` and
     every index is inside ``x``.
     """
@@ -219,40 +220,56 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
         hi = context.cast(builder, args[3], sig.args[3], types.uint64)
         lanes = ir.Constant(ir.VectorType(i64, n), list(range(n)))
         zero = ir.Constant(vty, None)
-
-        entry = builder.block
-        head = builder.append_basic_block("gather_dot.head")
-        body = builder.append_basic_block("gather_dot.body")
-        done = builder.append_basic_block("gather_dot.done")
-        builder.branch(head)
-
-        builder.position_at_end(head)
-        j = builder.phi(i64)
-        acc = builder.phi(vty)
-        j.add_incoming(lo, entry)
-        acc.add_incoming(zero, entry)
-        builder.cbranch(builder.icmp_unsigned("<", j, hi), body, done)
-
-        builder.position_at_end(body)
-        mask = builder.icmp_unsigned("<", lanes, _splat(builder, builder.sub(hi, j),
-                                                        ir.VectorType(i64, n)))
-        cols = builder.call(load_i, [builder.gep(idx_a.data, [j]), ir.Constant(i32, isz), mask,
-                                     ir.Constant(vity, None)])
-        if isz < 4:  # 32-bit lane offsets give the hardware gather its base + index form
-            v32 = ir.VectorType(i32, n)
-            cols = builder.sext(cols, v32) if sig.args[1].dtype.signed else builder.zext(cols, v32)
-        ptrs = _VectorGEP(builder.block, x_a.data, fty, cols, pvty)
-        builder._insert(ptrs)
-        xv = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
-        dv = builder.call(load_f, [builder.gep(data_a.data, [j]), ir.Constant(i32, fsz), mask, zero])
         flags = ("contract",)
-        acc.add_incoming(builder.fadd(acc, builder.fmul(dv, xv, flags=flags), flags=flags),
-                         builder.block)
-        j.add_incoming(builder.add(j, ir.Constant(i64, n)), builder.block)
-        builder.branch(head)
+
+        def chunk(acc, j, mask):
+            cols = builder.call(load_i, [builder.gep(idx_a.data, [j]), ir.Constant(i32, isz), mask,
+                                         ir.Constant(vity, None)])
+            if isz < 4:  # 32-bit lane offsets give the hardware gather its base + index form
+                v32 = ir.VectorType(i32, n)
+                cols = builder.sext(cols, v32) if sig.args[1].dtype.signed else builder.zext(cols, v32)
+            ptrs = _VectorGEP(builder.block, x_a.data, fty, cols, pvty)
+            builder._insert(ptrs)
+            xv = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
+            dv = builder.call(load_f, [builder.gep(data_a.data, [j]), ir.Constant(i32, fsz), mask,
+                                       zero])
+            return builder.fadd(acc, builder.fmul(dv, xv, flags=flags), flags=flags)
+
+        # Whole pairs of chunks with an all-true mask into two accumulators, then the
+        # remaining (at most two, the last partial) chunks masked into the first.
+        entry, main_head, main_body, tail_head, tail_body, done, main_end = \
+            _loop_blocks(builder, "gather_dot", lo, hi, 2 * n)
+        builder.position_at_end(main_head)
+        j = builder.phi(i64)
+        first, second = builder.phi(vty), builder.phi(vty)
+        for phi, start in ((j, lo), (first, zero), (second, zero)):
+            phi.add_incoming(start, entry)
+        builder.cbranch(builder.icmp_unsigned("<", j, main_end), main_body, tail_head)
+
+        builder.position_at_end(main_body)
+        everything = ir.Constant(mty, [1] * n)
+        first.add_incoming(chunk(first, j, everything), builder.block)
+        second.add_incoming(chunk(second, builder.add(j, ir.Constant(i64, n)), everything),
+                            builder.block)
+        j.add_incoming(builder.add(j, ir.Constant(i64, 2 * n)), builder.block)
+        builder.branch(main_head)
+
+        builder.position_at_end(tail_head)
+        jt, tail_acc = builder.phi(i64), builder.phi(vty)
+        jt.add_incoming(j, main_head)
+        tail_acc.add_incoming(first, main_head)
+        builder.cbranch(builder.icmp_unsigned("<", jt, hi), tail_body, done)
+
+        builder.position_at_end(tail_body)
+        mask = builder.icmp_unsigned("<", lanes, _splat(builder, builder.sub(hi, jt),
+                                                        ir.VectorType(i64, n)))
+        tail_acc.add_incoming(chunk(tail_acc, jt, mask), builder.block)
+        jt.add_incoming(builder.add(jt, ir.Constant(i64, n)), builder.block)
+        builder.branch(tail_head)
 
         builder.position_at_end(done)
-        return builder.call(reduce, [ir.Constant(fty, -0.0), acc], fastmath=("reassoc",))
+        return builder.call(reduce, [ir.Constant(fty, -0.0), builder.fadd(tail_acc, second)],
+                            fastmath=("reassoc",))
 
     return data.dtype(data, indices, lo, hi, x), codegen
 
