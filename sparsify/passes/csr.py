@@ -33,12 +33,6 @@ from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_O
 # time at that density (1024 / 4096): batch 1 0.81 / 0.77, batch 8 0.84 / 0.59, batch 64
 # 0.84 / 0.70. Batches between entries use the entry of the next larger measured batch.
 LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
-# Linear layers with fewer weights than this stay dense under the measured defaults: below
-# it ONNX Runtime's dense Gemm costs less than one sparse op's fixed per-call cost in the
-# runtime (Gemm + Relu at density 0.1, batch 1, through sparsify.runtime.Session vs ORT, 1 / 2
-# threads: 64x64 1.61 / 1.64x slower, 256x256 1.38 / 1.27x slower, 512x512 0.80 / 1.39x,
-# 1024x1024 0.19 / 0.28x).
-MIN_LINEAR_WEIGHTS = 512 * 512
 # Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: 64-channel
 # 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
 # threads (sparse/dense 0.37-0.92); at 0.1 the 8x8 case was at parity with 2 threads (1.01).
@@ -318,14 +312,13 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
 
 
 def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
-             target_batch: int = 1, min_linear_weights: int = MIN_LINEAR_WEIGHTS) -> CsrPlan:
+             target_batch: int = 1) -> CsrPlan:
     """Decide, for each Gemm / MatMul / Conv of ``model``, whether to convert it and why.
 
     A layer is converted when its weight density is strictly below the threshold: the
     measured crossover for ``target_batch`` (:func:`default_threshold`) unless
     ``density_threshold`` overrides it. A threshold of 1.0 means "convert every eligible
-    layer", fully dense ones included. Under the measured defaults, linear layers with
-    fewer than ``min_linear_weights`` weights stay dense (too small to repay a sparse op).
+    layer", fully dense ones included.
     """
     if density_threshold is not None and not (isinstance(density_threshold, (int, float))
                                               and 0.0 <= density_threshold <= 1.0):
@@ -348,13 +341,6 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
         kind = "conv" if d.op_type == "Conv" else "linear"
-        if density_threshold is None and kind == "linear" and w.size < min_linear_weights:
-            d.convert = False
-            d.reason = (f"{w.size:,} weights, fewer than the {min_linear_weights:,} from which a sparse "
-                        "linear layer measured faster than ONNX Runtime's dense one (per-call cost); "
-                        "--density-threshold converts it anyway")
-            d.activation, d.fused = "none", ()
-            continue
         if density_threshold is not None:
             threshold = float(density_threshold)
         elif kind == "conv":
@@ -483,14 +469,12 @@ class CsrPass:
 
     name = "csr"
 
-    def __init__(self, density_threshold: float | None = None, target_batch: int = 1,
-                 min_linear_weights: int = MIN_LINEAR_WEIGHTS) -> None:
+    def __init__(self, density_threshold: float | None = None, target_batch: int = 1) -> None:
         self.density_threshold = density_threshold
         self.target_batch = target_batch
-        self.min_linear_weights = min_linear_weights
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        plan = plan_csr(model, self.density_threshold, self.target_batch, self.min_linear_weights)
+        plan = plan_csr(model, self.density_threshold, self.target_batch)
         return PassResult(rewrite_csr(model, plan), bool(plan.converted), plan)
 
 
@@ -500,5 +484,5 @@ def convert_layers(model: onnx.ModelProto, density_threshold: float | None = Non
     return CsrPass(density_threshold, target_batch).call(model)
 
 
-__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "MIN_LINEAR_WEIGHTS", "default_threshold", "LayerDecision", "CsrPlan",
+__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "default_threshold", "LayerDecision", "CsrPlan",
                           "PassResult", "plan_csr", "rewrite_csr", "CsrPass", "convert_layers"]

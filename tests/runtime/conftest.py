@@ -8,8 +8,7 @@ from tests.sparse_export import models
 def sparse_pair(root, kind, threshold=1.0, **kwargs):
     """(module, dense path, sparse path, plan) for a test model converted at ``threshold``."""
     module, dense = models.export(kind, root / f"{kind}.onnx", **kwargs)
-    # min_linear_weights=0: the test models are far below the default size cut-off.
-    result = CsrPass(density_threshold=threshold, min_linear_weights=0).call(onnx.load(str(dense)))
+    result = CsrPass(density_threshold=threshold).call(onnx.load(str(dense)))
     sparse = root / f"{kind}_sparse.onnx"
     onnx.save(result.model, str(sparse))
     return module, dense, sparse, result.plan

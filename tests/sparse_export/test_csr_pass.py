@@ -32,7 +32,7 @@ def test_default_threshold_comes_from_the_table_and_falls_with_batch():
 
 def test_plan_decides_by_density_and_says_why(dense_files):
     model = onnx.load(str(dense_files["mlp"][1]))
-    plan = plan_csr(model, target_batch=1, min_linear_weights=0)  # tiny test layers
+    plan = plan_csr(model, target_batch=1)
     d = by_weight(plan)
     t = default_threshold("linear", 1)
     assert [x.op_type for x in plan.decisions] == ["Gemm", "Gemm", "Gemm"]
@@ -50,8 +50,7 @@ def test_large_target_batch_lowers_the_threshold(tmp_path):
     density = (t1 + t64) / 2  # converted for batch 1, kept dense for batch 64
     _, path = models.export("mlp", tmp_path / "m.onnx", densities=(density, 1.0, 1.0))
     model = onnx.load(str(path))
-    one = by_weight(plan_csr(model, target_batch=1, min_linear_weights=0))
-    many = by_weight(plan_csr(model, target_batch=64, min_linear_weights=0))
+    one, many = by_weight(plan_csr(model, target_batch=1)), by_weight(plan_csr(model, target_batch=64))
     assert abs(one["fc1.weight"].density - density) < 0.05
     assert one["fc1.weight"].convert and "for batch 1" in one["fc1.weight"].reason
     assert not many["fc1.weight"].convert and "for batch 64" in many["fc1.weight"].reason
@@ -95,7 +94,7 @@ def test_structural_skips_carry_reasons():
         helper.make_node("Gemm", ["c", "w"], ["y"], name="g_ok", transB=0),
     ]
     model = _graph(nodes, {"w": w, "wc": wc, "wc8": np.zeros((8, 8, 2, 2), np.float32)}, [x, xb, xi])
-    d = {x.node: x for x in plan_csr(model, min_linear_weights=0).decisions}
+    d = {x.node: x for x in plan_csr(model).decisions}
     assert d["g_input_weight"].reason == "weight is not an initializer"
     assert d["g_transA"].reason == "Gemm transA=1"
     assert "alpha=2.0" in d["g_alpha"].reason
@@ -150,7 +149,7 @@ def test_rewrite_checks_and_reference_evaluator_equals_dense(dense_files, kind):
 
 def test_fully_pruned_layer_converts_to_an_empty_csr(tmp_path):
     model, path = models.export("mlp", tmp_path / "m.onnx", densities=(0.1, 0.0, 0.2))
-    result = CsrPass(min_linear_weights=0).call(onnx.load(str(path)))
+    result = CsrPass().call(onnx.load(str(path)))
     fc2 = by_weight(result.plan)["fc2.weight"]
     assert fc2.convert and fc2.nnz == 0
     data = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
@@ -223,26 +222,3 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
     for name in ("pointwise", "strided"):  # as sparse, but 1x1 / strided: kept dense
         assert d[name].density < CONV_CROSSOVER and not d[name].convert
         assert "1x1 and strided conv kernels measured slower" in d[name].reason
-
-
-def test_small_linear_layers_stay_dense_under_the_measured_defaults(tmp_path):
-    from sparsify.passes.csr import MIN_LINEAR_WEIGHTS
-
-    rng = np.random.default_rng(0)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])
-    inits, nodes = [], []
-    for name, (out_f, in_f) in (("big", (1024, 1024)), ("small", (64, 1024))):
-        w = rng.standard_normal((out_f, in_f)).astype(np.float32)
-        w[rng.random(w.shape) >= 0.05] = 0
-        inits.append(numpy_helper.from_array(w, f"{name}.w"))
-    nodes = [helper.make_node("Gemm", ["x", "big.w"], ["h"], name="big", transB=1),
-             helper.make_node("Gemm", ["h", "small.w"], ["y"], name="small", transB=1)]
-    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    assert 64 * 1024 < MIN_LINEAR_WEIGHTS <= 1024 * 1024
-    d = {x.node: x for x in plan_csr(model).decisions}
-    assert d["big"].convert
-    assert not d["small"].convert and "65,536 weights, fewer than the" in d["small"].reason
-    # An explicit threshold is the user's call: size is not second-guessed.
-    assert all(x.convert for x in plan_csr(model, density_threshold=0.5).decisions)
