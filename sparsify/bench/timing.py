@@ -12,7 +12,7 @@ Two ways to decide how many samples to take:
 When several candidates are measured at one point, they run interleaved in rounds
 (A B C, A B C, …) so slow drift (thermal, frequency, other load) hits them all alike. For
 fast calls a round gives each candidate a short block of back-to-back calls (about 20 ms,
-after a 40 ms pause and ~1 ms of untimed settle calls) instead of a single call; see
+after ~1 ms of untimed settle calls) instead of a single call; see
 :func:`measure_interleaved` for the measured reason.
 
 Percentiles use numpy's default linear interpolation between order statistics.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from time import perf_counter_ns, sleep
+from time import perf_counter_ns
 
 import numpy as np
 
@@ -36,11 +36,6 @@ MAX_ROUNDS = 100_000
 BLOCK_TIME = 0.02
 SETTLE_TIME = 0.001
 MAX_BLOCK = 1000
-# With several callables in automatic blocks, each block starts after this many seconds of
-# sleep, so that the previous callable's idle pool threads stop spinning first: ONNX
-# Runtime's intra-op pool (default settings, 2 threads) burnt 27 ms of CPU after a call
-# when the process then slept for 50 ms, and 20 ms of a 20 ms sleep.
-QUIET_TIME = 0.04
 
 
 @dataclass(frozen=True)
@@ -138,16 +133,13 @@ def measure_interleaved(
     ``block=1`` gives strict A B C rounds without settle calls.
 
     Why blocks: runtimes whose worker threads spin after a call (ONNX Runtime's intra-op
-    pool does by default, for about 27 ms) steal cores from the next callable. Measured on
+    pool does by default) steal cores from the next callable for a short while. Measured on
     the 2-core reference machine, strict per-call interleaving of two ORT sessions with two
     threads each made a 1024x1024 MatMul 1.4-3x slower than back-to-back calls (p50 at
     batch 1: 0.050 ms alone, 0.08-0.14 ms strictly interleaved, 0.049 ms in blocks; batch
     16: 0.111, 0.15-0.24, 0.115 ms). Blocks with settle calls measure the back-to-back
     latency while still switching callables many times per second, so drift hits all of
-    them alike. With more than one callable each automatic block also starts after
-    ``QUIET_TIME`` seconds of sleep: settle calls alone were not enough after ORT, whose
-    pool keeps spinning for ~27 ms (the demo's sparse MLP in sparsify's runtime, batch 1, 2
-    threads: 0.21 ms measured alone, 0.53 ms in blocks right after ORT's, p99 3.9 ms).
+    them alike.
 
     With ``repeat`` every callable gets exactly ``repeat`` samples (a callable that has them
     sits out later rounds). Otherwise rounds continue until the timed total reaches
@@ -187,8 +179,6 @@ def measure_interleaved(
                 n_block = min(n_block, repeat - len(out))
                 if n_block <= 0:
                     continue
-            if n_settle and len(fns) > 1:
-                sleep(QUIET_TIME)
             for _ in range(n_settle):
                 fn()
             for _ in range(n_block):

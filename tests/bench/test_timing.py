@@ -89,28 +89,6 @@ def test_auto_blocks_group_fast_calls_with_settle_calls(monkeypatch):
     assert [len(s) for s in samples] == [300, 300]
 
 
-def test_blocks_of_several_callables_start_after_a_quiet_pause(monkeypatch):
-    clock = [0]
-    events: list[str] = []
-
-    def fn(name):
-        def call():
-            events.append(name)
-            clock[0] += 100_000
-        return call
-
-    monkeypatch.setattr(timing, "perf_counter_ns", lambda: clock[0])
-    monkeypatch.setattr(timing, "sleep", lambda s: events.append(f"sleep {s}"))
-    measure_interleaved([fn("A"), fn("B")], warmup=4, repeat=300)
-    pauses = [i for i, e in enumerate(events) if e.startswith("sleep")]
-    assert len(pauses) == 4 and all(events[i] == f"sleep {timing.QUIET_TIME}" for i in pauses)
-    assert [events[i + 1] for i in pauses] == ["A", "B", "A", "B"]  # one before each block
-    events.clear()
-    measure_interleaved([fn("A")], warmup=4, repeat=300)  # alone: nothing to wait for
-    measure_interleaved([fn("A"), fn("B")], warmup=0, repeat=3, block=1)  # strict rounds
-    assert not any(e.startswith("sleep") for e in events)
-
-
 def test_slow_calls_are_not_blocked():
     assert plan_blocks(50_000_000) == (1, 0)
     assert plan_blocks(None) == (1, 0)
