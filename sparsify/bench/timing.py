@@ -11,8 +11,8 @@ Two ways to decide how many samples to take:
 
 When several candidates are measured at one point, they run interleaved in rounds
 (A B C, A B C, …) so slow drift (thermal, frequency, other load) hits them all alike. For
-fast calls a round gives each candidate a short block of back-to-back calls (about 20 ms,
-after ~1 ms of untimed settle calls) instead of a single call; see
+fast calls a round gives each candidate a block of back-to-back calls (about 200 ms, after
+~30 ms of untimed settle calls) instead of a single call; see
 :func:`measure_interleaved` for the measured reason.
 
 Percentiles use numpy's default linear interpolation between order statistics.
@@ -33,9 +33,9 @@ MIN_ROUNDS = 5
 MAX_ROUNDS = 100_000
 # Automatic blocks (see measure_interleaved): timed calls filling about BLOCK_TIME seconds,
 # after untimed settle calls filling about SETTLE_TIME seconds; at most MAX_BLOCK calls each.
-BLOCK_TIME = 0.02
-SETTLE_TIME = 0.001
-MAX_BLOCK = 1000
+BLOCK_TIME = 0.2
+SETTLE_TIME = 0.03
+MAX_BLOCK = 20_000
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,13 @@ def measure_interleaved(
     threads each made a 1024x1024 MatMul 1.4-3x slower than back-to-back calls (p50 at
     batch 1: 0.050 ms alone, 0.08-0.14 ms strictly interleaved, 0.049 ms in blocks; batch
     16: 0.111, 0.15-0.24, 0.115 ms). Blocks with settle calls measure the back-to-back
-    latency while still switching callables many times per second, so drift hits all of
-    them alike.
+    latency while still switching callables several times per point, so drift hits all
+    of them alike. Blocks are long because switching costs more than the first calls:
+    ONNX Runtime's pool keeps spinning ~27 ms after its last call, and the demo's sparse MLP
+    in sparsify's runtime (batch 1, 2 threads), alternating with its dense ORT original,
+    measured p50 0.61 ms in 20 ms blocks after 1 ms of settle calls, 0.42 ms after 30 ms of
+    settle calls, and 0.20 ms in 200 ms blocks after 30 ms (ORT itself: 0.42-0.43 ms in
+    every case; the sparse model alone: 0.18-0.21 ms).
 
     With ``repeat`` every callable gets exactly ``repeat`` samples (a callable that has them
     sits out later rounds). Otherwise rounds continue until the timed total reaches

@@ -13,8 +13,8 @@ from sparsify.errors import ModelError, ModelFileError
 
 def test_models_interleave_and_speedup_is_against_first_model(fake, matmul_onnx: Path, add_onnx: Path, monkeypatch):
     backend, log = fake
-    # >10 ms per sample: long enough that automatic blocks are single calls (strict A B rounds)
-    backend.costs.update(matmul=44_000_000, add=11_000_000)
+    # >100 ms per sample: long enough that automatic blocks are single calls (strict A B rounds)
+    backend.costs.update(matmul=440_000_000, add=110_000_000)
     result = bench([matmul_onnx, add_onnx], batches=(1, 2), threads=(1, 3), backend="fake",
                    warmup=2, repeat=3, memory=False, progress=False)
     # each model loaded once per thread count
@@ -27,8 +27,8 @@ def test_models_interleave_and_speedup_is_against_first_model(fake, matmul_onnx:
         assert rows[("matmul.onnx", b, t)].speedup == pytest.approx(1.0)
         assert rows[("add.onnx", b, t)].speedup == pytest.approx(4.0)
         assert rows[("add.onnx", b, t)].reference == "matmul.onnx"
-        assert rows[("add.onnx", b, t)].stats.p50_ms == pytest.approx(11.0 * b)
-        assert rows[("add.onnx", b, t)].throughput_per_s == pytest.approx(b / (0.011 * b))
+        assert rows[("add.onnx", b, t)].stats.p50_ms == pytest.approx(110.0 * b)
+        assert rows[("add.onnx", b, t)].throughput_per_s == pytest.approx(b / (0.11 * b))
     # records are ordered by batch, then threads, then model order
     assert [(r.batch, r.threads, r.label) for r in result.records][:3] == [
         (1, 1, "matmul.onnx"), (1, 1, "add.onnx"), (1, 3, "matmul.onnx")]

@@ -80,17 +80,17 @@ def test_auto_blocks_group_fast_calls_with_settle_calls(monkeypatch):
         return call
 
     monkeypatch.setattr(timing, "perf_counter_ns", lambda: clock[0])
-    # 100 us per call: blocks of 200 timed calls after 10 settle calls
-    assert plan_blocks(100_000) == (200, 10)
-    samples = measure_interleaved([fn("A", 100_000), fn("B", 100_000)], warmup=4, repeat=300)
+    # 1 ms per call: blocks of 200 timed calls after 30 settle calls
+    assert plan_blocks(1_000_000) == (200, 30)
+    samples = measure_interleaved([fn("A", 1_000_000), fn("B", 1_000_000)], warmup=4, repeat=300)
     runs = [(k, len(list(g))) for k, g in itertools.groupby(log)]
     assert runs[:8] == [("A", 1), ("B", 1)] * 4  # interleaved warm-up
-    assert runs[8:] == [("A", 210), ("B", 210), ("A", 110), ("B", 110)]  # settle + block, then the rest
+    assert runs[8:] == [("A", 230), ("B", 230), ("A", 130), ("B", 130)]  # settle + block, then the rest
     assert [len(s) for s in samples] == [300, 300]
 
 
 def test_slow_calls_are_not_blocked():
-    assert plan_blocks(50_000_000) == (1, 0)
+    assert plan_blocks(150_000_000) == (1, 0)
     assert plan_blocks(None) == (1, 0)
     block, settle = plan_blocks(10)
     assert block == timing.MAX_BLOCK and settle == timing.MAX_BLOCK
