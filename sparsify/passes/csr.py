@@ -37,6 +37,11 @@ LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
 # 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
 # threads (sparse/dense 0.37-0.92); at 0.1 the 8x8 case was at parity with 2 threads (1.01).
 CONV_CROSSOVER: float = 0.05
+# Convs with fewer weights than the smallest measured case above (64x64x3x3) stay dense by
+# default: nothing smaller was measured to win, and the digits-cnn at 95% sparsity (convs of
+# up to 32x32x3x3 over 8x8, converted at this threshold) ran 0.35-0.41x the speed of dense ORT
+# (python benchmarks/bench_models.py, models.json): the fixed per-call cost dominates.
+MIN_CONV_WEIGHTS = 64 * 64 * 3 * 3
 # 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads) and strided
 # convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
 # thread counts, so they are not converted by default; --density-threshold still forces it.
@@ -341,6 +346,12 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
         kind = "conv" if d.op_type == "Conv" else "linear"
+        if density_threshold is None and kind == "conv" and w.size < MIN_CONV_WEIGHTS:
+            d.convert = False
+            d.reason = (f"{w.size:,} weights, fewer than the {MIN_CONV_WEIGHTS:,} of the smallest conv "
+                        "measured faster than ONNX Runtime; --density-threshold converts it anyway")
+            d.activation, d.fused = "none", ()
+            continue
         if density_threshold is not None:
             threshold = float(density_threshold)
         elif kind == "conv":
@@ -484,5 +495,5 @@ def convert_layers(model: onnx.ModelProto, density_threshold: float | None = Non
     return CsrPass(density_threshold, target_batch).call(model)
 
 
-__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "default_threshold", "LayerDecision", "CsrPlan",
+__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "MIN_CONV_WEIGHTS", "default_threshold", "LayerDecision", "CsrPlan",
                           "PassResult", "plan_csr", "rewrite_csr", "CsrPass", "convert_layers"]

@@ -204,21 +204,28 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
     assert default_threshold("conv", 1, (3, 3), (2, 2)) == 0.0
 
     rng = np.random.default_rng(0)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 6, 6])
-    inits, nodes, prev = [], [], "x"
-    for name, k, stride in (("spatial", 3, 1), ("pointwise", 1, 1), ("strided", 3, 2)):
-        w = rng.standard_normal((32, 32, k, k)).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 6, 6])
+    inits, nodes, outs = [], [], []
+    # Each conv reads x and is at least MIN_CONV_WEIGHTS large, so only kernel and stride differ.
+    for name, out_c, k, stride in (("spatial", 64, 3, 1), ("pointwise", 256, 1, 1), ("strided", 64, 3, 2),
+                                   ("tiny", 4, 3, 1)):
+        w = rng.standard_normal((out_c, 256 if name != "tiny" else 1, k, k)).astype(np.float32)
         w[rng.random(w.shape) >= CONV_CROSSOVER / 2] = 0  # well below the threshold
         w[0, 0, 0, 0] = 1.0  # not all zero
         inits.append(numpy_helper.from_array(w, f"{name}.w"))
-        nodes.append(helper.make_node("Conv", [prev, f"{name}.w"], [name], name=name,
+        src = "x" if name != "tiny" else "x1"
+        nodes.append(helper.make_node("Conv", [src, f"{name}.w"], [name], name=name,
                                       kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2))
-        prev = name
-    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)],
-                              inits)
-    plan = plan_csr(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
-    d = {x.node: x for x in plan.decisions}
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    inputs = [x, helper.make_tensor_value_info("x1", TensorProto.FLOAT, [1, 1, 6, 6])]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outs, inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    d = {x.node: x for x in plan_csr(model).decisions}
     assert d["spatial"].convert and d["spatial"].density < CONV_CROSSOVER
     for name in ("pointwise", "strided"):  # as sparse, but 1x1 / strided: kept dense
         assert d[name].density < CONV_CROSSOVER and not d[name].convert
         assert "1x1 and strided conv kernels measured slower" in d[name].reason
+    # Smaller than any conv measured to win: kept dense unless the user sets the threshold.
+    assert d["tiny"].density < CONV_CROSSOVER and not d["tiny"].convert
+    assert "36 weights, fewer than the 36,864 of the smallest conv" in d["tiny"].reason
+    assert {x.node: x for x in plan_csr(model, density_threshold=0.5).decisions}["tiny"].convert
