@@ -37,11 +37,14 @@ LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
 # 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
 # threads (sparse/dense 0.37-0.92); at 0.1 the 8x8 case was at parity with 2 threads (1.01).
 CONV_CROSSOVER: float = 0.05
-# Convs with fewer weights than the smallest measured case above (64x64x3x3) stay dense by
-# default: nothing smaller was measured to win, and the digits-cnn at 95% sparsity (convs of
-# up to 32x32x3x3 over 8x8, converted at this threshold) ran 0.35-0.41x the speed of dense ORT
-# (python benchmarks/bench_models.py, models.json): the fixed per-call cost dominates.
+# Convs with fewer multiply-adds per image than the smallest measured case above (64x64x3x3
+# over 8x8) stay dense by default: nothing smaller was measured to win, and the digits-cnn at
+# 95% sparsity (64x64x3x3 convs over 4x4, converted at this threshold) ran at 0.31-0.39x the
+# speed of dense ORT (python benchmarks/bench_models.py, models.json): the fixed per-call cost
+# dominates. When shape inference cannot tell the output size, the weight count is compared
+# with the same case's instead.
 MIN_CONV_WEIGHTS = 64 * 64 * 3 * 3
+MIN_CONV_MACS = MIN_CONV_WEIGHTS * 8 * 8
 # 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads) and strided
 # convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
 # thread counts, so they are not converted by default; --density-threshold still forces it.
@@ -316,6 +319,41 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
                          source=_source_parameter(node, weight))
 
 
+def _output_positions(model: onnx.ModelProto):
+    """``positions(name)``: the spatial size (product of dims after the first two) of value
+    ``name`` from shape inference, or None when unknown; inference runs on first use."""
+    found: dict[str, int | None] | None = None
+
+    def positions(name: str) -> int | None:
+        nonlocal found
+        if found is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            except Exception:  # shape inference is a convenience here, not a requirement
+                inferred = model
+            found = {}
+            for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+                dims = vi.type.tensor_type.shape.dim
+                spatial = [dm.dim_value if dm.HasField("dim_value") else None for dm in dims[2:]]
+                found[vi.name] = (math.prod(spatial) if len(dims) > 2 and None not in spatial else None)
+        return found.get(name)
+
+    return positions
+
+
+def _conv_too_small(weights: int, positions: int | None) -> str | None:
+    """Why a conv is too small to convert by default (see MIN_CONV_MACS), or None."""
+    if positions is not None:
+        macs = weights * positions
+        if macs < MIN_CONV_MACS:
+            return (f"{macs:,} multiply-adds per image, fewer than the {MIN_CONV_MACS:,} of the smallest "
+                    "conv measured faster than ONNX Runtime")
+    elif weights < MIN_CONV_WEIGHTS:
+        return (f"{weights:,} weights, fewer than the {MIN_CONV_WEIGHTS:,} of the smallest conv measured "
+                "faster than ONNX Runtime")
+    return None
+
+
 def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
              target_batch: int = 1) -> CsrPlan:
     """Decide, for each Gemm / MatMul / Conv of ``model``, whether to convert it and why.
@@ -331,6 +369,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
     if not isinstance(target_batch, int) or target_batch < 1:
         raise ExportError(f"target batch {target_batch!r} should be a positive int")
     g = _Graph(model)
+    positions = _output_positions(model)
     decisions: list[LayerDecision] = []
     claimed: set[int] = set()
     for idx in range(len(g.nodes)):
@@ -346,12 +385,6 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
         kind = "conv" if d.op_type == "Conv" else "linear"
-        if density_threshold is None and kind == "conv" and w.size < MIN_CONV_WEIGHTS:
-            d.convert = False
-            d.reason = (f"{w.size:,} weights, fewer than the {MIN_CONV_WEIGHTS:,} of the smallest conv "
-                        "measured faster than ONNX Runtime; --density-threshold converts it anyway")
-            d.activation, d.fused = "none", ()
-            continue
         if density_threshold is not None:
             threshold = float(density_threshold)
         elif kind == "conv":
@@ -360,6 +393,13 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
                                           a.get("strides", (1, 1)))
         else:
             threshold = default_threshold(kind, target_batch)
+        too_small = (_conv_too_small(w.size, positions(g.nodes[d.fused[0]].output[0]))
+                     if density_threshold is None and kind == "conv" and threshold > 0 else None)
+        if too_small:
+            d.convert = False
+            d.reason = too_small + "; --density-threshold converts it anyway"
+            d.activation, d.fused = "none", ()
+            continue
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
         if d.density < threshold or threshold >= 1.0:
@@ -495,5 +535,5 @@ def convert_layers(model: onnx.ModelProto, density_threshold: float | None = Non
     return CsrPass(density_threshold, target_batch).call(model)
 
 
-__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "MIN_CONV_WEIGHTS", "default_threshold", "LayerDecision", "CsrPlan",
+__all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "MIN_CONV_WEIGHTS", "MIN_CONV_MACS", "default_threshold", "LayerDecision", "CsrPlan",
                           "PassResult", "plan_csr", "rewrite_csr", "CsrPass", "convert_layers"]

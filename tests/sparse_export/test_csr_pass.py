@@ -206,9 +206,10 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 6, 6])
     inits, nodes, outs = [], [], []
-    # Each conv reads x and is at least MIN_CONV_WEIGHTS large, so only kernel and stride differ.
+    # spatial, pointwise and strided read x and do enough work to pass the size floor, so only
+    # kernel and stride tell them apart; small and tiny fall under it.
     for name, out_c, k, stride in (("spatial", 64, 3, 1), ("pointwise", 256, 1, 1), ("strided", 64, 3, 2),
-                                   ("tiny", 4, 3, 1)):
+                                   ("small", 4, 3, 1), ("tiny", 64, 3, 1)):
         w = rng.standard_normal((out_c, 256 if name != "tiny" else 1, k, k)).astype(np.float32)
         w[rng.random(w.shape) >= CONV_CROSSOVER / 2] = 0  # well below the threshold
         w[0, 0, 0, 0] = 1.0  # not all zero
@@ -217,7 +218,7 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
         nodes.append(helper.make_node("Conv", [src, f"{name}.w"], [name], name=name,
                                       kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2))
         outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    inputs = [x, helper.make_tensor_value_info("x1", TensorProto.FLOAT, [1, 1, 6, 6])]
+    inputs = [x, helper.make_tensor_value_info("x1", TensorProto.FLOAT, [1, 1, "h", "w"])]
     model = helper.make_model(helper.make_graph(nodes, "g", inputs, outs, inits),
                               opset_imports=[helper.make_opsetid("", 18)])
     d = {x.node: x for x in plan_csr(model).decisions}
@@ -226,6 +227,11 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
         assert d[name].density < CONV_CROSSOVER and not d[name].convert
         assert "1x1 and strided conv kernels measured slower" in d[name].reason
     # Smaller than any conv measured to win: kept dense unless the user sets the threshold.
+    # Multiply-adds per image when the output size is known (4x256x3x3 over 6x6) ...
+    assert d["small"].density < CONV_CROSSOVER and not d["small"].convert
+    assert "331,776 multiply-adds per image, fewer than the 2,359,296" in d["small"].reason
+    # ... the weight count when it is not (input of unknown height and width).
     assert d["tiny"].density < CONV_CROSSOVER and not d["tiny"].convert
-    assert "36 weights, fewer than the 36,864 of the smallest conv" in d["tiny"].reason
-    assert {x.node: x for x in plan_csr(model, density_threshold=0.5).decisions}["tiny"].convert
+    assert "576 weights, fewer than the 36,864 of the smallest conv" in d["tiny"].reason
+    forced = {x.node: x for x in plan_csr(model, density_threshold=0.5).decisions}
+    assert forced["small"].convert and forced["tiny"].convert
