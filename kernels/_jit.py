@@ -86,9 +86,9 @@ def spmm_kernel(tile: int):
         a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
         ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (b % tile)*s_b]`` (``out`` is a flat
         buffer): the same kernel writes (batch, out) linear outputs and NCHW conv
-        outputs. When ``s_b != 1`` (linear) it computes OUT_ROWS rows before storing them,
-        one run of OUT_ROWS adjacent values per batch column, instead of one scattered
-        value per cache line. Work items are (image, row chunk).
+        outputs. It computes OUT_ROWS rows before storing them: when ``s_b != 1`` (linear)
+        each batch column then gets one run of OUT_ROWS adjacent values instead of one
+        scattered value per cache line. Work items are (image, row chunk).
         """
         n_img = xp.shape[0]
         n_tiles = xp.shape[1]
@@ -111,21 +111,18 @@ def spmm_kernel(tile: int):
                         xf = xp[n, ti].reshape(-1)
                         b0 = ti * tile
                         w = min(tile, valid - b0)
-                        if s_b == 1:  # batch positions contiguous (conv): store row by row
-                            for r in range(r_lo, r_hi):
-                                lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                                tile_row(data, indices, lo, hi, xf, 0, tile, bias[r], acc, tile)
-                                pos = base + ti * s_t + r * s_r
-                                for t in range(w):
-                                    out[pos + t] = _activate(acc[t], act)
-                        else:  # rows contiguous (linear): store OUT_ROWS rows per column
-                            for rb in range(r_lo, r_hi, OUT_ROWS):
-                                nr = min(OUT_ROWS, r_hi - rb)
+                        for rb in range(r_lo, r_hi, OUT_ROWS):
+                            nr = min(OUT_ROWS, r_hi - rb)
+                            for i in range(nr):
+                                lo, hi = np.uintp(indptr[rb + i]), np.uintp(indptr[rb + i + 1])
+                                tile_row(data, indices, lo, hi, xf, bias[rb + i], acc[i * tile:],
+                                         tile)
+                            pos = base + ti * s_t + rb * s_r
+                            if s_b == 1:  # batch positions contiguous (conv): row by row
                                 for i in range(nr):
-                                    lo, hi = np.uintp(indptr[rb + i]), np.uintp(indptr[rb + i + 1])
-                                    tile_row(data, indices, lo, hi, xf, 0, tile, bias[rb + i],
-                                             acc[i * tile:], tile)
-                                pos = base + ti * s_t + rb * s_r
+                                    for t in range(w):
+                                        out[pos + i * s_r + t] = _activate(acc[i * tile + t], act)
+                            else:  # rows contiguous (linear): OUT_ROWS values per column
                                 for t in range(w):
                                     for i in range(nr):
                                         out[pos + t * s_b + i * s_r] = _activate(acc[i * tile + t], act)

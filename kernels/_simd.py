@@ -1,12 +1,13 @@
-"""The explicit-SIMD inner loop of the SpMM kernel (a Numba intrinsic).
+"""The explicit-SIMD inner loops of the kernels (Numba intrinsics emitting LLVM IR).
 
-Numba leaves LLVM's SLP vectorizer off, and the loop vectorizer prefers to vectorize the
-sum over nonzeros with gathers; both defeat an ``acc[t] += v * x[c, t]`` tile loop. A
-per-nonzero vector update through an ``acc`` array (the previous design) kept the
-accumulators in memory, so every update waited on a store-to-load forward. ``tile_row``
-emits the whole row loop with its accumulators as LLVM vector values (registers).
-``gather_dot`` is the SpMV row loop as 512-bit masked gathers, so a row's last partial
-chunk needs no scalar tail.
+Numba leaves LLVM's SLP vectorizer off, and the loop vectorizer prefers to vectorize a
+sum over nonzeros with gathers; both defeat an ``acc[t] += v * x[c, t]`` tile loop, and
+an accumulator array in memory makes every update wait on a store-to-load forward. Each
+intrinsic emits a whole row loop with its accumulators as LLVM vector values:
+
+- ``tile_row``: one CSR row against a packed batch tile (SpMM);
+- ``gather_dot``: one CSR row against a vector, 512-bit masked gathers (SpMV);
+- ``shifted_rows``: one output channel, SHIFTED_ROWS output rows (direct conv).
 
 Numba's on-disk cache keys a kernel on its own source file (``_jit.py``) only: after
 editing this file, delete ``kernels/__pycache__/*.nbi``/``*.nbc`` (or touch ``_jit.py``),
@@ -21,41 +22,31 @@ from numba.extending import intrinsic
 
 
 @intrinsic(prefer_literal=True)
-def tile_row(typingctx, data, indices, lo, hi, xf, base, scale, init, acc, width):
-    """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[p_j : p_j + width]``,
-    where ``p_j = base + indices[j] * scale``.
+def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
+    """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*width : +width]``.
 
-    The inner loop for one CSR row and ``width`` outputs, emitted as LLVM IR so that its
-    four accumulator vectors stay in registers: nonzeros ``lo + 4i + k`` go to
-    accumulator ``k``, the remainder to accumulator 0, and the result is
-    ``init + ((a0 + a1) + (a2 + a3))``. The SpMM kernel reads packed batch tiles
-    (``base`` 0, ``scale`` = width); the direct conv reads shifted input rows (``indices``
-    are per-nonzero input offsets, ``scale`` 1). ``width`` is a compile-time integer
-    constant; ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee
-    every ``p_j + width <= len(xf)`` and ``width <= len(acc)``.
+    The SpMM inner loop for one CSR row and one packed batch tile (``xf`` is one packed
+    (in, width) block, flattened). Its four accumulator vectors stay in registers:
+    nonzeros ``lo + 4i + k`` go to accumulator ``k``, the remainder to accumulator 0,
+    and the result is ``init + ((a0 + a1) + (a2 + a3))``. ``width`` is a compile-time
+    integer constant; ``lo``/``hi`` are unsigned positions. No bounds checks: callers
+    guarantee every ``indices[j]*width + width <= len(xf)`` and ``width <= len(acc)``.
     """
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-    arrays = (data, xf, acc)
-    if not all(isinstance(a, types.Array) and a.dtype == data.dtype for a in arrays):
-        return None
-    if not (isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)):
-        return None
-    if not (isinstance(base, types.Integer) and isinstance(scale, types.Integer)):
+    if not _row_loop_types_ok(data, indices, xf, acc, width):
         return None
     n = width.literal_value
     chains = 4
 
     def codegen(context, builder, sig, args):
-        data_a, idx_a, xf_a, acc_a, vty, f_align, i_align, widen, lo, hi, base, scale = \
-            _row_loop_args(context, builder, sig, args, n)
+        data_a, idx_a, xf_a, acc_a, vty, f_align, i_align, widen, lo, hi = \
+            _row_loop_args(context, builder, sig, args, n, acc_at=6)
         i64 = ir.IntType(64)
         zero = ir.Constant(vty, None)
         flags = ("contract",)
 
         def update(accum, j):
             col = widen(builder.load(builder.gep(idx_a.data, [j]), align=i_align), i64)
-            x_ptr = builder.gep(xf_a.data, [builder.add(base, builder.mul(col, scale))])
+            x_ptr = builder.gep(xf_a.data, [builder.mul(col, ir.Constant(i64, n))])
             xv = builder.load(builder.bitcast(x_ptr, vty.as_pointer()), align=f_align)
             d = builder.load(builder.gep(data_a.data, [j]), align=f_align)
             return builder.fadd(accum, builder.fmul(xv, _splat(builder, d, vty), flags=flags), flags=flags)
@@ -92,30 +83,39 @@ def tile_row(typingctx, data, indices, lo, hi, xf, base, scale, init, acc, width
 
         builder.position_at_end(done)
         total = builder.fadd(builder.fadd(a0, accs[1]), builder.fadd(accs[2], accs[3]))
-        init = context.cast(builder, args[7], sig.args[7], sig.args[0].dtype)
+        init = context.cast(builder, args[5], sig.args[5], sig.args[0].dtype)
         out_ptr = builder.bitcast(acc_a.data, vty.as_pointer())
         builder.store(builder.fadd(_splat(builder, init, vty), total), out_ptr, align=f_align)
         return context.get_dummy_value()
 
-    return types.void(data, indices, lo, hi, xf, base, scale, init, acc, width), codegen
+    return types.void(data, indices, lo, hi, xf, init, acc, width), codegen
 
 
-def _row_loop_args(context, builder, sig, args, n: int):
-    """The operands shared by ``tile_row`` and ``shifted_rows`` (same argument order).
+def _row_loop_types_ok(data, indices, xf, acc, width, *offsets) -> bool:
+    """The typing shared by ``tile_row`` and ``shifted_rows``: float arrays of one dtype,
+    integer indices, integer scalar offset terms and a literal ``width``."""
+    return (isinstance(width, types.IntegerLiteral)
+            and all(isinstance(a, types.Array) and a.dtype == data.dtype for a in (data, xf, acc))
+            and isinstance(indices, types.Array) and isinstance(indices.dtype, types.Integer)
+            and all(isinstance(o, types.Integer) for o in offsets))
+
+
+def _row_loop_args(context, builder, sig, args, n: int, acc_at: int):
+    """The operands shared by ``tile_row`` and ``shifted_rows`` (data, indices, lo, hi and
+    the input array first; the accumulator array at position ``acc_at``).
 
     Returns the data, index, input and accumulator array structs, the ``n``-lane vector
-    type, the value and index alignments, the index widening op, and ``lo``/``hi`` (as
-    uint64) and the two offset terms (``base`` and ``scale``/``row_stride``, as int64).
+    type, the value and index alignments, the index widening op, and ``lo``/``hi`` as
+    uint64.
     """
-    arrays = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 4, 8)]
+    arrays = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 4, acc_at)]
     fty = context.get_value_type(sig.args[0].dtype)
     f_align = context.get_abi_sizeof(fty)
     i_align = context.get_abi_sizeof(context.get_value_type(sig.args[1].dtype))
     widen = builder.sext if sig.args[1].dtype.signed else builder.zext
     _keep_vector_width(builder, n * f_align * 8)
-    ints = [context.cast(builder, args[i], sig.args[i], t)
-            for i, t in ((2, types.uint64), (3, types.uint64), (5, types.int64), (6, types.int64))]
-    return (*arrays, ir.VectorType(fty, n), f_align, i_align, widen, *ints)
+    bounds = [context.cast(builder, args[i], sig.args[i], types.uint64) for i in (2, 3)]
+    return (*arrays, ir.VectorType(fty, n), f_align, i_align, widen, *bounds)
 
 
 def _loop_blocks(builder, name: str, lo, hi, step: int):
@@ -290,19 +290,14 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
     ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee every
     ``p_jq + width <= len(xf)`` and ``SHIFTED_ROWS*width <= len(acc)``.
     """
-    if not isinstance(width, types.IntegerLiteral):
-        return None
-    if not all(isinstance(a, types.Array) and a.dtype == data.dtype for a in (data, xf, acc)):
-        return None
-    if not (isinstance(offsets, types.Array) and isinstance(offsets.dtype, types.Integer)):
-        return None
-    if not (isinstance(base, types.Integer) and isinstance(row_stride, types.Integer)):
+    if not _row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride):
         return None
     n, rows = width.literal_value, SHIFTED_ROWS
 
     def codegen(context, builder, sig, args):
-        data_a, off_a, xf_a, acc_a, vty, f_align, o_align, widen, lo, hi, base, stride = \
-            _row_loop_args(context, builder, sig, args, n)
+        data_a, off_a, xf_a, acc_a, vty, f_align, o_align, widen, lo, hi = \
+            _row_loop_args(context, builder, sig, args, n, acc_at=8)
+        base, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6))
         i64 = ir.IntType(64)
         row_base = [builder.add(base, builder.mul(stride, ir.Constant(i64, q))) for q in range(rows)]
         zero = ir.Constant(vty, None)

@@ -23,8 +23,7 @@ from . import _jit
 from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
-from . import spmm as _spmm
-from .spmm import RowChunks, activation_code, checked, pick_tile, prepare_bias
+from .spmm import RowChunks, activation_code, checked, launch, pick_tile, prepare_bias
 
 _COLS_BUDGET_BYTES = 8 << 20
 
@@ -116,8 +115,7 @@ class SparseConv2d:
         flat = y.reshape(-1)
         tile = pick_tile(p)
         n_tiles = -(-p // tile)
-        small = self.weight.nnz * n * p < _spmm.SERIAL_WORK
-        variant = _jit.serial if small else (lambda k: k)
+        variant, n_chunks = launch(self.weight.nnz * n * p)
         kernel = variant(_jit.spmm_kernel(tile))
         unfold = variant(_jit.im2col)
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
@@ -135,7 +133,7 @@ class SparseConv2d:
                 unfold(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
                 kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
                        flat, n0 * o * p + g * per * p, o * p, tile, p, 1, p, group, _jit.BLOCK_NNZ,
-                       chunks.bounds(1) if small else chunks.bounds())
+                       chunks.bounds(n_chunks))
         return y
 
     def _direct(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -149,15 +147,14 @@ class SparseConv2d:
         wx = max(w + 2 * pw, -(-wo // width) * width + (kw - 1) * dw)
         offsets = self._offsets(hp, wx)
         xpad = self._scratch.get((n, c, hp, wx), self.dtype)
-        small = self.weight.nnz * n * ho * wo < _spmm.SERIAL_WORK
-        variant = _jit.serial if small else (lambda k: k)
+        variant, n_chunks = launch(self.weight.nnz * n * ho * wo)
         variant(_jit.pad_input)(x, ph, pw, xpad)
         kernel = variant(_jit.direct_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
             kernel(part.data, offsets[g], part.indptr, xpad.reshape(-1), bias, self._act,
                    y.reshape(-1), g * per * ho * wo, n, c * hp * wx, o * ho * wo, ho, wo, wx,
-                   chunks.bounds(1) if small else chunks.bounds())
+                   chunks.bounds(n_chunks))
 
     def _offsets(self, hp: int, wx: int) -> list[np.ndarray]:
         """Per group, each nonzero's offset into one padded image of (C, hp, wx) (cached)."""

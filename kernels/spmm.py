@@ -141,10 +141,8 @@ class SparseLinear:
         batch = out.size // self.out_features if self.out_features else int(np.prod(lead))
         if batch == 0 or self.out_features == 0:
             return out
-        if self.weight.nnz * batch < SERIAL_WORK:
-            self._run(x, out, batch, self._chunks.bounds(1), _jit.serial)
-        else:
-            self._run(x, out, batch, self._chunks.bounds(), _identity)
+        variant, n_chunks = launch(self.weight.nnz * batch)
+        self._run(x, out, batch, self._chunks.bounds(n_chunks), variant)
         return out
 
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, bounds: np.ndarray, variant) -> None:
@@ -169,6 +167,13 @@ def _identity(kernel):
     return kernel
 
 
+def launch(work: int):
+    """(kernel variant, chunk count) for a call of ``work`` multiply-adds: the serial
+    twins (``_jit.serial``) and one chunk below SERIAL_WORK, otherwise the parallel
+    kernels as they are and the default chunking (None)."""
+    return (_jit.serial, 1) if work < SERIAL_WORK else (_identity, None)
+
+
 def csr_linear(x: np.ndarray, w: CSR, bias=None, activation: str | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
     """``act(x @ w.T + bias)`` for x of shape (..., in) -> (..., out); see SparseLinear."""
@@ -184,4 +189,4 @@ def _describe(a) -> str:
 
 
 __all__ = ["SparseLinear", "csr_linear", "activation_code", "pick_tile", "checked",
-           "prepare_bias", "RowChunks", "SERIAL_WORK"]
+           "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

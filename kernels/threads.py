@@ -57,8 +57,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)
-                    conv(np.ones((1, 1, 3, 3), dtype))  # stride 1 is direct: every width
-                    for tile in _jit.TILES:
+                    for tile in _jit.TILES:  # stride 1 is direct: every column width
                         conv(np.ones((1, 1, 1, tile), dtype))
                     SparseConv2d(w, kernel_size=3, stride=2)(np.ones((1, 1, 3, 3), dtype))
     finally:
