@@ -319,24 +319,29 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
                          source=_source_parameter(node, weight))
 
 
+def _inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Value info of the graph's intermediate values and outputs after shape inference
+    (empty where inference fails: it is a convenience here, not a requirement)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return {}
+    return {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+
+
 def _output_positions(model: onnx.ModelProto):
     """``positions(name)``: the spatial size (product of dims after the first two) of value
     ``name`` from shape inference, or None when unknown; inference runs on first use."""
-    found: dict[str, int | None] | None = None
+    known: dict[str, onnx.ValueInfoProto] | None = None
 
     def positions(name: str) -> int | None:
-        nonlocal found
-        if found is None:
-            try:
-                inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-            except Exception:  # shape inference is a convenience here, not a requirement
-                inferred = model
-            found = {}
-            for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-                dims = vi.type.tensor_type.shape.dim
-                spatial = [dm.dim_value if dm.HasField("dim_value") else None for dm in dims[2:]]
-                found[vi.name] = (math.prod(spatial) if len(dims) > 2 and None not in spatial else None)
-        return found.get(name)
+        nonlocal known
+        if known is None:
+            known = _inferred_value_info(model)
+        vi = known.get(name)
+        dims = vi.type.tensor_type.shape.dim if vi is not None else []
+        spatial = [dm.dim_value if dm.HasField("dim_value") else None for dm in dims[2:]]
+        return math.prod(spatial) if len(dims) > 2 and None not in spatial else None
 
     return positions
 
@@ -411,7 +416,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
             d.convert = False
             d.reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
-                what = "1x1 and strided conv" if kind == "conv" else f"{kind}"
+                what = "1x1 and strided conv" if kind == "conv" else kind
                 d.reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
             d.activation, d.fused = "none", ()
     return CsrPlan(decisions, target_batch, density_threshold)
@@ -453,11 +458,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
     if not plan.converted:
         return out
     g = _Graph(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        known = {vi.name: vi for vi in inferred.graph.value_info}
-    except Exception:  # shape inference is a convenience here, not a requirement
-        known = {}
+    known = _inferred_value_info(model)  # graph outputs in it are never added (have_vi)
     taken = {i.name for i in model.graph.initializer} | {v for n in model.graph.node for v in [*n.input, *n.output]}
     taken |= {n.name for n in model.graph.node}
     new_inits: list[onnx.TensorProto] = []
