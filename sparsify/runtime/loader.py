@@ -21,15 +21,11 @@ from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, 
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
-    """``onnx.load`` with external data; ModelFileError when missing, unreadable or empty."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path} does not exist or is not a file; expected an ONNX model file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError, missing external data, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path} is not a readable ONNX model: {first}") from exc
+    """The model with its external data (``sparsify.onnxfile.load_onnx``); ModelFileError
+    also when its graph has no nodes."""
+    from sparsify.onnxfile import load_onnx
+
+    model = load_onnx(path, external_data=True)
     if not model.graph.node:
         raise ModelFileError(f"{path} holds an ONNX graph without nodes; expected a model")
     return model
