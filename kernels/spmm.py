@@ -22,8 +22,13 @@ from .errors import KernelArgumentError
 
 # Per-row cost in nonzero-equivalents, used to balance parallel chunks.
 _ROW_COST = 2
-# Parallel chunks per thread (more chunks even out rows of uneven cost).
-_CHUNKS_PER_THREAD = 4
+# Parallel chunks of equal cost per call: Numba hands each of the active threads an
+# equal run of consecutive chunks, so any count that is a multiple of the thread count
+# balances; with four per thread Numba may start (NUMBA_NUM_THREADS), the busiest of
+# any number of active threads gets at most one chunk (a quarter of a share) more than
+# its share, and no call has to ask for the active number (numba.get_num_threads
+# costs ~0.7 us).
+DEFAULT_CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 # Below this many multiply-adds (nnz * batch) a call runs the serial kernel twins: a
 # parallel launch costs ~2 us here, and a parallel region waits for its slowest
 # thread, which on a busy machine can be descheduled for milliseconds.
@@ -74,9 +79,9 @@ class RowChunks:
         self._cache: dict[int, np.ndarray] = {}
 
     def bounds(self, n_chunks: int | None = None) -> np.ndarray:
-        """int64 array of n_chunks+1 row boundaries (default: 4 per Numba thread)."""
+        """int64 array of n_chunks+1 row boundaries (default: DEFAULT_CHUNKS)."""
         if n_chunks is None:
-            n_chunks = _CHUNKS_PER_THREAD * numba.get_num_threads()
+            n_chunks = DEFAULT_CHUNKS
         b = self._cache.get(n_chunks)
         if b is None:
             rows = self._cost.shape[0] - 1
@@ -122,23 +127,25 @@ class SparseLinear:
         """Compute the layer on ``x``; write into ``out`` (C-contiguous) when given."""
         if not isinstance(x, np.ndarray):
             raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
-        if x.dtype != self.dtype:
+        dtype = self.dtype
+        if x.dtype is not dtype and x.dtype != dtype:
             raise KernelArgumentError(
-                f"input dtype {x.dtype} should be {self.dtype} (the weight's dtype); "
+                f"input dtype {x.dtype} should be {dtype} (the weight's dtype); "
                 "convert it explicitly")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
+        shape = x.shape
+        if not shape or shape[-1] != self.in_features:
             raise KernelArgumentError(
-                f"input shape {x.shape} should end in {self.in_features} (in_features)")
-        lead = x.shape[:-1]
-        out_shape = lead + (self.out_features,)
+                f"input shape {shape} should end in {self.in_features} (in_features)")
+        out_shape = shape[:-1] + (self.out_features,)
         if out is None:
-            out = np.empty(out_shape, dtype=self.dtype)
+            out = np.empty(out_shape, dtype=dtype)
         elif (not isinstance(out, np.ndarray) or out.shape != out_shape
-              or out.dtype != self.dtype or not out.flags.c_contiguous or not out.flags.writeable):
+              or (out.dtype is not dtype and out.dtype != dtype)
+              or not out.flags.c_contiguous or not out.flags.writeable):
             raise KernelArgumentError(
-                f"out should be a writeable C-contiguous {self.dtype} array of shape {out_shape}, "
+                f"out should be a writeable C-contiguous {dtype} array of shape {out_shape}, "
                 f"got {_describe(out)}")
-        batch = out.size // self.out_features if self.out_features else int(np.prod(lead))
+        batch = x.size // self.in_features if self.in_features else int(np.prod(shape[:-1]))
         if batch == 0 or self.out_features == 0:
             return out
         variant, n_chunks = launch(self.weight.nnz * batch)
@@ -148,9 +155,11 @@ class SparseLinear:
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, bounds: np.ndarray, variant) -> None:
         w = self.weight
         if batch == 1:
-            xv = np.ascontiguousarray(x.reshape(self.in_features))
+            xv = x.reshape(-1)
+            if not xv.flags.c_contiguous:
+                xv = np.ascontiguousarray(xv)
             variant(_jit.spmv)(w.data, w.indices, w.indptr, xv, self.bias, self._act,
-                               out.reshape(self.out_features), bounds)
+                               out.reshape(-1), bounds)
             return
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch)
