@@ -267,19 +267,32 @@ def pad_input(x, ph, pw, xpad):
                     row[j] = 0
 
 
+# Input columns per pack_rows work item: a (tile x PACK_COLUMNS) block of x is read
+# row by row and written as one contiguous (PACK_COLUMNS x tile) block of xp.
+PACK_COLUMNS = 64
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def pack_rows(x, xp):
     """xp[0, b // T, c, b % T] = x[b, c] (zero for padded b); x is (B, in) C-contiguous."""
     batch, n_in = x.shape
     n_tiles, tile = xp.shape[1], xp.shape[3]
-    for c in numba.prange(n_in):
-        for ti in range(n_tiles):
-            b0 = ti * tile
-            w = min(tile, batch - b0)
-            for t in range(w):
-                xp[0, ti, c, t] = x[b0 + t, c]
-            for t in range(w, tile):
-                xp[0, ti, c, t] = 0
+    xf = xp.reshape(-1)
+    n_blocks = (n_in + PACK_COLUMNS - 1) // PACK_COLUMNS
+    for job in numba.prange(n_tiles * n_blocks):
+        ti = job // n_blocks
+        c0 = (job - ti * n_blocks) * PACK_COLUMNS
+        c1 = min(n_in, c0 + PACK_COLUMNS)
+        b0 = ti * tile
+        w = min(tile, batch - b0)
+        base = ti * n_in * tile
+        for t in range(w):
+            row = x[b0 + t]
+            for c in range(c0, c1):
+                xf[base + c * tile + t] = row[c]
+        for t in range(w, tile):
+            for c in range(c0, c1):
+                xf[base + c * tile + t] = 0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import CSR, CSRFormatError, KernelArgumentError, SparseLinear, csr_linear
+from sparsify.kernels import _jit
 from sparsify.kernels.spmm import RowChunks, pick_tile
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to
@@ -225,7 +226,6 @@ def test_aligned_empty_is_cache_line_aligned(shape, dtype):
 def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
     import threading
 
-    from sparsify.kernels import _jit
     from sparsify.kernels.buffers import ALIGN
 
     seen = []
@@ -249,3 +249,21 @@ def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
     assert all(a % ALIGN == 0 for a in addresses)
     assert len(set(addresses[:4])) == 1  # one buffer for this thread, big enough from the start
     assert seen[4][0] != seen[0][0] and addresses[4] != addresses[0]  # another thread's own
+
+
+@pytest.mark.parametrize("tile", _jit.TILES)
+@pytest.mark.parametrize("n_in", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize("batch", [1, 31, 32, 33, 70])
+def test_pack_rows_writes_every_packed_value(rng, tile, n_in, batch):
+    # xp starts as NaN: every value must be written, x's where b < batch and 0 beyond
+    # (a column block or padded row left unwritten would stay NaN).
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    n_tiles = -(-batch // tile)
+    xp = np.full((1, n_tiles, n_in, tile), np.nan, np.float32)
+    for kernel in (_jit.pack_rows, _jit.serial(_jit.pack_rows)):
+        xp[...] = np.nan
+        kernel(x, xp)
+        padded = np.zeros((n_tiles * tile, n_in), np.float32)
+        padded[:batch] = x
+        expected = padded.reshape(n_tiles, tile, n_in).transpose(0, 2, 1)[None]
+        assert np.array_equal(xp, expected)
