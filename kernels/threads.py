@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _jit, spmm
+from . import _jit, norm, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -35,9 +35,9 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
     ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernel, the
     SpMM kernel at every batch tile width (``_jit.TILES``), the input packing, the
-    direct (stride-1) conv at every column width with its input padding, and the conv
-    unfolding, each in its parallel version and its serial twin. Call it once
-    before timing or serving, not while other threads call the kernels (it switches
+    direct (stride-1) conv at every column width with its input padding, the conv
+    unfolding and the layer norm, each in its parallel version and its serial twin. Call
+    it once before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
     on first use.
@@ -60,5 +60,9 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     for tile in _jit.TILES:  # stride 1 is direct: every column width
                         conv(np.ones((1, 1, 1, tile), dtype))
                     SparseConv2d(w, kernel_size=3, stride=2)(np.ones((1, 1, 3, 3), dtype))
+        for dtype in dtypes:  # the runtime's LayerNormalization, both twins
+            x, v = np.ones((2, 4), dtype), np.ones(4, dtype)
+            for kernel in (norm._layer_norm_rows, norm._serial_rows):
+                kernel(x, v, v, 1e-5, np.empty_like(x))
     finally:
         spmm.SERIAL_WORK = saved

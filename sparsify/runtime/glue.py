@@ -2,7 +2,8 @@
 
 Running an Add + Relu between two sparse convs through its own ONNX Runtime session costs
 one ``InferenceSession.run`` (tens of microseconds of fixed overhead); numpy does it in a
-few. Only ops whose numpy result is identical to ONNX semantics are here, and only on
+few. Only ops whose numpy result is ONNX's (up to float rounding: LayerNormalization runs
+a Numba kernel that accumulates in float64) are here, and only on
 float tensors (the partitioner checks the inferred types); anything else runs in ORT.
 """
 
@@ -81,6 +82,24 @@ def _reduce_mean(node, consts) -> GlueFn:
     return run
 
 
+def _layer_norm(node, consts) -> GlueFn:
+    from sparsify.kernels.norm import layer_norm
+
+    a = _attrs(node)
+    axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
+
+    def run(xs):
+        x, scale = xs[0], xs[1]
+        bias = xs[2] if len(xs) > 2 else None
+        ax = axis + x.ndim if axis < 0 else axis
+        tail = x.shape[ax:]
+        inner = math.prod(tail)
+        flat = lambda v: None if v is None else np.broadcast_to(v, tail).reshape(inner)  # noqa: E731
+        y = layer_norm(x.reshape(-1, inner), flat(scale), flat(bias), eps)
+        return [y.reshape(x.shape)]
+    return run
+
+
 def _global_average_pool(node, consts) -> GlueFn:
     def run(xs):
         x = xs[0]
@@ -100,6 +119,12 @@ GLUE_OPS: dict[str, Callable[[onnx.NodeProto, dict], GlueFn]] = {
     "Flatten": _flatten,
     "ReduceMean": _reduce_mean,
     "GlobalAveragePool": _global_average_pool,
+    "LayerNormalization": _layer_norm,
+}
+# Node conditions beyond the op type: LayerNormalization only without its optional Mean
+# and InvStdDev outputs.
+ONLY_IF: dict[str, Callable[[onnx.NodeProto], bool]] = {
+    "LayerNormalization": lambda node: not any(node.output[1:]),
 }
 # Inputs of these ops that are shapes/axes (int64), not float data.
 INT_INPUTS = {"Reshape": {1}, "ReduceMean": {1}}
@@ -107,7 +132,8 @@ INT_INPUTS = {"Reshape": {1}, "ReduceMean": {1}}
 
 def supports(node: onnx.NodeProto) -> bool:
     """True when ``node`` is a standard-domain op with a numpy implementation here."""
-    return node.domain in ("", "ai.onnx") and node.op_type in GLUE_OPS
+    return (node.domain in ("", "ai.onnx") and node.op_type in GLUE_OPS
+            and ONLY_IF.get(node.op_type, lambda n: True)(node))
 
 
 def compile_node(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
-from sparsify.kernels import _jit
+from sparsify.kernels import _jit, norm
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear
 
@@ -41,7 +41,7 @@ def test_warmup_compiles_every_tile_and_dtype():
     kernels = ([_jit.spmv, _jit.im2col, _jit.pack_rows, _jit.pad_input]
                + [_jit.spmm_kernel(t) for t in _jit.TILES]
                + [_jit.direct_conv_kernel(t) for t in _jit.TILES])
-    for k in kernels + [_jit.serial(k) for k in kernels]:
+    for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
 

@@ -61,3 +61,56 @@ def test_glue_ops_match_ort(tmp_path, glue):
     # Output order follows the names asked for.
     z, y = sess.run(["z", "y"], {"x": x})
     assert z.shape == (3, 2) and y.shape == (6, 5)
+
+
+def layer_norm_model(axis: int, with_bias: bool, stats: bool):
+    """Gemm -> Reshape (N, 3, 4) -> Add -> LayerNormalization(axis) -> Gemm; scale over the normalized dims."""
+    rng = np.random.default_rng(1)
+    w1 = (rng.standard_normal((12, 6)) * (rng.random((12, 6)) < 0.5)).astype(np.float32)
+    w2 = rng.standard_normal((5, 12)).astype(np.float32)
+    norm_shape = (3, 4)[axis:] if axis >= 0 else (3, 4)[axis + 2:]
+    inits = {"w1": w1, "w2": w2, "shape": np.array([0, 3, 4], np.int64), "back": np.array([0, 12], np.int64),
+             "shift": rng.standard_normal((3, 4)).astype(np.float32),
+             "scale": (rng.random(norm_shape) + 0.5).astype(np.float32),
+             "bias": rng.standard_normal(norm_shape).astype(np.float32)}
+    ln_inputs = ["a", "scale"] + (["bias"] if with_bias else [])
+    ln_outputs = ["n"] + (["mean", "inv"] if stats else [])
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+        helper.make_node("Reshape", ["h", "shape"], ["r"]),
+        helper.make_node("Add", ["r", "shift"], ["a"]),
+        helper.make_node("LayerNormalization", ln_inputs, ln_outputs, axis=axis, epsilon=1e-3),
+        helper.make_node("Reshape", ["n", "back"], ["f"]),
+        helper.make_node("Gemm", ["f", "w2"], ["y"], transB=1),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if stats:
+        outputs.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6])],
+                              outputs, [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("axis, with_bias", [(-1, True), (1, True), (2, False), (-2, False)])
+def test_layer_norm_glue_matches_ort(tmp_path, axis, with_bias):
+    dense = layer_norm_model(axis, with_bias, stats=False)
+    path = tmp_path / "ln.onnx"
+    path.write_bytes(CsrPass(density_threshold=1.0).call(dense).model.SerializeToString())
+    sess = Session(path)
+    assert [s.kind for s in sess.steps] == ["sparse", "numpy", "sparse"]
+    ref = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = np.random.default_rng(n).standard_normal((n, 6)).astype(np.float32) * 10
+        assert_close(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0])
+
+
+def test_layer_norm_with_statistics_outputs_stays_in_ort(tmp_path):
+    dense = layer_norm_model(-1, True, stats=True)
+    path = tmp_path / "ln.onnx"
+    path.write_bytes(CsrPass(density_threshold=1.0).call(dense).model.SerializeToString())
+    sess = Session(path)
+    assert [s.kind for s in sess.steps] == ["sparse", "ort", "sparse"]
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    ref = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    for g, w in zip(sess.run(None, {"x": x}), ref.run(None, {"x": x})):
+        assert_close(g, w)

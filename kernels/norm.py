@@ -1,0 +1,62 @@
+"""Layer normalization over the last axis of a 2-D array (the runtime's LayerNormalization).
+
+ONNX Runtime's LayerNormalization took ~130 us on a (128, 256) float32 input here (2
+threads, 150 us on one), far more than the sparse products around it in a
+transformer block; this kernel takes a few microseconds. Mean and variance are
+accumulated in float64 (two passes), so the result is at least as accurate as a
+float32 implementation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._jit import serial
+from .errors import KernelArgumentError
+
+# Below this many values a call runs on one thread (a parallel launch costs ~2 us).
+SERIAL_VALUES = 1 << 14
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"},
+            error_model="numpy")
+def _layer_norm_rows(x, scale, bias, eps, out):
+    """out[r] = (x[r] - mean(x[r])) / sqrt(var(x[r]) + eps) * scale + bias for each row r."""
+    rows, n = x.shape
+    for r in numba.prange(rows):
+        xr = x[r]
+        s = 0.0
+        for j in range(n):
+            s += np.float64(xr[j])
+        mean = s / n
+        v = 0.0
+        for j in range(n):
+            d = np.float64(xr[j]) - mean
+            v += d * d
+        inv = 1.0 / math.sqrt(v / n + eps)
+        o = out[r]
+        for j in range(n):
+            o[j] = (np.float64(xr[j]) - mean) * inv * scale[j] + bias[j]
+
+
+def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None, eps: float) -> np.ndarray:
+    """Normalize each row of ``x`` (R, N) and apply ``scale``/``bias`` (N,) of x's dtype."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+        raise KernelArgumentError(f"layer_norm input should be a 2-D float32/float64 array, got {x!r:.60}")
+    n = x.shape[1]
+    if bias is None:
+        bias = np.zeros(n, x.dtype)
+    for name, a in (("scale", scale), ("bias", bias)):
+        if a.shape != (n,) or a.dtype != x.dtype:
+            raise KernelArgumentError(f"layer_norm {name} should be ({n},) {x.dtype}, got {a.shape} {a.dtype}")
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    kernel = _layer_norm_rows if x.size >= SERIAL_VALUES else _serial_rows
+    kernel(x, np.ascontiguousarray(scale), np.ascontiguousarray(bias), float(eps), out)
+    return out
+
+
+_serial_rows = serial(_layer_norm_rows)
