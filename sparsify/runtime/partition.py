@@ -9,6 +9,7 @@ InferenceSession built once here. A graph without sparse nodes is one ORT step.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -132,6 +133,43 @@ def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[
     return Step("ort", inputs, outputs, run, [n.name or n.op_type for n in nodes])
 
 
+def grouped_order(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[int]:
+    """A topological order of ``nodes`` (as indices) that changes kind (sparse or standard)
+    as rarely as a greedy schedule can: it takes ready nodes of the current kind, earliest
+    in the file first, and switches kind only when none is ready.
+
+    A file's own order can interleave them: torch exports q-projection, reshape,
+    transpose, k-projection, ... so that each projection ends a standard run, and each
+    run costs one ONNX Runtime call; here the three projections become adjacent.
+    """
+    producer = {v: i for i, n in enumerate(nodes) for v in n.output if v}
+    users: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        deps = {producer[v] for v in _node_inputs(n) if v in producer and producer[v] != i}
+        waiting[i] = len(deps)
+        for d in deps:
+            users[d].append(i)
+    ready: dict[bool, list[int]] = {True: [], False: []}
+    for i in range(len(nodes)):
+        if not waiting[i]:
+            heapq.heappush(ready[i in sparse], i)
+    order: list[int] = []
+    kind = bool(ready[True]) and (not ready[False] or ready[True][0] < ready[False][0])
+    while ready[True] or ready[False]:
+        if not ready[kind]:
+            kind = not kind
+        i = heapq.heappop(ready[kind])
+        order.append(i)
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready[u in sparse], u)
+    if len(order) != len(nodes):  # a cycle: keep the file's order, ORT will report it
+        return list(range(len(nodes)))
+    return order
+
+
 def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: int, glue_policy: str = "numpy",
               where: str = "model") -> list[Step]:
     """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer."""
@@ -147,9 +185,10 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
             g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
     types = value_types(model)
-    # Cut the node list into sparse nodes and maximal runs of standard nodes.
+    # Cut the node list, in an order that keeps runs long, into sparse nodes and maximal
+    # runs of standard nodes.
     groups: list[tuple[str, list[int]]] = []
-    for i, node in enumerate(g.node):
+    for i in grouped_order(list(g.node), set(layers)):
         if i in layers:
             groups.append(("sparse", [i]))
         elif groups and groups[-1][0] == "std":
