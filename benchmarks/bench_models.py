@@ -78,8 +78,8 @@ def all_cases(quick: bool) -> list[Case]:
         return [
             Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=2, scope="global",
                  batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
-            Case("mlp-512", "benchmarks.common:ffn_mlp", "channel", {"width": 512, "depth": 2},
-                 ("1,512",), batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
+            Case("mlp-1024", "benchmarks.common:ffn_mlp", "channel", {"width": 1024, "depth": 2},
+                 ("1,1024",), batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
         ]
     return [
         Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=10, scope="global", batches=(1, 64)),

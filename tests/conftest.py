@@ -14,3 +14,12 @@ def digits_cnn_run(tmp_path_factory):
     train_model(ModelSource("digits-cnn", data="digits"), TrainConfig(epochs=1, progress=False), root / "dense")
     prune_model(ModelSource(str(root / "dense")), root / "pruned", sparsity=0.8, scope="global")
     return root
+
+
+@pytest.fixture
+def no_model_size_floor(monkeypatch):
+    """Let the CSR pass's default density rule convert the tests' small models (which the
+    whole-model size floor, MIN_LINEAR_MACS, would otherwise keep dense)."""
+    from sparsify.passes import csr
+
+    monkeypatch.setattr(csr, "MIN_LINEAR_MACS", 0)

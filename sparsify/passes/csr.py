@@ -45,6 +45,16 @@ CONV_CROSSOVER: float = 0.05
 # with the same case's instead.
 MIN_CONV_WEIGHTS = 64 * 64 * 3 * 3
 MIN_CONV_MACS = MIN_CONV_WEIGHTS * 8 * 8
+# A model whose convertible layers are all linear and all smaller than this many
+# multiply-adds per call (at the target batch; tokens counted from shape inference) is kept
+# dense as a whole: each runtime step costs a few microseconds and each ONNX Runtime
+# segment between steps ~15 us, more than such layers take dense. digits-mlp (largest layer
+# 256x256) ran at 0.25-0.40x and digits-vit (64-wide, 16 tokens) at 0.22-0.29x dense ORT at
+# batch 1 when converted (models.json, 2 threads), while the 1024x1024 layer (1.05 M) is
+# 2.7-3x faster than ORT alone. Kept per model, not per layer: a small layer left dense
+# between sparse ones adds an ORT segment, which costs more than it saves (the demo's
+# 64x2048 input layer).
+MIN_LINEAR_MACS = 1 << 20
 # 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads) and strided
 # convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
 # thread counts, so they are not converted by default; --density-threshold still forces it.
@@ -320,30 +330,41 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
 
 
 def _inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Value info of the graph's intermediate values and outputs after shape inference
-    (empty where inference fails: it is a convenience here, not a requirement)."""
+    """Value info of the graph's inputs, intermediate values and outputs after shape
+    inference (empty where inference fails: it is a convenience here, not a requirement)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
         return {}
-    return {vi.name: vi for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    g = inferred.graph
+    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
 
 
-def _output_positions(model: onnx.ModelProto):
-    """``positions(name)``: the spatial size (product of dims after the first two) of value
-    ``name`` from shape inference, or None when unknown; inference runs on first use."""
-    known: dict[str, onnx.ValueInfoProto] | None = None
+class _Shapes:
+    """Value shapes from ONNX shape inference, run on first use (nothing known where it fails)."""
 
-    def positions(name: str) -> int | None:
-        nonlocal known
-        if known is None:
-            known = _inferred_value_info(model)
-        vi = known.get(name)
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self._model = model
+        self._known: dict[str, onnx.ValueInfoProto] | None = None
+
+    def dims(self, name: str) -> list[int | None]:
+        """The dims of value ``name`` (None where unknown); [] when its rank is unknown."""
+        if self._known is None:
+            self._known = _inferred_value_info(self._model)
+        vi = self._known.get(name)
         dims = vi.type.tensor_type.shape.dim if vi is not None else []
-        spatial = [dm.dim_value if dm.HasField("dim_value") else None for dm in dims[2:]]
-        return math.prod(spatial) if len(dims) > 2 and None not in spatial else None
+        return [dm.dim_value if dm.HasField("dim_value") else None for dm in dims]
 
-    return positions
+    def positions(self, name: str) -> int | None:
+        """The spatial size (product of the dims after the first two) of an NC... value."""
+        spatial = self.dims(name)[2:]
+        return math.prod(spatial) if spatial and None not in spatial else None
+
+    def rows_per_sample(self, name: str) -> int:
+        """Rows a linear layer sees per sample in its input ``name`` (N, ..., in): the
+        product of the dims between the first and the last (tokens), 1 when unknown."""
+        inner = self.dims(name)[1:-1]
+        return math.prod(inner) if inner and None not in inner else 1
 
 
 def _conv_too_small(weights: int, positions: int | None) -> str | None:
@@ -374,7 +395,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
     if not isinstance(target_batch, int) or target_batch < 1:
         raise ExportError(f"target batch {target_batch!r} should be a positive int")
     g = _Graph(model)
-    positions = _output_positions(model)
+    shapes = _Shapes(model)
     decisions: list[LayerDecision] = []
     claimed: set[int] = set()
     for idx in range(len(g.nodes)):
@@ -398,7 +419,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
                                           a.get("strides", (1, 1)))
         else:
             threshold = default_threshold(kind, target_batch)
-        too_small = (_conv_too_small(w.size, positions(g.nodes[d.fused[0]].output[0]))
+        too_small = (_conv_too_small(w.size, shapes.positions(g.nodes[d.fused[0]].output[0]))
                      if density_threshold is None and kind == "conv" and threshold > 0 else None)
         if too_small:
             d.convert = False
@@ -419,7 +440,28 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
                 what = "1x1 and strided conv" if kind == "conv" else kind
                 d.reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
             d.activation, d.fused = "none", ()
+    if density_threshold is None:
+        _keep_small_models_dense(g, decisions, target_batch, shapes)
     return CsrPlan(decisions, target_batch, density_threshold)
+
+
+def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_batch: int,
+                             shapes: _Shapes) -> None:
+    """Revert every conversion when all converted layers are linear and each does fewer
+    than MIN_LINEAR_MACS multiply-adds per call at ``target_batch`` (see there)."""
+    chosen = [d for d in decisions if d.convert]
+    if not chosen or any(d.op_type == "Conv" for d in chosen):
+        return
+    macs = [math.prod(d.weight_shape) * target_batch * shapes.rows_per_sample(g.nodes[d.fused[0]].input[0])
+            for d in chosen]
+    if max(macs) >= MIN_LINEAR_MACS:
+        return
+    for d in chosen:
+        d.convert = False
+        d.reason = (f"the model's largest convertible layer does {max(macs):,} multiply-adds per call at "
+                    f"batch {target_batch}, fewer than {MIN_LINEAR_MACS:,}: a model this small runs "
+                    "faster as one ONNX Runtime call; --density-threshold converts it anyway")
+        d.activation, d.fused = "none", ()
 
 
 def _index_arrays(csr_indices: np.ndarray, csr_indptr: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from tests.benchmarks.conftest import assert_png, no_temp_files, positive, read_
 @pytest.fixture(scope="module")
 def quick_doc(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
-    assert bench_models.main(["--quick", "--models", "mlp-512", "--out", str(out / "m.json")]) == 0
+    assert bench_models.main(["--quick", "--models", "mlp-1024", "--out", str(out / "m.json")]) == 0
     return out, read_doc(out / "m.json", bench_models.SCHEMA)
 
 
@@ -20,13 +20,14 @@ def test_quick_run_writes_a_well_formed_document(quick_doc):
     assert_png(out / "m.png")
     no_temp_files(out)
     (model,) = doc["models"]
-    assert model["model"] == "mlp-512" and model["batches"] == [1] and model["threads"] == [1]
+    assert model["model"] == "mlp-1024" and model["batches"] == [1] and model["threads"] == [1]
     assert isinstance(doc["env"], dict)
     dense = model["dense"]
     positive(dense["onnx"]["params"], dense["onnx"]["macs"], dense["onnx"]["file_bytes"])
-    # 2 x Linear(512, 512): weights + biases, and 512 * 512 MACs per layer per sample.
-    assert dense["onnx"]["params"] == 2 * (512 * 512 + 512)
-    assert dense["onnx"]["macs"] == 2 * 512 * 512
+    # 2 x Linear(1024, 1024): weights + biases, and 1024 * 1024 MACs per layer per sample
+    # (at least MIN_LINEAR_MACS, so the sparse leg really converts).
+    assert dense["onnx"]["params"] == 2 * (1024 * 1024 + 1024)
+    assert dense["onnx"]["macs"] == 2 * 1024 * 1024
     (lat,) = dense["latency"]
     assert lat["speedup"] == 1.0 and lat["batch"] == 1
     positive(lat["p50_ms"], lat["p90_ms"])
@@ -44,7 +45,7 @@ def test_quick_run_writes_a_well_formed_document(quick_doc):
     sparse = kinds["sparse"]
     assert sparse["sparsity"] == 0.9
     # The pruned run keeps ~10% of the weights (biases are not pruned).
-    assert sparse["run"]["nonzeros"] == pytest.approx(0.1 * 2 * 512 * 512 + 2 * 512, rel=0.01)
+    assert sparse["run"]["nonzeros"] == pytest.approx(0.1 * 2 * 1024 * 1024 + 2 * 1024, rel=0.01)
     if "onnx" in sparse:
         assert sparse["file_ratio"] < 0.5
 

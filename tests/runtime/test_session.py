@@ -37,6 +37,7 @@ def test_cnn_glue_runs_in_numpy_or_ort_as_asked(pairs):
     assert "ort" in kinds and "numpy" not in kinds
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_partially_converted_model_mixes_kernels_and_ort(tmp_path):
     # The head (density 1.0) stays a dense Gemm in an ORT segment at the default threshold.
     _, dense, sparse, plan = sparse_pair(tmp_path, "mlp", threshold=None)
@@ -149,6 +150,7 @@ def test_runtime_import_defaults_openmp_waiting_without_overriding_the_user(env,
     assert out.stdout.split() == expected + ["False"]  # and torch (which loads libgomp) was not imported
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_file_without_value_info_still_types_the_ort_segments(tmp_path):
     import onnx
 

@@ -30,6 +30,7 @@ def test_default_threshold_comes_from_the_table_and_falls_with_batch():
     assert default_threshold("linear", 1000) == t64
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_plan_decides_by_density_and_says_why(dense_files):
     model = onnx.load(str(dense_files["mlp"][1]))
     plan = plan_csr(model, target_batch=1)
@@ -45,6 +46,7 @@ def test_plan_decides_by_density_and_says_why(dense_files):
     assert any("kept dense" in line and "head.weight" in line for line in plan.lines())
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_large_target_batch_lowers_the_threshold(tmp_path):
     t1, t64 = default_threshold("linear", 1), default_threshold("linear", 64)
     density = (t1 + t64) / 2  # converted for batch 1, kept dense for batch 64
@@ -77,6 +79,7 @@ def _graph(nodes, inits, inputs, out_shape=None):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_structural_skips_carry_reasons():
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((8, 8)) * (rng.random((8, 8)) < 0.1)).astype(np.float32)
@@ -147,6 +150,7 @@ def test_rewrite_checks_and_reference_evaluator_equals_dense(dense_files, kind):
         assert_close(reference_evaluator(model).run(None, {"x": x})[0], ort_run(path, x))
 
 
+@pytest.mark.usefixtures("no_model_size_floor")
 def test_fully_pruned_layer_converts_to_an_empty_csr(tmp_path):
     model, path = models.export("mlp", tmp_path / "m.onnx", densities=(0.1, 0.0, 0.2))
     result = CsrPass().call(onnx.load(str(path)))
@@ -235,3 +239,42 @@ def test_default_conv_threshold_depends_on_kernel_and_stride():
     assert "576 weights, fewer than the 36,864 of the smallest conv" in d["tiny"].reason
     forced = {x.node: x for x in plan_csr(model, density_threshold=0.5).decisions}
     assert forced["small"].convert and forced["tiny"].convert
+
+
+def chain_model(sizes, tokens=None, density=0.1, seed=0):
+    """MatMul layers in a chain (sizes: [in, h1, h2, ...]) on input (N, in) or (N, tokens, in)."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, v = [], [], "x"
+    for k, (i, o) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((i, o)) * (rng.random((i, o)) < density)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes.append(helper.make_node("MatMul", [v, f"w{k}"], [f"h{k}"]))
+        v = f"h{k}"
+    shape = ["n", sizes[0]] if tokens is None else ["n", tokens, sizes[0]]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info(v, TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_a_model_of_only_small_layers_is_kept_dense_whole():
+    from sparsify.passes.csr import MIN_LINEAR_MACS
+
+    plan = plan_csr(chain_model([64, 256, 256, 10]), target_batch=1)
+    assert not plan.converted
+    for d in plan.decisions:
+        assert f"does 65,536 multiply-adds per call at batch 1, fewer than {MIN_LINEAR_MACS:,}" in d.reason
+        assert "--density-threshold converts it anyway" in d.reason
+    assert len(plan_csr(chain_model([64, 256, 256, 10]), density_threshold=0.5).converted) == 3
+    # A larger target batch makes the same layers big enough.
+    assert len(plan_csr(chain_model([64, 256, 256, 10]), target_batch=16).converted) == 3
+
+
+def test_one_large_layer_converts_the_small_ones_too():
+    plan = plan_csr(chain_model([64, 1024, 1024, 10]), target_batch=1)
+    assert [d.convert for d in plan.decisions] == [True, True, True]
+
+
+def test_tokens_from_shape_inference_count_towards_the_size():
+    # 128x128 weights: 16,384 multiply-adds per row, times 64 tokens = 1,048,576 per call.
+    assert len(plan_csr(chain_model([128, 128], tokens=64), target_batch=1).converted) == 1
+    assert not plan_csr(chain_model([128, 128], tokens=4), target_batch=1).converted
