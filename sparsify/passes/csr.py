@@ -27,15 +27,17 @@ from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_O
 # batch. Measured with
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
 # and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
-# each side; kernels as of commit 01fb75d): each linear entry is the largest grid density at
-# which the kernels were faster for both 1024x1024 and 4096x4096 layers at 1 thread (at 2
-# threads the crossovers were the same or higher: 0.5/0.4, 0.3/0.4, 0.3/0.4). Sparse/dense
-# time at that density (1024 / 4096): batch 1 0.81 / 0.77, batch 8 0.84 / 0.59, batch 64
-# 0.84 / 0.70. Batches between entries use the entry of the next larger measured batch.
+# each side). Each linear entry is a grid density at which the kernels were at least at
+# parity for both 1024x1024 and 4096x4096 layers at both thread counts. Re-measured with the
+# kernels of commit 24069fc, sparse/dense time at the entry (1024 / 4096, 1 thread; 2
+# threads): batch 1 0.66 / 0.68; 1.01 / 0.70, batch 8 0.74 / 0.71; 1.00 / 0.68, batch 64
+# 0.83 / 0.70; 0.93 / 0.70 (the 1-thread crossovers alone are 0.5, 0.3, 0.3). Batches
+# between entries use the entry of the next larger measured batch.
 LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
 # Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: 64-channel
 # 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
-# threads (sparse/dense 0.37-0.92); at 0.1 the 8x8 case was at parity with 2 threads (1.01).
+# threads (sparse/dense 0.37-0.92; re-measured at 24069fc: 0.37-0.89); at 0.1 the 8x8 case
+# was at parity with 2 threads (1.01; then 0.97).
 CONV_CROSSOVER: float = 0.05
 # Convs with fewer multiply-adds per image than the smallest measured case above (64x64x3x3
 # over 8x8) stay dense by default: nothing smaller was measured to win, and the digits-cnn at
