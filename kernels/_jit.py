@@ -19,7 +19,7 @@ import numpy as np
 from numba import types as nbtypes
 from numba.extending import overload
 
-from ._simd import SHIFTED_ROWS, gather_dot, shifted_rows, tile_row
+from ._simd import SHIFTED_ROWS, STORE_ROWS, gather_dot, shifted_rows, store_columns, tile_row
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
@@ -40,7 +40,7 @@ TILES = (8, 16, 32)
 # Nonzeros per row block in the SpMM cache blocking (~256 KiB of fp32 CSR).
 BLOCK_NNZ = 32768
 # Rows computed before their outputs are stored (linear layout): 16 float32 = one line.
-OUT_ROWS = 16
+OUT_ROWS = STORE_ROWS
 # Bytes of packed input per tile group in the SpMM cache blocking (half of L2).
 GROUP_BYTES = 1 << 20
 
@@ -189,7 +189,9 @@ def spmm_kernel(tile: int):
                                 for i in range(nr):
                                     for t in range(w):
                                         out[pos + i * s_r + t] = acc[i * tile + t]
-                            else:  # rows contiguous (linear): OUT_ROWS values per column
+                            elif s_r == 1:  # rows contiguous (linear): a run per column
+                                store_columns(acc, tile, nr, w, out, pos, s_b)
+                            else:
                                 for t in range(w):
                                     for i in range(nr):
                                         out[pos + t * s_b + i * s_r] = acc[i * tile + t]

@@ -7,7 +7,8 @@ intrinsic emits a whole row loop with its accumulators as LLVM vector values:
 
 - ``tile_row``: one CSR row against a packed batch tile (SpMM);
 - ``gather_dot``: one CSR row against a vector, 512-bit masked gathers (SpMV);
-- ``shifted_rows``: one output channel, SHIFTED_ROWS output rows (direct conv).
+- ``shifted_rows``: one output channel, SHIFTED_ROWS output rows (direct conv);
+- ``store_columns``: the linear SpMM's transposing store of its accumulated rows.
 
 Numba's on-disk cache keys a kernel on its own source file (``_jit.py``) only: after
 editing this file, delete ``kernels/__pycache__/*.nbi``/``*.nbc`` (or touch ``_jit.py``),
@@ -293,6 +294,77 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
                             fastmath=("reassoc",))
 
     return data.dtype(data, indices, lo, hi, x), codegen
+
+
+@intrinsic
+def store_columns(typingctx, acc, tile, rows, cols, out, pos, stride):
+    """``out[pos + t*stride + i] = acc[i*tile + t]`` for ``t < cols``, ``i < rows``.
+
+    The linear SpMM's transposing store: ``acc`` holds ``rows`` accumulated output rows
+    of ``tile`` batch columns each; every batch column becomes one run of ``rows``
+    adjacent outputs, read with a 512-bit gather from ``acc`` (in L1) and written with
+    one masked vector store, instead of ``rows`` scalar copies. ``rows`` is at most
+    STORE_ROWS. No bounds checks: callers guarantee both index ranges are inside.
+    """
+    if not (isinstance(acc, types.Array) and isinstance(out, types.Array)
+            and acc.dtype == out.dtype and isinstance(acc.dtype, types.Float)):
+        return None
+    if not all(isinstance(a, types.Integer) for a in (tile, rows, cols, pos, stride)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_a = context.make_array(sig.args[0])(context, builder, args[0])
+        out_a = context.make_array(sig.args[4])(context, builder, args[4])
+        tile_v, rows_v, cols_v, pos_v, stride_v = (
+            context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 3, 5, 6))
+        fty = context.get_value_type(sig.args[0].dtype)
+        fsz = context.get_abi_sizeof(fty)
+        n = 64 // fsz
+        i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+        vty, mty, v64 = ir.VectorType(fty, n), ir.VectorType(i1, n), ir.VectorType(i64, n)
+        pvty = ir.VectorType(acc_a.data.type, n)
+        _keep_vector_width(builder, 512)
+        mod = builder.module
+        fname = f"v{n}f{fsz * 8}"
+        gather = _intrinsic_fn(mod, f"llvm.masked.gather.{fname}.v{n}p0",
+                               ir.FunctionType(vty, [pvty, i32, mty, vty]))
+        store = _intrinsic_fn(mod, f"llvm.masked.store.{fname}.p0",
+                              ir.FunctionType(ir.VoidType(), [vty, out_a.data.type, i32, mty]))
+        zero = ir.Constant(vty, None)
+        entry = builder.block
+        head = builder.append_basic_block("store_columns.head")
+        body = builder.append_basic_block("store_columns.body")
+        done = builder.append_basic_block("store_columns.done")
+        # Per group of n rows: the row offsets i*tile and the mask i < rows (loop-invariant).
+        groups = []
+        for g in range(-(-STORE_ROWS // n)):
+            lane_rows = ir.Constant(v64, [g * n + k for k in range(n)])
+            groups.append((g, builder.mul(lane_rows, _splat(builder, tile_v, v64)),
+                           builder.icmp_signed("<", lane_rows, _splat(builder, rows_v, v64))))
+        builder.branch(head)
+        builder.position_at_end(head)
+        t = builder.phi(i64)
+        t.add_incoming(ir.Constant(i64, 0), entry)
+        builder.cbranch(builder.icmp_signed("<", t, cols_v), body, done)
+        builder.position_at_end(body)
+        base = builder.add(pos_v, builder.mul(t, stride_v))
+        for g, offsets, mask in groups:
+            idx = builder.add(offsets, _splat(builder, t, v64))
+            ptrs = _VectorGEP(builder.block, acc_a.data, fty, idx, pvty)
+            builder._insert(ptrs)
+            v = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
+            dst = builder.gep(out_a.data, [builder.add(base, ir.Constant(i64, g * n))])
+            builder.call(store, [v, dst, ir.Constant(i32, fsz), mask])
+        t.add_incoming(builder.add(t, ir.Constant(i64, 1)), builder.block)
+        builder.branch(head)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return types.void(acc, tile, rows, cols, out, pos, stride), codegen
+
+
+# Most rows ``store_columns`` takes (the SpMM's OUT_ROWS).
+STORE_ROWS = 16
 
 
 # Output rows computed together by ``shifted_rows``.

@@ -267,3 +267,18 @@ def test_pack_rows_writes_every_packed_value(rng, tile, n_in, batch):
         padded[:batch] = x
         expected = padded.reshape(n_tiles, tile, n_in).transpose(0, 2, 1)[None]
         assert np.array_equal(xp, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, batch", [(1, 33), (15, 8), (17, 16), (40, 33), (33, 70)])
+def test_batched_stores_stay_inside_the_output(rng, dtype, rows, batch):
+    # The linear SpMM writes each batch column's run of up to 16 rows with one masked
+    # vector store: the last (partial) run must not spill past the output, and every
+    # output must be written (sentinel -7 before, a guard after the buffer).
+    w = random_sparse(rng, (rows, 23), 0.4).astype(dtype)
+    x = rng.standard_normal((batch, 23)).astype(dtype)
+    buf = np.full(batch * rows + 64, -7.0, dtype)
+    out = buf[: batch * rows].reshape(batch, rows)
+    SparseLinear(CSR.from_dense(w))(x, out=out)
+    assert_close(out, reference_linear(x, w, None).astype(dtype))
+    assert (buf[batch * rows:] == -7.0).all()
