@@ -462,7 +462,8 @@ def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_b
         d.convert = False
         d.reason = (f"the model's largest convertible layer does {max(macs):,} multiply-adds per call at "
                     f"batch {target_batch}, fewer than {MIN_LINEAR_MACS:,}: a model this small runs "
-                    "faster as one ONNX Runtime call; --density-threshold converts it anyway")
+                    "faster as one ONNX Runtime call; a larger --target-batch or --density-threshold "
+                    "converts it anyway")
         d.activation, d.fused = "none", ()
 
 
