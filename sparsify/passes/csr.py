@@ -130,6 +130,8 @@ class CsrPlan:
     decisions: list[LayerDecision]
     target_batch: int
     density_threshold: float | None  # the user's override, None when measured defaults were used
+    # Shape inference of the planned model, reused by rewrite_csr on the same model.
+    shapes: "_Shapes | None" = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def converted(self) -> list[LayerDecision]:
@@ -349,11 +351,19 @@ class _Shapes:
         self._model = model
         self._known: dict[str, onnx.ValueInfoProto] | None = None
 
-    def dims(self, name: str) -> list[int | None]:
-        """The dims of value ``name`` (None where unknown); [] when its rank is unknown."""
+    def of(self, model: onnx.ModelProto) -> bool:
+        """Whether these shapes were inferred on ``model`` (the same object)."""
+        return model is self._model
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto | None:
+        """The inferred value info of ``name``, if any."""
         if self._known is None:
             self._known = _inferred_value_info(self._model)
-        vi = self._known.get(name)
+        return self._known.get(name)
+
+    def dims(self, name: str) -> list[int | None]:
+        """The dims of value ``name`` (None where unknown); [] when its rank is unknown."""
+        vi = self.value_info(name)
         dims = vi.type.tensor_type.shape.dim if vi is not None else []
         return [dm.dim_value if dm.HasField("dim_value") else None for dm in dims]
 
@@ -444,7 +454,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
             d.activation, d.fused = "none", ()
     if density_threshold is None:
         _keep_small_models_dense(g, decisions, target_batch, shapes)
-    return CsrPlan(decisions, target_batch, density_threshold)
+    return CsrPlan(decisions, target_batch, density_threshold, shapes)
 
 
 def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_batch: int,
@@ -503,7 +513,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
     if not plan.converted:
         return out
     g = _Graph(model)
-    known = _inferred_value_info(model)  # graph outputs in it are never added (have_vi)
+    shapes = plan.shapes if plan.shapes is not None and plan.shapes.of(model) else _Shapes(model)
     taken = {i.name for i in model.graph.initializer} | {v for n in model.graph.node for v in [*n.input, *n.output]}
     taken |= {n.name for n in model.graph.node}
     new_inits: list[onnx.TensorProto] = []
@@ -553,7 +563,8 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
     have_vi = {vi.name for vi in out.graph.value_info} | {o.name for o in out.graph.output}
     values = {v for n in nodes for v in n.output}
     vis = [vi for vi in out.graph.value_info if vi.name in values]
-    vis += [known[d.output] for d in plan.converted if d.output in known and d.output not in have_vi]
+    vis += [vi for vi in (shapes.value_info(d.output) for d in plan.converted if d.output not in have_vi)
+            if vi is not None]
     del out.graph.value_info[:]
     out.graph.value_info.extend(vis)
     if not any(o.domain == DOMAIN for o in out.opset_import):

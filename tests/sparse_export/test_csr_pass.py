@@ -278,3 +278,20 @@ def test_tokens_from_shape_inference_count_towards_the_size():
     # 128x128 weights: 16,384 multiply-adds per row, times 64 tokens = 1,048,576 per call.
     assert len(plan_csr(chain_model([128, 128], tokens=64), target_batch=1).converted) == 1
     assert not plan_csr(chain_model([128, 128], tokens=4), target_batch=1).converted
+
+
+def test_planning_and_rewriting_share_one_shape_inference(monkeypatch):
+    # Planning needs the token count (the size floor) and the rewrite needs the converted
+    # intermediate's value info, which the file lacks: one inference serves both.
+    real, calls = onnx.shape_inference.infer_shapes, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", counting)
+    model = chain_model([128, 128, 128], tokens=64)
+    result = CsrPass().call(model)
+    assert len([n for n in result.model.graph.node if n.domain == DOMAIN]) == 2
+    assert "h0" in {vi.name for vi in result.model.graph.value_info}
+    assert len(calls) == 1
