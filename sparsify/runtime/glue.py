@@ -94,9 +94,14 @@ def _layer_norm(node, consts) -> GlueFn:
         ax = axis + x.ndim if axis < 0 else axis
         tail = x.shape[ax:]
         inner = math.prod(tail)
-        flat = lambda v: None if v is None else np.broadcast_to(v, tail).reshape(inner)  # noqa: E731
-        y = layer_norm(x.reshape(-1, inner), flat(scale), flat(bias), eps)
-        return [y.reshape(x.shape)]
+        # float16 is normalized in float32 (as ONNX's default stash_type does), then rounded.
+        work = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+
+        def flat(v):
+            return None if v is None else np.broadcast_to(v, tail).reshape(inner).astype(work, copy=False)
+
+        y = layer_norm(x.reshape(-1, inner).astype(work, copy=False), flat(scale), flat(bias), eps)
+        return [y.reshape(x.shape).astype(x.dtype, copy=False)]
     return run
 
 

@@ -114,3 +114,29 @@ def test_layer_norm_with_statistics_outputs_stays_in_ort(tmp_path):
     ref = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
     for g, w in zip(sess.run(None, {"x": x}), ref.run(None, {"x": x})):
         assert_close(g, w)
+
+
+def test_float16_layer_norm_glue_matches_ort(tmp_path):
+    # A float16 LayerNormalization alone in its run of standard nodes is a glue-only step.
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((5, 8)) * (rng.random((5, 8)) < 0.5)).astype(np.float32)
+    nodes = [helper.make_node("LayerNormalization", ["x", "s", "b"], ["n"], axis=-1),
+             helper.make_node("Gemm", ["z", "w"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array((rng.random(8) + 0.5).astype(np.float16), "s"),
+             numpy_helper.from_array(rng.standard_normal(8).astype(np.float16), "b"),
+             numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph(nodes, "ln16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["n", 8]),
+                                              helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info("n", TensorProto.FLOAT16, None),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "ln16.onnx"
+    path.write_bytes(CsrPass(density_threshold=1.0).call(dense).model.SerializeToString())
+    sess = Session(path)
+    assert [s.kind for s in sess.steps][0] == "numpy"
+    x = (rng.standard_normal((3, 8)) * 4).astype(np.float16)
+    feeds = {"x": x, "z": rng.standard_normal((3, 8)).astype(np.float32)}
+    got = sess.run(["n"], feeds)[0]
+    want = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"]).run(["n"], feeds)[0]
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3, rtol=2e-3)
