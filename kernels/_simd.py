@@ -199,6 +199,23 @@ def _splat(builder, value, vty):
                                   ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
 
 
+def _masked_gather(builder, base, fty, idx, mask):
+    """``base[idx[k]]`` for the lanes of ``mask`` (zero elsewhere): one hardware gather.
+
+    ``base`` points at ``fty`` elements, ``idx`` is a vector of integer element indices
+    with as many lanes as ``mask``.
+    """
+    n = mask.type.count
+    i32 = ir.IntType(32)
+    vty, pvty = ir.VectorType(fty, n), ir.VectorType(base.type, n)
+    gather = _intrinsic_fn(builder.module, f"llvm.masked.gather.v{n}{fty.intrinsic_name}.v{n}p0",
+                           ir.FunctionType(vty, [pvty, i32, mask.type, vty]))
+    ptrs = _VectorGEP(builder.block, base, fty, idx, pvty)
+    builder._insert(ptrs)
+    align = ir.Constant(i32, int(fty.intrinsic_name[1:]) // 8)
+    return builder.call(gather, [ptrs, align, mask, ir.Constant(vty, None)])
+
+
 @intrinsic
 def gather_dot(typingctx, data, indices, lo, hi, x):
     """``sum_{j in [lo, hi)} data[j] * x[indices[j]]`` in 512-bit masked-gather chunks.
@@ -226,12 +243,9 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
         n = 64 // fsz  # lanes in a 512-bit vector
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         vty, vity, mty = ir.VectorType(fty, n), ir.VectorType(ity, n), ir.VectorType(i1, n)
-        pvty = ir.VectorType(x_a.data.type, n)
         _keep_vector_width(builder, 512)
         mod = builder.module
         fname, iname = f"v{n}f{fsz * 8}", f"v{n}i{isz * 8}"
-        gather = _intrinsic_fn(mod, f"llvm.masked.gather.{fname}.v{n}p0",
-                               ir.FunctionType(vty, [pvty, i32, mty, vty]))
         load_f = _intrinsic_fn(mod, f"llvm.masked.load.{fname}.p0",
                                ir.FunctionType(vty, [data_a.data.type, i32, mty, vty]))
         load_i = _intrinsic_fn(mod, f"llvm.masked.load.{iname}.p0",
@@ -250,9 +264,7 @@ def gather_dot(typingctx, data, indices, lo, hi, x):
             if isz < 4:  # 32-bit lane offsets give the hardware gather its base + index form
                 v32 = ir.VectorType(i32, n)
                 cols = builder.sext(cols, v32) if sig.args[1].dtype.signed else builder.zext(cols, v32)
-            ptrs = _VectorGEP(builder.block, x_a.data, fty, cols, pvty)
-            builder._insert(ptrs)
-            xv = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
+            xv = _masked_gather(builder, x_a.data, fty, cols, mask)
             dv = builder.call(load_f, [builder.gep(data_a.data, [j]), ir.Constant(i32, fsz), mask,
                                        zero])
             return builder.fadd(acc, builder.fmul(dv, xv, flags=flags), flags=flags)
@@ -322,15 +334,9 @@ def store_columns(typingctx, acc, tile, rows, cols, out, pos, stride):
         n = 64 // fsz
         i1, i32, i64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
         vty, mty, v64 = ir.VectorType(fty, n), ir.VectorType(i1, n), ir.VectorType(i64, n)
-        pvty = ir.VectorType(acc_a.data.type, n)
         _keep_vector_width(builder, 512)
-        mod = builder.module
-        fname = f"v{n}f{fsz * 8}"
-        gather = _intrinsic_fn(mod, f"llvm.masked.gather.{fname}.v{n}p0",
-                               ir.FunctionType(vty, [pvty, i32, mty, vty]))
-        store = _intrinsic_fn(mod, f"llvm.masked.store.{fname}.p0",
+        store = _intrinsic_fn(builder.module, f"llvm.masked.store.v{n}f{fsz * 8}.p0",
                               ir.FunctionType(ir.VoidType(), [vty, out_a.data.type, i32, mty]))
-        zero = ir.Constant(vty, None)
         entry = builder.block
         head = builder.append_basic_block("store_columns.head")
         body = builder.append_basic_block("store_columns.body")
@@ -349,10 +355,8 @@ def store_columns(typingctx, acc, tile, rows, cols, out, pos, stride):
         builder.position_at_end(body)
         base = builder.add(pos_v, builder.mul(t, stride_v))
         for g, offsets, mask in groups:
-            idx = builder.add(offsets, _splat(builder, t, v64))
-            ptrs = _VectorGEP(builder.block, acc_a.data, fty, idx, pvty)
-            builder._insert(ptrs)
-            v = builder.call(gather, [ptrs, ir.Constant(i32, fsz), mask, zero])
+            v = _masked_gather(builder, acc_a.data, fty, builder.add(offsets, _splat(builder, t, v64)),
+                               mask)
             dst = builder.gep(out_a.data, [builder.add(base, ir.Constant(i64, g * n))])
             builder.call(store, [v, dst, ir.Constant(i32, fsz), mask])
         t.add_incoming(builder.add(t, ir.Constant(i64, 1)), builder.block)
