@@ -151,10 +151,11 @@ def spmm_kernel(tile: int):
         zero beyond ``valid``), so each nonzero scales one contiguous ``tile``-vector and
         a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
         ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (b % tile)*s_b]`` (``out`` is a flat
-        buffer): the same kernel writes (batch, out) linear outputs and NCHW conv
-        outputs. It computes OUT_ROWS rows before storing them: when ``s_b != 1`` (linear)
-        each batch column then gets one run of OUT_ROWS adjacent values instead of one
-        scattered value per cache line. Work items are (image, row chunk).
+        buffer): the same kernel writes (batch, out) linear outputs (``s_r == 1``) and
+        NCHW conv outputs (``s_b == 1``); one of the two strides must be 1. It computes
+        OUT_ROWS rows before storing them, so in the linear layout each batch column gets
+        one run of OUT_ROWS adjacent values (``store_columns``) instead of one scattered
+        value per cache line. Work items are (image, row chunk).
         """
         n_img = xp.shape[0]
         n_tiles = xp.shape[1]
@@ -189,12 +190,8 @@ def spmm_kernel(tile: int):
                                 for i in range(nr):
                                     for t in range(w):
                                         out[pos + i * s_r + t] = acc[i * tile + t]
-                            elif s_r == 1:  # rows contiguous (linear): a run per column
+                            else:  # rows contiguous (linear, s_r == 1): a run per column
                                 store_columns(acc, tile, nr, w, out, pos, s_b)
-                            else:
-                                for t in range(w):
-                                    for i in range(nr):
-                                        out[pos + t * s_b + i * s_r] = acc[i * tile + t]
                     r_lo = r_hi
 
     return spmm
