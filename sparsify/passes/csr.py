@@ -108,6 +108,11 @@ class LayerDecision:
             return f"{self.source} (initializer {self.weight})"
         return self.weight
 
+    def keep_dense(self, reason: str) -> None:
+        """Decide against converting, for ``reason`` (nothing fused)."""
+        self.convert, self.reason = False, reason
+        self.activation, self.fused = "none", ()
+
     def line(self) -> str:
         """One human-readable line."""
         what = f"{self.op_type} {self.node!r}" + (f" (weight {self.label}, {list(self.weight_shape)})"
@@ -434,9 +439,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         too_small = (_conv_too_small(w.size, shapes.positions(g.nodes[d.fused[0]].output[0]))
                      if density_threshold is None and kind == "conv" and threshold > 0 else None)
         if too_small:
-            d.convert = False
-            d.reason = too_small + "; --density-threshold converts it anyway"
-            d.activation, d.fused = "none", ()
+            d.keep_dense(too_small + "; --density-threshold converts it anyway")
             continue
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
@@ -446,12 +449,11 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
                 d.reason = f"density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
             claimed.update(d.fused)
         else:
-            d.convert = False
-            d.reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
+            reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
                 what = "1x1 and strided conv" if kind == "conv" else kind
-                d.reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
-            d.activation, d.fused = "none", ()
+                reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
+            d.keep_dense(reason)
     if density_threshold is None:
         _keep_small_models_dense(g, decisions, target_batch, shapes)
     return CsrPlan(decisions, target_batch, density_threshold, shapes)
@@ -468,13 +470,12 @@ def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_b
             for d in chosen]
     if max(macs) >= MIN_LINEAR_MACS:
         return
+    reason = (f"the model's largest convertible layer does {max(macs):,} multiply-adds per call at "
+              f"batch {target_batch}, fewer than {MIN_LINEAR_MACS:,}: a model this small runs "
+              "faster as one ONNX Runtime call; a larger --target-batch or --density-threshold "
+              "converts it anyway")
     for d in chosen:
-        d.convert = False
-        d.reason = (f"the model's largest convertible layer does {max(macs):,} multiply-adds per call at "
-                    f"batch {target_batch}, fewer than {MIN_LINEAR_MACS:,}: a model this small runs "
-                    "faster as one ONNX Runtime call; a larger --target-batch or --density-threshold "
-                    "converts it anyway")
-        d.activation, d.fused = "none", ()
+        d.keep_dense(reason)
 
 
 def _index_arrays(csr_indices: np.ndarray, csr_indptr: np.ndarray, cols: int) -> tuple[np.ndarray, np.ndarray]:
