@@ -1,4 +1,5 @@
-"""One way to read an ONNX file, shared by ``inspect`` and ``bench``.
+"""One way to read an ONNX file, shared by ``inspect``, ``bench`` and the runtime, and one
+way to ask ONNX shape inference about it (the CSR pass and the runtime's partition).
 
 A path that is missing, not ONNX, or whose external data cannot be read becomes a
 :class:`ModelFileError` that names the file, instead of a protobuf traceback.
@@ -56,3 +57,14 @@ def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.M
             raise ModelFileError(f"{path}: the external data of this ONNX model could not be loaded: "
                                  f"{_first_line(exc)}") from exc
     return model
+
+
+def inferred_graph(model: onnx.ModelProto) -> onnx.GraphProto | None:
+    """``model``'s graph after ONNX shape inference (not strict), or None where it fails:
+    inference is best effort, and callers decide what to do without it."""
+    import onnx
+
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # any failure inside onnx's inference means "nothing inferred"
+        return None

@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 
 from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
+from sparsify.onnxfile import inferred_graph
 
 # Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (fp32), by target
 # batch. Measured with
@@ -341,12 +342,8 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
 def _inferred_value_info(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Value info of the graph's inputs, intermediate values and outputs after shape
     inference (empty where inference fails: it is a convenience here, not a requirement)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        return {}
-    g = inferred.graph
-    return {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+    g = inferred_graph(model)
+    return {} if g is None else {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
 
 
 class _Shapes:

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from sparsify.errors import KernelInputError, ModelFileError
 from sparsify.export.sparse_ops import DOMAIN
 from sparsify.kernels import KernelValueError
+from sparsify.onnxfile import inferred_graph
 from sparsify.runtime import glue
 from sparsify.runtime.loader import SparseLayer
 
@@ -42,11 +43,9 @@ class Step:
 
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Types of every value ONNX shape inference (or the file itself) knows."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # inference is best effort; unknown values fall back to ORT's own inference
-        inferred = model
-    g = inferred.graph
+    g = inferred_graph(model)
+    if g is None:  # without inference: the file's own types; ORT infers the rest itself
+        g = model.graph
     out = {vi.name: vi.type for vi in [*g.input, *g.output, *g.value_info] if vi.type.HasField("tensor_type")}
     for init in model.graph.initializer:
         out.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, list(init.dims)))
