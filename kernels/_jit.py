@@ -19,7 +19,8 @@ import numpy as np
 from numba import types as nbtypes
 from numba.extending import overload
 
-from ._simd import SHIFTED_ROWS, STORE_ROWS, gather_dot, shifted_rows, store_columns, tile_row
+from ._simd import (PERMUTE_LANES, SHIFTED_ROWS, STORE_ROWS, gather_dot, permute_dot, shifted_rows,
+                    store_columns, tile_row)
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
@@ -125,6 +126,28 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
         for r in range(bounds[ch], bounds[ch + 1]):
             out[r] = bias[r] + gather_dot(data, indices, np.uintp(indptr[r]), np.uintp(indptr[r + 1]), x)
         activate_block(out, bounds[ch], bounds[ch + 1], act)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def ell_spmv(values, offsets, segments, slot_ptr, group_ptr, rows, x, bias, act, out, bounds):
+    """out[r] = act(bias[r] + sum over row r's nonzeros) for a sliced-ELL weight (``ell.py``).
+
+    Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
+    splits the groups into chunks of similar cost (one parallel task each). ``x`` holds
+    whole 32-column segments.
+    """
+    n_rows = out.shape[0]
+    for ch in numba.prange(bounds.shape[0] - 1):
+        acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
+        for g in range(bounds[ch], bounds[ch + 1]):
+            permute_dot(values, offsets, segments, slot_ptr, group_ptr[g], group_ptr[g + 1], x, acc)
+            r0 = g * PERMUTE_LANES
+            m = min(PERMUTE_LANES, n_rows - r0)
+            for lane in range(m):
+                acc[lane] += bias[rows[r0 + lane]]
+            activate_block(acc, 0, m, act)
+            for lane in range(m):
+                out[rows[r0 + lane]] = acc[lane]
 
 
 def tile_group(n_in: int, tile: int, itemsize: int) -> int:

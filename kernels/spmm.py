@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _jit
+from . import _jit, ell
 from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -104,13 +104,20 @@ class SparseLinear:
     layout); ``bias`` has out_features values of the weight's dtype or is None;
     ``activation`` is None, ``"relu"`` or ``"gelu"`` (exact erf, torch's default).
     ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
-    (..., out_features). Rows of ``x`` go through the SpMV kernel when there is one,
-    through the batch-tiled SpMM kernel otherwise; calls with fewer than SERIAL_WORK
-    multiply-adds run on one thread. Safe to call from several threads under the omp
+    (..., out_features). A single row of ``x`` goes through an SpMV kernel, several
+    through the batch-tiled SpMM kernel; calls with fewer than SERIAL_WORK
+    multiply-adds run on one thread.
+
+    ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
+    the weight (``ell.py``; float32 with AVX-512 only, ~10 more bytes per nonzero),
+    ``"csr"`` the gather kernel over the CSR itself, ``"auto"`` the first when it is
+    available and its padding small (fill >= ``ell.MIN_FILL``); None (default) means
+    BATCH1_DEFAULT, ``"auto"``. Safe to call from several threads under the omp
     or tbb threading layer (Numba's workqueue layer is not thread-safe).
     """
 
-    def __init__(self, weight: CSR, bias=None, activation: str | None = None) -> None:
+    def __init__(self, weight: CSR, bias=None, activation: str | None = None,
+                 batch1: str | None = None) -> None:
         self.weight = checked(weight)
         self.out_features, self.in_features = weight.shape
         self.dtype = weight.dtype
@@ -119,6 +126,10 @@ class SparseLinear:
         self._act = activation_code(activation)
         self._chunks = RowChunks(weight.indptr)
         self._scratch = Scratch()  # the packed input of batched calls
+        self.ell = _batch1_layout(self.weight, batch1)
+        if self.ell is not None:
+            self._ell_chunks = RowChunks(self.ell.group_cost())
+            self._xpad = Scratch()  # the input of batch-1 calls, padded to whole segments
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
@@ -149,11 +160,15 @@ class SparseLinear:
         if batch == 0 or self.out_features == 0:
             return out
         variant, n_chunks = launch(self.weight.nnz * batch)
-        self._run(x, out, batch, self._chunks.bounds(n_chunks), variant)
+        self._run(x, out, batch, n_chunks, variant)
         return out
 
-    def _run(self, x: np.ndarray, out: np.ndarray, batch: int, bounds: np.ndarray, variant) -> None:
+    def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
         w = self.weight
+        if batch == 1 and self.ell is not None:
+            self._run_ell(x.reshape(-1), out.reshape(-1), n_chunks, variant)
+            return
+        bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
             xv = x.reshape(-1)
             if not xv.flags.c_contiguous:
@@ -170,6 +185,40 @@ class SparseLinear:
         kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act, out.reshape(-1),
                0, 0, tile * self.out_features, 1, self.out_features, batch, group,
                _jit.BLOCK_NNZ, bounds)
+
+    def _run_ell(self, x: np.ndarray, out: np.ndarray, n_chunks: int | None, variant) -> None:
+        e = self.ell
+        width = e.padded_columns
+        if width != x.shape[0] or not x.flags.c_contiguous:
+            xp = self._xpad.get((width,), self.dtype)
+            xp[:x.shape[0]] = x
+            xp[x.shape[0]:] = 0
+            x = xp
+        variant(_jit.ell_spmv)(e.values, e.offsets, e.segments, e.slot_ptr, e.group_ptr, e.rows,
+                               x, self.bias, self._act, out, self._ell_chunks.bounds(n_chunks))
+
+
+BATCH1_LAYOUTS = ("auto", "csr", "ell")
+# The batch-1 layout of layers built without an explicit ``batch1``.
+BATCH1_DEFAULT = "auto"
+
+
+def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
+    """The sliced-ELL copy of ``weight`` for batch-1 calls, or None for the CSR kernel."""
+    if batch1 is None:
+        batch1 = BATCH1_DEFAULT
+    if batch1 not in BATCH1_LAYOUTS:
+        raise KernelArgumentError(f"batch1 {batch1!r} should be one of {BATCH1_LAYOUTS}")
+    if batch1 == "csr":
+        return None
+    usable = ell.AVAILABLE and weight.dtype == np.float32
+    if batch1 == "ell" and not usable:
+        why = "float32 only" if ell.AVAILABLE else "needs a CPU with AVX-512F"
+        raise KernelArgumentError(f"batch1='ell' is not available here ({why})")
+    if not usable or weight.shape[0] == 0:
+        return None
+    layout = ell.SlicedEll.from_csr(weight)
+    return layout if batch1 == "ell" or layout.fill >= ell.MIN_FILL else None
 
 
 def _identity(kernel):

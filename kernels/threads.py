@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import _jit, norm, spmm
+from . import _jit, ell, norm, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -33,7 +33,8 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     """Compile (or load from the on-disk cache) every kernel signature the wrappers use.
 
     Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
-    ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernel, the
+    ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernels (the
+    sliced-ELL one for float32 where AVX-512 makes it available), the
     SpMM kernel at every batch tile width (``_jit.TILES``), the input packing, the
     direct (stride-1) conv at every column width with its input padding, the conv
     unfolding and the layer norm, each in its parallel version and its serial twin. Call
@@ -52,8 +53,10 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                 for index_dtype in index_dtypes:
                     w = CSR.from_dense(rng.standard_normal((4, 9)).astype(dtype),
                                        index_dtype=index_dtype)
-                    layer = SparseLinear(w, activation="relu")
+                    layer = SparseLinear(w, activation="relu", batch1="csr")
                     layer(np.ones(9, dtype))
+                    if ell.AVAILABLE and dtype == np.float32:
+                        SparseLinear(w, activation="relu", batch1="ell")(np.ones(9, dtype))
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)

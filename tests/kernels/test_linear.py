@@ -15,6 +15,21 @@ from tests.kernels.conftest import random_sparse, reference_linear, serial_work_
 ACTS = [None, "relu", "gelu"]
 
 
+@pytest.fixture(autouse=True, params=["csr", "ell"])
+def batch1_layout(request, monkeypatch):
+    """Run every test here with batch-1 calls on the CSR kernel, then on the sliced-ELL one
+    (float64 layers stay on CSR: the layout is float32 only)."""
+    from sparsify.kernels import ell, spmm
+    if request.param == "ell":
+        if not ell.AVAILABLE:
+            pytest.skip("the sliced-ELL SpMV needs AVX-512F")
+        monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "auto")
+        monkeypatch.setattr(ell, "MIN_FILL", 0.0)  # "auto" then takes it at any fill
+    else:
+        monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "csr")
+    return request.param
+
+
 def _check(rng, shape, density, batch, dtype, bias, activation, empty_rows=False):
     w = random_sparse(rng, shape, density, dtype, empty_rows=empty_rows)
     b = rng.standard_normal(shape[0]).astype(dtype) if bias else None

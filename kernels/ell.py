@@ -1,0 +1,167 @@
+"""The batch-1 weight layout: sliced ELLPACK over column segments, gathered by permutes.
+
+A CSR SpMV spends its time in gathers (``x[indices[j]]``). On AMD Zen 4 a 512-bit
+hardware gather gives about 2.5 G nonzeros/s per core, slower than the L3 can deliver
+the CSR. This layout trades padding for gathers: rows are taken GROUP_ROWS at a time
+(one vector lane per row) and columns SEGMENT at a time, so the ``x`` values a
+segment can need fit in two registers and one two-table permute (``vpermi2ps``)
+fetches a value for every lane at once.
+
+For each (row group, segment) pair holding a nonzero, the layout stores K *slots*,
+K being the most nonzeros any of the group's rows has in that segment; slot k holds,
+per lane, the lane's k-th nonzero of the segment as a value and a 5-bit column
+offset, or EMPTY where that row has fewer. Pairs without nonzeros are not stored.
+Rows are ordered by nonzero count first (stable), so rows of similar length share a
+group and pad each other less; ``rows`` maps lane positions back to output rows.
+
+The permute exists only with AVX-512 (:data:`AVAILABLE`); :class:`SparseLinear
+<sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
+available and the padding is small enough (:data:`MIN_FILL`), the CSR kernel otherwise.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .csr import CSR
+from .errors import KernelArgumentError
+
+# Rows per group: one 512-bit float32 vector.
+GROUP_ROWS = 16
+# Columns per segment: the x values of a segment fill two 512-bit registers, the table
+# of one vpermi2ps.
+SEGMENT = 32
+# Column offset of a padding lane (>= SEGMENT: the kernel zeroes such lanes).
+EMPTY = 255
+# Least fill (nonzeros / slot lanes) at which the layout is used: one slot of 16 lanes
+# took ~1.8 ns and one CSR nonzero ~0.40 ns on this machine's Zen 4 cores (4096^2 at
+# 90%, one thread), so the permutes win above a fill of about 0.22; 0.3 leaves margin
+# for the per-segment loads. Uniform 90% sparsity fills ~0.5, 99% ~0.2.
+MIN_FILL = 0.3
+
+
+def _permute_available() -> bool:
+    """True when Numba compiles for a host CPU with AVX-512F (the vpermi2ps instruction)."""
+    cfg = numba.config
+    if cfg.CPU_NAME not in (None, "", "host"):
+        return False
+    if cfg.CPU_FEATURES:
+        return "+avx512f" in cfg.CPU_FEATURES.split(",")
+    try:
+        import llvmlite.binding as llvm
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # an llvmlite that cannot read the host's features: stay on CSR
+        return False
+
+
+AVAILABLE = _permute_available()
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+class SlicedEll:
+    """A float32 weight in the sliced-ELL layout (see the module docstring).
+
+    Arrays: ``values`` (float32) and ``offsets`` (uint8) hold GROUP_ROWS lanes per slot;
+    ``segments`` (int32) is each stored pair's segment, ``slot_ptr`` (int64) its first
+    slot (one more entry than pairs), ``group_ptr`` (int64) each row group's first pair
+    (one more entry than groups); ``rows`` (int32) is the output row of each lane
+    position (``rows[g * GROUP_ROWS + lane]``). Built from a fully checked CSR, so every
+    offset and segment is inside the matrix by construction.
+    """
+
+    __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz")
+
+    def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz) -> None:
+        self.values, self.offsets, self.segments = values, offsets, segments
+        self.slot_ptr, self.group_ptr, self.rows = slot_ptr, group_ptr, rows
+        self.shape, self.nnz = shape, nnz
+
+    @property
+    def slots(self) -> int:
+        return int(self.slot_ptr[-1])
+
+    @property
+    def fill(self) -> float:
+        """Nonzeros per stored lane (1.0 for no padding; 1.0 for an empty matrix)."""
+        return self.nnz / (self.slots * GROUP_ROWS) if self.slots else 1.0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.values, self.offsets, self.segments, self.slot_ptr,
+                                      self.group_ptr, self.rows))
+
+    @property
+    def padded_columns(self) -> int:
+        """Length of the input the kernel reads: whole segments."""
+        return -(-self.shape[1] // SEGMENT) * SEGMENT
+
+    def __repr__(self) -> str:
+        return (f"SlicedEll(shape={self.shape}, nnz={self.nnz}, slots={self.slots}, "
+                f"fill={self.fill:.2f})")
+
+    @classmethod
+    def from_csr(cls, w: CSR) -> "SlicedEll":
+        """The layout of a float32 CSR (fully checked here if it was not yet)."""
+        if w.dtype != np.float32:
+            raise KernelArgumentError(f"the sliced-ELL layout is float32 only, got {w.dtype}")
+        if not w.fully_checked:
+            w.check_format(full=True)
+        n_rows, n_cols = w.shape
+        n_segs = -(-n_cols // SEGMENT)
+        n_groups = -(-n_rows // GROUP_ROWS)
+        lengths = np.diff(w.indptr.astype(np.int64))
+        rows = np.argsort(-lengths, kind="stable").astype(np.int32)  # lane position -> row
+        position = np.empty(n_rows, np.int64)
+        position[rows] = np.arange(n_rows)
+        cols = w.indices.astype(np.int64)
+        nnz = cols.shape[0]
+        pos = np.repeat(position, lengths)
+        seg = cols // SEGMENT
+        # A row's nonzeros in one segment are adjacent (indices sorted within rows): runs.
+        run_key = np.repeat(np.arange(n_rows, dtype=np.int64), lengths) * n_segs + seg
+        starts = np.ones(nnz, bool)
+        starts[1:] = run_key[1:] != run_key[:-1]
+        run_first = np.flatnonzero(starts)
+        run_of = np.cumsum(starts) - 1
+        rank = np.arange(nnz) - run_first[run_of]  # slot within the pair
+        run_len = np.diff(np.append(run_first, nnz))
+        run_pair = (pos[run_first] // GROUP_ROWS) * n_segs + seg[run_first]
+        pairs, pair_of_run = np.unique(run_pair, return_inverse=True)
+        depth = np.zeros(pairs.shape[0], np.int64)
+        np.maximum.at(depth, pair_of_run, run_len)
+        slot_ptr = np.zeros(pairs.shape[0] + 1, np.int64)
+        np.cumsum(depth, out=slot_ptr[1:])
+        lane_at = (slot_ptr[pair_of_run[run_of]] + rank) * GROUP_ROWS + pos % GROUP_ROWS
+        values = np.zeros(slot_ptr[-1] * GROUP_ROWS, np.float32)
+        offsets = np.full(slot_ptr[-1] * GROUP_ROWS, EMPTY, np.uint8)
+        values[lane_at] = w.data
+        offsets[lane_at] = cols % SEGMENT
+        group_ptr = np.searchsorted(pairs // n_segs, np.arange(n_groups + 1)).astype(np.int64)
+        segments = (pairs % n_segs).astype(np.int32)
+        return cls(*(_readonly(a) for a in (values, offsets, segments, slot_ptr, group_ptr, rows)),
+                   (n_rows, n_cols), nnz)
+
+    def to_dense(self) -> np.ndarray:
+        """The float32 matrix this layout holds (for tests and debugging)."""
+        out = np.zeros((self.shape[0], self.padded_columns), np.float32)
+        for g in range(self.group_ptr.shape[0] - 1):
+            for p in range(self.group_ptr[g], self.group_ptr[g + 1]):
+                for k in range(self.slot_ptr[p], self.slot_ptr[p + 1]):
+                    for lane in range(GROUP_ROWS):
+                        off = self.offsets[k * GROUP_ROWS + lane]
+                        if off < SEGMENT:
+                            row = self.rows[g * GROUP_ROWS + lane]
+                            out[row, self.segments[p] * SEGMENT + off] += self.values[k * GROUP_ROWS + lane]
+        return out[:, :self.shape[1]]
+
+    def group_cost(self) -> np.ndarray:
+        """Cumulative slots at each group boundary (for cost-balanced parallel chunks)."""
+        return self.slot_ptr[self.group_ptr]
+
+
+__all__ = ["SlicedEll", "AVAILABLE", "MIN_FILL", "GROUP_ROWS", "SEGMENT", "EMPTY"]

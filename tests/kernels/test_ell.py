@@ -1,0 +1,139 @@
+"""The sliced-ELL batch-1 layout and its permute SpMV, against the CSR and dense numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, ell, spmm
+from tests.helpers import assert_close
+from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to
+
+needs_permute = pytest.mark.skipif(not ell.AVAILABLE, reason="the sliced-ELL SpMV needs AVX-512F")
+
+SHAPES = [(1, 1), (1, 50), (50, 1), (16, 32), (17, 33), (64, 200), (37, 29), (5, 1000)]
+DENSITIES = [0.0, 1e-3, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("density", DENSITIES)
+def test_layout_holds_exactly_the_csr(rng, shape, density):
+    w = random_sparse(rng, shape, density, empty_rows=True)
+    e = ell.SlicedEll.from_csr(CSR.from_dense(w))
+    np.testing.assert_array_equal(e.to_dense(), w)
+    assert sorted(e.rows) == list(range(shape[0]))
+    valid = e.offsets < ell.SEGMENT
+    assert valid.sum() == e.nnz == np.count_nonzero(w)
+    assert np.all(e.offsets[~valid] == ell.EMPTY) and np.all(e.values[~valid] == 0)
+    assert np.all(np.diff(e.slot_ptr) >= 1) and np.all(np.diff(e.group_ptr) >= 0)
+    assert e.group_ptr.shape[0] == -(-shape[0] // ell.GROUP_ROWS) + 1
+    assert e.group_ptr[-1] == e.segments.shape[0] == e.slot_ptr.shape[0] - 1
+    assert np.all(e.segments * ell.SEGMENT < max(shape[1], 1))
+
+
+def test_rows_are_grouped_by_length_and_fill_counts_padding():
+    # Rows of 32, 1, 32, 1 ... nonzeros in one segment: sorted, the 16 long rows share a
+    # group (32 slots, no padding) and the short ones another (1 slot).
+    w = np.zeros((32, 32), np.float32)
+    w[0::2] = 1.0
+    w[1::2, 0] = 2.0
+    e = ell.SlicedEll.from_csr(CSR.from_dense(w))
+    assert list(e.rows[:16]) == list(range(0, 32, 2))
+    assert e.slots == 33 and e.fill == pytest.approx((16 * 32 + 16) / (33 * 16))
+    np.testing.assert_array_equal(e.to_dense(), w)
+
+
+def test_layout_rejects_float64():
+    with pytest.raises(KernelArgumentError, match="float32 only"):
+        ell.SlicedEll.from_csr(CSR.from_dense(np.ones((2, 2))))
+
+
+@needs_permute
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 70), cols=st.integers(1, 130), density=st.sampled_from(DENSITIES + [0.1]),
+       seed=st.integers(0, 2**31 - 1), activation=st.sampled_from([None, "relu", "gelu"]),
+       bias=st.booleans(), serial_work=st.sampled_from([0, float("inf")]))
+def test_permute_spmv_matches_dense(rows, cols, density, seed, activation, bias, serial_work):
+    rng = np.random.default_rng(seed)
+    w = random_sparse(rng, (rows, cols), density, empty_rows=density > 0.5)
+    b = rng.standard_normal(rows).astype(np.float32) if bias else None
+    x = rng.standard_normal(cols).astype(np.float32)
+    layer = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell")
+    assert layer.ell is not None
+    with serial_work_set_to(serial_work):
+        assert_close(layer(x), reference_linear(x[None], w, b, activation)[0].astype(np.float32))
+
+
+@needs_permute
+@pytest.mark.parametrize("cols", [31, 32, 64, 100])
+def test_inputs_padded_or_not_and_non_contiguous(rng, cols):
+    w = random_sparse(rng, (40, cols), 0.3)
+    layer = SparseLinear(CSR.from_dense(w), batch1="ell")
+    x2 = rng.standard_normal((cols, 2)).astype(np.float32)
+    for x in (x2[:, 0], np.ascontiguousarray(x2[:, 1]), x2[:, 1][None]):
+        expect = reference_linear(np.ascontiguousarray(x).reshape(1, -1), w).reshape(
+            x.shape[:-1] + (40,)).astype(np.float32)
+        assert_close(layer(x), expect)
+
+
+@needs_permute
+def test_padding_lanes_never_read_infinities_or_nans():
+    # Row 0 uses column 0 only, row 1 column 1 only: with x[1] = inf and x[2] = NaN, a
+    # padding lane that multiplied its (zero) value by x would turn row 0 into NaN.
+    w = np.zeros((2, 32), np.float32)
+    w[0, 0], w[1, 1], w[1, 5] = 2.0, 3.0, 1.0
+    layer = SparseLinear(CSR.from_dense(w), batch1="ell")
+    x = np.zeros(32, np.float32)
+    x[0], x[1], x[2] = 1.5, np.inf, np.nan
+    y = layer(x)
+    assert y[0] == 3.0 and y[1] == np.inf
+    x[5] = np.nan
+    y = layer(x)
+    assert y[0] == 3.0 and np.isnan(y[1])
+
+
+@needs_permute
+def test_auto_takes_the_layout_only_above_min_fill(rng):
+    dense90 = random_sparse(rng, (256, 256), 0.1)
+    assert SparseLinear(CSR.from_dense(dense90)).ell.fill >= ell.MIN_FILL
+    one_row = random_sparse(rng, (1, 300), 0.5)  # one lane of 16: fill <= 1/16
+    assert SparseLinear(CSR.from_dense(one_row)).ell is None
+    assert SparseLinear(CSR.from_dense(one_row), batch1="ell").ell is not None
+    assert SparseLinear(CSR.from_dense(dense90), batch1="csr").ell is None
+    assert SparseLinear(CSR.from_dense(dense90.astype(np.float64))).ell is None
+
+
+def test_batch1_argument_is_checked(rng):
+    w = CSR.from_dense(random_sparse(rng, (4, 4), 0.5))
+    with pytest.raises(KernelArgumentError, match="batch1 'fast' should be one of"):
+        SparseLinear(w, batch1="fast")
+    if ell.AVAILABLE:
+        with pytest.raises(KernelArgumentError, match="float32 only"):
+            SparseLinear(CSR.from_dense(np.ones((2, 2))), batch1="ell")
+    else:
+        with pytest.raises(KernelArgumentError, match="AVX-512F"):
+            SparseLinear(w, batch1="ell")
+
+
+def test_available_follows_numba_target(monkeypatch):
+    monkeypatch.setattr(ell.numba.config, "CPU_NAME", "generic")
+    assert not ell._permute_available()
+    monkeypatch.setattr(ell.numba.config, "CPU_NAME", None)
+    monkeypatch.setattr(ell.numba.config, "CPU_FEATURES", "+avx2,-avx512f")
+    assert not ell._permute_available()
+    monkeypatch.setattr(ell.numba.config, "CPU_FEATURES", "+avx2,+avx512f")
+    assert ell._permute_available()
+
+
+@needs_permute
+def test_large_layer_unit_scale_both_layouts_agree(rng):
+    w = (random_sparse(rng, (1000, 2048), 0.1) / 8).astype(np.float32)
+    x = rng.uniform(-1, 1, 2048).astype(np.float32)
+    c = CSR.from_dense(w)
+    by_ell = SparseLinear(c, batch1="ell")(x)
+    by_csr = SparseLinear(c, batch1="csr")(x)
+    expect = reference_linear(x[None], w)[0].astype(np.float32)
+    assert_close(by_ell, expect)
+    assert np.abs(by_ell - by_csr).max() <= 1e-5
+    assert spmm.BATCH1_DEFAULT == "auto"
