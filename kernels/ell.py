@@ -34,11 +34,11 @@ GROUP_ROWS = 16
 SEGMENT = 32
 # Column offset of a padding lane (>= SEGMENT: the kernel zeroes such lanes).
 EMPTY = 255
-# Least fill (nonzeros / slot lanes) at which the layout is used: one slot of 16 lanes
-# took ~1.8 ns and one CSR nonzero ~0.40 ns on this machine's Zen 4 cores (4096^2 at
-# 90%, one thread), so the permutes win above a fill of about 0.22; 0.3 leaves margin
-# for the per-segment loads. Uniform 90% sparsity fills ~0.5, 99% ~0.2.
-MIN_FILL = 0.3
+# Least fill (nonzeros / slot lanes) at which SparseLinear takes the layout. Measured on
+# this machine's Zen 4 cores (2 threads, CSR time / this layout's time): 4096^2 at fill
+# 0.50 x2.6, 0.33 x1.4, 0.28 x1.2, 0.21 x0.76; 1024^2 at 0.28 x1.7, 0.21 x1.2 (fixed
+# costs dominate). Uniform 90% sparsity fills about 0.5, 98% 0.28, 99% 0.21.
+MIN_FILL = 0.25
 
 
 def _permute_available() -> bool:
