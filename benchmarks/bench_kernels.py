@@ -8,7 +8,8 @@ For each layer shape (out x in), sparsity and batch it times ``y = x @ W.T`` wit
 thread: scipy does not parallelise), ``torch_sparse_csr`` ((torch CSR tensor @ x.T).T),
 ``torch_dense`` (F.linear) and ``ort_dense`` (a one-node ONNX MatMul with the weight as an
 initializer, intra_op_num_threads = threads). Dense backends do not depend on the
-sparsity and are timed once per (shape, batch).
+sparsity and are timed once per (shape, batch). At batch 1, where ``ours`` runs the
+sliced-ELL SpMV (``layout``), ``ours_csr_spmv`` also times the CSR SpMV it replaced.
 
 Every backend is called once untimed (Numba kernels are compiled up front by
 ``kernels.warmup()``), then timed call by call until ``--min-time`` seconds and at least
@@ -194,9 +195,14 @@ def run(cfg: dict, threads: int, min_time: float, min_reps: int, max_reps: int, 
                        "scipy_csr": time_call(lambda: (sp_scipy @ x.T).T, **timing)}
                 with torch.inference_mode():
                     res["torch_sparse_csr"] = time_call(lambda: (sp_torch @ xt.T).T, **timing)
+                if b == 1 and layer.ell is not None:  # what the layout gained over the CSR SpMV
+                    csr_layer = SparseLinear(csr, batch1="csr")
+                    res["ours_csr_spmv"] = time_call(lambda: csr_layer(x), **timing)
                 ours = res["ours"]["median_ms"]
                 point = {
                     "shape": list(shape), "sparsity": sp, "batch": b, "nnz": csr.nnz,
+                    "layout": ("sliced_ell" if b == 1 and layer.ell is not None
+                               else "csr"),
                     "max_abs_err_vs_fp64": float(np.abs(y - ref).max()),
                     # the error relative to the output's scale (fp32 sums of ~nnz/row terms)
                     "max_abs_err_over_max_abs_out": float(np.abs(y - ref).max()
@@ -214,7 +220,9 @@ def run(cfg: dict, threads: int, min_time: float, min_reps: int, max_reps: int, 
                 log(f"{out_f}x{in_f} sp{sp:.2f} b{b:<3} ours {ours:.3f} ms "
                     f"(p90 {res['ours']['p90_ms']:.3f}) x{point['speedup_vs_ort_dense']:.2f} vs ORT, "
                     f"scipy {res['scipy_csr']['median_ms']:.3f}, "
-                    f"torch csr {res['torch_sparse_csr']['median_ms']:.3f}")
+                    f"torch csr {res['torch_sparse_csr']['median_ms']:.3f}"
+                    + (f", our csr spmv {res['ours_csr_spmv']['median_ms']:.3f}"
+                       if "ours_csr_spmv" in res else ""))
     crossovers = []
     for shape in cfg["shapes"]:
         for b in cfg["batches"]:
