@@ -111,8 +111,9 @@ class SparseLinear:
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
     the weight (``ell.py``; float32 with AVX-512 only, ~10 more bytes per nonzero),
     ``"csr"`` the gather kernel over the CSR itself, ``"auto"`` the first when it is
-    available and its padding small (fill >= ``ell.MIN_FILL``); None (default) means
-    BATCH1_DEFAULT, ``"auto"``. Safe to call from several threads under the omp
+    available, its padding small (fill >= ``ell.MIN_FILL``) and its bytes within
+    ``ell.cache_budget()``; None (default) means BATCH1_DEFAULT, ``"auto"``. For a model's
+    layers, :func:`fit_batch1_layouts` then shares one cache budget among them. Safe to call from several threads under the omp
     or tbb threading layer (Numba's workqueue layer is not thread-safe).
     """
 
@@ -165,8 +166,9 @@ class SparseLinear:
 
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
         w = self.weight
-        if batch == 1 and self.ell is not None:
-            self._run_ell(x.reshape(-1), out.reshape(-1), n_chunks, variant)
+        layout = self.ell  # read once: another thread may drop it meanwhile
+        if batch == 1 and layout is not None:
+            self._run_ell(layout, x.reshape(-1), out.reshape(-1), n_chunks, variant)
             return
         bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
@@ -186,8 +188,12 @@ class SparseLinear:
                0, 0, tile * self.out_features, 1, self.out_features, batch, group,
                _jit.BLOCK_NNZ, bounds)
 
-    def _run_ell(self, x: np.ndarray, out: np.ndarray, n_chunks: int | None, variant) -> None:
-        e = self.ell
+    def drop_batch1_layout(self) -> None:
+        """Run batch-1 calls on the CSR kernel from now on (frees the sliced-ELL copy)."""
+        self.ell = None
+
+    def _run_ell(self, e: ell.SlicedEll, x: np.ndarray, out: np.ndarray, n_chunks: int | None,
+                 variant) -> None:
         width = e.padded_columns
         if width != x.shape[0] or not x.flags.c_contiguous:
             xp = self._xpad.get((width,), self.dtype)
@@ -218,7 +224,38 @@ def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
     if not usable or weight.shape[0] == 0:
         return None
     layout = ell.SlicedEll.from_csr(weight)
-    return layout if batch1 == "ell" or layout.fill >= ell.MIN_FILL else None
+    if batch1 == "ell":
+        return layout
+    return layout if layout.fill >= ell.MIN_FILL and layout.nbytes <= ell.cache_budget() else None
+
+
+def csr_nbytes(w: CSR) -> int:
+    """Bytes of a CSR's arrays."""
+    return w.data.nbytes + w.indices.nbytes + w.indptr.nbytes
+
+
+def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) -> int:
+    """Keep the sliced-ELL layout on as many of ``layers`` as fit one cache budget.
+
+    For layers called one after another (a model), the batch-1 working set is the bytes
+    of whichever layout each runs. If it exceeds ``budget`` (default ``ell.cache_budget()``)
+    the layers drop their sliced-ELL copies, smallest extra bytes kept first, until it
+    fits or none is left: when the CSRs alone overflow the cache, every layer runs from
+    its CSR, the fewest bytes. Returns how many layers keep the layout.
+    """
+    budget = ell.cache_budget() if budget is None else budget
+    total = sum(csr_nbytes(layer.weight) for layer in layers)
+    candidates = sorted((layer for layer in layers if layer.ell is not None),
+                        key=lambda layer: layer.ell.nbytes - csr_nbytes(layer.weight))
+    kept = 0
+    for layer in candidates:
+        extra = layer.ell.nbytes - csr_nbytes(layer.weight)
+        if total + extra <= budget:
+            total += extra
+            kept += 1
+        else:
+            layer.drop_batch1_layout()
+    return kept
 
 
 def _identity(kernel):
@@ -246,5 +283,5 @@ def _describe(a) -> str:
     return f"{ro}{layout} {a.dtype} array of shape {a.shape}"
 
 
-__all__ = ["SparseLinear", "csr_linear", "activation_code", "pick_tile", "checked",
+__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "activation_code", "pick_tile", "checked",
            "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

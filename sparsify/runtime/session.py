@@ -72,7 +72,8 @@ class Session:
     """
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy") -> None:
-        from sparsify.kernels import get_threads, set_threads
+        from sparsify.kernels import SparseLinear, get_threads, set_threads
+        from sparsify.kernels.spmm import fit_batch1_layouts
 
         import numba
 
@@ -89,6 +90,9 @@ class Session:
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
+        # The linear layers run one after another: their batch-1 layouts share one cache budget.
+        fit_batch1_layouts([layer.kernel for layer in self.layers.values()
+                            if isinstance(layer.kernel, SparseLinear)])
         init_names = set(inits)
         self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
         self._outputs = [_node_arg(vi) for vi in model.graph.output]

@@ -137,3 +137,54 @@ def test_large_layer_unit_scale_both_layouts_agree(rng):
     assert_close(by_ell, expect)
     assert np.abs(by_ell - by_csr).max() <= 1e-5
     assert spmm.BATCH1_DEFAULT == "auto"
+
+
+def _layers(rng, shapes):
+    return [SparseLinear(CSR.from_dense(random_sparse(rng, s, 0.1)), batch1="ell") for s in shapes]
+
+
+@needs_permute
+def test_fit_batch1_layouts_keeps_the_smallest_extra_bytes_first(rng):
+    layers = _layers(rng, [(256, 512), (64, 128), (128, 256)])
+    extra = {id(k): k.ell.nbytes - spmm.csr_nbytes(k.weight) for k in layers}
+    csr_total = sum(spmm.csr_nbytes(k.weight) for k in layers)
+    smallest = min(layers, key=lambda k: extra[id(k)])
+    assert spmm.fit_batch1_layouts(layers, budget=csr_total + extra[id(smallest)]) == 1
+    assert [k.ell is not None for k in layers] == [k is smallest for k in layers]
+
+
+@needs_permute
+def test_fit_batch1_layouts_drops_every_layout_when_the_csrs_overflow(rng):
+    layers = _layers(rng, [(64, 128), (64, 128)])
+    x = rng.standard_normal(128).astype(np.float32)
+    before = [k(x) for k in layers]
+    assert spmm.fit_batch1_layouts(layers, budget=spmm.csr_nbytes(layers[0].weight)) == 0
+    assert all(k.ell is None for k in layers)
+    for k, y in zip(layers, before):  # the CSR kernel takes over with the same results
+        assert_close(k(x), y)
+    assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # nothing left to keep
+
+
+@needs_permute
+def test_auto_keeps_the_layout_only_within_the_cache_budget(rng, monkeypatch):
+    w = CSR.from_dense(random_sparse(rng, (256, 256), 0.1))
+    assert SparseLinear(w).ell is not None
+    monkeypatch.setattr(ell, "cache_budget", lambda: 1000)
+    assert SparseLinear(w).ell is None
+    assert SparseLinear(w, batch1="ell").ell is not None  # asked for explicitly
+
+
+def test_last_level_cache_is_read_or_defaulted(monkeypatch, tmp_path):
+    assert ell.last_level_cache_bytes() > 0
+    fake = tmp_path / "cache"
+    for i, (level, size) in enumerate([(1, "32K"), (3, "16384K"), (2, "1024K")]):
+        d = fake / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(f"{level}\n")
+        (d / "size").write_text(f"{size}\n")
+    real_path = ell.Path
+    monkeypatch.setattr(ell, "Path", lambda p: fake if "cache" in str(p) else real_path(p))
+    assert ell.last_level_cache_bytes() == 16 << 20
+    assert ell.cache_budget() == int((16 << 20) * ell.CACHE_SHARE)
+    monkeypatch.setattr(ell, "Path", lambda p: tmp_path / "missing")
+    assert ell.last_level_cache_bytes() == ell.DEFAULT_CACHE_BYTES

@@ -164,3 +164,18 @@ def test_file_without_value_info_still_types_the_ort_segments(tmp_path):
     assert [s.kind for s in sess.steps] == ["sparse", "ort", "sparse"]
     x = models.inputs("mlp", 2)
     assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 40])
+def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget):
+    from sparsify.kernels import SparseLinear, ell
+    _, dense, sparse, _ = pairs["mlp"]
+    monkeypatch.setattr(ell, "cache_budget", lambda: budget)
+    monkeypatch.setattr(ell, "MIN_FILL", 0.0)
+    sess = Session(sparse, threads=2)
+    linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
+    assert linears
+    expect_layout = budget > 0 and ell.AVAILABLE
+    assert all((k.ell is not None) == expect_layout for k in linears)
+    x = models.inputs("mlp", 1, seed=3)
+    assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
