@@ -33,6 +33,10 @@ DEFAULT_CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 # parallel launch costs ~2 us here, and a parallel region waits for its slowest
 # thread, which on a busy machine can be descheduled for milliseconds.
 SERIAL_WORK = 32768
+# The sliced-ELL SpMV is cheaper per nonzero, so it stays serial longer: one thread beat
+# two up to about 42k nonzeros here (1024 columns at 90%: 26k 4.5 against 6.8 us, 52k
+# 9.1 against 7.7 us).
+ELL_SERIAL_SCALE = 1.25
 
 
 def activation_code(activation: str | None) -> int:
@@ -128,9 +132,7 @@ class SparseLinear:
         self._chunks = RowChunks(weight.indptr)
         self._scratch = Scratch()  # the packed input of batched calls
         self.ell = _batch1_layout(self.weight, batch1)
-        if self.ell is not None:
-            self._ell_chunks = RowChunks(self.ell.group_cost())
-            self._xpad = Scratch()  # the input of batch-1 calls, padded to whole segments
+        self._ell_call = None if self.ell is None else _EllCall(self.ell, self.bias, self._act)
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
@@ -160,16 +162,17 @@ class SparseLinear:
         batch = x.size // self.in_features if self.in_features else int(np.prod(shape[:-1]))
         if batch == 0 or self.out_features == 0:
             return out
+        ell_call = self._ell_call  # read once: another thread may drop it meanwhile
+        if batch == 1 and ell_call is not None:
+            ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
+                     self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE)
+            return out
         variant, n_chunks = launch(self.weight.nnz * batch)
         self._run(x, out, batch, n_chunks, variant)
         return out
 
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
         w = self.weight
-        layout = self.ell  # read once: another thread may drop it meanwhile
-        if batch == 1 and layout is not None:
-            self._run_ell(layout, x.reshape(-1), out.reshape(-1), n_chunks, variant)
-            return
         bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
             xv = x.reshape(-1)
@@ -190,18 +193,36 @@ class SparseLinear:
 
     def drop_batch1_layout(self) -> None:
         """Run batch-1 calls on the CSR kernel from now on (frees the sliced-ELL copy)."""
+        self._ell_call = None
         self.ell = None
 
-    def _run_ell(self, e: ell.SlicedEll, x: np.ndarray, out: np.ndarray, n_chunks: int | None,
-                 variant) -> None:
-        width = e.padded_columns
-        if width != x.shape[0] or not x.flags.c_contiguous:
-            xp = self._xpad.get((width,), self.dtype)
+
+class _EllCall:
+    """The batch-1 call of a sliced-ELL layout, its arguments prepared once (a small
+    layer's call is a few microseconds: Python work per call shows)."""
+
+    def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int) -> None:
+        self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr, e.group_ptr, e.rows)
+        self.bias, self.act = bias, act
+        self.width = e.padded_columns
+        chunks = RowChunks(e.group_cost())
+        self.bounds = chunks.bounds(None)
+        self.serial_bounds = chunks.bounds(1)
+        self.serial_kernel = _jit.serial(_jit.ell_spmv)
+        self.xpad = Scratch()  # the input, padded to whole segments when it is not already
+
+    def __call__(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
+        """``out = layer(x)`` for 1-D ``x`` and C-contiguous 1-D ``out``; ``serial`` runs
+        the single-threaded twin."""
+        if x.shape[0] != self.width or not x.flags.c_contiguous:
+            xp = self.xpad.get((self.width,), x.dtype)
             xp[:x.shape[0]] = x
             xp[x.shape[0]:] = 0
             x = xp
-        variant(_jit.ell_spmv)(e.values, e.offsets, e.segments, e.slot_ptr, e.group_ptr, e.rows,
-                               x, self.bias, self._act, out, self._ell_chunks.bounds(n_chunks))
+        if serial:
+            self.serial_kernel(*self.arrays, x, self.bias, self.act, out, self.serial_bounds)
+        else:
+            _jit.ell_spmv(*self.arrays, x, self.bias, self.act, out, self.bounds)
 
 
 BATCH1_LAYOUTS = ("auto", "csr", "ell")
