@@ -128,26 +128,37 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
         activate_block(out, bounds[ch], bounds[ch + 1], act)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def ell_spmv(values, offsets, segments, slot_ptr, group_ptr, rows, x, bias, act, out, bounds):
-    """out[r] = act(bias[r] + sum over row r's nonzeros) for a sliced-ELL weight (``ell.py``).
+@functools.lru_cache(maxsize=None)
+def ell_spmv_kernel(compact: int):
+    """The sliced-ELL SpMV for padded (0) or compact (1) slot values (cached; the kernel
+    closes over the int only, which reaches ``permute_dot`` as a compile-time constant)."""
+    if compact not in (0, 1):
+        raise ValueError(f"compact {compact} should be 0 or 1")
 
-    Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
-    splits the groups into chunks of similar cost (one parallel task each). ``x`` holds
-    whole 32-column segments.
-    """
-    n_rows = out.shape[0]
-    for ch in numba.prange(bounds.shape[0] - 1):
-        acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
-        for g in range(bounds[ch], bounds[ch + 1]):
-            permute_dot(values, offsets, segments, slot_ptr, group_ptr[g], group_ptr[g + 1], x, acc)
-            r0 = g * PERMUTE_LANES
-            m = min(PERMUTE_LANES, n_rows - r0)
-            for lane in range(m):
-                acc[lane] += bias[rows[r0 + lane]]
-            activate_block(acc, 0, m, act)
-            for lane in range(m):
-                out[rows[r0 + lane]] = acc[lane]
+    @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, bias, act, out,
+                 bounds):
+        """out[r] = act(bias[r] + sum over row r's nonzeros) for a sliced-ELL weight (``ell.py``).
+
+        Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
+        splits the groups into chunks of similar cost (one parallel task each). ``x`` holds
+        whole 32-column segments.
+        """
+        n_rows = out.shape[0]
+        for ch in numba.prange(bounds.shape[0] - 1):
+            acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
+            for g in range(bounds[ch], bounds[ch + 1]):
+                permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
+                            group_ptr[g + 1], x, acc, compact)
+                r0 = g * PERMUTE_LANES
+                m = min(PERMUTE_LANES, n_rows - r0)
+                for lane in range(m):
+                    acc[lane] += bias[rows[r0 + lane]]
+                activate_block(acc, 0, m, act)
+                for lane in range(m):
+                    out[rows[r0 + lane]] = acc[lane]
+
+    return ell_spmv
 
 
 def tile_group(n_in: int, tile: int, itemsize: int) -> int:

@@ -475,86 +475,106 @@ PERMUTE_LANES = 16
 PERMUTE_SEGMENT = 32
 
 
-@intrinsic
-def permute_dot(typingctx, values, offsets, segments, slot_ptr, plo, phi, x, acc):
-    """``acc[l] = sum_{p in [plo, phi)} sum_{k in slots of p} values[k*16 + l] *
+@intrinsic(prefer_literal=True)
+def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, acc, compact):
+    """``acc[l] = sum_{p in [plo, phi)} sum_{k in slots of p} v(k, l) *
     x[segments[p]*32 + offsets[k*16 + l]]`` over the lanes whose offset is below 32.
 
     The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``): per stored
     (group, segment) pair, the segment's 32 ``x`` values are loaded into two registers
     once, and each slot is one permute (``vpermi2ps``, padding lanes zeroed) and one FMA
-    into one of two alternating accumulators. float32 only; needs AVX-512F (the caller
-    checks ``ell.AVAILABLE``). No bounds checks: callers guarantee ``segments[p]*32 + 32
-    <= len(x)``, every slot inside ``values``/``offsets`` and ``len(acc) >= 16``.
+    into one of two alternating accumulators. ``compact`` is a compile-time constant:
+    0 for padded values, ``v(k, l) = values[k*16 + l]`` (``value_start`` unused); 1 for
+    compact values, where slot k's valid lanes take the next values in order, pair
+    ``plo``'s first at ``value_start[plo]`` (one unaligned load and an expand per slot).
+    float32 only; needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks:
+    callers guarantee ``segments[p]*32 + 32 <= len(x)``, every slot inside ``offsets``,
+    16 readable values from every compact start (the array is padded), ``len(acc) >= 16``.
     """
     if not (all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (values, x, acc))
             and isinstance(offsets, types.Array) and offsets.dtype == types.uint8
             and all(isinstance(a, types.Array) and isinstance(a.dtype, types.Integer)
-                    for a in (segments, slot_ptr))
-            and isinstance(plo, types.Integer) and isinstance(phi, types.Integer)):
+                    for a in (segments, slot_ptr, value_start))
+            and isinstance(plo, types.Integer) and isinstance(phi, types.Integer)
+            and isinstance(compact, types.IntegerLiteral)):
         return None
-    lanes, seg_width = PERMUTE_LANES, PERMUTE_SEGMENT
+    lanes, seg_width, packed = PERMUTE_LANES, PERMUTE_SEGMENT, bool(compact.literal_value)
 
     def codegen(context, builder, sig, args):
-        val_a, off_a, seg_a, ptr_a, x_a, acc_a = (
-            context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 6, 7))
-        f32, i8, i32, i64 = ir.FloatType(), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        val_a, off_a, seg_a, ptr_a, start_a, x_a, acc_a = (
+            context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 7, 8))
+        f32, i1, i8, i16, i32, i64 = (ir.FloatType(), ir.IntType(1), ir.IntType(8), ir.IntType(16),
+                                      ir.IntType(32), ir.IntType(64))
         vf, vi, vb = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes), ir.VectorType(i8, lanes)
+        vm = ir.VectorType(i1, lanes)
         _keep_vector_width(builder, 512)
-        permute = _intrinsic_fn(builder.module, "llvm.x86.avx512.vpermi2var.ps.512",
-                                ir.FunctionType(vf, [vf, vi, vf]))
-        fma = _intrinsic_fn(builder.module, "llvm.fma.v16f32", ir.FunctionType(vf, [vf, vf, vf]))
-        plo_v = context.cast(builder, args[4], sig.args[4], types.int64)
-        phi_v = context.cast(builder, args[5], sig.args[5], types.int64)
+        mod = builder.module
+        permute = _intrinsic_fn(mod, "llvm.x86.avx512.vpermi2var.ps.512", ir.FunctionType(vf, [vf, vi, vf]))
+        fma = _intrinsic_fn(mod, "llvm.fma.v16f32", ir.FunctionType(vf, [vf, vf, vf]))
+        expand = _intrinsic_fn(mod, "llvm.x86.avx512.mask.expand.v16f32", ir.FunctionType(vf, [vf, vf, vm]))
+        popcount = _intrinsic_fn(mod, "llvm.ctpop.i16", ir.FunctionType(i16, [i16]))
+        plo_v = context.cast(builder, args[5], sig.args[5], types.int64)
+        phi_v = context.cast(builder, args[6], sig.args[6], types.int64)
         zero = ir.Constant(vf, None)
         limit = ir.Constant(vb, [seg_width] * lanes)
 
-        def load_int(arr, sig_arg, at):
+        def load_int(arr, arg, at):
             v = builder.load(builder.gep(arr.data, [at]))
-            return context.cast(builder, v, sig_arg.dtype, types.int64)
+            return context.cast(builder, v, sig.args[arg].dtype, types.int64)
 
         def vector_at(base, at, vty, align):
             return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
         entry = builder.block
+        # The next compact value (unused when padded): carried from pair to pair.
+        first_value = load_int(start_a, 4, plo_v) if packed else ir.Constant(i64, 0)
         pair_head, pair_body, slot_head, slot_body, pair_end, done = (
             builder.append_basic_block(f"permute_dot.{b}")
             for b in ("pair", "pair_body", "slot", "slot_body", "pair_end", "done"))
         builder.branch(pair_head)
 
         builder.position_at_end(pair_head)
-        p, (a0, a1) = _counted_loop_head(builder, plo_v, phi_v, [zero, zero], entry, pair_body, done)
+        p, (a0, a1, q0) = _counted_loop_head(builder, plo_v, phi_v, [zero, zero, first_value], entry,
+                                             pair_body, done)
 
         builder.position_at_end(pair_body)
-        base = builder.mul(load_int(seg_a, sig.args[2], p), ir.Constant(i64, seg_width))
+        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, seg_width))
         x_lo = vector_at(x_a.data, base, vf, 4)
         x_hi = vector_at(x_a.data, builder.add(base, ir.Constant(i64, lanes)), vf, 4)
-        k_lo = load_int(ptr_a, sig.args[3], p)
-        k_hi = load_int(ptr_a, sig.args[3], builder.add(p, ir.Constant(i64, 1)))
+        k_lo = load_int(ptr_a, 3, p)
+        k_hi = load_int(ptr_a, 3, builder.add(p, ir.Constant(i64, 1)))
         builder.branch(slot_head)
 
         builder.position_at_end(slot_head)
-        k, (b0, b1) = _counted_loop_head(builder, k_lo, k_hi, [a0, a1], pair_body, slot_body, pair_end)
+        k, (b0, b1, q) = _counted_loop_head(builder, k_lo, k_hi, [a0, a1, q0], pair_body, slot_body, pair_end)
 
         builder.position_at_end(slot_body)
         at = builder.mul(k, ir.Constant(i64, lanes))
         offs = vector_at(off_a.data, at, vb, 1)
+        valid = builder.icmp_unsigned("<", offs, limit)
         picked = builder.call(permute, [x_lo, builder.zext(offs, vi), x_hi])
-        picked = builder.select(builder.icmp_unsigned("<", offs, limit), picked, zero)
-        updated = builder.call(fma, [vector_at(val_a.data, at, vf, 4), picked, b0])
+        picked = builder.select(valid, picked, zero)
+        if packed:
+            weights = builder.call(expand, [vector_at(val_a.data, q, vf, 4), zero, valid])
+            count = builder.call(popcount, [builder.bitcast(valid, i16)])
+            q_next = builder.add(q, builder.zext(count, i64))
+        else:
+            weights, q_next = vector_at(val_a.data, at, vf, 4), q
+        updated = builder.call(fma, [weights, picked, b0])
         k.add_incoming(builder.add(k, ir.Constant(i64, 1)), slot_body)
         b0.add_incoming(b1, slot_body)  # the accumulators alternate slot by slot
         b1.add_incoming(updated, slot_body)
+        q.add_incoming(q_next, slot_body)
         builder.branch(slot_head)
 
         builder.position_at_end(pair_end)
         p.add_incoming(builder.add(p, ir.Constant(i64, 1)), pair_end)
-        a0.add_incoming(b0, pair_end)
-        a1.add_incoming(b1, pair_end)
+        for outer, inner in ((a0, b0), (a1, b1), (q0, q)):
+            outer.add_incoming(inner, pair_end)
         builder.branch(pair_head)
 
         builder.position_at_end(done)
         builder.store(builder.fadd(a0, a1), builder.bitcast(acc_a.data, vf.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return types.void(values, offsets, segments, slot_ptr, plo, phi, x, acc), codegen
+    return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, acc, compact), codegen

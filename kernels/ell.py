@@ -14,16 +14,19 @@ offset, or EMPTY where that row has fewer. Pairs without nonzeros are not stored
 Rows are ordered by nonzero count first (stable), so rows of similar length share a
 group and pad each other less; ``rows`` maps lane positions back to output rows.
 
-The permute exists only with AVX-512 (:data:`AVAILABLE`); :class:`SparseLinear
+The permute exists only with AVX-512 (:data:`AVAILABLE`). Padding costs bytes: about
+10 per nonzero at 90% sparsity against the CSR's 6. The compact form
+(:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
+nonzero) and expands them per slot. :class:`SparseLinear
 <sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
-available, the padding is small enough (:data:`MIN_FILL`) and its bytes fit the cache
-(:func:`cache_budget`), the CSR kernel otherwise. The layout holds about 10 bytes per
-nonzero at 90% sparsity against the CSR's 6: once the weights stream from DRAM, fewer
-bytes win, so a model's layers share one budget (``spmm.fit_batch1_layouts``).
+available and the padding is small enough (:data:`MIN_FILL`), padded while its bytes
+fit the cores' L2 (:func:`cache_budget`), compact beyond; the CSR kernel otherwise. A
+model's layers share the budget (``spmm.fit_batch1_layouts``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numba
@@ -46,35 +49,41 @@ EMPTY = 255
 MIN_FILL = 0.25
 
 
-# Share of the last-level cache the batch-1 working set may fill: on this machine
-# (32 MiB L3) 4096^2 layers at 90% ran x2.4 faster in this layout alone (17 MB), x1.45
-# at 28 MB (80%), and x0.81 slower two in a row (35 MB against 20 MB of CSR), where
-# both stream from DRAM and the CSR's fewer bytes win.
+# Share of the cores' L2 the padded layouts of a model may fill. Measured here (Zen 4,
+# 1 MiB L2 per core, 2 threads; padded against compact): 1024^2 at 90% (1.1 MB) 13.2
+# against 14.1 us; 2048^2 (4.3 MB) 41 against 45 us; two 2048^2 (8.6 MB) 85 against 87
+# us; but one 2896^2 (8.6 MB) 96 against 89 us, 4096^2 (17 MB) 177 against 148 us and
+# the 4x4096 MLP (69 MB) 1.77 against 1.40 ms: once the slots come from L3 or DRAM,
+# fewer bytes win.
 CACHE_SHARE = 0.875
-# Last-level cache assumed when sysfs does not tell.
-DEFAULT_CACHE_BYTES = 32 << 20
+# L2 per core assumed when sysfs does not tell.
+DEFAULT_L2_BYTES = 1 << 20
 
 
-def last_level_cache_bytes() -> int:
-    """Size of CPU 0's highest-level cache from sysfs (DEFAULT_CACHE_BYTES if unreadable)."""
-    best_level, best_size = 0, DEFAULT_CACHE_BYTES
+def cache_bytes(level: int, default: int) -> int:
+    """Size of CPU 0's cache of ``level`` from sysfs (``default`` if unreadable)."""
     for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
-            level = int((entry / "level").read_text())
+            if int((entry / "level").read_text()) != level:
+                continue
             text = (entry / "size").read_text().strip().upper()
         except (OSError, ValueError):
             continue
         scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         digits = text.rstrip("KMG")
-        if digits.isdigit() and level > best_level:
-            best_level, best_size = level, int(digits) * scale
-    return best_size
+        if digits.isdigit():
+            return int(digits) * scale
+    return default
 
 
 def cache_budget() -> int:
-    """Bytes of batch-1 weights that stay cache-resident across calls (CACHE_SHARE of the
-    last-level cache): the sliced-ELL layout only pays while its bytes fit."""
-    return int(last_level_cache_bytes() * CACHE_SHARE)
+    """Bytes of padded sliced-ELL layouts worth keeping for a model (CACHE_SHARE of the
+    usable cores' L2): beyond them the compact form runs faster."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return int(cache_bytes(2, DEFAULT_L2_BYTES) * cores * CACHE_SHARE)
 
 
 def _permute_available() -> bool:
@@ -110,12 +119,19 @@ class SlicedEll:
     offset and segment is inside the matrix by construction.
     """
 
-    __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz")
+    __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz",
+                 "value_start")
 
-    def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz) -> None:
+    def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz,
+                 value_start=None) -> None:
         self.values, self.offsets, self.segments = values, offsets, segments
         self.slot_ptr, self.group_ptr, self.rows = slot_ptr, group_ptr, rows
-        self.shape, self.nnz = shape, nnz
+        self.shape, self.nnz, self.value_start = shape, nnz, value_start
+
+    @property
+    def compact(self) -> bool:
+        """True when ``values`` holds only the valid lanes (see :meth:`compacted`)."""
+        return self.value_start is not None
 
     @property
     def slots(self) -> int:
@@ -128,8 +144,9 @@ class SlicedEll:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.values, self.offsets, self.segments, self.slot_ptr,
-                                      self.group_ptr, self.rows))
+        arrays = (self.values, self.offsets, self.segments, self.slot_ptr, self.group_ptr, self.rows,
+                  self.value_start)
+        return sum(a.nbytes for a in arrays if a is not None)
 
     @property
     def padded_columns(self) -> int:
@@ -138,7 +155,7 @@ class SlicedEll:
 
     def __repr__(self) -> str:
         return (f"SlicedEll(shape={self.shape}, nnz={self.nnz}, slots={self.slots}, "
-                f"fill={self.fill:.2f})")
+                f"fill={self.fill:.2f}{', compact' if self.compact else ''})")
 
     @classmethod
     def from_csr(cls, w: CSR) -> "SlicedEll":
@@ -182,17 +199,43 @@ class SlicedEll:
         return cls(*(_readonly(a) for a in (values, offsets, segments, slot_ptr, group_ptr, rows)),
                    (n_rows, n_cols), nnz)
 
+    def compacted(self) -> "SlicedEll":
+        """The same layout with only the valid lanes' values stored, in slot order.
+
+        About 4 + 1/fill bytes per nonzero instead of 5/fill (6 against 10 at 90%
+        sparsity, as few as the CSR); each slot then costs an unaligned load, an expand
+        and a popcount more. ``value_start[p]`` is pair p's first value (one entry more
+        than pairs); ``values`` ends with GROUP_ROWS zeros, so every slot's load of
+        GROUP_ROWS values stays inside.
+        """
+        if self.compact:
+            return self
+        lanes = self.offsets.reshape(-1, GROUP_ROWS) < SEGMENT
+        values = np.concatenate([self.values.reshape(-1, GROUP_ROWS)[lanes],
+                                 np.zeros(GROUP_ROWS, np.float32)])
+        before = np.zeros(lanes.shape[0] + 1, np.int64)
+        np.cumsum(lanes.sum(axis=1), out=before[1:])
+        return SlicedEll(_readonly(values), self.offsets, self.segments, self.slot_ptr,
+                         self.group_ptr, self.rows, self.shape, self.nnz,
+                         _readonly(before[self.slot_ptr]))
+
     def to_dense(self) -> np.ndarray:
         """The float32 matrix this layout holds (for tests and debugging)."""
         out = np.zeros((self.shape[0], self.padded_columns), np.float32)
         for g in range(self.group_ptr.shape[0] - 1):
             for p in range(self.group_ptr[g], self.group_ptr[g + 1]):
+                q = self.value_start[p] if self.compact else 0
                 for k in range(self.slot_ptr[p], self.slot_ptr[p + 1]):
                     for lane in range(GROUP_ROWS):
                         off = self.offsets[k * GROUP_ROWS + lane]
-                        if off < SEGMENT:
-                            row = self.rows[g * GROUP_ROWS + lane]
-                            out[row, self.segments[p] * SEGMENT + off] += self.values[k * GROUP_ROWS + lane]
+                        if off >= SEGMENT:
+                            continue
+                        if self.compact:
+                            value, q = self.values[q], q + 1
+                        else:
+                            value = self.values[k * GROUP_ROWS + lane]
+                        row = self.rows[g * GROUP_ROWS + lane]
+                        out[row, self.segments[p] * SEGMENT + off] += value
         return out[:, :self.shape[1]]
 
     def group_cost(self) -> np.ndarray:
@@ -201,4 +244,4 @@ class SlicedEll:
 
 
 __all__ = ["SlicedEll", "AVAILABLE", "MIN_FILL", "GROUP_ROWS", "SEGMENT", "EMPTY", "cache_budget",
-           "last_level_cache_bytes"]
+           "cache_bytes"]

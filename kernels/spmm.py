@@ -113,11 +113,13 @@ class SparseLinear:
     multiply-adds run on one thread.
 
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
-    the weight (``ell.py``; float32 with AVX-512 only, ~10 more bytes per nonzero),
-    ``"csr"`` the gather kernel over the CSR itself, ``"auto"`` the first when it is
-    available, its padding small (fill >= ``ell.MIN_FILL``) and its bytes within
-    ``ell.cache_budget()``; None (default) means BATCH1_DEFAULT, ``"auto"``. For a model's
-    layers, :func:`fit_batch1_layouts` then shares one cache budget among them. Safe to call from several threads under the omp
+    the weight (``ell.py``; float32 with AVX-512 only; ~10 more bytes per nonzero at 90%
+    sparsity), ``"ell_compact"`` the same over its compact form (~6 bytes per nonzero,
+    a little more work per slot), ``"csr"`` the gather kernel over the CSR itself,
+    ``"auto"`` the sliced ELL when it is available and its padding small (fill >=
+    ``ell.MIN_FILL``): padded while its bytes fit ``ell.cache_budget()``, compact
+    beyond; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
+    For a model's layers, :func:`fit_batch1_layouts` shares one cache budget among them. Safe to call from several threads under the omp
     or tbb threading layer (Numba's workqueue layer is not thread-safe).
     """
 
@@ -131,8 +133,7 @@ class SparseLinear:
         self._act = activation_code(activation)
         self._chunks = RowChunks(weight.indptr)
         self._scratch = Scratch()  # the packed input of batched calls
-        self.ell = _batch1_layout(self.weight, batch1)
-        self._ell_call = None if self.ell is None else _EllCall(self.ell, self.bias, self._act)
+        self.set_batch1_layout(_batch1_layout(self.weight, batch1))
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
@@ -191,10 +192,13 @@ class SparseLinear:
                0, 0, tile * self.out_features, 1, self.out_features, batch, group,
                _jit.BLOCK_NNZ, bounds)
 
-    def drop_batch1_layout(self) -> None:
-        """Run batch-1 calls on the CSR kernel from now on (frees the sliced-ELL copy)."""
-        self._ell_call = None
-        self.ell = None
+    def set_batch1_layout(self, layout: ell.SlicedEll | None) -> None:
+        """Run batch-1 calls on ``layout`` (a SlicedEll of this weight), or on the CSR
+        kernel when None (the previous layout is freed)."""
+        if layout is not None and (layout.shape != self.weight.shape or layout.nnz != self.weight.nnz):
+            raise KernelArgumentError(f"layout {layout!r} does not hold this layer's weight {self.weight!r}")
+        self._ell_call = None if layout is None else _EllCall(layout, self.bias, self._act)
+        self.ell = layout
 
 
 class _EllCall:
@@ -202,13 +206,16 @@ class _EllCall:
     layer's call is a few microseconds: Python work per call shows)."""
 
     def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int) -> None:
-        self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr, e.group_ptr, e.rows)
+        # Padded layouts pass slot_ptr where compact ones pass value_start (unused then).
+        self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr,
+                       e.value_start if e.compact else e.slot_ptr, e.group_ptr, e.rows)
         self.bias, self.act = bias, act
         self.width = e.padded_columns
         chunks = RowChunks(e.group_cost())
         self.bounds = chunks.bounds(None)
         self.serial_bounds = chunks.bounds(1)
-        self.serial_kernel = _jit.serial(_jit.ell_spmv)
+        self.kernel = _jit.ell_spmv_kernel(int(e.compact))
+        self.serial_kernel = _jit.serial(self.kernel)
         self.xpad = Scratch()  # the input, padded to whole segments when it is not already
 
     def __call__(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
@@ -222,10 +229,10 @@ class _EllCall:
         if serial:
             self.serial_kernel(*self.arrays, x, self.bias, self.act, out, self.serial_bounds)
         else:
-            _jit.ell_spmv(*self.arrays, x, self.bias, self.act, out, self.bounds)
+            self.kernel(*self.arrays, x, self.bias, self.act, out, self.bounds)
 
 
-BATCH1_LAYOUTS = ("auto", "csr", "ell")
+BATCH1_LAYOUTS = ("auto", "csr", "ell", "ell_compact")
 # The batch-1 layout of layers built without an explicit ``batch1``.
 BATCH1_DEFAULT = "auto"
 
@@ -239,15 +246,19 @@ def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
     if batch1 == "csr":
         return None
     usable = ell.AVAILABLE and weight.dtype == np.float32
-    if batch1 == "ell" and not usable:
+    if batch1 != "auto" and not usable:
         why = "float32 only" if ell.AVAILABLE else "needs a CPU with AVX-512F"
-        raise KernelArgumentError(f"batch1='ell' is not available here ({why})")
+        raise KernelArgumentError(f"batch1={batch1!r} is not available here ({why})")
     if not usable or weight.shape[0] == 0:
         return None
     layout = ell.SlicedEll.from_csr(weight)
     if batch1 == "ell":
         return layout
-    return layout if layout.fill >= ell.MIN_FILL and layout.nbytes <= ell.cache_budget() else None
+    if batch1 == "ell_compact":
+        return layout.compacted()
+    if layout.fill < ell.MIN_FILL:
+        return None
+    return layout if layout.nbytes <= ell.cache_budget() else layout.compacted()
 
 
 def csr_nbytes(w: CSR) -> int:
@@ -256,26 +267,29 @@ def csr_nbytes(w: CSR) -> int:
 
 
 def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) -> int:
-    """Keep the sliced-ELL layout on as many of ``layers`` as fit one cache budget.
+    """Share one cache budget among the batch-1 layouts of ``layers`` (a model's layers,
+    called one after another).
 
-    For layers called one after another (a model), the batch-1 working set is the bytes
-    of whichever layout each runs. If it exceeds ``budget`` (default ``ell.cache_budget()``)
-    the layers drop their sliced-ELL copies, smallest extra bytes kept first, until it
-    fits or none is left: when the CSRs alone overflow the cache, every layer runs from
-    its CSR, the fewest bytes. Returns how many layers keep the layout.
+    The working set is the bytes of whichever layout each layer runs. Layers on a
+    sliced-ELL layout start from its compact form (about the CSR's bytes); the padded
+    form, faster while cache-resident, is kept for as many as fit ``budget`` (default
+    ``ell.cache_budget()``), smallest extra bytes first. Returns how many keep it.
     """
     budget = ell.cache_budget() if budget is None else budget
-    total = sum(csr_nbytes(layer.weight) for layer in layers)
-    candidates = sorted((layer for layer in layers if layer.ell is not None),
-                        key=lambda layer: layer.ell.nbytes - csr_nbytes(layer.weight))
+    on_ell = [layer for layer in layers if layer.ell is not None]
+    compact = {id(layer): layer.ell.compacted() for layer in on_ell}
+    total = (sum(csr_nbytes(layer.weight) for layer in layers if layer.ell is None)
+             + sum(c.nbytes for c in compact.values()))
+    padded = sorted((layer for layer in on_ell if not layer.ell.compact),
+                    key=lambda layer: layer.ell.nbytes - compact[id(layer)].nbytes)
     kept = 0
-    for layer in candidates:
-        extra = layer.ell.nbytes - csr_nbytes(layer.weight)
+    for layer in padded:
+        extra = layer.ell.nbytes - compact[id(layer)].nbytes
         if total + extra <= budget:
             total += extra
             kept += 1
         else:
-            layer.drop_batch1_layout()
+            layer.set_batch1_layout(compact[id(layer)])
     return kept
 
 

@@ -34,7 +34,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
 
     Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
     ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernels (the
-    sliced-ELL one for float32 where AVX-512 makes it available), the
+    sliced-ELL ones, padded and compact, for float32 where AVX-512 makes them available), the
     SpMM kernel at every batch tile width (``_jit.TILES``), the input packing, the
     direct (stride-1) conv at every column width with its input padding, the conv
     unfolding and the layer norm, each in its parallel version and its serial twin. Call
@@ -56,7 +56,8 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     layer = SparseLinear(w, activation="relu", batch1="csr")
                     layer(np.ones(9, dtype))
                     if ell.AVAILABLE and dtype == np.float32:
-                        SparseLinear(w, activation="relu", batch1="ell")(np.ones(9, dtype))
+                        for batch1 in ("ell", "ell_compact"):
+                            SparseLinear(w, activation="relu", batch1=batch1)(np.ones(9, dtype))
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)

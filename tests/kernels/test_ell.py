@@ -22,6 +22,11 @@ def test_layout_holds_exactly_the_csr(rng, shape, density):
     w = random_sparse(rng, shape, density, empty_rows=True)
     e = ell.SlicedEll.from_csr(CSR.from_dense(w))
     np.testing.assert_array_equal(e.to_dense(), w)
+    c = e.compacted()
+    np.testing.assert_array_equal(c.to_dense(), w)
+    assert c.compact and not e.compact and c.compacted() is c
+    assert c.values.shape[0] == e.nnz + ell.GROUP_ROWS and not c.values[e.nnz:].any()
+    assert c.value_start.shape == e.slot_ptr.shape and c.value_start[-1] == e.nnz
     assert sorted(e.rows) == list(range(shape[0]))
     valid = e.offsets < ell.SEGMENT
     assert valid.sum() == e.nnz == np.count_nonzero(w)
@@ -59,10 +64,13 @@ def test_permute_spmv_matches_dense(rows, cols, density, seed, activation, bias,
     w = random_sparse(rng, (rows, cols), density, empty_rows=density > 0.5)
     b = rng.standard_normal(rows).astype(np.float32) if bias else None
     x = rng.standard_normal(cols).astype(np.float32)
-    layer = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell")
-    assert layer.ell is not None
+    padded = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell")
+    compact = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell_compact")
+    assert not padded.ell.compact and compact.ell.compact
     with serial_work_set_to(serial_work):
-        assert_close(layer(x), reference_linear(x[None], w, b, activation)[0].astype(np.float32))
+        y = padded(x)
+        assert_close(y, reference_linear(x[None], w, b, activation)[0].astype(np.float32))
+        np.testing.assert_array_equal(compact(x), y)  # same products, same order
 
 
 @needs_permute
@@ -78,12 +86,13 @@ def test_inputs_padded_or_not_and_non_contiguous(rng, cols):
 
 
 @needs_permute
-def test_padding_lanes_never_read_infinities_or_nans():
+@pytest.mark.parametrize("batch1", ["ell", "ell_compact"])
+def test_padding_lanes_never_read_infinities_or_nans(batch1):
     # Row 0 uses column 0 only, row 1 column 1 only: with x[1] = inf and x[2] = NaN, a
     # padding lane that multiplied its (zero) value by x would turn row 0 into NaN.
     w = np.zeros((2, 32), np.float32)
     w[0, 0], w[1, 1], w[1, 5] = 2.0, 3.0, 1.0
-    layer = SparseLinear(CSR.from_dense(w), batch1="ell")
+    layer = SparseLinear(CSR.from_dense(w), batch1=batch1)
     x = np.zeros(32, np.float32)
     x[0], x[1], x[2] = 1.5, np.inf, np.nan
     y = layer(x)
@@ -108,6 +117,9 @@ def test_batch1_argument_is_checked(rng):
     w = CSR.from_dense(random_sparse(rng, (4, 4), 0.5))
     with pytest.raises(KernelArgumentError, match="batch1 'fast' should be one of"):
         SparseLinear(w, batch1="fast")
+    other = CSR.from_dense(random_sparse(rng, (4, 5), 0.5))
+    with pytest.raises(KernelArgumentError, match="does not hold this layer's weight"):
+        SparseLinear(w).set_batch1_layout(ell.SlicedEll.from_csr(other))
     if ell.AVAILABLE:
         with pytest.raises(KernelArgumentError, match="float32 only"):
             SparseLinear(CSR.from_dense(np.ones((2, 2))), batch1="ell")
@@ -146,45 +158,47 @@ def _layers(rng, shapes):
 @needs_permute
 def test_fit_batch1_layouts_keeps_the_smallest_extra_bytes_first(rng):
     layers = _layers(rng, [(256, 512), (64, 128), (128, 256)])
-    extra = {id(k): k.ell.nbytes - spmm.csr_nbytes(k.weight) for k in layers}
-    csr_total = sum(spmm.csr_nbytes(k.weight) for k in layers)
+    compact = {id(k): k.ell.compacted().nbytes for k in layers}
+    extra = {id(k): k.ell.nbytes - compact[id(k)] for k in layers}
     smallest = min(layers, key=lambda k: extra[id(k)])
-    assert spmm.fit_batch1_layouts(layers, budget=csr_total + extra[id(smallest)]) == 1
-    assert [k.ell is not None for k in layers] == [k is smallest for k in layers]
+    budget = sum(compact.values()) + extra[id(smallest)]
+    assert spmm.fit_batch1_layouts(layers, budget=budget) == 1
+    assert [not k.ell.compact for k in layers] == [k is smallest for k in layers]
 
 
 @needs_permute
-def test_fit_batch1_layouts_drops_every_layout_when_the_csrs_overflow(rng):
+def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng):
     layers = _layers(rng, [(64, 128), (64, 128)])
     x = rng.standard_normal(128).astype(np.float32)
     before = [k(x) for k in layers]
     assert spmm.fit_batch1_layouts(layers, budget=spmm.csr_nbytes(layers[0].weight)) == 0
-    assert all(k.ell is None for k in layers)
-    for k, y in zip(layers, before):  # the CSR kernel takes over with the same results
-        assert_close(k(x), y)
-    assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # nothing left to keep
+    assert all(k.ell.compact for k in layers)
+    for k, y in zip(layers, before):  # the compact kernel gives the same sums, in the same order
+        np.testing.assert_array_equal(k(x), y)
+    assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # compact ones stay compact
 
 
 @needs_permute
-def test_auto_keeps_the_layout_only_within_the_cache_budget(rng, monkeypatch):
+def test_auto_keeps_the_padded_layout_only_within_the_cache_budget(rng, monkeypatch):
     w = CSR.from_dense(random_sparse(rng, (256, 256), 0.1))
     assert SparseLinear(w).ell is not None
     monkeypatch.setattr(ell, "cache_budget", lambda: 1000)
-    assert SparseLinear(w).ell is None
-    assert SparseLinear(w, batch1="ell").ell is not None  # asked for explicitly
+    assert SparseLinear(w).ell.compact
+    assert not SparseLinear(w, batch1="ell").ell.compact  # asked for explicitly
 
 
-def test_last_level_cache_is_read_or_defaulted(monkeypatch, tmp_path):
-    assert ell.last_level_cache_bytes() > 0
+def test_cache_sizes_are_read_or_defaulted(monkeypatch, tmp_path):
+    assert ell.cache_bytes(2, 123) > 0
     fake = tmp_path / "cache"
-    for i, (level, size) in enumerate([(1, "32K"), (3, "16384K"), (2, "1024K")]):
+    for i, (level, size) in enumerate([(1, "32K"), (3, "16384K"), (2, "2M")]):
         d = fake / f"index{i}"
         d.mkdir(parents=True)
         (d / "level").write_text(f"{level}\n")
         (d / "size").write_text(f"{size}\n")
     real_path = ell.Path
     monkeypatch.setattr(ell, "Path", lambda p: fake if "cache" in str(p) else real_path(p))
-    assert ell.last_level_cache_bytes() == 16 << 20
-    assert ell.cache_budget() == int((16 << 20) * ell.CACHE_SHARE)
+    assert ell.cache_bytes(3, 0) == 16 << 20 and ell.cache_bytes(2, 0) == 2 << 20
+    monkeypatch.setattr(ell.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert ell.cache_budget() == int(3 * (2 << 20) * ell.CACHE_SHARE)
     monkeypatch.setattr(ell, "Path", lambda p: tmp_path / "missing")
-    assert ell.last_level_cache_bytes() == ell.DEFAULT_CACHE_BYTES
+    assert ell.cache_bytes(2, 123) == 123

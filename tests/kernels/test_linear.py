@@ -15,18 +15,20 @@ from tests.kernels.conftest import random_sparse, reference_linear, serial_work_
 ACTS = [None, "relu", "gelu"]
 
 
-@pytest.fixture(autouse=True, params=["csr", "ell"])
+@pytest.fixture(autouse=True, params=["csr", "ell", "ell_compact"])
 def batch1_layout(request, monkeypatch):
-    """Run every test here with batch-1 calls on the CSR kernel, then on the sliced-ELL one
-    (float64 layers stay on CSR: the layout is float32 only)."""
+    """Run every test here with batch-1 calls on the CSR kernel, then on the padded and on
+    the compact sliced-ELL one (float64 layers stay on CSR: the layout is float32 only)."""
     from sparsify.kernels import ell, spmm
-    if request.param == "ell":
-        if not ell.AVAILABLE:
-            pytest.skip("the sliced-ELL SpMV needs AVX-512F")
-        monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "auto")
-        monkeypatch.setattr(ell, "MIN_FILL", 0.0)  # "auto" then takes it at any fill
-    else:
+    if request.param == "csr":
         monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "csr")
+        return request.param
+    if not ell.AVAILABLE:
+        pytest.skip("the sliced-ELL SpMV needs AVX-512F")
+    monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "auto")
+    monkeypatch.setattr(ell, "MIN_FILL", 0.0)  # "auto" then takes the layout at any fill,
+    if request.param == "ell_compact":  # and in its compact form when nothing fits the cache
+        monkeypatch.setattr(ell, "cache_budget", lambda: 0)
     return request.param
 
 

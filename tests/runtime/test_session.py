@@ -175,7 +175,9 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     sess = Session(sparse, threads=2)
     linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
     assert linears
-    expect_layout = budget > 0 and ell.AVAILABLE
-    assert all((k.ell is not None) == expect_layout for k in linears)
+    if ell.AVAILABLE:  # no budget: every layer on the compact form; ample: all padded
+        assert all(k.ell is not None and k.ell.compact == (budget == 0) for k in linears)
+    else:
+        assert all(k.ell is None for k in linears)
     x = models.inputs("mlp", 1, seed=3)
     assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
