@@ -116,7 +116,13 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torc
 def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig,
           teacher: nn.Module | None = None,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Train in place with masks held fixed; keep the best-validation weights; return the history."""
+    """Train in place with masks held fixed; keep the best-validation weights; return the history.
+
+    "Best" is the lowest validation loss, the starting weights included (epoch 0). Loss,
+    not accuracy: on a small validation split accuracy moves in steps of one sample and
+    ties, and the demo's 269-sample split once kept the pruned start (99.63% val, loss
+    0.094; 97.42% test) over every fine-tuned epoch (99.26% val, loss 0.025; 99.63% test).
+    """
     cfg.validate()
     if cfg.distill and teacher is None:
         raise SparsifyError("distillation needs a teacher model")
@@ -128,7 +134,7 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig
     if teacher is not None:
         teacher.eval()
     history: list[dict[str, Any]] = []
-    best = evaluate(model, val_ds)
+    best = start = evaluate(model, val_ds)
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     try:
         from tqdm import tqdm
@@ -165,12 +171,13 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig
                   f"val accuracy {record['val_accuracy']:.2f}%", file=sys.stderr)
         if on_epoch:
             on_epoch(record)
-        if val["accuracy"] > best["accuracy"]:
+        if val["loss"] < best["loss"]:
             best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
     hook.remove()
     model.load_state_dict(best_state)
     enforce_masks(model)
     model.eval()
     if history:
-        history.append({"best_epoch": best_epoch, "best_val_accuracy": round(best["accuracy"], 4)})
+        history.append({"best_epoch": best_epoch, "best_val_accuracy": round(best["accuracy"], 4),
+                        "best_val_loss": round(best["loss"], 6), "start_val_loss": round(start["loss"], 6)})
     return history

@@ -97,3 +97,25 @@ def test_batchnorm_recalibration_restores_statistics_and_keeps_weights():
     assert model[1].momentum == 0.3 and not model.training
     for k, v in weights.items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_training_keeps_the_lowest_validation_loss_epoch_start_included():
+    from sparsify.finetune import TrainConfig, evaluate, train
+
+    torch.manual_seed(0)
+    x = torch.randn(96, 6)
+    y = (x[:, 0] > 0).long()
+    ds = torch.utils.data.TensorDataset(x, y)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    history = train(model, ds, ds, TrainConfig(epochs=4, lr=0.05, batch_size=16, progress=False))
+    summary, epochs = history[-1], history[:-1]
+    losses = [summary["start_val_loss"]] + [h["val_loss"] for h in epochs]
+    assert summary["best_epoch"] == min(range(len(losses)), key=losses.__getitem__)
+    assert summary["best_val_loss"] == pytest.approx(min(losses), abs=1e-6)
+    assert evaluate(model, ds)["loss"] == pytest.approx(min(losses), abs=1e-5)  # those weights are kept
+    # A run that only gets worse (a learning rate far too high) keeps its start.
+    start = evaluate(model, ds)["loss"]
+    worse = train(model, ds, ds, TrainConfig(epochs=2, lr=50.0, batch_size=16, progress=False))
+    assert all(h["val_loss"] > start for h in worse[:-1])
+    assert worse[-1]["best_epoch"] == 0
+    assert evaluate(model, ds)["loss"] == pytest.approx(start, abs=1e-6)
