@@ -37,6 +37,11 @@ SERIAL_WORK = 32768
 # two up to about 42k nonzeros here (1024 columns at 90%: 26k 4.5 against 6.8 us, 52k
 # 9.1 against 7.7 us).
 ELL_SERIAL_SCALE = 1.25
+# Batches up to this size run the batch-1 sliced-ELL SpMV once per row rather than the SpMM
+# with its batch tile of 8. Same process, 1024^2 and 4096^2 at 90%, 2 threads, padded and
+# compact forms, SpMM time / rows time: batch 2 1.5-1.9, batch 3 1.0-1.7 over two runs,
+# batch 4 0.75-0.9.
+ELL_ROWS_MAX_BATCH = 3
 
 
 def activation_code(activation: str | None) -> int:
@@ -109,7 +114,8 @@ class SparseLinear:
     ``activation`` is None, ``"relu"`` or ``"gelu"`` (exact erf, torch's default).
     ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
     (..., out_features). A single row of ``x`` goes through an SpMV kernel, several
-    through the batch-tiled SpMM kernel; calls with fewer than SERIAL_WORK
+    through the batch-tiled SpMM kernel (up to ELL_ROWS_MAX_BATCH rows through the
+    sliced-ELL SpMV, one row at a time, where it is in use); calls with fewer than SERIAL_WORK
     multiply-adds run on one thread.
 
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
@@ -167,6 +173,12 @@ class SparseLinear:
         if batch == 1 and ell_call is not None:
             ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
                      self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE)
+            return out
+        if batch <= ELL_ROWS_MAX_BATCH and ell_call is not None:  # row by row beats a padded tile
+            x2, o2 = x.reshape(batch, self.in_features), out.reshape(batch, self.out_features)
+            serial = self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE
+            for i in range(batch):
+                ell_call(x2[i], o2[i], serial)
             return out
         variant, n_chunks = launch(self.weight.nnz * batch)
         self._run(x, out, batch, n_chunks, variant)
