@@ -204,6 +204,13 @@ class SparseLinear:
                0, 0, tile * self.out_features, 1, self.out_features, batch, group,
                _jit.BLOCK_NNZ, bounds)
 
+    def describe_batch1(self) -> str:
+        """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact"``."""
+        layout = self.ell
+        if layout is None:
+            return "batch 1: CSR"
+        return f"batch 1: sliced ELL, {'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
+
     def set_batch1_layout(self, layout: ell.SlicedEll | None) -> None:
         """Run batch-1 calls on ``layout`` (a SlicedEll of this weight), or on the CSR
         kernel when None (the previous layout is freed)."""

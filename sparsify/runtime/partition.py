@@ -36,9 +36,11 @@ class Step:
     outputs: list[str]
     run: Callable[[list[Any]], list[np.ndarray]]
     nodes: list[str]
+    detail: Callable[[], str] | None = None  # e.g. a sparse layer's current batch-1 kernel
 
     def describe(self) -> str:
-        return f"{self.kind}: {', '.join(self.nodes)}"
+        text = f"{self.kind}: {', '.join(self.nodes)}"
+        return f"{text} ({self.detail()})" if self.detail else text
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
@@ -83,7 +85,8 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None) -> Step:
             raise KernelInputError(f"{label}: {exc}") from None
 
     inputs = [layer.input] if const is None else []
-    return Step("sparse", inputs, [layer.output], run, [layer.node_name])
+    detail = getattr(kernel, "describe_batch1", None)
+    return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail)
 
 
 def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],

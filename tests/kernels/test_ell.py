@@ -110,6 +110,9 @@ def test_auto_takes_the_layout_only_above_min_fill(rng):
     assert SparseLinear(CSR.from_dense(one_row)).ell is None
     assert SparseLinear(CSR.from_dense(one_row), batch1="ell").ell is not None
     assert SparseLinear(CSR.from_dense(dense90), batch1="csr").ell is None
+    assert SparseLinear(CSR.from_dense(dense90), batch1="csr").describe_batch1() == "batch 1: CSR"
+    assert SparseLinear(CSR.from_dense(dense90), batch1="ell_compact").describe_batch1().startswith(
+        "batch 1: sliced ELL, compact, fill 0.")
     assert SparseLinear(CSR.from_dense(dense90.astype(np.float64))).ell is None
 
 

@@ -177,7 +177,11 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     assert linears
     if ell.AVAILABLE:  # no budget: every layer on the compact form; ample: all padded
         assert all(k.ell is not None and k.ell.compact == (budget == 0) for k in linears)
+        form = "compact" if budget == 0 else "padded"
     else:
         assert all(k.ell is None for k in linears)
+        form = "batch 1: CSR"
+    sparse_lines = [line for line in sess.describe() if line.startswith("sparse:")]
+    assert len(sparse_lines) == len(linears) and all(form in line for line in sparse_lines)
     x = models.inputs("mlp", 1, seed=3)
     assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
