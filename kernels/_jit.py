@@ -19,8 +19,8 @@ import numpy as np
 from numba import types as nbtypes
 from numba.extending import overload
 
-from ._simd import (PERMUTE_LANES, SHIFTED_ROWS, STORE_ROWS, gather_dot, permute_dot, shifted_rows,
-                    store_columns, tile_row)
+from ._simd import (MAX_PERMUTE_VECTORS, PERMUTE_LANES, SHIFTED_ROWS, STORE_ROWS, gather_dot,
+                    permute_dot, shifted_rows, store_columns, tile_row)
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
@@ -129,34 +129,38 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
 
 
 @functools.lru_cache(maxsize=None)
-def ell_spmv_kernel(compact: int):
-    """The sliced-ELL SpMV for padded (0) or compact (1) slot values (cached; the kernel
-    closes over the int only, which reaches ``permute_dot`` as a compile-time constant)."""
-    if compact not in (0, 1):
-        raise ValueError(f"compact {compact} should be 0 or 1")
+def ell_spmv_kernel(compact: int, nvec: int = 1):
+    """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
+    vectors per pass (cached; the kernel closes over ints only, which reach
+    ``permute_dot`` as compile-time constants)."""
+    if compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS:
+        raise ValueError(f"compact {compact} should be 0 or 1 and nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}]")
 
     @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-    def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, bias, act, out,
-                 bounds):
-        """out[r] = act(bias[r] + sum over row r's nonzeros) for a sliced-ELL weight (``ell.py``).
+    def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, xstride, bias, act,
+                 out, ostride, bounds):
+        """out[v*ostride + r] = act(bias[r] + sum over row r's nonzeros of input v) for the
+        ``nvec`` inputs at ``x[v*xstride:]`` and a sliced-ELL weight (``ell.py``).
 
         Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
-        splits the groups into chunks of similar cost (one parallel task each). ``x`` holds
-        whole 32-column segments.
+        splits the groups into chunks of similar cost (one parallel task each). Each input
+        holds whole 32-column segments.
         """
-        n_rows = out.shape[0]
+        n_rows = bias.shape[0]
         for ch in numba.prange(bounds.shape[0] - 1):
-            acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
+            acc = np.empty(PERMUTE_LANES * nvec, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                            group_ptr[g + 1], x, acc, compact)
+                            group_ptr[g + 1], x, xstride, acc, compact, nvec)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
-                for lane in range(m):
-                    acc[lane] += bias[rows[r0 + lane]]
-                activate_block(acc, 0, m, act)
-                for lane in range(m):
-                    out[rows[r0 + lane]] = acc[lane]
+                for v in range(nvec):
+                    a = v * PERMUTE_LANES
+                    for lane in range(m):
+                        acc[a + lane] += bias[rows[r0 + lane]]
+                    activate_block(acc, a, a + m, act)
+                    for lane in range(m):
+                        out[v * ostride + rows[r0 + lane]] = acc[a + lane]
 
     return ell_spmv
 

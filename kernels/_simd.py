@@ -473,36 +473,46 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
 # SEGMENT); offsets at or above PERMUTE_SEGMENT mark padding lanes.
 PERMUTE_LANES = 16
 PERMUTE_SEGMENT = 32
+# Most input vectors one ``permute_dot`` call takes (two table registers each).
+MAX_PERMUTE_VECTORS = 4
 
 
 @intrinsic(prefer_literal=True)
-def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, acc, compact):
-    """``acc[l] = sum_{p in [plo, phi)} sum_{k in slots of p} v(k, l) *
-    x[segments[p]*32 + offsets[k*16 + l]]`` over the lanes whose offset is below 32.
+def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
+                compact, nvec):
+    """For v < nvec: ``acc[v*16 + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
+    x[v*xstride + segments[p]*32 + offsets[k*16 + l]]`` over the lanes whose offset is
+    below 32.
 
-    The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``): per stored
-    (group, segment) pair, the segment's 32 ``x`` values are loaded into two registers
-    once, and each slot is one permute (``vpermi2ps``, padding lanes zeroed) and one FMA
-    into one of two alternating accumulators. ``compact`` is a compile-time constant:
-    0 for padded values, ``v(k, l) = values[k*16 + l]`` (``value_start`` unused); 1 for
-    compact values, where slot k's valid lanes take the next values in order, pair
-    ``plo``'s first at ``value_start[plo]`` (one unaligned load and an expand per slot).
-    float32 only; needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks:
-    callers guarantee ``segments[p]*32 + 32 <= len(x)``, every slot inside ``offsets``,
-    16 readable values from every compact start (the array is padded), ``len(acc) >= 16``.
+    The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``) and ``nvec`` input
+    vectors: per stored (group, segment) pair, each vector's 32 inputs are loaded into
+    two registers once; per slot the weights and offsets are read once and each vector
+    takes one permute (``vpermi2ps``, padding lanes zeroed) and one FMA. With one vector
+    two accumulators alternate slot by slot; with several, each vector's own chain hides
+    the FMA latency. ``compact`` and ``nvec`` are compile-time constants. ``compact`` 0:
+    padded weights, ``w(k, l) = values[k*16 + l]`` (``value_start`` unused); 1: compact
+    weights, slot k's valid lanes taking the next values in order, pair ``plo``'s first
+    at ``value_start[plo]`` (one unaligned load and an expand per slot). float32 only;
+    needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
+    guarantee ``(nvec-1)*xstride + segments[p]*32 + 32 <= len(x)``, every slot inside
+    ``offsets``, 16 readable values from every compact start (the array is padded) and
+    ``len(acc) >= 16*nvec``.
     """
     if not (all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (values, x, acc))
             and isinstance(offsets, types.Array) and offsets.dtype == types.uint8
             and all(isinstance(a, types.Array) and isinstance(a.dtype, types.Integer)
                     for a in (segments, slot_ptr, value_start))
-            and isinstance(plo, types.Integer) and isinstance(phi, types.Integer)
-            and isinstance(compact, types.IntegerLiteral)):
+            and all(isinstance(a, types.Integer) for a in (plo, phi, xstride))
+            and isinstance(compact, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)
+            and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
     lanes, seg_width, packed = PERMUTE_LANES, PERMUTE_SEGMENT, bool(compact.literal_value)
+    n_vec = nvec.literal_value
+    n_acc = 2 if n_vec == 1 else n_vec
 
     def codegen(context, builder, sig, args):
         val_a, off_a, seg_a, ptr_a, start_a, x_a, acc_a = (
-            context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 7, 8))
+            context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 7, 9))
         f32, i1, i8, i16, i32, i64 = (ir.FloatType(), ir.IntType(1), ir.IntType(8), ir.IntType(16),
                                       ir.IntType(32), ir.IntType(64))
         vf, vi, vb = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes), ir.VectorType(i8, lanes)
@@ -513,8 +523,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         fma = _intrinsic_fn(mod, "llvm.fma.v16f32", ir.FunctionType(vf, [vf, vf, vf]))
         expand = _intrinsic_fn(mod, "llvm.x86.avx512.mask.expand.v16f32", ir.FunctionType(vf, [vf, vf, vm]))
         popcount = _intrinsic_fn(mod, "llvm.ctpop.i16", ir.FunctionType(i16, [i16]))
-        plo_v = context.cast(builder, args[5], sig.args[5], types.int64)
-        phi_v = context.cast(builder, args[6], sig.args[6], types.int64)
+        plo_v, phi_v, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6, 8))
         zero = ir.Constant(vf, None)
         limit = ir.Constant(vb, [seg_width] * lanes)
 
@@ -534,47 +543,58 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         builder.branch(pair_head)
 
         builder.position_at_end(pair_head)
-        p, (a0, a1, q0) = _counted_loop_head(builder, plo_v, phi_v, [zero, zero, first_value], entry,
-                                             pair_body, done)
+        p, outer = _counted_loop_head(builder, plo_v, phi_v, [zero] * n_acc + [first_value], entry,
+                                      pair_body, done)
 
         builder.position_at_end(pair_body)
         base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, seg_width))
-        x_lo = vector_at(x_a.data, base, vf, 4)
-        x_hi = vector_at(x_a.data, builder.add(base, ir.Constant(i64, lanes)), vf, 4)
+        tables = []
+        for v in range(n_vec):
+            at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))
+            tables.append((vector_at(x_a.data, at_v, vf, 4),
+                           vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, lanes)), vf, 4)))
         k_lo = load_int(ptr_a, 3, p)
         k_hi = load_int(ptr_a, 3, builder.add(p, ir.Constant(i64, 1)))
         builder.branch(slot_head)
 
         builder.position_at_end(slot_head)
-        k, (b0, b1, q) = _counted_loop_head(builder, k_lo, k_hi, [a0, a1, q0], pair_body, slot_body, pair_end)
+        k, inner = _counted_loop_head(builder, k_lo, k_hi, outer, pair_body, slot_body, pair_end)
+        accs, q = inner[:-1], inner[-1]
 
         builder.position_at_end(slot_body)
         at = builder.mul(k, ir.Constant(i64, lanes))
         offs = vector_at(off_a.data, at, vb, 1)
         valid = builder.icmp_unsigned("<", offs, limit)
-        picked = builder.call(permute, [x_lo, builder.zext(offs, vi), x_hi])
-        picked = builder.select(valid, picked, zero)
+        index = builder.zext(offs, vi)
         if packed:
             weights = builder.call(expand, [vector_at(val_a.data, q, vf, 4), zero, valid])
             count = builder.call(popcount, [builder.bitcast(valid, i16)])
             q_next = builder.add(q, builder.zext(count, i64))
         else:
             weights, q_next = vector_at(val_a.data, at, vf, 4), q
-        updated = builder.call(fma, [weights, picked, b0])
+        updated = []
+        for v, (x_lo, x_hi) in enumerate(tables):
+            picked = builder.select(valid, builder.call(permute, [x_lo, index, x_hi]), zero)
+            updated.append(builder.call(fma, [weights, picked, accs[v]]))
+        if n_vec == 1:  # two accumulators alternate slot by slot
+            updated = [accs[1], updated[0]]
         k.add_incoming(builder.add(k, ir.Constant(i64, 1)), slot_body)
-        b0.add_incoming(b1, slot_body)  # the accumulators alternate slot by slot
-        b1.add_incoming(updated, slot_body)
-        q.add_incoming(q_next, slot_body)
+        for phi_node, value in zip(inner, updated + [q_next]):
+            phi_node.add_incoming(value, slot_body)
         builder.branch(slot_head)
 
         builder.position_at_end(pair_end)
         p.add_incoming(builder.add(p, ir.Constant(i64, 1)), pair_end)
-        for outer, inner in ((a0, b0), (a1, b1), (q0, q)):
-            outer.add_incoming(inner, pair_end)
+        for o, i_ in zip(outer, inner):
+            o.add_incoming(i_, pair_end)
         builder.branch(pair_head)
 
         builder.position_at_end(done)
-        builder.store(builder.fadd(a0, a1), builder.bitcast(acc_a.data, vf.as_pointer()), align=4)
+        sums = [builder.fadd(outer[0], outer[1])] if n_vec == 1 else outer[:n_vec]
+        for v, total in enumerate(sums):
+            ptr = builder.gep(acc_a.data, [ir.Constant(i64, v * lanes)])
+            builder.store(total, builder.bitcast(ptr, vf.as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, acc, compact), codegen
+    return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
+                      nvec), codegen

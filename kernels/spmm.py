@@ -37,11 +37,12 @@ SERIAL_WORK = 32768
 # two up to about 42k nonzeros here (1024 columns at 90%: 26k 4.5 against 6.8 us, 52k
 # 9.1 against 7.7 us).
 ELL_SERIAL_SCALE = 1.25
-# Batches up to this size run the batch-1 sliced-ELL SpMV once per row rather than the SpMM
-# with its batch tile of 8. Same process, 1024^2 and 4096^2 at 90%, 2 threads, padded and
-# compact forms, SpMM time / rows time: batch 2 1.5-1.9, batch 3 1.0-1.7 over two runs,
-# batch 4 0.75-0.9.
-ELL_ROWS_MAX_BATCH = 3
+# Batches up to this size run the sliced-ELL SpMV (4 rows per pass over the slots, the
+# rest one by one) rather than the SpMM with its batch tile of 8. Same process, 1024^2 and
+# 4096^2 at 90%, 2 threads, padded and compact forms, SpMM time / ELL time: batch 2 1.5-1.9,
+# batch 3 1.0-1.7 (one row at a time), batch 4 1.0-1.9 (one 4-row pass), batch 5 0.9-1.2,
+# batch 6 0.75-0.85.
+ELL_ROWS_MAX_BATCH = 4
 
 
 def activation_code(activation: str | None) -> int:
@@ -115,7 +116,7 @@ class SparseLinear:
     ``x`` has shape (..., in_features) and the weight's dtype; the result has shape
     (..., out_features). A single row of ``x`` goes through an SpMV kernel, several
     through the batch-tiled SpMM kernel (up to ELL_ROWS_MAX_BATCH rows through the
-    sliced-ELL SpMV, one row at a time, where it is in use); calls with fewer than SERIAL_WORK
+    sliced-ELL SpMV where it is in use); calls with fewer than SERIAL_WORK
     multiply-adds run on one thread.
 
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
@@ -174,11 +175,9 @@ class SparseLinear:
             ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
                      self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE)
             return out
-        if batch <= ELL_ROWS_MAX_BATCH and ell_call is not None:  # row by row beats a padded tile
-            x2, o2 = x.reshape(batch, self.in_features), out.reshape(batch, self.out_features)
-            serial = self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE
-            for i in range(batch):
-                ell_call(x2[i], o2[i], serial)
+        if batch <= ELL_ROWS_MAX_BATCH and ell_call is not None:  # beats the SpMM's padded tile
+            ell_call.rows(x.reshape(batch, self.in_features), out.reshape(batch, self.out_features),
+                          self.weight.nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE)
             return out
         variant, n_chunks = launch(self.weight.nnz * batch)
         self._run(x, out, batch, n_chunks, variant)
@@ -221,7 +220,7 @@ class SparseLinear:
 
 
 class _EllCall:
-    """The batch-1 call of a sliced-ELL layout, its arguments prepared once (a small
+    """Calls of the sliced-ELL SpMV on one layout, its arguments prepared once (a small
     layer's call is a few microseconds: Python work per call shows)."""
 
     def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int) -> None:
@@ -229,13 +228,15 @@ class _EllCall:
         self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr,
                        e.value_start if e.compact else e.slot_ptr, e.group_ptr, e.rows)
         self.bias, self.act = bias, act
+        self.rows_out = e.shape[0]
         self.width = e.padded_columns
         chunks = RowChunks(e.group_cost())
         self.bounds = chunks.bounds(None)
         self.serial_bounds = chunks.bounds(1)
-        self.kernel = _jit.ell_spmv_kernel(int(e.compact))
-        self.serial_kernel = _jit.serial(self.kernel)
-        self.xpad = Scratch()  # the input, padded to whole segments when it is not already
+        compact, many = int(e.compact), _jit.MAX_PERMUTE_VECTORS
+        self.one = (_jit.ell_spmv_kernel(compact, 1), _jit.serial(_jit.ell_spmv_kernel(compact, 1)))
+        self.many = (_jit.ell_spmv_kernel(compact, many), _jit.serial(_jit.ell_spmv_kernel(compact, many)))
+        self.xpad = Scratch()  # inputs padded to whole segments when they are not already
 
     def __call__(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
         """``out = layer(x)`` for 1-D ``x`` and C-contiguous 1-D ``out``; ``serial`` runs
@@ -245,10 +246,30 @@ class _EllCall:
             xp[:x.shape[0]] = x
             xp[x.shape[0]:] = 0
             x = xp
-        if serial:
-            self.serial_kernel(*self.arrays, x, self.bias, self.act, out, self.serial_bounds)
-        else:
-            self.kernel(*self.arrays, x, self.bias, self.act, out, self.bounds)
+        kernel = self.one[1] if serial else self.one[0]
+        kernel(*self.arrays, x, 0, self.bias, self.act, out, 0,
+               self.serial_bounds if serial else self.bounds)
+
+    def rows(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
+        """``out[i] = layer(x[i])`` for 2-D ``x`` and C-contiguous 2-D ``out``: whole
+        groups of MAX_PERMUTE_VECTORS rows in one pass over the slots each, the rest one
+        by one."""
+        n, many = x.shape[0], _jit.MAX_PERMUTE_VECTORS
+        kernel = self.many[1] if serial else self.many[0]
+        bounds = self.serial_bounds if serial else self.bounds
+        start = 0
+        while n - start >= many:
+            block = x[start:start + many]
+            if block.shape[1] != self.width or not block.flags.c_contiguous:
+                xp = self.xpad.get((many, self.width), x.dtype)
+                xp[:, :block.shape[1]] = block
+                xp[:, block.shape[1]:] = 0
+                block = xp
+            kernel(*self.arrays, block.reshape(-1), self.width, self.bias, self.act,
+                   out[start:start + many].reshape(-1), self.rows_out, bounds)
+            start += many
+        for i in range(start, n):
+            self(x[i], out[i], serial)
 
 
 BATCH1_LAYOUTS = ("auto", "csr", "ell", "ell_compact")

@@ -56,8 +56,10 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     layer = SparseLinear(w, activation="relu", batch1="csr")
                     layer(np.ones(9, dtype))
                     if ell.AVAILABLE and dtype == np.float32:
-                        for batch1 in ("ell", "ell_compact"):
-                            SparseLinear(w, activation="relu", batch1=batch1)(np.ones(9, dtype))
+                        for batch1 in ("ell", "ell_compact"):  # one row, then a 4-row pass
+                            ell_layer = SparseLinear(w, activation="relu", batch1=batch1)
+                            ell_layer(np.ones(9, dtype))
+                            ell_layer(np.ones((_jit.MAX_PERMUTE_VECTORS, 9), dtype))
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)

@@ -205,3 +205,22 @@ def test_cache_sizes_are_read_or_defaulted(monkeypatch, tmp_path):
     assert ell.cache_budget() == int(3 * (2 << 20) * ell.CACHE_SHARE)
     monkeypatch.setattr(ell, "Path", lambda p: tmp_path / "missing")
     assert ell.cache_bytes(2, 123) == 123
+
+
+@needs_permute
+@pytest.mark.parametrize("batch1", ["ell", "ell_compact"])
+@pytest.mark.parametrize("cols", [29, 64])
+@pytest.mark.parametrize("batch", [2, 4, 5, 8, 9])
+def test_small_batches_on_the_permute_kernel_match_dense(rng, monkeypatch, batch1, cols, batch, path):
+    # Every batch here through the sliced-ELL kernels: whole 4-row passes, then single rows.
+    monkeypatch.setattr(spmm, "ELL_ROWS_MAX_BATCH", 16)
+    w = random_sparse(rng, (45, cols), 0.3, empty_rows=True)
+    b = rng.standard_normal(45).astype(np.float32)
+    layer = SparseLinear(CSR.from_dense(w), b, "gelu", batch1=batch1)
+    big = rng.standard_normal((batch, 2 * cols)).astype(np.float32)
+    for x in (np.ascontiguousarray(big[:, :cols]), big[:, ::2]):  # contiguous or not
+        expect = reference_linear(x, w, b, "gelu").astype(np.float32)
+        assert_close(layer(x), expect)
+        out = np.full((batch, 45), np.nan, np.float32)
+        layer(x, out)
+        assert_close(out, expect)

@@ -43,7 +43,7 @@ def _check(rng, shape, density, batch, dtype, bias, activation, empty_rows=False
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ACTS)
 @pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("batch", [1, 2, 3, 8, 17, 70])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 8, 17, 70])
 def test_matches_dense(rng, path, dtype, activation, bias, batch):
     _check(rng, (37, 29), 0.3, batch, dtype, bias, activation, empty_rows=True)
 
@@ -256,7 +256,7 @@ def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
     w = random_sparse(rng, (40, 30), 0.3)
     layer = SparseLinear(CSR.from_dense(w))
     with serial_work_set_to(0):  # the parallel kernels, which the spy stands in front of
-        for batch in (40, 4, 9, 40):  # all above ELL_ROWS_MAX_BATCH: packed
+        for batch in (40, 5, 9, 40):  # all above ELL_ROWS_MAX_BATCH: packed
             x = rng.standard_normal((batch, 30)).astype(np.float32)
             assert_close(layer(x), reference_linear(x, w).astype(np.float32))
         other = threading.Thread(target=layer, args=(np.ones((5, 30), np.float32),))
