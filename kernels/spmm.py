@@ -126,8 +126,10 @@ class SparseLinear:
     ``"auto"`` the sliced ELL when it is available and its padding small (fill >=
     ``ell.MIN_FILL``): padded while its bytes fit ``ell.cache_budget()``, compact
     beyond; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
-    For a model's layers, :func:`fit_batch1_layouts` shares one cache budget among them. Safe to call from several threads under the omp
-    or tbb threading layer (Numba's workqueue layer is not thread-safe).
+    For a model's layers, :func:`fit_batch1_layouts` shares one cache budget among them.
+
+    Safe to call from several threads under the omp or tbb threading layer (Numba's
+    workqueue layer is not thread-safe).
     """
 
     def __init__(self, weight: CSR, bias=None, activation: str | None = None,
