@@ -77,6 +77,11 @@ class CSR:
         """dtype of the stored values."""
         return self.data.dtype
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three arrays."""
+        return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
     def __repr__(self) -> str:
         return (f"CSR(shape={self.shape}, nnz={self.nnz}, density={self.density:.4f}, "
                 f"dtype={self.dtype}, index_dtype={self.indices.dtype})")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from .csr import CSR
+from .csr import CSR, _readonly
 from .errors import KernelArgumentError
 
 # Rows per group: one 512-bit float32 vector.
@@ -103,11 +103,6 @@ def _permute_available() -> bool:
 AVAILABLE = _permute_available()
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
-
-
 class SlicedEll:
     """A float32 weight in the sliced-ELL layout (see the module docstring).
 
@@ -147,6 +142,14 @@ class SlicedEll:
         arrays = (self.values, self.offsets, self.segments, self.slot_ptr, self.group_ptr, self.rows,
                   self.value_start)
         return sum(a.nbytes for a in arrays if a is not None)
+
+    @property
+    def compact_nbytes(self) -> int:
+        """:attr:`nbytes` of :meth:`compacted` (without building it): the values shrink to
+        the nonzeros plus GROUP_ROWS, and ``value_start`` adds one entry per pair and one."""
+        if self.compact:
+            return self.nbytes
+        return self.nbytes - self.values.nbytes + (self.nnz + GROUP_ROWS) * 4 + self.slot_ptr.nbytes
 
     @property
     def padded_columns(self) -> int:

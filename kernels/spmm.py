@@ -173,13 +173,14 @@ class SparseLinear:
         if batch == 0 or self.out_features == 0:
             return out
         ell_call = self._ell_call  # read once: another thread may drop it meanwhile
-        if batch == 1 and ell_call is not None:
-            ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
-                     self.weight.nnz < SERIAL_WORK * ELL_SERIAL_SCALE)
-            return out
-        if batch <= ELL_ROWS_MAX_BATCH and ell_call is not None:  # beats the SpMM's padded tile
-            ell_call.rows(x.reshape(batch, self.in_features), out.reshape(batch, self.out_features),
-                          self.weight.nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE)
+        if ell_call is not None and (batch == 1 or batch <= ELL_ROWS_MAX_BATCH):
+            serial = self.weight.nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
+            if batch == 1:
+                ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
+                         serial)
+            else:  # beats the SpMM's padded tile
+                ell_call.rows(x.reshape(batch, self.in_features), out.reshape(batch, self.out_features),
+                              serial)
             return out
         variant, n_chunks = launch(self.weight.nnz * batch)
         self._run(x, out, batch, n_chunks, variant)
@@ -206,7 +207,7 @@ class SparseLinear:
                _jit.BLOCK_NNZ, bounds)
 
     def describe_batch1(self) -> str:
-        """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact"``."""
+        """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``."""
         layout = self.ell
         if layout is None:
             return "batch 1: CSR"
@@ -240,16 +241,22 @@ class _EllCall:
         self.many = (_jit.ell_spmv_kernel(compact, many), _jit.serial(_jit.ell_spmv_kernel(compact, many)))
         self.xpad = Scratch()  # inputs padded to whole segments when they are not already
 
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (1-D, or 2-D rows) as C-contiguous rows of whole segments: itself when it
+        already is, else a zero-padded copy in this thread's scratch buffer."""
+        n = x.shape[-1]
+        if n == self.width and x.flags.c_contiguous:
+            return x
+        xp = self.xpad.get(x.shape[:-1] + (self.width,), x.dtype)
+        xp[..., :n] = x
+        xp[..., n:] = 0
+        return xp
+
     def __call__(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
         """``out = layer(x)`` for 1-D ``x`` and C-contiguous 1-D ``out``; ``serial`` runs
         the single-threaded twin."""
-        if x.shape[0] != self.width or not x.flags.c_contiguous:
-            xp = self.xpad.get((self.width,), x.dtype)
-            xp[:x.shape[0]] = x
-            xp[x.shape[0]:] = 0
-            x = xp
         kernel = self.one[1] if serial else self.one[0]
-        kernel(*self.arrays, x, 0, self.bias, self.act, out, 0,
+        kernel(*self.arrays, self._padded(x), 0, self.bias, self.act, out, 0,
                self.serial_bounds if serial else self.bounds)
 
     def rows(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
@@ -261,12 +268,7 @@ class _EllCall:
         bounds = self.serial_bounds if serial else self.bounds
         start = 0
         while n - start >= many:
-            block = x[start:start + many]
-            if block.shape[1] != self.width or not block.flags.c_contiguous:
-                xp = self.xpad.get((many, self.width), x.dtype)
-                xp[:, :block.shape[1]] = block
-                xp[:, block.shape[1]:] = 0
-                block = xp
+            block = self._padded(x[start:start + many])
             kernel(*self.arrays, block.reshape(-1), self.width, self.bias, self.act,
                    out[start:start + many].reshape(-1), self.rows_out, bounds)
             start += many
@@ -303,11 +305,6 @@ def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
     return layout if layout.nbytes <= ell.cache_budget() else layout.compacted()
 
 
-def csr_nbytes(w: CSR) -> int:
-    """Bytes of a CSR's arrays."""
-    return w.data.nbytes + w.indices.nbytes + w.indptr.nbytes
-
-
 def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) -> int:
     """Share one cache budget among the batch-1 layouts of ``layers`` (a model's layers,
     called one after another).
@@ -315,23 +312,21 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
     The working set is the bytes of whichever layout each layer runs. Layers on a
     sliced-ELL layout start from its compact form (about the CSR's bytes); the padded
     form, faster while cache-resident, is kept for as many as fit ``budget`` (default
-    ``ell.cache_budget()``), smallest extra bytes first. Returns how many keep it.
+    ``ell.cache_budget()``), smallest extra bytes first; the others switch to the compact
+    form. Returns how many keep it.
     """
     budget = ell.cache_budget() if budget is None else budget
-    on_ell = [layer for layer in layers if layer.ell is not None]
-    compact = {id(layer): layer.ell.compacted() for layer in on_ell}
-    total = (sum(csr_nbytes(layer.weight) for layer in layers if layer.ell is None)
-             + sum(c.nbytes for c in compact.values()))
-    padded = sorted((layer for layer in on_ell if not layer.ell.compact),
-                    key=lambda layer: layer.ell.nbytes - compact[id(layer)].nbytes)
+    total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.compact_nbytes
+                for layer in layers)
+    extra = {id(layer): layer.ell.nbytes - layer.ell.compact_nbytes
+             for layer in layers if layer.ell is not None and not layer.ell.compact}
     kept = 0
-    for layer in padded:
-        extra = layer.ell.nbytes - compact[id(layer)].nbytes
-        if total + extra <= budget:
-            total += extra
+    for layer in sorted((layer for layer in layers if id(layer) in extra), key=lambda la: extra[id(la)]):
+        if total + extra[id(layer)] <= budget:
+            total += extra[id(layer)]
             kept += 1
         else:
-            layer.set_batch1_layout(compact[id(layer)])
+            layer.set_batch1_layout(layer.ell.compacted())
     return kept
 
 
