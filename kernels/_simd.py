@@ -469,10 +469,12 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
     return counter, phis
 
 
-# Lanes and segment width of ``permute_dot`` (the sliced-ELL layout's GROUP_ROWS and
-# SEGMENT); offsets at or above PERMUTE_SEGMENT mark padding lanes.
+# Lanes, window width and window step of ``permute_dot`` (the sliced-ELL layout's
+# GROUP_ROWS, SEGMENT and STEP): pair p's window is the PERMUTE_SEGMENT columns from
+# ``segments[p] * PERMUTE_STEP``; offsets at or above PERMUTE_SEGMENT mark padding lanes.
 PERMUTE_LANES = 16
 PERMUTE_SEGMENT = 32
+PERMUTE_STEP = 16
 # Most input vectors one ``permute_dot`` call takes (two table registers each).
 MAX_PERMUTE_VECTORS = 4
 
@@ -481,7 +483,7 @@ MAX_PERMUTE_VECTORS = 4
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
                 compact, nvec):
     """For v < nvec: ``acc[v*16 + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
-    x[v*xstride + segments[p]*32 + offsets[k*16 + l]]`` over the lanes whose offset is
+    x[v*xstride + segments[p]*16 + offsets[k*16 + l]]`` over the lanes whose offset is
     below 32.
 
     The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``) and ``nvec`` input
@@ -494,7 +496,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     weights, slot k's valid lanes taking the next values in order, pair ``plo``'s first
     at ``value_start[plo]`` (one unaligned load and an expand per slot). float32 only;
     needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
-    guarantee ``(nvec-1)*xstride + segments[p]*32 + 32 <= len(x)``, every slot inside
+    guarantee ``(nvec-1)*xstride + segments[p]*16 + 32 <= len(x)``, every slot inside
     ``offsets``, 16 readable values from every compact start (the array is padded) and
     ``len(acc) >= 16*nvec``.
     """
@@ -547,7 +549,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                                       pair_body, done)
 
         builder.position_at_end(pair_body)
-        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, seg_width))
+        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, PERMUTE_STEP))
         tables = []
         for v in range(n_vec):
             at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))

@@ -18,9 +18,10 @@ DENSITIES = [0.0, 1e-3, 0.5, 1.0]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("density", DENSITIES)
-def test_layout_holds_exactly_the_csr(rng, shape, density):
+@pytest.mark.parametrize("windows", ell.WINDOW_CHOICES)
+def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     w = random_sparse(rng, shape, density, empty_rows=True)
-    e = ell.SlicedEll.from_csr(CSR.from_dense(w))
+    e = ell.SlicedEll.from_csr(CSR.from_dense(w), windows)
     np.testing.assert_array_equal(e.to_dense(), w)
     c = e.compacted()
     np.testing.assert_array_equal(c.to_dense(), w)
@@ -35,7 +36,29 @@ def test_layout_holds_exactly_the_csr(rng, shape, density):
     assert np.all(np.diff(e.slot_ptr) >= 1) and np.all(np.diff(e.group_ptr) >= 0)
     assert e.group_ptr.shape[0] == -(-shape[0] // ell.GROUP_ROWS) + 1
     assert e.group_ptr[-1] == e.segments.shape[0] == e.slot_ptr.shape[0] - 1
-    assert np.all(e.segments * ell.SEGMENT < max(shape[1], 1))
+    assert np.all(e.segments * ell.STEP < max(shape[1], 1))
+    if windows == "aligned":
+        assert np.all(e.segments % (ell.SEGMENT // ell.STEP) == 0)
+    # Every window inside the input the kernel reads. That is the input itself when its
+    # width is a whole number of STEPs (SEGMENTs for aligned windows), at least a SEGMENT.
+    assert np.all(e.segments * ell.STEP + ell.SEGMENT <= e.padded_columns)
+    unit = ell.STEP if windows == "overlapping" else ell.SEGMENT
+    widest = max(-(-shape[1] // unit) * unit, ell.SEGMENT if e.slots else 0)
+    assert e.padded_columns == widest if windows == "overlapping" else e.padded_columns <= widest
+
+
+def test_overlapping_windows_pad_less_than_aligned(rng):
+    # Uniform 90% sparsity: aligned windows fill about half their lanes; letting each
+    # nonzero take either window over its column fills about two thirds.
+    c = CSR.from_dense(random_sparse(rng, (256, 1024), 0.1))
+    aligned, overlapping = (ell.SlicedEll.from_csr(c, w) for w in ("aligned", "overlapping"))
+    assert aligned.fill < 0.55 and overlapping.fill > 0.6
+    np.testing.assert_array_equal(overlapping.to_dense(), aligned.to_dense())
+
+
+def test_layout_rejects_unknown_windows():
+    with pytest.raises(KernelArgumentError, match="windows 'wide' should be one of"):
+        ell.SlicedEll.from_csr(CSR.from_dense(np.ones((2, 2), np.float32)), "wide")
 
 
 def test_rows_are_grouped_by_length_and_fill_counts_padding():
@@ -67,11 +90,15 @@ def test_permute_spmv_matches_dense(rows, cols, density, seed, activation, bias,
     x = rng.standard_normal(cols).astype(np.float32)
     padded = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell")
     compact = SparseLinear(CSR.from_dense(w), b, activation, batch1="ell_compact")
+    aligned = SparseLinear(CSR.from_dense(w), b, activation, batch1="csr")
+    aligned.set_batch1_layout(ell.SlicedEll.from_csr(aligned.weight, "aligned"))
     assert not padded.ell.compact and compact.ell.compact
+    expect = reference_linear(x[None], w, b, activation)[0].astype(np.float32)
     with serial_work_set_to(serial_work):
-        y = padded(x)
-        assert_close(y, reference_linear(x[None], w, b, activation)[0].astype(np.float32))
-        np.testing.assert_array_equal(compact(x), y)  # same products, same order
+        assert_close(padded(x), expect)
+        assert_close(aligned(x), expect)
+        # The compact form runs over aligned windows: the same products in the same order.
+        np.testing.assert_array_equal(compact(x), aligned(x))
 
 
 @needs_permute
@@ -84,6 +111,14 @@ def test_inputs_padded_or_not_and_non_contiguous(rng, cols):
         expect = reference_linear(np.ascontiguousarray(x).reshape(1, -1), w).reshape(
             x.shape[:-1] + (40,)).astype(np.float32)
         assert_close(layer(x), expect)
+
+
+@needs_permute
+def test_inputs_of_whole_steps_are_read_in_place(rng):
+    # 1040 columns (65 STEPs, not whole SEGMENTs): no padded copy per call.
+    layer = SparseLinear(CSR.from_dense(random_sparse(rng, (16, 1040), 0.1)), batch1="ell")
+    x = rng.standard_normal(1040).astype(np.float32)
+    assert layer.ell.padded_columns == 1040 and layer._ell_call._padded(x) is x
 
 
 @needs_permute
@@ -176,9 +211,9 @@ def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng):
     x = rng.standard_normal(128).astype(np.float32)
     before = [k(x) for k in layers]
     assert spmm.fit_batch1_layouts(layers, budget=layers[0].weight.nbytes) == 0
-    assert all(k.ell.compact for k in layers)
-    for k, y in zip(layers, before):  # the compact kernel gives the same sums, in the same order
-        np.testing.assert_array_equal(k(x), y)
+    assert all(k.ell.compact and not np.any(k.ell.segments % 2) for k in layers)  # aligned windows
+    for k, y in zip(layers, before):
+        assert_close(k(x), y)
     assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # compact ones stay compact
 
 
