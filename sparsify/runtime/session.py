@@ -51,6 +51,16 @@ def _node_arg(vi: onnx.ValueInfoProto) -> NodeArg:
     return NodeArg(vi.name, shape, _TYPE_STRINGS.get(t.elem_type, f"tensor(type {t.elem_type})"))
 
 
+def _dims_match(shape: tuple[int, ...], rank: int, dims: tuple[tuple[int, int], ...]) -> bool:
+    """True when ``shape`` has ``rank`` axes and the size ``d`` at each ``(axis, d)`` of ``dims``."""
+    if len(shape) != rank:
+        return False
+    for axis, d in dims:
+        if shape[axis] != d:
+            return False
+    return True
+
+
 class Session:
     """Run an ONNX file with ``ai.sparsify`` ops: our kernels for those, ONNX Runtime/numpy for the rest.
 
@@ -96,6 +106,10 @@ class Session:
         init_names = set(inits)
         self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
         self._outputs = [_node_arg(vi) for vi in model.graph.output]
+        # Per input: name, dtype, rank (None: any) and its fixed (axis, size) pairs, for run's checks.
+        self._feed_checks = [(i.name, i.dtype, len(i.shape) if i.shape else None,
+                              tuple((a, d) for a, d in enumerate(i.shape) if isinstance(d, int)))
+                             for i in self._inputs]
         self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where)
         self._output_names = [o.name for o in self._outputs]
 
@@ -114,6 +128,20 @@ class Session:
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""
+        if isinstance(feeds, Mapping) and len(feeds) == len(self._feed_checks):
+            out = {}
+            for name, dtype, rank, dims in self._feed_checks:
+                x = feeds.get(name)
+                if not (isinstance(x, np.ndarray) and (dtype is None or x.dtype == dtype)
+                        and (rank is None or _dims_match(x.shape, rank, dims))):
+                    break
+                out[name] = x
+            else:
+                return out
+        return self._explain_feeds(feeds)
+
+    def _explain_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """check_feeds, input by input: raises the DataError that names what is wrong."""
         if not isinstance(feeds, Mapping):
             raise DataError(f"feeds should be a dict of input name -> numpy array, got {type(feeds).__name__}")
         expected = {i.name for i in self._inputs}

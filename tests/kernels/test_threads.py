@@ -30,6 +30,22 @@ def test_set_threads_round_trip_and_results_do_not_depend_on_it(rng):
         set_threads(before)
 
 
+def test_get_threads_is_per_calling_thread():
+    import threading
+
+    seen = []
+
+    def worker():
+        set_threads(1)
+        seen.append((get_threads(), numba.get_num_threads()))
+
+    before = get_threads()
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [(1, 1)] and get_threads() == before == numba.get_num_threads()
+
+
 @pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, "2"])
 def test_set_threads_rejects(bad):
     with pytest.raises(KernelArgumentError, match="threads .* should be an int in"):

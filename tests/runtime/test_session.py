@@ -93,6 +93,15 @@ def test_bad_feeds_name_the_input(pairs, feeds, message):
         Session(pairs["mlp"][2]).run(None, feeds)
 
 
+def test_feeds_may_be_any_mapping_but_not_a_list(pairs):
+    import types
+
+    sess, x = Session(pairs["mlp"][2]), models.inputs("mlp", 1)
+    np.testing.assert_array_equal(sess.run(None, types.MappingProxyType({"x": x}))[0], sess.run(None, {"x": x})[0])
+    with pytest.raises(DataError, match="feeds should be a dict"):
+        sess.run(None, [x])
+
+
 def test_unknown_output_name_and_bad_threads(pairs):
     with pytest.raises(DataError, match=r"unknown output\(s\) \['nope'\]"):
         Session(pairs["mlp"][2]).run(["nope"], {"x": models.inputs("mlp", 1)})
