@@ -129,12 +129,13 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
 
 
 @functools.lru_cache(maxsize=None)
-def ell_spmv_kernel(compact: int, nvec: int = 1):
+def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0):
     """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
-    vectors per pass (cached; the kernel closes over ints only, which reach
-    ``permute_dot`` as compile-time constants)."""
-    if compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS:
-        raise ValueError(f"compact {compact} should be 0 or 1 and nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}]")
+    vectors per pass, prefetching ``prefetch`` slots ahead (0: not at all; cached; the
+    kernel closes over ints only, which reach ``permute_dot`` as compile-time constants)."""
+    if compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS or prefetch < 0:
+        raise ValueError(f"compact {compact} should be 0 or 1, nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}] "
+                         f"and prefetch {prefetch} >= 0")
 
     @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
     def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, xstride, bias, act,
@@ -151,7 +152,7 @@ def ell_spmv_kernel(compact: int, nvec: int = 1):
             acc = np.empty(PERMUTE_LANES * nvec, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                            group_ptr[g + 1], x, xstride, acc, compact, nvec)
+                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for v in range(nvec):

@@ -481,7 +481,7 @@ MAX_PERMUTE_VECTORS = 4
 
 @intrinsic(prefer_literal=True)
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
-                compact, nvec):
+                compact, nvec, prefetch):
     """For v < nvec: ``acc[v*16 + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
     x[v*xstride + segments[p]*16 + offsets[k*16 + l]]`` over the lanes whose offset is
     below 32.
@@ -494,7 +494,10 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     the FMA latency. ``compact`` and ``nvec`` are compile-time constants. ``compact`` 0:
     padded weights, ``w(k, l) = values[k*16 + l]`` (``value_start`` unused); 1: compact
     weights, slot k's valid lanes taking the next values in order, pair ``plo``'s first
-    at ``value_start[plo]`` (one unaligned load and an expand per slot). float32 only;
+    at ``value_start[plo]`` (one unaligned load and an expand per slot). ``prefetch``
+    (compile-time) is 0, or a distance in slots: each slot then also prefetches the
+    offsets and the values that many slots ahead (compact values taken as half full),
+    for weights streamed from DRAM, where the hardware prefetchers alone fall short. float32 only;
     needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
     guarantee ``(nvec-1)*xstride + segments[p]*16 + 32 <= len(x)``, every slot inside
     ``offsets``, 16 readable values from every compact start (the array is padded) and
@@ -506,6 +509,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                     for a in (segments, slot_ptr, value_start))
             and all(isinstance(a, types.Integer) for a in (plo, phi, xstride))
             and isinstance(compact, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)
+            and isinstance(prefetch, types.IntegerLiteral) and prefetch.literal_value >= 0
             and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
     lanes, seg_width, packed = PERMUTE_LANES, PERMUTE_SEGMENT, bool(compact.literal_value)
@@ -525,6 +529,9 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         fma = _intrinsic_fn(mod, "llvm.fma.v16f32", ir.FunctionType(vf, [vf, vf, vf]))
         expand = _intrinsic_fn(mod, "llvm.x86.avx512.mask.expand.v16f32", ir.FunctionType(vf, [vf, vf, vm]))
         popcount = _intrinsic_fn(mod, "llvm.ctpop.i16", ir.FunctionType(i16, [i16]))
+        prefetch_fn = _intrinsic_fn(mod, "llvm.prefetch.p0",
+                                    ir.FunctionType(ir.VoidType(), [ir.PointerType(i8), i32, i32, i32]))
+        ahead = prefetch.literal_value
         plo_v, phi_v, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6, 8))
         zero = ir.Constant(vf, None)
         limit = ir.Constant(vb, [seg_width] * lanes)
@@ -566,6 +573,12 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         builder.position_at_end(slot_body)
         at = builder.mul(k, ir.Constant(i64, lanes))
         offs = vector_at(off_a.data, at, vb, 1)
+        if ahead:  # read prefetches (rw 0) into all cache levels (locality 3), data (1)
+            for base, at_now, per_slot in ((off_a.data, at, lanes),
+                                           (val_a.data, q if packed else at, lanes // 2 if packed else lanes)):
+                ptr = builder.bitcast(builder.gep(base, [builder.add(at_now, ir.Constant(i64, ahead * per_slot))]),
+                                      ir.PointerType(i8))
+                builder.call(prefetch_fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         valid = builder.icmp_unsigned("<", offs, limit)
         index = builder.zext(offs, vi)
         if packed:
@@ -599,4 +612,4 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         return context.get_dummy_value()
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
-                      nvec), codegen
+                      nvec, prefetch), codegen

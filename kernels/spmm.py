@@ -37,6 +37,10 @@ SERIAL_WORK = 32768
 # two up to about 42k nonzeros here (1024 columns at 90%: 26k 4.5 against 6.8 us, 52k
 # 9.1 against 7.7 us).
 ELL_SERIAL_SCALE = 1.25
+# How far ahead (in slots) a streamed sliced-ELL layout is prefetched (ell.stream_budget):
+# 128, 256 and 512 measured alike on the 4x4096 MLP at 90% (1.3-1.6 ms against 1.8-2.4
+# without; 8: 2.0-2.1, 32: 1.7-1.8).
+ELL_PREFETCH_SLOTS = 128
 # Batches up to this size run the sliced-ELL SpMV (4 rows per pass over the slots, the
 # rest one by one) rather than the SpMM with its batch tile of 8. Same process, 1024^2 and
 # 4096^2 at 90%, 2 threads, padded and compact forms, SpMM time / ELL time: batch 2 1.5-1.9,
@@ -208,17 +212,25 @@ class SparseLinear:
 
     def describe_batch1(self) -> str:
         """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``."""
-        layout = self.ell
-        if layout is None:
+        layout, call = self.ell, self._ell_call
+        if layout is None or call is None:
             return "batch 1: CSR"
-        return f"batch 1: sliced ELL, {'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
+        return (f"batch 1: sliced ELL, {'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
+                f"{', prefetched' if call.prefetch else ''}")
 
-    def set_batch1_layout(self, layout: ell.SlicedEll | None) -> None:
+    def set_batch1_layout(self, layout: ell.SlicedEll | None, prefetch: bool | None = None) -> None:
         """Run batch-1 calls on ``layout`` (a SlicedEll of this weight), or on the CSR
-        kernel when None (the previous layout is freed)."""
+        kernel when None (the previous layout is freed). ``prefetch`` streams the layout
+        with software prefetches; None decides by its own size (``ell.stream_budget``),
+        :func:`fit_batch1_layouts` by the model's."""
         if layout is not None and (layout.shape != self.weight.shape or layout.nnz != self.weight.nnz):
             raise KernelArgumentError(f"layout {layout!r} does not hold this layer's weight {self.weight!r}")
-        self._ell_call = None if layout is None else _EllCall(layout, self.bias, self._act)
+        if layout is None:
+            self._ell_call = None
+        else:
+            if prefetch is None:
+                prefetch = layout.nbytes > ell.stream_budget()
+            self._ell_call = _EllCall(layout, self.bias, self._act, ELL_PREFETCH_SLOTS if prefetch else 0)
         self.ell = layout
 
 
@@ -226,7 +238,7 @@ class _EllCall:
     """Calls of the sliced-ELL SpMV on one layout, its arguments prepared once (a small
     layer's call is a few microseconds: Python work per call shows)."""
 
-    def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int) -> None:
+    def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int, prefetch: int = 0) -> None:
         # Padded layouts pass slot_ptr where compact ones pass value_start (unused then).
         self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr,
                        e.value_start if e.compact else e.slot_ptr, e.group_ptr, e.rows)
@@ -237,8 +249,10 @@ class _EllCall:
         self.bounds = chunks.bounds(None)
         self.serial_bounds = chunks.bounds(1)
         compact, many = int(e.compact), _jit.MAX_PERMUTE_VECTORS
-        self.one = (_jit.ell_spmv_kernel(compact, 1), _jit.serial(_jit.ell_spmv_kernel(compact, 1)))
-        self.many = (_jit.ell_spmv_kernel(compact, many), _jit.serial(_jit.ell_spmv_kernel(compact, many)))
+        self.prefetch = prefetch
+        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch) for n in (1, many))
+        self.one = (one, _jit.serial(one))
+        self.many = (four, _jit.serial(four))
         self.xpad = Scratch()  # inputs padded to whole segments when they are not already
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
@@ -321,7 +335,9 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
     sliced-ELL layout start from its compact form (about the CSR's bytes); the padded
     form, faster while cache-resident, is kept for as many as fit ``budget`` (default
     ``ell.cache_budget()``), smallest extra bytes first; the others switch to the compact
-    form. Returns how many keep it.
+    form. Every sliced-ELL layer is then prefetched in software when the whole working
+    set exceeds ``ell.stream_budget()`` (it streams from DRAM), and not otherwise.
+    Returns how many keep the padded form.
     """
     budget = ell.cache_budget() if budget is None else budget
     total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.compact_nbytes
@@ -335,6 +351,10 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
             kept += 1
         else:
             layer.set_batch1_layout(compact_layout(layer.weight))
+    streamed = total > ell.stream_budget()
+    for layer in layers:
+        if layer.ell is not None and bool(layer._ell_call.prefetch) != streamed:
+            layer.set_batch1_layout(layer.ell, prefetch=streamed)
     return kept
 
 

@@ -57,8 +57,9 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
 
     Runs, on tiny inputs, for each value dtype and column-index dtype (int32 indptr;
     ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernels (the
-    sliced-ELL ones, padded and compact, for float32 where AVX-512 makes them available), the
-    SpMM kernel at every batch tile width (``_jit.TILES``), the input packing, the
+    sliced-ELL ones, padded and compact, with and without prefetches, for float32 where
+    AVX-512 makes them available), the SpMM kernel at every batch tile width
+    (``_jit.TILES``), the input packing, the
     direct (stride-1) conv at every column width with its input padding, the conv
     unfolding and the layer norm, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
@@ -81,8 +82,10 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     if ell.AVAILABLE and dtype == np.float32:
                         for batch1 in ("ell", "ell_compact"):  # one row, then a 4-row pass
                             ell_layer = SparseLinear(w, activation="relu", batch1=batch1)
-                            ell_layer(np.ones(9, dtype))
-                            ell_layer(np.ones((_jit.MAX_PERMUTE_VECTORS, 9), dtype))
+                            for prefetch in (False, True):
+                                ell_layer.set_batch1_layout(ell_layer.ell, prefetch)
+                                ell_layer(np.ones(9, dtype))
+                                ell_layer(np.ones((_jit.MAX_PERMUTE_VECTORS, 9), dtype))
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)

@@ -260,3 +260,32 @@ def test_small_batches_on_the_permute_kernel_match_dense(rng, monkeypatch, batch
         out = np.full((batch, 45), np.nan, np.float32)
         layer(x, out)
         assert_close(out, expect)
+
+
+@needs_permute
+@pytest.mark.parametrize("batch1", ["ell", "ell_compact"])
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_prefetching_changes_no_result(rng, batch1, batch):
+    # Prefetches only read ahead (also past the arrays' ends): same products, same order.
+    w = random_sparse(rng, (70, 300), 0.2)
+    layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(70).astype(np.float32), "relu", batch1=batch1)
+    x = rng.standard_normal((batch, 300)).astype(np.float32)
+    layer.set_batch1_layout(layer.ell, prefetch=False)
+    plain = layer(x)
+    layer.set_batch1_layout(layer.ell, prefetch=True)
+    assert layer._ell_call.prefetch > 0 and layer.describe_batch1().endswith(", prefetched")
+    np.testing.assert_array_equal(layer(x), plain)
+    assert_close(plain, reference_linear(x, w, layer.bias, "relu").astype(np.float32))
+
+
+@needs_permute
+def test_layouts_beyond_the_stream_budget_are_prefetched(rng, monkeypatch):
+    layers = _layers(rng, [(64, 128), (64, 128)])
+    assert not any(k._ell_call.prefetch for k in layers)  # small: the default budget is megabytes
+    one = spmm.compact_layout(layers[0].weight).nbytes
+    monkeypatch.setattr(ell, "stream_budget", lambda: one)  # one layer fits, two do not
+    assert SparseLinear(layers[0].weight, batch1="ell_compact")._ell_call.prefetch == 0
+    spmm.fit_batch1_layouts(layers, budget=0)
+    assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
+    spmm.fit_batch1_layouts(layers[:1], budget=0)  # alone, it fits again
+    assert layers[0]._ell_call.prefetch == 0 and layers[1]._ell_call.prefetch
