@@ -17,9 +17,10 @@ Legs (all fp32, ``--threads`` threads, seeded, JIT warmed up first, interleaved 
     python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
     python benchmarks/bench_sparse_e2e.py --crossover --out benchmarks/results/sparse_crossover_2threads.json
 
-Each backend is timed in a fresh process (``measure_in_child``); the sparse runtime runs with
-its default ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (set by ``import sparsify``) and, for comparison,
-with Numba's workqueue threading layer. The machine is shared: timings are noisy while
+The runtime and ORT are timed interleaved in one fresh process (``measure_in_child``, backend
+"pair"), so the machine's drift hits both alike; the sparse runtime runs with its default
+``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (set by ``import sparsify``) and, for
+comparison, with Numba's workqueue threading layer in a process of its own. The machine is shared: timings are noisy while
 other jobs run (``loadavg`` in the JSON); ORT with 2 threads suffered from the load too
 (the 4 x 4096 MLP at batch 1: 32.7 ms with 2 threads vs 19.1 ms with 1 in the saved runs).
 """
@@ -92,14 +93,42 @@ def export_pair(model, example, workdir: Path, name: str, threshold: float | Non
     return dense, sparse, result.plan
 
 
+def _stats(samples_ns: list[int]) -> dict[str, Any]:
+    from sparsify.bench.timing import Stats
+
+    st = Stats.from_ns(samples_ns)
+    return {"p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
+            "n": st.n, "spread": finite(st.spread)}
+
+
+def _child_pair(spec: dict[str, Any]) -> dict[str, Any]:
+    """ORT on the dense file and the runtime on the sparse one, timed interleaved in this
+    one process (blocks with settle calls, ``measure_interleaved``): drift hits both alike."""
+    from sparsify.bench.timing import measure_interleaved
+    from sparsify.runtime import Session
+
+    ort = ort_session(spec["dense"], spec["threads"])
+    sess = Session(spec["path"], threads=spec["threads"], glue=spec.get("glue", "numpy"))
+    out = {}
+    for batch, shape in spec["shapes"].items():
+        x = np.random.default_rng(int(batch)).standard_normal(shape).astype(np.float32)
+        dense_ns, sparse_ns = measure_interleaved([lambda: ort.run(None, {"x": x}), lambda: sess.run(None, {"x": x})],
+                                                  warmup=20, min_time=spec["min_time"])
+        out[batch] = {"ort_dense": _stats(dense_ns), "sparsify": _stats(sparse_ns)}
+    return out
+
+
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one backend on one file at several batches (runs in a fresh process)."""
+    """Measure one backend (or, for "pair", ORT and the runtime interleaved) on one file at
+    several batches (runs in a fresh process)."""
     import sparsify.runtime  # noqa: F401  first: its OMP_WAIT_POLICY default must precede libgomp's loading
     from sparsify.bench.timing import Stats, measure
     from sparsify.kernels import set_threads, warmup
 
     set_threads(spec["threads"])
     warmup((np.float32,))
+    if spec["backend"] == "pair":
+        return _child_pair(spec)
     if spec["backend"] == "ort":
         sess = ort_session(spec["path"], spec["threads"])
     else:
@@ -122,19 +151,23 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]], threads: int, min_time: float,
-                     glue: str = "numpy", numba_layer: str | None = None) -> dict[int, dict[str, Any]]:
-    """Run :func:`_child` in a fresh interpreter, so no other runtime's threads share the process.
+                     glue: str = "numpy", numba_layer: str | None = None,
+                     dense: Path | None = None) -> dict[int, dict[str, Any]]:
+    """Run :func:`_child` in a fresh interpreter (``backend="pair"``: ORT on ``dense`` and
+    the runtime on ``path``, interleaved), so torch's threads do not share the process.
 
-    Measured reason: in one process, ORT's intra-op threads (spinning after each run) and
-    torch's OpenMP pool (after the export) kept one of the two cores busy, and every Numba
-    parallel region then waited for a scheduler tick: the 4 x 1024 MLP took 33-36 ms per
-    run right after ORT or torch work instead of 0.18 ms alone.
+    Measured reason: in one process, torch's OpenMP pool (after the export) and ORT's
+    intra-op threads spinning right after a call kept one of the two cores busy, and every
+    Numba parallel region then waited for a scheduler tick: the 4 x 1024 MLP took 33-36
+    ms per run right after ORT or torch work instead of 0.18 ms alone. The "pair" child
+    has no torch in it, and ``measure_interleaved``'s settle calls let ORT's pool go quiet
+    before each block of runtime calls.
     """
     import json
     import subprocess
 
     spec = {"backend": backend, "path": str(path), "threads": threads, "min_time": min_time, "glue": glue,
-            "shapes": {str(b): list(s) for b, s in shapes.items()}}
+            "shapes": {str(b): list(s) for b, s in shapes.items()}, "dense": str(dense) if dense else None}
     env = dict(os.environ)
     if numba_layer:
         env["NUMBA_THREADING_LAYER"] = numba_layer
@@ -149,7 +182,8 @@ def compare(dense: Path, sparse: Path, shape_of: Callable[[int], tuple[int, ...]
             min_time: float, glue: str = "numpy") -> list[dict[str, Any]]:
     """Runtime on ``sparse`` vs ORT on ``dense`` at each batch, after checking they agree.
 
-    Each backend is timed in its own fresh process (see :func:`measure_in_child`).
+    Both are timed interleaved in one fresh process (see :func:`measure_in_child`); the
+    runtime under Numba's workqueue threading layer, for comparison, in another.
     """
     from sparsify.runtime import Session
 
@@ -162,21 +196,21 @@ def compare(dense: Path, sparse: Path, shape_of: Callable[[int], tuple[int, ...]
         errors[batch] = float(np.abs(y_sparse.astype(np.float64) - y_dense).max())
     del sess, ref
     shapes = {b: shape_of(b) for b in batches}
-    dense_t = measure_in_child("ort", dense, shapes, threads, min_time)
-    sparse_t = measure_in_child("sparsify", sparse, shapes, threads, min_time, glue)
+    pair_t = measure_in_child("pair", sparse, shapes, threads, min_time, glue, dense=dense)
     # The same runtime with Numba's workqueue threading layer instead of the default (omp here):
     # omp's barrier waits stalled for scheduler ticks whenever other processes held the cores.
     wq_t = measure_in_child("sparsify", sparse, shapes, threads, min_time, glue, numba_layer="workqueue")
     rows = []
     for batch in batches:
-        t = {"ort_dense": dense_t[batch], "sparsify": sparse_t[batch], "sparsify_workqueue": wq_t[batch]}
+        t = {**pair_t[batch], "sparsify_workqueue": wq_t[batch]}
         speedup = t["ort_dense"]["p50_ms"] / t["sparsify"]["p50_ms"]
         speedup_wq = t["ort_dense"]["p50_ms"] / t["sparsify_workqueue"]["p50_ms"]
         say(f"  batch {batch}: ORT dense {t['ort_dense']['p50_ms']:.3f} ms (p90 {t['ort_dense']['p90_ms']:.3f}), "
             f"sparse runtime {t['sparsify']['p50_ms']:.3f} ms (p90 {t['sparsify']['p90_ms']:.3f}) "
             f"-> {speedup:.2f}x; with workqueue {t['sparsify_workqueue']['p50_ms']:.3f} ms "
             f"(p90 {t['sparsify_workqueue']['p90_ms']:.3f}) -> {speedup_wq:.2f}x (max abs err {errors[batch]:.1e})")
-        rows.append({"batch": batch, "max_abs_err": errors[batch], **t, "speedup_p50": finite(speedup),
+        rows.append({"batch": batch, "max_abs_err": errors[batch], "timing": "ORT and sparsify interleaved in one process",
+                     **t, "speedup_p50": finite(speedup),
                      "speedup_min": finite(t["ort_dense"]["min_ms"] / t["sparsify"]["min_ms"]),
                      "speedup_p50_workqueue": finite(speedup_wq)})
     return rows
