@@ -1,4 +1,4 @@
-"""The batch-1 weight layout: sliced ELLPACK over overlapping column windows, read by permutes.
+"""The batch-1 weight layout: sliced ELLPACK over column windows, read by permutes.
 
 A CSR SpMV spends its time in gathers (``x[indices[j]]``). On AMD Zen 4 a 512-bit
 hardware gather gives about 2.5 G nonzeros/s per core, slower than the L3 can deliver
@@ -10,12 +10,14 @@ fetches a value for every lane at once.
 For each (row group, window) pair holding a nonzero, the layout stores K *slots*; slot
 k holds, per lane, one of the lane's nonzeros in the window as a value and a 5-bit
 column offset, or EMPTY where the lane has fewer than k + 1 there. K is set by the
-deepest lane, so the other lanes pad. Windows start every STEP (half a SEGMENT)
-columns and overlap: each nonzero may go to either window over its column, and
-``from_csr`` fills them greedily from the left, each lane moving what a window has
-room for forward. On uniform 90% sparsity that fills 64% of the lanes where windows
-without overlap fill 50% (1024x1024: 10.2k slots against 12.9k). Pairs without
-nonzeros are not stored. Rows are ordered by nonzero count first (stable), so rows of
+deepest lane, so the other lanes pad. Windows start at multiples of STEP (half a
+SEGMENT) columns. Aligned windows start at multiples of SEGMENT only, so each nonzero
+has one; overlapping ones start at every STEP, each nonzero may go to either window
+over its column, and ``from_csr`` fills them greedily from the left, each lane moving
+what a window has room for forward. That pads less (uniform 90% sparsity: 64% of the
+lanes filled against 50%; 1024x1024: 10.2k slots against 12.9k) in about twice as
+many pairs, and ``from_csr`` keeps whichever costs less (:data:`PAIR_COST`). Pairs
+without nonzeros are not stored. Rows are ordered by nonzero count first (stable), so rows of
 similar length share a group and pad each other less; ``rows`` maps lane positions
 back to output rows.
 
@@ -49,14 +51,21 @@ SEGMENT = 32
 # columns from ``segments[p] * STEP``, so windows overlap and each column lies in two.
 STEP = 16
 # How from_csr places nonzeros in windows.
-WINDOW_CHOICES = ("overlapping", "aligned")
+WINDOW_CHOICES = ("auto", "overlapping", "aligned")
+# A pair's fixed cost (its window's loads, loop entry and exit) in slots, fitted from
+# one thread over 512x1024 at 90% (padded, the same process): 6.6k slots in 1.0k pairs
+# 5.3 us, 5.2k slots in 2.0k pairs 5.8 us. By it overlapping windows pay off below ~90%
+# sparsity and not above. Measured so (2 threads, the same process, p50, overlapping
+# against aligned): 1024^2 at 50% 33-34 against 36-38 us; at 90% 19-22 both; 4096^2 at
+# 98% 139 against 134-135 us, 1024x4096 at 98% 39 against 37.5 us.
+PAIR_COST = 1.4
 # Column offset of a padding lane (>= SEGMENT: the kernel zeroes such lanes).
 EMPTY = 255
 # Least fill (nonzeros / slot lanes) at which SparseLinear takes the layout. Measured on
 # this machine's Zen 4 cores (2 threads, CSR time / this layout's time): 4096^2 at fill
 # 0.50 x2.6, 0.33 x1.4, 0.28 x1.2, 0.21 x0.76; 1024^2 at 0.28 x1.7, 0.21 x1.2 (fixed
-# costs dominate), with windows that did not overlap, which filled uniform 90% sparsity
-# about 0.5, 98% 0.28, 99% 0.21 (overlapping: 0.64, 0.34, 0.25).
+# costs dominate), with aligned windows, which fill uniform 90% sparsity about 0.5, 98%
+# 0.28, 99% 0.21 (overlapping: 0.64, 0.34, 0.24).
 MIN_FILL = 0.25
 
 
@@ -177,6 +186,23 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
             pair += 1
 
 
+def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> tuple[int, np.ndarray]:
+    """(every, depth of each (group, window)) for windows every ``every`` STEPs."""
+    # Window starts, in STEPs: the last window ends at or after the last column, and no
+    # window ends beyond the columns rounded up to a whole STEP (SEGMENT when aligned).
+    blocks = -(-w.shape[1] // STEP)
+    n_windows = max(1, blocks - 1) if every == 1 else blocks
+    depth = np.zeros((-(-w.shape[0] // GROUP_ROWS), n_windows), np.int64)
+    _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, np.zeros(1, np.int64),
+                    np.zeros(0, np.float32), np.zeros(0, np.uint8), False)
+    return every, depth
+
+
+def window_cost(depth: np.ndarray) -> float:
+    """Estimated SpMV cost of a window plan, in slots: its slots plus PAIR_COST per pair."""
+    return float(depth.sum()) + PAIR_COST * float(np.count_nonzero(depth))
+
+
 class SlicedEll:
     """A float32 weight in the sliced-ELL layout (see the module docstring).
 
@@ -238,12 +264,14 @@ class SlicedEll:
                 f"fill={self.fill:.2f}{', compact' if self.compact else ''})")
 
     @classmethod
-    def from_csr(cls, w: CSR, windows: str = "overlapping") -> "SlicedEll":
+    def from_csr(cls, w: CSR, windows: str = "auto") -> "SlicedEll":
         """The layout of a float32 CSR (fully checked here if it was not yet).
 
-        ``windows="overlapping"`` (default) lets each nonzero go to either of the two
-        windows covering its column and fills them greedily (fewer slots); ``"aligned"``
-        uses only windows starting at multiples of SEGMENT (each nonzero has one).
+        ``windows="overlapping"`` lets each nonzero go to either of the two windows over
+        its column, filled greedily (fewer slots, more and shallower pairs);
+        ``"aligned"`` uses only the windows starting at multiples of SEGMENT (each
+        nonzero has one); ``"auto"`` (default) plans both and builds the one of lower
+        :func:`window_cost`.
         """
         if w.dtype != np.float32:
             raise KernelArgumentError(f"the sliced-ELL layout is float32 only, got {w.dtype}")
@@ -252,24 +280,19 @@ class SlicedEll:
         if not w.fully_checked:
             w.check_format(full=True)
         n_rows, n_cols = w.shape
-        n_groups = -(-n_rows // GROUP_ROWS)
         lengths = np.diff(w.indptr.astype(np.int64))
         rows = np.argsort(-lengths, kind="stable").astype(np.int32)  # lane position -> row
-        # Window starts, in STEPs: the last window ends at or after the last column, and
-        # no window ends beyond the columns rounded up to a whole STEP (or SEGMENT).
-        blocks = -(-n_cols // STEP)
-        every = 1 if windows == "overlapping" else SEGMENT // STEP
-        n_windows = max(1, blocks - 1) if every == 1 else blocks
-        depth = np.zeros((n_groups, n_windows), np.int64)
-        _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, np.zeros(1, np.int64),
-                        np.zeros(0, np.float32), np.zeros(0, np.uint8), False)
+        plans = [_plan_windows(w, rows, every) for every in
+                 ((1, SEGMENT // STEP) if windows == "auto" else (1,) if windows == "overlapping"
+                  else (SEGMENT // STEP,))]
+        every, depth = min(plans, key=lambda plan: window_cost(plan[1]))
         group_of, segments = np.nonzero(depth)  # row-major: pairs by group, then window
         slot_ptr = np.zeros(segments.shape[0] + 1, np.int64)
         np.cumsum(depth[group_of, segments], out=slot_ptr[1:])
         values = np.zeros(slot_ptr[-1] * GROUP_ROWS, np.float32)
         offsets = np.full(slot_ptr[-1] * GROUP_ROWS, EMPTY, np.uint8)
         _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, slot_ptr, values, offsets, True)
-        group_ptr = np.searchsorted(group_of, np.arange(n_groups + 1)).astype(np.int64)
+        group_ptr = np.searchsorted(group_of, np.arange(depth.shape[0] + 1)).astype(np.int64)
         return cls(*(_readonly(a) for a in (values, offsets, segments.astype(np.int32), slot_ptr,
                                             group_ptr, rows)),
                    (n_rows, n_cols), int(w.nnz))

@@ -45,6 +45,11 @@ def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     unit = ell.STEP if windows == "overlapping" else ell.SEGMENT
     widest = max(-(-shape[1] // unit) * unit, ell.SEGMENT if e.slots else 0)
     assert e.padded_columns == widest if windows == "overlapping" else e.padded_columns <= widest
+    if windows == "auto":
+        plans = {w: ell.SlicedEll.from_csr(CSR.from_dense(w_), w) for w, w_ in
+                 (("aligned", w), ("overlapping", w))}
+        costs = {k: v.slots + ell.PAIR_COST * v.segments.shape[0] for k, v in plans.items()}
+        assert e.slots + ell.PAIR_COST * e.segments.shape[0] == min(costs.values())
 
 
 def test_overlapping_windows_pad_less_than_aligned(rng):
@@ -115,8 +120,10 @@ def test_inputs_padded_or_not_and_non_contiguous(rng, cols):
 
 @needs_permute
 def test_inputs_of_whole_steps_are_read_in_place(rng):
-    # 1040 columns (65 STEPs, not whole SEGMENTs): no padded copy per call.
-    layer = SparseLinear(CSR.from_dense(random_sparse(rng, (16, 1040), 0.1)), batch1="ell")
+    # 1040 columns (65 STEPs, not whole SEGMENTs) on overlapping windows: no padded
+    # copy per call.
+    layer = SparseLinear(CSR.from_dense(random_sparse(rng, (16, 1040), 0.1)), batch1="csr")
+    layer.set_batch1_layout(ell.SlicedEll.from_csr(layer.weight, "overlapping"))
     x = rng.standard_normal(1040).astype(np.float32)
     assert layer.ell.padded_columns == 1040 and layer._ell_call._padded(x) is x
 
