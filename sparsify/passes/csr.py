@@ -29,16 +29,18 @@ from sparsify.onnxfile import inferred_graph
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
 # and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
 # each side). Each linear entry is a grid density at which the kernels were at least at
-# parity for both 1024x1024 and 4096x4096 layers at both thread counts. Re-measured with the
-# kernels of commit 24069fc, sparse/dense time at the entry (1024 / 4096, 1 thread; 2
-# threads): batch 1 0.66 / 0.68; 1.01 / 0.70, batch 8 0.74 / 0.71; 1.00 / 0.68, batch 64
-# 0.83 / 0.70; 0.93 / 0.70 (the 1-thread crossovers alone are 0.5, 0.3, 0.3). Batches
-# between entries use the entry of the next larger measured batch.
-LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.3, 64: 0.3}
+# parity for both 1024x1024 and 4096x4096 layers at both thread counts. Re-measured on the
+# AMD EPYC (Zen 4) VM with the sliced-ELL batch-1 kernels, sparse/dense time at the entry
+# (1024 / 4096, 1 thread; 2 threads): batch 1 0.96 / 0.53; 0.57 / 0.44, batch 8 0.68 /
+# 0.57; 0.73 / 0.63, batch 64 0.66 / 0.75; 0.62 / 0.64. The crossovers alone: batch 1
+# 0.4 / 0.7; 0.7 / 0.7, batch 8 0.3 / 0.3; 0.3 / 0.2 (4096^2 at 0.3 and 2 threads: 1.09),
+# batch 64 0.4 / 0.3; 0.5 / 0.4. Batches between entries use the entry of the next larger
+# measured batch.
+LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.2, 64: 0.3}
 # Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: 64-channel
 # 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
-# threads (sparse/dense 0.37-0.92; re-measured at 24069fc: 0.37-0.89); at 0.1 the 8x8 case
-# was at parity with 2 threads (1.01; then 0.97).
+# threads (sparse/dense 0.37-0.92; re-measured at 24069fc: 0.37-0.89; on the Zen 4 VM:
+# 0.30-0.95); at 0.1 the 8x8 case was at parity with 2 threads (1.01; then 0.97; 1.03).
 CONV_CROSSOVER: float = 0.05
 # Convs with fewer multiply-adds per image than the smallest measured case above (64x64x3x3
 # over 8x8) stay dense by default: nothing smaller was measured to win, and the digits-cnn at
@@ -58,7 +60,8 @@ MIN_CONV_MACS = MIN_CONV_WEIGHTS * 8 * 8
 # between sparse ones adds an ORT segment, which costs more than it saves (the demo's
 # 64x2048 input layer).
 MIN_LINEAR_MACS = 1 << 20
-# 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads) and strided
+# 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads; 0.98x on
+# the Zen 4 VM, parity) and strided
 # convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
 # thread counts, so they are not converted by default; --density-threshold still forces it.
 # Re-measure when the conv kernels change.

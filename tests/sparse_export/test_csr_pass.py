@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, reference_evaluator
-from sparsify.passes.csr import CsrPass, default_threshold, plan_csr, rewrite_csr
+from sparsify.passes.csr import LINEAR_CROSSOVER, CsrPass, default_threshold, plan_csr, rewrite_csr
 from tests.helpers import assert_close
 from tests.sparse_export import models
 
@@ -23,11 +23,11 @@ def ort_run(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-def test_default_threshold_comes_from_the_table_and_falls_with_batch():
+def test_default_threshold_comes_from_the_table():
     t1, t8, t64 = default_threshold("linear", 1), default_threshold("linear", 8), default_threshold("linear", 64)
-    assert 0 < t64 <= t8 <= t1 < 1
+    assert [t1, t8, t64] == [LINEAR_CROSSOVER[b] for b in (1, 8, 64)] and 0 < min(t8, t64) <= max(t8, t64) <= t1 < 1
     assert default_threshold("linear", 5) == t8  # between entries: the next larger measured batch
-    assert default_threshold("linear", 1000) == t64
+    assert default_threshold("linear", 9) == default_threshold("linear", 1000) == t64
 
 
 @pytest.mark.usefixtures("no_model_size_floor")
