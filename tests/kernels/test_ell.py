@@ -296,3 +296,18 @@ def test_layouts_beyond_the_stream_budget_are_prefetched(rng, monkeypatch):
     assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
     spmm.fit_batch1_layouts(layers[:1], budget=0)  # alone, it fits again
     assert layers[0]._ell_call.prefetch == 0 and layers[1]._ell_call.prefetch
+
+
+@needs_permute
+@pytest.mark.parametrize("windows", ["aligned", "overlapping"])
+@pytest.mark.parametrize("compact", [False, True])
+def test_each_window_plan_runs_every_ell_batch(rng, windows, compact):
+    # Both plans through the 1-row and 4-row kernels (batches 1-4; 5 takes the SpMM).
+    w = random_sparse(rng, (50, 200), 0.3)
+    layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(50).astype(np.float32), "gelu", batch1="csr")
+    layout = ell.SlicedEll.from_csr(layer.weight, windows)
+    layer.set_batch1_layout(layout.compacted() if compact else layout)
+    assert bool(np.any(layer.ell.segments % 2)) == (windows == "overlapping")
+    for batch in range(1, 6):
+        x = rng.standard_normal((batch, 200)).astype(np.float32)
+        assert_close(layer(x), reference_linear(x, w, layer.bias, "gelu").astype(np.float32))
