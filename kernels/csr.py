@@ -31,6 +31,19 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return view
 
 
+def kernel_array(a: np.ndarray) -> np.ndarray:
+    """``a`` for a kernel call: the writeable array under a read-only view of all of it
+    (as :func:`_readonly` makes), else ``a`` itself. Numba's dispatcher types writeable
+    arrays on a fast path: 14 arguments, 7 of them read-only, took 1.5 us per call
+    against 1.0 us all writeable. The kernels never write these arrays."""
+    base = a.base
+    if (not a.flags.writeable and type(base) is np.ndarray and base.flags.writeable
+            and base.dtype == a.dtype and base.shape == a.shape and base.strides == a.strides
+            and base.ctypes.data == a.ctypes.data):
+        return base
+    return a
+
+
 class CSR:
     """A compressed-sparse-row matrix: ``data``, ``indices``, ``indptr`` and ``shape``.
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _jit, ell
 from .buffers import Scratch
-from .csr import CSR
+from .csr import CSR, kernel_array
 from .errors import KernelArgumentError
 
 # Per-row cost in nonzero-equivalents, used to balance parallel chunks.
@@ -145,6 +145,8 @@ class SparseLinear:
         self.activation = activation
         self._act = activation_code(activation)
         self._chunks = RowChunks(weight.indptr)
+        self._csr_arrays = tuple(kernel_array(a) for a in (self.weight.data, self.weight.indices,
+                                                           self.weight.indptr))
         self._scratch = Scratch()  # the packed input of batched calls
         self.set_batch1_layout(_batch1_layout(self.weight, batch1))
 
@@ -191,14 +193,12 @@ class SparseLinear:
         return out
 
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
-        w = self.weight
         bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
             xv = x.reshape(-1)
             if not xv.flags.c_contiguous:
                 xv = np.ascontiguousarray(xv)
-            variant(_jit.spmv)(w.data, w.indices, w.indptr, xv, self.bias, self._act,
-                               out.reshape(-1), bounds)
+            variant(_jit.spmv)(*self._csr_arrays, xv, self.bias, self._act, out.reshape(-1), bounds)
             return
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch)
@@ -206,7 +206,7 @@ class SparseLinear:
         variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
         group = _jit.tile_group(self.in_features, tile, xp.itemsize)
-        kernel(w.data, w.indices, w.indptr, xp, self.bias, self._act, out.reshape(-1),
+        kernel(*self._csr_arrays, xp, self.bias, self._act, out.reshape(-1),
                0, 0, tile * self.out_features, 1, self.out_features, batch, group,
                _jit.BLOCK_NNZ, bounds)
 
@@ -240,8 +240,9 @@ class _EllCall:
 
     def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int, prefetch: int = 0) -> None:
         # Padded layouts pass slot_ptr where compact ones pass value_start (unused then).
-        self.arrays = (e.values, e.offsets, e.segments, e.slot_ptr,
-                       e.value_start if e.compact else e.slot_ptr, e.group_ptr, e.rows)
+        self.arrays = tuple(kernel_array(a) for a in (e.values, e.offsets, e.segments, e.slot_ptr,
+                                                        e.value_start if e.compact else e.slot_ptr,
+                                                        e.group_ptr, e.rows))
         self.bias, self.act = bias, act
         self.rows_out = e.shape[0]
         self.width = e.padded_columns

@@ -138,3 +138,18 @@ def test_from_dense_rejects_bad_input():
         CSR.from_dense(np.ones((3, 3), np.int64))
     with pytest.raises(CSRFormatError, match=r"mask shape \(2, 3\) should be \(3, 3\)"):
         CSR.from_dense(np.ones((3, 3), np.float32), mask=np.ones((2, 3), bool))
+
+
+def test_kernel_array_unwraps_only_whole_readonly_views():
+    from sparsify.kernels.csr import _readonly, kernel_array
+
+    base = np.arange(6, dtype=np.int64)
+    view = _readonly(base)
+    assert kernel_array(view) is base and kernel_array(base) is base
+    part = _readonly(base[1:4])
+    assert kernel_array(part) is part  # its base is larger: not the same array
+    frozen = np.arange(3.0)
+    frozen.flags.writeable = False
+    assert kernel_array(frozen) is frozen
+    held = _readonly(frozen)
+    assert kernel_array(held) is held  # the base itself is read-only
