@@ -124,13 +124,15 @@ class SparseLinear:
     multiply-adds run on one thread.
 
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
-    the weight (``ell.py``; float32 with AVX-512 only; ~8 more bytes per nonzero at 90%
+    the weight (``ell.py``; float32 with AVX-512 only; ~8-10 bytes per nonzero at 90%
     sparsity), ``"ell_compact"`` the same over its compact form (~6 bytes per nonzero,
     a little more work per slot), ``"csr"`` the gather kernel over the CSR itself,
     ``"auto"`` the sliced ELL when it is available and its padding small (fill >=
     ``ell.MIN_FILL``): padded while its bytes fit ``ell.cache_budget()``, compact
     beyond; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
-    For a model's layers, :func:`fit_batch1_layouts` shares one cache budget among them.
+    A sliced-ELL layout larger than ``ell.stream_budget()`` (half the L3) is read with
+    software prefetches. For a model's layers, :func:`fit_batch1_layouts` shares both
+    budgets among them.
 
     Safe to call from several threads under the omp or tbb threading layer (Numba's
     workqueue layer is not thread-safe).
@@ -254,7 +256,7 @@ class _EllCall:
         one, four = (_jit.ell_spmv_kernel(compact, n, prefetch) for n in (1, many))
         self.one = (one, _jit.serial(one))
         self.many = (four, _jit.serial(four))
-        self.xpad = Scratch()  # inputs padded to whole segments when they are not already
+        self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` (1-D, or 2-D rows) as C-contiguous rows of whole segments: itself when it
