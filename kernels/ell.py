@@ -143,9 +143,9 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
 
     Windows start at every ``every``-th multiple of STEP (1: overlapping, 2: aligned).
     Window a of a group takes, in every lane, the nonzeros left below column
-    ``(a + every) * STEP`` (mandatory: no later window covers them) and, while its depth
-    allows, the lane's next ones below ``a*STEP + SEGMENT``; its depth is the deepest
-    lane's mandatory count. ``write`` False records the depths in ``depth[g, a]``; True
+    ``(a + every) * STEP`` (mandatory: no later window covers them; for the last window,
+    all that are left) and, while its depth allows, the lane's next ones below
+    ``a*STEP + SEGMENT``; its depth is the deepest lane's mandatory count. ``write`` False records the depths in ``depth[g, a]``; True
     replays them, storing lane values and offsets from each pair's first slot
     (``slot_ptr``, pairs numbered row-major over ``depth``'s nonzero entries).
     """
