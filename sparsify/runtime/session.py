@@ -150,21 +150,19 @@ class Session:
             raise DataError(f"{self.path.name}: unknown input(s) {unknown}; the model's inputs are "
                             f"{[i.name for i in self._inputs]}")
         out: dict[str, np.ndarray] = {}
-        for spec in self._inputs:
-            if spec.name not in feeds:
-                raise DataError(f"{self.path.name}: input {spec.name!r} is missing; expected an array of shape "
+        for spec, (name, dtype, rank, dims) in zip(self._inputs, self._feed_checks):
+            if name not in feeds:
+                raise DataError(f"{self.path.name}: input {name!r} is missing; expected an array of shape "
                                 f"{spec.shape} and type {spec.type}")
-            x = feeds[spec.name]
+            x = feeds[name]
             if not isinstance(x, np.ndarray):
-                raise DataError(f"input {spec.name!r} should be a numpy array, got {type(x).__name__}")
-            dtype = spec.dtype
+                raise DataError(f"input {name!r} should be a numpy array, got {type(x).__name__}")
             if dtype is not None and x.dtype != dtype:
-                raise DataError(f"input {spec.name!r} has dtype {x.dtype}; the model expects {dtype} ({spec.type})")
-            if spec.shape and (x.ndim != len(spec.shape) or any(
-                    isinstance(d, int) and d != s for d, s in zip(spec.shape, x.shape))):
-                raise DataError(f"input {spec.name!r} has shape {list(x.shape)}; the model expects {spec.shape} "
+                raise DataError(f"input {name!r} has dtype {x.dtype}; the model expects {dtype} ({spec.type})")
+            if rank is not None and not _dims_match(x.shape, rank, dims):
+                raise DataError(f"input {name!r} has shape {list(x.shape)}; the model expects {spec.shape} "
                                 "(str/None = any size)")
-            out[spec.name] = x
+            out[name] = x
         return out
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
