@@ -230,6 +230,12 @@ class SlicedEll:
         return self.value_start is not None
 
     @property
+    def aligned(self) -> bool:
+        """True when every window starts at a multiple of SEGMENT: the plan that
+        ``from_csr(w, "aligned")`` builds (each nonzero has one such window)."""
+        return not np.any(self.segments % (SEGMENT // STEP))
+
+    @property
     def slots(self) -> int:
         return int(self.slot_ptr[-1])
 

@@ -311,3 +311,16 @@ def test_each_window_plan_runs_every_ell_batch(rng, windows, compact):
     for batch in range(1, 6):
         x = rng.standard_normal((batch, 200)).astype(np.float32)
         assert_close(layer(x), reference_linear(x, w, layer.bias, "gelu").astype(np.float32))
+
+
+@needs_permute
+def test_compact_layout_reuses_an_aligned_layout_and_replans_an_overlapping_one(rng):
+    c = CSR.from_dense(random_sparse(rng, (64, 256), 0.3))
+    aligned, overlapping = (ell.SlicedEll.from_csr(c, w) for w in ("aligned", "overlapping"))
+    assert aligned.aligned and not overlapping.aligned
+    reused = spmm.compact_layout(c, aligned)
+    assert reused.offsets is aligned.offsets  # compacted, not planned again
+    replanned = spmm.compact_layout(c, overlapping)
+    assert replanned.aligned and replanned.compact
+    for layout in (reused, replanned, spmm.compact_layout(c)):
+        np.testing.assert_array_equal(layout.values, spmm.compact_layout(c).values)
