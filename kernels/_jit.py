@@ -145,7 +145,7 @@ def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0):
 
         Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
         splits the groups into chunks of similar cost (one parallel task each). Each input
-        holds whole 32-column segments.
+        reaches the end of the last window (``SlicedEll.padded_columns``).
         """
         n_rows = bias.shape[0]
         for ch in numba.prange(bounds.shape[0] - 1):

@@ -487,7 +487,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     below 32.
 
     The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``) and ``nvec`` input
-    vectors: per stored (group, segment) pair, each vector's 32 inputs are loaded into
+    vectors: per stored (group, window) pair, each vector's 32 inputs are loaded into
     two registers once; per slot the weights and offsets are read once and each vector
     takes one permute (``vpermi2ps``, padding lanes zeroed) and one FMA. With one vector
     two accumulators alternate slot by slot; with several, each vector's own chain hides
@@ -497,8 +497,8 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     at ``value_start[plo]`` (one unaligned load and an expand per slot). ``prefetch``
     (compile-time) is 0, or a distance in slots: each slot then also prefetches the
     offsets and the values that many slots ahead (compact values taken as half full),
-    for weights streamed from DRAM, where the hardware prefetchers alone fall short. float32 only;
-    needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
+    for weights streamed from DRAM, where the hardware prefetchers alone fall short.
+    float32 only; needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
     guarantee ``(nvec-1)*xstride + segments[p]*16 + 32 <= len(x)``, every slot inside
     ``offsets``, 16 readable values from every compact start (the array is padded) and
     ``len(acc) >= 16*nvec``.
@@ -573,12 +573,14 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         builder.position_at_end(slot_body)
         at = builder.mul(k, ir.Constant(i64, lanes))
         offs = vector_at(off_a.data, at, vb, 1)
-        if ahead:  # read prefetches (rw 0) into all cache levels (locality 3), data (1)
-            for base, at_now, per_slot in ((off_a.data, at, lanes),
-                                           (val_a.data, q if packed else at, lanes // 2 if packed else lanes)):
-                ptr = builder.bitcast(builder.gep(base, [builder.add(at_now, ir.Constant(i64, ahead * per_slot))]),
-                                      ir.PointerType(i8))
+        if ahead:
+            def prefetch_at(base, at_now, per_slot):  # read (0), every cache level (3), data (1)
+                later = builder.add(at_now, ir.Constant(i64, ahead * per_slot))
+                ptr = builder.bitcast(builder.gep(base, [later]), ir.PointerType(i8))
                 builder.call(prefetch_fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+            prefetch_at(off_a.data, at, lanes)
+            prefetch_at(val_a.data, q if packed else at, lanes // 2 if packed else lanes)
         valid = builder.icmp_unsigned("<", offs, limit)
         index = builder.zext(offs, vi)
         if packed:

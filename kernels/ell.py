@@ -17,9 +17,9 @@ over its column, and ``from_csr`` fills them greedily from the left, each lane m
 what a window has room for forward. That pads less (uniform 90% sparsity: 64% of the
 lanes filled against 50%; 1024x1024: 10.2k slots against 12.9k) in about twice as
 many pairs, and ``from_csr`` keeps whichever costs less (:data:`PAIR_COST`). Pairs
-without nonzeros are not stored. Rows are ordered by nonzero count first (stable), so rows of
-similar length share a group and pad each other less; ``rows`` maps lane positions
-back to output rows.
+without nonzeros are not stored. Rows are ordered by nonzero count first (stable), so
+rows of similar length share a group and pad each other less; ``rows`` maps lane
+positions back to output rows.
 
 The permute exists only with AVX-512 (:data:`AVAILABLE`). Padding costs bytes: about
 8 per nonzero at 90% sparsity against the CSR's 6. The compact form
@@ -48,7 +48,8 @@ GROUP_ROWS = 16
 # of one vpermi2ps.
 SEGMENT = 32
 # Columns between the starts of neighbouring windows: a window (pair) covers the SEGMENT
-# columns from ``segments[p] * STEP``, so windows overlap and each column lies in two.
+# columns from ``segments[p] * STEP``; overlapping plans use every start, so each column
+# lies in two windows, aligned plans every other one.
 STEP = 16
 # How from_csr places nonzeros in windows.
 WINDOW_CHOICES = ("auto", "overlapping", "aligned")
@@ -145,9 +146,10 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
     Window a of a group takes, in every lane, the nonzeros left below column
     ``(a + every) * STEP`` (mandatory: no later window covers them; for the last window,
     all that are left) and, while its depth allows, the lane's next ones below
-    ``a*STEP + SEGMENT``; its depth is the deepest lane's mandatory count. ``write`` False records the depths in ``depth[g, a]``; True
-    replays them, storing lane values and offsets from each pair's first slot
-    (``slot_ptr``, pairs numbered row-major over ``depth``'s nonzero entries).
+    ``a*STEP + SEGMENT``; its depth is the deepest lane's mandatory count. ``write``
+    False records the depths in ``depth[g, a]``; True replays them, storing lane values
+    and offsets from each pair's first slot (``slot_ptr``, pairs numbered row-major over
+    ``depth``'s nonzero entries).
     """
     n_rows = rows.shape[0]
     n_groups, n_windows = depth.shape
@@ -208,11 +210,10 @@ class SlicedEll:
 
     Arrays: ``values`` (float32) and ``offsets`` (uint8) hold GROUP_ROWS lanes per slot;
     ``segments`` (int32) is each stored pair's window (its first column over STEP),
-    ``slot_ptr`` (int64) its first
-    slot (one more entry than pairs), ``group_ptr`` (int64) each row group's first pair
-    (one more entry than groups); ``rows`` (int32) is the output row of each lane
-    position (``rows[g * GROUP_ROWS + lane]``). Built from a fully checked CSR, so every
-    offset and segment is inside the matrix by construction.
+    ``slot_ptr`` (int64) its first slot (one more entry than pairs), ``group_ptr``
+    (int64) each row group's first pair (one more entry than groups); ``rows`` (int32) is
+    the output row of each lane position (``rows[g * GROUP_ROWS + lane]``). Built from a
+    fully checked CSR, so every offset and segment is inside the matrix by construction.
     """
 
     __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz",
@@ -306,7 +307,7 @@ class SlicedEll:
     def compacted(self) -> "SlicedEll":
         """The same layout with only the valid lanes' values stored, in slot order.
 
-        About 4 + 1/fill bytes per nonzero instead of 5/fill (6 against 10 at 90%
+        About 4 + 1/fill bytes per nonzero instead of 5/fill (6 against 8-10 at 90%
         sparsity, as few as the CSR); each slot then costs an unaligned load, an expand
         and a popcount more. ``value_start[p]`` is pair p's first value (one entry more
         than pairs); ``values`` ends with GROUP_ROWS zeros, so every slot's load of

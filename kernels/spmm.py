@@ -259,8 +259,8 @@ class _EllCall:
         self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
-        """``x`` (1-D, or 2-D rows) as C-contiguous rows of whole segments: itself when it
-        already is, else a zero-padded copy in this thread's scratch buffer."""
+        """``x`` (1-D, or 2-D rows) as C-contiguous rows of the layout's width: itself when
+        it already is, else a zero-padded copy in this thread's scratch buffer."""
         n = x.shape[-1]
         if n == self.width and x.flags.c_contiguous:
             return x
