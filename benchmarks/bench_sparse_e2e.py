@@ -52,18 +52,6 @@ def ort_session(path: str | Path, threads: int):
     return OrtRunner(Path(path), threads).session
 
 
-def timed(fns: dict[str, Callable[[], Any]], min_time: float) -> dict[str, dict[str, float]]:
-    """Interleaved timing of the callables; p50/p90/spread in ms per name."""
-    from sparsify.bench.timing import Stats, measure_interleaved
-
-    samples = measure_interleaved(list(fns.values()), warmup=10, min_time=min_time)
-    out = {}
-    for name, s in zip(fns, samples):
-        st = Stats.from_ns(s)
-        out[name] = {"p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "n": st.n, "spread": finite(st.spread)}
-    return out
-
-
 def prune_linear_(model, sparsity: float, seed: int) -> None:
     """Zero the smallest-magnitude ``sparsity`` of every Linear weight (unstructured, per layer)."""
     import torch
@@ -122,7 +110,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one backend (or, for "pair", ORT and the runtime interleaved) on one file at
     several batches (runs in a fresh process)."""
     import sparsify.runtime  # noqa: F401  first: its OMP_WAIT_POLICY default must precede libgomp's loading
-    from sparsify.bench.timing import Stats, measure
+    from sparsify.bench.timing import measure
     from sparsify.kernels import set_threads, warmup
 
     set_threads(spec["threads"])
@@ -138,9 +126,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for batch, shape in spec["shapes"].items():
         x = np.random.default_rng(int(batch)).standard_normal(shape).astype(np.float32)
-        st = Stats.from_ns(measure(lambda: sess.run(None, {"x": x}), warmup=20, min_time=spec["min_time"]))
-        out[batch] = {"p50_ms": finite(st.p50_ms), "p90_ms": finite(st.p90_ms), "min_ms": finite(st.min_ms),
-                      "n": st.n, "spread": finite(st.spread)}
+        out[batch] = _stats(measure(lambda: sess.run(None, {"x": x}), warmup=20, min_time=spec["min_time"]))
         if spec["backend"] != "ort":
             import numba
 
