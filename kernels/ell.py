@@ -26,14 +26,13 @@ The permute exists only with AVX-512 (:data:`AVAILABLE`). Padding costs bytes: a
 (:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
 nonzero) and expands them per slot. :class:`SparseLinear
 <sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
-available and the padding is small enough (:data:`MIN_FILL`), padded while its bytes
-fit the cores' L2 (:func:`cache_budget`), compact beyond; the CSR kernel otherwise. A
-model's layers share the budget (``spmm.fit_batch1_layouts``).
+available and the padding is small enough (:data:`MIN_FILL`), padded or compact as
+:func:`worth_compacting` decides from the bytes it would save; the CSR kernel
+otherwise. A model's layers are decided together (``spmm.fit_batch1_layouts``).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numba
@@ -70,13 +69,20 @@ EMPTY = 255
 MIN_FILL = 0.25
 
 
-# Share of the cores' L2 the padded layouts of a model may fill. Measured here (Zen 4,
-# 1 MiB L2 per core, 2 threads; padded against compact): 1024^2 at 90% (1.1 MB) 13.2
-# against 14.1 us; 2048^2 (4.3 MB) 41 against 45 us; two 2048^2 (8.6 MB) 85 against 87
-# us; but one 2896^2 (8.6 MB) 96 against 89 us, 4096^2 (17 MB) 177 against 148 us and
-# the 4x4096 MLP (69 MB) 1.77 against 1.40 ms: once the slots come from L3 or DRAM,
-# fewer bytes win.
-CACHE_SHARE = 0.875
+# Share of the L3 the padded layouts of a model may fill whatever their padding: up to
+# it the slots come from L2 or L3, read about as fast here, and the compact form's
+# expand per slot costs more than its fewer bytes save. Measured on this machine (Zen 4,
+# 1 MiB L2 per core, 32 MiB L3; one layer, same process, p50 compact / padded): with 2
+# threads 1.01-1.36 for every layer up to 7.7 MB padded (1024^2, 2048^2, 1024x4096 and
+# 4096x1024 at 50-98% sparsity; 1024^2 at 50%: 41.6 against 30.5 us), with 1 thread
+# 1.10-1.48 at 22 of those 24 points. Beyond it, see MIN_COMPACT_SAVING.
+CACHE_SHARE = 0.25
+# Least share of a layout's bytes its compact form must save to be worth taking between
+# cache_budget and stream_budget. Measured as above, 2 threads: 11-14 MB padded, compact
+# saving 3% (2048^2, 1024x4096, 4096x1024 at 50%) 1.34-1.55; saving 23% (4096^2 at 90%)
+# 0.79; saving 44% (4096^2 at 95%) 0.95. Beyond stream_budget the compact form wins
+# whatever it saves (4096^2 at 50-80%, 22-46 MB: 0.84-0.88).
+MIN_COMPACT_SAVING = 0.2
 # L2 per core assumed when sysfs does not tell.
 DEFAULT_L2_BYTES = 1 << 20
 # Share of the L3 beyond which a model's batch-1 layouts are streamed with software
@@ -106,19 +112,27 @@ def cache_bytes(level: int, default: int) -> int:
 
 
 def cache_budget() -> int:
-    """Bytes of padded sliced-ELL layouts worth keeping for a model (CACHE_SHARE of the
-    usable cores' L2): beyond them the compact form runs faster."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return int(cache_bytes(2, DEFAULT_L2_BYTES) * cores * CACHE_SHARE)
+    """Bytes of padded sliced-ELL layouts a model keeps whatever their padding
+    (CACHE_SHARE of the L3, read from sysfs)."""
+    return int(cache_bytes(3, DEFAULT_L3_BYTES) * CACHE_SHARE)
 
 
 def stream_budget() -> int:
     """Bytes of batch-1 layouts beyond which a model's layers are streamed from DRAM, and
     prefetched in software (STREAM_SHARE of the L3)."""
     return int(cache_bytes(3, DEFAULT_L3_BYTES) * STREAM_SHARE)
+
+
+def worth_compacting(padded_nbytes: int, compact_nbytes: int, total: int, budget: int | None = None) -> bool:
+    """Whether a padded layout of ``padded_nbytes`` should switch to its compact form of
+    ``compact_nbytes`` while its model's batch-1 layouts take ``total`` bytes: never
+    within ``budget`` (default :func:`cache_budget`), always beyond :func:`stream_budget`,
+    and in between when it saves at least MIN_COMPACT_SAVING of the layout's bytes."""
+    if total <= (cache_budget() if budget is None else budget):
+        return False
+    if total > stream_budget():
+        return True
+    return compact_nbytes <= (1.0 - MIN_COMPACT_SAVING) * padded_nbytes
 
 
 def _permute_available() -> bool:
@@ -348,5 +362,5 @@ class SlicedEll:
         return self.slot_ptr[self.group_ptr]
 
 
-__all__ = ["SlicedEll", "AVAILABLE", "MIN_FILL", "GROUP_ROWS", "SEGMENT", "STEP", "EMPTY", "cache_budget",
-           "cache_bytes", "stream_budget"]
+__all__ = ["SlicedEll", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING", "GROUP_ROWS", "SEGMENT", "STEP",
+           "EMPTY", "cache_budget", "cache_bytes", "stream_budget", "worth_compacting"]

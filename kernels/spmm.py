@@ -128,8 +128,8 @@ class SparseLinear:
     sparsity), ``"ell_compact"`` the same over its compact form (~6 bytes per nonzero,
     a little more work per slot), ``"csr"`` the gather kernel over the CSR itself,
     ``"auto"`` the sliced ELL when it is available and its padding small (fill >=
-    ``ell.MIN_FILL``): padded while its bytes fit ``ell.cache_budget()``, compact
-    beyond; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
+    ``ell.MIN_FILL``): padded or compact as ``ell.worth_compacting`` decides from its
+    bytes; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
     A sliced-ELL layout larger than ``ell.stream_budget()`` (half the L3) is read with
     software prefetches. For a model's layers, :func:`fit_batch1_layouts` shares both
     budgets among them.
@@ -319,7 +319,9 @@ def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
         return layout
     if layout.fill < ell.MIN_FILL:
         return None
-    return layout if layout.nbytes <= ell.cache_budget() else compact_layout(weight, layout)
+    if ell.worth_compacting(layout.nbytes, layout.compact_nbytes, layout.nbytes):
+        return compact_layout(weight, layout)
+    return layout
 
 
 def compact_layout(weight: CSR, built: ell.SlicedEll | None = None) -> ell.SlicedEll:
@@ -334,29 +336,26 @@ def compact_layout(weight: CSR, built: ell.SlicedEll | None = None) -> ell.Slice
 
 
 def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) -> int:
-    """Share one cache budget among the batch-1 layouts of ``layers`` (a model's layers,
-    called one after another).
+    """Choose the batch-1 layout forms of ``layers`` (a model's layers, called one after
+    another) from the bytes they take together.
 
-    The working set is the bytes of whichever layout each layer runs. Layers on a
-    sliced-ELL layout start from its compact form (about the CSR's bytes); the padded
-    form, faster while cache-resident, is kept for as many as fit ``budget`` (default
-    ``ell.cache_budget()``), smallest extra bytes first; the others switch to the compact
-    form. Every sliced-ELL layer is then prefetched in software when the whole working
-    set exceeds ``ell.stream_budget()`` (it streams from DRAM), and not otherwise.
-    Returns how many keep the padded form.
+    The working set is the bytes of whichever layout each layer runs, starting from the
+    padded forms. While ``ell.worth_compacting`` says so for the working set (``budget``
+    defaults to ``ell.cache_budget()``), layers switch to the compact form, those whose
+    compact form saves the largest share of their bytes first. Every sliced-ELL layer is
+    then prefetched in software when the whole working set exceeds
+    ``ell.stream_budget()`` (it streams from DRAM), and not otherwise. Returns how many
+    keep the padded form.
     """
-    budget = ell.cache_budget() if budget is None else budget
-    total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.compact_nbytes
-                for layer in layers)
-    extra = {id(layer): layer.ell.nbytes - layer.ell.compact_nbytes
-             for layer in layers if layer.ell is not None and not layer.ell.compact}
-    kept = 0
-    for layer in sorted((layer for layer in layers if id(layer) in extra), key=lambda la: extra[id(la)]):
-        if total + extra[id(layer)] <= budget:
-            total += extra[id(layer)]
-            kept += 1
-        else:
-            layer.set_batch1_layout(compact_layout(layer.weight, layer.ell))
+    total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.nbytes for layer in layers)
+    padded = [layer for layer in layers if layer.ell is not None and not layer.ell.compact]
+    kept = len(padded)
+    for layer in sorted(padded, key=lambda la: la.ell.compact_nbytes / la.ell.nbytes):
+        e = layer.ell
+        if ell.worth_compacting(e.nbytes, e.compact_nbytes, total, budget):
+            total -= e.nbytes - e.compact_nbytes
+            layer.set_batch1_layout(compact_layout(layer.weight, e))
+            kept -= 1
     streamed = total > ell.stream_budget()
     for layer in layers:
         if layer.ell is not None and bool(layer._ell_call.prefetch) != streamed:

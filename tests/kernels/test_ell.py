@@ -201,19 +201,49 @@ def _layers(rng, shapes):
     return [SparseLinear(CSR.from_dense(random_sparse(rng, s, 0.1)), batch1="ell") for s in shapes]
 
 
-@needs_permute
-def test_fit_batch1_layouts_keeps_the_smallest_extra_bytes_first(rng):
-    layers = _layers(rng, [(256, 512), (64, 128), (128, 256)])
-    compact = {id(k): k.ell.compacted().nbytes for k in layers}
-    extra = {id(k): k.ell.nbytes - compact[id(k)] for k in layers}
-    smallest = min(layers, key=lambda k: extra[id(k)])
-    budget = sum(compact.values()) + extra[id(smallest)]
-    assert spmm.fit_batch1_layouts(layers, budget=budget) == 1
-    assert [not k.ell.compact for k in layers] == [k is smallest for k in layers]
+def _saving(layer):
+    return 1 - layer.ell.compact_nbytes / layer.ell.nbytes
 
 
 @needs_permute
-def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng):
+def test_fit_batch1_layouts_compacts_the_largest_saving_first(rng, monkeypatch):
+    # Sparser layers pad more, so their compact forms save a larger share.
+    layers = [SparseLinear(CSR.from_dense(random_sparse(rng, (128, 256), d)), batch1="ell")
+              for d in (0.3, 0.03, 0.1)]
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    largest = max(layers, key=_saving)
+    assert largest is layers[1]
+    total = sum(k.ell.nbytes for k in layers)
+    budget = total - (largest.ell.nbytes - largest.ell.compact_nbytes)  # one switch is enough
+    assert spmm.fit_batch1_layouts(layers, budget=budget) == 2
+    assert [k.ell.compact for k in layers] == [k is largest for k in layers]
+
+
+@needs_permute
+def test_fit_batch1_layouts_keeps_layouts_that_save_little_until_they_stream(rng, monkeypatch):
+    layers = _layers(rng, [(64, 128), (64, 128)])
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", max(_saving(k) for k in layers) + 0.01)
+    assert spmm.fit_batch1_layouts(layers, budget=0) == 2  # beyond the cache, saving too little
+    assert not any(k.ell.compact for k in layers)
+    monkeypatch.setattr(ell, "stream_budget", lambda: 0)
+    assert spmm.fit_batch1_layouts(layers, budget=0) == 0  # streamed: fewer bytes whatever
+    assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
+
+
+def test_worth_compacting_by_working_set_and_saving(monkeypatch):
+    monkeypatch.setattr(ell, "stream_budget", lambda: 1000)
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.2)
+    assert not ell.worth_compacting(100, 10, 500, budget=500)  # within the cache budget
+    assert ell.worth_compacting(100, 80, 501, budget=500)  # saves 20%
+    assert not ell.worth_compacting(100, 81, 1000, budget=500)  # saves 19%, not streamed
+    assert ell.worth_compacting(100, 99, 1001, budget=500)  # streamed
+    monkeypatch.setattr(ell, "cache_budget", lambda: 2000)
+    assert not ell.worth_compacting(100, 10, 1500)  # the default budget
+
+
+@needs_permute
+def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng, monkeypatch):
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     layers = _layers(rng, [(64, 128), (64, 128)])
     x = rng.standard_normal(128).astype(np.float32)
     before = [k(x) for k in layers]
@@ -225,10 +255,11 @@ def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng):
 
 
 @needs_permute
-def test_auto_keeps_the_padded_layout_only_within_the_cache_budget(rng, monkeypatch):
+def test_auto_compacts_a_layout_beyond_the_cache_budget(rng, monkeypatch):
     w = CSR.from_dense(random_sparse(rng, (256, 256), 0.1))
     assert SparseLinear(w).ell is not None
     monkeypatch.setattr(ell, "cache_budget", lambda: 1000)
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     assert SparseLinear(w).ell.compact
     assert not SparseLinear(w, batch1="ell").ell.compact  # asked for explicitly
 
@@ -244,8 +275,8 @@ def test_cache_sizes_are_read_or_defaulted(monkeypatch, tmp_path):
     real_path = ell.Path
     monkeypatch.setattr(ell, "Path", lambda p: fake if "cache" in str(p) else real_path(p))
     assert ell.cache_bytes(3, 0) == 16 << 20 and ell.cache_bytes(2, 0) == 2 << 20
-    monkeypatch.setattr(ell.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    assert ell.cache_budget() == int(3 * (2 << 20) * ell.CACHE_SHARE)
+    assert ell.cache_budget() == int((16 << 20) * ell.CACHE_SHARE)
+    assert ell.stream_budget() == int((16 << 20) * ell.STREAM_SHARE)
     monkeypatch.setattr(ell, "Path", lambda p: tmp_path / "missing")
     assert ell.cache_bytes(2, 123) == 123
 
@@ -292,6 +323,7 @@ def test_layouts_beyond_the_stream_budget_are_prefetched(rng, monkeypatch):
     one = spmm.compact_layout(layers[0].weight).nbytes
     monkeypatch.setattr(ell, "stream_budget", lambda: one)  # one layer fits, two do not
     assert SparseLinear(layers[0].weight, batch1="ell_compact")._ell_call.prefetch == 0
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     spmm.fit_batch1_layouts(layers, budget=0)
     assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
     spmm.fit_batch1_layouts(layers[:1], budget=0)  # alone, it fits again

@@ -29,6 +29,7 @@ def batch1_layout(request, monkeypatch):
     monkeypatch.setattr(ell, "MIN_FILL", 0.0)  # "auto" then takes the layout at any fill,
     if request.param == "ell_compact":  # and in its compact form when nothing fits the cache
         monkeypatch.setattr(ell, "cache_budget", lambda: 0)
+        monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     return request.param
 
 

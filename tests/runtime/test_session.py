@@ -180,6 +180,7 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     from sparsify.kernels import SparseLinear, ell
     _, dense, sparse, _ = pairs["mlp"]
     monkeypatch.setattr(ell, "cache_budget", lambda: budget)
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     monkeypatch.setattr(ell, "MIN_FILL", 0.0)
     sess = Session(sparse, threads=2)
     linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
