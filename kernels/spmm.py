@@ -142,6 +142,7 @@ class SparseLinear:
                  batch1: str | None = None) -> None:
         self.weight = checked(weight)
         self.out_features, self.in_features = weight.shape
+        self._nnz = weight.nnz
         self.dtype = weight.dtype
         self.bias = prepare_bias(bias, self.out_features, self.dtype)
         self.activation = activation
@@ -157,6 +158,24 @@ class SparseLinear:
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Compute the layer on ``x``; write into ``out`` (C-contiguous) when given."""
+        ell_call = self._ell_call  # read once: another thread may drop it meanwhile
+        # The common batch-1 call on the sliced ELL, with as little Python as its checks
+        # allow (a small layer's call is ~20 us, and each step here costs ~0.1 us).
+        if (out is None and ell_call is not None and ell_call.in_place and type(x) is np.ndarray
+                and x.dtype is self.dtype and x.size == self.in_features and x.shape[-1] == self.in_features
+                and x.flags.c_contiguous):
+            serial = self._nnz < SERIAL_WORK * ELL_SERIAL_SCALE
+            if x.ndim == 1:
+                out = np.empty(self.out_features, self.dtype)
+                ell_call.one_row(x, out, serial)
+                return out
+            if x.ndim == 2:  # (1, in_features)
+                out = np.empty((1, self.out_features), self.dtype)
+                ell_call.one_row(x[0], out[0], serial)
+                return out
+            out = np.empty(x.shape[:-1] + (self.out_features,), self.dtype)
+            ell_call.one_row(x.reshape(-1), out.reshape(-1), serial)
+            return out
         if not isinstance(x, np.ndarray):
             raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
         dtype = self.dtype
@@ -180,7 +199,6 @@ class SparseLinear:
         batch = x.size // self.in_features if self.in_features else int(np.prod(shape[:-1]))
         if batch == 0 or self.out_features == 0:
             return out
-        ell_call = self._ell_call  # read once: another thread may drop it meanwhile
         if ell_call is not None and (batch == 1 or batch <= ELL_ROWS_MAX_BATCH):
             serial = self.weight.nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
             if batch == 1:
@@ -257,6 +275,7 @@ class _EllCall:
         self.one = (one, _jit.serial(one))
         self.many = (four, _jit.serial(four))
         self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
+        self.in_place = self.width == e.shape[1] > 0  # inputs read as they are, not padded
 
     def _padded(self, x: np.ndarray) -> np.ndarray:
         """``x`` (1-D, or 2-D rows) as C-contiguous rows of the layout's width: itself when
@@ -272,9 +291,14 @@ class _EllCall:
     def __call__(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
         """``out = layer(x)`` for 1-D ``x`` and C-contiguous 1-D ``out``; ``serial`` runs
         the single-threaded twin."""
-        kernel = self.one[1] if serial else self.one[0]
-        kernel(*self.arrays, self._padded(x), 0, self.bias, self.act, out, 0,
-               self.serial_bounds if serial else self.bounds)
+        self.one_row(self._padded(x), out, serial)
+
+    def one_row(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
+        """:meth:`__call__` for a C-contiguous ``x`` of the layout's width."""
+        if serial:
+            self.one[1](*self.arrays, x, 0, self.bias, self.act, out, 0, self.serial_bounds)
+        else:
+            self.one[0](*self.arrays, x, 0, self.bias, self.act, out, 0, self.bounds)
 
     def rows(self, x: np.ndarray, out: np.ndarray, serial: bool) -> None:
         """``out[i] = layer(x[i])`` for 2-D ``x`` and C-contiguous 2-D ``out``: whole

@@ -356,3 +356,22 @@ def test_compact_layout_reuses_an_aligned_layout_and_replans_an_overlapping_one(
     assert replanned.aligned and replanned.compact
     for layout in (reused, replanned, spmm.compact_layout(c)):
         np.testing.assert_array_equal(layout.values, spmm.compact_layout(c).values)
+
+
+@needs_permute
+@pytest.mark.parametrize("lead", [(), (1,), (1, 1)])
+def test_batch1_fast_path_matches_the_checked_path(rng, lead):
+    w = random_sparse(rng, (40, 64), 0.2)
+    layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(40).astype(np.float32), "relu", batch1="ell")
+    assert layer._ell_call.in_place
+    x = rng.standard_normal(lead + (64,)).astype(np.float32)
+    y = layer(x)
+    assert y.shape == lead + (40,) and y.flags.c_contiguous
+    checked = np.empty(lead + (40,), np.float32)
+    np.testing.assert_array_equal(y, layer(x, checked))  # out= takes the checked path
+    assert_close(y.reshape(-1), reference_linear(x.reshape(1, 64), w, layer.bias, "relu")[0].astype(np.float32))
+    strided = np.zeros(lead + (128,), np.float32)[..., ::2]
+    strided[...] = x
+    np.testing.assert_array_equal(layer(strided), y)  # not contiguous: copied, same result
+    with pytest.raises(KernelArgumentError, match="dtype float64"):
+        layer(x.astype(np.float64))
