@@ -128,7 +128,8 @@ class Session:
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""
-        if isinstance(feeds, Mapping) and len(feeds) == len(self._feed_checks):
+        # type() first: isinstance against the Mapping ABC alone costs ~0.4 us per call.
+        if (type(feeds) is dict or isinstance(feeds, Mapping)) and len(feeds) == len(self._feed_checks):
             out = {}
             for name, dtype, rank, dims in self._feed_checks:
                 x = feeds.get(name)
@@ -168,10 +169,14 @@ class Session:
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         """Run the model on ``feeds``; return the named outputs (all, in graph order, for None)."""
         values: dict[str, Any] = self.check_feeds(feeds)
-        names = self._output_names if output_names is None else list(output_names)
-        missing = [n for n in names if n not in self._output_names]
-        if missing:
-            raise DataError(f"{self.path.name}: unknown output(s) {missing}; the model's outputs are {self._output_names}")
+        if output_names is None:
+            names = self._output_names
+        else:
+            names = list(output_names)
+            missing = [n for n in names if n not in self._output_names]
+            if missing:
+                raise DataError(f"{self.path.name}: unknown output(s) {missing}; the model's outputs are "
+                                f"{self._output_names}")
         if self._get_threads() != self.threads:
             self._set_threads(self.threads)
         for step in self.steps:
