@@ -65,8 +65,10 @@ class SparseLayer:
         return f"SparseLayer({self.op_type} {self.node_name!r}, {self.csr!r}, activation={self.attrs.activation!r})"
 
 
-def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], where: str) -> SparseLayer:
-    """Validate one ``ai.sparsify`` node's attributes and tensors and build its kernel object.
+def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], where: str,
+                       batch1: str = "auto") -> SparseLayer:
+    """Validate one ``ai.sparsify`` node's attributes and tensors and build its kernel object
+    (``batch1``: a Linear's batch-1 layout choice, as ``SparseLinear`` takes it).
 
     The CSR arrays are copied into runtime-owned arrays (indices widened to int32/int64),
     fully checked, and wrapped once; nothing here is repeated per call.
@@ -122,7 +124,7 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
                              f"expected [{attrs.shape[0]}] {data.dtype}")
     try:
         if node.op_type == LINEAR_OP:
-            kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation)
+            kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation, batch1)
         else:
             kernel = SparseConv2d(csr, bias, attrs.kernel_shape, attrs.strides, attrs.pads[:2], attrs.dilations,
                                   attrs.group, None if attrs.activation == "none" else attrs.activation)

@@ -61,6 +61,10 @@ def _dims_match(shape: tuple[int, ...], rank: int, dims: tuple[tuple[int, int], 
     return True
 
 
+# Session's batch-1 layout choices for Linear layers (SparseLinear's batch1).
+BATCH1_POLICIES = ("auto", "csr")
+
+
 class Session:
     """Run an ONNX file with ``ai.sparsify`` ops: our kernels for those, ONNX Runtime/numpy for the rest.
 
@@ -74,6 +78,12 @@ class Session:
     2-thread ORT segment (spinning off) stalled on thread wake-ups (0.24 ms vs 168 ms per
     run in ``benchmarks/bench_sparse_e2e.py``'s glue leg), numpy never does: numpy it is.
 
+    ``batch1`` picks what Linear layers run at batches 1 to 4: "auto" (default) lays each
+    weight out at load as a sliced ELL where that pays (``sparsify.kernels.ell``, a second
+    copy of the weight: 4096x4096 at 90% keeps its 10 MB CSR and adds 11-14 MB), "csr"
+    keeps the CSR alone, for models served at larger batches or short of memory (batch 1
+    then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
+
     Threads: with Numba's default ``omp`` threading layer, 2-thread kernels stalled for
     scheduler ticks whenever other processes held the cores (a 1024x1024 SpMV: 0.017 ms
     quiet, 6-14 ms under load); ``NUMBA_THREADING_LAYER=workqueue`` (set before the first
@@ -81,7 +91,7 @@ class Session:
     Python threads at once. See ``benchmarks/results/sparse_e2e*.json``.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy") -> None:
+    def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto") -> None:
         from sparsify.kernels import SparseLinear, get_threads, set_threads
         from sparsify.kernels.spmm import fit_batch1_layouts
 
@@ -92,15 +102,17 @@ class Session:
             raise DataError(f"threads {threads!r} should be an int in [1, {limit}] (this machine's thread limit)")
         if glue not in GLUE_POLICIES:
             raise DataError(f"glue {glue!r} should be one of {GLUE_POLICIES}")
+        if batch1 not in BATCH1_POLICIES:
+            raise DataError(f"batch1 {batch1!r} should be one of {BATCH1_POLICIES}")
         self.path = Path(path)
         self.threads = int(threads)
         self._set_threads, self._get_threads = set_threads, get_threads
         model = load_model(self.path)
         where = str(self.path)
         inits = {i.name: i for i in model.graph.initializer}
-        self.layers = {i: build_sparse_layer(n, inits, where) for i, n in enumerate(model.graph.node)
+        self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
-        # The linear layers run one after another: their batch-1 layouts share one cache budget.
+        # The linear layers run one after another: their batch-1 layouts are chosen together.
         fit_batch1_layouts([layer.kernel for layer in self.layers.values()
                             if isinstance(layer.kernel, SparseLinear)])
         init_names = set(inits)
@@ -185,4 +197,4 @@ class Session:
         return [values[n] for n in names]
 
 
-__all__ = ["Session", "NodeArg"]
+__all__ = ["Session", "NodeArg", "BATCH1_POLICIES"]

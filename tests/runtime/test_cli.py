@@ -11,12 +11,13 @@ from tests.helpers import assert_close
 from tests.sparse_export import models
 
 
-def test_run_writes_the_output_of_the_sparse_model(pairs, tmp_path, capsys):
-    _, dense, sparse, _ = pairs["cnn"]
-    x = models.inputs("cnn", 3)
+@pytest.mark.parametrize("kind, batch, options", [("cnn", 3, ["--threads", "2"]), ("mlp", 1, ["--batch1", "csr"])])
+def test_run_writes_the_output_of_the_sparse_model(pairs, tmp_path, capsys, kind, batch, options):
+    _, dense, sparse, _ = pairs[kind]
+    x = models.inputs(kind, batch)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "y.npy"
-    assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), "--threads", "2", "-o", str(out)]) == 0
+    assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), *options, "-o", str(out)]) == 0
     expected = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert_close(np.load(out), expected)
     assert f"wrote {out}" in capsys.readouterr().out
@@ -55,3 +56,4 @@ def _save(d, a, name="in"):
     path = d / f"{name}.npy"
     np.save(path, a, allow_pickle=True)
     return str(path)
+

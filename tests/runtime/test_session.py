@@ -195,3 +195,19 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     assert len(sparse_lines) == len(linears) and all(form in line for line in sparse_lines)
     x = models.inputs("mlp", 1, seed=3)
     assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
+
+
+def test_batch1_csr_keeps_no_second_copy_and_gives_the_same_outputs(pairs):
+    from sparsify.kernels import SparseLinear
+    _, dense, sparse, _ = pairs["mlp"]
+    lean = Session(sparse, threads=2, batch1="csr")
+    linears = [layer.kernel for layer in lean.layers.values() if isinstance(layer.kernel, SparseLinear)]
+    assert linears and all(k.ell is None for k in linears)
+    assert all("batch 1: CSR" in line for line in lean.describe() if line.startswith("sparse:"))
+    for batch in (1, 3):
+        x = models.inputs("mlp", batch, seed=batch)
+        assert_close(lean.run(None, {"x": x})[0], ort_run(dense, x))
+        np.testing.assert_allclose(lean.run(None, {"x": x})[0], Session(sparse).run(None, {"x": x})[0],
+                                   rtol=0, atol=1e-5)
+    with pytest.raises(DataError, match=r"batch1 'ell' should be one of \('auto', 'csr'\)"):
+        Session(sparse, batch1="ell")
