@@ -83,8 +83,6 @@ CACHE_SHARE = 0.25
 # 0.79; saving 44% (4096^2 at 95%) 0.95. Beyond stream_budget the compact form wins
 # whatever it saves (4096^2 at 50-80%, 22-46 MB: 0.84-0.88).
 MIN_COMPACT_SAVING = 0.2
-# L2 per core assumed when sysfs does not tell.
-DEFAULT_L2_BYTES = 1 << 20
 # Share of the L3 beyond which a model's batch-1 layouts are streamed with software
 # prefetches (stream_budget). Measured here (Zen 4, 32 MiB L3, 2 threads, same process,
 # compact 4096^2 layers at 90%, 10.75 MB each; p50 without / with prefetches 128 slots
