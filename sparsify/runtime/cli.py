@@ -1,4 +1,4 @@
-"""``sparsify run MODEL --input x.npy [--input ...] --threads N [--batch1 csr] -o y.npy``: run a model
+"""``sparsify run MODEL --input x.npy [--input ...] --threads N [--batch1 auto] -o y.npy``: run a model
 file on .npy inputs."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run_file(args: argparse.Namespace) -> int:
     """Load ``args.model``, run it on ``args.input`` with ``args.threads`` threads, save the first output."""
     from sparsify.runtime.session import Session
 
-    session = Session(args.model, threads=args.threads, batch1=getattr(args, "batch1", "auto"))
+    session = Session(args.model, threads=args.threads, batch1=getattr(args, "batch1", "csr"))
     feeds = load_inputs(list(args.input), session)
     outputs = session.run(None, feeds)
     out = Path(args.output)

@@ -11,7 +11,7 @@ from tests.helpers import assert_close
 from tests.sparse_export import models
 
 
-@pytest.mark.parametrize("kind, batch, options", [("cnn", 3, ["--threads", "2"]), ("mlp", 1, ["--batch1", "csr"])])
+@pytest.mark.parametrize("kind, batch, options", [("cnn", 3, ["--threads", "2"]), ("mlp", 1, ["--batch1", "auto"])])
 def test_run_writes_the_output_of_the_sparse_model(pairs, tmp_path, capsys, kind, batch, options):
     _, dense, sparse, _ = pairs[kind]
     x = models.inputs(kind, batch)
@@ -57,3 +57,10 @@ def _save(d, a, name="in"):
     np.save(path, a, allow_pickle=True)
     return str(path)
 
+
+
+def test_run_keeps_the_csr_alone_unless_asked():
+    from sparsify.cli import build_parser
+    args = ["run", "m.onnx", "--input", "x.npy", "-o", "y.npy"]
+    assert build_parser().parse_args(args).batch1 == "csr"  # one call: no layout worth building
+    assert build_parser().parse_args([*args, "--batch1", "auto"]).batch1 == "auto"
