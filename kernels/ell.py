@@ -200,8 +200,8 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
             pair += 1
 
 
-def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> tuple[int, np.ndarray]:
-    """(every, depth of each (group, window)) for windows every ``every`` STEPs."""
+def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> np.ndarray:
+    """The depth of each (group, window) pair for windows every ``every`` STEPs."""
     # Window starts, in STEPs: the last window ends at or after the last column, and no
     # window ends beyond the columns rounded up to a whole STEP (SEGMENT when aligned).
     blocks = -(-w.shape[1] // STEP)
@@ -209,12 +209,50 @@ def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> tuple[int, np.ndarray
     depth = np.zeros((-(-w.shape[0] // GROUP_ROWS), n_windows), np.int64)
     _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, np.zeros(1, np.int64),
                     np.zeros(0, np.float32), np.zeros(0, np.uint8), False)
-    return every, depth
+    return depth
 
 
 def window_cost(depth: np.ndarray) -> float:
     """Estimated SpMV cost of a window plan, in slots: its slots plus PAIR_COST per pair."""
     return float(depth.sum()) + PAIR_COST * float(np.count_nonzero(depth))
+
+
+class WindowPlan:
+    """Where a CSR's nonzeros go in a sliced-ELL layout, before anything is built: the
+    row order, the window step (``every`` STEPs) and each (group, window) pair's depth.
+    Its byte counts let a caller choose a form without building the layout."""
+
+    __slots__ = ("w", "rows", "every", "depth")
+
+    def __init__(self, w: CSR, rows: np.ndarray, every: int) -> None:
+        self.w, self.rows, self.every = w, rows, every
+        self.depth = _plan_windows(w, rows, every)
+
+    @property
+    def cost(self) -> float:
+        return window_cost(self.depth)
+
+    @property
+    def slots(self) -> int:
+        return int(self.depth.sum())
+
+    @property
+    def fill(self) -> float:
+        """Nonzeros per stored lane of the layout (1.0 for an empty matrix)."""
+        return self.w.nnz / (self.slots * GROUP_ROWS) if self.slots else 1.0
+
+    @property
+    def nbytes(self) -> int:
+        """:attr:`SlicedEll.nbytes` of the padded layout this plan builds."""
+        pairs, groups = int(np.count_nonzero(self.depth)), self.depth.shape[0]
+        return (self.slots * GROUP_ROWS * 5 + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
+                + self.w.shape[0] * 4)
+
+    @property
+    def compact_nbytes(self) -> int:
+        """:attr:`SlicedEll.nbytes` of the compact form of that layout."""
+        pairs = int(np.count_nonzero(self.depth))
+        return self.nbytes - self.slots * GROUP_ROWS * 4 + (self.w.nnz + GROUP_ROWS) * 4 + (pairs + 1) * 8
 
 
 class SlicedEll:
@@ -292,19 +330,30 @@ class SlicedEll:
         nonzero has one); ``"auto"`` (default) plans both and builds the one of lower
         :func:`window_cost`.
         """
+        plans = cls.plans(w, ("overlapping", "aligned") if windows == "auto" else (windows,))
+        return cls.from_plan(min(plans.values(), key=lambda plan: plan.cost))
+
+    @staticmethod
+    def plans(w: CSR, windows=("overlapping", "aligned")) -> dict[str, WindowPlan]:
+        """The :class:`WindowPlan` of each of ``windows`` ("overlapping", "aligned") for a
+        float32 CSR (fully checked here if it was not yet)."""
         if w.dtype != np.float32:
             raise KernelArgumentError(f"the sliced-ELL layout is float32 only, got {w.dtype}")
-        if windows not in WINDOW_CHOICES:
-            raise KernelArgumentError(f"windows {windows!r} should be one of {WINDOW_CHOICES}")
+        every = {"overlapping": 1, "aligned": SEGMENT // STEP}
+        for choice in windows:
+            if choice not in every:
+                raise KernelArgumentError(f"windows {choice!r} should be one of {WINDOW_CHOICES}")
         if not w.fully_checked:
             w.check_format(full=True)
-        n_rows, n_cols = w.shape
         lengths = np.diff(w.indptr.astype(np.int64))
         rows = np.argsort(-lengths, kind="stable").astype(np.int32)  # lane position -> row
-        plans = [_plan_windows(w, rows, every) for every in
-                 ((1, SEGMENT // STEP) if windows == "auto" else (1,) if windows == "overlapping"
-                  else (SEGMENT // STEP,))]
-        every, depth = min(plans, key=lambda plan: window_cost(plan[1]))
+        return {choice: WindowPlan(w, rows, every[choice]) for choice in windows}
+
+    @classmethod
+    def from_plan(cls, plan: WindowPlan) -> "SlicedEll":
+        """The padded layout ``plan`` describes."""
+        w, rows, every, depth = plan.w, plan.rows, plan.every, plan.depth
+        n_rows, n_cols = w.shape
         group_of, segments = np.nonzero(depth)  # row-major: pairs by group, then window
         slot_ptr = np.zeros(segments.shape[0] + 1, np.int64)
         np.cumsum(depth[group_of, segments], out=slot_ptr[1:])
@@ -360,5 +409,5 @@ class SlicedEll:
         return self.slot_ptr[self.group_ptr]
 
 
-__all__ = ["SlicedEll", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING", "GROUP_ROWS", "SEGMENT", "STEP",
+__all__ = ["SlicedEll", "WindowPlan", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING", "GROUP_ROWS", "SEGMENT", "STEP",
            "EMPTY", "cache_budget", "cache_bytes", "stream_budget", "worth_compacting"]

@@ -338,14 +338,16 @@ def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
         return None
     if batch1 == "ell_compact":
         return compact_layout(weight)
-    layout = ell.SlicedEll.from_csr(weight)
+    # Decided from the plans, so that only the form taken is built.
+    plans = ell.SlicedEll.plans(weight)
+    best = min(plans.values(), key=lambda plan: plan.cost)
     if batch1 == "ell":
-        return layout
-    if layout.fill < ell.MIN_FILL:
+        return ell.SlicedEll.from_plan(best)
+    if best.fill < ell.MIN_FILL:
         return None
-    if ell.worth_compacting(layout.nbytes, layout.compact_nbytes, layout.nbytes):
-        return compact_layout(weight, layout)
-    return layout
+    if ell.worth_compacting(best.nbytes, plans["aligned"].compact_nbytes, best.nbytes):
+        return ell.SlicedEll.from_plan(plans["aligned"]).compacted()
+    return ell.SlicedEll.from_plan(best)
 
 
 def compact_layout(weight: CSR, built: ell.SlicedEll | None = None) -> ell.SlicedEll:

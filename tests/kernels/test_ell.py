@@ -375,3 +375,15 @@ def test_batch1_fast_path_matches_the_checked_path(rng, lead):
     np.testing.assert_array_equal(layer(strided), y)  # not contiguous: copied, same result
     with pytest.raises(KernelArgumentError, match="dtype float64"):
         layer(x.astype(np.float64))
+
+
+@pytest.mark.parametrize("shape, density", [((50, 200), 0.3), ((33, 40), 0.02), ((16, 32), 1.0), ((7, 9), 0.0)])
+def test_window_plans_count_the_bytes_of_the_layouts_they_build(rng, shape, density):
+    w = CSR.from_dense(random_sparse(rng, shape, density))
+    for choice, plan in ell.SlicedEll.plans(w).items():
+        layout = ell.SlicedEll.from_plan(plan)
+        assert layout.aligned or choice == "overlapping"
+        assert (plan.nbytes, plan.compact_nbytes, plan.slots) == (layout.nbytes, layout.compacted().nbytes, layout.slots)
+        assert plan.fill == layout.fill
+    with pytest.raises(KernelArgumentError, match="windows 'wide'"):
+        ell.SlicedEll.plans(w, ("wide",))
