@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch1", choices=("auto", "csr"), default="csr",
                    help="batch-1 kernels of Linear layers: csr (default: for one call, building the sliced-ELL "
-                        "copies costs more than they save, ~0.5 s against ~1 ms on a 4x4096 MLP) or auto")
+                        "copies costs more than they save, 0.3 s against ~1 ms on a 4x4096 MLP) or auto")
     p.add_argument("-o", "--output", required=True, help=".npy file for the first output")
     p.set_defaults(func=cmd_run)
 
