@@ -93,9 +93,7 @@ def time_call(fn, min_time: float, min_reps: int, max_reps: int, clock: str = "w
         t0 = tick()
         fn()
         times.append(tick() - t0)
-    ms = np.array(times) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)),
-            "min_ms": float(ms.min()), "reps": len(times)}
+    return _summary([t * 1e9 for t in times])
 
 
 def time_pair(ort_call, ours_call, min_time: float) -> tuple[dict, dict]:

@@ -212,6 +212,12 @@ def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> np.ndarray:
     return depth
 
 
+def _compact_nbytes(padded_nbytes: int, slots: int, pairs: int, nnz: int) -> int:
+    """Bytes of the compact form of a padded layout of ``padded_nbytes``: its values shrink
+    to the nonzeros plus GROUP_ROWS, and ``value_start`` adds one entry per pair and one."""
+    return padded_nbytes - slots * GROUP_ROWS * 4 + (nnz + GROUP_ROWS) * 4 + (pairs + 1) * 8
+
+
 def window_cost(depth: np.ndarray) -> float:
     """Estimated SpMV cost of a window plan, in slots: its slots plus PAIR_COST per pair."""
     return float(depth.sum()) + PAIR_COST * float(np.count_nonzero(depth))
@@ -237,22 +243,27 @@ class WindowPlan:
         return int(self.depth.sum())
 
     @property
+    def pairs(self) -> int:
+        return int(np.count_nonzero(self.depth))
+
+    @property
     def fill(self) -> float:
         """Nonzeros per stored lane of the layout (1.0 for an empty matrix)."""
         return self.w.nnz / (self.slots * GROUP_ROWS) if self.slots else 1.0
 
     @property
     def nbytes(self) -> int:
-        """:attr:`SlicedEll.nbytes` of the padded layout this plan builds."""
-        pairs, groups = int(np.count_nonzero(self.depth)), self.depth.shape[0]
+        """:attr:`SlicedEll.nbytes` of the padded layout this plan builds: values and
+        offsets per slot lane, a segment and a slot pointer per pair, a group pointer per
+        group and a row per row."""
+        pairs, groups = self.pairs, self.depth.shape[0]
         return (self.slots * GROUP_ROWS * 5 + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
                 + self.w.shape[0] * 4)
 
     @property
     def compact_nbytes(self) -> int:
         """:attr:`SlicedEll.nbytes` of the compact form of that layout."""
-        pairs = int(np.count_nonzero(self.depth))
-        return self.nbytes - self.slots * GROUP_ROWS * 4 + (self.w.nnz + GROUP_ROWS) * 4 + (pairs + 1) * 8
+        return _compact_nbytes(self.nbytes, self.slots, self.pairs, self.w.nnz)
 
 
 class SlicedEll:
@@ -303,11 +314,10 @@ class SlicedEll:
 
     @property
     def compact_nbytes(self) -> int:
-        """:attr:`nbytes` of :meth:`compacted` (without building it): the values shrink to
-        the nonzeros plus GROUP_ROWS, and ``value_start`` adds one entry per pair and one."""
+        """:attr:`nbytes` of :meth:`compacted` (without building it)."""
         if self.compact:
             return self.nbytes
-        return self.nbytes - self.values.nbytes + (self.nnz + GROUP_ROWS) * 4 + self.slot_ptr.nbytes
+        return _compact_nbytes(self.nbytes, self.slots, self.segments.shape[0], self.nnz)
 
     @property
     def padded_columns(self) -> int:

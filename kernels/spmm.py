@@ -142,7 +142,7 @@ class SparseLinear:
                  batch1: str | None = None) -> None:
         self.weight = checked(weight)
         self.out_features, self.in_features = weight.shape
-        self._nnz = weight.nnz
+        self._nnz = weight.nnz  # read per call: the CSR's property costs ~0.15 us
         self.dtype = weight.dtype
         self.bias = prepare_bias(bias, self.out_features, self.dtype)
         self.activation = activation
@@ -200,7 +200,7 @@ class SparseLinear:
         if batch == 0 or self.out_features == 0:
             return out
         if ell_call is not None and (batch == 1 or batch <= ELL_ROWS_MAX_BATCH):
-            serial = self.weight.nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
+            serial = self._nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
             if batch == 1:
                 ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
                          serial)

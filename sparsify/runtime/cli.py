@@ -38,7 +38,7 @@ def run_file(args: argparse.Namespace) -> int:
     """Load ``args.model``, run it on ``args.input`` with ``args.threads`` threads, save the first output."""
     from sparsify.runtime.session import Session
 
-    session = Session(args.model, threads=args.threads, batch1=getattr(args, "batch1", "csr"))
+    session = Session(args.model, threads=args.threads, batch1=args.batch1)
     feeds = load_inputs(list(args.input), session)
     outputs = session.run(None, feeds)
     out = Path(args.output)
