@@ -12,6 +12,8 @@ on every call. Non-contiguous inputs are accepted (copied to contiguous memory).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 
@@ -356,9 +358,19 @@ def compact_layout(weight: CSR, built: ell.SlicedEll | None = None) -> ell.Slice
     runs slower over their twice as many (shallower) pairs (4096^2 at 90%, 2 threads,
     same process: 218 against 228 us). ``built``, a layout of ``weight`` at hand, is
     compacted instead of planning anew when its windows are aligned already."""
-    if built is not None and built.aligned:
-        return built.compacted()
+    if built is not None:
+        return compact_form(weight, built)[1]()
     return ell.SlicedEll.from_csr(weight, "aligned").compacted()
+
+
+def compact_form(weight: CSR, built: ell.SlicedEll) -> tuple[int, Callable[[], ell.SlicedEll]]:
+    """``(nbytes, build)`` of ``compact_layout(weight, built)``: its exact size, known
+    before anything is built, and the call that builds it. An overlapping ``built`` is
+    sized from the aligned plan the compact form uses, not from its own windows."""
+    if built.aligned:
+        return built.compact_nbytes, built.compacted
+    plan = ell.SlicedEll.plans(weight, ("aligned",))["aligned"]
+    return plan.compact_nbytes, lambda: ell.SlicedEll.from_plan(plan).compacted()
 
 
 def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) -> int:
@@ -376,12 +388,13 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
     total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.nbytes for layer in layers)
     padded = [layer for layer in layers if layer.ell is not None and not layer.ell.compact]
     kept = len(padded)
-    for layer in sorted(padded, key=lambda la: la.ell.compact_nbytes / la.ell.nbytes):
-        e = layer.ell
-        if ell.worth_compacting(e.nbytes, e.compact_nbytes, total, budget):
-            total -= e.nbytes - e.compact_nbytes
-            layer.set_batch1_layout(compact_layout(layer.weight, e))
-            kept -= 1
+    if total > (ell.cache_budget() if budget is None else budget):  # else nothing switches
+        forms = [(layer, *compact_form(layer.weight, layer.ell)) for layer in padded]
+        for layer, nbytes, build in sorted(forms, key=lambda f: f[1] / f[0].ell.nbytes):
+            if ell.worth_compacting(layer.ell.nbytes, nbytes, total, budget):
+                total -= layer.ell.nbytes - nbytes
+                layer.set_batch1_layout(build())
+                kept -= 1
     streamed = total > ell.stream_budget()
     for layer in layers:
         if layer.ell is not None and bool(layer._ell_call.prefetch) != streamed:
@@ -414,5 +427,5 @@ def _describe(a) -> str:
     return f"{ro}{layout} {a.dtype} array of shape {a.shape}"
 
 
-__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "activation_code", "pick_tile", "checked",
+__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code", "pick_tile", "checked",
            "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

@@ -387,3 +387,35 @@ def test_window_plans_count_the_bytes_of_the_layouts_they_build(rng, shape, dens
         assert plan.fill == layout.fill
     with pytest.raises(KernelArgumentError, match="windows 'wide'"):
         ell.SlicedEll.plans(w, ("wide",))
+
+
+@needs_permute
+@pytest.mark.parametrize("windows", ["aligned", "overlapping"])
+def test_compact_form_sizes_the_layout_it_builds(rng, windows):
+    # An overlapping layout's own compact_nbytes misjudges the aligned compact form.
+    c = CSR.from_dense(random_sparse(rng, (96, 512), 0.1))
+    built = ell.SlicedEll.from_csr(c, windows)
+    nbytes, build = spmm.compact_form(c, built)
+    layout = build()
+    assert layout.compact and layout.aligned and layout.nbytes == nbytes
+    assert (built.compact_nbytes == nbytes) == (windows == "aligned")
+
+
+@needs_permute
+def test_fit_batch1_layouts_counts_the_compact_bytes_it_builds(rng, monkeypatch):
+    # Overlapping layouts: the working set left must be what the switched layers take.
+    layers = []
+    for _ in range(3):
+        layer = SparseLinear(CSR.from_dense(random_sparse(rng, (96, 512), 0.1)), batch1="csr")
+        layer.set_batch1_layout(ell.SlicedEll.from_csr(layer.weight, "overlapping"))
+        layers.append(layer)
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    seen = []
+    real = ell.worth_compacting
+    monkeypatch.setattr(ell, "worth_compacting", lambda p, c, total, b=None: seen.append(total) or real(p, c, total, b))
+    total = sum(k.ell.nbytes for k in layers)
+    assert spmm.fit_batch1_layouts(layers, budget=total - 1) == 2
+    switched = [k for k in layers if k.ell.compact]
+    assert len(switched) == 1 and switched[0].ell.aligned
+    assert seen[1] == sum(k.ell.nbytes for k in layers)  # the total after the switch, exactly
+
