@@ -80,8 +80,8 @@ def test_auto_blocks_group_fast_calls_with_settle_calls(monkeypatch):
         return call
 
     monkeypatch.setattr(timing, "perf_counter_ns", lambda: clock[0])
-    # 1 ms per call: blocks of 200 timed calls after 30 settle calls
-    assert plan_blocks(1_000_000) == (200, 30)
+    # 1 ms per call: blocks of 200 ms (200 timed calls) after 30 ms (30 calls) of settle calls
+    assert plan_blocks(1_000_000) == (timing.MAX_BLOCK, 30_000_000)
     samples = measure_interleaved([fn("A", 1_000_000), fn("B", 1_000_000)], warmup=4, repeat=300)
     runs = [(k, len(list(g))) for k, g in itertools.groupby(log)]
     assert runs[:8] == [("A", 1), ("B", 1)] * 4  # interleaved warm-up
@@ -92,8 +92,32 @@ def test_auto_blocks_group_fast_calls_with_settle_calls(monkeypatch):
 def test_slow_calls_are_not_blocked():
     assert plan_blocks(150_000_000) == (1, 0)
     assert plan_blocks(None) == (1, 0)
-    block, settle = plan_blocks(10)
-    assert block == timing.MAX_BLOCK and settle == timing.MAX_BLOCK
+    assert plan_blocks(10) == (timing.MAX_BLOCK, int(timing.SETTLE_TIME * 1e9))
+    assert plan_blocks(timing.BLOCK_TIME * 1e9 / 2) == (timing.MAX_BLOCK, int(timing.SETTLE_TIME * 1e9))
+
+
+def test_blocks_and_settle_calls_are_timed_not_counted_from_the_warmup(monkeypatch):
+    # B's warm-up calls stall (as beside a spinning pool): 9, 9, 9, 4 ms, then 2 ms each.
+    # Its blocks still hold 200 ms of timed calls after 30 ms of settle calls.
+    clock = [0]
+    log: list[str] = []
+    b_costs = iter([9_000_000, 9_000_000, 9_000_000, 4_000_000] + [2_000_000] * 10_000)
+
+    def fn(name):
+        def call():
+            log.append(name)
+            clock[0] += 1_000_000 if name == "A" else next(b_costs)
+        return call
+
+    monkeypatch.setattr(timing, "perf_counter_ns", lambda: clock[0])
+    a, b = measure_interleaved([fn("A"), fn("B")], warmup=4, repeat=200)
+    runs = [(k, len(list(g))) for k, g in itertools.groupby(log)]
+    assert runs[:8] == [("A", 1), ("B", 1)] * 4
+    assert runs[8] == ("A", 30 + 200)  # one block does it; A then sits out
+    # Two blocks of 15 settle + 100 timed calls. Counted from the 4 ms estimate they would
+    # be 50 timed calls after 8 settle calls (4 blocks, 232 calls).
+    assert runs[9:] == [("B", 2 * (15 + 100))]
+    assert [len(s) for s in (a, b)] == [200, 200] and set(b) == {2_000_000}
 
 
 def test_adaptive_stops_on_pooled_budget(monkeypatch):
