@@ -427,5 +427,5 @@ def _describe(a) -> str:
     return f"{ro}{layout} {a.dtype} array of shape {a.shape}"
 
 
-__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code", "pick_tile", "checked",
-           "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]
+__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code",
+           "pick_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]
