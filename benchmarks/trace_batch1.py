@@ -122,19 +122,20 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     w = rng.standard_normal((size, size)).astype(np.float32)
     w[rng.random((size, size)) < sparsity] = 0
     layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(size).astype(np.float32), "relu", batch1="ell")
-    e = layer.ell
+    e, call = layer.ell, layer._ell_call
     x = rng.standard_normal(size).astype(np.float32)
-    arrays = (e.values, e.offsets, e.segments, e.slot_ptr, e.slot_ptr, e.group_ptr, e.rows)
+    # The arguments the layer's own calls pass (its layout arrays as the kernels take them).
+    head, tail = call.arrays, (call.bias, call.act)
     out = np.empty(size, np.float32)
-    kernels = {"parallel": (traced_kernel(), layer._ell_call.bounds)}
+    kernels = {"parallel": (traced_kernel(), call.bounds)}
     # The serial twin: the same function without parallel=True (prange runs as range).
     twin = numba.njit(nogil=True, error_model="numpy")(kernels["parallel"][0].py_func)
-    kernels["serial"] = (twin, layer._ell_call.serial_bounds)
+    kernels["serial"] = (twin, call.serial_bounds)
     stamps = {k: np.zeros((b.shape[0] - 1, 3), np.int64) for k, (_, b) in kernels.items()}
     expect = layer(x)
     for name, (kernel, bounds) in kernels.items():
         for _ in range(50):
-            kernel(*arrays, x, layer.bias, layer._act, out, bounds, stamps[name])
+            kernel(*head, x, *tail, out, bounds, stamps[name])
         if not np.array_equal(out, expect):
             raise AssertionError(f"the traced {name} kernel disagrees with SparseLinear")
     rate = cycles_per_us()
@@ -142,7 +143,7 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     for _ in range(rounds):
         for name, (kernel, bounds) in kernels.items():
             st = stamps[name]
-            args = (*arrays, x, layer.bias, layer._act, out, bounds, st)
+            args = (*head, x, *tail, out, bounds, st)
             around = np.empty((calls, 2), np.int64)
             inside = np.empty((calls,) + st.shape, np.int64)
             for i in range(calls):
