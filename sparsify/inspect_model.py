@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
-from sparsify.onnxfile import load_onnx
+from sparsify.limits import check_int64
+from sparsify.onnxfile import load_onnx, tensor_array
 
 
 @dataclasses.dataclass
@@ -163,8 +165,9 @@ def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _onnx_macs(model) -> dict[str, int]:
-    """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1)."""
+def _onnx_macs(model, where: str) -> dict[str, int]:
+    """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1);
+    ModelFileError naming the node when a count overflows int64 (shapes no real model has)."""
     import onnx
     from onnx import shape_inference
 
@@ -181,7 +184,7 @@ def _onnx_macs(model) -> dict[str, int]:
     shapes = {}
     for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
         dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
+        if dims and all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
             shapes[vi.name] = [d.dim_value for d in dims]
     inits = {i.name: list(i.dims) for i in m.graph.initializer}
     macs: dict[str, int] = {}
@@ -189,29 +192,35 @@ def _onnx_macs(model) -> dict[str, int]:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
             out = shapes.get(node.output[0])
             w = inits[node.input[1]]
-            if out is None:
+            if out is None or len(w) < 2:
                 continue
             if node.op_type == "Conv":
-                macs[node.input[1]] = int(np.prod(out)) * int(np.prod(w[1:]))
+                count = math.prod(out) * math.prod(w[1:])
             elif node.op_type == "Gemm":
                 trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-                macs[node.input[1]] = int(np.prod(out)) * (w[1] if trans_b else w[0])
+                count = math.prod(out) * (w[1] if trans_b else w[0])
             else:
-                macs[node.input[1]] = int(np.prod(out)) * w[0]
+                count = math.prod(out) * w[-2]
+            what = f"{where}: the MAC count of {node.op_type} node {node.name or node.output[0]!r} (output {out})"
+            macs[node.input[1]] = check_int64(count, what, ModelFileError)
     return macs
 
 
 def inspect_onnx(path: str | Path) -> Inspection:
-    """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
-    from onnx import numpy_helper
+    """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1.
 
+    A file whose ``ai.sparsify`` nodes, initializers or shapes do not hold together (CSR
+    arrays that disagree with their attributes, truncated tensors, MAC counts beyond int64)
+    is refused with a ModelFileError naming the node or tensor, never printed.
+    """
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
 
     model = load_onnx(path, external_data=True)
-    macs = _onnx_macs(model)
+    where = str(path)
+    macs = _onnx_macs(model, where)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
-    sparse = sparse_op_infos(model)
+    sparse = sparse_op_infos(model, where)
     csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
     for info in sparse:
         rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
@@ -219,7 +228,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
     for init in model.graph.initializer:
         if init.name in csr_arrays:
             continue
-        w = numpy_helper.to_array(init)
+        w = tensor_array(init, where)
         if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
             continue
         rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
@@ -227,7 +236,9 @@ def inspect_onnx(path: str | Path) -> Inspection:
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
-    return Inspection(str(path), rows, os.path.getsize(path), notes)
+    result = Inspection(str(path), rows, os.path.getsize(path), notes)
+    check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)
+    return result
 
 
 def inspect_path(path: str | Path) -> Inspection:

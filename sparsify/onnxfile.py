@@ -1,20 +1,29 @@
-"""One way to read an ONNX file, shared by ``inspect``, ``bench`` and the runtime, and one
-way to ask ONNX shape inference about it (the CSR pass and the runtime's partition).
+"""One way to read an ONNX file, shared by ``inspect``, ``bench`` and the runtime, one way to
+read a tensor out of it, and one way to ask ONNX shape inference about it (the CSR pass and
+the runtime's partition).
 
 A path that is missing, not ONNX, or whose external data cannot be read becomes a
-:class:`ModelFileError` that names the file, instead of a protobuf traceback.
+:class:`ModelFileError` that names the file, instead of a protobuf traceback. External-data
+entries are checked before anything is read: the location must be a file inside the
+model's folder (no absolute path, no ``..``, no symlink leading out), offset and length
+non-negative decimal integers that stay inside that file and match the tensor's size.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from sparsify.errors import ModelFileError
+from sparsify.limits import array_bytes, check_allocation
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
+
+_DECIMAL = re.compile(r"[0-9]{1,20}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -27,7 +36,8 @@ def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.M
 
     Raises ModelFileError naming the file when it does not exist or cannot be read, is not a
     serialized ``onnx.ModelProto``, has no graph with at least one output, or (with
-    ``external_data``) references external data that cannot be loaded.
+    ``external_data``) references external data that :func:`check_external_data` refuses
+    or that cannot be loaded.
     """
     import onnx
     from google.protobuf.message import DecodeError
@@ -51,9 +61,10 @@ def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.M
             f"{len(model.graph.output)} outputs"
         )
     if external_data:
+        check_external_data(model, path)
         try:
             onnx.load_external_data_for_model(model, os.fspath(path.parent))
-        except (onnx.checker.ValidationError, OSError) as exc:
+        except (onnx.checker.ValidationError, OSError, ValueError) as exc:
             raise ModelFileError(f"{path}: the external data of this ONNX model could not be loaded: "
                                  f"{_first_line(exc)}") from exc
     return model
@@ -68,3 +79,116 @@ def inferred_graph(model: onnx.ModelProto) -> onnx.GraphProto | None:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     except Exception:  # any failure inside onnx's inference means "nothing inferred"
         return None
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    import onnx
+
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            yield from attr.tensors
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _graph_tensors(g)
+
+
+def external_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of ``model`` (initializers, attributes, subgraphs) stored as external data."""
+    import onnx
+
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            yield tensor
+
+
+def _fixed_size(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and element type need, or None for strings and unknown types."""
+    import onnx
+    from onnx import helper
+
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    except (KeyError, ValueError):
+        return None
+    if any(d < 0 for d in tensor.dims):
+        return None
+    return array_bytes(tensor.dims, dtype)
+
+
+def check_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Raise ModelFileError naming the tensor unless every external-data entry of ``model``
+    (stored at ``path``) points inside the model's folder, with a valid offset and length."""
+    path = Path(path)
+    base = path.parent.resolve()
+    for tensor in external_tensors(model):
+        where = f"{path}: tensor {tensor.name!r} stored as external data"
+        entries: dict[str, str] = {}
+        for entry in tensor.external_data:
+            entries[entry.key] = entry.value
+        location = entries.get("location", "")
+        if not location or "\x00" in location:
+            raise ModelFileError(f"{where} has no usable 'location'; expected a file name beside the model")
+        rel = Path(location)
+        if rel.is_absolute() or location.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", location):
+            raise ModelFileError(f"{where} points at {location!r}, outside the model's folder; external data "
+                                 "must be a relative path without '..' (refusing to read it)")
+        target = (base / rel).resolve()
+        if target != base and base not in target.parents:
+            raise ModelFileError(f"{where} points at {location!r}, which resolves to {target} outside the "
+                                 f"model's folder {base} (a symlink?); refusing to read it")
+        if not target.is_file():
+            raise ModelFileError(f"{where}: its file {location!r} does not exist beside the model")
+        numbers = {}
+        for key in ("offset", "length"):
+            text = entries.get(key)
+            if text is None:
+                continue
+            if not _DECIMAL.fullmatch(text.strip()):
+                raise ModelFileError(f"{where} has {key} {text!r}; expected a non-negative integer")
+            numbers[key] = int(text.strip())
+        size = target.stat().st_size
+        offset = numbers.get("offset", 0)
+        length = numbers.get("length", size - offset)
+        if offset > size or offset + length > size:
+            raise ModelFileError(f"{where} reads bytes [{offset}, {offset + length}) of {location!r}, "
+                                 f"which holds {size} bytes")
+        expected = _fixed_size(tensor)
+        if expected is not None and expected != length:
+            raise ModelFileError(f"{where} has {length} bytes in {location!r}, but dims {list(tensor.dims)} "
+                                 f"of its element type need {expected}")
+        check_allocation(length, where, ModelFileError)
+
+
+def tensor_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
+    """The numpy array of ``tensor`` after checking that its bytes match its dims and type;
+    ModelFileError naming ``where`` and the tensor otherwise (truncated, unknown type, ...)."""
+    import onnx
+    from onnx import numpy_helper
+
+    label = f"{where}: tensor {tensor.name!r}"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise ModelFileError(f"{label} is stored as external data that was not loaded")
+    if any(d < 0 for d in tensor.dims):
+        raise ModelFileError(f"{label} has negative dims {list(tensor.dims)}")
+    expected = _fixed_size(tensor)
+    if expected is None and tensor.data_type != onnx.TensorProto.STRING:
+        raise ModelFileError(f"{label} has element type {tensor.data_type}, which is not a known ONNX tensor type")
+    if expected is not None:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) != expected:
+            raise ModelFileError(f"{label} holds {len(tensor.raw_data)} bytes, but its dims {list(tensor.dims)} "
+                                 f"need {expected} (the file is truncated or corrupt)")
+        check_allocation(expected, label, ModelFileError)
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # numpy_helper raises ValueError/TypeError/... on inconsistent fields
+        raise ModelFileError(f"{label} cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
+                             "the file is truncated or corrupt") from None

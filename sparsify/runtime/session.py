@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from sparsify.errors import DataError
+from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition
 
@@ -109,6 +110,7 @@ class Session:
         self._set_threads, self._get_threads = set_threads, get_threads
         model = load_model(self.path)
         where = str(self.path)
+        check_graph(model, where)
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
