@@ -75,7 +75,8 @@ def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, .
     threshold = options.get("density_threshold")
     target_batch = options.get("target_batch") or 1
     tmp = Path(tmp)
-    with tempfile.TemporaryDirectory(prefix="sparsify-dense-") as workdir:
+    # Beside tmp: inside the write's private folder, removed with it even after a SIGKILL.
+    with tempfile.TemporaryDirectory(prefix="dense-", dir=tmp.parent) as workdir:
         dense_path = Path(workdir) / "dense.onnx"
         export_onnx(reference, example, dense_path, input_names, output_names, opset=opset)
         dense_bytes = dense_path.stat().st_size
