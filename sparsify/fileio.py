@@ -199,31 +199,32 @@ def workspace(dest: str | Path, error: type[SparsifyError]) -> Iterator[Path]:
     """
     dest = Path(dest)
     parent = dest.parent if str(dest.parent) else Path(".")
-    created = _create_parents(parent, dest, error)
-    ok = False
-    try:
-        if not os.access(parent, os.W_OK):
-            raise error(f"output path {dest} is not writable (no write permission on {parent})")
-        remove_stale(parent, dest.name)
+    # Signals unwind from before the first folder is made to after the last one is removed.
+    with _signals_unwind():
+        created = _create_parents(parent, dest, error)
+        ok = False
         try:
-            work = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_TAG}{os.getpid()}-", dir=parent))
-        except OSError as exc:
-            raise error(f"output path {dest} cannot be written: creating a file in {parent} failed "
-                        f"({exc.strerror or exc})") from None
-        try:
-            with _signals_unwind():
+            if not os.access(parent, os.W_OK):
+                raise error(f"output path {dest} is not writable (no write permission on {parent})")
+            remove_stale(parent, dest.name)
+            try:
+                work = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_TAG}{os.getpid()}-", dir=parent))
+            except OSError as exc:
+                raise error(f"output path {dest} cannot be written: creating a file in {parent} failed "
+                            f"({exc.strerror or exc})") from None
+            try:
                 (work / OWNER).write_text(json.dumps(_owner_record(dest)))
                 yield work
-            ok = True
-        except OSError as exc:
-            if _within(getattr(exc, "filename", None), work) or _within(getattr(exc, "filename2", None), work):
-                raise error(f"cannot write {dest}: {exc.strerror or exc}") from None
-            raise
+                ok = True
+            except OSError as exc:
+                if _within(getattr(exc, "filename", None), work) or _within(getattr(exc, "filename2", None), work):
+                    raise error(f"cannot write {dest}: {exc.strerror or exc}") from None
+                raise
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if not ok:
-            _remove_empty(created)
+            if not ok:
+                _remove_empty(created)
 
 
 def _replace(src: Path, dest: Path, error: type[SparsifyError]) -> None:

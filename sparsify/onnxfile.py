@@ -54,6 +54,11 @@ def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.M
             f"{path} is not an ONNX model: it could not be parsed as a serialized onnx.ModelProto "
             f"({type(exc).__name__}: {_first_line(exc)}); expected an ONNX model file"
         ) from exc
+    bad_text = _non_utf8_field(model, "model")
+    if bad_text is not None:
+        where, value = bad_text
+        raise ModelFileError(f"{path} is corrupt: {where} is not UTF-8 text ({value[:32]!r}); "
+                             "expected an ONNX model file")
     if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.output) == 0:
         raise ModelFileError(
             f"{path} is not an ONNX model: expected an ONNX model with a graph and at least one output, "
@@ -68,6 +73,37 @@ def load_onnx(path: str | os.PathLike, *, external_data: bool = False) -> onnx.M
             raise ModelFileError(f"{path}: the external data of this ONNX model could not be loaded: "
                                  f"{_first_line(exc)}") from exc
     return model
+
+
+def _non_utf8_field(message, where: str) -> tuple[str, bytes] | None:
+    """(where, value) of the first text field holding bytes that are not UTF-8, or None.
+
+    Protobuf hands such a field back as ``bytes`` instead of ``str``; every later use
+    (sorting, formatting, ONNX Runtime) would fail on it. Tensors are checked by name and
+    external-data entries only: their payload fields are bytes by design, and large.
+    """
+    import onnx
+    from google.protobuf.descriptor import FieldDescriptor
+
+    if isinstance(message, onnx.TensorProto):
+        fields = [("name", message.name)] + [(f"external_data {e.key!r}", v) for e in message.external_data
+                                              for v in (e.key, e.value)]
+        for name, value in fields:
+            if isinstance(value, bytes):
+                return f"{where}.{name}", value
+        return None
+    for field, value in message.ListFields():
+        # protobuf >= 5 has is_repeated; older ones only the label.
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        for i, v in enumerate(value if repeated else [value]):
+            here = f"{where}.{field.name}" + (f"[{i}]" if repeated else "")
+            if field.type == FieldDescriptor.TYPE_STRING and isinstance(v, bytes):
+                return here, v
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                found = _non_utf8_field(v, here)
+                if found is not None:
+                    return found
+    return None
 
 
 def inferred_graph(model: onnx.ModelProto) -> onnx.GraphProto | None:

@@ -15,8 +15,11 @@ Common attributes: ``shape`` (ints, the CSR's [rows, cols]), ``activation`` ("no
 "relu" or "gelu" with exact erf), and informational ``weight_name`` / ``weight_shape`` /
 ``source_op`` (the dense initializer and node the op replaced). ``data`` is float32 or
 float64; ``indices`` is uint16, int32 or int64 (uint16 when cols fit, to shrink the file);
-``indptr`` is int32 or int64. The reference implementations below
-(:data:`REFERENCE_OPS`) run under ``onnx.reference.ReferenceEvaluator(model, new_ops=...)``.
+``indptr`` is int32 or int64. Products are sparse: only stored entries of ``W`` multiply, so
+a NaN or inf in ``X`` reaches only the outputs whose rows store a value in its column (as in
+``scipy.sparse``; a dense product would spread it through the zeros). The reference
+implementations below (:data:`REFERENCE_OPS`) run under
+``onnx.reference.ReferenceEvaluator(model, new_ops=...)``.
 """
 
 from __future__ import annotations
@@ -82,16 +85,23 @@ def _type_name(t: int) -> str:
         return f"unknown type {t}"
 
 
+_CONV_ONLY = ("kernel_shape", "strides", "pads", "dilations", "group")
+
+
 def _attr_values(node: onnx.NodeProto, where: str) -> dict[str, Any]:
-    """Attribute name -> value (strings decoded), after checking each known attribute's type."""
+    """Attribute name -> value (strings decoded), after checking each attribute is one of the
+    op's (unknown ones are refused, as the reference implementation does) and of its type."""
+    allowed = [k for k in _ATTR_TYPES if node.op_type == CONV_OP or k not in _CONV_ONLY]
     raw: dict[str, Any] = {}
     for a in node.attribute:
-        expected = _ATTR_TYPES.get(a.name)
-        if expected is not None and a.type != expected:
+        if a.name not in allowed:
+            raise ModelFileError(f"{where}: attribute {a.name!r} is not one of {node.op_type}'s attributes {allowed}")
+        expected = _ATTR_TYPES[a.name]
+        if a.type != expected:
             raise ModelFileError(f"{where}: attribute {a.name!r} has type {_type_name(a.type)}; "
                                  f"expected {_type_name(expected)}")
-        if expected is None:
-            continue  # attributes of no meaning here are not read
+        if a.name in raw:
+            raise ModelFileError(f"{where}: attribute {a.name!r} appears twice")
         value = helper.get_attribute_value(a)
         if isinstance(value, bytes):
             try:
@@ -217,6 +227,8 @@ def read_csr(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], attrs: Sp
     if len(node.input) not in (4, 5) or len(node.output) != 1:
         raise ModelFileError(f"{label}: has {len(node.input)} inputs and {len(node.output)} outputs; "
                              "expected (X, data, indices, indptr[, bias]) -> Y")
+    if not node.input[0]:
+        raise ModelFileError(f"{label}: its input X has an empty name; expected (X, data, indices, indptr[, bias])")
     names = dict(zip(("data", "indices", "indptr", "bias"), node.input[1:]))
     arrays: dict[str, np.ndarray] = {}
     for role, name in names.items():
@@ -248,12 +260,17 @@ def input_channels(attrs: SparseOpAttrs) -> int:
     return attrs.group * (attrs.shape[1] // (kh * kw))
 
 
+def conv_out_hw(height: int, width: int, kernel_shape, strides, pads, dilations) -> tuple[int, int]:
+    """(Ho, Wo) of a 2-D conv on an input of spatial size (height, width), as ONNX ``Conv``;
+    pads [top, left, bottom, right]."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_shape, strides, dilations
+    pt, pl, pb, pr = pads
+    return (height + pt + pb - dh * (kh - 1) - 1) // sh + 1, (width + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
 def conv_output_size(attrs: SparseOpAttrs, height: int, width: int) -> tuple[int, int]:
-    """(Ho, Wo) of a SparseConv on an input of spatial size (height, width), as ONNX ``Conv``."""
-    (kh, kw), (sh, sw), (dh, dw) = attrs.kernel_shape, attrs.strides, attrs.dilations
-    pt, pl, pb, pr = attrs.pads
-    return ((height + pt + pb - dh * (kh - 1) - 1) // sh + 1,
-            (width + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+    """(Ho, Wo) of a SparseConv on an input of spatial size (height, width)."""
+    return conv_out_hw(height, width, attrs.kernel_shape, attrs.strides, attrs.pads, attrs.dilations)
 
 
 def check_input_shape(attrs: SparseOpAttrs, dims: Sequence[int | None], itemsize: int, label: str,
@@ -308,18 +325,24 @@ def make_node(op_type: str, x: str, csr_names: tuple[str, str, str], bias: str |
 
 # -- reference implementations ----------------------------------------------------------
 
-def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                    shape: tuple[int, int]) -> np.ndarray:
-    """The dense matrix of a CSR triple, after checking every invariant (ModelFileError otherwise)."""
+def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
+    """The float64 ``scipy.sparse.csr_matrix`` of a CSR triple, after checking every invariant
+    (ModelFileError otherwise)."""
+    from scipy.sparse import csr_matrix
+
     rows, cols = (int(s) for s in shape)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
     problem = csr_problem(data, indices, indptr, (rows, cols))
     if problem:
         raise ModelFileError(f"CSR {problem[0]} {problem[1]}")
-    dense = np.zeros((rows, cols), dtype=np.float64)
-    row_of = np.repeat(np.arange(rows), np.diff(indptr.astype(np.int64)))
-    np.add.at(dense, (row_of, indices.astype(np.int64)), data.astype(np.float64))
-    return dense
+    return csr_matrix((data.astype(np.float64), indices.astype(np.int64), indptr.astype(np.int64)),
+                      shape=(rows, cols))
+
+
+def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """The dense float64 matrix of a CSR triple, after checking every invariant (ModelFileError otherwise)."""
+    return reference_csr(data, indices, indptr, shape).toarray()
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -339,25 +362,21 @@ def reference_activation(y: np.ndarray, activation: str) -> np.ndarray:
     return y
 
 
-def reference_conv2d(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int) -> np.ndarray:
-    """float64 NCHW conv2d of ``x`` with ``w`` (out, in/group, kh, kw); pads [top, left, bottom, right]."""
+def reference_unfold(x: np.ndarray, kernel_shape, strides, pads, dilations) -> np.ndarray:
+    """float64 patches of NCHW ``x``: (N, C*kh*kw, Ho, Wo), column order (c, i, j) as torch's
+    ``conv.weight.reshape(out, -1)``; pads [top, left, bottom, right] of zeros."""
     n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    (sh, sw), (dh, dw) = strides, dilations
+    (kh, kw), (sh, sw), (dh, dw) = kernel_shape, strides, dilations
     pt, pl, pb, pr = pads
+    ho, wo = conv_out_hw(h, wd, kernel_shape, strides, pads, dilations)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input of spatial size ({h}, {wd}) gives an empty output ({ho}, {wo})")
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    y = np.zeros((n, o, ho, wo), dtype=np.float64)
-    og = o // group
-    for g in range(group):
-        xs = xp[:, g * cg:(g + 1) * cg]
-        ws = w[g * og:(g + 1) * og]
-        for i in range(kh):
-            for j in range(kw):
-                patch = xs[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-                y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
-    return y
+    patches = np.empty((n, c, kh, kw, ho, wo), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            patches[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return patches.reshape(n, c * kh * kw, ho, wo)
 
 
 class SparseLinear(OpRun):
@@ -367,8 +386,11 @@ class SparseLinear(OpRun):
 
     def _run(self, x, data, indices, indptr, bias=None, shape=None, activation="none",
              weight_name=None, weight_shape=None, source_op=None):
-        w = reference_dense(data, indices, indptr, tuple(shape))
-        y = x.astype(np.float64) @ w.T
+        w = reference_csr(data, indices, indptr, tuple(shape))
+        if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"X of shape {list(x.shape)} should have {w.shape[1]} features on its last axis")
+        # Only stored entries multiply (a NaN in X reaches only the rows that use its column).
+        y = (w @ x.reshape(-1, w.shape[1]).astype(np.float64).T).T.reshape(*x.shape[:-1], w.shape[0])
         if bias is not None:
             y = y + bias.astype(np.float64)
         act = activation.decode() if isinstance(activation, bytes) else activation
@@ -384,9 +406,22 @@ class SparseConv(OpRun):
              strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
              weight_name=None, weight_shape=None, source_op=None):
         rows, cols = (int(s) for s in shape)
-        kh, kw = kernel_shape
-        w = reference_dense(data, indices, indptr, (rows, cols)).reshape(rows, cols // (kh * kw), kh, kw)
-        y = reference_conv2d(x, w, strides, pads, dilations, int(group))
+        w = reference_csr(data, indices, indptr, (rows, cols))
+        group = int(group)
+        if x.ndim != 4 or x.shape[1] != group * cols // (kernel_shape[0] * kernel_shape[1]):
+            raise ValueError(f"X of shape {list(x.shape)} does not fit kernel_shape {list(kernel_shape)}, "
+                             f"group {group} and shape {[rows, cols]}")
+        n = x.shape[0]
+        patches = reference_unfold(x, kernel_shape, strides, pads, dilations)
+        ho, wo = patches.shape[2:]
+        og, p = rows // group, ho * wo
+        patches = patches.reshape(n, -1, p)
+        y = np.empty((n, rows, p), dtype=np.float64)
+        for g in range(group):
+            cols_g = patches[:, g * cols:(g + 1) * cols].transpose(1, 0, 2).reshape(cols, n * p)
+            # Only stored entries multiply, as in SparseLinear.
+            y[:, g * og:(g + 1) * og] = (w[g * og:(g + 1) * og] @ cols_g).reshape(og, n, p).transpose(1, 0, 2)
+        y = y.reshape(n, rows, ho, wo)
         if bias is not None:
             y = y + bias.astype(np.float64).reshape(1, -1, 1, 1)
         act = activation.decode() if isinstance(activation, bytes) else activation

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from sparsify.errors import ModelFileError
+from sparsify.limits import check_allocation
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
 from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes
 
@@ -91,6 +92,10 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
         role = _tensor_role(str(exc))
         raise ModelFileError(f"{label}: {role} tensor {names[role]!r} is corrupt: {exc}") from None
     bias = arrays.bias
+    # An input row of ``cols`` features (a conv: one column of its unfolded input) must be
+    # allocatable, or no input can ever reach the layer.
+    check_allocation(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
+                     f"{list(attrs.shape)})", ModelFileError)
     try:
         if node.op_type == LINEAR_OP:
             kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation, batch1)
@@ -99,4 +104,8 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
                                   attrs.group, None if attrs.activation == "none" else attrs.activation)
     except KernelValueError as exc:
         raise ModelFileError(f"{label}: {exc}") from None
+    except MemoryError:  # a layout planned over rows x cols that no real layer has
+        raise ModelFileError(f"{label}: building its kernel for shape {list(attrs.shape)} runs out of memory; "
+                             "the shape attribute cannot be right for a layer with "
+                             f"{csr.nnz} nonzeros") from None
     return SparseLayer(node, attrs, kernel, csr)
