@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from sparsify.errors import ModelFileError
-from sparsify.limits import array_bytes, check_allocation
+from sparsify.limits import array_bytes, check_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -201,7 +201,7 @@ def check_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None
         if expected is not None and expected != length:
             raise ModelFileError(f"{where} has {length} bytes in {location!r}, but dims {list(tensor.dims)} "
                                  f"of its element type need {expected}")
-        check_allocation(length, where, ModelFileError)
+        check_bytes(length, where, ModelFileError)
 
 
 def tensor_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
@@ -222,7 +222,7 @@ def tensor_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
         if tensor.HasField("raw_data") and len(tensor.raw_data) != expected:
             raise ModelFileError(f"{label} holds {len(tensor.raw_data)} bytes, but its dims {list(tensor.dims)} "
                                  f"need {expected} (the file is truncated or corrupt)")
-        check_allocation(expected, label, ModelFileError)
+        check_bytes(expected, label, ModelFileError)
     try:
         return numpy_helper.to_array(tensor)
     except Exception as exc:  # numpy_helper raises ValueError/TypeError/... on inconsistent fields

@@ -190,7 +190,7 @@ def test_bench_refuses_a_declared_input_larger_than_the_allocation_limit(tmp_pat
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10**9])])
     path = tmp_path / "big.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    monkeypatch.setenv("SPARSIFY_MAX_ALLOC_BYTES", str(1 << 30))
+    monkeypatch.setenv("SPARSIFY_MAX_BYTES", str(1 << 30))
     assert main(["bench", str(path), "--repeat", "1", "--no-memory", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "input 'x' of shape [1, 1000000000] (float32)" in err and "more than the limit of 1.0 GiB" in err, err

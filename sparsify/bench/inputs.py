@@ -22,7 +22,7 @@ import numpy as np
 
 from sparsify.bench.backends import InputSpec
 from sparsify.errors import DataError
-from sparsify.limits import array_bytes, check_allocation
+from sparsify.limits import array_bytes, check_bytes
 
 
 def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = None, where: str = "model") -> tuple[int, ...]:
@@ -67,7 +67,7 @@ def make_feeds(
         dt = np.dtype(spec.dtype)
         # Floats are drawn in float64, then cast: both arrays exist at once.
         drawn = np.float64 if np.issubdtype(dt, np.floating) else dt
-        check_allocation(array_bytes(shape, dt) + (array_bytes(shape, drawn) if drawn != dt else 0),
+        check_bytes(array_bytes(shape, dt) + (array_bytes(shape, drawn) if drawn != dt else 0),
                          f"{where}: input {spec.name!r} of shape {list(shape)} ({dt}) at batch {batch}", DataError)
         if dt == np.bool_:
             arr = rng.integers(0, 2, size=shape).astype(np.bool_)

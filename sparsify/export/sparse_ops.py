@@ -280,7 +280,7 @@ def check_input_shape(attrs: SparseOpAttrs, dims: Sequence[int | None], itemsize
     input and an output (for N samples, or one when N is unknown) within the allocation limit.
     Checked at load with the declared shapes and again at run time with the real ones (a
     file's pads can ask for terabytes)."""
-    from sparsify.limits import array_bytes, check_allocation, human_bytes
+    from sparsify.limits import array_bytes, check_bytes, human_bytes
 
     need = input_channels(attrs)
     if attrs.op_type == LINEAR_OP:
@@ -303,7 +303,7 @@ def check_input_shape(attrs: SparseOpAttrs, dims: Sequence[int | None], itemsize
     n = 1 if dims[0] is None else dims[0]
     padded = array_bytes((n, need, height + pt + pb, width + pl + pr), np.uint8) * itemsize
     out = array_bytes((n, attrs.shape[0], ho, wo), np.uint8) * itemsize
-    check_allocation(padded + out, f"{label}: pads {list(attrs.pads)} on a ({height}, {width}) input "
+    check_bytes(padded + out, f"{label}: pads {list(attrs.pads)} on a ({height}, {width}) input "
                      f"(a padded input of {human_bytes(padded)} and an output of {human_bytes(out)} "
                      f"for {n} sample(s))", error)
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from sparsify.errors import ModelFileError
-from sparsify.limits import check_allocation
+from sparsify.limits import check_bytes
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
 from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes
 
@@ -94,7 +94,7 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     bias = arrays.bias
     # An input row of ``cols`` features (a conv: one column of its unfolded input) must be
     # allocatable, or no input can ever reach the layer.
-    check_allocation(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
+    check_bytes(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
                      f"{list(attrs.shape)})", ModelFileError)
     try:
         if node.op_type == LINEAR_OP:

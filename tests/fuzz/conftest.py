@@ -33,7 +33,7 @@ def fuzz_long(request) -> None:
 
 @pytest.fixture(autouse=True)
 def _allocation_limit(monkeypatch):
-    monkeypatch.setenv("SPARSIFY_MAX_ALLOC_BYTES", str(FUZZ_ALLOC_LIMIT))
+    monkeypatch.setenv("SPARSIFY_MAX_BYTES", str(FUZZ_ALLOC_LIMIT))
 
 
 # Base models: kind -> (builder, builder options). Index and pointer dtypes and float64 vary.

@@ -14,7 +14,8 @@ from sparsify.runtime import Session
 from tests.fuzz.conftest import feed_sets
 from tests.fuzz.oracle import assert_same, clean, reference_outputs
 
-pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]  # np.matrix feeds
 
 SHORT, LONG = 120, 2000
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.bool_, np.complex64, ">f4", "<f8", np.uint8]
