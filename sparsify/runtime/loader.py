@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 from sparsify.errors import ModelFileError
-from sparsify.limits import check_bytes
+from sparsify.limits import check_bytes, memory_limit
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
-from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes
+from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes, ell
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -96,6 +96,11 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     # allocatable, or no input can ever reach the layer.
     check_bytes(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
                      f"{list(attrs.shape)})", ModelFileError)
+    # The batch-1 layout is planned over the dense shape, one int64 per GROUP_ROWS x STEP window
+    # (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would exceed the memory
+    # bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
+    if batch1 == "auto" and -(-rows // ell.GROUP_ROWS) * -(-cols // ell.STEP) * 8 > memory_limit():
+        batch1 = "csr"
     try:
         if node.op_type == LINEAR_OP:
             kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation, batch1)

@@ -157,3 +157,37 @@ def test_column_index_that_would_wrap_down_into_range_is_rejected(pairs, tmp_pat
     bad = mutate(pairs["mlp"][2], tmp_path / "bad.onnx", T + "indices", high)
     with pytest.raises(ModelFileError, match=r"column index 65539 at indices\[0\] \(row \d+\) should be in \[0, 32\)"):
         Session(bad)
+
+
+def _one_nonzero_linear(path, rows, cols):
+    from sparsify.export.sparse_ops import make_node
+
+    inits = [numpy_helper.from_array(np.array([2.0], np.float32), "d"),
+             numpy_helper.from_array(np.array([cols - 1], np.int32), "i"),
+             numpy_helper.from_array(np.r_[0, np.ones(rows, np.int64)].astype(np.int64), "p")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),  # the sparse input's width is unknown at load
+             make_node("SparseLinear", "r", ("d", "i", "p"), None, "y", "fc", (rows, cols), "none", "w",
+                       (rows, cols), "Gemm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", "K"])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", rows])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                      helper.make_opsetid("ai.sparsify", 1)]), str(path))
+    return path
+
+
+def test_a_shape_whose_batch1_layout_plan_would_exceed_the_memory_bound_keeps_the_csr(tmp_path, monkeypatch):
+    # 10^5 x 10^6 with one nonzero: the sliced-ELL plan (one int64 per 16x16 window) needs 3.1 GB.
+    monkeypatch.setenv("SPARSIFY_MAX_BYTES", str(256 << 20))
+    sess = Session(_one_nonzero_linear(tmp_path / "m.onnx", 100_000, 1_000_000), batch1="auto")
+    assert sess.describe()[-1] == "sparse: fc (batch 1: CSR)", sess.describe()
+    x = np.zeros((1, 1_000_000), np.float32)
+    x[0, -1] = 3.0
+    y = sess.run(None, {"x": x})[0]
+    assert y.shape == (1, 100_000) and y[0, 0] == 6.0 and np.count_nonzero(y) == 1
+
+
+def test_a_layer_whose_input_row_exceeds_the_memory_bound_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSIFY_MAX_BYTES", str(256 << 20))
+    with pytest.raises(ModelFileError, match=r"SparseLinear node 'fc': one input row of 1000000000 features .* "
+                                             r"would allocate 3.7 GiB, more than the limit"):
+        Session(_one_nonzero_linear(tmp_path / "m.onnx", 4, 10**9))
