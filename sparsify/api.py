@@ -16,7 +16,7 @@ from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, m
 from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
-from sparsify.masks import apply_masks, fold_masks
+from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
 from sparsify.modelref import build_model, load_weights, load_weights_file, model_ref, read_state_dict
 from sparsify.trust import TRUST_ALL, CodeTrust
@@ -134,7 +134,9 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
             calib = [(split_batch(b)[0][0], split_batch(b)[1]) for b, _ in zip(loader(splits.train, 64, shuffle=True), range(8))]
         with torch.no_grad():
             example = random_inputs(run.inputs)
-        fold_copy = fold_masks(copy.deepcopy(model))
+        # The planner captures its own copy of the model; a masked one is folded first (on a copy,
+        # since its masks stay attached), a dense one needs no second copy of its weights.
+        fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
         plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=criterion, scope=scope,
                                  round_to=round_to, min_channels=min_channels, targets=targets, ignore=ignore,
                                  calib_batches=calib, seed=seed)
