@@ -14,7 +14,7 @@ from torch import nn
 
 from sparsify.errors import ModelFileError
 from sparsify.limits import check_int64
-from sparsify.onnxfile import load_onnx, tensor_array
+from sparsify.onnxfile import check_external_data, load_onnx, tensor_array
 from sparsify.trust import CodeTrust
 
 
@@ -227,35 +227,53 @@ def inspect_onnx(path: str | Path) -> Inspection:
     """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1.
 
     A file whose ``ai.sparsify`` nodes, initializers or shapes do not hold together (CSR
-    arrays that disagree with their attributes, truncated tensors, MAC counts beyond int64)
-    is refused with a ModelFileError naming the node or tensor, never printed.
+    arrays that disagree with their attributes, truncated tensors, external data outside the
+    model's folder, MAC counts beyond int64) is refused with a ModelFileError naming the node
+    or tensor, never printed.
     """
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
 
-    model = load_onnx(path, external_data=True)
-    where = str(path)
+    model = load_onnx(path)  # external data is read one tensor at a time below
+    where, base = str(path), Path(path).parent
+    check_external_data(model, path)
     macs = _onnx_macs(model, where)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
-    sparse = sparse_op_infos(model, where)
+    sparse = sparse_op_infos(model, where, base)
     csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
     for info in sparse:
         rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
                              f"csr {info.op_type}", info.macs))
     for init in model.graph.initializer:
-        if init.name in csr_arrays:
+        if init.name in csr_arrays or len(init.dims) == 0 or not _is_float_type(init.data_type):
             continue
-        w = tensor_array(init, where)
-        if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
+        w = tensor_array(init, where, base)
+        if w.size <= 1:
             continue
         rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
                              classify_pattern(w), macs.get(init.name)))
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
-    result = Inspection(str(path), rows, os.path.getsize(path), notes)
+    size = os.path.getsize(path) + sum(os.path.getsize(base / f) for f in _data_files(model, path))
+    result = Inspection(str(path), rows, size, notes)
     check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)
     return result
+
+
+def _is_float_type(data_type: int) -> bool:
+    from onnx import helper
+
+    try:
+        return bool(np.issubdtype(helper.tensor_dtype_to_np_dtype(data_type), np.floating))
+    except (KeyError, ValueError, TypeError):
+        return False  # an unknown element type: tensor_array names it where it matters
+
+
+def _data_files(model, path: str | Path) -> set[str]:
+    """The external data files of ``model`` that exist beside ``path``."""
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return {n for n in names if (Path(path).parent / n).is_file()}
 
 
 def inspect_path(path: str | Path, trust: CodeTrust | None = None) -> Inspection:

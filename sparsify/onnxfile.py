@@ -160,59 +160,79 @@ def _fixed_size(tensor: onnx.TensorProto) -> int | None:
     return array_bytes(tensor.dims, dtype)
 
 
+def external_entry(tensor: onnx.TensorProto, base_dir: str | os.PathLike, where: str) -> tuple[Path, int, int]:
+    """(file, offset, length) of a tensor stored as external data, after checking the entry:
+    a relative location inside ``base_dir`` (no absolute path, no '..', no symlink leading out)
+    naming a file, decimal non-negative offset and length inside that file, a length that
+    matches the tensor's dims and type, and within the memory bound. ModelFileError otherwise."""
+    base = Path(base_dir).resolve()
+    where = f"{where}: tensor {tensor.name!r} stored as external data"
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    if not location or "\x00" in location:
+        raise ModelFileError(f"{where} has no usable 'location'; expected a file name beside the model")
+    if Path(location).is_absolute() or location.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", location):
+        raise ModelFileError(f"{where} points at {location!r}, which is not a file inside the model's folder "
+                             "(no absolute paths or '..'); refusing to read it")
+    target = (base / location).resolve()
+    if base not in target.parents:
+        raise ModelFileError(f"{where} points at {location!r}, which resolves to {target}: not a file inside the "
+                             f"model's folder {base} (a symlink?); refusing to read it")
+    if not target.is_file():
+        raise ModelFileError(f"{where}: its file {location!r} does not exist beside the model")
+    numbers = {}
+    for key in ("offset", "length"):
+        text = entries.get(key)
+        if text is None:
+            continue
+        if not _DECIMAL.fullmatch(text.strip()):
+            raise ModelFileError(f"{where} has {key} {text!r}; expected a non-negative integer")
+        numbers[key] = int(text.strip())
+    size = target.stat().st_size
+    offset = numbers.get("offset", 0)
+    length = numbers.get("length", size - offset)
+    if offset > size or offset + length > size:
+        raise ModelFileError(f"{where} reads bytes [{offset}, {offset + length}) of {location!r}, "
+                             f"which holds {size} bytes")
+    expected = _fixed_size(tensor)
+    if expected is not None and expected != length:
+        raise ModelFileError(f"{where} has {length} bytes in {location!r}, but dims {list(tensor.dims)} "
+                             f"of its element type need {expected}")
+    check_bytes(length, where, ModelFileError)
+    return target, offset, length
+
+
 def check_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Raise ModelFileError naming the tensor unless every external-data entry of ``model``
-    (stored at ``path``) points inside the model's folder, with a valid offset and length."""
-    path = Path(path)
-    base = path.parent.resolve()
+    (stored at ``path``) passes :func:`external_entry`."""
     for tensor in external_tensors(model):
-        where = f"{path}: tensor {tensor.name!r} stored as external data"
-        entries: dict[str, str] = {}
-        for entry in tensor.external_data:
-            entries[entry.key] = entry.value
-        location = entries.get("location", "")
-        if not location or "\x00" in location:
-            raise ModelFileError(f"{where} has no usable 'location'; expected a file name beside the model")
-        rel = Path(location)
-        if rel.is_absolute() or location.startswith(("/", "\\")) or ".." in re.split(r"[\\/]", location):
-            raise ModelFileError(f"{where} points at {location!r}, outside the model's folder; external data "
-                                 "must be a relative path without '..' (refusing to read it)")
-        target = (base / rel).resolve()
-        if target != base and base not in target.parents:
-            raise ModelFileError(f"{where} points at {location!r}, which resolves to {target} outside the "
-                                 f"model's folder {base} (a symlink?); refusing to read it")
-        if not target.is_file():
-            raise ModelFileError(f"{where}: its file {location!r} does not exist beside the model")
-        numbers = {}
-        for key in ("offset", "length"):
-            text = entries.get(key)
-            if text is None:
-                continue
-            if not _DECIMAL.fullmatch(text.strip()):
-                raise ModelFileError(f"{where} has {key} {text!r}; expected a non-negative integer")
-            numbers[key] = int(text.strip())
-        size = target.stat().st_size
-        offset = numbers.get("offset", 0)
-        length = numbers.get("length", size - offset)
-        if offset > size or offset + length > size:
-            raise ModelFileError(f"{where} reads bytes [{offset}, {offset + length}) of {location!r}, "
-                                 f"which holds {size} bytes")
-        expected = _fixed_size(tensor)
-        if expected is not None and expected != length:
-            raise ModelFileError(f"{where} has {length} bytes in {location!r}, but dims {list(tensor.dims)} "
-                                 f"of its element type need {expected}")
-        check_bytes(length, where, ModelFileError)
+        external_entry(tensor, Path(path).parent, str(path))
 
 
-def tensor_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
+def tensor_array(tensor: onnx.TensorProto, where: str, base_dir: str | os.PathLike | None = None) -> np.ndarray:
     """The numpy array of ``tensor`` after checking that its bytes match its dims and type;
-    ModelFileError naming ``where`` and the tensor otherwise (truncated, unknown type, ...)."""
+    external data is read from ``base_dir`` (checked by :func:`external_entry`) without
+    loading it into ``tensor``. ModelFileError naming ``where`` and the tensor otherwise."""
     import onnx
     from onnx import numpy_helper
 
     label = f"{where}: tensor {tensor.name!r}"
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        raise ModelFileError(f"{label} is stored as external data that was not loaded")
+        if base_dir is None:
+            raise ModelFileError(f"{label} is stored as external data that was not loaded")
+        target, offset, length = external_entry(tensor, base_dir, where)
+        try:
+            with open(target, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except OSError as exc:
+            raise ModelFileError(f"{label}: its external data in {target} cannot be read: "
+                                 f"{exc.strerror or exc}") from None
+        header = onnx.TensorProto()
+        header.name, header.data_type = tensor.name, tensor.data_type
+        header.dims.extend(tensor.dims)
+        header.raw_data = data
+        tensor = header
     if any(d < 0 for d in tensor.dims):
         raise ModelFileError(f"{label} has negative dims {list(tensor.dims)}")
     expected = _fixed_size(tensor)
@@ -228,3 +248,10 @@ def tensor_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
     except Exception as exc:  # numpy_helper raises ValueError/TypeError/... on inconsistent fields
         raise ModelFileError(f"{label} cannot be read ({type(exc).__name__}: {_first_line(exc)}); "
                              "the file is truncated or corrupt") from None
+
+
+def initializer_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """The values of an initializer as a numpy array, reading external data relative to
+    ``base_dir`` (the model's folder; the working directory when None) without loading it into
+    ``tensor`` (so the proto stays small); checked as :func:`tensor_array` does."""
+    return tensor_array(tensor, "model", base_dir if base_dir is not None else ".")

@@ -92,9 +92,9 @@ def _set_entry(path: Path, key: str, value: str | None) -> Path:
     ("offset", "4096", r"reads bytes \[4096, \d+\) of 'm.onnx.data', which holds 128 bytes"),
     ("length", "1000000", r"reads bytes \[0, 1000000\) of 'm.onnx.data', which holds 128 bytes"),
     ("length", "64", r"has 64 bytes in 'm.onnx.data', but dims \[8, 4\] of its element type need 128"),
-    ("location", "../escape.data", r"points at '../escape.data', outside the model's folder"),
-    ("location", "/etc/passwd", r"points at '/etc/passwd', outside the model's folder"),
-    ("location", "sub/../../x", r"outside the model's folder"),
+    ("location", "../escape.data", r"points at '../escape.data', which is not a file inside the model's folder"),
+    ("location", "/etc/passwd", r"points at '/etc/passwd', which is not a file inside the model's folder"),
+    ("location", "sub/../../x", r"which is not a file inside the model's folder"),
     ("location", "missing.data", r"its file 'missing.data' does not exist beside the model"),
     ("location", None, r"has no usable 'location'"),
 ])
@@ -123,7 +123,7 @@ def test_external_data_through_a_symlink_leading_out_is_refused(tmp_path):
     (inner / "link.data").symlink_to(outside / "secret.data")
     _set_entry(path, "location", "link.data")
     with pytest.raises(ModelFileError, match=r"tensor 'W' stored as external data points at 'link.data', which "
-                                             r"resolves to .*secret.data outside the model's folder"):
+                                             r"resolves to .*secret.data: not a file inside the model's folder"):
         load_onnx(path, external_data=True)
 
 

@@ -218,9 +218,10 @@ def csr_problem(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
 
 
 def read_csr(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], attrs: SparseOpAttrs,
-             where: str) -> CsrTensors:
-    """The CSR arrays and bias of an ``ai.sparsify`` node, read from its initializers and checked
-    (:func:`csr_problem`, bias of [rows] in data's dtype); ModelFileError naming the node and tensor."""
+             where: str, base_dir=None) -> CsrTensors:
+    """The CSR arrays and bias of an ``ai.sparsify`` node, read from its initializers (external
+    data from ``base_dir``) and checked (:func:`csr_problem`, bias of [rows] in data's dtype);
+    ModelFileError naming the node and tensor."""
     from sparsify.onnxfile import tensor_array
 
     label = f"{where}: {node.op_type} node {node_label(node)!r}"
@@ -239,7 +240,7 @@ def read_csr(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], attrs: Sp
         if name not in inits:
             raise ModelFileError(f"{label}: {role} tensor {name!r} is not an initializer; "
                                  "CSR arrays and bias must be stored in the file")
-        arrays[role] = tensor_array(inits[name], label)
+        arrays[role] = tensor_array(inits[name], label, base_dir)
     problem = csr_problem(arrays["data"], arrays["indices"], arrays["indptr"], attrs.shape)
     if problem:
         role, text = problem
@@ -466,9 +467,10 @@ class SparseOpInfo:
                 f"vs {dense:,} bytes dense float32")
 
 
-def sparse_op_infos(model: onnx.ModelProto, where: str = "model") -> list[SparseOpInfo]:
+def sparse_op_infos(model: onnx.ModelProto, where: str = "model", base_dir=None) -> list[SparseOpInfo]:
     """One :class:`SparseOpInfo` per ``ai.sparsify`` node, after checking its attributes and CSR
-    arrays (ModelFileError naming the node and tensor: a file that lies is refused, not printed)."""
+    arrays (external data read from ``base_dir``; ModelFileError naming the node and tensor: a
+    file that lies is refused, not printed)."""
     from sparsify.limits import check_int64
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -479,7 +481,7 @@ def sparse_op_infos(model: onnx.ModelProto, where: str = "model") -> list[Sparse
         if node.domain != DOMAIN:
             continue
         attrs = parse_attrs(node, where)
-        csr = read_csr(node, inits, attrs, where)
+        csr = read_csr(node, inits, attrs, where, base_dir)
         y = shapes.get(node.output[0])
         label = f"{where}: {node.op_type} node {node_label(node)!r}"
         if y and min(y) < 0:
