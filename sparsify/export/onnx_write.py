@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import secrets
 from pathlib import Path
@@ -163,8 +164,8 @@ def atomic_onnx(dest: Path, error: type[SparsifyError] = ExportError) -> Iterato
 def _our_data_files(dest: Path) -> set[str]:
     """External data files beside ``dest`` that the ONNX file now at ``dest`` reads and that
     are named after it (so they are ours to replace)."""
-    if not dest.is_file():
-        return set()
+    if not dest.is_file() or not any(dest.parent.glob(f"{glob.escape(dest.name)}.*data")):
+        return set()  # no data file beside it: no need to parse a model that may hold its weights inline
     try:
         model = onnx.load(str(dest), load_external_data=False)
     except Exception:  # not an ONNX file (or not readable): it names no data file of ours
