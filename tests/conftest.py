@@ -4,6 +4,11 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the hostile-input fuzz suite (tests/fuzz) with many more seeded cases")
+
+
 @pytest.fixture(scope="session")
 def digits_cnn_run(tmp_path_factory):
     """A briefly trained digits-cnn run, pruned 80% globally, shared by the export tests."""
