@@ -181,7 +181,8 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     _, dense, sparse, _ = pairs["mlp"]
     monkeypatch.setattr(ell, "cache_budget", lambda: budget)
     monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
-    monkeypatch.setattr(ell, "MIN_FILL", 0.0)
+    for name, geo in list(ell.GEOMETRIES.items()):  # the layout at any fill
+        monkeypatch.setitem(ell.GEOMETRIES, name, geo._replace(min_fill=0.0))
     sess = Session(sparse, threads=2)
     linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
     assert linears
