@@ -56,6 +56,28 @@ def plot_path(args: argparse.Namespace) -> Path | None:
     return args.plot if args.plot is not None else args.out.with_suffix(".png")
 
 
+# The environment of a benchmark re-run for the AVX2 kernel variant on a host that also has
+# AVX-512 (``--isa avx2``): Numba compiles the kernels for Zen 2 (AVX2 and FMA, no
+# AVX-512), torch and OpenBLAS are limited to AVX2 code; ONNX Runtime has no such switch.
+AVX2_ENV = {"NUMBA_CPU_NAME": "znver2", "NUMBA_CPU_FEATURES": "", "ATEN_CPU_CAPABILITY": "avx2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def rerun_for_avx2(script: str, argv: list[str], out: Path) -> int | None:
+    """Run ``script`` again with AVX2_ENV (``--out out`` unless given) and return its exit
+    code; None when this process already is that re-run."""
+    import subprocess
+
+    if os.environ.get("NUMBA_CPU_NAME") == AVX2_ENV["NUMBA_CPU_NAME"]:
+        return None
+    rest = list(argv)
+    if "--out" not in rest:
+        rest += ["--out", str(out)]
+    env = {**os.environ, **AVX2_ENV}
+    env.pop("SPARSIFY_KERNEL_ISA", None)
+    return subprocess.run([sys.executable, script, *rest], env=env, check=False).returncode
+
+
 # Environment variables that change how the thread pools behave (recorded with every result).
 THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "NUMBA_", "MKL_", "OPENBLAS_")
 

@@ -99,6 +99,11 @@ def describe_target() -> str:
     return f"{name} ({', '.join(have) if have else 'features from the CPU name'})"
 
 
+def describe_variant() -> str:
+    """One line for people: the variant in use and the target it is compiled for."""
+    return f"{VARIANT} kernels, compiled for {describe_target()}"
+
+
 def host_isa() -> dict[str, object]:
     """What benchmark JSON and ``describe`` report: the variant in use, the target's widest,
     the compile target and the real host CPU's vector features."""
@@ -126,4 +131,4 @@ def _initial_variant() -> str:
 VARIANT = _initial_variant()
 
 __all__ = ["VARIANTS", "VARIANT", "ENV", "select", "target_variant", "target_features", "describe_target",
-           "host_isa"]
+           "describe_variant", "host_isa"]

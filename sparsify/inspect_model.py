@@ -227,6 +227,9 @@ def inspect_onnx(path: str | Path) -> Inspection:
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
+    if sparse:
+        from sparsify.runtime.calibrate import kernel_note
+        notes.append(kernel_note())
     return Inspection(str(path), rows, os.path.getsize(path), notes)
 
 

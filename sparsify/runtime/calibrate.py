@@ -63,6 +63,17 @@ def host_identity(threads: int) -> dict[str, object]:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def kernel_note() -> str:
+    """What runs this file's sparse ops on this host: the kernel variant, the compile target and
+    the host CPU (for ``sparsify inspect``)."""
+    from sparsify.bench.machine import cpu_model
+    from sparsify.kernels import isa
+
+    info = isa.host_isa()
+    return (f"on this host ({cpu_model()}, {info['host_cpu']}: {', '.join(info['host_features']) or 'no AVX'}) "
+            f"sparsify runs these ops on its {isa.describe_variant()}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Measurement:
     """One layer's timings on this host (milliseconds, medians) and whether they were cached."""
@@ -234,4 +245,4 @@ class Calibrator:
         return self._recall_or_measure(key, measure)
 
 
-__all__ = ["Calibrator", "Measurement", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]
+__all__ = ["Calibrator", "Measurement", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]

@@ -135,8 +135,13 @@ class Session:
         return list(self._outputs)
 
     def describe(self) -> list[str]:
-        """One line per execution step (sparse kernel, numpy glue or ORT segment)."""
-        return describe(self.steps)
+        """The kernels this host runs (variant, compile target, threading layer), then one
+        line per execution step (sparse kernel, numpy glue or ORT segment)."""
+        from sparsify.kernels import isa
+        from sparsify.kernels.threads import threading_layer
+
+        head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
+        return [head] + describe(self.steps)
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""

@@ -192,6 +192,9 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     else:
         assert all(k.ell is None for k in linears)
         form = "batch 1: CSR"
+    from sparsify.kernels import isa
+    head = sess.describe()[0]
+    assert head.startswith(f"kernels: {isa.VARIANT} kernels, compiled for ") and "2 thread(s), Numba " in head
     sparse_lines = [line for line in sess.describe() if line.startswith("sparse:")]
     assert len(sparse_lines) == len(linears) and all(form in line for line in sparse_lines)
     x = models.inputs("mlp", 1, seed=3)
