@@ -556,6 +556,9 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                                    ir.FunctionType(vf, [vf, vf, ir.VectorType(i1, n_lanes)]))
         else:
             permps = _intrinsic_fn(mod, "llvm.x86.avx2.permps", ir.FunctionType(vf, [vf, vi]))
+            blendv = _intrinsic_fn(mod, "llvm.x86.avx.blendv.ps.256", ir.FunctionType(vf, [vf, vf, vf]))
+            movmsk = _intrinsic_fn(mod, "llvm.x86.avx.movmsk.ps.256", ir.FunctionType(i32, [vf]))
+            popcount32 = _intrinsic_fn(mod, "llvm.ctpop.i32", ir.FunctionType(i32, [i32]))
         fma = _intrinsic_fn(mod, f"llvm.fma.v{n_lanes}f32", ir.FunctionType(vf, [vf, vf, vf]))
         popcount = _intrinsic_fn(mod, f"llvm.ctpop.i{n_lanes}", ir.FunctionType(im, [im]))
         prefetch_fn = _intrinsic_fn(mod, "llvm.prefetch.p0",
@@ -564,7 +567,6 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         plo_v, phi_v, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6, 8))
         zero = ir.Constant(vf, None)
         limit = ir.Constant(vb, [seg_width] * n_lanes)
-        high_half = ir.Constant(vi, [8] * n_lanes)
         table = None if wide else _expand_table(builder, n_lanes)
 
         def load_int(arr, arg, at):
@@ -575,21 +577,29 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
         def permute(x_lo, index, x_hi):
+            """The inputs of each lane, zero on padding lanes."""
             if wide:
-                return builder.call(permute2, [x_lo, index, x_hi])
+                return builder.select(valid, builder.call(permute2, [x_lo, index, x_hi]), zero)
+            # blendv on the sign bits (offset bit 3 shifted up; the padding sign), so that
+            # LLVM keeps the mask in the dword lanes instead of redoing byte compares.
             lo, hi = builder.call(permps, [x_lo, index]), builder.call(permps, [x_hi, index])
-            upper = builder.icmp_unsigned("!=", builder.and_(index, high_half), ir.Constant(vi, None))
-            return builder.select(upper, hi, lo)
+            upper = builder.bitcast(builder.shl(index, ir.Constant(vi, [28] * n_lanes)), vf)
+            picked = builder.call(blendv, [lo, hi, upper])
+            return builder.call(blendv, [picked, zero, padding])
 
-        def expanded(q, valid):
+        def expanded(q):
+            """(weights of slot lanes from the compact values at q, zero on padding lanes;
+            how many values the slot takes)."""
             packed_values = vector_at(val_a.data, q, vf, 4)
             if wide:
-                return builder.call(expand, [packed_values, zero, valid])
-            row = builder.mul(builder.zext(builder.bitcast(valid, im), i64), ir.Constant(i64, n_lanes))
-            at = builder.gep(table, [ir.Constant(i64, 0), row])
-            spread = builder.call(permps, [packed_values, builder.load(builder.bitcast(at, vi.as_pointer()),
-                                                                          align=4)])
-            return builder.select(valid, spread, zero)
+                count = builder.call(popcount, [builder.bitcast(valid, im)])
+                return builder.call(expand, [packed_values, zero, valid]), builder.zext(count, i64)
+            lanes_set = builder.xor(builder.call(movmsk, [padding]), ir.Constant(i32, (1 << n_lanes) - 1))
+            at = builder.gep(table, [ir.Constant(i64, 0),
+                                     builder.mul(builder.zext(lanes_set, i64), ir.Constant(i64, n_lanes))])
+            spread = builder.call(permps, [packed_values, builder.load(builder.bitcast(at, vi.as_pointer()), align=4)])
+            count = builder.call(popcount32, [lanes_set])
+            return builder.call(blendv, [spread, zero, padding]), builder.zext(count, i64)
 
         entry = builder.block
         # The next compact value (unused when padded): carried from pair to pair.
@@ -629,18 +639,22 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
 
             prefetch_at(off_a.data, at, n_lanes)
             prefetch_at(val_a.data, q if packed else at, n_lanes // 2 if packed else n_lanes)
-        valid = builder.icmp_unsigned("<", offs, limit)
-        index = builder.zext(offs, vi)
+        if wide:
+            valid = builder.icmp_unsigned("<", offs, limit)
+            index = builder.zext(offs, vi)
+        else:  # valid offsets are below 128 and EMPTY is 255: the sign of the widened
+            # offset is the padding mask (one vpmovsxbd, no byte compare and second widening)
+            index = builder.sext(offs, vi)
+            valid = builder.icmp_signed(">=", index, ir.Constant(vi, None))
+            padding = builder.bitcast(index, vf)  # blendv reads each lane's sign
         if packed:
-            weights = expanded(q, valid)
-            count = builder.call(popcount, [builder.bitcast(valid, im)])
-            q_next = builder.add(q, builder.zext(count, i64))
+            weights, count = expanded(q)
+            q_next = builder.add(q, count)
         else:
             weights, q_next = vector_at(val_a.data, at, vf, 4), q
         updated = []
         for v, (x_lo, x_hi) in enumerate(tables):
-            picked = builder.select(valid, permute(x_lo, index, x_hi), zero)
-            updated.append(builder.call(fma, [weights, picked, accs[v]]))
+            updated.append(builder.call(fma, [weights, permute(x_lo, index, x_hi), accs[v]]))
         if n_vec == 1:  # two accumulators alternate slot by slot
             updated = [accs[1], updated[0]]
         k.add_incoming(builder.add(k, ir.Constant(i64, 1)), slot_body)

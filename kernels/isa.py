@@ -21,6 +21,8 @@ import os
 import numba
 
 VARIANTS = ("avx512", "avx2", "portable")
+# Bytes per vector register of each variant (SSE2 for the portable one).
+VECTOR_BYTES = {"avx512": 64, "avx2": 32, "portable": 16}
 # The variant each variant can fall back to, in order of preference (each runs on the next).
 _ORDER = {v: i for i, v in enumerate(VARIANTS)}
 ENV = "SPARSIFY_KERNEL_ISA"
@@ -37,14 +39,17 @@ _AVX2_NAMES = ("haswell", "broadwell", "skylake", "alderlake", "raptorlake", "me
 
 
 def target_features() -> dict[str, bool]:
-    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES when set, else the
-    host's (from LLVM) unless NUMBA_CPU_NAME names another CPU (then {} : see
-    :func:`target_variant`)."""
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES when set (an empty value
+    means the named CPU's own, then {}: see :func:`target_variant`), else the host's (from
+    LLVM; Numba adds them to a NUMBA_CPU_NAME given alone)."""
     cfg = numba.config
-    if cfg.CPU_FEATURES:
+    if cfg.CPU_FEATURES is not None:
         return {f[1:]: f[0] == "+" for f in cfg.CPU_FEATURES.split(",") if f[:1] in "+-" and len(f) > 1}
-    if cfg.CPU_NAME not in (None, "", "host"):
-        return {}
+    return llvm_host_features()
+
+
+def llvm_host_features() -> dict[str, bool]:
+    """The host CPU's features as LLVM reads them (CPUID); {} if it cannot."""
     try:
         import llvmlite.binding as llvm
         return dict(llvm.get_host_cpu_features())
@@ -67,7 +72,10 @@ def target_variant() -> str:
     """The widest variant the compile target supports (see the module docstring)."""
     cfg = numba.config
     name = cfg.CPU_NAME if cfg.CPU_NAME not in (None, "", "host") else None
-    return _variant_of(target_features(), name)
+    feats = target_features()
+    if cfg.CPU_FEATURES is not None and not feats and name is None:
+        feats = llvm_host_features()  # empty features for the host CPU: the host's own
+    return _variant_of(feats, name)
 
 
 def select(requested: str | None = None) -> str:
@@ -130,5 +138,5 @@ def _initial_variant() -> str:
 # The variant this process runs, chosen once at import (Numba compiles for one target per process).
 VARIANT = _initial_variant()
 
-__all__ = ["VARIANTS", "VARIANT", "ENV", "select", "target_variant", "target_features", "describe_target",
+__all__ = ["VARIANTS", "VECTOR_BYTES", "VARIANT", "ENV", "select", "target_variant", "target_features", "describe_target",
            "describe_variant", "host_isa"]

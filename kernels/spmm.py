@@ -60,9 +60,18 @@ def activation_code(activation: str | None) -> int:
             f"activation {activation!r} should be one of None, 'relu', 'gelu'") from None
 
 
-def pick_tile(batch: int) -> int:
-    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32."""
-    return 8 if batch <= 8 else 16 if batch <= 16 else 32
+def widest_tile(variant: str | None = None) -> int:
+    """The widest SpMM batch tile for ``variant`` (default the host's): two vector registers
+    of float32 per accumulator chain (``_simd.tile_row`` keeps four chains), so that the
+    accumulators take at most half the register file: 32 with AVX-512 (measured fastest
+    there, see _jit.TILES), 16 with AVX2, 8 with SSE2."""
+    return 2 * isa.VECTOR_BYTES[isa.VARIANT if variant is None else variant] // 4
+
+
+def pick_tile(batch: int, widest: int = 32) -> int:
+    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32, at
+    most ``widest``."""
+    return min(widest, 8 if batch <= 8 else 16 if batch <= 16 else 32)
 
 
 def checked(weight: CSR) -> CSR:
@@ -231,7 +240,7 @@ class SparseLinear:
             variant(_jit.spmv)(*self._csr_arrays, xv, self.bias, self._act, out.reshape(-1), bounds)
             return
         x2 = x.reshape(batch, self.in_features)
-        tile = pick_tile(batch)
+        tile = pick_tile(batch, widest_tile(self.variant))
         xp = self._scratch.get((1, -(-batch // tile), self.in_features, tile), self.dtype)
         variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
@@ -444,4 +453,4 @@ def _describe(a) -> str:
 
 
 __all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code",
-           "pick_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]
+           "pick_tile", "widest_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

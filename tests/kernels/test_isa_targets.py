@@ -32,6 +32,10 @@ def test_variant_follows_the_target_features(monkeypatch):
     monkeypatch.setattr(isa.numba.config, "CPU_NAME", "generic")
     monkeypatch.setattr(isa.numba.config, "CPU_FEATURES", "")
     assert isa.target_variant() == "portable"
+    monkeypatch.setattr(isa.numba.config, "CPU_NAME", "znver2")
+    assert isa.target_variant() == "avx2"  # empty features: the named CPU's own
+    monkeypatch.setattr(isa.numba.config, "CPU_FEATURES", None)  # unset: Numba adds the host's
+    assert isa.target_variant() == isa._variant_of(isa.llvm_host_features(), None)
     monkeypatch.setattr(isa.numba.config, "CPU_NAME", None)
     monkeypatch.setattr(isa.numba.config, "CPU_FEATURES", "+avx2,+fma,-avx512f")
     assert isa.target_variant() == "avx2"
@@ -58,8 +62,11 @@ def test_host_isa_names_the_variant_and_the_host():
     assert info["target_variant"] in isa.VARIANTS and info["host_cpu"]
 
 
-def _run_target(cpu: str, variant: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="")
+def _run_target(cpu: str, variant: str, cache: Path) -> subprocess.CompletedProcess:
+    # An empty NUMBA_CPU_FEATURES means the named CPU's own features (unset, Numba would add
+    # the host's, AVX-512 included); a fresh cache, because Numba does not disassemble
+    # kernels loaded from its cache, and the assembly check needs them compiled.
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(cache))
     env.pop(isa.ENV, None)
     return subprocess.run([sys.executable, "-m", "tests.kernels.target_check", variant], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=1200)
@@ -67,9 +74,9 @@ def _run_target(cpu: str, variant: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu, variant", [("znver2", "avx2"), ("x86-64", "portable")])
-def test_kernels_compiled_for_another_target_match_dense(cpu, variant):
+def test_kernels_compiled_for_another_target_match_dense(cpu, variant, tmp_path):
     if variant != "portable" and isa._ORDER[isa.target_variant()] > isa._ORDER[variant]:
         pytest.skip(f"this host cannot run {variant} code")
-    proc = _run_target(cpu, variant)
+    proc = _run_target(cpu, variant, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.strip().splitlines()[-1].startswith(f"ok {variant} ")

@@ -211,6 +211,9 @@ def test_row_chunks_cover_rows_in_order():
 
 def test_pick_tile():
     assert [pick_tile(b) for b in (2, 8, 9, 16, 17, 65, 1000)] == [8, 8, 16, 16, 32, 32, 32]
+    assert [pick_tile(b, 16) for b in (2, 9, 17, 1000)] == [8, 16, 16, 16]
+    from sparsify.kernels.spmm import widest_tile
+    assert [widest_tile(v) for v in ("avx512", "avx2", "portable")] == [32, 16, 8]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
