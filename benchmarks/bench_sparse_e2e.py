@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.out.with_name("sparse_e2e_avx2.json"))
         if code is not None:
             return code
-    from sparsify.kernels import isa, set_threads, warmup
+    from sparsify.kernels import set_threads, warmup
 
     set_threads(args.threads)
     warmup((np.float32,))
@@ -414,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
         batches = (1, 8) if args.quick else (1, 8, 64)
         doc = envelope("sparsify.sparse_e2e/1", {"threads": args.threads, "quick": args.quick, "min_time": min_time,
                                                    "batches": list(batches), "isa": args.isa})
-        doc["isa"] = isa.host_isa()
         with tempfile.TemporaryDirectory(prefix="sparse-e2e-") as tmp:
             work = Path(tmp)
             doc["mlp"] = leg_mlp(work, width, batches, args.threads, min_time)

@@ -84,11 +84,9 @@ class Session:
     keeps the CSR alone, for models served at larger batches or short of memory (batch 1
     then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
 
-    Threads: with Numba's default ``omp`` threading layer, 2-thread kernels stalled for
-    scheduler ticks whenever other processes held the cores (a 1024x1024 SpMV: 0.017 ms
-    quiet, 6-14 ms under load); ``NUMBA_THREADING_LAYER=workqueue`` (set before the first
-    kernel runs) stayed at 0.04-0.05 ms, but its kernels must not be launched from several
-    Python threads at once. See ``benchmarks/results/sparse_e2e*.json``.
+    Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
+    installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``
+    names the layer in use.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto") -> None:
