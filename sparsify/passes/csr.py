@@ -458,13 +458,14 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
             continue
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
+        prefix = d.reason  # why it was not timed, if it was not
         if d.density < threshold or threshold >= 1.0:
-            d.reason = f"density {d.density:.3f} below threshold {threshold:.2f} {source}"
+            d.reason = f"{prefix}density {d.density:.3f} below threshold {threshold:.2f} {source}"
             if d.density >= threshold:
-                d.reason = f"density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
+                d.reason = f"{prefix}density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
             claimed.update(d.fused)
         else:
-            reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
+            reason = f"{prefix}density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
                 what = "1x1 and strided conv" if kind == "conv" else kind
                 reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
@@ -481,17 +482,23 @@ def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _
     """Decide ``d`` by timing it on this host (True), or return False when its input shape
     is unknown (a conv needs it), leaving the decision to the fixed rules."""
     node = g.nodes[d.fused[0]]
-    if d.op_type == "Conv":
-        dims = shapes.dims(node.input[0])
-        if len(dims) != 4 or None in dims[1:]:
-            return False
-        a = _attrs(node)
-        spatial = len(w.shape) - 2
-        m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
-                            a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial), int(a.get("group", 1)))
-    else:
-        w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
-        m = calibrator.linear(w2d, target_batch * shapes.rows_per_sample(node.input[0]))
+    try:
+        if d.op_type == "Conv":
+            dims = shapes.dims(node.input[0])
+            if len(dims) != 4 or None in dims[1:]:
+                d.reason = "input shape unknown, not timed; "
+                return False
+            a = _attrs(node)
+            spatial = len(w.shape) - 2
+            m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
+                                a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial),
+                                int(a.get("group", 1)))
+        else:
+            w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
+            m = calibrator.linear(w2d, target_batch * shapes.rows_per_sample(node.input[0]))
+    except Exception as exc:  # a layer the timing cannot run (ORT or a kernel refusing it): fixed rules
+        d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        return False
     reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}"
     if m.convert:
         d.reason = reason

@@ -91,3 +91,14 @@ def test_real_timing_runs_both_sides_and_decides(cache):
     ms = m.linear(numpy_helper.to_array(model.graph.initializer[0]), 1)
     assert ms.cached and ms.sparse_ms > 0 and ms.dense_ms > 0 and ms.overhead_ms > 0
     assert d.convert == ms.convert
+
+
+def test_a_layer_the_timing_cannot_run_falls_back_to_the_fixed_rules(cache, monkeypatch):
+    model = _mlp(np.random.default_rng(4), [(64, 48)], [0.1])
+
+    def refuse(self, w, rows):
+        raise RuntimeError("no kernel for this")
+    monkeypatch.setattr(calibrate.Calibrator, "linear", refuse)
+    d = plan_csr(model).decisions[0]
+    assert d.reason.startswith("not timed (RuntimeError: no kernel for this); density 0.1")
+    assert "threshold" in d.reason
