@@ -1,4 +1,4 @@
-"""Convert or keep dense, measured on the running host: a short timing per layer, cached per host.
+"""Decisions measured on the running host: convert or keep dense, and the batch-1 kernel; cached per host.
 
 The CSR pass asks, for each candidate layer, whether our kernel beats ONNX Runtime's dense
 op on this machine at the layer's batch. :class:`Calibrator` times both on the layer's own
@@ -9,6 +9,12 @@ vector features, kernel variant, thread count and library versions, under
 ``$SPARSIFY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/sparsify`` or ``~/.cache/sparsify``),
 keyed by the layer's kind, shape, density (to 0.01) and batch. ``SPARSIFY_CALIBRATION=off``
 turns it off (the pass then uses its fixed rules), which the test suite does by default.
+
+:func:`choose_batch1_forms` does the same at load for each Linear's batch-1 kernel: the
+sliced-ELL layout the size rules chose against the CSR kernel. Which wins depends on the
+host: compiled for AVX2 and run on the Zen 4 VM, the CSR gather kernel beat the compact
+AVX2 layout at 4096x4096 90% (0.65 against 1.38 ms) while the AVX-512 layout beat the CSR
+(0.39 against 0.79 ms) (benchmarks/results/kernels*.json).
 """
 
 from __future__ import annotations
@@ -61,6 +67,31 @@ def host_identity(threads: int) -> dict[str, object]:
             "kernel_variant": info["kernel_variant"], "target": info["target"], "threads": threads,
             "sparsify": sparsify.__version__, "numba": numba.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
+
+
+def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike | None = None) -> list[str]:
+    """Keep each SparseLinear's sliced-ELL layout only where its batch-1 call beats the
+    CSR kernel on this host (timed once per host and cached like the CSR pass's layer
+    timings; nothing happens when calibration is off). Returns one line per layer timed."""
+    from sparsify.kernels import set_threads
+
+    if not enabled() or not any(layer.ell is not None for layer in layers):
+        return []
+    set_threads(threads)
+    cal = Calibrator(threads, directory)
+    lines = []
+    for layer in layers:
+        timed = cal.batch1(layer)
+        if timed is None:
+            continue
+        form, m = timed
+        keep = m.sparse_ms < m.dense_ms
+        if not keep:
+            layer.set_batch1_layout(None)
+        lines.append(f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: sliced ELL {form} {m.sparse_ms:.4f} ms vs "
+                     f"CSR {m.dense_ms:.4f} ms -> {'ELL' if keep else 'CSR'}{', cached' if m.cached else ''}")
+    cal.save()
+    return lines
 
 
 def kernel_note() -> str:
@@ -222,6 +253,36 @@ class Calibrator:
 
         return self._recall_or_measure(key, measure)
 
+    def batch1(self, layer) -> tuple[str, Measurement] | None:
+        """Time a SparseLinear's batch-1 call on its sliced-ELL layout against the CSR
+        kernel and return ``(what, measurement)`` with the CSR as "dense" side (no
+        overhead), or None when the layer has no layout. The layer is left as it was."""
+        layout = layer.ell
+        if layout is None:
+            return None
+        prefetch = bool(layer._ell_call.prefetch)
+        form = (f"{layout.geometry.variant} {'compact' if layout.compact else 'padded'}"
+                f"{' prefetched' if prefetch else ''}")
+        out_f, in_f = layer.weight.shape
+        key = f"batch1 {out_f}x{in_f} density {layer.weight.density:.2f} {form}"
+        entry = self._entries.get(key)
+        if entry is not None:
+            return form, Measurement(entry["sparse_ms"], entry["dense_ms"], 0.0, cached=True)
+        x = np.random.default_rng(0).standard_normal(in_f).astype(layer.dtype)
+
+        def csr_call():
+            layer.set_batch1_layout(None)
+            try:
+                return time_pair(lambda: layer(x), lambda: None)[0]
+            finally:
+                layer.set_batch1_layout(layout, prefetch)
+
+        csr_ms = csr_call()
+        ell_ms = time_pair(lambda: layer(x), lambda: None)[0]
+        self._entries[key] = {"sparse_ms": ell_ms, "dense_ms": csr_ms}
+        self._dirty = True
+        return form, Measurement(ell_ms, csr_ms, 0.0)
+
     def conv(self, w: np.ndarray, x_shape: tuple[int, int, int, int], strides, pads, dilations, group: int) -> Measurement:
         """A Conv of weight ``w`` (O, C/g, kh, kw) on an input of ``x_shape`` (N, C, H, W):
         our SparseConv2d against ONNX Runtime's Conv."""
@@ -245,4 +306,4 @@ class Calibrator:
         return self._recall_or_measure(key, measure)
 
 
-__all__ = ["Calibrator", "Measurement", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]
+__all__ = ["Calibrator", "Measurement", "choose_batch1_forms", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]

@@ -110,9 +110,12 @@ class Session:
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
-        # The linear layers run one after another: their batch-1 layouts are chosen together.
-        fit_batch1_layouts([layer.kernel for layer in self.layers.values()
-                            if isinstance(layer.kernel, SparseLinear)])
+        # The linear layers run one after another: their batch-1 layouts are chosen together,
+        # then each kept only where it beats the CSR kernel on this host (timed, cached).
+        linears = [layer.kernel for layer in self.layers.values() if isinstance(layer.kernel, SparseLinear)]
+        fit_batch1_layouts(linears)
+        from sparsify.runtime.calibrate import choose_batch1_forms
+        self.batch1_timings = choose_batch1_forms(linears, self.threads)
         init_names = set(inits)
         self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
         self._outputs = [_node_arg(vi) for vi in model.graph.output]

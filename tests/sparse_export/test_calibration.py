@@ -102,3 +102,28 @@ def test_a_layer_the_timing_cannot_run_falls_back_to_the_fixed_rules(cache, monk
     d = plan_csr(model).decisions[0]
     assert d.reason.startswith("not timed (RuntimeError: no kernel for this); density 0.1")
     assert "threshold" in d.reason
+
+
+def test_batch1_form_kept_only_where_it_beats_the_csr_kernel(cache, monkeypatch):
+    from sparsify.kernels import CSR, SparseLinear, ell
+
+    if ell.host_geometry() is None:
+        pytest.skip("no sliced-ELL layout on this host")
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    w[rng.random(w.shape) >= 0.1] = 0
+    layers = [SparseLinear(CSR.from_dense(w), batch1="ell") for _ in range(2)]
+    # Timed CSR first, then the layout: the first layer's layout loses, the second's wins.
+    times = iter([(1.0, 0.0), (2.0, 0.0), (1.0, 0.0), (0.5, 0.0)])
+    monkeypatch.setattr(calibrate, "time_pair", lambda a, b: (a(), b(), next(times))[2])
+    lines = calibrate.choose_batch1_forms(layers[:1], 1)
+    assert layers[0].ell is None and lines[0].endswith("-> CSR")
+    layers[1].set_batch1_layout(layers[1].ell)  # another weight: timed anew
+    monkeypatch.setattr(calibrate.Calibrator, "batch1", lambda self, layer: (
+        "x", calibrate.Measurement(0.5, 1.0, 0.0)))
+    calibrate.choose_batch1_forms(layers[1:], 1)
+    assert layers[1].ell is not None
+    y = layers[0](np.ones(128, np.float32))
+    np.testing.assert_allclose(y, w.astype(np.float64) @ np.ones(128), rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(calibrate.ENV, "off")
+    assert calibrate.choose_batch1_forms(layers[1:], 1) == [] and layers[1].ell is not None
