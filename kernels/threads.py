@@ -10,10 +10,11 @@ import numba
 import numpy as np
 
 # Numba's threading layer, chosen by measurement (benchmarks/bench_threading.py, results in
-# benchmarks/results/threading.json): TBB, because beside ONNX Runtime and torch in one
-# process on the loaded 2-core VM our 2-thread 1024^2 batch-1 kernel kept p50 19-35 us and
-# p90 <= 2x p50 under it, while omp with its bounded spin stalled (p50 0.53-0.60 ms, p90
-# 4-7x p50) and workqueue woke slowly (p50 59-69 us). Numba tries TBB first anyway; a
+# benchmarks/results/threading.json and benchmarks/README.md): TBB, because beside ONNX
+# Runtime and torch in one process on the loaded 2-core VM (load 5.5-13) our 2-thread
+# 1024^2 batch-1 kernel kept p50 19-35 us and p90 <= 2x p50 under it, while omp with its
+# bounded spin stalled (p50 0.53-0.60 ms, p90 4-7x p50) and workqueue woke slowly (p50
+# 59-69 us). Numba tries TBB first anyway; a
 # pip-installed libtbb sits in <prefix>/lib, outside the loader's path, so it is loaded
 # here before any parallel kernel starts. Without it Numba falls back to omp (then
 # sparsify's bounded OpenMP spin applies, see sparsify/__init__.py).

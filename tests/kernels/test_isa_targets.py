@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparsify.kernels import KernelArgumentError, SparseLinear, isa
@@ -53,7 +54,7 @@ def test_select_takes_lower_variants_and_refuses_higher(monkeypatch):
     with pytest.raises(ValueError, match="should be one of"):
         isa.select("sse9")
     with pytest.raises(KernelArgumentError, match="not available here"):
-        SparseLinear(CSR.from_dense(__import__("numpy").ones((2, 2), "float32")), variant="avx512")
+        SparseLinear(CSR.from_dense(np.ones((2, 2), np.float32)), variant="avx512")
 
 
 def test_host_isa_names_the_variant_and_the_host():
