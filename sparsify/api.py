@@ -16,9 +16,10 @@ from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, m
 from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
-from sparsify.masks import apply_masks, fold_masks
+from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
-from sparsify.modelref import build_model, load_weights, model_ref, read_state_dict
+from sparsify.modelref import build_model, load_weights, load_weights_file, model_ref, read_state_dict
+from sparsify.trust import TRUST_ALL, CodeTrust
 
 
 @dataclasses.dataclass
@@ -31,24 +32,29 @@ class ModelSource:
     data: str | None = None
     input_shapes: Sequence[str] = ()
     input_dtypes: Sequence[str] = ()
+    # Code references a run directory's manifest may name and have imported (its model, its data).
+    trust: CodeTrust = CodeTrust()
 
 
 def open_model(src: ModelSource) -> Run:
     """A run from a run directory, or a fresh (unmasked) run from a model reference."""
     if is_run_dir(src.model):
-        run = load_run(src.model)
+        run = load_run(src.model, src.trust)
         if src.weights:
             raise ModelError(f"--weights cannot be combined with the run directory {src.model}; the run holds its weights")
         if src.data:
-            run.data = src.data
+            run.use_data(src.data)
         return run
     if Path(src.model).is_dir():
         raise ModelError(f"{src.model} is a directory but holds no manifest.json; expected a run directory, "
                          f"a built-in model ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:attr'")
     ref = model_ref(src.model, src.model_args)
-    model = build_model(ref)
+    model = build_model(ref, TRUST_ALL)  # the user named it on the command line
     if src.weights:
-        load_weights(model, read_state_dict(src.weights), src.weights)
+        if Path(src.weights).suffix == ".safetensors" and Path(src.weights).is_file():
+            load_weights_file(model, src.weights)
+        else:
+            load_weights(model, read_state_dict(src.weights), src.weights)
     inputs = resolve_inputs(src, ref)
     return Run(model=model, model_ref=ref, inputs=inputs, data=src.data)
 
@@ -65,10 +71,11 @@ def resolve_inputs(src: ModelSource, ref: dict[str, Any]) -> list[InputSpec]:
 
 
 def _need_data(run: Run, data: str | None) -> Splits:
-    ref = data or run.data
+    if data:
+        run.use_data(data)
+    ref = run.data_ref()
     if not ref:
         raise DataError("this step needs data: give --data (e.g. --data digits)")
-    run.data = ref
     return load_data(ref)
 
 
@@ -127,7 +134,9 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
             calib = [(split_batch(b)[0][0], split_batch(b)[1]) for b, _ in zip(loader(splits.train, 64, shuffle=True), range(8))]
         with torch.no_grad():
             example = random_inputs(run.inputs)
-        fold_copy = fold_masks(copy.deepcopy(model))
+        # The planner captures its own copy of the model; a masked one is folded first (on a copy,
+        # since its masks stay attached), a dense one needs no second copy of its weights.
+        fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
         plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=criterion, scope=scope,
                                  round_to=round_to, min_channels=min_channels, targets=targets, ignore=ignore,
                                  calib_batches=calib, seed=seed)
@@ -149,7 +158,7 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
         recalibrate_batchnorm(model, _need_data(run, src.data).train, bn_recalibrate, seed=seed)
         step["bn_recalibrate_batches"] = bn_recalibrate
     metrics: dict[str, Any] = {}
-    if run.data:
+    if run.data_ref():
         acc = evaluate(model, load_data(run.data).test)["accuracy"]
         metrics["test_accuracy"] = round(acc, 4)
         metrics["pruned_test_accuracy"] = round(acc, 4)
@@ -203,9 +212,12 @@ class CombinedPlan:
 
 
 def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,
-                   teacher: str | Path | None = None) -> Run:
-    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher."""
-    run = load_run(run_path)
+                   teacher: str | Path | None = None, trust: CodeTrust = CodeTrust()) -> Run:
+    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher.
+
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    """
+    run = load_run(run_path, trust)
     splits = _need_data(run, data)
     teacher_model = teacher_for(run, teacher) if cfg.distill else None
     return _train_and_save(run, splits, cfg, teacher_model, "finetune", "finetune_history",
@@ -229,31 +241,36 @@ def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
         if actual != parent["weights_sha256"]:
             raise RunError(f"the dense parent {teacher} changed since {run.path} was pruned from it "
                            "(weights hash differs); give --teacher RUN")
-    return fold_masks(load_run(teacher).model).eval()
+    return fold_masks(load_run(teacher, run.trust).model).eval()
 
 
 def reference_module(run: Run) -> nn.Module:
     """The masked model in eval mode with masks folded into plain tensors."""
-    return fold_masks(copy.deepcopy(run.model)).eval()
+    return run.reference_module()
 
 
 def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Seeded random inputs at batch 1 and 3, plus a batch of real data when the run knows its data."""
     sets = {f"random b{b}": [t.numpy() for t in random_inputs(run.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
-    if run.data:
+    data = run.data_ref()
+    if data:
         from sparsify.data import loader, split_batch
 
-        x, _ = split_batch(next(iter(loader(load_data(run.data).test, 16))))
+        x, _ = split_batch(next(iter(loader(load_data(data).test, 16))))
         sets["data b16"] = [t.numpy() for t in x]
     return sets
 
 
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
                  verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                 opset: int | None = None, **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
-    """Export a run; verification (on by default) must pass before anything appears at ``out``."""
+                 opset: int | None = None, trust: CodeTrust = CodeTrust(), external_data: str = "auto",
+                 **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Export a run; verification (on by default) must pass before anything appears at ``out``.
+
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`);
+    ``external_data`` (auto, always, never) puts ONNX weights in ``OUT.data`` beside ``OUT``.
+    """
     from sparsify.export import pipeline
 
-    run = load_run(run_path)
-    return pipeline.export_run(run, Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
-                               opset=opset, **mode_options)
+    return pipeline.export_run(load_run(run_path, trust), Path(out), fmt=fmt, mode=mode, verify=verify,
+                               atol=atol, rtol=rtol, opset=opset, external_data=external_data, **mode_options)

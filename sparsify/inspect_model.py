@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
+from sparsify.trust import CodeTrust
 from sparsify.onnxfile import load_onnx
 
 
@@ -126,25 +127,41 @@ def _module_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[st
     return macs
 
 
-def inspect_run(path: str | Path) -> Inspection:
-    """Table of a run's tensors (masks folded), MACs from one forward pass at batch 1."""
+def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
+    """Table of a run's tensors (masks folded), MACs from one forward pass at batch 1.
+
+    The table comes from the run's files alone. MACs need the module: a built-in is rebuilt,
+    a ``package.module:attr`` model only when ``trust`` allows importing it (never by default).
+    """
     from sparsify.api import reference_module
-    from sparsify.artifact import load_run
+    from sparsify.artifact import MASKS, WEIGHTS, load_run, read_manifest, read_tensors
     from sparsify.data import random_inputs
 
-    run = load_run(path)
-    model = reference_module(run)
-    macs = _module_macs(model, random_inputs(run.inputs, batch=1))
-    masked = set(run.masks)
+    trust = trust or CodeTrust()
+    manifest = read_manifest(path)
+    masked = set(read_tensors(Path(path) / MASKS, masks=True))
+    ref = manifest["model"]
+    notes = []
+    if ref["kind"] == "import" and not trust.allows(ref["name"]):
+        tensors = read_tensors(Path(path) / WEIGHTS)
+        macs: dict[str, int] = {}
+        notes.append(f"MACs not counted: the model is the code reference {ref['name']!r}, which inspect imports "
+                     f"only with --trust-code {ref['name']}")
+    else:
+        run = load_run(path, trust)
+        model = reference_module(run)
+        macs = _module_macs(model, random_inputs(run.inputs, batch=1))
+        tensors = model.state_dict()
     rows = []
-    for name, t in model.state_dict().items():
+    for name, t in tensors.items():
         if not t.is_floating_point() or t.dim() == 0:
             continue
         w = t.numpy()
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors", *_group_notes(run.recipe)])
+    return Inspection(str(path), rows, size,
+                      [f"{len(masked)} masked tensors", *notes, *_group_notes(manifest.get("recipe") or [])])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
@@ -203,11 +220,12 @@ def _onnx_macs(model) -> dict[str, int]:
 
 def inspect_onnx(path: str | Path) -> Inspection:
     """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
-    from onnx import numpy_helper
+    from onnx import helper
 
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
+    from sparsify.onnxfile import initializer_array
 
-    model = load_onnx(path, external_data=True)
+    model = load_onnx(path)  # external data is read one tensor at a time below
     macs = _onnx_macs(model)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
@@ -219,8 +237,10 @@ def inspect_onnx(path: str | Path) -> Inspection:
     for init in model.graph.initializer:
         if init.name in csr_arrays:
             continue
-        w = numpy_helper.to_array(init)
-        if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
+        if len(init.dims) == 0 or not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating):
+            continue
+        w = initializer_array(init, Path(path).parent)
+        if w.size <= 1:
             continue
         rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
                              classify_pattern(w), macs.get(init.name)))
@@ -230,15 +250,22 @@ def inspect_onnx(path: str | Path) -> Inspection:
     if sparse:
         from sparsify.runtime.calibrate import kernel_note
         notes.append(kernel_note())
-    return Inspection(str(path), rows, os.path.getsize(path), notes)
+    size = os.path.getsize(path) + sum(os.path.getsize(Path(path).parent / f) for f in _data_files(model, path))
+    return Inspection(str(path), rows, size, notes)
 
 
-def inspect_path(path: str | Path) -> Inspection:
-    """Inspect a run directory or an ONNX file."""
+def _data_files(model, path: str | Path) -> set[str]:
+    """The external data files of ``model`` that exist beside ``path``."""
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return {n for n in names if (Path(path).parent / n).is_file()}
+
+
+def inspect_path(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
+    """Inspect a run directory or an ONNX file; ``trust`` as for :func:`inspect_run`."""
     from sparsify.artifact import is_run_dir
 
     if is_run_dir(path):
-        return inspect_run(path)
+        return inspect_run(path, trust)
     if Path(path).is_dir():
         raise ModelFileError(f"{path} is a directory without manifest.json; expected a run directory or an ONNX file")
     return inspect_onnx(path)
