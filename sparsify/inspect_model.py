@@ -255,6 +255,9 @@ def inspect_onnx(path: str | Path) -> Inspection:
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
+    if sparse:
+        from sparsify.runtime.calibrate import kernel_note
+        notes.append(kernel_note())
     size = os.path.getsize(path) + sum(os.path.getsize(base / f) for f in _data_files(model, path))
     result = Inspection(str(path), rows, size, notes)
     check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)

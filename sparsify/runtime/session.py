@@ -88,11 +88,9 @@ class Session:
     keeps the CSR alone, for models served at larger batches or short of memory (batch 1
     then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
 
-    Threads: with Numba's default ``omp`` threading layer, 2-thread kernels stalled for
-    scheduler ticks whenever other processes held the cores (a 1024x1024 SpMV: 0.017 ms
-    quiet, 6-14 ms under load); ``NUMBA_THREADING_LAYER=workqueue`` (set before the first
-    kernel runs) stayed at 0.04-0.05 ms, but its kernels must not be launched from several
-    Python threads at once. See ``benchmarks/results/sparse_e2e*.json``.
+    Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
+    installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``
+    names the layer in use.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto") -> None:
@@ -117,9 +115,12 @@ class Session:
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
-        # The linear layers run one after another: their batch-1 layouts are chosen together.
-        fit_batch1_layouts([layer.kernel for layer in self.layers.values()
-                            if isinstance(layer.kernel, SparseLinear)])
+        # The linear layers run one after another: their batch-1 layouts are chosen together,
+        # then each kept only where it beats the CSR kernel on this host (timed, cached).
+        linears = [layer.kernel for layer in self.layers.values() if isinstance(layer.kernel, SparseLinear)]
+        fit_batch1_layouts(linears)
+        from sparsify.runtime.calibrate import choose_batch1_forms
+        self.batch1_timings = choose_batch1_forms(linears, self.threads)
         init_names = set(inits)
         self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
         self._stored_inputs = {vi.name for vi in model.graph.input if vi.name in init_names}
@@ -141,8 +142,13 @@ class Session:
         return list(self._outputs)
 
     def describe(self) -> list[str]:
-        """One line per execution step (sparse kernel, numpy glue or ORT segment)."""
-        return describe(self.steps)
+        """The kernels this host runs (variant, compile target, threading layer), then one
+        line per execution step (sparse kernel, numpy glue or ORT segment)."""
+        from sparsify.kernels import isa
+        from sparsify.kernels.threads import threading_layer
+
+        head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
+        return [head] + describe(self.steps)
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""

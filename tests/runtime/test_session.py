@@ -209,7 +209,8 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     _, dense, sparse, _ = pairs["mlp"]
     monkeypatch.setattr(ell, "cache_budget", lambda: budget)
     monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
-    monkeypatch.setattr(ell, "MIN_FILL", 0.0)
+    for name, geo in list(ell.GEOMETRIES.items()):  # the layout at any fill
+        monkeypatch.setitem(ell.GEOMETRIES, name, geo._replace(min_fill=0.0))
     sess = Session(sparse, threads=2)
     linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
     assert linears
@@ -219,6 +220,9 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     else:
         assert all(k.ell is None for k in linears)
         form = "batch 1: CSR"
+    from sparsify.kernels import isa
+    head = sess.describe()[0]
+    assert head.startswith(f"kernels: {isa.VARIANT} kernels, compiled for ") and "2 thread(s), Numba " in head
     sparse_lines = [line for line in sess.describe() if line.startswith("sparse:")]
     assert len(sparse_lines) == len(linears) and all(form in line for line in sparse_lines)
     x = models.inputs("mlp", 1, seed=3)
