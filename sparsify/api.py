@@ -22,6 +22,7 @@ from sparsify.modelref import build_model, load_weights, model_ref, read_state_d
 
 if TYPE_CHECKING:
     from sparsify.distributed import DistContext
+    from sparsify.recipe import Recipe
     from sparsify.pruner import PruneOptions
     from sparsify.schedule import ScheduleOptions
 
@@ -319,6 +320,48 @@ def finetune_rank(ctx: "DistContext", run_path: str, cfg: TrainConfig, out: str,
 
         dist.barrier()
     return new
+
+
+def apply_recipe(recipe: "Recipe", out: str | Path, *, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
+    """Run every stage of a validated recipe; stage NAME writes ``out/NAME`` (export: ``out/NAME.onnx``).
+
+    Returns (stage name, path written) in order. Each output is written atomically; a failing
+    stage leaves the earlier stages' outputs complete and writes nothing of its own.
+    """
+    out = Path(out)
+    written: dict[str, Path] = {}
+    done: list[tuple[str, Path]] = []
+    for stage in recipe.stages:
+        record = recipe.record(stage.name)
+        start = written[stage.source] if stage.source is not None else None
+        opts = stage.options
+        if log:
+            log(f"stage {stage.name} ({stage.action})" + (f" from {start}" if start else f" from {recipe.model}"))
+        if stage.action == "export":
+            dest = out / f"{stage.name}.{'onnx' if opts.format == 'onnx' else 'pt2'}"
+            extra = {k: v for k, v in (("density_threshold", opts.density_threshold),
+                                       ("target_batch", opts.target_batch)) if v is not None}
+            export_model(start, dest, fmt=opts.format, mode=opts.mode, verify=opts.verify, atol=opts.atol,
+                         rtol=opts.rtol, opset=opts.opset, **extra)
+        else:
+            dest = out / stage.name
+            src = ModelSource(str(start), data=recipe.data) if start is not None else ModelSource(
+                recipe.model, dict(recipe.model_args), recipe.weights, recipe.data, recipe.input_shapes,
+                recipe.input_dtypes)
+            if stage.action == "train":
+                train_model(src, dataclasses.replace(opts, progress=progress), dest, recipe_file=record)
+            elif stage.action == "prune":
+                prune_model(src, dest, opts, progress=log, recipe_file=record)
+            else:
+                teacher = opts.teacher
+                if teacher is not None and teacher in written:
+                    teacher = str(written[teacher])
+                finetune_model(src.model, dataclasses.replace(opts.train, progress=progress), dest, data=recipe.data,
+                               teacher=teacher, schedule=opts.schedule, recipe_file=record)
+            written[stage.name] = dest
+        done.append((stage.name, dest))
+    return done
 
 
 def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:

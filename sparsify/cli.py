@@ -106,6 +106,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apply(args: argparse.Namespace) -> int:
+    from sparsify.recipe import RecipeError, load_recipe, shipped
+
+    if args.list:
+        for name, text in sorted(shipped().items()):
+            first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+            print(f"{name:<20} {first}")
+        return 0
+    if not args.recipe:
+        raise RecipeError("give a recipe file or a shipped recipe name (sparsify apply --list shows them)")
+    recipe = load_recipe(args.recipe)
+    for stage in recipe.stages:
+        print(f"stage {stage.name}: {stage.action}" + (f" from {stage.source}" if stage.source else ""))
+    if args.check:
+        print(f"recipe {recipe.name} is valid ({len(recipe.stages)} stages)")
+        return 0
+    from sparsify.api import apply_recipe
+
+    out = args.output or recipe.name
+    log = (lambda line: print(line, file=sys.stderr)) if not args.no_progress else None
+    for name, path in apply_recipe(recipe, out, progress=not args.no_progress, log=log):
+        acc = ""
+        if path.is_dir():
+            metrics = json.loads((path / "manifest.json").read_text()).get("metrics", {})
+            acc = f" (test accuracy {metrics['test_accuracy']:.2f}%)" if "test_accuracy" in metrics else ""
+        print(f"{name}: {path}{acc}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sparsify.inspect_model import inspect_path
 
@@ -177,6 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("apply", help="run a YAML recipe: a file, or a shipped recipe by name (e.g. digits-vit-90)")
+    p.add_argument("recipe", nargs="?", help="recipe file, or the name of a shipped recipe (see --list)")
+    p.add_argument("-o", "--output", help="directory for the stages' runs and files (default: ./<recipe name>)")
+    p.add_argument("--list", action="store_true", help="list the shipped recipes")
+    p.add_argument("--check", action="store_true", help="validate the recipe and print its stages; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, per-epoch or per-layer lines")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
     p.add_argument("path")

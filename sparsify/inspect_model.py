@@ -144,7 +144,11 @@ def inspect_run(path: str | Path) -> Inspection:
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors", *_group_notes(run.recipe)])
+    from sparsify.recipe import recipe_notes
+    from sparsify.schedule import schedule_notes
+
+    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors", *_group_notes(run.recipe),
+                                              *schedule_notes(run.recipe), *recipe_notes(run.recipe_file)])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:

@@ -255,3 +255,17 @@ def masked_sparsity(model: nn.Module) -> float:
         zeros += int((t == 0).sum())
         total += t.numel()
     return zeros / max(1, total)
+
+
+def schedule_notes(recipe: list[dict[str, Any]]) -> list[str]:
+    """One line per gradual schedule a run went through: its points and what each reached."""
+    notes = []
+    for step in recipe:
+        sched = step.get("schedule")
+        if not sched or not sched.get("points"):
+            continue
+        pts = ", ".join(f"step {p['step']}: {p['target']} ({p['weight_sparsity']:.1%} of masked weights zero)"
+                        for p in sched["points"])
+        what = sched.get("structure") or (f"N:M {sched['nm']}" if sched.get("nm") else "unstructured")
+        notes.append(f"gradual {what} schedule ({sched.get('curve', 'cubic')}): {pts}")
+    return notes
