@@ -19,6 +19,7 @@ from sparsify.finetune import TrainConfig, evaluate, train
 from sparsify.masks import apply_masks, fold_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
 from sparsify.modelref import build_model, load_weights, model_ref, read_state_dict
+from sparsify.trust import TRUST_ALL, CodeTrust
 
 if TYPE_CHECKING:
     from sparsify.distributed import DistContext
@@ -37,22 +38,24 @@ class ModelSource:
     data: str | None = None
     input_shapes: Sequence[str] = ()
     input_dtypes: Sequence[str] = ()
+    # Code references a run directory's manifest may name and have imported (its model, its data).
+    trust: CodeTrust = CodeTrust()
 
 
 def open_model(src: ModelSource) -> Run:
     """A run from a run directory, or a fresh (unmasked) run from a model reference."""
     if is_run_dir(src.model):
-        run = load_run(src.model)
+        run = load_run(src.model, src.trust)
         if src.weights:
             raise ModelError(f"--weights cannot be combined with the run directory {src.model}; the run holds its weights")
         if src.data:
-            run.data = src.data
+            run.use_data(src.data)
         return run
     if Path(src.model).is_dir():
         raise ModelError(f"{src.model} is a directory but holds no manifest.json; expected a run directory, "
                          f"a built-in model ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:attr'")
     ref = model_ref(src.model, src.model_args)
-    model = build_model(ref)
+    model = build_model(ref, TRUST_ALL)  # the user named it on the command line
     if src.weights:
         load_weights(model, read_state_dict(src.weights), src.weights)
     inputs = resolve_inputs(src, ref)
@@ -71,10 +74,11 @@ def resolve_inputs(src: ModelSource, ref: dict[str, Any]) -> list[InputSpec]:
 
 
 def _need_data(run: Run, data: str | None) -> Splits:
-    ref = data or run.data
+    if data:
+        run.use_data(data)
+    ref = run.data_ref()
     if not ref:
         raise DataError("this step needs data: give --data (e.g. --data digits)")
-    run.data = ref
     return load_data(ref)
 
 
@@ -139,7 +143,7 @@ def prune_model(src: ModelSource, out: str | Path, options: "PruneOptions | None
         recalibrate_batchnorm(model, _need_data(run, src.data).train, opts.bn_recalibrate, seed=opts.seed)
         step["bn_recalibrate_batches"] = opts.bn_recalibrate
     metrics: dict[str, Any] = {}
-    if run.data:
+    if run.data_ref():
         acc = evaluate(model, load_data(run.data).test)["accuracy"]
         metrics["test_accuracy"] = round(acc, 4)
         metrics["pruned_test_accuracy"] = round(acc, 4)
@@ -263,11 +267,12 @@ class CombinedPlan:
 
 def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,
                    teacher: str | Path | None = None, schedule: "ScheduleOptions | None" = None, *,
-                   recipe_file: dict[str, Any] | None = None) -> Run:
+                   trust: CodeTrust = CodeTrust(), recipe_file: dict[str, Any] | None = None) -> Run:
     """Fine-tune a run with its masks fixed, or pruning gradually on ``schedule``; optionally distilling.
 
     ``cfg.nproc > 1`` spawns that many local ranks (DistributedDataParallel, gloo on CPU);
-    under torchrun the ranks are already started. Only rank 0 writes the run.
+    under torchrun the ranks are already started. Only rank 0 writes the run. ``trust`` allows
+    code references named by the run (see :func:`sparsify.artifact.load_run`).
     """
     from sparsify.distributed import check_nproc, context_from_env, launch
 
@@ -275,16 +280,17 @@ def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data
     if schedule is not None:
         schedule.validate()
     read_manifest(run_path)  # a missing or corrupt run fails here, before any process starts
-    args = (str(run_path), cfg, str(out), data, None if teacher is None else str(teacher), schedule, recipe_file)
+    args = (str(run_path), cfg, str(out), data, None if teacher is None else str(teacher), schedule, trust,
+            recipe_file)
     if cfg.nproc > 1 and not _distributed_env():
         check_nproc(cfg.nproc)
         launch(cfg.nproc, finetune_rank, args, "fine-tuning")
-        return load_run(out)
+        return load_run(out, trust)
     return finetune_rank(context_from_env(), *args)
 
 
 def finetune_rank(ctx: "DistContext", run_path: str, cfg: TrainConfig, out: str, data: str | None,
-                  teacher: str | None, schedule: "ScheduleOptions | None",
+                  teacher: str | None, schedule: "ScheduleOptions | None", trust: CodeTrust,
                   recipe_file: dict[str, Any] | None) -> Run:
     """One rank's part of `finetune_model` (the whole of it when not distributed)."""
     from functools import partial
@@ -292,7 +298,7 @@ def finetune_rank(ctx: "DistContext", run_path: str, cfg: TrainConfig, out: str,
     from sparsify.distributed import DistributedError, all_equal, broadcast_masks
     from sparsify.finetune import steps_per_epoch
 
-    run = load_run(run_path)
+    run = load_run(run_path, trust)
     splits = _need_data(run, data)
     teacher_model = teacher_for(run, teacher) if cfg.distill else None
     pruner = None
@@ -322,13 +328,16 @@ def finetune_rank(ctx: "DistContext", run_path: str, cfg: TrainConfig, out: str,
     return new
 
 
-def apply_recipe(recipe: "Recipe", out: str | Path, *, progress: bool = True,
+def apply_recipe(recipe: "Recipe", out: str | Path, *, trust: CodeTrust = CodeTrust(), progress: bool = True,
                  log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
     """Run every stage of a validated recipe; stage NAME writes ``out/NAME`` (export: ``out/NAME.onnx``).
 
     Returns (stage name, path written) in order. Each output is written atomically; a failing
-    stage leaves the earlier stages' outputs complete and writes nothing of its own.
+    stage leaves the earlier stages' outputs complete and writes nothing of its own. A recipe
+    naming code (``package.module:attr`` model or data) runs only when ``trust`` allows it.
     """
+    recipe.check_trust(trust)
+    trust = dataclasses.replace(trust, refs=trust.refs | set(recipe.code_refs().values()))
     out = Path(out)
     written: dict[str, Path] = {}
     done: list[tuple[str, Path]] = []
@@ -343,12 +352,12 @@ def apply_recipe(recipe: "Recipe", out: str | Path, *, progress: bool = True,
             extra = {k: v for k, v in (("density_threshold", opts.density_threshold),
                                        ("target_batch", opts.target_batch)) if v is not None}
             export_model(start, dest, fmt=opts.format, mode=opts.mode, verify=opts.verify, atol=opts.atol,
-                         rtol=opts.rtol, opset=opts.opset, **extra)
+                         rtol=opts.rtol, opset=opts.opset, trust=trust, **extra)
         else:
             dest = out / stage.name
-            src = ModelSource(str(start), data=recipe.data) if start is not None else ModelSource(
+            src = ModelSource(str(start), data=recipe.data, trust=trust) if start is not None else ModelSource(
                 recipe.model, dict(recipe.model_args), recipe.weights, recipe.data, recipe.input_shapes,
-                recipe.input_dtypes)
+                recipe.input_dtypes, trust)
             if stage.action == "train":
                 train_model(src, dataclasses.replace(opts, progress=progress), dest, recipe_file=record)
             elif stage.action == "prune":
@@ -358,7 +367,7 @@ def apply_recipe(recipe: "Recipe", out: str | Path, *, progress: bool = True,
                 if teacher is not None and teacher in written:
                     teacher = str(written[teacher])
                 finetune_model(src.model, dataclasses.replace(opts.train, progress=progress), dest, data=recipe.data,
-                               teacher=teacher, schedule=opts.schedule, recipe_file=record)
+                               teacher=teacher, schedule=opts.schedule, trust=trust, recipe_file=record)
             written[stage.name] = dest
         done.append((stage.name, dest))
     return done
@@ -383,31 +392,36 @@ def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
         if actual != parent["weights_sha256"]:
             raise RunError(f"the dense parent {teacher} changed since {run.path} was pruned from it "
                            "(weights hash differs); give --teacher RUN")
-    return fold_masks(load_run(teacher).model).eval()
+    return fold_masks(load_run(teacher, run.trust).model).eval()
 
 
 def reference_module(run: Run) -> nn.Module:
     """The masked model in eval mode with masks folded into plain tensors."""
-    return fold_masks(copy.deepcopy(run.model)).eval()
+    return run.reference_module()
 
 
 def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Seeded random inputs at batch 1 and 3, plus a batch of real data when the run knows its data."""
     sets = {f"random b{b}": [t.numpy() for t in random_inputs(run.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
-    if run.data:
+    data = run.data_ref()
+    if data:
         from sparsify.data import loader, split_batch
 
-        x, _ = split_batch(next(iter(loader(load_data(run.data).test, 16))))
+        x, _ = split_batch(next(iter(loader(load_data(data).test, 16))))
         sets["data b16"] = [t.numpy() for t in x]
     return sets
 
 
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
                  verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                 opset: int | None = None, **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
-    """Export a run; verification (on by default) must pass before anything appears at ``out``."""
+                 opset: int | None = None, trust: CodeTrust = CodeTrust(),
+                 **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Export a run; verification (on by default) must pass before anything appears at ``out``.
+
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    """
     from sparsify.export import pipeline
 
-    run = load_run(run_path)
+    run = load_run(run_path, trust)
     return pipeline.export_run(run, Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
                                opset=opset, **mode_options)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from typing import Sequence
 
-from sparsify.errors import SparsifyError
+from sparsify.errors import SparsifyError, one_paragraph
+from sparsify.trust import CodeTrust, add_trust_option
+
+
+def _trust(args: argparse.Namespace) -> CodeTrust:
+    return CodeTrust.from_options(args.trust_code)
 
 
 def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
@@ -18,6 +24,7 @@ def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
         p.add_argument("--data", help="'digits', a .npz with x and y, or 'package.module:attr'")
     p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (repeatable)")
     p.add_argument("--input-dtype", action="append", default=[], metavar="DTYPE", help="dtype of the inputs (default float32)")
+    add_trust_option(p)
 
 
 def _source(args: argparse.Namespace):
@@ -25,7 +32,7 @@ def _source(args: argparse.Namespace):
     from sparsify.modelref import parse_model_args
 
     return ModelSource(args.model, parse_model_args(args.model_arg), args.weights, getattr(args, "data", None),
-                       args.input_shape, args.input_dtype)
+                       args.input_shape, args.input_dtype, _trust(args))
 
 
 _DISTILL_FIELDS = ("distill", "temperature", "alpha", "nproc")
@@ -77,7 +84,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     schedule = from_namespace(ScheduleOptions, args)
     run = finetune_model(args.run, _train_config(args), args.output, data=args.data, teacher=args.teacher,
-                         schedule=schedule)
+                         schedule=schedule, trust=_trust(args))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and reports
+        return 0
     points = (run.recipe[-1].get("schedule") or {}).get("points", [])
     for point in points:
         print(f"schedule point at step {point['step']} (epoch {point['epoch']:g}): target {point['target']}, "
@@ -96,7 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         options["target_batch"] = args.target_batch
     path, report, summary = export_model(args.run, args.output, fmt=args.format, mode=args.mode,
                                          verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                                         opset=args.opset, **options)
+                                         opset=args.opset, trust=_trust(args), **options)
     if report is not None:
         print(report.table())
     for line in summary.get("lines", []):
@@ -117,6 +128,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.recipe:
         raise RecipeError("give a recipe file or a shipped recipe name (sparsify apply --list shows them)")
     recipe = load_recipe(args.recipe)
+    recipe.check_trust(_trust(args))
     for stage in recipe.stages:
         print(f"stage {stage.name}: {stage.action}" + (f" from {stage.source}" if stage.source else ""))
     if args.check:
@@ -126,7 +138,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     out = args.output or recipe.name
     log = (lambda line: print(line, file=sys.stderr)) if not args.no_progress else None
-    for name, path in apply_recipe(recipe, out, progress=not args.no_progress, log=log):
+    for name, path in apply_recipe(recipe, out, trust=_trust(args), progress=not args.no_progress, log=log):
         acc = ""
         if path.is_dir():
             metrics = json.loads((path / "manifest.json").read_text()).get("metrics", {})
@@ -138,7 +150,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sparsify.inspect_model import inspect_path
 
-    result = inspect_path(args.path)
+    result = inspect_path(args.path, _trust(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -164,6 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsify", description="Prune, fine-tune and compile PyTorch models to exact slim or sparse ONNX.")
+    parser.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model densely on its data and write a run")
@@ -191,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsify.schedule import ScheduleOptions
 
     add_flags(p, ScheduleOptions, rename={"kind": "--schedule"})
+    add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.set_defaults(func=cmd_finetune)
 
@@ -204,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int)
     p.add_argument("--density-threshold", type=float, help="sparse mode: convert layers whose density is below this")
     p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
+    add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)
 
@@ -213,11 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the shipped recipes")
     p.add_argument("--check", action="store_true", help="validate the recipe and print its stages; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, per-epoch or per-layer lines")
+    add_trust_option(p)
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure latency of ONNX models (or runs)")
@@ -248,15 +265,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one paragraph on stderr and a documented exit code.
+
+    Exit codes: 0 success, 2 bad input or a failed step, 3 failed verification, 130 interrupted.
+    ``--debug`` (before the command) also prints the traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SparsifyError as exc:
-        print(f"sparsify {args.command}: error: {exc}", file=sys.stderr)
+        _report(args, str(exc), exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        _report(args, f"ran out of memory ({one_paragraph(exc) or 'MemoryError'}); free memory or use a "
+                      "smaller model, batch or input shape", exc)
+        return SparsifyError.exit_code
+    except Exception as exc:
+        _report(args, f"unexpected {type(exc).__name__}: {one_paragraph(exc, 600)}. This is a failure sparsify "
+                      "does not recognise: check the model and inputs the command names, re-run with "
+                      "'sparsify --debug' for the traceback, and report it if the input should work", exc)
+        return SparsifyError.exit_code
+
+
+def _report(args: argparse.Namespace, message: str, exc: BaseException) -> None:
+    if args.debug:
+        traceback.print_exception(exc)
+    print(f"sparsify {args.command}: error: {one_paragraph(message, 4000)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,16 @@ def _load_npz(path: Path) -> Splits:
         raise DataError(f"data file {path} should hold arrays 'x' and 'y'; it holds {sorted(keys)}")
 
     def pair(xk: str, yk: str) -> TensorDataset:
-        x, y = arrays[xk], arrays[yk]
+        try:
+            x, y = arrays[xk], arrays[yk]
+        except ValueError as exc:  # object arrays need pickle, which is never allowed
+            raise DataError(f"data file {path}: array {xk!r} or {yk!r} holds Python objects (pickled), which "
+                            "sparsify refuses to read; store plain numeric arrays") from exc
+        except Exception as exc:
+            raise DataError(f"data file {path}: arrays {xk!r}/{yk!r} cannot be read: {exc}") from exc
+        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+            raise DataError(f"data file {path}: {xk} and {yk} should be numeric arrays; "
+                            f"got dtypes {x.dtype} and {y.dtype}")
         if len(x) != len(y):
             raise DataError(f"data file {path}: {xk} has {len(x)} samples but {yk} has {len(y)}")
         xt = torch.from_numpy(np.ascontiguousarray(x))
@@ -165,13 +174,18 @@ def _load_npz(path: Path) -> Splits:
     return _split(main, str(path))
 
 
+def is_code_ref(ref: str) -> bool:
+    """True when the data reference is ``package.module:attr`` (loading it imports and runs code)."""
+    return ref != "digits" and not ref.endswith(".npz") and ":" in ref
+
+
 def load_data(ref: str) -> Splits:
     """Resolve a data reference (see module docstring) into train/val/test splits."""
     if ref == "digits":
         return load_digits_splits()
     if ref.endswith(".npz"):
         return _load_npz(Path(ref))
-    if ":" in ref:
+    if is_code_ref(ref):
         from sparsify.modelref import import_attr
 
         obj = import_attr(ref, DataError, "data")

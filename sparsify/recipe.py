@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sparsify.errors import SparsifyError
+from sparsify.trust import CodeTrust
 from sparsify.finetune import TrainConfig
 from sparsify.options import Bounds, OptionError, build, check_fields, check_type, option
 from sparsify.pruner import PruneOptions
@@ -104,6 +105,28 @@ class Recipe:
     input_shapes: list[str] = dataclasses.field(default_factory=list)
     input_dtypes: list[str] = dataclasses.field(default_factory=list)
     description: str | None = None
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)  # top-level field -> line
+
+    def code_refs(self) -> dict[str, str]:
+        """Field -> ``package.module:attr`` reference the recipe would import (model, data)."""
+        from sparsify.artifact import is_run_dir
+        from sparsify.data import is_code_ref
+
+        refs = {}
+        if ":" in self.model and not is_run_dir(self.model):
+            refs["model"] = self.model
+        if self.data and is_code_ref(self.data):
+            refs["data"] = self.data
+        return refs
+
+    def check_trust(self, trust: CodeTrust) -> None:
+        """Refuse, before any work, a recipe naming code that ``trust`` does not allow."""
+        for field, ref in self.code_refs().items():
+            if not trust.allows(ref):
+                raise RecipeError(f"{self.path}, line {self.lines.get(field, 1)}, {field}: the recipe names the code "
+                                  f"reference {ref!r}; importing it runs code from that module, which sparsify does "
+                                  f"only with your consent: if you trust this recipe, give --trust-code {ref} (or a "
+                                  "bare --trust-code)")
 
     def record(self, stage: str) -> dict[str, Any]:
         """What a run's manifest keeps of the recipe (plain JSON)."""
@@ -255,7 +278,7 @@ def parse_recipe(text: str, path: str = "<recipe>") -> Recipe:
     return Recipe(name=name, model=top["model"], stages=stages, path=path, text=text,
                   model_args=top["model_args"] or {}, weights=top["weights"], data=top["data"],
                   input_shapes=top["input_shapes"] or [], input_dtypes=top["input_dtypes"] or [],
-                  description=top["description"])
+                  description=top["description"], lines={k: lines.line((k,)) for k in doc})
 
 
 def _stages(items: Any, lines: _Lines) -> list[Stage]:

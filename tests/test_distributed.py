@@ -9,6 +9,7 @@ from sparsify.cli import main
 from sparsify.distributed import DistContext, sharded_batches, usable_cores
 from sparsify.finetune import TrainConfig
 from sparsify.schedule import ScheduleOptions
+from sparsify.trust import TRUST_ALL
 from tests.user_models import tiny_dataset
 
 
@@ -40,7 +41,7 @@ def test_two_gloo_ranks_equal_one_process(dense_run):
     runs = {}
     for nproc in (1, 2):
         cfg = TrainConfig(epochs=2, lr=0.01, batch_size=16, nproc=nproc, progress=False)
-        finetune_model(dense_run / "dense", cfg, dense_run / f"ft{nproc}", schedule=schedule)
+        finetune_model(dense_run / "dense", cfg, dense_run / f"ft{nproc}", schedule=schedule, trust=TRUST_ALL)
         runs[nproc] = (load_file(str(dense_run / f"ft{nproc}" / "weights.safetensors")),
                        load_file(str(dense_run / f"ft{nproc}" / "masks.safetensors")))
     (w1, m1), (w2, m2) = runs[1], runs[2]
@@ -72,7 +73,7 @@ def test_a_dying_rank_takes_the_job_down_cleanly(dense_run, capsys):
         pytest.skip("needs 2 cores")
     out = dense_run / "died"
     code = main(["finetune", str(dense_run / "dense"), "--data", "tests.user_models:dying_dataset", "--nproc", "2",
-                 "--epochs", "1", "--no-progress", "-o", str(out)])
+                 "--epochs", "1", "--no-progress", "--trust-code", "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "rank 1" in err and "no run was written" in err and err.count("\n") == 1

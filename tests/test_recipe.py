@@ -68,7 +68,7 @@ def test_a_bad_recipe_names_file_line_and_field_and_nothing_runs(tmp_path, capsy
     path = tmp_path / "bad.yaml"
     path.write_text(TINY.replace(old, new, 1))
     out = tmp_path / "out"
-    assert main(["apply", str(path), "-o", str(out), "--no-progress"]) == 2
+    assert main(["apply", str(path), "-o", str(out), "--no-progress", "--trust-code"]) == 2
     err = capsys.readouterr().err
     assert f"{path}" in err, err
     assert __import__("re").search(where, err), err
@@ -96,7 +96,9 @@ def test_apply_runs_every_stage_and_runs_remember_the_recipe(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY)
     out = tmp_path / "job"
-    assert main(["apply", str(path), "-o", str(out), "--no-progress"]) == 0
+    assert main(["apply", str(path), "-o", str(out), "--no-progress"]) == 2  # it names code: consent first
+    assert "line 2, model" in capsys.readouterr().err and not out.exists()
+    assert main(["apply", str(path), "-o", str(out), "--no-progress", "--trust-code"]) == 0
     printed = capsys.readouterr().out
     for name in ("dense", "p50", "g75"):
         manifest = json.loads((out / name / "manifest.json").read_text())
@@ -108,7 +110,7 @@ def test_apply_runs_every_stage_and_runs_remember_the_recipe(tmp_path, capsys):
     assert steps[1]["method"] == "sparsegpt" and len(steps[1]["layers"]) == 2
     points = steps[2]["schedule"]["points"]
     assert points[-1]["target"] == pytest.approx(0.75) and points[-1]["weight_sparsity"] == pytest.approx(0.75, abs=0.01)
-    assert main(["inspect", str(out / "g75")]) == 0
+    assert main(["inspect", str(out / "g75"), "--trust-code"]) == 0
     shown = capsys.readouterr().out
     assert "made by recipe 'tiny', stage 'g75'" in shown and "final_sparsity: 0.75" in shown
     assert "gradual unstructured schedule" in shown
