@@ -22,6 +22,7 @@ JSON schema ``sparsify.quality/1`` (see benchmarks/README.md).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -67,13 +68,16 @@ def _channels(dense: Path, ratio: float, out: Path) -> float:
     return run.metrics["test_accuracy"]
 
 
-def _recipe(name: str, out: Path, epochs: int | None) -> dict[str, Any]:
+def _recipe(name: str, out: Path, epochs: int | None, reuse: bool = False) -> dict[str, Any]:
     import dataclasses
 
     from sparsify.api import apply_recipe
     from sparsify.recipe import load_recipe
 
     recipe = load_recipe(name)
+    finished = [s for s in recipe.stages if (out / (s.name if s.action != "export" else f"{s.name}.onnx")).exists()]
+    if reuse and len(finished) == len(recipe.stages):  # resume: a recipe whose outputs are all there is read back
+        recipe.stages = []
     if epochs is not None:  # --quick: shorter training and fine-tuning, same stages
         for stage in recipe.stages:
             if stage.action == "train":
@@ -82,11 +86,11 @@ def _recipe(name: str, out: Path, epochs: int | None) -> dict[str, Any]:
                 stage.options = dataclasses.replace(stage.options,
                                                     train=dataclasses.replace(stage.options.train, epochs=epochs))
     t0 = time.perf_counter()
-    done = dict(apply_recipe(recipe, out, progress=False))
-    seconds = round(time.perf_counter() - t0, 1)
-    import json
-
-    runs = [s for s in recipe.stages if s.action != "export"]
+    stages = list(recipe.stages) or finished
+    done = dict(apply_recipe(recipe, out, progress=False)) if recipe.stages else {
+        s.name: out / (s.name if s.action != "export" else f"{s.name}.onnx") for s in stages}
+    seconds = round(time.perf_counter() - t0, 1) if recipe.stages else None
+    runs = [s for s in stages if s.action != "export"]
     manifests = {s.name: json.loads((done[s.name] / "manifest.json").read_text()) for s in runs}
     dense, final = manifests[runs[0].name], manifests[runs[-1].name]
     sched = (final["recipe"][-1].get("schedule") or {})
@@ -98,13 +102,13 @@ def _recipe(name: str, out: Path, epochs: int | None) -> dict[str, Any]:
             "exported": [str(p.name) for n, p in done.items() if not p.is_dir()]}
 
 
-def bench_model(model: str, work: Path, quick: bool, calibration: int) -> dict[str, Any]:
+def bench_model(model: str, work: Path, quick: bool, calibration: int, reuse: bool = False) -> dict[str, Any]:
     """Every measurement of one model."""
     record: dict[str, Any] = {"model": model}
     say(f"{model}: recipe {model}-90")
-    r90 = _recipe(f"{model}-90", work / f"{model}-90", 2 if quick else None)
+    r90 = _recipe(f"{model}-90", work / f"{model}-90", 2 if quick else None, reuse)
     say(f"{model}: recipe {model}-c50")
-    rc50 = _recipe(f"{model}-c50", work / f"{model}-c50", 2 if quick else None)
+    rc50 = _recipe(f"{model}-c50", work / f"{model}-c50", 2 if quick else None, reuse)
     record["recipes"] = {"unstructured_90": r90, "channels_50": rc50}
     record["dense_accuracy"] = r90["dense_accuracy"]
     dense = work / f"{model}-90" / "dense"
@@ -118,8 +122,10 @@ def bench_model(model: str, work: Path, quick: bool, calibration: int) -> dict[s
             oneshot[method][level] = acc
             say(f"{model}: {method} {level}: {acc:.2f}% ({time.perf_counter() - t0:.1f} s)")
     record["oneshot"] = oneshot
-    record["channels_oneshot"] = {str(r): _channels(dense, r, work / "scratch") for r in
-                                  ((0.5,) if quick else RATIOS)}
+    record["channels_oneshot"] = {}
+    for r in ((0.5,) if quick else RATIOS):
+        record["channels_oneshot"][str(r)] = acc = _channels(dense, r, work / "scratch")
+        say(f"{model}: channels (l1) {r}: {acc:.2f}%")
     return record
 
 
@@ -177,7 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated built-in models")
     p.add_argument("--calibration-batches", type=int, default=16, help="wanda/sparsegpt batches of 64 samples")
     p.add_argument("--keep", type=Path, help="keep the runs in this directory")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep: read back the recipes whose outputs are all there instead of re-running them "
+                        "(to resume an interrupted run; their seconds are then null)")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                   help="write one document from per-model documents of earlier runs (no measuring)")
     args = p.parse_args(argv)
+    if args.combine:
+        docs = [json.loads(Path(c).read_text()) for c in args.combine]
+        doc = {**docs[0], "models": [m for d in docs for m in d["models"]]}
+        doc["config"] = {**docs[0]["config"], "models": [m["model"] for m in doc["models"]],
+                         "combined_from": [d["created"] for d in docs]}
+        doc["total_s"] = round(sum(d.get("total_s", 0) for d in docs), 1)
+        doc["targets"] = evaluate_targets(doc["models"])
+        write_outputs(args, doc, plot)
+        return 0
     import torch
 
     torch.set_num_threads(1)
@@ -185,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="sparsify-quality-"))
     t0 = time.perf_counter()
     try:
-        records = [bench_model(m, work, args.quick, args.calibration_batches) for m in models]
+        records = [bench_model(m, work, args.quick, args.calibration_batches, args.reuse and args.keep is not None)
+                   for m in models]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
