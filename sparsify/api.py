@@ -16,9 +16,9 @@ from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, m
 from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
-from sparsify.masks import apply_masks, fold_masks
+from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
-from sparsify.modelref import build_model, load_weights, model_ref, read_state_dict
+from sparsify.modelref import build_model, load_weights, load_weights_file, model_ref, read_state_dict
 from sparsify.trust import TRUST_ALL, CodeTrust
 
 if TYPE_CHECKING:
@@ -57,7 +57,10 @@ def open_model(src: ModelSource) -> Run:
     ref = model_ref(src.model, src.model_args)
     model = build_model(ref, TRUST_ALL)  # the user named it on the command line
     if src.weights:
-        load_weights(model, read_state_dict(src.weights), src.weights)
+        if Path(src.weights).suffix == ".safetensors" and Path(src.weights).is_file():
+            load_weights_file(model, src.weights)
+        else:
+            load_weights(model, read_state_dict(src.weights), src.weights)
     inputs = resolve_inputs(src, ref)
     return Run(model=model, model_ref=ref, inputs=inputs, data=src.data)
 
@@ -191,7 +194,9 @@ def _plan(run: Run, src: ModelSource, opts: "PruneOptions", progress: Callable[[
         calib = [(x[0], y) for x, y in calibration_batches(run, src.data, min(opts.calibration_batches, 8), opts.seed)]
     with torch.no_grad():
         example = random_inputs(run.inputs)
-    fold_copy = fold_masks(copy.deepcopy(model))
+    # The planner captures its own copy of the model; a masked one is folded first (on a copy,
+    # since its masks stay attached), a dense one needs no second copy of its weights.
+    fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
     plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=opts.criterion,
                              scope=opts.scope, round_to=opts.round_to, min_channels=opts.min_channels,
                              targets=opts.targets, ignore=opts.ignore, calib_batches=calib, seed=opts.seed)
@@ -414,14 +419,14 @@ def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
 
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
                  verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                 opset: int | None = None, trust: CodeTrust = CodeTrust(),
+                 opset: int | None = None, trust: CodeTrust = CodeTrust(), external_data: str = "auto",
                  **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Export a run; verification (on by default) must pass before anything appears at ``out``.
 
-    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`);
+    ``external_data`` (auto, always, never) puts ONNX weights in ``OUT.data`` beside ``OUT``.
     """
     from sparsify.export import pipeline
 
-    run = load_run(run_path, trust)
-    return pipeline.export_run(run, Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
-                               opset=opset, **mode_options)
+    return pipeline.export_run(load_run(run_path, trust), Path(out), fmt=fmt, mode=mode, verify=verify,
+                               atol=atol, rtol=rtol, opset=opset, external_data=external_data, **mode_options)

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sparsify import __version__
+from sparsify import __version__, safetensors_io
 from sparsify.data import InputSpec, is_code_ref
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
 from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, plain_state_dict, sparsity_report
-from sparsify.modelref import build_model, load_weights
+from sparsify.modelref import build_model, load_weights_file
 from sparsify.trust import TRUST_ALL, CodeTrust, require_consent
 
 
@@ -148,16 +148,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def read_tensors(path: Path, masks: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a run's safetensors file; with ``masks``, as bool tensors that were exactly 0 or 1."""
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise RunError(f"{path} is not a readable safetensors file: {exc}") from exc
+    tensors = safetensors_io.load(path, RunError)
     if not masks:
         return tensors
     out = {}
     for name, m in tensors.items():
+        if m.dtype == torch.bool:  # one byte each, read as stored: any byte but 0 and 1 is corrupt
+            if m.numel() and int(m.view(torch.uint8).max()) > 1:
+                raise RunError(f"{path}: mask {name!r} holds the byte {int(m.view(torch.uint8).max())}; "
+                               "a mask holds only 0 and 1")
+            out[name] = m
+            continue
         binary = (m == 0) | (m == 1)
         if not bool(binary.all()):
             bad = m[~binary].flatten()[0].item()
@@ -178,7 +179,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         model = build_model(manifest["model"], trust, source=path / MANIFEST)
     except SparsifyError as exc:
         raise RunError(f"run {path}: {exc}") from exc
-    load_weights(model, read_tensors(path / WEIGHTS), str(path / WEIGHTS))
+    load_weights_file(model, path / WEIGHTS, RunError)
     apply_masks(model, read_tensors(path / MASKS, masks=True))
     return Run(
         model=model,

@@ -107,12 +107,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         options["target_batch"] = args.target_batch
     path, report, summary = export_model(args.run, args.output, fmt=args.format, mode=args.mode,
                                          verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                                         opset=args.opset, trust=_trust(args), **options)
+                                         opset=args.opset, trust=_trust(args), external_data=args.external_data,
+                                         **options)
     if report is not None:
         print(report.table())
     for line in summary.get("lines", []):
         print(line)
-    print(f"wrote {path} ({summary.get('bytes', 0):,} bytes, mode {args.mode})"
+    data = f" + {path.name}.data" if summary.get("external_data") else ""
+    print(f"wrote {path}{data} ({summary.get('bytes', 0):,} bytes, mode {args.mode})"
           + ("" if report is not None else " — verification skipped (--no-verify)"))
     return 0
 
@@ -218,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int)
     p.add_argument("--density-threshold", type=float, help="sparse mode: convert layers whose density is below this")
     p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
+    p.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
+                   help="put the weights in OUTPUT.data beside the ONNX file: auto (when they pass ~1.75 GiB; "
+                        "one protobuf holds at most 2 GiB), always, never")
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)

@@ -225,11 +225,12 @@ def _onnx_macs(model) -> dict[str, int]:
 
 def inspect_onnx(path: str | Path) -> Inspection:
     """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
-    from onnx import numpy_helper
+    from onnx import helper
 
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
+    from sparsify.onnxfile import initializer_array
 
-    model = load_onnx(path, external_data=True)
+    model = load_onnx(path)  # external data is read one tensor at a time below
     macs = _onnx_macs(model)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
@@ -241,15 +242,24 @@ def inspect_onnx(path: str | Path) -> Inspection:
     for init in model.graph.initializer:
         if init.name in csr_arrays:
             continue
-        w = numpy_helper.to_array(init)
-        if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
+        if len(init.dims) == 0 or not np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.floating):
+            continue
+        w = initializer_array(init, Path(path).parent)
+        if w.size <= 1:
             continue
         rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
                              classify_pattern(w), macs.get(init.name)))
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
-    return Inspection(str(path), rows, os.path.getsize(path), notes)
+    size = os.path.getsize(path) + sum(os.path.getsize(Path(path).parent / f) for f in _data_files(model, path))
+    return Inspection(str(path), rows, size, notes)
+
+
+def _data_files(model, path: str | Path) -> set[str]:
+    """The external data files of ``model`` that exist beside ``path``."""
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return {n for n in names if (Path(path).parent / n).is_file()}
 
 
 def inspect_path(path: str | Path, trust: CodeTrust | None = None) -> Inspection:

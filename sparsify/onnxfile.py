@@ -68,3 +68,36 @@ def inferred_graph(model: onnx.ModelProto) -> onnx.GraphProto | None:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     except Exception:  # any failure inside onnx's inference means "nothing inferred"
         return None
+
+
+def initializer_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike | None = None):
+    """The values of an initializer as a numpy array, reading external data relative to
+    ``base_dir`` without loading it into ``tensor`` (so the proto stays small)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {e.key: e.value for e in tensor.external_data}
+    base = Path(base_dir if base_dir is not None else ".").resolve()
+    location = info.get("location", "")
+    path = (base / location).resolve()
+    if not location or base not in path.parents:
+        raise ModelFileError(f"initializer {tensor.name!r}: external data location {location!r} is not a file "
+                             f"inside {base}")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else -1
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length) if length >= 0 else f.read()
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"initializer {tensor.name!r}: external data in {path} cannot be read: {exc}") from exc
+    header = onnx.TensorProto()
+    header.name, header.data_type = tensor.name, tensor.data_type
+    header.dims.extend(tensor.dims)
+    header.raw_data = data
+    try:
+        return numpy_helper.to_array(header)
+    except ValueError as exc:
+        raise ModelFileError(f"initializer {tensor.name!r}: external data in {path} does not fit its shape "
+                             f"{list(tensor.dims)}: {exc}") from exc

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -12,8 +14,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sparsify.errors import ExportError
+from sparsify.errors import ExportError, one_paragraph
+from sparsify.export.onnx_write import Target, data_file_name, use_external_data, write_onnx
 from sparsify.export.verify import set_eval
+from sparsify.progress import LARGE_BYTES, bar
 
 DEFAULT_OPSET = 18
 
@@ -34,12 +38,22 @@ def _quiet():
             lg.setLevel(lvl)
 
 
-def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path,
+def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], target: str | Path | Target,
                 input_names: Sequence[str], output_names: Sequence[str] | None = None,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET):
-    """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto."""
-    import onnx
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, external_data: str = "auto",
+                check: bool = True) -> bool:
+    """Export ``module`` to ``target`` (torch.export-based exporter); returns whether the weights
+    went to a data file beside the model.
 
+    ``external_data`` (auto, always, never) decides that (see :mod:`sparsify.export.onnx_write`).
+    The weights are streamed to disk: no serialized copy of them is held in memory. ``check``
+    runs :func:`check_onnx` on the file (callers that free the module first check afterwards).
+    """
+    import onnx
+    import onnx_ir as ir
+
+    if not isinstance(target, Target):
+        target = Target(Path(target), data_file_name(Path(target).name))
     set_eval(module)
     inputs = tuple(example_inputs)
     if dynamic_batch:
@@ -59,10 +73,53 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path:
     except Exception as exc:  # the exporter raises many types; name the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
-    proto = program.model_proto
-    onnx.save_model(proto, str(path))
+    nbytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None)
+    external = use_external_data(nbytes, external_data, type(module).__name__)
+    large = nbytes >= LARGE_BYTES
+    try:
+        with bar(nbytes, f"write {target.path.name}", large=large) as shown:
+            def saved(tensor, _info) -> None:
+                shown.update(tensor.nbytes)
+
+            if external:
+                ir.save(program.model, target.path, external_data=target.data_name, callback=saved)
+            else:  # streamed into one protobuf from a scratch copy with external data
+                with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".scratch-") as scratch:
+                    scratch_path = Path(scratch) / "model.onnx"
+                    ir.save(program.model, scratch_path, external_data="model.onnx.data", callback=saved)
+                    shown.reset(total=nbytes)
+                    shown.set_description(f"inline {target.path.name}")
+                    write_onnx(onnx.load(str(scratch_path), load_external_data=False), Path(scratch), target,
+                               external=False, progress=lambda _name, done, _total: shown.update(done - shown.n))
+    finally:
+        _detach_weights(program)
+    if check:
+        check_onnx(target.path, f"exported ONNX model for {type(module).__name__}")
+    return external
+
+
+def _detach_weights(program) -> None:
+    """Drop the exported graph's references to the module's tensors: onnxscript's rewrite rules
+    keep the last graph they matched, which would otherwise keep every weight alive."""
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
+    program.model.graph.initializers.clear()
+
+
+def check_onnx(path: Path, what: str) -> None:
+    """``onnx.checker`` with full shape inference on the file at ``path`` (external data stays on disk)."""
+    import onnx
+
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported ONNX model for {type(module).__name__} fails onnx.checker: {exc}") from exc
-    return proto
+        raise ExportError(f"{what} fails onnx.checker: {one_paragraph(exc)}") from exc
+
+
+def release_weights(module: nn.Module) -> None:
+    """Free a module's parameters and buffers (moved to the meta device) once nothing needs them.
+
+    The exporter leaves reference cycles to the old tensors, so a collection follows.
+    """
+    module.to("meta")
+    gc.collect()

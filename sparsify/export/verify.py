@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -126,13 +126,23 @@ def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
     return run, outputs
 
 
-def verify(reference: Runner, candidate: Runner, input_sets: dict[str, Sequence[np.ndarray]],
-           candidate_name: str, output_names: Sequence[str] | None = None,
+def expected_outputs(reference: Runner, input_sets: dict[str, Sequence[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The reference's outputs on each named input set, computed once (the reference can then go)."""
+    return {name: list(reference(inputs)) for name, inputs in input_sets.items()}
+
+
+def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Runner,
+           input_sets: dict[str, Sequence[np.ndarray]], candidate_name: str,
+           output_names: Sequence[str] | None = None,
            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
-    """Compare every output of ``candidate`` with ``reference`` on each named input set."""
+    """Compare every output of ``candidate`` with ``reference`` on each named input set.
+
+    ``reference`` is a runner, or its outputs per input set (:func:`expected_outputs`).
+    """
     rows: list[OutputError] = []
     for set_name, inputs in input_sets.items():
-        expected, actual = reference(inputs), candidate(inputs)
+        expected = reference[set_name] if isinstance(reference, Mapping) else reference(inputs)
+        actual = candidate(inputs)
         if len(expected) != len(actual):
             raise VerificationError(f"{candidate_name} gives {len(actual)} outputs; the reference gives {len(expected)}")
         for i, (e, a) in enumerate(zip(expected, actual)):
