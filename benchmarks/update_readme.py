@@ -33,7 +33,9 @@ BEGIN = re.compile(r"^<!-- results:begin\b.*-->[ \t]*$", re.M)
 END = re.compile(r"^<!-- results:end -->[ \t]*$", re.M)
 COMMANDS = [
     ("kernels.json", "python benchmarks/bench_kernels.py --plot benchmarks/results/kernels.png"),
+    ("kernels_avx2.json", "python benchmarks/bench_kernels.py --isa avx2 --plot benchmarks/results/kernels_avx2.png"),
     ("sparse_e2e.json", "python benchmarks/bench_sparse_e2e.py"),
+    ("sparse_e2e_avx2.json", "python benchmarks/bench_sparse_e2e.py --isa avx2"),
     ("slim.json", "python benchmarks/bench_slim.py"),
     ("models.json", "python benchmarks/bench_models.py"),
     ("compile.json", "python benchmarks/bench_compile.py"),
@@ -99,6 +101,63 @@ def headline_kernels(doc: dict | None) -> list[list[str]]:
             rows.append([f"Sparse kernel vs ORT dense, {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, "
                          f"batch {h['batch']}", x(h["speedup_vs_ort_dense"]), "kernels.json"])
     return rows
+
+
+# Per-ISA documents: (kernels, end to end) per row label of the per-ISA table.
+ISA_DOCS = (("kernels.json", "sparse_e2e.json"), ("kernels_avx2.json", "sparse_e2e_avx2.json"))
+# Issue 14's end-to-end targets for the 4x4096 MLP at batch 1: vs ORT dense, vs the fastest dense.
+E2E_TARGETS = (5.0, 3.0)
+
+
+def _isa_label(doc: dict) -> str:
+    """``avx512 kernels on AMD EPYC (host znver4)`` from a document's machine/isa fields."""
+    info = doc.get("isa") or (doc.get("machine") or {}).get("isa") or {}
+    m = doc.get("machine") or {}
+    cpu = m.get("cpu") or m.get("cpu_model") or "unknown CPU"
+    target = info.get("target", "?")
+    compiled = "" if str(target).startswith("host") else f", compiled for {target.split('=')[-1].split(' ')[0]}"
+    return f"{info.get('kernel_variant', '?')}{compiled} on {cpu} ({info.get('host_cpu', '?')})"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def isa_table(docs: dict[str, dict | None]) -> list[str]:
+    """Issue 14's headline points per kernel variant: ours p50 / p90, each dense runtime,
+    ratios against ORT and the fastest, the targets and whether they are met."""
+    rows = []
+    for kname, ename in ISA_DOCS:
+        kdoc, edoc = docs.get(kname), docs.get(ename)
+        for h in (kdoc or {}).get("headline", []):
+            if "speedup_vs_fastest_dense" not in h:
+                continue
+            target = f"×{h['target_speedup_vs_fastest']:g} fastest" + (
+                f", ×{h['target_speedup_vs_ort']:g} ORT" if h.get("target_speedup_vs_ort") else "")
+            rows.append([_isa_label(kdoc), f"{h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, batch {h['batch']}",
+                         f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
+                         " / ".join(ms(h.get(f"{k}_median_ms")) for k in ("ort_dense", "torch_dense", "numpy_dense")),
+                         x(h["speedup_vs_ort_dense"]), f"{x(h['speedup_vs_fastest_dense'])} ({h['fastest_dense']})",
+                         target + ", p90 ≤ 2×p50", _met(h.get("met")), kname])
+        mlp = (edoc or {}).get("mlp")
+        for r in (mlp or {}).get("rows", []) if isinstance(mlp, dict) else []:
+            if r.get("batch") != 1 or "speedup_p50_vs_fastest_dense" not in r:
+                continue
+            ratio = (r["sparsify"]["p90_ms"] / r["sparsify"]["p50_ms"]) if r["sparsify"].get("p50_ms") else None
+            ok = (r["speedup_p50"] >= E2E_TARGETS[0] and r["speedup_p50_vs_fastest_dense"] >= E2E_TARGETS[1]
+                  and ratio is not None and ratio <= 2.0)
+            rows.append([_isa_label(edoc), f"4×Linear({mlp.get('width')}) MLP at 90%, end to end, batch 1",
+                         f"{ms(r['sparsify']['p50_ms'])} / {ms(r['sparsify']['p90_ms'])}",
+                         " / ".join(ms((r.get(k) or {}).get("p50_ms")) for k in ("ort_dense", "torch_dense")) + " / -",
+                         x(r["speedup_p50"]), f"{x(r['speedup_p50_vs_fastest_dense'])} ({r['fastest_dense']})",
+                         f"×{E2E_TARGETS[1]:g} fastest, ×{E2E_TARGETS[0]:g} ORT, p90 ≤ 2×p50", _met(ok), ename])
+    if not rows:
+        return []
+    return ["Issue 14's targets per kernel variant (2 threads; ours and every dense runtime interleaved in one "
+            "process; AVX2 rows are AVX2 code compiled for Zen 2 and run on the host named, see "
+            "`machine.dense_isa` in their JSON for what the dense runtimes ran):", "",
+            *table(["kernels (variant, host)", "point", "ours p50 / p90", "ORT / torch / numpy dense p50", "vs ORT",
+                    "vs fastest dense", "target", "met", "source"], rows), ""]
 
 
 def _variant(models: dict | None, model: str, name: str) -> dict | None:
@@ -307,7 +366,11 @@ def render(results: Path, readme_dir: Path) -> str:
     kernels = load(results, "kernels.json", None)
     if kernels is not None and "headline" not in kernels:
         kernels = None
+    kernels_avx2 = load(results, "kernels_avx2.json", None)
     e2e = load(results, "sparse_e2e.json", "sparsify.sparse_e2e/")
+    e2e_avx2 = load(results, "sparse_e2e_avx2.json", "sparsify.sparse_e2e/")
+    per_isa = {"kernels.json": kernels, "kernels_avx2.json": kernels_avx2, "sparse_e2e.json": e2e,
+               "sparse_e2e_avx2.json": e2e_avx2}
     slim = load(results, "slim.json", "sparsify.slim/")
     models = load(results, "models.json", "sparsify.models/")
     comp = load(results, "compile.json", "sparsify.compile/")
@@ -323,6 +386,7 @@ def render(results: Path, readme_dir: Path) -> str:
         docs["quality.json"] = quality
     rows = (headline_kernels(kernels) + headline_e2e(e2e, models) + headline_slim(slim, models) + headline_demo(models)
             + headline_quality(quality))
+    out += isa_table(per_isa)
     if rows:
         out += table(["result", "measured", "source"], rows) + [""]
     else:
@@ -334,10 +398,11 @@ def render(results: Path, readme_dir: Path) -> str:
     missing = [n for n, d in docs.items() if d is None]
     if missing:
         out += ["Not measured yet: " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
-    machine = machine_line(docs)
+    machine = machine_line({**docs, **{k: v for k, v in per_isa.items() if k not in docs and v}})
     if machine:
         out += ["Measured on:", *machine, ""]
-    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers):", "", "```bash",
+    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers; the `--isa avx2` "
+            "runs need a host that runs AVX2 code):", "", "```bash",
             *(cmd for _, cmd in COMMANDS), "python benchmarks/update_readme.py", "```"]
     return "\n".join(out) + "\n"
 

@@ -127,7 +127,7 @@ def test_failed_export_leaves_neither_file_and_replacing_a_pair_is_atomic(digits
     def fail(*args, **kwargs):
         raise ExportError("injected failure")
 
-    monkeypatch.setattr(pipeline, "check_onnx", fail)
+    monkeypatch.setattr(pipeline, "ort_runner", fail)
     with pytest.raises(ExportError, match="injected"):
         export_model(run, dest, external_data="always")
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -10,7 +10,8 @@ Values, from ``numpy.random.default_rng(seed)`` drawn input by input in spec ord
 float inputs standard normal; integer inputs uniform in ``[int_low, int_high)`` (default
 ``[0, 10)``, safe for small embedding tables and class indices); bool inputs fair coin flips.
 The same seed, specs and batch give the same feeds, so models with the same inputs are
-benchmarked on identical data.
+benchmarked on identical data. A shape whose feed would exceed the allocation limit
+(:mod:`sparsify.limits`) is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from sparsify.bench.backends import InputSpec
 from sparsify.errors import DataError
+from sparsify.limits import array_bytes, check_bytes
 
 
 def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = None, where: str = "model") -> tuple[int, ...]:
@@ -63,6 +65,10 @@ def make_feeds(
     for spec in specs:
         shape = feed_shape(spec, batch, dims, where)
         dt = np.dtype(spec.dtype)
+        # Floats are drawn in float64, then cast: both arrays exist at once.
+        drawn = np.float64 if np.issubdtype(dt, np.floating) else dt
+        check_bytes(array_bytes(shape, dt) + (array_bytes(shape, drawn) if drawn != dt else 0),
+                         f"{where}: input {spec.name!r} of shape {list(shape)} ({dt}) at batch {batch}", DataError)
         if dt == np.bool_:
             arr = rng.integers(0, 2, size=shape).astype(np.bool_)
         elif np.issubdtype(dt, np.integer):

@@ -47,7 +47,8 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], targe
 
     ``external_data`` (auto, always, never) decides that (see :mod:`sparsify.export.onnx_write`).
     The weights are streamed to disk: no serialized copy of them is held in memory. ``check``
-    runs :func:`check_onnx` on the file (callers that free the module first check afterwards).
+    runs :func:`check_onnx` on the graph while its weights are in an external data file (an
+    inline file is then written from it), which costs no copy of the weights.
     """
     import onnx
     import onnx_ir as ir
@@ -81,29 +82,42 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], targe
             def saved(tensor, _info) -> None:
                 shown.update(tensor.nbytes)
 
+            what = f"exported ONNX model for {type(module).__name__}"
             if external:
                 ir.save(program.model, target.path, external_data=target.data_name, callback=saved)
+                if check:
+                    check_onnx(target.path, what)
             else:  # streamed into one protobuf from a scratch copy with external data
                 with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".scratch-") as scratch:
                     scratch_path = Path(scratch) / "model.onnx"
                     ir.save(program.model, scratch_path, external_data="model.onnx.data", callback=saved)
+                    if check:  # checked with its weights on disk: the same graph, without a copy of them
+                        check_onnx(scratch_path, what)
                     shown.reset(total=nbytes)
                     shown.set_description(f"inline {target.path.name}")
                     write_onnx(onnx.load(str(scratch_path), load_external_data=False), Path(scratch), target,
                                external=False, progress=lambda _name, done, _total: shown.update(done - shown.n))
     finally:
         _detach_weights(program)
-    if check:
-        check_onnx(target.path, f"exported ONNX model for {type(module).__name__}")
     return external
 
 
 def _detach_weights(program) -> None:
-    """Drop the exported graph's references to the module's tensors: onnxscript's rewrite rules
-    keep the last graph they matched, which would otherwise keep every weight alive."""
+    """Drop the exported graph's references to the module's tensors, so that releasing the
+    module frees them: onnxscript's rewrite rules (module-level objects) keep the last graph
+    they matched, with its tensors, until they match another."""
     for value in program.model.graph.initializers.values():
         value.const_value = None
     program.model.graph.initializers.clear()
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript: nothing known to forget
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attr in ("_graph", "_current_node", "_match"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
 
 
 def check_onnx(path: Path, what: str) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import os
 import secrets
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from sparsify.errors import ExportError, SparsifyError
-from sparsify.fileio import _parent_for
+from sparsify.fileio import workspace
 from sparsify.limits import human_bytes
 
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
@@ -131,8 +130,9 @@ class Target:
 
 @contextlib.contextmanager
 def atomic_onnx(dest: Path, error: type[SparsifyError] = ExportError) -> Iterator[Target]:
-    """A target in a fresh folder beside ``dest``; on success the model and its data replace
-    ``dest``'s, on failure the folder is removed and ``dest`` is untouched.
+    """A target in the write's private folder beside ``dest`` (``sparsify.fileio.workspace``:
+    removed on failure, SIGTERM or by the next write after a SIGKILL); on success the model and
+    its data replace ``dest``'s, on failure ``dest`` is untouched.
 
     The new data file gets a name the old model does not read (``NAME.data``, else
     ``NAME.<token>.data``), is moved first, and the model replaces the old one in one rename:
@@ -142,30 +142,30 @@ def atomic_onnx(dest: Path, error: type[SparsifyError] = ExportError) -> Iterato
     dest = Path(dest)
     if dest.is_dir():
         raise error(f"output path {dest} is a directory; expected a file path")
-    parent = _parent_for(dest, error)
-    old = _our_data_files(dest)
-    data_name = data_file_name(dest.name)
-    if data_name in old:
-        data_name = f"{dest.name}.{secrets.token_hex(4)}.data"
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent))
-    target = Target(work / dest.name, data_name)
-    try:
+    with workspace(dest, error) as work:
+        parent = work.parent
+        old = _our_data_files(dest)
+        data_name = data_file_name(dest.name)
+        if data_name in old:
+            data_name = f"{dest.name}.{secrets.token_hex(4)}.data"
+        target = Target(work / dest.name, data_name)
         yield target
-        if target.data_path.exists():
-            os.replace(target.data_path, parent / data_name)
-        os.replace(target.path, dest)
+        try:
+            if target.data_path.exists():
+                os.replace(target.data_path, parent / data_name)
+            os.replace(target.path, dest)
+        except OSError as exc:
+            raise error(f"cannot write {dest}: {exc.strerror or exc}") from None
         fsync_dir(parent)
         for name in old - {data_name}:
             (parent / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _our_data_files(dest: Path) -> set[str]:
     """External data files beside ``dest`` that the ONNX file now at ``dest`` reads and that
     are named after it (so they are ours to replace)."""
-    if not dest.is_file():
-        return set()
+    if not dest.is_file() or not any(dest.parent.glob(f"{glob.escape(dest.name)}.*data")):
+        return set()  # no data file beside it: no need to parse a model that may hold its weights inline
     try:
         model = onnx.load(str(dest), load_external_data=False)
     except Exception:  # not an ONNX file (or not readable): it names no data file of ours

@@ -11,7 +11,7 @@ import torch
 from sparsify.artifact import Run
 from sparsify.data import random_inputs
 from sparsify.errors import ExportError
-from sparsify.export.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx, release_weights
+from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
 from sparsify.export.onnx_write import EXTERNAL_DATA_CHOICES, Target, atomic_onnx, file_bytes
 from sparsify.export.verify import (VerifyReport, expected_outputs, ort_runner, torch_runner,
                                     verify as verify_outputs)
@@ -68,9 +68,8 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     with atomic_onnx(out, ExportError) as target:
         if mode == "dense":
             summary["external_data"] = export_onnx(reference, example, target, input_names, output_names,
-                                                   opset=opset, external_data=external_data, check=False)
+                                                   opset=opset, external_data=external_data)
             release_weights(reference)
-            check_onnx(target.path, "the exported ONNX model")
             candidate = ort_runner(target.path)[0]
         elif mode == "slim":
             from sparsify.export.slim_export import build_slim, module_bytes, write_slim
@@ -87,8 +86,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
 
             with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".dense-") as work:
                 dense = Target(Path(work) / "dense.onnx", "dense.onnx.data")
-                export_onnx(reference, example, dense, input_names, output_names, opset=opset, external_data="always",
-                            check=False)
+                export_onnx(reference, example, dense, input_names, output_names, opset=opset, external_data="always")
                 release_weights(reference)
                 candidate, extra = export_sparse(dense, target, output_names, atol=atol, rtol=rtol,
                                                  input_sets=input_sets, external_data=external_data, **options)

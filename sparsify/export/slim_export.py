@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import ExportError
-from sparsify.export.onnx_export import check_onnx, export_onnx, release_weights
+from sparsify.export.onnx_export import export_onnx, release_weights
 from sparsify.export.onnx_write import Target, file_bytes
 from sparsify.export.verify import ort_runner, torch_runner, verify
 
@@ -43,9 +43,8 @@ def write_slim(result: Any, torch_check: Any, dense_bytes: int, example: tuple[t
     slim_weights = module_bytes(result.module)
     if fmt == "onnx":
         export_onnx(result.module, example, target, input_names, output_names, opset=opset,
-                    external_data=external_data, check=False)
+                    external_data=external_data)
         release_weights(result.module)
-        check_onnx(target.path, "the slim ONNX model")
         candidate = ort_runner(target.path)[0]
     else:
         save_slim(result, target.path)

@@ -2,8 +2,11 @@
 
 :func:`plan_csr` looks at every Gemm / MatMul (+ bias Add) / Conv whose weight is an
 initializer and decides, per layer, whether to replace it by an ``ai.sparsify`` op, recording
-the reason either way ("density 0.62 above threshold 0.35 for batch 1", "weight is not an
-initializer", ...). A following Relu that is the sole consumer is fused into the op, and so is
+the reason either way ("measured on this host (...): sparse 0.21 ms + ... vs dense ONNX Runtime
+2.10 ms", "weight is not an initializer", ...). The decision is measured on the running host
+(``sparsify.runtime.calibrate``, cached per host) unless ``--density-threshold`` sets a
+threshold; the fixed rules below serve only when calibration is turned off
+(``SPARSIFY_CALIBRATION=off``) or a conv's input shape is unknown. A following Relu that is the sole consumer is fused into the op, and so is
 the exact-erf GELU pattern the exporter emits (``x * (0.5 * (erf(x / sqrt2) + 1))``).
 :func:`rewrite_csr` then builds the new model: CSR arrays and bias are ordinary
 initializers, every other op stays standard. :class:`CsrPass` wraps both.
@@ -25,8 +28,8 @@ from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
 from sparsify.onnxfile import inferred_graph, initializer_array
 
-# Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (fp32), by target
-# batch. Measured with
+# The fixed rules (calibration off): density below which a CSR layer beat ONNX Runtime's
+# dense Gemm / Conv (fp32), by target batch, on one host. Measured with
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
 # and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
 # each side). Each linear entry is a grid density at which the kernels were at least at
@@ -415,14 +418,17 @@ def _conv_too_small(weights: int, positions: int | None) -> str | None:
 
 def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
              target_batch: int = 1, base_dir: str | Path | None = None,
-             progress: Callable[[int], None] | None = None) -> CsrPlan:
+             progress: Callable[[int], None] | None = None, calibrate: bool | None = None) -> CsrPlan:
     """Decide, for each Gemm / MatMul / Conv of ``model``, whether to convert it and why.
 
-    A layer is converted when its weight density is strictly below the threshold: the
-    measured crossover for ``target_batch`` (:func:`default_threshold`) unless
-    ``density_threshold`` overrides it. A threshold of 1.0 means "convert every eligible
-    layer", fully dense ones included. External data is read from ``base_dir``;
-    ``progress`` is called with each weight's byte count once it has been read.
+    With ``density_threshold`` a layer is converted when its weight density is strictly
+    below it (1.0: every eligible layer, fully dense ones included). Otherwise, with
+    ``calibrate`` (default: unless ``$SPARSIFY_CALIBRATION`` is off), each layer is timed
+    on this host at ``target_batch`` against ONNX Runtime's dense op and converted when
+    our kernel wins (``sparsify.runtime.calibrate``; cached per host); without it, the
+    fixed rules of :func:`default_threshold` and the size floors apply. External data is
+    read from ``base_dir``; ``progress`` is called with each weight's byte count once it
+    has been read.
     """
     if density_threshold is not None and not (isinstance(density_threshold, (int, float))
                                               and 0.0 <= density_threshold <= 1.0):
@@ -431,6 +437,12 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         raise ExportError(f"target batch {target_batch!r} should be a positive int")
     g = _Graph(model, base_dir)
     shapes = _Shapes(model)
+    calibrator = None
+    if density_threshold is None:
+        from sparsify.runtime import calibrate as calib
+
+        if calib.enabled() if calibrate is None else calibrate:
+            calibrator = calib.Calibrator()
     decisions: list[LayerDecision] = []
     claimed: set[int] = set()
     for idx in range(len(g.nodes)):
@@ -447,6 +459,10 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         d.nnz, d.density = nnz, nnz / max(1, w.size)
         if progress:
             progress(w.nbytes)
+        if calibrator is not None and _decide_by_measurement(g, d, w, shapes, target_batch, calibrator):
+            if d.convert:
+                claimed.update(d.fused)
+            continue
         del w
         kind = "conv" if d.op_type == "Conv" else "linear"
         if density_threshold is not None:
@@ -464,20 +480,53 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
             continue
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
+        prefix = d.reason  # why it was not timed, if it was not
         if d.density < threshold or threshold >= 1.0:
-            d.reason = f"density {d.density:.3f} below threshold {threshold:.2f} {source}"
+            d.reason = f"{prefix}density {d.density:.3f} below threshold {threshold:.2f} {source}"
             if d.density >= threshold:
-                d.reason = f"density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
+                d.reason = f"{prefix}density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
             claimed.update(d.fused)
         else:
-            reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
+            reason = f"{prefix}density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
                 what = "1x1 and strided conv" if kind == "conv" else kind
                 reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
             d.keep_dense(reason)
-    if density_threshold is None:
+    if calibrator is not None:
+        calibrator.save()
+    elif density_threshold is None:
         _keep_small_models_dense(g, decisions, target_batch, shapes)
     return CsrPlan(decisions, target_batch, density_threshold, shapes)
+
+
+def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _Shapes, target_batch: int,
+                           calibrator) -> bool:
+    """Decide ``d`` by timing it on this host (True), or return False when its input shape
+    is unknown (a conv needs it), leaving the decision to the fixed rules."""
+    node = g.nodes[d.fused[0]]
+    try:
+        if d.op_type == "Conv":
+            dims = shapes.dims(node.input[0])
+            if len(dims) != 4 or None in dims[1:]:
+                d.reason = "input shape unknown, not timed; "
+                return False
+            a = _attrs(node)
+            spatial = len(w.shape) - 2
+            m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
+                                a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial),
+                                int(a.get("group", 1)))
+        else:
+            w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
+            m = calibrator.linear(w2d, target_batch * shapes.rows_per_sample(node.input[0]))
+    except Exception as exc:  # a layer the timing cannot run (ORT or a kernel refusing it): fixed rules
+        d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        return False
+    reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}"
+    if m.convert:
+        d.reason = reason
+    else:
+        d.keep_dense(reason + "; --density-threshold converts it anyway")
+    return True
 
 
 def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_batch: int,
@@ -604,15 +653,17 @@ class CsrPass:
 
     name = "csr"
 
-    def __init__(self, density_threshold: float | None = None, target_batch: int = 1) -> None:
+    def __init__(self, density_threshold: float | None = None, target_batch: int = 1,
+                 calibrate: bool | None = None) -> None:
         self.density_threshold = density_threshold
         self.target_batch = target_batch
+        self.calibrate = calibrate
 
     def call(self, model: onnx.ModelProto, base_dir: str | Path | None = None,
              progress: Callable[[int], None] | None = None) -> PassResult:
         """Plan and rewrite ``model``; its external data, if any, is read from ``base_dir``;
         ``progress`` gets the bytes of each weight read (twice per converted layer)."""
-        plan = plan_csr(model, self.density_threshold, self.target_batch, base_dir, progress)
+        plan = plan_csr(model, self.density_threshold, self.target_batch, base_dir, progress, self.calibrate)
         return PassResult(rewrite_csr(model, plan, base_dir, progress), bool(plan.converted), plan)
 
 
