@@ -42,6 +42,7 @@ class Run:
     recipe: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
+    recipe_file: dict[str, Any] | None = None  # the YAML recipe `sparsify apply` made this run from
     # Which code references named by the run's own files may be imported (its data, a teacher run).
     trust: CodeTrust = TRUST_ALL
 
@@ -109,6 +110,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
             "recipe": run.recipe,
             "sparsity": sparsity_report(run.model),
             "metrics": run.metrics,
+            **({"recipe_file": run.recipe_file} if run.recipe_file is not None else {}),
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                       for name in (WEIGHTS, MASKS)},
         }
@@ -187,6 +189,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         recipe=list(manifest.get("recipe") or []),
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
+        recipe_file=manifest.get("recipe_file"),
         trust=trust,
     )
 

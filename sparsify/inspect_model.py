@@ -162,8 +162,13 @@ def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    from sparsify.recipe import recipe_notes
+    from sparsify.schedule import schedule_notes
+
+    steps = manifest.get("recipe") or []
     return Inspection(str(path), rows, size,
-                      [f"{len(masked)} masked tensors", *notes, *_group_notes(manifest.get("recipe") or [])])
+                      [f"{len(masked)} masked tensors", *notes, *_group_notes(steps), *schedule_notes(steps),
+                       *recipe_notes(manifest.get("recipe_file"))])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
