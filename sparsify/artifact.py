@@ -26,7 +26,7 @@ from sparsify.data import InputSpec, is_code_ref
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
-from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, plain_state_dict, sparsity_report
+from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, iter_masks, plain_state_dict, sparsity_report
 from sparsify.modelref import build_model, load_weights_file
 from sparsify.trust import TRUST_ALL, CodeTrust, require_consent
 
@@ -91,7 +91,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
     from safetensors.torch import save_file
 
     dest = Path(dest)
-    masks = {k: v.to(torch.bool).contiguous() for k, v in run.masks.items()}
+    masks = {name: p.mask.to(torch.bool).contiguous() for name, _, _, p in iter_masks(run.model)}  # no copies
     state = plain_state_dict(run.model)
     with atomic_dir(dest, RunError, MANIFEST) as tmp:
         try:

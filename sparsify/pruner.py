@@ -180,17 +180,20 @@ def plan_unstructured(model: nn.Module, sparsity: float, *, scope: str = "layer"
     chosen = select_targets(model, targets, ignore)
     existing = get_masks(model)
     gen = torch.Generator().manual_seed(seed)
-    scores = {}
-    for name, tensor in chosen.items():
+
+    def score(name: str, tensor: torch.Tensor) -> torch.Tensor:
         s = scorer(name, tensor, gen)
         if name in existing:  # pruned weights come first, whatever their score
             s = torch.where(existing[name], s, torch.full_like(s, -1.0))
-        scores[name] = s
+        return s
+
     masks: Masks = {}
-    if scope == "layer":
-        for name, s in scores.items():
+    if scope == "layer":  # one tensor's scores at a time: planning costs no copy of the model
+        for name, tensor in chosen.items():
+            s = score(name, tensor)
             masks[name] = _keep_top(s, int(round(sparsity * s.numel())))
     else:
+        scores = {name: score(name, tensor) for name, tensor in chosen.items()}
         flat = torch.cat([s.reshape(-1) for s in scores.values()])
         keep = _keep_top(flat, int(round(sparsity * flat.numel())))
         offset = 0
