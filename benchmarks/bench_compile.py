@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,7 +226,8 @@ def run_case(case: dict[str, Any], root: Path, repeat: int, timeout: float,
                 say(f"{case['name']}: {step}: {out['wall_s']:.2f} s, peak +{out['peak_mib']:.0f} MiB")
         for name in ("dense.onnx", "sparse.onnx", "slim.onnx"):
             if (work / name).is_file():
-                sizes[name] = (work / name).stat().st_size
+                sizes[name] = sum(f.stat().st_size for f in work.glob(name + "*") if f.is_file())
+        shutil.rmtree(work)  # a 1.5B-parameter case writes ~25 GB; the next case needs the disk
     return {"model": case["name"], "reference": case["model"], "model_args": case["model_args"],
             "input_shapes": case["input_shapes"], "structure": case["structure"], "params": case.get("params"),
             "steps": [{"step": s, "needs": needs, **summarize(samples[s])} for s, needs in selected],

@@ -140,3 +140,34 @@ def test_export_options_of_another_mode_are_a_usage_error(digits_cnn_run, tmp_pa
         assert code == 2
         assert "--density-threshold apply to --mode sparse only" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_full_disk_is_a_clean_error_naming_the_folder(tmp_path, monkeypatch):
+    import builtins
+
+    model, _ = _matmul_model()
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Full(f) if "w" in mode else f
+
+    monkeypatch.setattr(builtins, "open", opener)
+    with pytest.raises(ExportError, match=r"cannot write m.onnx in .*: No space left on device; it needs about"):
+        write_onnx(model, tmp_path, _target(tmp_path / "m.onnx"), external=True)

@@ -97,6 +97,9 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], targe
                     shown.set_description(f"inline {target.path.name}")
                     write_onnx(onnx.load(str(scratch_path), load_external_data=False), Path(scratch), target,
                                external=False, progress=lambda _name, done, _total: shown.update(done - shown.n))
+    except OSError as exc:  # a full disk, most often: the weights are the bulk of the file
+        raise ExportError(f"cannot write the ONNX model to {target.path.parent}: {exc.strerror or exc}; "
+                          f"it needs about {nbytes / 2**30:.2f} GiB free there") from exc
     finally:
         _detach_weights(program)
     return external

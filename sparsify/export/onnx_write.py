@@ -183,9 +183,13 @@ def write_onnx(model: onnx.ModelProto, base_dir: Path, target: Target, *, extern
     """
     tensors = [t for t in model.graph.initializer if _streamed(t)]
     total = sum(tensor_nbytes(t) for t in tensors)
-    if external:
-        return _write_external(model, tensors, base_dir, target, total, progress)
-    return [_write_inline(model, tensors, base_dir, target.path, total, progress)]
+    try:
+        if external:
+            return _write_external(model, tensors, base_dir, target, total, progress)
+        return [_write_inline(model, tensors, base_dir, target.path, total, progress)]
+    except OSError as exc:
+        raise ExportError(f"cannot write {target.path.name} in {target.path.parent}: {exc.strerror or exc}; "
+                          f"it needs about {total / 2**30:.2f} GiB free there") from exc
 
 
 def _write_external(model: onnx.ModelProto, tensors: list[onnx.TensorProto], base_dir: Path, target: Target,
