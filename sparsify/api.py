@@ -14,7 +14,8 @@ from torch import nn
 from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_manifest, save_run
 from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, make_input_specs, random_inputs
 from sparsify.errors import DataError, ModelError, RunError
-from sparsify.export.verify import DEFAULT_ATOL, DEFAULT_RTOL, VerifyReport
+from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
+from sparsify.export.verify import VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
 from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
@@ -354,10 +355,7 @@ def apply_recipe(recipe: "Recipe", out: str | Path, *, trust: CodeTrust = CodeTr
             log(f"stage {stage.name} ({stage.action})" + (f" from {start}" if start else f" from {recipe.model}"))
         if stage.action == "export":
             dest = out / f"{stage.name}.{'onnx' if opts.format == 'onnx' else 'pt2'}"
-            extra = {k: v for k, v in (("density_threshold", opts.density_threshold),
-                                       ("target_batch", opts.target_batch)) if v is not None}
-            export_model(start, dest, fmt=opts.format, mode=opts.mode, verify=opts.verify, atol=opts.atol,
-                         rtol=opts.rtol, opset=opts.opset, trust=trust, **extra)
+            export_model(start, dest, trust=trust, **opts.call_kwargs())
         else:
             dest = out / stage.name
             src = ModelSource(str(start), data=recipe.data, trust=trust) if start is not None else ModelSource(

@@ -9,6 +9,8 @@ import traceback
 from typing import Sequence
 
 from sparsify.errors import SparsifyError, one_paragraph
+from sparsify.export.options import ExportOptions
+from sparsify.options import add_flags, from_namespace
 from sparsify.trust import CodeTrust, add_trust_option
 
 
@@ -40,8 +42,6 @@ _DISTILL_FIELDS = ("distill", "temperature", "alpha", "nproc")
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, finetune: bool = False) -> None:
     from sparsify.finetune import TrainConfig
-    from sparsify.options import add_flags
-
     add_flags(p, TrainConfig, skip=() if finetune else _DISTILL_FIELDS, defaults={"epochs": epochs, "lr": lr})
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(train_defaults={"epochs": epochs, "lr": lr})
@@ -49,8 +49,6 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, finetune
 
 def _train_config(args: argparse.Namespace):
     from sparsify.finetune import TrainConfig
-    from sparsify.options import from_namespace
-
     return from_namespace(TrainConfig, args, args.train_defaults, progress=not args.no_progress)
 
 
@@ -65,7 +63,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from sparsify.api import prune_model
 
-    from sparsify.options import from_namespace
     from sparsify.pruner import PruneOptions
 
     run, plan = prune_model(_source(args), args.output, from_namespace(PruneOptions, args),
@@ -79,7 +76,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsify.api import finetune_model
 
-    from sparsify.options import from_namespace
     from sparsify.schedule import ScheduleOptions
 
     schedule = from_namespace(ScheduleOptions, args)
@@ -100,15 +96,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sparsify.api import export_model
 
-    options = {}
-    if args.density_threshold is not None:
-        options["density_threshold"] = args.density_threshold
-    if args.target_batch is not None:
-        options["target_batch"] = args.target_batch
-    path, report, summary = export_model(args.run, args.output, fmt=args.format, mode=args.mode,
-                                         verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                                         opset=args.opset, trust=_trust(args), external_data=args.external_data,
-                                         **options)
+    opts = from_namespace(ExportOptions, args, verify=not args.no_verify).validate()
+    path, report, summary = export_model(args.run, args.output, trust=_trust(args), **opts.call_kwargs())
     if report is not None:
         print(report.table())
     for line in summary.get("lines", []):
@@ -189,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="compute masks and write a pruned run")
     _add_model_args(p)
-    from sparsify.options import add_flags
     from sparsify.pruner import PruneOptions
 
     add_flags(p, PruneOptions)
@@ -202,7 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, epochs=10, lr=1e-3, finetune=True)
     p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from, "
                                      "or the run itself when it is dense)")
-    from sparsify.options import add_flags
     from sparsify.schedule import ScheduleOptions
 
     add_flags(p, ScheduleOptions, rename={"kind": "--schedule"})
@@ -212,17 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run (verified in ONNX Runtime by default)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", choices=["onnx", "torch"], default="onnx")
-    p.add_argument("--mode", choices=["dense", "slim", "sparse"], default="dense")
+    add_flags(p, ExportOptions)
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--rtol", type=float, default=1e-4)
-    p.add_argument("--opset", type=int)
-    p.add_argument("--density-threshold", type=float, help="sparse mode: convert layers whose density is below this")
-    p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
-    p.add_argument("--external-data", choices=["auto", "always", "never"], default="auto",
-                   help="put the weights in OUTPUT.data beside the ONNX file: auto (when they pass ~1.75 GiB; "
-                        "one protobuf holds at most 2 GiB), always, never")
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)

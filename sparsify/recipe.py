@@ -35,9 +35,10 @@ from typing import Any, Callable
 from sparsify.errors import SparsifyError
 from sparsify.trust import CodeTrust
 from sparsify.finetune import TrainConfig
-from sparsify.options import Bounds, OptionError, build, check_fields, check_type, option
+from sparsify.options import OptionError, build, check_type
 from sparsify.pruner import PruneOptions
 from sparsify.schedule import ScheduleOptions
+from sparsify.export.options import ExportOptions
 
 ACTIONS = ("train", "prune", "finetune", "export")
 TOP_KEYS = ("name", "description", "model", "model_args", "weights", "data", "input_shapes", "input_dtypes",
@@ -48,26 +49,6 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 class RecipeError(SparsifyError):
     """A recipe cannot be read or is not valid; the message names the file, line and field."""
-
-
-@dataclasses.dataclass
-class ExportOptions:
-    """A recipe's export stage: the arguments of `sparsify export`."""
-
-    format: str = option("onnx", "file format", choices=("onnx", "torch"))
-    mode: str = option("dense", "dense, slim (channels removed) or sparse (CSR kernels)",
-                       choices=("dense", "slim", "sparse"))
-    verify: bool = option(True, "check the export against the masked model")
-    atol: float = option(1e-5, "verification absolute tolerance", bounds=Bounds(0.0, lo_open=True))
-    rtol: float = option(1e-4, "verification relative tolerance", bounds=Bounds(0.0))
-    opset: int | None = option(None, "ONNX opset", bounds=Bounds(7))
-    density_threshold: float | None = option(None, "sparse: convert layers below this density",
-                                             bounds=Bounds(0.0, 1.0, lo_open=True))
-    target_batch: int | None = option(None, "sparse: batch size the conversion is chosen for", bounds=Bounds(1))
-
-    def validate(self) -> "ExportOptions":
-        check_fields(self)
-        return self
 
 
 @dataclasses.dataclass

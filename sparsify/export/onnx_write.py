@@ -21,10 +21,10 @@ import onnx
 from onnx import numpy_helper
 
 from sparsify.errors import ExportError, SparsifyError
+from sparsify.export.options import EXTERNAL_DATA_CHOICES
 from sparsify.fileio import workspace
 from sparsify.limits import human_bytes
 
-EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 # The protobuf limit of one serialized message.
 PROTOBUF_LIMIT = (2 << 30) - 1
 # 'auto' moves the weights out once they pass 2 GiB less 256 MiB left for the graph itself.

@@ -12,13 +12,12 @@ from sparsify.artifact import Run
 from sparsify.data import random_inputs
 from sparsify.errors import ExportError
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
-from sparsify.export.onnx_write import EXTERNAL_DATA_CHOICES, Target, atomic_onnx, file_bytes
+from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes
+from sparsify.export.options import EXTERNAL_DATA_CHOICES, FORMATS, MODES
 from sparsify.export.verify import (VerifyReport, expected_outputs, ort_runner, torch_runner,
                                     verify as verify_outputs)
 from sparsify.masks import fold_masks
 
-MODES = ("dense", "slim", "sparse")
-FORMATS = ("onnx", "torch")
 
 
 def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> list[str]:

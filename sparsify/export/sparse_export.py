@@ -14,12 +14,13 @@ import onnx
 
 from sparsify.errors import ExportError
 from sparsify.export.onnx_export import check_onnx
+from sparsify.export.options import SPARSE_ONLY
 from sparsify.export.onnx_write import Target, file_bytes, tensor_nbytes, use_external_data, weight_bytes, write_onnx
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify
 from sparsify.progress import LARGE_BYTES, bar
 from sparsify.passes.csr import CsrPass, CsrPlan
 
-OPTIONS = ("density_threshold", "target_batch")
+OPTIONS = SPARSE_ONLY
 
 
 def csr_bytes(model: onnx.ModelProto, plan: CsrPlan) -> tuple[int, int]:

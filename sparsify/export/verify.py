@@ -12,8 +12,7 @@ from torch import nn
 
 from sparsify.errors import VerificationError
 
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-4
+from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: F401  (re-exported)
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
