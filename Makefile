@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO_OUT ?= sparsify-demo
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

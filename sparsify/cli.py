@@ -165,71 +165,63 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsify", description="Prune, fine-tune and compile PyTorch models to exact slim or sparse ONNX.")
-    parser.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model densely on its data and write a run")
+def _train_parser(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     _add_train_args(p, epochs=20, lr=3e-3)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prune", help="compute masks and write a pruned run")
-    _add_model_args(p)
+
+def _prune_parser(p: argparse.ArgumentParser) -> None:
     from sparsify.pruner import PruneOptions
 
+    _add_model_args(p)
     add_flags(p, PruneOptions)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
-    p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("finetune", help="fine-tune a pruned run with its masks fixed")
+
+def _finetune_parser(p: argparse.ArgumentParser) -> None:
+    from sparsify.schedule import ScheduleOptions
+
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data reference (default: the run's)")
     _add_train_args(p, epochs=10, lr=1e-3, finetune=True)
     p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from, "
                                      "or the run itself when it is dense)")
-    from sparsify.schedule import ScheduleOptions
-
     add_flags(p, ScheduleOptions, rename={"kind": "--schedule"})
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
-    p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("export", help="export a run (verified in ONNX Runtime by default)")
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory")
     add_flags(p, ExportOptions)
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("apply", help="run a YAML recipe: a file, or a shipped recipe by name (e.g. digits-vit-90)")
+
+def _apply_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe file, or the name of a shipped recipe (see --list)")
     p.add_argument("-o", "--output", help="directory for the stages' runs and files (default: ./<recipe name>)")
     p.add_argument("--list", action="store_true", help="list the shipped recipes")
     p.add_argument("--check", action="store_true", help="validate the recipe and print its stages; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, per-epoch or per-layer lines")
     add_trust_option(p)
-    p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
+
+def _inspect_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_trust_option(p)
-    p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("bench", help="measure latency of ONNX models (or runs)")
-    try:
-        from sparsify.bench import cli as bench_cli
 
-        bench_cli.add_arguments(p)
-    except ImportError:
-        p.add_argument("models", nargs="+")
-    p.set_defaults(func=cmd_bench)
+def _bench_parser(p: argparse.ArgumentParser) -> None:
+    from sparsify.bench import cli as bench_cli
 
-    p = sub.add_parser("run", help="run a (sparse) ONNX model on .npy inputs")
+    bench_cli.add_arguments(p)
+
+
+def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("model")
     p.add_argument("--input", action="append", required=True, help=".npy file per model input (repeatable, in order)")
     p.add_argument("--threads", type=int, default=1)
@@ -237,14 +229,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch-1 kernels of Linear layers: csr (default: for one call, building the sliced-ELL "
                         "copies costs more than they save, 0.3 s against ~1 ms on a 4x4096 MLP) or auto")
     p.add_argument("-o", "--output", required=True, help=".npy file for the first output")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data")
+
+def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="sparsify-demo", help="output directory")
     p.add_argument("--quick", action="store_true", help="fewer epochs (for smoke tests)")
     p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(func=cmd_demo)
+
+
+# name -> (help, flags, handler). A command's flags are built only when it runs (or for --help of
+# all commands), so `sparsify run` never imports torch.
+COMMANDS = {
+    "train": ("train a model densely on its data and write a run", _train_parser, cmd_train),
+    "prune": ("compute masks and write a pruned run", _prune_parser, cmd_prune),
+    "finetune": ("fine-tune a pruned run with its masks fixed", _finetune_parser, cmd_finetune),
+    "export": ("export a run (verified in ONNX Runtime by default)", _export_parser, cmd_export),
+    "apply": ("run a YAML recipe: a file, or a shipped recipe by name (e.g. digits-vit-90)", _apply_parser, cmd_apply),
+    "inspect": ("per-layer table of a run or an ONNX file", _inspect_parser, cmd_inspect),
+    "bench": ("measure latency of ONNX models (or runs)", _bench_parser, cmd_bench),
+    "run": ("run a (sparse) ONNX model on .npy inputs", _run_parser, cmd_run),
+    "demo": ("the whole pipeline on the bundled digits data", _demo_parser, cmd_demo),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that command's flags are built (the others list by name)."""
+    parser = argparse.ArgumentParser(prog="sparsify", description="Prune, fine-tune and compile PyTorch models to exact slim or sparse ONNX.")
+    parser.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if command in (None, name):
+            add_arguments(p)
+        p.set_defaults(func=handler)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command named in ``argv`` (its first word that is not an option), if it is one."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit codes: 0 success, 2 bad input or a failed step, 3 failed verification, 130 interrupted.
     ``--debug`` (before the command) also prints the traceback.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SparsifyError as exc:

@@ -73,3 +73,15 @@ def test_distill_uses_the_recorded_dense_parent(tmp_path, capsys, monkeypatch):
     assert main(["prune", str(d / "dense"), "--sparsity", "0.3", "--trust-code", "-o", str(d / "dense")]) == 0
     assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "--trust-code", "-o", str(d / "ft2")]) != 0
     assert "changed since" in capsys.readouterr().err
+
+
+def test_the_run_command_parses_without_importing_torch():
+    """A deployment host runs `sparsify run` without paying torch's import (about 1.5 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from sparsify.cli import build_parser, _command_of; "
+            "argv = ['run', 'm.onnx', '--input', 'x.npy', '-o', 'y.npy']; "
+            "args = build_parser(_command_of(argv)).parse_args(argv); "
+            "assert args.func.__name__ == 'cmd_run' and 'torch' not in sys.modules, sorted(sys.modules)[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -135,14 +135,6 @@ def specs_from_onnx(model: onnx.ModelProto, where: str) -> list[InputSpec]:
     return specs
 
 
-def import_optional(module: str, attr: str, error: type[Exception], message: str) -> Any:
-    """``module.attr``, or raise ``error(message)`` with ``{exc}`` in the message filled in."""
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise error(message.replace("{exc}", str(exc))) from None
-
-
 class OrtRunner:
     """An ``onnxruntime.InferenceSession`` behind the Runner interface."""
 
@@ -186,12 +178,9 @@ class SparsifyBackend:
 
     def load(self, path: Path, threads: int) -> Runner:
         """A runtime Session with ``threads`` threads; input specs from it or from the ONNX graph."""
-        session_cls = import_optional(
-            "sparsify.runtime", "Session", ModelError,
-            f"{path}: the 'sparsify' backend needs the sparse runtime (sparsify.runtime.Session), "
-            "which is not available in this install ({exc}); use --backend ort for models without "
-            "ai.sparsify ops")
-        session = session_cls(os.fspath(path), threads=threads)
+        from sparsify.runtime import Session
+
+        session = Session(os.fspath(path), threads=threads)
         if hasattr(session, "get_inputs"):
             specs = specs_from_node_args(session.get_inputs(), str(path))
         else:
