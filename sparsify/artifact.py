@@ -43,6 +43,7 @@ class Run:
     recipe: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
+    example_inputs: str | None = None  # an .npz of named inputs used to verify and benchmark
 
     @property
     def masks(self) -> Masks:
@@ -89,6 +90,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
             "model": run.model_ref,
             "inputs": [s.to_dict() for s in run.inputs],
             "data": run.data,
+            **({"example_inputs": run.example_inputs} if run.example_inputs else {}),
             "recipe": run.recipe,
             "sparsity": sparsity_report(run.model),
             "metrics": run.metrics,
@@ -160,13 +162,15 @@ def load_run(path: str | Path) -> Run:
         recipe=list(manifest.get("recipe") or []),
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
+        example_inputs=manifest.get("example_inputs"),
     )
 
 
 def derive(parent: Run, model: nn.Module, step: dict[str, Any], metrics: dict[str, Any] | None = None) -> Run:
     """A new run made from ``parent`` by one more recipe step."""
     return Run(model=model, model_ref=parent.model_ref, inputs=list(parent.inputs), data=parent.data,
-               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})})
+               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})},
+               example_inputs=parent.example_inputs)
 
 
 def describe_inputs(inputs: Sequence[InputSpec]) -> str:

@@ -52,6 +52,10 @@ def import_attr(ref: str, error: type[SparsifyError] = ModelError, what: str = "
 def build_model(ref: Mapping[str, Any]) -> nn.Module:
     """Build the module a manifest reference describes."""
     kind, name, args = ref.get("kind"), ref.get("name"), dict(ref.get("args") or {})
+    if kind in ("hf", "torchvision"):  # data, not code: a config and weights (trust_remote_code=False)
+        from sparsify.models.hub import build_hub_model
+
+        return build_hub_model(ref)
     if kind == "builtin":
         return build_builtin(str(name), **args)
     if kind == "import":
@@ -69,7 +73,7 @@ def build_model(ref: Mapping[str, Any]) -> nn.Module:
                 raise ModelError(f"model factory {name!r} returned a {type(module).__name__}; expected a torch.nn.Module")
             return module
         raise ModelError(f"model reference {name!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one")
-    raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin' or 'import'")
+    raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin', 'import', 'hf' or 'torchvision'")
 
 
 def model_ref(spec: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:

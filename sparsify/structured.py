@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -221,10 +221,12 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
                     ratio: float, criterion: str = "l1", scope: str = "layer", round_to: int = 1,
                     min_channels: int = 1, targets: str | None = None, ignore: str | None = None,
                     calib_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    loss_fn: Callable | None = None, seed: int = 0) -> StructuredPlan:
+                    loss_fn: Callable | None = None, seed: int = 0,
+                    dynamic: Sequence[Sequence[int]] | None = None) -> StructuredPlan:
     """Plan channel or head pruning at `ratio` (fraction of units pruned per group, or overall
     when scope='global'). `targets`/`ignore` are regexes searched in the producer parameter
-    names of a group. Returns the plan; the model is not modified."""
+    names of a group. `dynamic` lists each input's axes that may change size (default: the
+    batch). Returns the plan; the model is not modified."""
     _check(structure, ratio, criterion, scope, round_to, min_channels)
     for pat, what in ((targets, "targets"), (ignore, "ignore")):
         if pat is not None:
@@ -234,7 +236,7 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
                 raise PruneError(f"{what}={pat!r} is not a valid regular expression: {e}") from e
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    cap = capture(model, example_inputs)
+    cap = capture(model, example_inputs, dynamic)
     dg = analyze(cap.gm)
     groups = compute_groups(dg)
     if targets is not None:

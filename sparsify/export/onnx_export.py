@@ -36,30 +36,39 @@ def _quiet():
 
 def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path,
                 input_names: Sequence[str], output_names: Sequence[str] | None = None,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET):
-    """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto."""
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET,
+                dynamic: Sequence[Sequence[int]] | None = None, metadata: dict[str, str] | None = None):
+    """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto.
+
+    The batch axis is dynamic (unless ``dynamic_batch=False``), and so is every other axis
+    ``dynamic`` lists per input (e.g. a sequence axis, named ``seq`` in the ONNX file).
+    ``metadata`` is written to the model's ``metadata_props``."""
     import onnx
+
+    from sparsify.graph.capture import export_program
 
     set_eval(module)
     inputs = tuple(example_inputs)
+    model: nn.Module | torch.export.ExportedProgram = module
     if dynamic_batch:
-        # A batch of 1 would be specialized by torch.export; export at batch 2 with a symbolic dim.
-        inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        dynamic_shapes = tuple({0: batch} for _ in inputs)
-    else:
-        dynamic_shapes = None
+        # Captured first (a size of 1 would be specialized, so dynamic axes are exported at 2),
+        # with the ranges torch infers for the dynamic axes (e.g. seq <= the position table).
+        with _quiet(), torch.no_grad():
+            model = export_program(module, inputs, dynamic)
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                module, inputs, None, dynamo=True, input_names=list(input_names),
+                model, inputs, None, dynamo=True, input_names=list(input_names),
                 output_names=list(output_names) if output_names else None,
-                dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
+                opset_version=opset, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; name the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
     proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save_model(proto, str(path))
     try:
         onnx.checker.check_model(str(path), full_check=True)

@@ -26,6 +26,18 @@ def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
+#: ONNX metadata key holding the run's input specs (names, shapes, dynamic axes, valid values),
+#: so that ``sparsify bench`` feeds valid token ids and masks to the exported file.
+INPUTS_METADATA = "sparsify.inputs"
+
+
+def input_metadata(specs) -> dict[str, str]:
+    """The ``metadata_props`` entry recording the input specs as JSON."""
+    import json
+
+    return {INPUTS_METADATA: json.dumps([s.to_dict() for s in specs])}
+
+
 def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", verify: bool = True,
                atol: float, rtol: float, opset: int | None = None, **options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Write ``run`` to ``out`` as ``fmt``/``mode``; returns (path, verification report, summary)."""
@@ -40,6 +52,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     reference = reference_module(run)
     example = random_inputs(run.inputs)
     input_names = [s.name for s in run.inputs]
+    onnx_options = {"dynamic": [s.dynamic for s in run.inputs], "metadata": input_metadata(run.inputs)}
     output_names = output_names_of(reference, example)
     # Computed once (seeded random batches, plus real data when the run knows it): the slim and
     # sparse modes check intermediate results on them, the final verification uses them again.
@@ -49,21 +62,22 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     with atomic_path(out, ExportError) as tmp:
         candidate: Callable | None = None
         if mode == "dense":
-            export_onnx(reference, example, tmp, input_names, output_names, opset=opset or DEFAULT_OPSET)
+            export_onnx(reference, example, tmp, input_names, output_names, opset=opset or DEFAULT_OPSET,
+                        **onnx_options)
             candidate = ort_runner(tmp)[0]
         elif mode == "slim":
             from sparsify.export.slim_export import export_slim
 
             candidate, extra = export_slim(run, reference, example, tmp, fmt, input_names, output_names,
                                            opset=opset or DEFAULT_OPSET, atol=atol, rtol=rtol,
-                                           input_sets=input_sets, **options)
+                                           input_sets=input_sets, onnx_options=onnx_options, **options)
             summary.update(extra)
         else:
             from sparsify.export.sparse_export import export_sparse
 
             candidate, extra = export_sparse(run, reference, example, tmp, input_names, output_names,
                                              atol=atol, rtol=rtol, opset=opset or DEFAULT_OPSET,
-                                             input_sets=input_sets, **options)
+                                             input_sets=input_sets, onnx_options=onnx_options, **options)
             summary.update(extra)
         if verify:
             report = verify_outputs(torch_runner(reference), candidate, input_sets,

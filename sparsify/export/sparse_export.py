@@ -53,7 +53,7 @@ def summary_lines(plan: CsrPlan, dense_bytes: int, sparse_bytes: int, csr: int, 
 def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, ...], tmp: Path,
                   input_names: Sequence[str], output_names: Sequence[str], *, atol: float, rtol: float,
                   opset: int = DEFAULT_OPSET, input_sets: dict[str, Sequence[np.ndarray]] | None = None,
-                  **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
+                  onnx_options: dict[str, Any] | None = None, **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
     """Write the sparse ONNX model of ``reference`` to ``tmp``; return (runtime runner, summary).
 
     ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover)
@@ -77,7 +77,7 @@ def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, .
     tmp = Path(tmp)
     with tempfile.TemporaryDirectory(prefix="sparsify-dense-") as workdir:
         dense_path = Path(workdir) / "dense.onnx"
-        export_onnx(reference, example, dense_path, input_names, output_names, opset=opset)
+        export_onnx(reference, example, dense_path, input_names, output_names, opset=opset, **(onnx_options or {}))
         dense_bytes = dense_path.stat().st_size
         result = CsrPass(threshold, target_batch).call(onnx.load(str(dense_path)))
         try:

@@ -291,18 +291,54 @@ def _cat(g, n):
         shp = list(common)
         shp[dim] = a.shape[dim]
         full.append(np.broadcast_to(a, shp))
-    for d in other:
-        if common[d] > 1:
-            ref = next(a for a in full if (a >= 0).any())
-            for t, a in zip(tensors, full):
-                if (a < 0).all():
+    labelled_dims = [d for d in other if common[d] > 1]
+    for d in labelled_dims:
+        ref = next(a for a in full if (a >= 0).any())
+        for i, (t, a) in enumerate(zip(tensors, full)):
+            if (a < 0).all():
+                param = _label_param_operand(g, t, ref, d, dim) if labelled_dims == [d] else None
+                if param is None:
                     g.block(ref, f"concat '{n.name}' at {where(n)} joins pruned channels with "
                                  f"unprunable ones of '{t.name}'")
                 else:
-                    g.unify(np.take(ref, [0], axis=dim), np.take(a, [0], axis=dim))
+                    full[i] = param
+            else:
+                g.unify(np.take(ref, [0], axis=dim), np.take(a, [0], axis=dim))
+    if labelled_dims and not any(x is not None and x.varies(dim) for x in labs_):
+        # joined along a non-channel dim (tokens): every part carries the same (unified) channels
+        ref = next(a for a in full if (a >= 0).any())
+        return Lab([[out_shape[d]] for d in range(nd)], np.ascontiguousarray(np.take(ref, [0], axis=dim)),
+                   any(x.nz for x in labs_ if x is not None))
     out = np.concatenate(full, axis=dim)
     factors = [[out_shape[d]] for d in range(nd)]
     return Lab(factors, out, any(x.nz for x in labs_ if x is not None))
+
+
+def _label_param_operand(g: DepGraph, t, ref: np.ndarray, d: int, dim: int) -> np.ndarray | None:
+    """A parameter (or a view of one, e.g. a class token expanded to the batch) concatenated
+    with channels along ``dim``: its dim matching channel dim ``d`` joins those channels (it
+    must be masked with them), so the channels stay prunable. Returns its labels, or None."""
+    fqn = param_source(g, t)
+    if fqn is None:
+        return None
+    t_shape, p_shape = shape(t), list(g.tensor(fqn).shape)
+    pd = d - (len(t_shape) - len(p_shape))
+    if pd < 0 or not L._eq(p_shape[pd], t_shape[d]) or not L._eq(t_shape[d], ref.shape[d]):
+        return None
+    lbl = np.take(ref, 0, axis=dim) if ref.shape[dim] > 0 else None
+    if lbl is None:
+        return None
+    lbl = lbl.reshape(-1) if lbl.size == ref.shape[d] else None
+    if lbl is None:
+        return None
+    g.assign(fqn, pd, lbl, "affine")
+    shp = [1] * len(t_shape)
+    shp[d] = len(lbl)
+    arr = lbl.reshape(shp)
+    g.labs[t.name] = Lab([[s] for s in t_shape], arr, False)
+    full = list(ref.shape)
+    full[dim] = int(t_shape[dim])
+    return np.broadcast_to(arr, full)
 
 
 @rule("split", "split_with_sizes", "chunk", "unbind", "unsafe_split", "tensor_split")
