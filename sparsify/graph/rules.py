@@ -15,8 +15,7 @@ The rule table in one place (details in rules_layers.py / rules_shape.py):
 | embedding | | producer: W dim 1 |
 | group_norm | whole norm groups are the unit (their statistics stay exact) | same |
 | batch_norm, layer_norm (channel dim) | same channels; weight/bias must be masked; LN is rewritten to keep its statistics | same |
-| relu, gelu, silu, tanh, dropout, ... | same channels, still zero | same |
-| sigmoid, exp, softplus, + scalar | same channels, now a constant (folded into a consumer bias when exact) | same |
+| any pointwise op (ATen's pointwise tag, or acts like one: hardswish_, dropout, copies) | same channels: still zero when f(0) = 0 (relu, gelu, hardswish_), else a constant folded into a consumer bias when exact (sigmoid, exp, + scalar) | same |
 | add/sub/mul (broadcasting) | unify channels at equal positions; a parameter operand gets labelled | |
 | pooling, upsampling, pad (spatial), mean/sum over other dims | same channels (zero padding breaks constants) | same |
 | view/reshape/flatten/unflatten | labels follow the factorisation (conv -> flatten: a block of H*W features) | |
@@ -39,14 +38,6 @@ from sparsify.graph.labels import Lab, LabelError
 Rule = Callable[[DepGraph, fx.Node], object]
 RULES: dict[str, Rule] = {}
 
-# elementwise ops with f(0) == 0: pruned channels stay exactly zero
-ZERO_PRESERVING = {
-    "relu", "relu_", "gelu", "silu", "silu_", "tanh", "hardtanh", "hardtanh_", "leaky_relu", "hardswish",
-    "elu", "dropout", "clone", "contiguous", "alias", "detach", "neg", "abs", "erf", "_to_copy",
-    "to", "type_as", "relu6", "mish", "lift_fresh_copy", "dropout_", "feature_dropout", "identity",
-}
-# elementwise ops with f(0) != 0: the pruned channel becomes a (non-zero) constant
-NONZERO = {"sigmoid", "sigmoid_", "hardsigmoid", "exp", "softplus", "cos", "log_sigmoid"}
 SHAPE_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze",
              "squeeze_", "unsqueeze_"}
 
@@ -142,6 +133,8 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue  # dead code: removed by slim before rewriting
         name = op_name(n)
         fn = RULES.get(name)
+        if fn is None and rules_shape.pointwise_applies(n):
+            fn = rules_shape.pointwise
         ins = [lab(g, a) for a in _flat_nodes(n.args) + _flat_nodes(n.kwargs)]
         labelled = [x for x in ins if x is not None]
         if name in PARAM_VIEW_OPS and not labelled and param_source(g, n.args[0]) is not None:

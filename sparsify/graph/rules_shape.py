@@ -5,27 +5,42 @@ reductions, reshape/permute/expand, concat/split/select/slice.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import fx
 
 from sparsify.graph import labels as L
 from sparsify.graph.depgraph import DepGraph, where
 from sparsify.graph.labels import Lab, LabelError
 from sparsify.graph.rules import (
-    NONZERO, SHAPE_OPS, ZERO_PRESERVING, lab, op_name, param_source, reshape_unlabelled, rule, same, same_as, shape,
+    SHAPE_OPS, lab, op_name, param_source, reshape_unlabelled, rule, same, same_as, shape,
 )
+from sparsify.graph.pointwise import CONST, ZERO, _tensor_args, tagged_pointwise, unary_behaviour, zero_preserving
 
 
 # --- elementwise -------------------------------------------------------------------------
 
-@rule(*ZERO_PRESERVING)
-def _zero_preserving(g, n):
-    return same(g, n)
+def pointwise_applies(n: fx.Node) -> bool:
+    """A pointwise op without a rule of its own (see sparsify.graph.pointwise)."""
+    if unary_behaviour(n) is not None:
+        return True
+    op = n.target
+    return isinstance(op, torch._ops.OpOverload) and tagged_pointwise(op) and len(_tensor_args(n)) >= 2
 
 
-@rule(*NONZERO)
-def _nonzero(g, n):
-    x = lab(g, n.args[0])
-    return same(g, n, nz=True if x is not None and x.nz is True else "const")
+def pointwise(g: DepGraph, n: fx.Node) -> Lab | None:
+    """Unary: same channels, zero or now a constant (from f(0)); several tensors: elementwise."""
+    behaviour = unary_behaviour(n)
+    if behaviour == ZERO:
+        return same(g, n)
+    if behaviour == CONST:
+        x = lab(g, n.args[0])
+        return same(g, n, nz=True if x is not None and x.nz is True else "const")
+    operands = _tensor_args(n)
+    labelled = [o for o in operands if lab(g, o) is not None]
+    if not labelled:
+        return None
+    zero = all(not lab(g, o).nz for o in labelled) and zero_preserving(n, labelled)
+    return elementwise(g, n, operands, "generic", zero=zero)
 
 
 @rule("softmax", "_softmax", "log_softmax", "_log_softmax")
@@ -72,8 +87,9 @@ def _where(g, n):
     return elementwise(g, n, [a, b], "add")  # the output takes values of a or b position-wise
 
 
-def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | None:
-    """Broadcasting binary op: unify channels at equal positions; parameters get labelled."""
+def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str, zero: bool = False) -> Lab | None:
+    """Broadcasting op: unify channels at equal positions; parameters get labelled (add, mul).
+    kind "generic" (any other pointwise op): ``zero`` says whether pruned channels stay zero."""
     labs = [lab(g, o) for o in operands]
     if all(x is None for x in labs):
         return None
@@ -124,7 +140,8 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         raise LabelError("division by a pruned channel")
     if kind == "pow" and labs[1] is not None:
         raise LabelError("pow with a pruned exponent")
-    g.unify(arrs[0], arrs[1]) if len(arrs) == 2 else None
+    for other in arrs[1:]:
+        g.unify(arrs[0], other)
     # is a pruned channel zero at the output?
     if kind == "add":
         # an operand without labels at a channel position (not a parameter labelled above) adds
@@ -132,6 +149,8 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         nz = any(x.nz for x in labs if x is not None) or any((~lb & (out >= 0)).any() for lb in labelled)
     elif kind == "mul":
         nz = all((x.nz if x is not None else True) for x in labs)
+    elif kind == "generic":
+        nz = not zero
     else:
         nz = labs[0].nz if labs[0] is not None else True
     return Lab(out_factors, out, nz)
@@ -355,10 +374,21 @@ def _split(g, n):
     if not x.varies(dim):
         return [reshape_unlabelled(x, [L.as_size(s) for s in o.shape]) if name != "unbind" else
                 _drop_dim(x, dim) for o in outs]
-    if name in ("unbind", "tensor_split"):
-        raise LabelError(f"{name} along the channel dim (its outputs cannot be resized)")
     if len(x.factors[dim]) != 1:
-        raise LabelError("split of a factored channel dim")
+        raise LabelError(f"{name} of a factored channel dim")
+    if name == "unbind":
+        # e.g. timm's fused qkv unbound into q, k, v: each output keeps its slice's channels
+        # (the unbound dim itself never shrinks: slim keeps at least one head of each)
+        ax = x.axes(dim)[0]
+        outs_ = []
+        for i in range(len(outs)):
+            part = np.take(x.arr, [i], axis=ax)
+            y = Lab([list(f) for f in x.factors], part, x.nz)
+            y.factors[dim] = [1]
+            outs_.append(_drop_dim(y, dim))
+        return outs_
+    if name == "tensor_split":
+        raise LabelError(f"{name} along the channel dim (its outputs cannot be resized)")
     ax = x.axes(dim)[0]
     res, start = [], 0
     for o in outs:
