@@ -74,6 +74,7 @@ def all_cases(quick: bool) -> list[dict[str, Any]]:
 def _do_step(step: str, case: dict[str, Any], work: Path) -> None:
     """Run one pipeline step through the public API (in the child)."""
     from sparsify.api import ModelSource, export_model, open_model, prune_model
+    from sparsify.trust import TRUST_ALL
     from sparsify.artifact import save_run
 
     if step == "build":
@@ -83,15 +84,15 @@ def _do_step(step: str, case: dict[str, Any], work: Path) -> None:
                           input_dtypes=case["input_dtypes"])
         save_run(open_model(src), work / "dense")
     elif step == "export_dense":
-        export_model(work / "dense", work / "dense.onnx")
+        export_model(work / "dense", work / "dense.onnx", trust=TRUST_ALL)
     elif step == "prune_unstructured":
-        prune_model(ModelSource(str(work / "dense")), work / "sparse-run", sparsity=SPARSITY, scope="layer")
+        prune_model(ModelSource(str(work / "dense"), trust=TRUST_ALL), work / "sparse-run", sparsity=SPARSITY, scope="layer")
     elif step == "export_sparse":
-        export_model(work / "sparse-run", work / "sparse.onnx", mode="sparse")
+        export_model(work / "sparse-run", work / "sparse.onnx", mode="sparse", trust=TRUST_ALL)
     elif step == "prune_structured":
-        prune_model(ModelSource(str(work / "dense")), work / "slim-run", structure=case["structure"], ratio=RATIO)
+        prune_model(ModelSource(str(work / "dense"), trust=TRUST_ALL), work / "slim-run", structure=case["structure"], ratio=RATIO)
     elif step == "export_slim":
-        export_model(work / "slim-run", work / "slim.onnx", mode="slim")
+        export_model(work / "slim-run", work / "slim.onnx", mode="slim", trust=TRUST_ALL)
     else:
         raise ValueError(f"unknown step {step!r}; expected one of {[s for s, _ in STEPS]}")
 

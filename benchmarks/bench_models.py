@@ -127,8 +127,9 @@ def describe_run(path: Path) -> dict[str, Any]:
     (the sparse ONNX holds its weights in custom ops that ``inspect_onnx`` does not count).
     """
     from sparsify.inspect_model import inspect_run
+    from sparsify.trust import TRUST_ALL
 
-    t = inspect_run(path).totals()
+    t = inspect_run(path, TRUST_ALL).totals()
     return {k: finite(v) if isinstance(v, float) else v for k, v in t.items() if k != "file_bytes"}
 
 
@@ -153,6 +154,7 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
     """Prune (and fine-tune data models), export; the record lacks latency until benchmarked."""
     from sparsify.api import ModelSource, export_model, finetune_model, prune_model
     from sparsify.finetune import TrainConfig
+    from sparsify.trust import TRUST_ALL
 
     label = f"{kind}-{round(level * 100)}"
     rec: dict[str, Any] = {"variant": label, "kind": kind,
@@ -166,7 +168,7 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
         rec["scope"] = case.scope
     say(f"{case.name}: {label}: prune")
     pruned, skip = optional_leg(lambda: _seconds(lambda: prune_model(
-        ModelSource(str(dense_dir)), work / f"{label}-pruned", **prune_kw)))
+        ModelSource(str(dense_dir), trust=TRUST_ALL), work / f"{label}-pruned", **prune_kw)))
     if skip:
         return {**rec, "prune": skip}
     (run, _plan), rec["prune_s"] = pruned
@@ -174,14 +176,15 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
     if case.data:
         rec["pruned_accuracy"] = run.metrics.get("pruned_test_accuracy")
         tuned, rec["finetune_s"] = _seconds(lambda: finetune_model(
-            run_dir, TrainConfig(epochs=s.finetune_epochs, lr=s.lr / 3, progress=False), work / f"{label}-ft"))
+            run_dir, TrainConfig(epochs=s.finetune_epochs, lr=s.lr / 3, progress=False), work / f"{label}-ft",
+            trust=TRUST_ALL))
         rec["finetune_epochs"] = s.finetune_epochs
         rec["finetuned_accuracy"] = tuned.metrics.get("finetuned_test_accuracy")
         run_dir = work / f"{label}-ft"
     rec["run"] = describe_run(run_dir)
     onnx_path = work / f"{label}.onnx"
     say(f"{case.name}: {label}: export --mode {kind}")
-    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=kind)))
+    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=kind, trust=TRUST_ALL)))
     if skip:
         rec["export"] = skip
     else:
@@ -228,6 +231,7 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     """Everything for one model; returns its record."""
     from sparsify.api import export_model
     from sparsify.bench import bench
+    from sparsify.trust import TRUST_ALL
 
     work = root / case.name
     work.mkdir(parents=True, exist_ok=True)
@@ -241,7 +245,7 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
         return {**rec, **skip}
     rec["dense"], dense_acc = built
     say(f"{case.name}: export dense")
-    (_, report, _), secs = _seconds(lambda: export_model(work / "dense", work / "dense.onnx"))
+    (_, report, _), secs = _seconds(lambda: export_model(work / "dense", work / "dense.onnx", trust=TRUST_ALL))
     dense = rec["dense"]
     dense.update({"export_s": secs, "verify_max_abs": finite(report.max_abs) if report else None,
                   "onnx": describe_onnx(work / "dense.onnx"), "path": str(work / "dense.onnx")})

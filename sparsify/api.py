@@ -22,6 +22,7 @@ from sparsify.masks import apply_masks, fold_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
 from sparsify.models.hub import is_hub_ref, open_hub_model
 from sparsify.modelref import build_model, load_weights, model_ref, read_state_dict
+from sparsify.trust import TRUST_ALL, CodeTrust
 
 
 @dataclasses.dataclass
@@ -34,6 +35,8 @@ class ModelSource:
     data: str | None = None
     input_shapes: Sequence[str] = ()
     input_dtypes: Sequence[str] = ()
+    # Code references a run directory's manifest may name and have imported (its model, its data).
+    trust: CodeTrust = CodeTrust()
     hf_task: str | None = None
     example_inputs: str | None = None
 
@@ -41,11 +44,11 @@ class ModelSource:
 def open_model(src: ModelSource) -> Run:
     """A run from a run directory, or a fresh (unmasked) run from a model reference."""
     if is_run_dir(src.model):
-        run = load_run(src.model)
+        run = load_run(src.model, src.trust)
         if src.weights:
             raise ModelError(f"--weights cannot be combined with the run directory {src.model}; the run holds its weights")
         if src.data:
-            run.data = src.data
+            run.use_data(src.data)
         if src.example_inputs:
             read_example_inputs(src.example_inputs, run.inputs)
             run.example_inputs = src.example_inputs
@@ -66,7 +69,7 @@ def open_model(src: ModelSource) -> Run:
             raise ModelError("--weights does not apply to hf:DIR models: the weights come from the directory")
     else:
         ref = model_ref(src.model, src.model_args)
-        model = build_model(ref)
+        model = build_model(ref, TRUST_ALL)  # the user named it on the command line
     if src.weights:
         load_weights(model, read_state_dict(src.weights), src.weights)
     inputs = resolve_inputs(src, ref, hub_inputs)
@@ -141,10 +144,11 @@ def check_data_inputs(run: Run) -> None:
 
 
 def _need_data(run: Run, data: str | None) -> Splits:
-    ref = data or run.data
+    if data:
+        run.use_data(data)
+    ref = run.data_ref()
     if not ref:
         raise DataError("this step needs data: give --data (e.g. --data digits)")
-    run.data = ref
     return load_data(ref, [s.name for s in run.inputs])
 
 
@@ -225,7 +229,7 @@ def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = N
         recalibrate_batchnorm(model, _need_data(run, src.data).train, bn_recalibrate, seed=seed)
         step["bn_recalibrate_batches"] = bn_recalibrate
     metrics: dict[str, Any] = {}
-    if run.data:
+    if run.data_ref():
         acc = evaluate(model, load_data(run.data, [s.name for s in run.inputs]).test)["accuracy"]
         metrics["test_accuracy"] = round(acc, 4)
         metrics["pruned_test_accuracy"] = round(acc, 4)
@@ -279,9 +283,12 @@ class CombinedPlan:
 
 
 def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,
-                   teacher: str | Path | None = None) -> Run:
-    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher."""
-    run = load_run(run_path)
+                   teacher: str | Path | None = None, trust: CodeTrust = CodeTrust()) -> Run:
+    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher.
+
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    """
+    run = load_run(run_path, trust)
     splits = _need_data(run, data)
     teacher_model = teacher_for(run, teacher) if cfg.distill else None
     return _train_and_save(run, splits, cfg, teacher_model, "finetune", "finetune_history",
@@ -305,12 +312,12 @@ def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
         if actual != parent["weights_sha256"]:
             raise RunError(f"the dense parent {teacher} changed since {run.path} was pruned from it "
                            "(weights hash differs); give --teacher RUN")
-    return fold_masks(load_run(teacher).model).eval()
+    return fold_masks(load_run(teacher, run.trust).model).eval()
 
 
 def reference_module(run: Run) -> nn.Module:
     """The masked model in eval mode with masks folded into plain tensors."""
-    return fold_masks(copy.deepcopy(run.model)).eval()
+    return run.reference_module()
 
 
 def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -324,20 +331,25 @@ def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
                                                                           seq=other)]
     if run.example_inputs:
         sets["example inputs"] = read_example_inputs(run.example_inputs, run.inputs)
-    if run.data:
+    data = run.data_ref()
+    if data:
         from sparsify.data import loader, split_batch
 
-        x, _ = split_batch(next(iter(loader(load_data(run.data, [s.name for s in run.inputs]).test, 16))))
+        x, _ = split_batch(next(iter(loader(load_data(data, [s.name for s in run.inputs]).test, 16))))
         sets["data b16"] = [t.numpy() for t in x]
     return sets
 
 
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
                  verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-                 opset: int | None = None, **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
-    """Export a run; verification (on by default) must pass before anything appears at ``out``."""
+                 opset: int | None = None, trust: CodeTrust = CodeTrust(),
+                 **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Export a run; verification (on by default) must pass before anything appears at ``out``.
+
+    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    """
     from sparsify.export import pipeline
 
-    run = load_run(run_path)
+    run = load_run(run_path, trust)
     return pipeline.export_run(run, Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
                                opset=opset, **mode_options)

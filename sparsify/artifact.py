@@ -2,12 +2,15 @@
 
 The manifest records the format version, the model reference, the input specs, the recipe
 (every step that produced the run), per-tensor sparsity, metrics, library versions and the
-SHA-256 of each file. Reading a run never unpickles: tensors come from safetensors, the module
-is rebuilt from its reference, and every file is checked against its recorded hash.
+SHA-256 of each file. Reading a run never unpickles and never runs code on its own: the
+manifest is checked against its schema (``sparsify.manifest``), every file against its
+recorded size and hash, masks must hold only 0 and 1, and a ``package.module:attr`` model or
+data reference is imported only when the caller's :class:`~sparsify.modelref.CodeTrust` allows it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -19,17 +22,13 @@ import torch
 from torch import nn
 
 from sparsify import __version__
-from sparsify.data import InputSpec
-from sparsify.errors import RunError, SparsifyError
+from sparsify.data import InputSpec, is_code_ref
+from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
-from sparsify.masks import Masks, apply_masks, get_masks, plain_state_dict, sparsity_report
+from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
+from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, plain_state_dict, sparsity_report
 from sparsify.modelref import build_model, load_weights
-
-FORMAT = "sparsify.run"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
-MASKS = "masks.safetensors"
+from sparsify.trust import TRUST_ALL, CodeTrust, require_consent
 
 
 @dataclasses.dataclass
@@ -44,10 +43,28 @@ class Run:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
     example_inputs: str | None = None  # an .npz of named inputs used to verify and benchmark
+    # Which code references named by the run's own files may be imported (its data, a teacher run).
+    trust: CodeTrust = TRUST_ALL
 
     @property
     def masks(self) -> Masks:
         return get_masks(self.model)
+
+    def reference_module(self) -> nn.Module:
+        """A copy of the masked model in eval mode, masks folded into plain tensors."""
+        return fold_masks(copy.deepcopy(self.model)).eval()
+
+    def data_ref(self) -> str | None:
+        """The run's data reference, once a code reference (``module:attr``) is allowed by ``trust``."""
+        if self.data and is_code_ref(self.data):
+            source = self.path / MANIFEST if self.path is not None else "the run"
+            require_consent(self.data, "data", source, self.trust, DataError)
+        return self.data
+
+    def use_data(self, ref: str) -> None:
+        """Use the data reference ``ref`` given by the user (and so trusted) from now on."""
+        self.data = ref
+        self.trust = dataclasses.replace(self.trust, refs=self.trust.refs | {ref})
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -103,57 +120,66 @@ def save_run(run: Run, dest: str | Path) -> Path:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read and validate a run's manifest and file hashes (nothing is deserialized beyond JSON)."""
+    """Read a run's manifest, check it against the schema and every file against its size and hash.
+
+    Nothing beyond JSON is deserialized and nothing the manifest names is imported.
+    """
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"run directory {path} does not exist")
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise RunError(f"run directory {path} has no {MANIFEST}; expected a directory written by sparsify")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{mpath} is not valid JSON ({exc}); the run is corrupt") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise RunError(f"{mpath} is not a sparsify run manifest (format should be {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise RunError(f"{mpath} has format_version {manifest.get('format_version')!r}; this sparsify reads {FORMAT_VERSION}")
-    for key in ("model", "inputs", "files"):
-        if key not in manifest:
-            raise RunError(f"{mpath} lacks the {key!r} entry; the run is corrupt")
+    manifest = parse_manifest(mpath)
     for name in (WEIGHTS, MASKS):
-        fpath, entry = path / name, manifest["files"].get(name)
-        if entry is None:
-            raise RunError(f"{mpath} records no hash for {name}; the run is corrupt")
+        fpath, entry = path / name, manifest["files"][name]
         if not fpath.is_file():
             raise RunError(f"run {path} is missing {name}")
+        size = fpath.stat().st_size
+        if size != entry["bytes"]:
+            raise RunError(f"{fpath} has {size:,} bytes, but the manifest records {entry['bytes']:,}; "
+                           "the file was modified or truncated")
         actual = sha256_file(fpath)
-        if actual != entry.get("sha256"):
+        if actual != entry["sha256"]:
             raise RunError(f"{fpath} has SHA-256 {actual[:16]}…, but the manifest records "
-                           f"{str(entry.get('sha256'))[:16]}…; the file was modified or corrupted")
+                           f"{entry['sha256'][:16]}…; the file was modified or corrupted")
     return manifest
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, masks: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a run's safetensors file; with ``masks``, as bool tensors that were exactly 0 or 1."""
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as exc:
         raise RunError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if not masks:
+        return tensors
+    out = {}
+    for name, m in tensors.items():
+        binary = (m == 0) | (m == 1)
+        if not bool(binary.all()):
+            bad = m[~binary].flatten()[0].item()
+            raise RunError(f"{path}: mask {name!r} holds the value {bad!r}; a mask holds only 0 and 1")
+        out[name] = m.to(torch.bool)
+    return out
 
 
-def load_run(path: str | Path) -> Run:
-    """Rebuild the model of a run, load its weights and attach its masks."""
+def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
+    """Rebuild the model of a run, load its weights and attach its masks.
+
+    A ``package.module:attr`` model reference in the manifest is imported only when ``trust``
+    allows it (the default trusts none); the manifest is validated before anything else.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     try:
-        model = build_model(manifest["model"])
+        model = build_model(manifest["model"], trust, source=path / MANIFEST)
     except SparsifyError as exc:
         raise RunError(f"run {path}: {exc}") from exc
-    load_weights(model, _load_tensors(path / WEIGHTS), str(path / WEIGHTS))
-    masks = _load_tensors(path / MASKS)
-    apply_masks(model, {k: v.to(torch.bool) for k, v in masks.items()})
+    load_weights(model, read_tensors(path / WEIGHTS), str(path / WEIGHTS))
+    apply_masks(model, read_tensors(path / MASKS, masks=True))
     return Run(
         model=model,
         model_ref=manifest["model"],
@@ -163,13 +189,14 @@ def load_run(path: str | Path) -> Run:
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
         example_inputs=manifest.get("example_inputs"),
+        trust=trust,
     )
 
 
 def derive(parent: Run, model: nn.Module, step: dict[str, Any], metrics: dict[str, Any] | None = None) -> Run:
     """A new run made from ``parent`` by one more recipe step."""
     return Run(model=model, model_ref=parent.model_ref, inputs=list(parent.inputs), data=parent.data,
-               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})},
+               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})}, trust=parent.trust,
                example_inputs=parent.example_inputs)
 
 

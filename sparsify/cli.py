@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from typing import Sequence
 
-from sparsify.errors import SparsifyError
+from sparsify.errors import SparsifyError, one_paragraph
+from sparsify.trust import CodeTrust, add_trust_option
+
+
+def _trust(args: argparse.Namespace) -> CodeTrust:
+    return CodeTrust.from_options(args.trust_code)
 
 
 def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
@@ -23,6 +29,7 @@ def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
                                      "image-classification, ...; default base)")
     p.add_argument("--example-inputs", metavar="FILE.npz",
                    help="real inputs, one named array per model input; used to verify and benchmark")
+    add_trust_option(p)
 
 
 def _source(args: argparse.Namespace):
@@ -30,7 +37,7 @@ def _source(args: argparse.Namespace):
     from sparsify.modelref import parse_model_args
 
     return ModelSource(args.model, parse_model_args(args.model_arg), args.weights, getattr(args, "data", None),
-                       args.input_shape, args.input_dtype, args.hf_task, args.example_inputs)
+                       args.input_shape, args.input_dtype, _trust(args), args.hf_task, args.example_inputs)
 
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
@@ -75,7 +82,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsify.api import finetune_model
 
     cfg = _train_config(args, distill=args.distill, temperature=args.temperature, alpha=args.alpha)
-    run = finetune_model(args.run, cfg, args.output, data=args.data, teacher=args.teacher)
+    run = finetune_model(args.run, cfg, args.output, data=args.data, teacher=args.teacher, trust=_trust(args))
     print(f"fine-tuned {args.run}: test accuracy {run.metrics['test_accuracy']:.2f}% → {args.output}")
     return 0
 
@@ -90,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         options["target_batch"] = args.target_batch
     path, report, summary = export_model(args.run, args.output, fmt=args.format, mode=args.mode,
                                          verify=not args.no_verify, atol=args.atol, rtol=args.rtol,
-                                         opset=args.opset, **options)
+                                         opset=args.opset, trust=_trust(args), **options)
     if report is not None:
         print(report.table())
     for line in summary.get("lines", []):
@@ -103,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sparsify.inspect_model import inspect_path
 
-    result = inspect_path(args.path)
+    result = inspect_path(args.path, _trust(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
     return 0
 
@@ -129,6 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsify", description="Prune, fine-tune and compile PyTorch models to exact slim or sparse ONNX.")
+    parser.add_argument("--debug", action="store_true", help="on failure, also print the Python traceback")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model densely on its data and write a run")
@@ -165,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from)")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
+    add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.set_defaults(func=cmd_finetune)
 
@@ -178,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int)
     p.add_argument("--density-threshold", type=float, help="sparse mode: convert layers whose density is below this")
     p.add_argument("--target-batch", type=int, help="sparse mode: batch size the conversion is chosen for")
+    add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
     p.add_argument("path")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_option(p)
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("bench", help="measure latency of ONNX models (or runs)")
@@ -214,15 +225,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure is one paragraph on stderr and a documented exit code.
+
+    Exit codes: 0 success, 2 bad input or a failed step, 3 failed verification, 130 interrupted.
+    ``--debug`` (before the command) also prints the traceback.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SparsifyError as exc:
-        print(f"sparsify {args.command}: error: {exc}", file=sys.stderr)
+        _report(args, str(exc), exc)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:
+        _report(args, f"ran out of memory ({one_paragraph(exc) or 'MemoryError'}); free memory or use a "
+                      "smaller model, batch or input shape", exc)
+        return SparsifyError.exit_code
+    except Exception as exc:
+        _report(args, f"unexpected {type(exc).__name__}: {one_paragraph(exc, 600)}. This is a failure sparsify "
+                      "does not recognise: check the model and inputs the command names, re-run with "
+                      "'sparsify --debug' for the traceback, and report it if the input should work", exc)
+        return SparsifyError.exit_code
+
+
+def _report(args: argparse.Namespace, message: str, exc: BaseException) -> None:
+    if args.debug:
+        traceback.print_exception(exc)
+    print(f"sparsify {args.command}: error: {one_paragraph(message, 4000)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,16 @@ def _load_npz(path: Path, input_names: Sequence[str] | None = None) -> Splits:
         names = ["x"]
 
     def tensor(key: str) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(arrays[key]))
+        try:
+            arr = arrays[key]
+        except ValueError as exc:  # object arrays need pickle, which is never allowed
+            raise DataError(f"data file {path}: array {key!r} holds Python objects (pickled), which "
+                            "sparsify refuses to read; store plain numeric arrays") from exc
+        except Exception as exc:
+            raise DataError(f"data file {path}: array {key!r} cannot be read: {exc}") from exc
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"data file {path}: {key} should be a numeric array; got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
         return t.float() if t.is_floating_point() else t
 
     def pair(suffix: str) -> TensorDataset:
@@ -294,6 +303,11 @@ class _Grouped(Dataset):
         return tuple(xs), y
 
 
+def is_code_ref(ref: str) -> bool:
+    """True when the data reference is ``package.module:attr`` (loading it imports and runs code)."""
+    return ref != "digits" and not ref.endswith(".npz") and ":" in ref
+
+
 def load_data(ref: str, input_names: Sequence[str] | None = None) -> Splits:
     """Resolve a data reference (see module docstring) into train/val/test splits; an .npz may
     hold one array per model input, named as in ``input_names``, instead of ``x``."""
@@ -301,7 +315,7 @@ def load_data(ref: str, input_names: Sequence[str] | None = None) -> Splits:
         return load_digits_splits()
     if ref.endswith(".npz"):
         return _load_npz(Path(ref), input_names)
-    if ":" in ref:
+    if is_code_ref(ref):
         from sparsify.modelref import import_attr
 
         obj = import_attr(ref, DataError, "data")

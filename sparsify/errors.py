@@ -1,10 +1,14 @@
 """The error hierarchy: everything sparsify raises on bad input derives from SparsifyError.
 
-The CLI prints the message of a SparsifyError as one paragraph and exits non-zero;
-any other exception is a bug and keeps its traceback.
+The CLI prints the message of a SparsifyError as one paragraph and exits with its
+``exit_code``. Any other exception escaping a command is reported the same way, naming
+the command (``sparsify --debug`` shows its traceback); ``in_step`` names the step too.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 
 class SparsifyError(Exception):
@@ -45,3 +49,31 @@ class ModelFileError(SparsifyError):
 
 class KernelInputError(SparsifyError):
     """Arrays handed to a sparse kernel violate its format or shape contract."""
+
+
+class StepError(SparsifyError):
+    """An unexpected failure inside one step of a command (capture, export, verification…)."""
+
+
+def one_paragraph(text: str, limit: int = 1200) -> str:
+    """``text`` on one line (runs of whitespace collapsed), cut to ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@contextlib.contextmanager
+def in_step(step: str, subject: str, hint: str = "") -> Iterator[None]:
+    """Turn any non-sparsify exception raised inside into a StepError naming the step and subject.
+
+    ``hint`` says what the user can do; SparsifyErrors pass through unchanged.
+    """
+    try:
+        yield
+    except SparsifyError:
+        raise
+    except MemoryError as exc:
+        raise StepError(f"{step} of {subject} ran out of memory ({one_paragraph(exc) or 'MemoryError'}); "
+                        "free memory or use a smaller model or batch") from exc
+    except Exception as exc:
+        detail = one_paragraph(f"{type(exc).__name__}: {exc}", 600)
+        raise StepError(f"{step} of {subject} failed: {detail}" + (f"; {hint}" if hint else "")) from exc

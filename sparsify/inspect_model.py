@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
+from sparsify.trust import CodeTrust
 from sparsify.onnxfile import load_onnx
 
 
@@ -126,25 +127,41 @@ def _module_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[st
     return macs
 
 
-def inspect_run(path: str | Path) -> Inspection:
-    """Table of a run's tensors (masks folded), MACs from one forward pass at batch 1."""
+def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
+    """Table of a run's tensors (masks folded), MACs from one forward pass at batch 1.
+
+    The table comes from the run's files alone. MACs need the module: a built-in is rebuilt,
+    a ``package.module:attr`` model only when ``trust`` allows importing it (never by default).
+    """
     from sparsify.api import reference_module
-    from sparsify.artifact import load_run
+    from sparsify.artifact import MASKS, WEIGHTS, load_run, read_manifest, read_tensors
     from sparsify.data import random_inputs
 
-    run = load_run(path)
-    model = reference_module(run)
-    macs = _module_macs(model, random_inputs(run.inputs, batch=1))
-    masked = set(run.masks)
+    trust = trust or CodeTrust()
+    manifest = read_manifest(path)
+    masked = set(read_tensors(Path(path) / MASKS, masks=True))
+    ref = manifest["model"]
+    notes = []
+    if ref["kind"] == "import" and not trust.allows(ref["name"]):
+        tensors = read_tensors(Path(path) / WEIGHTS)
+        macs: dict[str, int] = {}
+        notes.append(f"MACs not counted: the model is the code reference {ref['name']!r}, which inspect imports "
+                     f"only with --trust-code {ref['name']}")
+    else:
+        run = load_run(path, trust)
+        model = reference_module(run)
+        macs = _module_macs(model, random_inputs(run.inputs, batch=1))
+        tensors = model.state_dict()
     rows = []
-    for name, t in model.state_dict().items():
+    for name, t in tensors.items():
         if not t.is_floating_point() or t.dim() == 0:
             continue
         w = t.numpy()
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
-    return Inspection(str(path), rows, size, [f"{len(masked)} masked tensors", *_group_notes(run.recipe)])
+    return Inspection(str(path), rows, size,
+                      [f"{len(masked)} masked tensors", *notes, *_group_notes(manifest.get("recipe") or [])])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
@@ -230,12 +247,12 @@ def inspect_onnx(path: str | Path) -> Inspection:
     return Inspection(str(path), rows, os.path.getsize(path), notes)
 
 
-def inspect_path(path: str | Path) -> Inspection:
-    """Inspect a run directory or an ONNX file."""
+def inspect_path(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
+    """Inspect a run directory or an ONNX file; ``trust`` as for :func:`inspect_run`."""
     from sparsify.artifact import is_run_dir
 
     if is_run_dir(path):
-        return inspect_run(path)
+        return inspect_run(path, trust)
     if Path(path).is_dir():
         raise ModelFileError(f"{path} is a directory without manifest.json; expected a run directory or an ONNX file")
     return inspect_onnx(path)

@@ -2,6 +2,9 @@
 
 A reference is recorded in a run's manifest as ``{"kind": "builtin"|"import", "name": ..., "args": {...}}``
 so that the run can rebuild the module later; weights always come from the run's safetensors.
+
+A reference read from a file is data: an ``import`` reference is imported and called only with
+the user's consent (:class:`CodeTrust`), because a run directory may come from anyone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelError, SparsifyError
+from sparsify.limits import check_bytes
+from sparsify.trust import CodeTrust, require_consent
 from sparsify.models import BUILTIN_MODELS, build_builtin
 
 
@@ -49,22 +54,29 @@ def import_attr(ref: str, error: type[SparsifyError] = ModelError, what: str = "
     return obj
 
 
-def build_model(ref: Mapping[str, Any]) -> nn.Module:
-    """Build the module a manifest reference describes."""
+def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: str | Path = "the model reference") -> nn.Module:
+    """Build the module a reference describes; an import reference needs ``trust`` to allow it.
+
+    Parameters and buffers are first counted on the meta device, and a module larger than
+    :func:`sparsify.limits.memory_limit` is refused before it is allocated.
+    """
     kind, name, args = ref.get("kind"), ref.get("name"), dict(ref.get("args") or {})
     if kind in ("hf", "torchvision"):  # data, not code: a config and weights (trust_remote_code=False)
         from sparsify.models.hub import build_hub_model
 
         return build_hub_model(ref)
     if kind == "builtin":
+        _check_size(lambda: build_builtin(str(name), **args), str(name))
         return build_builtin(str(name), **args)
     if kind == "import":
+        require_consent(str(name), "model.name", source, trust)
         obj = import_attr(str(name))
         if isinstance(obj, nn.Module):
             if args:
                 raise ModelError(f"model reference {name!r} is an nn.Module instance; it takes no --model-arg (got {sorted(args)})")
             return copy.deepcopy(obj)
         if callable(obj):
+            _check_size(lambda: obj(**args), str(name))
             try:
                 module = obj(**args)
             except Exception as exc:
@@ -74,6 +86,24 @@ def build_model(ref: Mapping[str, Any]) -> nn.Module:
             return module
         raise ModelError(f"model reference {name!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one")
     raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin', 'import', 'hf' or 'torchvision'")
+
+
+def _check_size(build: Any, name: str) -> None:
+    """Build on the meta device (no memory) and refuse a module beyond the memory limit.
+
+    A factory that cannot build on the meta device is left to its real build.
+    """
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except SparsifyError:
+        raise
+    except Exception:
+        return
+    if isinstance(probe, nn.Module):
+        tensors = [*probe.parameters(), *probe.buffers()]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        check_bytes(nbytes, f"model {name!r} ({sum(t.numel() for t in tensors):,} parameters and buffers)", ModelError)
 
 
 def model_ref(spec: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -104,8 +134,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(
-            f"weights file {path} could not be read with torch.load(weights_only=True) "
-            f"(only plain state dicts of tensors are accepted, nothing is unpickled): {exc}"
+            f"weights file {path} is not a plain state dict of tensors: it holds pickled objects or is not a "
+            f"torch file ({type(exc).__name__}), and sparsify refuses such files by design because reading them "
+            "could run code; save the weights with safetensors (safetensors.torch.save_file) or as a dict of "
+            "tensors (torch.save(model.state_dict(), ...))"
         ) from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -8,6 +8,7 @@ from sparsify.data import InputSpec
 from sparsify.errors import RunError
 from sparsify.masks import apply_masks
 from sparsify.pruner import plan_unstructured
+from sparsify.trust import TRUST_ALL
 from tests.helpers import assert_close
 from tests.user_models import make_tiny
 
@@ -22,7 +23,7 @@ def _run():
 def test_round_trip_gives_identical_outputs_and_masks(tmp_path):
     run = _run()
     save_run(run, tmp_path / "r")
-    back = load_run(tmp_path / "r")
+    back = load_run(tmp_path / "r", TRUST_ALL)
     x = torch.randn(7, 8)
     assert_close(back.model(x), run.model(x), atol=0, rtol=0)
     assert set(back.masks) == set(run.masks)
@@ -39,7 +40,7 @@ def test_tampered_weights_are_detected(tmp_path):
     data[-3] ^= 0xFF
     f.write_bytes(bytes(data))
     with pytest.raises(RunError, match="weights.safetensors has SHA-256 .* modified or corrupted"):
-        load_run(tmp_path / "r")
+        load_run(tmp_path / "r", TRUST_ALL)
 
 
 @pytest.mark.parametrize("victim, message", [
@@ -50,14 +51,14 @@ def test_missing_files_are_named(tmp_path, victim, message):
     save_run(_run(), tmp_path / "r")
     (tmp_path / "r" / victim).unlink()
     with pytest.raises(RunError, match=message):
-        load_run(tmp_path / "r")
+        load_run(tmp_path / "r", TRUST_ALL)
 
 
 def test_corrupt_manifest_is_reported(tmp_path):
     save_run(_run(), tmp_path / "r")
     (tmp_path / "r" / "manifest.json").write_text("{not json")
     with pytest.raises(RunError, match="not valid JSON"):
-        load_run(tmp_path / "r")
+        load_run(tmp_path / "r", TRUST_ALL)
 
 
 def test_corrupt_safetensors_with_matching_hash_is_reported(tmp_path):
@@ -67,10 +68,10 @@ def test_corrupt_safetensors_with_matching_hash_is_reported(tmp_path):
     f = tmp_path / "r" / "masks.safetensors"
     f.write_bytes(b"garbage")
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    manifest["files"]["masks.safetensors"]["sha256"] = sha256_file(f)
+    manifest["files"]["masks.safetensors"].update(sha256=sha256_file(f), bytes=f.stat().st_size)
     (tmp_path / "r" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunError, match="not a readable safetensors file"):
-        load_run(tmp_path / "r")
+        load_run(tmp_path / "r", TRUST_ALL)
 
 
 def test_save_refuses_to_replace_a_foreign_directory(tmp_path):

@@ -9,17 +9,17 @@ def test_train_prune_finetune_inspect_export(tmp_path, capsys):
     d = tmp_path
     assert main(["train", "tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset",
                  "--epochs", "2", "--no-progress", "-o", str(d / "dense")]) == 0
-    assert main(["prune", str(d / "dense"), "--sparsity", "0.5", "--scope", "global", "-o", str(d / "pruned")]) == 0
-    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "-o", str(d / "ft")]) == 0
+    assert main(["prune", str(d / "dense"), "--sparsity", "0.5", "--scope", "global", "--trust-code", "-o", str(d / "pruned")]) == 0
+    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "--trust-code", "-o", str(d / "ft")]) == 0
     manifest = json.loads((d / "ft" / "manifest.json").read_text())
     assert [s["step"] for s in manifest["recipe"]] == ["train", "prune", "finetune"]
     assert manifest["recipe"][2]["config"]["distill"] is True
     assert len(manifest["metrics"]["finetune_history"]) == 2
     capsys.readouterr()
-    assert main(["inspect", str(d / "ft")]) == 0
+    assert main(["inspect", str(d / "ft"), "--trust-code", "tests.user_models:make_tiny"]) == 0
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "unstructured" in out and "MACs per sample" in out
-    assert main(["export", str(d / "ft"), "-o", str(d / "m.onnx")]) == 0
+    assert main(["export", str(d / "ft"), "--trust-code", "-o", str(d / "m.onnx")]) == 0
     assert "max abs" in capsys.readouterr().out
     assert main(["inspect", str(d / "m.onnx"), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -56,7 +56,7 @@ def test_distill_uses_the_recorded_dense_parent(tmp_path, capsys, monkeypatch):
     d = tmp_path
     assert main(["train", "tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset",
                  "--epochs", "1", "--no-progress", "-o", str(d / "dense")]) == 0
-    assert main(["prune", str(d / "dense"), "--sparsity", "0.9", "-o", str(d / "pruned")]) == 0
+    assert main(["prune", str(d / "dense"), "--sparsity", "0.9", "--trust-code", "-o", str(d / "pruned")]) == 0
     seen = {}
     real = api.teacher_for
 
@@ -66,10 +66,10 @@ def test_distill_uses_the_recorded_dense_parent(tmp_path, capsys, monkeypatch):
         return model
 
     monkeypatch.setattr(api, "teacher_for", spy)
-    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "-o", str(d / "ft")]) == 0
-    dense = api.load_run(d / "dense").model.fc1.weight
+    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "--trust-code", "-o", str(d / "ft")]) == 0
+    dense = api.load_run(d / "dense", api.TRUST_ALL).model.fc1.weight
     assert (seen["fc1"] == dense).all(), "the teacher is the dense parent, not the pruned student"
     # A changed parent is refused rather than silently used.
-    assert main(["prune", str(d / "dense"), "--sparsity", "0.3", "-o", str(d / "dense")]) == 0
-    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "-o", str(d / "ft2")]) != 0
+    assert main(["prune", str(d / "dense"), "--sparsity", "0.3", "--trust-code", "-o", str(d / "dense")]) == 0
+    assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "--trust-code", "-o", str(d / "ft2")]) != 0
     assert "changed since" in capsys.readouterr().err

@@ -18,6 +18,7 @@ in a fresh process, which works when the factory is a module-level function or c
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from sparsify.bench.modelfile import ModelFile
-from sparsify.errors import ModelError, ModelFileError, RunError
+from sparsify.errors import ModelError, ModelFileError
+from sparsify.trust import CodeTrust
 from sparsify.onnxfile import load_onnx
 
 if TYPE_CHECKING:
@@ -274,32 +276,19 @@ class TorchBackend:
         return TorchRunner(module, specs, threads)
 
 
-def load_run_module(path: Path) -> Any:
-    """The default torch loader for a run directory.
+def load_run_module(path: Path, trust: CodeTrust | None = None) -> Any:
+    """The default torch loader for a run directory: the run's masked model in eval mode with
+    masks folded, and the input specs recorded in its manifest. ``trust`` allows the code
+    reference the run may name (see :func:`sparsify.artifact.load_run`)."""
+    from sparsify.artifact import load_run
 
-    Uses ``sparsify.api.load_run_module(path)`` when the API provides it; otherwise the
-    run's masked model in eval mode with masks folded (``sparsify.artifact.load_run`` +
-    ``sparsify.api.reference_module``) and the input specs recorded in its manifest.
-    """
-    try:
-        return importlib.import_module("sparsify.api").load_run_module(path)
-    except AttributeError:
-        pass
-    load_run = import_optional(
-        "sparsify.artifact", "load_run", RunError,
-        f"{path}: the 'torch' backend cannot load run directories in this install ({{exc}}); "
-        "register a loader with sparsify.bench.register_backend('torch', ...)")
-    reference_module = import_optional(
-        "sparsify.api", "reference_module", RunError,
-        f"{path}: the 'torch' backend cannot build the run's module in this install ({{exc}}); "
-        "register a loader with sparsify.bench.register_backend('torch', ...)")
-    run = load_run(path)
-    return reference_module(run), list(run.inputs)
+    run = load_run(path, trust or CodeTrust())
+    return run.reference_module(), list(run.inputs)
 
 
-def default_torch_backend() -> Backend:
-    """TorchBackend with the default run-directory loader."""
-    return TorchBackend(load_run_module)
+def default_torch_backend(trust: CodeTrust | None = None) -> Backend:
+    """TorchBackend with the default run-directory loader, allowing the code ``trust`` allows."""
+    return TorchBackend(functools.partial(load_run_module, trust=trust) if trust else load_run_module)
 
 
 _REGISTRY: dict[str, BackendFactory] = {
@@ -323,13 +312,18 @@ def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_backend(name: str) -> Backend:
-    """A fresh Backend instance for ``name``."""
+def get_backend(name: str, trust: CodeTrust | None = None) -> Backend:
+    """A fresh Backend instance for ``name``; ``trust`` reaches the default torch backend's run loader."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"backend {name!r} is not registered; expected one of {available_backends()}") from None
-    return factory()
+    return factory(trust) if trust is not None and takes_trust(name) else factory()
+
+
+def takes_trust(name: str) -> bool:
+    """True when the backend registered as ``name`` is the default torch one (it takes ``trust``)."""
+    return _REGISTRY.get(name) is default_torch_backend
 
 
 def factory_reference(name: str) -> str | None:

@@ -15,6 +15,7 @@ import sys
 
 from sparsify.bench.backends import available_backends
 from sparsify.bench.harness import bench
+from sparsify.trust import CodeTrust, add_trust_option
 
 
 def int_list(text: str) -> list[int]:
@@ -77,6 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar on stderr (default: on)")
+    add_trust_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         args.models, batches=args.batch, threads=args.threads, backend=args.backend,
         warmup=args.warmup, repeat=args.repeat, min_time=args.min_time,
         memory=args.memory, seed=args.seed, progress=args.progress,
+        trust=CodeTrust.from_options(args.trust_code),
     )
     print(result.table())
     for model in result.models:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsify.bench.backends import factory_reference, get_backend, pick_backend
+from sparsify.bench.backends import factory_reference, get_backend, pick_backend, takes_trust
 from sparsify.bench.inputs import make_feeds
 from sparsify.bench.machine import machine_info
 from sparsify.bench.memory import measure_peak_memory
@@ -25,6 +25,7 @@ from sparsify.bench.modelfile import ModelFile, check_model_path, size_on_disk
 from sparsify.bench.report import MIB, BenchResult, ModelInfo, Record
 from sparsify.bench.timing import Stats, measure_interleaved, throughput
 from sparsify.errors import ModelError, SparsifyError
+from sparsify.trust import CodeTrust
 
 INPUTS_DOC = ("seeded numpy default_rng; float inputs standard normal, integer inputs uniform in [0, 10), "
               "bool inputs fair coin flips; first dim set to the batch size")
@@ -68,6 +69,7 @@ def bench(
     memory: bool = True,
     seed: int = 0,
     progress: bool = True,
+    trust: CodeTrust | None = None,
 ) -> BenchResult:
     """Benchmark ``models`` at every (batch, threads) point; the first model is the speedup reference.
 
@@ -75,7 +77,8 @@ def bench(
     ONNX graphs with ``ai.sparsify`` ops, ``ort`` for other ONNX files, ``torch`` for run
     directories). ``repeat`` fixes the number of timed runs; ``None`` runs for about
     ``min_time`` seconds per model and point. ``memory`` probes peak memory in a fresh
-    process per model. Raises ModelFileError for a path that is not a model.
+    process per model. ``trust`` allows the code references run directories name (their
+    model), as ``--trust-code`` does. Raises ModelFileError for a path that is not a model.
     """
     if isinstance(models, (str, os.PathLike)) or len(models) == 0:
         raise ValueError(f"models={models!r} should be a non-empty sequence of paths")
@@ -88,7 +91,7 @@ def bench(
     files = [check_model_path(m) for m in models]
     chosen = [pick_backend(mf, backend) for mf in files]
     labels = model_labels(models)
-    instances = {name: get_backend(name) for name in dict.fromkeys(chosen)}
+    instances = {name: get_backend(name, trust) for name in dict.fromkeys(chosen)}
     sizes = [size_on_disk(mf) for mf in files]
     specs: list[list] = [[] for _ in files]
 
@@ -120,7 +123,8 @@ def bench(
             for i, (mf, name) in enumerate(zip(files, chosen)):
                 bar.set_postfix_str(f"memory {labels[i]}")
                 mem[i] = measure_peak_memory(mf.path, name, factory_reference(name),
-                                             threads=max(threads), batch=max(batches), seed=seed).to_dict()
+                                             threads=max(threads), batch=max(batches), seed=seed,
+                                             trust=trust if takes_trust(name) else None).to_dict()
                 bar.update(1)
     finally:
         bar.close()

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsify.trust import CodeTrust
+
 # Modules a backend imports before the baseline is taken, by backend class attribute.
 PRELOAD_ATTR = "preload_modules"
 DEFAULT_PRELOAD = {"ort": ("onnxruntime",), "sparsify": ("onnx", "sparsify.runtime"), "torch": ("torch",)}
@@ -110,14 +112,20 @@ def measure_peak_memory(
     seed: int = 0,
     runs: int = 3,
     timeout: float = 600.0,
+    trust: CodeTrust | None = None,
 ) -> MemoryResult:
-    """Run the memory probe in a fresh process; failures come back as ``MemoryResult.error``."""
+    """Run the memory probe in a fresh process; failures come back as ``MemoryResult.error``.
+
+    ``trust`` is handed to the factory (the default torch backend's) in the fresh process.
+    """
     if factory is None:
         return MemoryResult(None, batch=batch, threads=threads,
                             error=f"backend {backend!r} was registered with a factory a fresh process "
                                   "cannot import (a lambda or local function); register a module-level one")
     request = {"path": os.fspath(path), "backend": backend, "factory": factory,
                "threads": threads, "batch": batch, "seed": seed, "runs": runs}
+    if trust is not None:
+        request["trust"] = {"everything": trust.everything, "refs": sorted(trust.refs)}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "sparsify.bench.memory", json.dumps(request)],
@@ -142,7 +150,9 @@ def _child(request: dict[str, Any]) -> dict[str, float]:
     from sparsify.bench.backends import resolve_factory
     from sparsify.bench.inputs import make_feeds
 
-    backend = resolve_factory(request["factory"])()
+    factory = resolve_factory(request["factory"])
+    trust = request.get("trust")
+    backend = factory(CodeTrust(trust["everything"], frozenset(trust["refs"]))) if trust else factory()
     preload = getattr(backend, PRELOAD_ATTR, DEFAULT_PRELOAD.get(request["backend"], ()))
     for module in preload:
         try:

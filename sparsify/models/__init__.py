@@ -32,3 +32,5 @@ def build_builtin(name: str, seed: int = 0, **kwargs) -> nn.Module:
         return BUILTIN_MODELS[name](**kwargs)
     except TypeError as exc:
         raise ModelError(f"built-in model {name!r} does not accept arguments {kwargs}: {exc}") from exc
+    except (ValueError, RuntimeError) as exc:  # e.g. a negative size
+        raise ModelError(f"built-in model {name!r} cannot be built with arguments {kwargs}: {exc}") from exc

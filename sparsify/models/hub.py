@@ -192,6 +192,13 @@ def hf_from_config(config: Mapping[str, Any], task: str, attn_implementation: st
     try:
         cfg = transformers.AutoConfig.for_model(model_type, **cfg_dict)
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    except Exception as exc:
+        raise ModelError(f"the recorded Hugging Face config (model_type {model_type!r}) is not valid: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    from sparsify.modelref import _check_size
+
+    _check_size(lambda: cls.from_config(cfg, **kwargs), f"hf {model_type}")  # counted on the meta device first
+    try:
         model = cls.from_config(cfg, **kwargs)
     except Exception as exc:
         raise ModelError(f"the recorded Hugging Face config (model_type {model_type!r}) could not be built as "
