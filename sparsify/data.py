@@ -28,6 +28,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
           "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
+#: The ONNX metadata key under which an exported file records its input specs (as JSON), so that
+#: ``sparsify bench`` feeds it valid token ids and masks.
+INPUTS_METADATA = "sparsify.inputs"
 #: ``InputSpec.values`` kinds: how valid values of an input are drawn.
 VALUE_KINDS = ("normal", "index", "mask")
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from sparsify.artifact import Run
-from sparsify.data import random_inputs
+from sparsify.data import INPUTS_METADATA, random_inputs
 from sparsify.errors import ExportError
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
 from sparsify.export.verify import VerifyReport, ort_runner, torch_runner, verify as verify_outputs
@@ -26,9 +26,6 @@ def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
-#: ONNX metadata key holding the run's input specs (names, shapes, dynamic axes, valid values),
-#: so that ``sparsify bench`` feeds valid token ids and masks to the exported file.
-INPUTS_METADATA = "sparsify.inputs"
 
 
 def input_metadata(specs) -> dict[str, str]:
