@@ -24,7 +24,7 @@ from sparsify.graph.groups import class_slices, compute_groups
 from sparsify.graph.labels import Lab
 from sparsify.graph.rules import analyze
 from sparsify.passes.slim_rewrite import fold_constants, remove_dead_code, rewrite_graph
-from sparsify.passes.slim_save import load_slim, save_slim  # noqa: F401  (public re-export)
+from sparsify.passes.slim_save import load_slim, plain_module, save_slim  # noqa: F401  (public re-export)
 from sparsify.passes.slim_stats import count_macs, count_params
 
 
@@ -225,9 +225,7 @@ def slim_model(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs:
     module: nn.Module = gm
     if reexport:
         program = export_program(gm, inputs, dynamic)
-        module = program.module()
-        for sub in module.modules():  # the graph is already captured in eval mode; exported
-            sub.training = False      # modules refuse .eval(), so only the flag is set
+        module = plain_module(program)
     one = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
     report.params_before = count_params(model)
     report.params_after = count_params(module)
