@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify.errors import PruneError
+from sparsify.errors import PruneError, in_step
 from sparsify.graph.capture import capture, plain_copy
 from sparsify.graph.depgraph import DepGraph
 from sparsify.graph.groups import ChannelGroup, class_slices, compute_groups
@@ -237,8 +237,10 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     cap = capture(model, example_inputs, dynamic)
-    dg = analyze(cap.gm)
-    groups = compute_groups(dg)
+    with in_step("planning", f"the dependency graph of {type(model).__name__}",
+                 "re-run with 'sparsify --debug' for the traceback and report it"):
+        dg = analyze(cap.gm)
+        groups = compute_groups(dg)
     if targets is not None:
         names = [n for n, _ in cap.gm.named_parameters()]
         if not any(re.search(targets, n) for n in names):

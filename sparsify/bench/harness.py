@@ -24,7 +24,7 @@ from sparsify.bench.memory import measure_peak_memory
 from sparsify.bench.modelfile import ModelFile, check_model_path, size_on_disk
 from sparsify.bench.report import MIB, BenchResult, ModelInfo, Record
 from sparsify.bench.timing import Stats, measure_interleaved, throughput
-from sparsify.errors import ModelError, SparsifyError
+from sparsify.errors import ModelError, SparsifyError, in_step
 from sparsify.trust import CodeTrust
 
 INPUTS_DOC = ("seeded numpy default_rng; float inputs standard normal, integer inputs uniform in [0, 10) "
@@ -115,7 +115,9 @@ def bench(
                                        recorded=recorded[mf.path])
                     _first_run(runner, feeds, mf, name, b)
                     fns.append(functools.partial(runner.run, feeds))
-                samples = measure_interleaved(fns, warmup=warmup, repeat=repeat, min_time=min_time)
+                with in_step("benchmarking", f"{', '.join(labels)} at batch {b}, {t} threads",
+                             "each model ran once before timing; re-run with 'sparsify --debug' for the traceback"):
+                    samples = measure_interleaved(fns, warmup=warmup, repeat=repeat, min_time=min_time)
                 for i, s in enumerate(samples):
                     stats_at[(i, b, t)] = Stats.from_ns(s)
                 bar.update(1)

@@ -9,7 +9,7 @@ import torch
 
 from sparsify.artifact import Run
 from sparsify.data import INPUTS_METADATA, random_inputs
-from sparsify.errors import ExportError
+from sparsify.errors import ExportError, in_step
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
 from sparsify.export.verify import VerifyReport, ort_runner, torch_runner, verify as verify_outputs
 from sparsify.fileio import atomic_path
@@ -56,7 +56,10 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     input_sets = verification_inputs(run) if verify or mode != "dense" else {}
     summary: dict[str, Any] = {"mode": mode, "format": fmt}
     report: VerifyReport | None = None
-    with atomic_path(out, ExportError) as tmp:
+    subject = f"{type(getattr(reference, 'model', reference)).__name__} (run {run.path})"
+    hint = ("re-run with 'sparsify --debug' for the traceback; --mode dense exports the masked model without "
+            "graph rewrites")
+    with atomic_path(out, ExportError) as tmp, in_step(f"export --mode {mode}", subject, hint):
         candidate: Callable | None = None
         if mode == "dense":
             export_onnx(reference, example, tmp, input_names, output_names, opset=opset or DEFAULT_OPSET,

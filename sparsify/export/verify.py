@@ -131,8 +131,17 @@ def verify(reference: Runner, candidate: Runner, input_sets: dict[str, Sequence[
            atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
     """Compare every output of ``candidate`` with ``reference`` on each named input set."""
     rows: list[OutputError] = []
+    from sparsify.errors import in_step
+
     for set_name, inputs in input_sets.items():
-        expected, actual = reference(inputs), candidate(inputs)
+        shapes = ", ".join(f"{list(np.shape(x))}" for x in inputs)
+        with in_step("verification", f"the reference (masked torch model) on inputs '{set_name}' ({shapes})",
+                     "check that the model runs on its recorded inputs (--input-shape, --example-inputs)"):
+            expected = reference(inputs)
+        with in_step("verification", f"{candidate_name} on inputs '{set_name}' ({shapes})",
+                     "the exported model does not run on inputs the original model accepts; export with "
+                     "--no-verify and run it with 'sparsify run' to inspect it, or report it"):
+            actual = candidate(inputs)
         if len(expected) != len(actual):
             raise VerificationError(f"{candidate_name} gives {len(actual)} outputs; the reference gives {len(expected)}")
         for i, (e, a) in enumerate(zip(expected, actual)):

@@ -35,10 +35,19 @@ def _axes(example_inputs: tuple, dynamic: DynamicAxes) -> list[tuple[int, ...]]:
     return [tuple(a) for a in dynamic]
 
 
-def batch_dynamic_shapes(example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicAxes = None) -> tuple:
+def batch_dynamic_shapes(example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicAxes = None,
+                         bounds: dict[str, tuple[int, int | None]] | None = None) -> tuple:
     """dynamic_shapes: axis 0 of every tensor input is the shared dynamic batch; every other
-    dynamic axis is shared by the inputs that have it at the same size ("seq" for axis 1)."""
-    batch = torch.export.Dim("batch")
+    dynamic axis is shared by the inputs that have it at the same size ("seq" for axis 1).
+    ``bounds`` gives some of them a (min, max) range by name."""
+    bounds = bounds or {}
+
+    def dim(name: str):
+        lo, hi = bounds.get(name, (None, None))
+        kwargs = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+        return torch.export.Dim(name, **kwargs)
+
+    batch = dim("batch")
     shared: dict[tuple[int, int], Any] = {}
     out = []
     for x, axes in zip(example_inputs, _axes(example_inputs, dynamic)):
@@ -54,7 +63,7 @@ def batch_dynamic_shapes(example_inputs: tuple[torch.Tensor, ...], dynamic: Dyna
                 if key not in shared:
                     name = "seq" if a == 1 else f"axis{a}"
                     taken = sum(1 for k in shared if k[0] == a)
-                    shared[key] = torch.export.Dim(name if not taken else f"{name}_{taken}")
+                    shared[key] = dim(name if not taken else f"{name}_{taken}")
                 spec[a] = shared[key]
         out.append(spec or None)
     return tuple(out)
@@ -72,6 +81,22 @@ def widen_batch(example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicAxes =
     return tuple(out)
 
 
+#: Ranges torch inferred for dynamic dims (e.g. seq <= the position table), by module class,
+#: input shapes and dynamic axes: later captures of the same model start from them instead of
+#: failing once more (each torch.export of a small BERT takes seconds).
+_BOUNDS: dict[tuple, dict[str, tuple[int, int | None]]] = {}
+
+
+def _dim_bounds(shapes) -> dict[str, tuple[int, int | None]]:
+    out = {}
+    for spec in shapes:
+        for d in (spec or {}).values():
+            if hasattr(d, "__name__"):
+                hi = getattr(d, "max", None)
+                out[d.__name__] = (getattr(d, "min", None), hi if isinstance(hi, int) and hi < 2**62 else None)
+    return out
+
+
 def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                    dynamic: DynamicAxes = None) -> torch.export.ExportedProgram:
     """torch.export.export(strict=False) with dynamic batch (and other dynamic axes, e.g. a
@@ -80,23 +105,35 @@ def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     from torch.export.dynamic_shapes import refine_dynamic_shapes_from_suggested_fixes
 
     inputs = widen_batch(tuple(example_inputs), dynamic)
-    shapes = batch_dynamic_shapes(inputs, dynamic)
-    for attempt in range(2):
+    key = (type(module).__qualname__, tuple(tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)),
+           tuple(map(tuple, _axes(inputs, dynamic))))
+    known = _BOUNDS.get(key)
+    shapes = batch_dynamic_shapes(inputs, dynamic, known)
+    for attempt in range(3):
         try:
-            return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+            program = torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+            _BOUNDS[key] = _dim_bounds(shapes)
+            return program
         except Exception as e:  # torch raises many types; report what failed and where
             msg = str(e)
-            if attempt == 0 and "Suggested fixes:" in msg:
+            if known and attempt == 0:  # bounds learnt on another module of this class: start afresh
+                shapes = batch_dynamic_shapes(inputs, dynamic)
+                continue
+            if attempt < 2 and "Suggested fixes:" in msg:
                 # only the fix lines: the helper cannot parse the advice torch appends after them
                 fixes = msg.split("Suggested fixes:", 1)[1].strip().split("\n\n", 1)[0]
                 try:
                     shapes = refine_dynamic_shapes_from_suggested_fixes("Suggested fixes:\n" + fixes, shapes)
+                    known = None
                     continue
                 except Exception:  # an unparsable suggestion: report the original error
                     pass
             axes = "batch" + (" and other dynamic axes" if dynamic and any(set(a) - {0} for a in dynamic) else "")
-            raise ModelError(f"torch.export could not capture {type(module).__name__} with a dynamic {axes} "
-                             f"dimension: {type(e).__name__}: {msg.splitlines()[0] if msg else ''}") from e
+            raise ModelError(f"capture: torch.export could not capture {type(module).__name__} with a dynamic {axes} "
+                             f"dimension: {type(e).__name__}: {msg.splitlines()[0] if msg else ''}. Check that the "
+                             "model runs on its recorded inputs (--input-shape, --example-inputs); a Hugging Face "
+                             "model may capture with --model-arg attn_implementation=eager; 'sparsify --debug' "
+                             "shows where it failed") from e
     raise AssertionError("unreachable")
 
 

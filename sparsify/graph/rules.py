@@ -32,6 +32,7 @@ from typing import Callable
 from torch import fx
 
 from sparsify.graph import labels as L
+from sparsify.errors import SparsifyError, StepError, one_paragraph
 from sparsify.graph.depgraph import DepGraph, where
 from sparsify.graph.labels import Lab, LabelError
 
@@ -147,6 +148,8 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue
         try:
             g.labs[n.name] = fn(g, n)
+        except SparsifyError:
+            raise
         except (LabelError, ValueError, IndexError, TypeError) as e:
             # LabelError: the rule cannot carry these channels; the others: an argument pattern the
             # rule does not know (e.g. broadcast heads). Either way: do not prune through it.
@@ -155,6 +158,10 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
                 g.block(x.arr, f"{name} ('{n.name}') at {where(n)}: {why}")
             g.labs[n.name] = None if not isinstance(n.meta.get("val"), (list, tuple)) else \
                 [None] * len(n.meta["val"])
+        except Exception as e:  # a bug in a rule: name the op and where it is, never a traceback
+            raise StepError(f"planning: the channel rule of op {name} ('{n.name}') at {where(n)} failed: "
+                            f"{one_paragraph(f'{type(e).__name__}: {e}', 400)}; skip the layers around it with "
+                            "--ignore REGEX, re-run with 'sparsify --debug' for the traceback, and report it") from e
     return g
 
 
