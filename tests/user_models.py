@@ -33,3 +33,23 @@ def tiny_dataset():
     x = torch.randn(120, 8, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
     return TensorDataset(x, y)
+
+
+class ConvNet(nn.Module):
+    """A small CNN for 3x32x32 inputs (the README's 'Your own model' example)."""
+
+    def __init__(self, width: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, stride=2), nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def make_net(width: int = 32, classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    return ConvNet(width, classes)
