@@ -66,6 +66,8 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
     proto = program.model_proto
+    if dynamic_batch:
+        _name_dynamic_dims(proto, model)
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -75,3 +77,14 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path:
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX model for {type(module).__name__} fails onnx.checker: {exc}") from exc
     return proto
+
+
+
+def _name_dynamic_dims(proto, program: torch.export.ExportedProgram) -> None:
+    """Name the file's dynamic dims as the capture did ("batch", "seq") instead of torch's symbols
+    ("s77"), everywhere they appear (inputs, outputs, intermediate shapes)."""
+    rename = getattr(program, "sparsify_dim_names", {})
+    for vi in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]

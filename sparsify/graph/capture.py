@@ -97,6 +97,19 @@ def _dim_bounds(shapes) -> dict[str, tuple[int, int | None]]:
     return out
 
 
+def _symbol_names(program: torch.export.ExportedProgram, shapes) -> dict[str, str]:
+    """torch's symbol of each dynamic input dim ("s77") -> the name of its Dim ("batch", "seq")."""
+    user = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    out: dict[str, str] = {}
+    for node, spec in zip(placeholders, shapes):
+        val = node.meta.get("val")
+        for axis, dim in (spec or {}).items():
+            if isinstance(val, torch.Tensor) and axis < val.dim() and not isinstance(val.shape[axis], int):
+                out.setdefault(str(val.shape[axis]), getattr(dim, "__name__", str(dim)))
+    return out
+
+
 def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
                    dynamic: DynamicAxes = None) -> torch.export.ExportedProgram:
     """torch.export.export(strict=False) with dynamic batch (and other dynamic axes, e.g. a
@@ -113,6 +126,7 @@ def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
         try:
             program = torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
             _BOUNDS[key] = _dim_bounds(shapes)
+            program.sparsify_dim_names = _symbol_names(program, shapes)
             return program
         except Exception as e:  # torch raises many types; report what failed and where
             msg = str(e)
