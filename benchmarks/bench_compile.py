@@ -38,7 +38,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MISSING, REPO, envelope, finite, parser, pyplot, save_figure, say, skipped, write_outputs
+from benchmarks.common import MISSING, REPO, RESULTS, envelope, finite, parser, pyplot, save_figure, say, skipped, write_outputs
 
 SCHEMA = "sparsify.compile/1"
 # (step, what it needs): the prerequisites must have succeeded in the same repetition.
@@ -67,6 +67,34 @@ def all_cases(quick: bool) -> list[dict[str, Any]]:
         {"name": "bert-style", "model": "sparsify.models.testbeds:bert_style", "model_args": {},
          "input_shapes": ["1,128"], "input_dtypes": ["int64"], "structure": "head"},
     ]
+
+
+# Sizes of the --sweep (parameters): how time and peak memory grow with the model.
+SWEEP_PARAMS = (100e6, 300e6, 700e6, 1.5e9)
+SWEEP_STEPS = ("build", "prune_unstructured", "export_dense", "export_sparse")
+
+
+def sweep_cases(sizes: tuple[float, ...] = SWEEP_PARAMS) -> list[dict[str, Any]]:
+    """Synthetic MLP stacks (Linear 4096x4096) and BERT-style encoders (hidden 1024, 16 heads,
+    FFN 4096) of about each size; ``params`` is the exact parameter count."""
+    cases = []
+    for n in sizes:
+        depth = max(1, round(n / (4096 * 4097)))
+        cases.append({"name": f"mlp-{_short(n)}", "model": "benchmarks.common:ffn_mlp",
+                      "model_args": {"width": 4096, "depth": depth}, "input_shapes": ["1,4096"], "input_dtypes": [],
+                      "structure": "channel", "params": depth * 4096 * 4097})
+        per_layer = 4 * (1024 * 1024 + 1024) + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+        fixed = 8000 * 1024 + 128 * 1024 + 2 * 1024 + 2 * 1024 + 2
+        layers = max(1, round((n - fixed) / per_layer))
+        cases.append({"name": f"encoder-{_short(n)}", "model": "sparsify.models.testbeds:bert_style",
+                      "model_args": {"dim": 1024, "heads": 16, "ffn": 4096, "layers": layers},
+                      "input_shapes": ["1,128"], "input_dtypes": ["int64"], "structure": "head",
+                      "params": fixed + layers * per_layer})
+    return cases
+
+
+def _short(n: float) -> str:
+    return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
 
 
 # -- the child process ------------------------------------------------------------------------
@@ -199,7 +227,7 @@ def run_case(case: dict[str, Any], root: Path, repeat: int, timeout: float,
             if (work / name).is_file():
                 sizes[name] = (work / name).stat().st_size
     return {"model": case["name"], "reference": case["model"], "model_args": case["model_args"],
-            "input_shapes": case["input_shapes"], "structure": case["structure"],
+            "input_shapes": case["input_shapes"], "structure": case["structure"], "params": case.get("params"),
             "steps": [{"step": s, "needs": needs, **summarize(samples[s])} for s, needs in selected],
             "file_bytes": sizes}
 
@@ -230,6 +258,36 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
+    """Seconds and peak GiB of each step against the model's float32 bytes, one line per step and family."""
+    plt = pyplot()
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 4.8))
+    families = sorted({m["model"].split("-")[0] for m in doc["models"]})
+    markers = dict(zip(families, "os^v"))
+    colors = {step: f"C{i}" for i, step in enumerate(doc["config"]["steps"])}
+    for family in families:
+        models = sorted((m for m in doc["models"] if m["model"].startswith(family + "-")), key=lambda m: m["params"])
+        gib = [4 * m["params"] / 2**30 for m in models]
+        for step in doc["config"]["steps"]:
+            rows = [next((s for s in m["steps"] if s["step"] == step), {}) for m in models]
+            label = f"{family} {step}"
+            ax_t.plot(gib, [r.get("wall_s_p50", float("nan")) for r in rows], marker=markers[family],
+                      color=colors[step], label=label, linestyle="-" if family == families[0] else "--")
+            ax_m.plot(gib, [r.get("peak_mib_p50", float("nan")) / 1024 for r in rows], marker=markers[family],
+                      color=colors[step], label=label, linestyle="-" if family == families[0] else "--")
+    top = max((4 * m["params"] / 2**30 for m in doc["models"]), default=1)
+    ax_m.plot([0, top], [0, 2.5 * top], color="grey", linestyle=":", label="2.5x the model")
+    for ax, label in ((ax_t, "wall time of the step (s)"), (ax_m, "peak extra RSS (GiB)")):
+        ax.set_xlabel("model size, float32 (GiB)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    ax_m.legend(fontsize="x-small", ncol=2)
+    fig.suptitle(f"sparsify compile cost against model size — {doc['machine'].get('cpu')}", fontsize="medium")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(child(json.loads(sys.argv[2]))))
@@ -240,19 +298,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=None,
                    help="comma-separated subset of the steps (their prerequisites are added)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per step")
+    p.add_argument("--sweep", action="store_true",
+                   help="the size sweep instead: MLP and encoder stacks of ~100M, 300M, 700M and 1.5B parameters, "
+                        f"steps {', '.join(SWEEP_STEPS)} (default --out benchmarks/results/compile_sweep.json)")
     args = p.parse_args(argv)
-    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 2)
+    if args.sweep and args.out == RESULTS / "compile.json":
+        args.out = RESULTS / "compile_sweep.json"
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick or args.sweep else 2)
     if repeat < 1:
         p.error(f"--repeat {repeat} should be a positive integer")
-    steps = select_steps(args.steps.split(",") if args.steps else None, p.error)
-    cases = all_cases(args.quick)
+    default_steps = list(SWEEP_STEPS) if args.sweep else None
+    steps = select_steps(args.steps.split(",") if args.steps else default_steps, p.error)
+    cases = sweep_cases((30e6,) if args.quick else SWEEP_PARAMS) if args.sweep else all_cases(args.quick)
     if args.models:
         wanted = args.models.split(",")
         unknown = sorted(set(wanted) - {c["name"] for c in cases})
         if unknown:
             p.error(f"--models: unknown {unknown}; choose from {[c['name'] for c in cases]}")
         cases = [c for c in cases if c["name"] in wanted]
-    config = {"quick": args.quick, "models": [c["name"] for c in cases], "repeat": repeat,
+    config = {"quick": args.quick, "sweep": args.sweep, "models": [c["name"] for c in cases], "repeat": repeat,
               "steps": steps, "sparsity": SPARSITY, "ratio": RATIO,
               "memory": "peak RSS minus RSS after imports, fresh process per step (VmHWM reset, else ru_maxrss)",
               "wall": "wall_s = the step alone; process_s = whole child process incl. interpreter start and imports",
@@ -264,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["models"] = [run_case(c, Path(root), repeat, args.timeout, steps) for c in cases]
     doc["total_s"] = round(time.perf_counter() - t0, 1)
     doc["load"]["after"] = list(os.getloadavg())
-    write_outputs(args, doc, plot)
+    write_outputs(args, doc, plot_sweep if args.sweep else plot)
     return 0
 
 

@@ -89,20 +89,47 @@ def _stats(samples_ns: list[int]) -> dict[str, Any]:
             "n": st.n, "spread": finite(st.spread)}
 
 
+def torch_model(source: dict[str, Any]):
+    """The dense torch model a leg exported, rebuilt from its seeds (no file unpickled)."""
+    import torch
+
+    from benchmarks.common import ffn_mlp
+
+    if source["kind"] == "mlp":
+        model = ffn_mlp(source["width"], source["depth"])
+    else:
+        model = torch.nn.Sequential(torch.nn.Linear(source["width"], source["width"]))
+    prune_linear_(model, source["sparsity"], seed=source["seed"])
+    return model.eval()
+
+
 def _child_pair(spec: dict[str, Any]) -> dict[str, Any]:
-    """ORT on the dense file and the runtime on the sparse one, timed interleaved in this
-    one process (blocks with settle calls, ``measure_interleaved``): drift hits both alike."""
+    """ORT and torch on the dense model and the runtime on the sparse one, timed interleaved
+    in this one process (blocks with settle calls, ``measure_interleaved``): drift hits
+    them alike, and the runtime must not stall beside the other two's thread pools."""
     from sparsify.bench.timing import measure_interleaved
     from sparsify.runtime import Session
 
     ort = ort_session(spec["dense"], spec["threads"])
     sess = Session(spec["path"], threads=spec["threads"], glue=spec.get("glue", "numpy"))
+    if spec.get("torch"):
+        import torch
+
+        torch.set_num_threads(spec["threads"])
+        dense_torch = torch_model(spec["torch"])
     out = {}
     for batch, shape in spec["shapes"].items():
         x = np.random.default_rng(int(batch)).standard_normal(shape).astype(np.float32)
-        dense_ns, sparse_ns = measure_interleaved([lambda: ort.run(None, {"x": x}), lambda: sess.run(None, {"x": x})],
-                                                  warmup=20, min_time=spec["min_time"])
-        out[batch] = {"ort_dense": _stats(dense_ns), "sparsify": _stats(sparse_ns)}
+        calls = {"ort_dense": lambda: ort.run(None, {"x": x}), "sparsify": lambda: sess.run(None, {"x": x})}
+        if spec.get("torch"):
+            xt = torch.from_numpy(x)
+
+            def calls_torch():
+                with torch.inference_mode():
+                    return dense_torch(xt)
+            calls["torch_dense"] = calls_torch
+        samples = measure_interleaved(list(calls.values()), warmup=20, min_time=spec["min_time"])
+        out[batch] = {name: _stats(ns) for name, ns in zip(calls, samples)}
     return out
 
 
@@ -138,7 +165,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]], threads: int, min_time: float,
                      glue: str = "numpy", numba_layer: str | None = None,
-                     dense: Path | None = None) -> dict[int, dict[str, Any]]:
+                     dense: Path | None = None, torch_source: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Run :func:`_child` in a fresh interpreter (``backend="pair"``: ORT on ``dense`` and
     the runtime on ``path``, interleaved), so torch's threads do not share the process.
 
@@ -153,7 +180,8 @@ def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]
     import subprocess
 
     spec = {"backend": backend, "path": str(path), "threads": threads, "min_time": min_time, "glue": glue,
-            "shapes": {str(b): list(s) for b, s in shapes.items()}, "dense": str(dense) if dense else None}
+            "shapes": {str(b): list(s) for b, s in shapes.items()}, "dense": str(dense) if dense else None,
+            "torch": torch_source}
     env = dict(os.environ)
     if numba_layer:
         env["NUMBA_THREADING_LAYER"] = numba_layer
@@ -165,10 +193,11 @@ def measure_in_child(backend: str, path: Path, shapes: dict[int, tuple[int, ...]
 
 
 def compare(dense: Path, sparse: Path, shape_of: Callable[[int], tuple[int, ...]], batches, threads: int,
-            min_time: float, glue: str = "numpy") -> list[dict[str, Any]]:
-    """Runtime on ``sparse`` vs ORT on ``dense`` at each batch, after checking they agree.
+            min_time: float, glue: str = "numpy", torch_source: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Runtime on ``sparse`` vs ORT on ``dense`` (and torch on the model ``torch_source``
+    rebuilds) at each batch, after checking they agree.
 
-    Both are timed interleaved in one fresh process (see :func:`measure_in_child`); the
+    All are timed interleaved in one fresh process (see :func:`measure_in_child`); the
     runtime under Numba's workqueue threading layer, for comparison, in another.
     """
     from sparsify.runtime import Session
@@ -182,22 +211,31 @@ def compare(dense: Path, sparse: Path, shape_of: Callable[[int], tuple[int, ...]
         errors[batch] = float(np.abs(y_sparse.astype(np.float64) - y_dense).max())
     del sess, ref
     shapes = {b: shape_of(b) for b in batches}
-    pair_t = measure_in_child("pair", sparse, shapes, threads, min_time, glue, dense=dense)
+    pair_t = measure_in_child("pair", sparse, shapes, threads, min_time, glue, dense=dense, torch_source=torch_source)
     # The same runtime with Numba's workqueue threading layer instead of the default (omp here):
     # omp's barrier waits stalled for scheduler ticks whenever other processes held the cores.
     wq_t = measure_in_child("sparsify", sparse, shapes, threads, min_time, glue, numba_layer="workqueue")
     rows = []
     for batch in batches:
         t = {**pair_t[batch], "sparsify_workqueue": wq_t[batch]}
+        dense_names = [k for k in ("ort_dense", "torch_dense") if k in t]
+        fastest = min(dense_names, key=lambda k: t[k]["p50_ms"])
         speedup = t["ort_dense"]["p50_ms"] / t["sparsify"]["p50_ms"]
+        speedup_fastest = t[fastest]["p50_ms"] / t["sparsify"]["p50_ms"]
         speedup_wq = t["ort_dense"]["p50_ms"] / t["sparsify_workqueue"]["p50_ms"]
-        say(f"  batch {batch}: ORT dense {t['ort_dense']['p50_ms']:.3f} ms (p90 {t['ort_dense']['p90_ms']:.3f}), "
+        torch_text = (f", torch dense {t['torch_dense']['p50_ms']:.3f} ms (p90 {t['torch_dense']['p90_ms']:.3f})"
+                      if "torch_dense" in t else "")
+        say(f"  batch {batch}: ORT dense {t['ort_dense']['p50_ms']:.3f} ms (p90 {t['ort_dense']['p90_ms']:.3f}){torch_text}, "
             f"sparse runtime {t['sparsify']['p50_ms']:.3f} ms (p90 {t['sparsify']['p90_ms']:.3f}) "
-            f"-> {speedup:.2f}x; with workqueue {t['sparsify_workqueue']['p50_ms']:.3f} ms "
-            f"(p90 {t['sparsify_workqueue']['p90_ms']:.3f}) -> {speedup_wq:.2f}x (max abs err {errors[batch]:.1e})")
-        rows.append({"batch": batch, "max_abs_err": errors[batch], "timing": "ORT and sparsify interleaved in one process",
+            f"-> x{speedup:.2f} vs ORT, x{speedup_fastest:.2f} vs fastest ({fastest}); with workqueue "
+            f"{t['sparsify_workqueue']['p50_ms']:.3f} ms (p90 {t['sparsify_workqueue']['p90_ms']:.3f}) -> x{speedup_wq:.2f} "
+            f"(max abs err {errors[batch]:.1e})")
+        rows.append({"batch": batch, "max_abs_err": errors[batch],
+                     "timing": "ORT, torch and sparsify interleaved in one process",
                      **t, "speedup_p50": finite(speedup),
                      "speedup_min": finite(t["ort_dense"]["min_ms"] / t["sparsify"]["min_ms"]),
+                     "fastest_dense": fastest, "speedup_p50_vs_fastest_dense": finite(speedup_fastest),
+                     "sparsify_p90_over_p50": finite(t["sparsify"]["p90_ms"] / t["sparsify"]["p50_ms"]),
                      "speedup_p50_workqueue": finite(speedup_wq)})
     return rows
 
@@ -213,7 +251,8 @@ def leg_mlp(workdir: Path, width: int, batches, threads: int, min_time: float) -
     dense, sparse, plan = export_pair(model, torch.randn(1, width), workdir, "mlp")
     return {"width": width, "depth": 4, "sparsity": 0.9, "converted": len(plan.converted),
             "dense_bytes": dense.stat().st_size, "sparse_bytes": sparse.stat().st_size,
-            "rows": compare(dense, sparse, lambda b: (b, width), batches, threads, min_time)}
+            "rows": compare(dense, sparse, lambda b: (b, width), batches, threads, min_time,
+                            torch_source={"kind": "mlp", "width": width, "depth": 4, "sparsity": 0.9, "seed": 0})}
 
 
 def leg_layers(workdir: Path, sizes, batches, threads: int, min_time: float) -> list[dict[str, Any]]:
@@ -226,7 +265,8 @@ def leg_layers(workdir: Path, sizes, batches, threads: int, min_time: float) -> 
         say(f"layer: Linear({n}, {n}) at 90% sparsity")
         dense, sparse, _ = export_pair(model, torch.randn(1, n), workdir, f"layer{n}", threshold=1.0)
         out.append({"size": n, "sparsity": 0.9,
-                    "rows": compare(dense, sparse, lambda b, n=n: (b, n), batches, threads, min_time)})
+                    "rows": compare(dense, sparse, lambda b, n=n: (b, n), batches, threads, min_time,
+                                    torch_source={"kind": "layer", "width": n, "sparsity": 0.9, "seed": n})})
     return out
 
 
@@ -342,12 +382,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--crossover", action="store_true", help="measure the density crossover table instead")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--isa", choices=["host", "avx2"], default="host",
+                   help="kernel variant: the host's (default), or AVX2 code compiled for Zen 2 (as bench_kernels.py "
+                        "--isa avx2; default output sparse_e2e_avx2.json)")
     args = p.parse_args(argv)
     if args.child:
         import json
 
         print(json.dumps(_child(json.loads(args.child))))
         return 0
+    if args.isa == "avx2":
+        from benchmarks.common import rerun_for_avx2
+
+        code = rerun_for_avx2(__file__, sys.argv[1:] if argv is None else argv,
+                              args.out.with_name("sparse_e2e_avx2.json"))
+        if code is not None:
+            return code
     from sparsify.kernels import set_threads, warmup
 
     set_threads(args.threads)
@@ -363,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         width = 1024 if args.quick else 4096
         batches = (1, 8) if args.quick else (1, 8, 64)
         doc = envelope("sparsify.sparse_e2e/1", {"threads": args.threads, "quick": args.quick, "min_time": min_time,
-                                                   "batches": list(batches)})
+                                                   "batches": list(batches), "isa": args.isa})
         with tempfile.TemporaryDirectory(prefix="sparse-e2e-") as tmp:
             work = Path(tmp)
             doc["mlp"] = leg_mlp(work, width, batches, args.threads, min_time)

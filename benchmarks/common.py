@@ -56,6 +56,28 @@ def plot_path(args: argparse.Namespace) -> Path | None:
     return args.plot if args.plot is not None else args.out.with_suffix(".png")
 
 
+# The environment of a benchmark re-run for the AVX2 kernel variant on a host that also has
+# AVX-512 (``--isa avx2``): Numba compiles the kernels for Zen 2 (AVX2 and FMA, no
+# AVX-512), torch and OpenBLAS are limited to AVX2 code; ONNX Runtime has no such switch.
+AVX2_ENV = {"NUMBA_CPU_NAME": "znver2", "NUMBA_CPU_FEATURES": "", "ATEN_CPU_CAPABILITY": "avx2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
+
+
+def rerun_for_avx2(script: str, argv: list[str], out: Path) -> int | None:
+    """Run ``script`` again with AVX2_ENV (``--out out`` unless given) and return its exit
+    code; None when this process already is that re-run."""
+    import subprocess
+
+    if os.environ.get("NUMBA_CPU_NAME") == AVX2_ENV["NUMBA_CPU_NAME"]:
+        return None
+    rest = list(argv)
+    if "--out" not in rest:
+        rest += ["--out", str(out)]
+    env = {**os.environ, **AVX2_ENV}
+    env.pop("SPARSIFY_KERNEL_ISA", None)
+    return subprocess.run([sys.executable, script, *rest], env=env, check=False).returncode
+
+
 # Environment variables that change how the thread pools behave (recorded with every result).
 THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "NUMBA_", "MKL_", "OPENBLAS_")
 
@@ -66,11 +88,13 @@ def thread_env() -> dict[str, str]:
 
 
 def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The common head of every document: schema, created, machine, config, thread env."""
+    """The common head of every document: schema, created, machine, config, thread env, and
+    ``isa``: the kernel variant this process runs and the host CPU (``kernels.isa.host_isa``)."""
     from sparsify.bench.machine import machine_info
+    from sparsify.kernels.isa import host_isa
 
     return {"schema": schema, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(), "config": config, "env": thread_env()}
+            "machine": machine_info(), "config": config, "env": thread_env(), "isa": host_isa()}
 
 
 def file_mode(path: str | os.PathLike | None = None) -> int:

@@ -35,8 +35,8 @@ from numba import types
 from numba.extending import intrinsic
 
 from benchmarks.common import envelope, finite, parser, say, write_json
-from sparsify.kernels._jit import PERMUTE_LANES, activate_block
-from sparsify.kernels._simd import permute_dot
+from sparsify.kernels._jit import activate_block
+from sparsify.kernels._simd import PERMUTE_LANES, permute_dot
 
 SCHEMA = "sparsify.trace_batch1/1"
 
@@ -69,7 +69,7 @@ def traced_kernel():
             acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                            x, 0, acc, 0, 1, 0)
+                            x, 0, acc, 0, 1, 0, PERMUTE_LANES)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for lane in range(m):
@@ -121,7 +121,8 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     rng = np.random.default_rng(0)
     w = rng.standard_normal((size, size)).astype(np.float32)
     w[rng.random((size, size)) < sparsity] = 0
-    layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(size).astype(np.float32), "relu", batch1="ell")
+    layer = SparseLinear(CSR.from_dense(w), rng.standard_normal(size).astype(np.float32), "relu", batch1="ell",
+                         variant="avx512")  # the traced kernel is the 16-lane one
     e, call = layer.ell, layer._ell_call
     x = rng.standard_normal(size).astype(np.float32)
     # The arguments the layer's own calls pass (its layout arrays as the kernels take them).

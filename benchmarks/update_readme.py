@@ -8,7 +8,8 @@ running the script twice gives the same README. The write is atomic.
 Documents read when present (a missing or unrecognized one is named as "not measured"):
 ``kernels.json`` (bench_kernels.py), ``sparse_e2e.json`` (bench_sparse_e2e.py),
 ``slim.json`` (``sparsify.slim/1``, bench_slim.py), ``models.json`` (``sparsify.models/1``),
-``compile.json`` (``sparsify.compile/1``), ``roofline.json`` (``sparsify.roofline/1``).
+``compile.json`` (``sparsify.compile/1``), ``roofline.json`` (``sparsify.roofline/1``),
+``quality.json`` (``sparsify.quality/1``, bench_quality.py; shown only when present).
 
 Run::
 
@@ -32,11 +33,14 @@ BEGIN = re.compile(r"^<!-- results:begin\b.*-->[ \t]*$", re.M)
 END = re.compile(r"^<!-- results:end -->[ \t]*$", re.M)
 COMMANDS = [
     ("kernels.json", "python benchmarks/bench_kernels.py --plot benchmarks/results/kernels.png"),
+    ("kernels_avx2.json", "python benchmarks/bench_kernels.py --isa avx2 --plot benchmarks/results/kernels_avx2.png"),
     ("sparse_e2e.json", "python benchmarks/bench_sparse_e2e.py"),
+    ("sparse_e2e_avx2.json", "python benchmarks/bench_sparse_e2e.py --isa avx2"),
     ("slim.json", "python benchmarks/bench_slim.py"),
     ("models.json", "python benchmarks/bench_models.py"),
     ("compile.json", "python benchmarks/bench_compile.py"),
     ("roofline.json", "python benchmarks/roofline.py"),
+    ("quality.json", "python benchmarks/bench_quality.py"),
 ]
 
 
@@ -97,6 +101,63 @@ def headline_kernels(doc: dict | None) -> list[list[str]]:
             rows.append([f"Sparse kernel vs ORT dense, {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, "
                          f"batch {h['batch']}", x(h["speedup_vs_ort_dense"]), "kernels.json"])
     return rows
+
+
+# Per-ISA documents: (kernels, end to end) per row label of the per-ISA table.
+ISA_DOCS = (("kernels.json", "sparse_e2e.json"), ("kernels_avx2.json", "sparse_e2e_avx2.json"))
+# Issue 14's end-to-end targets for the 4x4096 MLP at batch 1: vs ORT dense, vs the fastest dense.
+E2E_TARGETS = (5.0, 3.0)
+
+
+def _isa_label(doc: dict) -> str:
+    """``avx512 kernels on AMD EPYC (host znver4)`` from a document's machine/isa fields."""
+    info = doc.get("isa") or (doc.get("machine") or {}).get("isa") or {}
+    m = doc.get("machine") or {}
+    cpu = m.get("cpu") or m.get("cpu_model") or "unknown CPU"
+    target = info.get("target", "?")
+    compiled = "" if str(target).startswith("host") else f", compiled for {target.split('=')[-1].split(' ')[0]}"
+    return f"{info.get('kernel_variant', '?')}{compiled} on {cpu} ({info.get('host_cpu', '?')})"
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "**no**")
+
+
+def isa_table(docs: dict[str, dict | None]) -> list[str]:
+    """Issue 14's headline points per kernel variant: ours p50 / p90, each dense runtime,
+    ratios against ORT and the fastest, the targets and whether they are met."""
+    rows = []
+    for kname, ename in ISA_DOCS:
+        kdoc, edoc = docs.get(kname), docs.get(ename)
+        for h in (kdoc or {}).get("headline", []):
+            if "speedup_vs_fastest_dense" not in h:
+                continue
+            target = f"×{h['target_speedup_vs_fastest']:g} fastest" + (
+                f", ×{h['target_speedup_vs_ort']:g} ORT" if h.get("target_speedup_vs_ort") else "")
+            rows.append([_isa_label(kdoc), f"{h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, batch {h['batch']}",
+                         f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
+                         " / ".join(ms(h.get(f"{k}_median_ms")) for k in ("ort_dense", "torch_dense", "numpy_dense")),
+                         x(h["speedup_vs_ort_dense"]), f"{x(h['speedup_vs_fastest_dense'])} ({h['fastest_dense']})",
+                         target + ", p90 ≤ 2×p50", _met(h.get("met")), kname])
+        mlp = (edoc or {}).get("mlp")
+        for r in (mlp or {}).get("rows", []) if isinstance(mlp, dict) else []:
+            if r.get("batch") != 1 or "speedup_p50_vs_fastest_dense" not in r:
+                continue
+            ratio = (r["sparsify"]["p90_ms"] / r["sparsify"]["p50_ms"]) if r["sparsify"].get("p50_ms") else None
+            ok = (r["speedup_p50"] >= E2E_TARGETS[0] and r["speedup_p50_vs_fastest_dense"] >= E2E_TARGETS[1]
+                  and ratio is not None and ratio <= 2.0)
+            rows.append([_isa_label(edoc), f"4×Linear({mlp.get('width')}) MLP at 90%, end to end, batch 1",
+                         f"{ms(r['sparsify']['p50_ms'])} / {ms(r['sparsify']['p90_ms'])}",
+                         " / ".join(ms((r.get(k) or {}).get("p50_ms")) for k in ("ort_dense", "torch_dense")) + " / -",
+                         x(r["speedup_p50"]), f"{x(r['speedup_p50_vs_fastest_dense'])} ({r['fastest_dense']})",
+                         f"×{E2E_TARGETS[1]:g} fastest, ×{E2E_TARGETS[0]:g} ORT, p90 ≤ 2×p50", _met(ok), ename])
+    if not rows:
+        return []
+    return ["Issue 14's targets per kernel variant (2 threads; ours and every dense runtime interleaved in one "
+            "process; AVX2 rows are AVX2 code compiled for Zen 2 and run on the host named, see "
+            "`machine.dense_isa` in their JSON for what the dense runtimes ran):", "",
+            *table(["kernels (variant, host)", "point", "ours p50 / p90", "ORT / torch / numpy dense p50", "vs ORT",
+                    "vs fastest dense", "target", "met", "source"], rows), ""]
 
 
 def _variant(models: dict | None, model: str, name: str) -> dict | None:
@@ -242,6 +303,42 @@ def roofline_details(doc: dict | None) -> list[str]:
             "", "</details>", ""]
 
 
+def headline_quality(doc: dict | None) -> list[list[str]]:
+    """Per digits model: dense accuracy and accuracy after its two default recipes."""
+    rows = []
+    for m in (doc or {}).get("models", []):
+        r = m.get("recipes", {})
+        parts = [f"dense {m['dense_accuracy']:.1f}%"]
+        for key, label in (("unstructured_90", "90% unstructured"), ("channels_50", "50% channels")):
+            if key in r:
+                parts.append(f"{label} {r[key]['accuracy']:.1f}% ({r[key]['delta']:+.1f})")
+        rows.append([f"{m['model']}: test accuracy after its default recipes (gradual pruning + distillation)",
+                     "; ".join(parts), "quality.json"])
+    return rows
+
+
+def quality_details(doc: dict | None) -> list[str]:
+    """Model × method × sparsity: one-shot test accuracy without fine-tuning, then the recipes and the targets."""
+    if not doc or not doc.get("models"):
+        return []
+    rows = []
+    for m in doc["models"]:
+        for method, accs in m.get("oneshot", {}).items():
+            rows.append([m["model"], f"one-shot {method}", *(f"{accs[k]:.1f}%" if k in accs else "-"
+                                                          for k in ("0.5", "0.7", "0.9", "2:4"))])
+        ch = m.get("channels_oneshot", {})
+        rows.append([m["model"], "one-shot channels (l1), 25 / 50 / 75%",
+                     *(f"{ch[k]:.1f}%" if k in ch else "-" for k in ("0.25", "0.5", "0.75")), "-"])
+        r = m.get("recipes", {})
+        rows.append([m["model"], "default recipes (dense / 90% / 50% channels)", f"{m['dense_accuracy']:.1f}%",
+                     *(f"{r[k]['accuracy']:.1f}%" if k in r else "-" for k in ("unstructured_90", "channels_50")),
+                     "-"])
+    targets = [[t["target"], "met" if t["met"] else "**not met**", t["detail"]] for t in doc.get("targets", [])]
+    return ["<details><summary>Accuracy by method and sparsity (quality.json)</summary>", "",
+            *table(["model", "method", "50%", "70%", "90%", "2:4"], rows), "",
+            *table(["target (issue 17)", "", "measured"], targets), "", "</details>", ""]
+
+
 def machine_line(docs: dict[str, dict | None]) -> list[str]:
     lines = []
     for name, doc in docs.items():
@@ -269,7 +366,11 @@ def render(results: Path, readme_dir: Path) -> str:
     kernels = load(results, "kernels.json", None)
     if kernels is not None and "headline" not in kernels:
         kernels = None
+    kernels_avx2 = load(results, "kernels_avx2.json", None)
     e2e = load(results, "sparse_e2e.json", "sparsify.sparse_e2e/")
+    e2e_avx2 = load(results, "sparse_e2e_avx2.json", "sparsify.sparse_e2e/")
+    per_isa = {"kernels.json": kernels, "kernels_avx2.json": kernels_avx2, "sparse_e2e.json": e2e,
+               "sparse_e2e_avx2.json": e2e_avx2}
     slim = load(results, "slim.json", "sparsify.slim/")
     models = load(results, "models.json", "sparsify.models/")
     comp = load(results, "compile.json", "sparsify.compile/")
@@ -280,22 +381,28 @@ def render(results: Path, readme_dir: Path) -> str:
     out = ["Generated by `python benchmarks/update_readme.py` from the JSON files in "
            f"`{rel}/`; numbers are p50 wall-clock latencies unless noted. The machine is shared with "
            "other work, so expect noise (the load average at the start of each run is listed below).", ""]
-    rows = headline_kernels(kernels) + headline_e2e(e2e, models) + headline_slim(slim, models) + headline_demo(models)
+    quality = load(results, "quality.json", "sparsify.quality/")
+    if quality is not None:  # reported only once measured (older result sets do not have it)
+        docs["quality.json"] = quality
+    rows = (headline_kernels(kernels) + headline_e2e(e2e, models) + headline_slim(slim, models) + headline_demo(models)
+            + headline_quality(quality))
+    out += isa_table(per_isa)
     if rows:
         out += table(["result", "measured", "source"], rows) + [""]
     else:
         out += ["No benchmark results yet.", ""]
-    out += models_details(models) + compile_details(comp) + roofline_details(roof)
+    out += models_details(models) + compile_details(comp) + roofline_details(roof) + quality_details(quality)
     pngs = sorted(p.name for p in results.glob("*.png")) if results.is_dir() else []
     if pngs:
         out += ["Plots: " + " · ".join(f"[{p}]({rel}/{p})" for p in pngs), ""]
     missing = [n for n, d in docs.items() if d is None]
     if missing:
         out += ["Not measured yet: " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
-    machine = machine_line(docs)
+    machine = machine_line({**docs, **{k: v for k, v in per_isa.items() if k not in docs and v}})
     if machine:
         out += ["Measured on:", *machine, ""]
-    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers):", "", "```bash",
+    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers; the `--isa avx2` "
+            "runs need a host that runs AVX2 code):", "", "```bash",
             *(cmd for _, cmd in COMMANDS), "python benchmarks/update_readme.py", "```"]
     return "\n".join(out) + "\n"
 

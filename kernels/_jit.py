@@ -19,7 +19,7 @@ import numpy as np
 from numba import types as nbtypes
 from numba.extending import overload
 
-from ._simd import (MAX_PERMUTE_VECTORS, PERMUTE_LANES, SHIFTED_ROWS, STORE_ROWS, gather_dot,
+from ._simd import (MAX_PERMUTE_VECTORS, PERMUTE_GEOMETRY, SHIFTED_ROWS, STORE_ROWS, gather_dot,
                     permute_dot, shifted_rows, store_columns, tile_row)
 
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
@@ -129,13 +129,15 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
 
 
 @functools.lru_cache(maxsize=None)
-def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0):
+def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16):
     """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
-    vectors per pass, prefetching ``prefetch`` slots ahead (0: not at all; cached; the
-    kernel closes over ints only, which reach ``permute_dot`` as compile-time constants)."""
-    if compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS or prefetch < 0:
-        raise ValueError(f"compact {compact} should be 0 or 1, nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}] "
-                         f"and prefetch {prefetch} >= 0")
+    vectors per pass, prefetching ``prefetch`` slots ahead (0: not at all), over row
+    groups of ``lanes`` (16: AVX-512, 8: AVX2; ``_simd.PERMUTE_GEOMETRY``). Cached; the
+    kernel closes over ints only, which reach ``permute_dot`` as compile-time constants."""
+    if (compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS or prefetch < 0
+            or lanes not in PERMUTE_GEOMETRY):
+        raise ValueError(f"compact {compact} should be 0 or 1, nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}], "
+                         f"prefetch {prefetch} >= 0 and lanes {lanes} one of {sorted(PERMUTE_GEOMETRY)}")
 
     @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
     def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, xstride, bias, act,
@@ -143,20 +145,20 @@ def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0):
         """out[v*ostride + r] = act(bias[r] + sum over row r's nonzeros of input v) for the
         ``nvec`` inputs at ``x[v*xstride:]`` and a sliced-ELL weight (``ell.py``).
 
-        Lane position ``g*16 + l`` of group g is output row ``rows[g*16 + l]``; ``bounds``
-        splits the groups into chunks of similar cost (one parallel task each). Each input
-        reaches the end of the last window (``SlicedEll.padded_columns``).
+        Lane position ``g*lanes + l`` of group g is output row ``rows[g*lanes + l]``;
+        ``bounds`` splits the groups into chunks of similar cost (one parallel task each).
+        Each input reaches the end of the last window (``SlicedEll.padded_columns``).
         """
         n_rows = bias.shape[0]
         for ch in numba.prange(bounds.shape[0] - 1):
-            acc = np.empty(PERMUTE_LANES * nvec, dtype=out.dtype)
+            acc = np.empty(lanes * nvec, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch)
-                r0 = g * PERMUTE_LANES
-                m = min(PERMUTE_LANES, n_rows - r0)
+                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes)
+                r0 = g * lanes
+                m = min(lanes, n_rows - r0)
                 for v in range(nvec):
-                    a = v * PERMUTE_LANES
+                    a = v * lanes
                     for lane in range(m):
                         acc[a + lane] += bias[rows[r0 + lane]]
                     activate_block(acc, a, a + m, act)

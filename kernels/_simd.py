@@ -470,38 +470,61 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
 
 
 # Lanes, window width and window step of ``permute_dot`` (the sliced-ELL layout's
-# GROUP_ROWS, SEGMENT and STEP): pair p's window is the PERMUTE_SEGMENT columns from
-# ``segments[p] * PERMUTE_STEP``; offsets at or above PERMUTE_SEGMENT mark padding lanes.
-PERMUTE_LANES = 16
-PERMUTE_SEGMENT = 32
-PERMUTE_STEP = 16
+# geometry, ``ell.GEOMETRIES``), by lanes: pair p's window is the segment columns from
+# ``segments[p] * step``; offsets at or above the segment mark padding lanes.
+# 16 lanes (AVX-512): a 32-column window in two zmm registers, one vpermi2ps per slot.
+# 8 lanes (AVX2): a 16-column window in two ymm registers, two vpermps and a blend.
+PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 8)}
+PERMUTE_LANES, (PERMUTE_SEGMENT, PERMUTE_STEP) = 16, PERMUTE_GEOMETRY[16]
 # Most input vectors one ``permute_dot`` call takes (two table registers each).
 MAX_PERMUTE_VECTORS = 4
 
 
+def _expand_table(builder, lanes: int):
+    """An internal constant table: row m (an 8-bit lane mask) holds, per lane, the lane's
+    position among the set bits of m (0 where unset), i.e. the ``vpermps`` indices that
+    expand packed values to the lanes of m (AVX2 has no ``vexpandps``)."""
+    mod = builder.module
+    name = f"sparsify.expand{lanes}"
+    table = mod.globals.get(name)
+    if table is None:
+        rows = []
+        for m in range(1 << lanes):
+            rows += [bin(m & ((1 << lane) - 1)).count("1") if m >> lane & 1 else 0 for lane in range(lanes)]
+        ty = ir.ArrayType(ir.IntType(32), len(rows))
+        table = ir.GlobalVariable(mod, ty, name)
+        table.global_constant = True
+        table.linkage = "internal"
+        table.initializer = ir.Constant(ty, rows)
+    return table
+
+
 @intrinsic(prefer_literal=True)
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
-                compact, nvec, prefetch):
-    """For v < nvec: ``acc[v*16 + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
-    x[v*xstride + segments[p]*16 + offsets[k*16 + l]]`` over the lanes whose offset is
-    below 32.
+                compact, nvec, prefetch, lanes):
+    """For v < nvec: ``acc[v*L + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
+    x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes whose offset is
+    below the window width W, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8
+    (W 16, S 8; AVX2), see PERMUTE_GEOMETRY.
 
-    The sliced-ELL SpMV's inner loop for one 16-row group (``ell.py``) and ``nvec`` input
-    vectors: per stored (group, window) pair, each vector's 32 inputs are loaded into
+    The sliced-ELL SpMV's inner loop for one L-row group (``ell.py``) and ``nvec`` input
+    vectors: per stored (group, window) pair, each vector's W inputs are loaded into
     two registers once; per slot the weights and offsets are read once and each vector
-    takes one permute (``vpermi2ps``, padding lanes zeroed) and one FMA. With one vector
-    two accumulators alternate slot by slot; with several, each vector's own chain hides
-    the FMA latency. ``compact`` and ``nvec`` are compile-time constants. ``compact`` 0:
-    padded weights, ``w(k, l) = values[k*16 + l]`` (``value_start`` unused); 1: compact
-    weights, slot k's valid lanes taking the next values in order, pair ``plo``'s first
-    at ``value_start[plo]`` (one unaligned load and an expand per slot). ``prefetch``
-    (compile-time) is 0, or a distance in slots: each slot then also prefetches the
-    offsets and the values that many slots ahead (compact values taken as half full),
-    for weights streamed from DRAM, where the hardware prefetchers alone fall short.
-    float32 only; needs AVX-512F (the caller checks ``ell.AVAILABLE``). No bounds checks: callers
-    guarantee ``(nvec-1)*xstride + segments[p]*16 + 32 <= len(x)``, every slot inside
-    ``offsets``, 16 readable values from every compact start (the array is padded) and
-    ``len(acc) >= 16*nvec``.
+    takes one permute (``vpermi2ps``; with 8 lanes two ``vpermps`` and a blend on the
+    offset's bit 3), padding lanes zeroed, and one FMA. With one vector two
+    accumulators alternate slot by slot; with several, each vector's own chain hides
+    the FMA latency. ``compact``, ``nvec`` and ``lanes`` are compile-time constants.
+    ``compact`` 0: padded weights, ``w(k, l) = values[k*L + l]`` (``value_start``
+    unused); 1: compact weights, slot k's valid lanes taking the next values in order,
+    pair ``plo``'s first at ``value_start[plo]`` (one unaligned load and an expand per
+    slot: ``vexpandps``, or with 8 lanes a ``vpermps`` by a table row picked by the lane
+    mask). ``prefetch`` (compile-time) is 0, or a distance in slots: each slot then also
+    prefetches the offsets and the values that many slots ahead (compact values taken as
+    half full), for weights streamed from DRAM, where the hardware prefetchers alone
+    fall short. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2 (the caller picks by
+    ``isa.VARIANT``). No bounds checks: callers guarantee ``(nvec-1)*xstride +
+    segments[p]*S + W <= len(x)``, every slot inside ``offsets``, L readable values from
+    every compact start (the array is padded) and ``len(acc) >= L*nvec``.
     """
     if not (all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (values, x, acc))
             and isinstance(offsets, types.Array) and offsets.dtype == types.uint8
@@ -510,31 +533,41 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             and all(isinstance(a, types.Integer) for a in (plo, phi, xstride))
             and isinstance(compact, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)
             and isinstance(prefetch, types.IntegerLiteral) and prefetch.literal_value >= 0
+            and isinstance(lanes, types.IntegerLiteral) and lanes.literal_value in PERMUTE_GEOMETRY
             and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
-    lanes, seg_width, packed = PERMUTE_LANES, PERMUTE_SEGMENT, bool(compact.literal_value)
+    n_lanes, packed = lanes.literal_value, bool(compact.literal_value)
+    seg_width, step = PERMUTE_GEOMETRY[n_lanes]
+    wide = n_lanes == 16
     n_vec = nvec.literal_value
     n_acc = 2 if n_vec == 1 else n_vec
 
     def codegen(context, builder, sig, args):
         val_a, off_a, seg_a, ptr_a, start_a, x_a, acc_a = (
             context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 3, 4, 7, 9))
-        f32, i1, i8, i16, i32, i64 = (ir.FloatType(), ir.IntType(1), ir.IntType(8), ir.IntType(16),
-                                      ir.IntType(32), ir.IntType(64))
-        vf, vi, vb = ir.VectorType(f32, lanes), ir.VectorType(i32, lanes), ir.VectorType(i8, lanes)
-        vm = ir.VectorType(i1, lanes)
-        _keep_vector_width(builder, 512)
+        f32, i1, i8, i32, i64 = (ir.FloatType(), ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64))
+        im = ir.IntType(n_lanes)  # the lane mask as an integer
+        vf, vi, vb = ir.VectorType(f32, n_lanes), ir.VectorType(i32, n_lanes), ir.VectorType(i8, n_lanes)
         mod = builder.module
-        permute = _intrinsic_fn(mod, "llvm.x86.avx512.vpermi2var.ps.512", ir.FunctionType(vf, [vf, vi, vf]))
-        fma = _intrinsic_fn(mod, "llvm.fma.v16f32", ir.FunctionType(vf, [vf, vf, vf]))
-        expand = _intrinsic_fn(mod, "llvm.x86.avx512.mask.expand.v16f32", ir.FunctionType(vf, [vf, vf, vm]))
-        popcount = _intrinsic_fn(mod, "llvm.ctpop.i16", ir.FunctionType(i16, [i16]))
+        if wide:
+            _keep_vector_width(builder, 512)
+            permute2 = _intrinsic_fn(mod, "llvm.x86.avx512.vpermi2var.ps.512", ir.FunctionType(vf, [vf, vi, vf]))
+            expand = _intrinsic_fn(mod, "llvm.x86.avx512.mask.expand.v16f32",
+                                   ir.FunctionType(vf, [vf, vf, ir.VectorType(i1, n_lanes)]))
+        else:
+            permps = _intrinsic_fn(mod, "llvm.x86.avx2.permps", ir.FunctionType(vf, [vf, vi]))
+            blendv = _intrinsic_fn(mod, "llvm.x86.avx.blendv.ps.256", ir.FunctionType(vf, [vf, vf, vf]))
+            movmsk = _intrinsic_fn(mod, "llvm.x86.avx.movmsk.ps.256", ir.FunctionType(i32, [vf]))
+            popcount32 = _intrinsic_fn(mod, "llvm.ctpop.i32", ir.FunctionType(i32, [i32]))
+        fma = _intrinsic_fn(mod, f"llvm.fma.v{n_lanes}f32", ir.FunctionType(vf, [vf, vf, vf]))
+        popcount = _intrinsic_fn(mod, f"llvm.ctpop.i{n_lanes}", ir.FunctionType(im, [im]))
         prefetch_fn = _intrinsic_fn(mod, "llvm.prefetch.p0",
                                     ir.FunctionType(ir.VoidType(), [ir.PointerType(i8), i32, i32, i32]))
         ahead = prefetch.literal_value
         plo_v, phi_v, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6, 8))
         zero = ir.Constant(vf, None)
-        limit = ir.Constant(vb, [seg_width] * lanes)
+        limit = ir.Constant(vb, [seg_width] * n_lanes)
+        table = None if wide else _expand_table(builder, n_lanes)
 
         def load_int(arr, arg, at):
             v = builder.load(builder.gep(arr.data, [at]))
@@ -542,6 +575,31 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
 
         def vector_at(base, at, vty, align):
             return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
+
+        def permute(x_lo, index, x_hi):
+            """The inputs of each lane, zero on padding lanes."""
+            if wide:
+                return builder.select(valid, builder.call(permute2, [x_lo, index, x_hi]), zero)
+            # blendv on the sign bits (offset bit 3 shifted up; the padding sign), so that
+            # LLVM keeps the mask in the dword lanes instead of redoing byte compares.
+            lo, hi = builder.call(permps, [x_lo, index]), builder.call(permps, [x_hi, index])
+            upper = builder.bitcast(builder.shl(index, ir.Constant(vi, [28] * n_lanes)), vf)
+            picked = builder.call(blendv, [lo, hi, upper])
+            return builder.call(blendv, [picked, zero, padding])
+
+        def expanded(q):
+            """(weights of slot lanes from the compact values at q, zero on padding lanes;
+            how many values the slot takes)."""
+            packed_values = vector_at(val_a.data, q, vf, 4)
+            if wide:
+                count = builder.call(popcount, [builder.bitcast(valid, im)])
+                return builder.call(expand, [packed_values, zero, valid]), builder.zext(count, i64)
+            lanes_set = builder.xor(builder.call(movmsk, [padding]), ir.Constant(i32, (1 << n_lanes) - 1))
+            at = builder.gep(table, [ir.Constant(i64, 0),
+                                     builder.mul(builder.zext(lanes_set, i64), ir.Constant(i64, n_lanes))])
+            spread = builder.call(permps, [packed_values, builder.load(builder.bitcast(at, vi.as_pointer()), align=4)])
+            count = builder.call(popcount32, [lanes_set])
+            return builder.call(blendv, [spread, zero, padding]), builder.zext(count, i64)
 
         entry = builder.block
         # The next compact value (unused when padded): carried from pair to pair.
@@ -556,12 +614,12 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                                       pair_body, done)
 
         builder.position_at_end(pair_body)
-        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, PERMUTE_STEP))
+        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, step))
         tables = []
         for v in range(n_vec):
             at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))
             tables.append((vector_at(x_a.data, at_v, vf, 4),
-                           vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, lanes)), vf, 4)))
+                           vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, n_lanes)), vf, 4)))
         k_lo = load_int(ptr_a, 3, p)
         k_hi = load_int(ptr_a, 3, builder.add(p, ir.Constant(i64, 1)))
         builder.branch(slot_head)
@@ -571,7 +629,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         accs, q = inner[:-1], inner[-1]
 
         builder.position_at_end(slot_body)
-        at = builder.mul(k, ir.Constant(i64, lanes))
+        at = builder.mul(k, ir.Constant(i64, n_lanes))
         offs = vector_at(off_a.data, at, vb, 1)
         if ahead:
             def prefetch_at(base, at_now, per_slot):  # read (0), every cache level (3), data (1)
@@ -579,20 +637,24 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                 ptr = builder.bitcast(builder.gep(base, [later]), ir.PointerType(i8))
                 builder.call(prefetch_fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
-            prefetch_at(off_a.data, at, lanes)
-            prefetch_at(val_a.data, q if packed else at, lanes // 2 if packed else lanes)
-        valid = builder.icmp_unsigned("<", offs, limit)
-        index = builder.zext(offs, vi)
+            prefetch_at(off_a.data, at, n_lanes)
+            prefetch_at(val_a.data, q if packed else at, n_lanes // 2 if packed else n_lanes)
+        if wide:
+            valid = builder.icmp_unsigned("<", offs, limit)
+            index = builder.zext(offs, vi)
+        else:  # valid offsets are below 128 and EMPTY is 255: the sign of the widened
+            # offset is the padding mask (one vpmovsxbd, no byte compare and second widening)
+            index = builder.sext(offs, vi)
+            valid = builder.icmp_signed(">=", index, ir.Constant(vi, None))
+            padding = builder.bitcast(index, vf)  # blendv reads each lane's sign
         if packed:
-            weights = builder.call(expand, [vector_at(val_a.data, q, vf, 4), zero, valid])
-            count = builder.call(popcount, [builder.bitcast(valid, i16)])
-            q_next = builder.add(q, builder.zext(count, i64))
+            weights, count = expanded(q)
+            q_next = builder.add(q, count)
         else:
             weights, q_next = vector_at(val_a.data, at, vf, 4), q
         updated = []
         for v, (x_lo, x_hi) in enumerate(tables):
-            picked = builder.select(valid, builder.call(permute, [x_lo, index, x_hi]), zero)
-            updated.append(builder.call(fma, [weights, picked, accs[v]]))
+            updated.append(builder.call(fma, [weights, permute(x_lo, index, x_hi), accs[v]]))
         if n_vec == 1:  # two accumulators alternate slot by slot
             updated = [accs[1], updated[0]]
         k.add_incoming(builder.add(k, ir.Constant(i64, 1)), slot_body)
@@ -609,9 +671,9 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         builder.position_at_end(done)
         sums = [builder.fadd(outer[0], outer[1])] if n_vec == 1 else outer[:n_vec]
         for v, total in enumerate(sums):
-            ptr = builder.gep(acc_a.data, [ir.Constant(i64, v * lanes)])
+            ptr = builder.gep(acc_a.data, [ir.Constant(i64, v * n_lanes)])
             builder.store(total, builder.bitcast(ptr, vf.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
-                      nvec, prefetch), codegen
+                      nvec, prefetch, lanes), codegen

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _jit
+from . import _jit, isa
 from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
-from .spmm import RowChunks, activation_code, checked, launch, pick_tile, prepare_bias
+from .spmm import RowChunks, activation_code, checked, launch, pick_tile, prepare_bias, widest_tile
 
 _COLS_BUDGET_BYTES = 8 << 20
 
@@ -113,7 +113,7 @@ class SparseConv2d:
             self._direct(x, y)
             return y
         flat = y.reshape(-1)
-        tile = pick_tile(p)
+        tile = pick_tile(p, widest_tile())
         n_tiles = -(-p // tile)
         variant, n_chunks = launch(self.weight.nnz * n * p)
         kernel = variant(_jit.spmm_kernel(tile))
@@ -141,7 +141,9 @@ class SparseConv2d:
         n, c, h, w = x.shape
         o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
         kw, (ph, pw), dw = self.kernel_size[1], self.padding, self.dilation[1]
-        width = pick_tile(wo)
+        # Two sets of SHIFTED_ROWS accumulators of width/lanes registers each: with AVX2's
+        # or SSE's 16 registers only width 8 keeps them to half the register file.
+        width = pick_tile(wo, widest_tile() if isa.VARIANT == "avx512" else 8)
         # Room for whole column steps, and rows below the image for whole row steps.
         hp = h + 2 * ph + (-ho) % _jit.SHIFTED_ROWS
         wx = max(w + 2 * pw, -(-wo // width) * width + (kw - 1) * dw)

@@ -21,12 +21,17 @@ without nonzeros are not stored. Rows are ordered by nonzero count first (stable
 rows of similar length share a group and pad each other less; ``rows`` maps lane
 positions back to output rows.
 
-The permute exists only with AVX-512 (:data:`AVAILABLE`). Padding costs bytes: about
-8 per nonzero at 90% sparsity against the CSR's 6. The compact form
+Each kernel variant (``isa.py``) has its own :class:`Geometry` (:data:`GEOMETRIES`): the
+numbers above are AVX-512's (16 lanes, 32-column windows, one ``vpermi2ps`` per slot).
+AVX2 has no two-table permute: its layout takes 8 lanes and 16-column windows, whose
+inputs fill two ymm registers, and a slot costs two ``vpermps`` and a blend (uniform
+90% sparsity fills ~47% of its lanes). The portable variant has no layout
+(:data:`AVAILABLE` is False there). Padding costs bytes: about 8 per nonzero at 90%
+sparsity against the CSR's 6 (about 10 with the AVX2 geometry). The compact form
 (:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
 nonzero) and expands them per slot. :class:`SparseLinear
 <sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
-available and the padding is small enough (:data:`MIN_FILL`), padded or compact as
+available and the padding is small enough (the geometry's ``min_fill``), padded or compact as
 :func:`worth_compacting` decides from the bytes it would save; the CSR kernel
 otherwise. A model's layers are decided together (``spmm.fit_batch1_layouts``).
 """
@@ -34,22 +39,36 @@ otherwise. A model's layers are decided together (``spmm.fit_batch1_layouts``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
+from . import isa
 from .csr import CSR, _readonly
 from .errors import KernelArgumentError
 
-# Rows per group: one 512-bit float32 vector.
-GROUP_ROWS = 16
-# Columns per segment: the x values of a segment fill two 512-bit registers, the table
-# of one vpermi2ps.
-SEGMENT = 32
-# Columns between the starts of neighbouring windows: a window (pair) covers the SEGMENT
-# columns from ``segments[p] * STEP``; overlapping plans use every start, so each column
-# lies in two windows, aligned plans every other one.
-STEP = 16
+
+
+class Geometry(NamedTuple):
+    """The shape of a sliced-ELL layout for one kernel variant (``isa.VARIANTS``).
+
+    ``lanes`` rows per group (one float32 vector); windows of ``segment`` columns, whose
+    inputs fill the two table registers of the permute; ``step`` columns between the
+    starts of neighbouring windows (a window (pair) covers the ``segment`` columns from
+    ``segments[p] * step``; overlapping plans use every start, so each column lies in
+    two windows, aligned plans every other one). ``pair_cost`` and ``min_fill``: see
+    PAIR_COST and MIN_FILL.
+    """
+
+    variant: str
+    lanes: int
+    segment: int
+    step: int
+    pair_cost: float
+    min_fill: float
+
+
 # How from_csr places nonzeros in windows.
 WINDOW_CHOICES = ("auto", "overlapping", "aligned")
 # A pair's fixed cost (its window's loads, loop entry and exit) in slots, fitted from
@@ -67,6 +86,17 @@ EMPTY = 255
 # costs dominate), with aligned windows, which fill uniform 90% sparsity about 0.5, 98%
 # 0.28, 99% 0.21 (overlapping: 0.64, 0.34, 0.24).
 MIN_FILL = 0.25
+# The AVX2 layout (8 lanes, 16-column windows, two vpermps and a blend per slot), measured
+# the same way compiled for AVX2 (NUMBA_CPU_NAME=znver2) on the Zen 4 host: see
+# benchmarks/README.md, "AVX2 batch-1 layout".
+AVX2_PAIR_COST = 1.4
+AVX2_MIN_FILL = 0.25
+GEOMETRIES = {"avx512": Geometry("avx512", 16, 32, 16, PAIR_COST, MIN_FILL),
+              "avx2": Geometry("avx2", 8, 16, 8, AVX2_PAIR_COST, AVX2_MIN_FILL)}
+# The AVX-512 geometry's numbers, kept as names: rows per group (one 512-bit float32
+# vector), window width (two 512-bit registers, the table of one vpermi2ps), window step.
+GROUP_ROWS, SEGMENT, STEP = (GEOMETRIES["avx512"].lanes, GEOMETRIES["avx512"].segment,
+                             GEOMETRIES["avx512"].step)
 
 
 # Share of the L3 the padded layouts of a model may fill whatever their padding: up to
@@ -133,50 +163,56 @@ def worth_compacting(padded_nbytes: int, compact_nbytes: int, total: int, budget
     return compact_nbytes <= (1.0 - MIN_COMPACT_SAVING) * padded_nbytes
 
 
-def _permute_available() -> bool:
-    """True when Numba compiles for a host CPU with AVX-512F (the vpermi2ps instruction)."""
-    cfg = numba.config
-    if cfg.CPU_NAME not in (None, "", "host"):
-        return False
-    if cfg.CPU_FEATURES:
-        return "+avx512f" in cfg.CPU_FEATURES.split(",")
-    try:
-        import llvmlite.binding as llvm
-        return bool(llvm.get_host_cpu_features().get("avx512f", False))
-    except Exception:  # an llvmlite that cannot read the host's features: stay on CSR
-        return False
+def host_geometry(variant: str | None = None) -> Geometry | None:
+    """The layout geometry of ``variant`` (default: the variant this process runs,
+    ``isa.VARIANT``), None for the portable variant (no permute kernel there)."""
+    return GEOMETRIES.get(isa.VARIANT if variant is None else variant)
 
 
-AVAILABLE = _permute_available()
+def _geometry(geometry: Geometry | str | None) -> Geometry:
+    """A Geometry from a Geometry, a variant name, or None (the host's; AVX-512's layout
+    where the host has no permute kernel, for building and inspecting layouts)."""
+    if isinstance(geometry, Geometry):
+        return geometry
+    if geometry is None:
+        return host_geometry() or GEOMETRIES["avx512"]
+    if geometry not in GEOMETRIES:
+        raise KernelArgumentError(f"sliced-ELL geometry {geometry!r} should be one of {sorted(GEOMETRIES)}")
+    return GEOMETRIES[geometry]
+
+
+# True when this process runs a permute kernel (AVX-512 or AVX2 variant).
+AVAILABLE = host_geometry() is not None
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values, offsets, write):
+def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values, offsets, write, group_rows,
+                    step, segment):
     """Place each group's nonzeros in windows, greedily from the left (see from_csr).
 
-    Windows start at every ``every``-th multiple of STEP (1: overlapping, 2: aligned).
-    Window a of a group takes, in every lane, the nonzeros left below column
-    ``(a + every) * STEP`` (mandatory: no later window covers them; for the last window,
-    all that are left) and, while its depth allows, the lane's next ones below
-    ``a*STEP + SEGMENT``; its depth is the deepest lane's mandatory count. ``write``
-    False records the depths in ``depth[g, a]``; True replays them, storing lane values
-    and offsets from each pair's first slot (``slot_ptr``, pairs numbered row-major over
-    ``depth``'s nonzero entries).
+    Groups have ``group_rows`` lanes; windows of ``segment`` columns start at every
+    ``every``-th multiple of ``step`` (1: overlapping, 2: aligned). Window a of a group
+    takes, in every lane, the nonzeros left below column ``(a + every) * step``
+    (mandatory: no later window covers them; for the last window, all that are left)
+    and, while its depth allows, the lane's next ones below ``a*step + segment``; its
+    depth is the deepest lane's mandatory count. ``write`` False records the depths in
+    ``depth[g, a]``; True replays them, storing lane values and offsets from each pair's
+    first slot (``slot_ptr``, pairs numbered row-major over ``depth``'s nonzero entries).
     """
     n_rows = rows.shape[0]
     n_groups, n_windows = depth.shape
-    nxt = np.zeros(GROUP_ROWS, np.int64)
-    end = np.zeros(GROUP_ROWS, np.int64)
+    nxt = np.zeros(group_rows, np.int64)
+    end = np.zeros(group_rows, np.int64)
     pair = 0
     for g in range(n_groups):
-        lanes = min(GROUP_ROWS, n_rows - g * GROUP_ROWS)
+        lanes = min(group_rows, n_rows - g * group_rows)
         for lane in range(lanes):
-            r = rows[g * GROUP_ROWS + lane]
+            r = rows[g * group_rows + lane]
             nxt[lane], end[lane] = indptr[r], indptr[r + 1]
         for a in range(0, n_windows, every):
-            start = a * STEP
+            start = a * step
             # The last window takes all that is left (it reaches the last column).
-            mandatory = start + every * STEP if a + every < n_windows else start + SEGMENT
+            mandatory = start + every * step if a + every < n_windows else start + segment
             k = depth[g, a]
             if not write:
                 for lane in range(lanes):
@@ -189,9 +225,9 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
                 continue
             for lane in range(lanes):
                 j, taken = nxt[lane], 0
-                while j < end[lane] and taken < k and indices[j] < start + SEGMENT:
+                while j < end[lane] and taken < k and indices[j] < start + segment:
                     if write:
-                        at = (slot_ptr[pair] + taken) * GROUP_ROWS + lane
+                        at = (slot_ptr[pair] + taken) * group_rows + lane
                         values[at] = data[j]
                         offsets[at] = indices[j] - start
                     j += 1
@@ -200,43 +236,44 @@ def _assign_windows(indptr, indices, data, rows, every, depth, slot_ptr, values,
             pair += 1
 
 
-def _plan_windows(w: CSR, rows: np.ndarray, every: int) -> np.ndarray:
-    """The depth of each (group, window) pair for windows every ``every`` STEPs."""
-    # Window starts, in STEPs: the last window ends at or after the last column, and no
-    # window ends beyond the columns rounded up to a whole STEP (SEGMENT when aligned).
-    blocks = -(-w.shape[1] // STEP)
+def _plan_windows(w: CSR, rows: np.ndarray, every: int, geo: Geometry) -> np.ndarray:
+    """The depth of each (group, window) pair for windows every ``every`` steps."""
+    # Window starts, in steps: the last window ends at or after the last column, and no
+    # window ends beyond the columns rounded up to a whole step (segment when aligned).
+    blocks = -(-w.shape[1] // geo.step)
     n_windows = max(1, blocks - 1) if every == 1 else blocks
-    depth = np.zeros((-(-w.shape[0] // GROUP_ROWS), n_windows), np.int64)
+    depth = np.zeros((-(-w.shape[0] // geo.lanes), n_windows), np.int64)
     _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, np.zeros(1, np.int64),
-                    np.zeros(0, np.float32), np.zeros(0, np.uint8), False)
+                    np.zeros(0, np.float32), np.zeros(0, np.uint8), False, geo.lanes, geo.step, geo.segment)
     return depth
 
 
-def _compact_nbytes(padded_nbytes: int, slots: int, pairs: int, nnz: int) -> int:
+def _compact_nbytes(padded_nbytes: int, slots: int, pairs: int, nnz: int, lanes: int) -> int:
     """Bytes of the compact form of a padded layout of ``padded_nbytes``: its values shrink
-    to the nonzeros plus GROUP_ROWS, and ``value_start`` adds one entry per pair and one."""
-    return padded_nbytes - slots * GROUP_ROWS * 4 + (nnz + GROUP_ROWS) * 4 + (pairs + 1) * 8
+    to the nonzeros plus one slot's ``lanes``, and ``value_start`` adds one entry per pair and one."""
+    return padded_nbytes - slots * lanes * 4 + (nnz + lanes) * 4 + (pairs + 1) * 8
 
 
-def window_cost(depth: np.ndarray) -> float:
-    """Estimated SpMV cost of a window plan, in slots: its slots plus PAIR_COST per pair."""
-    return float(depth.sum()) + PAIR_COST * float(np.count_nonzero(depth))
+def window_cost(depth: np.ndarray, pair_cost: float = PAIR_COST) -> float:
+    """Estimated SpMV cost of a window plan, in slots: its slots plus ``pair_cost`` per pair."""
+    return float(depth.sum()) + pair_cost * float(np.count_nonzero(depth))
 
 
 class WindowPlan:
     """Where a CSR's nonzeros go in a sliced-ELL layout, before anything is built: the
-    row order, the window step (``every`` STEPs) and each (group, window) pair's depth.
-    Its byte counts let a caller choose a form without building the layout."""
+    geometry, the row order, the window step (``every`` steps) and each (group, window)
+    pair's depth. Its byte counts let a caller choose a form without building the layout."""
 
-    __slots__ = ("w", "rows", "every", "depth")
+    __slots__ = ("w", "rows", "every", "depth", "geometry")
 
-    def __init__(self, w: CSR, rows: np.ndarray, every: int) -> None:
+    def __init__(self, w: CSR, rows: np.ndarray, every: int, geometry: Geometry | str | None = None) -> None:
         self.w, self.rows, self.every = w, rows, every
-        self.depth = _plan_windows(w, rows, every)
+        self.geometry = _geometry(geometry)
+        self.depth = _plan_windows(w, rows, every, self.geometry)
 
     @property
     def cost(self) -> float:
-        return window_cost(self.depth)
+        return window_cost(self.depth, self.geometry.pair_cost)
 
     @property
     def slots(self) -> int:
@@ -249,7 +286,7 @@ class WindowPlan:
     @property
     def fill(self) -> float:
         """Nonzeros per stored lane of the layout (1.0 for an empty matrix)."""
-        return self.w.nnz / (self.slots * GROUP_ROWS) if self.slots else 1.0
+        return self.w.nnz / (self.slots * self.geometry.lanes) if self.slots else 1.0
 
     @property
     def nbytes(self) -> int:
@@ -257,34 +294,41 @@ class WindowPlan:
         offsets per slot lane, a segment and a slot pointer per pair, a group pointer per
         group and a row per row."""
         pairs, groups = self.pairs, self.depth.shape[0]
-        return (self.slots * GROUP_ROWS * 5 + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
+        return (self.slots * self.geometry.lanes * 5 + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
                 + self.w.shape[0] * 4)
 
     @property
     def compact_nbytes(self) -> int:
         """:attr:`SlicedEll.nbytes` of the compact form of that layout."""
-        return _compact_nbytes(self.nbytes, self.slots, self.pairs, self.w.nnz)
+        return _compact_nbytes(self.nbytes, self.slots, self.pairs, self.w.nnz, self.geometry.lanes)
 
 
 class SlicedEll:
-    """A float32 weight in the sliced-ELL layout (see the module docstring).
+    """A float32 weight in the sliced-ELL layout of one :class:`Geometry` (see the module
+    docstring).
 
-    Arrays: ``values`` (float32) and ``offsets`` (uint8) hold GROUP_ROWS lanes per slot;
-    ``segments`` (int32) is each stored pair's window (its first column over STEP),
-    ``slot_ptr`` (int64) its first slot (one more entry than pairs), ``group_ptr``
-    (int64) each row group's first pair (one more entry than groups); ``rows`` (int32) is
-    the output row of each lane position (``rows[g * GROUP_ROWS + lane]``). Built from a
-    fully checked CSR, so every offset and segment is inside the matrix by construction.
+    Arrays: ``values`` (float32) and ``offsets`` (uint8) hold ``geometry.lanes`` lanes per
+    slot; ``segments`` (int32) is each stored pair's window (its first column over
+    ``geometry.step``), ``slot_ptr`` (int64) its first slot (one more entry than pairs),
+    ``group_ptr`` (int64) each row group's first pair (one more entry than groups);
+    ``rows`` (int32) is the output row of each lane position (``rows[g * lanes + lane]``).
+    Built from a fully checked CSR, so every offset and segment is inside the matrix by
+    construction.
     """
 
     __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz",
-                 "value_start")
+                 "value_start", "geometry")
 
     def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz,
-                 value_start=None) -> None:
+                 value_start=None, geometry: Geometry | str | None = None) -> None:
         self.values, self.offsets, self.segments = values, offsets, segments
         self.slot_ptr, self.group_ptr, self.rows = slot_ptr, group_ptr, rows
         self.shape, self.nnz, self.value_start = shape, nnz, value_start
+        self.geometry = _geometry(geometry)
+
+    @property
+    def lanes(self) -> int:
+        return self.geometry.lanes
 
     @property
     def compact(self) -> bool:
@@ -293,9 +337,9 @@ class SlicedEll:
 
     @property
     def aligned(self) -> bool:
-        """True when every window starts at a multiple of SEGMENT: the plan that
+        """True when every window starts at a multiple of the segment: the plan that
         ``from_csr(w, "aligned")`` builds (each nonzero has one such window)."""
-        return not np.any(self.segments % (SEGMENT // STEP))
+        return not np.any(self.segments % (self.geometry.segment // self.geometry.step))
 
     @property
     def slots(self) -> int:
@@ -304,7 +348,7 @@ class SlicedEll:
     @property
     def fill(self) -> float:
         """Nonzeros per stored lane (1.0 for no padding; 1.0 for an empty matrix)."""
-        return self.nnz / (self.slots * GROUP_ROWS) if self.slots else 1.0
+        return self.nnz / (self.slots * self.lanes) if self.slots else 1.0
 
     @property
     def nbytes(self) -> int:
@@ -317,39 +361,43 @@ class SlicedEll:
         """:attr:`nbytes` of :meth:`compacted` (without building it)."""
         if self.compact:
             return self.nbytes
-        return _compact_nbytes(self.nbytes, self.slots, self.segments.shape[0], self.nnz)
+        return _compact_nbytes(self.nbytes, self.slots, self.segments.shape[0], self.nnz, self.lanes)
 
     @property
     def padded_columns(self) -> int:
-        """Length of the input the kernel reads: the columns, rounded up to a whole STEP,
+        """Length of the input the kernel reads: the columns, rounded up to a whole step,
         or to the end of the last window where that is further."""
-        last = int(self.segments.max()) * STEP + SEGMENT if self.segments.shape[0] else 0
-        return max(-(-self.shape[1] // STEP) * STEP, last)
+        step, segment = self.geometry.step, self.geometry.segment
+        last = int(self.segments.max()) * step + segment if self.segments.shape[0] else 0
+        return max(-(-self.shape[1] // step) * step, last)
 
     def __repr__(self) -> str:
         return (f"SlicedEll(shape={self.shape}, nnz={self.nnz}, slots={self.slots}, "
-                f"fill={self.fill:.2f}{', compact' if self.compact else ''})")
+                f"fill={self.fill:.2f}, {self.geometry.variant}{', compact' if self.compact else ''})")
 
     @classmethod
-    def from_csr(cls, w: CSR, windows: str = "auto") -> "SlicedEll":
-        """The layout of a float32 CSR (fully checked here if it was not yet).
+    def from_csr(cls, w: CSR, windows: str = "auto", geometry: Geometry | str | None = None) -> "SlicedEll":
+        """The layout of a float32 CSR (fully checked here if it was not yet) in
+        ``geometry`` (a Geometry or variant name; default the host's).
 
         ``windows="overlapping"`` lets each nonzero go to either of the two windows over
         its column, filled greedily (fewer slots, more and shallower pairs);
-        ``"aligned"`` uses only the windows starting at multiples of SEGMENT (each
+        ``"aligned"`` uses only the windows starting at multiples of the segment (each
         nonzero has one); ``"auto"`` (default) plans both and builds the one of lower
         :func:`window_cost`.
         """
-        plans = cls.plans(w, ("overlapping", "aligned") if windows == "auto" else (windows,))
+        plans = cls.plans(w, ("overlapping", "aligned") if windows == "auto" else (windows,), geometry)
         return cls.from_plan(min(plans.values(), key=lambda plan: plan.cost))
 
     @staticmethod
-    def plans(w: CSR, windows=("overlapping", "aligned")) -> dict[str, WindowPlan]:
+    def plans(w: CSR, windows=("overlapping", "aligned"),
+              geometry: Geometry | str | None = None) -> dict[str, WindowPlan]:
         """The :class:`WindowPlan` of each of ``windows`` ("overlapping", "aligned") for a
-        float32 CSR (fully checked here if it was not yet)."""
+        float32 CSR (fully checked here if it was not yet) in ``geometry`` (default the host's)."""
         if w.dtype != np.float32:
             raise KernelArgumentError(f"the sliced-ELL layout is float32 only, got {w.dtype}")
-        every = {"overlapping": 1, "aligned": SEGMENT // STEP}
+        geo = _geometry(geometry)
+        every = {"overlapping": 1, "aligned": geo.segment // geo.step}
         for choice in windows:
             if choice not in every:
                 raise KernelArgumentError(f"windows {choice!r} should be one of {WINDOW_CHOICES}")
@@ -357,23 +405,24 @@ class SlicedEll:
             w.check_format(full=True)
         lengths = np.diff(w.indptr.astype(np.int64))
         rows = np.argsort(-lengths, kind="stable").astype(np.int32)  # lane position -> row
-        return {choice: WindowPlan(w, rows, every[choice]) for choice in windows}
+        return {choice: WindowPlan(w, rows, every[choice], geo) for choice in windows}
 
     @classmethod
     def from_plan(cls, plan: WindowPlan) -> "SlicedEll":
         """The padded layout ``plan`` describes."""
-        w, rows, every, depth = plan.w, plan.rows, plan.every, plan.depth
+        w, rows, every, depth, geo = plan.w, plan.rows, plan.every, plan.depth, plan.geometry
         n_rows, n_cols = w.shape
         group_of, segments = np.nonzero(depth)  # row-major: pairs by group, then window
         slot_ptr = np.zeros(segments.shape[0] + 1, np.int64)
         np.cumsum(depth[group_of, segments], out=slot_ptr[1:])
-        values = np.zeros(slot_ptr[-1] * GROUP_ROWS, np.float32)
-        offsets = np.full(slot_ptr[-1] * GROUP_ROWS, EMPTY, np.uint8)
-        _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, slot_ptr, values, offsets, True)
+        values = np.zeros(slot_ptr[-1] * geo.lanes, np.float32)
+        offsets = np.full(slot_ptr[-1] * geo.lanes, EMPTY, np.uint8)
+        _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, slot_ptr, values, offsets, True,
+                        geo.lanes, geo.step, geo.segment)
         group_ptr = np.searchsorted(group_of, np.arange(depth.shape[0] + 1)).astype(np.int64)
         return cls(*(_readonly(a) for a in (values, offsets, segments.astype(np.int32), slot_ptr,
                                             group_ptr, rows)),
-                   (n_rows, n_cols), int(w.nnz))
+                   (n_rows, n_cols), int(w.nnz), geometry=geo)
 
     def compacted(self) -> "SlicedEll":
         """The same layout with only the valid lanes' values stored, in slot order.
@@ -381,37 +430,38 @@ class SlicedEll:
         About 4 + 1/fill bytes per nonzero instead of 5/fill (6 against 8-10 at 90%
         sparsity, as few as the CSR); each slot then costs an unaligned load, an expand
         and a popcount more. ``value_start[p]`` is pair p's first value (one entry more
-        than pairs); ``values`` ends with GROUP_ROWS zeros, so every slot's load of
-        GROUP_ROWS values stays inside.
+        than pairs); ``values`` ends with one slot's lanes of zeros, so every slot's load
+        of that many values stays inside.
         """
         if self.compact:
             return self
-        lanes = self.offsets.reshape(-1, GROUP_ROWS) < SEGMENT
-        values = np.concatenate([self.values.reshape(-1, GROUP_ROWS)[lanes],
-                                 np.zeros(GROUP_ROWS, np.float32)])
+        lanes = self.offsets.reshape(-1, self.lanes) < self.geometry.segment
+        values = np.concatenate([self.values.reshape(-1, self.lanes)[lanes],
+                                 np.zeros(self.lanes, np.float32)])
         before = np.zeros(lanes.shape[0] + 1, np.int64)
         np.cumsum(lanes.sum(axis=1), out=before[1:])
         return SlicedEll(_readonly(values), self.offsets, self.segments, self.slot_ptr,
                          self.group_ptr, self.rows, self.shape, self.nnz,
-                         _readonly(before[self.slot_ptr]))
+                         _readonly(before[self.slot_ptr]), self.geometry)
 
     def to_dense(self) -> np.ndarray:
         """The float32 matrix this layout holds (for tests and debugging)."""
         out = np.zeros((self.shape[0], self.padded_columns), np.float32)
+        n, step, segment = self.lanes, self.geometry.step, self.geometry.segment
         for g in range(self.group_ptr.shape[0] - 1):
             for p in range(self.group_ptr[g], self.group_ptr[g + 1]):
                 q = self.value_start[p] if self.compact else 0
                 for k in range(self.slot_ptr[p], self.slot_ptr[p + 1]):
-                    for lane in range(GROUP_ROWS):
-                        off = self.offsets[k * GROUP_ROWS + lane]
-                        if off >= SEGMENT:
+                    for lane in range(n):
+                        off = self.offsets[k * n + lane]
+                        if off >= segment:
                             continue
                         if self.compact:
                             value, q = self.values[q], q + 1
                         else:
-                            value = self.values[k * GROUP_ROWS + lane]
-                        row = self.rows[g * GROUP_ROWS + lane]
-                        out[row, self.segments[p] * STEP + off] += value
+                            value = self.values[k * n + lane]
+                        row = self.rows[g * n + lane]
+                        out[row, self.segments[p] * step + off] += value
         return out[:, :self.shape[1]]
 
     def group_cost(self) -> np.ndarray:
@@ -419,5 +469,6 @@ class SlicedEll:
         return self.slot_ptr[self.group_ptr]
 
 
-__all__ = ["SlicedEll", "WindowPlan", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING", "GROUP_ROWS", "SEGMENT", "STEP",
-           "EMPTY", "cache_budget", "cache_bytes", "stream_budget", "worth_compacting"]
+__all__ = ["SlicedEll", "WindowPlan", "Geometry", "GEOMETRIES", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING",
+           "GROUP_ROWS", "SEGMENT", "STEP", "EMPTY", "cache_budget", "cache_bytes", "host_geometry", "stream_budget",
+           "worth_compacting"]

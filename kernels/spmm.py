@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numba
 import numpy as np
 
-from . import _jit, ell
+from . import _jit, ell, isa
 from .buffers import Scratch
 from .csr import CSR, kernel_array
 from .errors import KernelArgumentError
@@ -60,9 +60,18 @@ def activation_code(activation: str | None) -> int:
             f"activation {activation!r} should be one of None, 'relu', 'gelu'") from None
 
 
-def pick_tile(batch: int) -> int:
-    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32."""
-    return 8 if batch <= 8 else 16 if batch <= 16 else 32
+def widest_tile(variant: str | None = None) -> int:
+    """The widest SpMM batch tile for ``variant`` (default the host's): two vector registers
+    of float32 per accumulator chain (``_simd.tile_row`` keeps four chains), so that the
+    accumulators take at most half the register file: 32 with AVX-512 (measured fastest
+    there, see _jit.TILES), 16 with AVX2, 8 with SSE2."""
+    return 2 * isa.VECTOR_BYTES[isa.VARIANT if variant is None else variant] // 4
+
+
+def pick_tile(batch: int, widest: int = 32) -> int:
+    """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32, at
+    most ``widest``."""
+    return min(widest, 8 if batch <= 8 else 16 if batch <= 16 else 32)
 
 
 def checked(weight: CSR) -> CSR:
@@ -125,12 +134,16 @@ class SparseLinear:
     sliced-ELL SpMV where it is in use); calls with fewer than SERIAL_WORK
     multiply-adds run on one thread.
 
+    ``variant`` is the kernel variant (``isa.VARIANTS``; default ``isa.VARIANT``, the
+    host's): "avx512" and "avx2" lay batch-1 weights out for their own permutes,
+    "portable" runs the CSR kernels only. A variant wider than the host allows is refused.
+
     ``batch1`` picks the SpMV: ``"ell"`` the permute kernel over a sliced-ELL copy of
-    the weight (``ell.py``; float32 with AVX-512 only; ~8-10 bytes per nonzero at 90%
+    the weight (``ell.py``; float32 with AVX2 or AVX-512 only; ~8-10 bytes per nonzero at 90%
     sparsity), ``"ell_compact"`` the same over its compact form (~6 bytes per nonzero,
     a little more work per slot), ``"csr"`` the gather kernel over the CSR itself,
-    ``"auto"`` the sliced ELL when it is available and its padding small (fill >=
-    ``ell.MIN_FILL``): padded or compact as ``ell.worth_compacting`` decides from its
+    ``"auto"`` the sliced ELL when it is available and its padding small (fill >= its
+    geometry's ``min_fill``): padded or compact as ``ell.worth_compacting`` decides from its
     bytes; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
     A sliced-ELL layout larger than ``ell.stream_budget()`` (half the L3) is read with
     software prefetches. For a model's layers, :func:`fit_batch1_layouts` shares both
@@ -141,8 +154,12 @@ class SparseLinear:
     """
 
     def __init__(self, weight: CSR, bias=None, activation: str | None = None,
-                 batch1: str | None = None) -> None:
+                 batch1: str | None = None, variant: str | None = None) -> None:
         self.weight = checked(weight)
+        try:
+            self.variant = isa.VARIANT if variant is None else isa.select(variant)
+        except ValueError as exc:
+            raise KernelArgumentError(str(exc)) from None
         self.out_features, self.in_features = weight.shape
         self._nnz = weight.nnz  # read per call: the CSR's property costs ~0.15 us
         self.dtype = weight.dtype
@@ -153,7 +170,7 @@ class SparseLinear:
         self._csr_arrays = tuple(kernel_array(a) for a in (self.weight.data, self.weight.indices,
                                                            self.weight.indptr))
         self._scratch = Scratch()  # the packed input of batched calls
-        self.set_batch1_layout(_batch1_layout(self.weight, batch1))
+        self.set_batch1_layout(_batch1_layout(self.weight, batch1, self.variant))
 
     def __repr__(self) -> str:
         return f"SparseLinear({self.weight!r}, activation={self.activation!r})"
@@ -223,7 +240,7 @@ class SparseLinear:
             variant(_jit.spmv)(*self._csr_arrays, xv, self.bias, self._act, out.reshape(-1), bounds)
             return
         x2 = x.reshape(batch, self.in_features)
-        tile = pick_tile(batch)
+        tile = pick_tile(batch, widest_tile(self.variant))
         xp = self._scratch.get((1, -(-batch // tile), self.in_features, tile), self.dtype)
         variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
@@ -236,8 +253,9 @@ class SparseLinear:
         """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``."""
         layout, call = self.ell, self._ell_call
         if layout is None or call is None:
-            return "batch 1: CSR"
-        return (f"batch 1: sliced ELL, {'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
+            return f"batch 1: CSR ({self.variant})"
+        return (f"batch 1: sliced ELL {layout.geometry.variant} ({layout.lanes} lanes), "
+                f"{'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
                 f"{', prefetched' if call.prefetch else ''}")
 
     def set_batch1_layout(self, layout: ell.SlicedEll | None, prefetch: bool | None = None) -> None:
@@ -247,6 +265,9 @@ class SparseLinear:
         :func:`fit_batch1_layouts` by the model's."""
         if layout is not None and (layout.shape != self.weight.shape or layout.nnz != self.weight.nnz):
             raise KernelArgumentError(f"layout {layout!r} does not hold this layer's weight {self.weight!r}")
+        if layout is not None and layout.geometry.variant != self.variant:
+            raise KernelArgumentError(f"layout {layout!r} is for the {layout.geometry.variant} kernels; this "
+                                      f"layer runs the {self.variant} ones")
         if layout is None:
             self._ell_call = None
         else:
@@ -273,7 +294,7 @@ class _EllCall:
         self.serial_bounds = chunks.bounds(1)
         compact, many = int(e.compact), _jit.MAX_PERMUTE_VECTORS
         self.prefetch = prefetch
-        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch) for n in (1, many))
+        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch, e.lanes) for n in (1, many))
         self.one = (one, _jit.serial(one))
         self.many = (four, _jit.serial(four))
         self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
@@ -324,43 +345,47 @@ BATCH1_LAYOUTS = ("auto", "csr", "ell", "ell_compact")
 BATCH1_DEFAULT = "auto"
 
 
-def _batch1_layout(weight: CSR, batch1: str | None) -> ell.SlicedEll | None:
-    """The sliced-ELL copy of ``weight`` for batch-1 calls, or None for the CSR kernel."""
+def _batch1_layout(weight: CSR, batch1: str | None, variant: str) -> ell.SlicedEll | None:
+    """The sliced-ELL copy of ``weight`` for batch-1 calls of the ``variant`` kernels, or
+    None for the CSR kernel."""
     if batch1 is None:
         batch1 = BATCH1_DEFAULT
     if batch1 not in BATCH1_LAYOUTS:
         raise KernelArgumentError(f"batch1 {batch1!r} should be one of {BATCH1_LAYOUTS}")
     if batch1 == "csr":
         return None
-    usable = ell.AVAILABLE and weight.dtype == np.float32
+    geo = ell.host_geometry(variant)
+    usable = geo is not None and weight.dtype == np.float32
     if batch1 != "auto" and not usable:
-        why = "float32 only" if ell.AVAILABLE else "needs a CPU with AVX-512F"
+        why = "float32 only" if geo is not None else f"needs AVX2 or AVX-512F; the kernels here are {variant!r}"
         raise KernelArgumentError(f"batch1={batch1!r} is not available here ({why})")
     if not usable or weight.shape[0] == 0:
         return None
     if batch1 == "ell_compact":
-        return compact_layout(weight)
+        return compact_layout(weight, geometry=geo)
     # Decided from the plans, so that only the form taken is built.
-    plans = ell.SlicedEll.plans(weight)
+    plans = ell.SlicedEll.plans(weight, geometry=geo)
     best = min(plans.values(), key=lambda plan: plan.cost)
     if batch1 == "ell":
         return ell.SlicedEll.from_plan(best)
-    if best.fill < ell.MIN_FILL:
+    if best.fill < geo.min_fill:
         return None
     if ell.worth_compacting(best.nbytes, plans["aligned"].compact_nbytes, best.nbytes):
         return ell.SlicedEll.from_plan(plans["aligned"]).compacted()
     return ell.SlicedEll.from_plan(best)
 
 
-def compact_layout(weight: CSR, built: ell.SlicedEll | None = None) -> ell.SlicedEll:
+def compact_layout(weight: CSR, built: ell.SlicedEll | None = None,
+                   geometry: ell.Geometry | None = None) -> ell.SlicedEll:
     """The compact sliced-ELL form of ``weight``, over aligned windows: overlapping ones
     save the padded form's bytes and slots, but the compact form stores no padding and
     runs slower over their twice as many (shallower) pairs (4096^2 at 90%, 2 threads,
     same process: 218 against 228 us). ``built``, a layout of ``weight`` at hand, is
-    compacted instead of planning anew when its windows are aligned already."""
+    compacted instead of planning anew when its windows are aligned already; else the
+    layout is of ``geometry`` (default the host's)."""
     if built is not None:
         return compact_form(weight, built)[1]()
-    return ell.SlicedEll.from_csr(weight, "aligned").compacted()
+    return ell.SlicedEll.from_csr(weight, "aligned", geometry).compacted()
 
 
 def compact_form(weight: CSR, built: ell.SlicedEll) -> tuple[int, Callable[[], ell.SlicedEll]]:
@@ -369,7 +394,7 @@ def compact_form(weight: CSR, built: ell.SlicedEll) -> tuple[int, Callable[[], e
     sized from the aligned plan the compact form uses, not from its own windows."""
     if built.aligned:
         return built.compact_nbytes, built.compacted
-    plan = ell.SlicedEll.plans(weight, ("aligned",))["aligned"]
+    plan = ell.SlicedEll.plans(weight, ("aligned",), built.geometry)["aligned"]
     return plan.compact_nbytes, lambda: ell.SlicedEll.from_plan(plan).compacted()
 
 
@@ -428,4 +453,4 @@ def _describe(a) -> str:
 
 
 __all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code",
-           "pick_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]
+           "pick_tile", "widest_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

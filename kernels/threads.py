@@ -1,9 +1,40 @@
-"""Thread control and JIT warm-up for the kernels."""
+"""Thread control and JIT warm-up for the kernels, and the choice of Numba's threading layer."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
+
 import numba
 import numpy as np
+
+# Numba's threading layer, chosen by measurement (benchmarks/bench_threading.py, results in
+# benchmarks/results/threading.json and benchmarks/README.md): TBB, because beside ONNX
+# Runtime and torch in one process on the loaded 2-core VM (load 5.5-13) our 2-thread
+# 1024^2 batch-1 kernel kept p50 19-35 us and p90 <= 2x p50 under it, while omp with its
+# bounded spin stalled (p50 0.53-0.60 ms, p90 4-7x p50) and workqueue woke slowly (p50
+# 59-69 us). Numba tries TBB first anyway; a
+# pip-installed libtbb sits in <prefix>/lib, outside the loader's path, so it is loaded
+# here before any parallel kernel starts. Without it Numba falls back to omp (then
+# sparsify's bounded OpenMP spin applies, see sparsify/__init__.py).
+THREADING_LAYER = "tbb"
+
+
+def _load_tbb() -> bool:
+    """Make the tbb wheel's libtbb loadable for Numba's tbb layer (True when loaded)."""
+    if numba.config.THREADING_LAYER not in ("default", THREADING_LAYER):
+        return False
+    for lib in ("libtbb.so.12", "libtbb.so"):
+        try:
+            ctypes.CDLL(os.path.join(sys.prefix, "lib", lib), mode=ctypes.RTLD_GLOBAL)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+TBB_LOADED = _load_tbb()
 
 from . import _jit, ell, norm, spmm
 from .conv import SparseConv2d
@@ -22,6 +53,15 @@ def set_threads(n: int) -> None:
     if not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
         raise KernelArgumentError(f"threads {n!r} should be an int in [1, {limit}]")
     numba.set_num_threads(int(n))
+
+
+def threading_layer() -> str:
+    """The threading layer the parallel kernels run on (starts the pool when needed)."""
+    numba.get_num_threads()
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet in this Numba
+        return numba.config.THREADING_LAYER
 
 
 def get_threads() -> int:

@@ -21,13 +21,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sparsify import __version__
+from sparsify import __version__, safetensors_io
 from sparsify.data import InputSpec, is_code_ref
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
 from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, plain_state_dict, sparsity_report
-from sparsify.modelref import build_model, load_weights
+from sparsify.modelref import build_model, load_weights_file
 from sparsify.trust import TRUST_ALL, CodeTrust, require_consent
 
 
@@ -42,6 +42,7 @@ class Run:
     recipe: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
+    recipe_file: dict[str, Any] | None = None  # the YAML recipe `sparsify apply` made this run from
     example_inputs: str | None = None  # an .npz of named inputs used to verify and benchmark
     # Which code references named by the run's own files may be imported (its data, a teacher run).
     trust: CodeTrust = TRUST_ALL
@@ -107,10 +108,11 @@ def save_run(run: Run, dest: str | Path) -> Path:
             "model": run.model_ref,
             "inputs": [s.to_dict() for s in run.inputs],
             "data": run.data,
-            **({"example_inputs": run.example_inputs} if run.example_inputs else {}),
             "recipe": run.recipe,
             "sparsity": sparsity_report(run.model),
             "metrics": run.metrics,
+            **({"recipe_file": run.recipe_file} if run.recipe_file is not None else {}),
+            **({"example_inputs": run.example_inputs} if run.example_inputs else {}),
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                       for name in (WEIGHTS, MASKS)},
         }
@@ -148,16 +150,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def read_tensors(path: Path, masks: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a run's safetensors file; with ``masks``, as bool tensors that were exactly 0 or 1."""
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise RunError(f"{path} is not a readable safetensors file: {exc}") from exc
+    tensors = safetensors_io.load(path, RunError)
     if not masks:
         return tensors
     out = {}
     for name, m in tensors.items():
+        if m.dtype == torch.bool:  # one byte each, read as stored: any byte but 0 and 1 is corrupt
+            if m.numel() and int(m.view(torch.uint8).max()) > 1:
+                raise RunError(f"{path}: mask {name!r} holds the byte {int(m.view(torch.uint8).max())}; "
+                               "a mask holds only 0 and 1")
+            out[name] = m
+            continue
         binary = (m == 0) | (m == 1)
         if not bool(binary.all()):
             bad = m[~binary].flatten()[0].item()
@@ -178,7 +181,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         model = build_model(manifest["model"], trust, source=path / MANIFEST)
     except SparsifyError as exc:
         raise RunError(f"run {path}: {exc}") from exc
-    load_weights(model, read_tensors(path / WEIGHTS), str(path / WEIGHTS))
+    load_weights_file(model, path / WEIGHTS, RunError)
     apply_masks(model, read_tensors(path / MASKS, masks=True))
     return Run(
         model=model,
@@ -188,6 +191,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         recipe=list(manifest.get("recipe") or []),
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
+        recipe_file=manifest.get("recipe_file"),
         example_inputs=manifest.get("example_inputs"),
         trust=trust,
     )

@@ -48,7 +48,8 @@ class ModelFileError(SparsifyError):
 
 
 class KernelInputError(SparsifyError):
-    """Arrays handed to a sparse kernel violate its format or shape contract."""
+    """Arrays reaching an op at run time violate its contract: a sparse kernel's format or
+    shape, a glue op's or an ONNX Runtime segment's shape rules (the message names the node)."""
 
 
 class StepError(SparsifyError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,9 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
+from sparsify.limits import check_int64
+from sparsify.onnxfile import check_external_data, load_onnx, tensor_array
 from sparsify.trust import CodeTrust
-from sparsify.onnxfile import load_onnx
 
 
 @dataclasses.dataclass
@@ -160,8 +162,13 @@ def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    from sparsify.recipe import recipe_notes
+    from sparsify.schedule import schedule_notes
+
+    steps = manifest.get("recipe") or []
     return Inspection(str(path), rows, size,
-                      [f"{len(masked)} masked tensors", *notes, *_group_notes(manifest.get("recipe") or [])])
+                      [f"{len(masked)} masked tensors", *notes, *_group_notes(steps), *schedule_notes(steps),
+                       *recipe_notes(manifest.get("recipe_file"))])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
@@ -180,8 +187,9 @@ def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def _onnx_macs(model) -> dict[str, int]:
-    """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1)."""
+def _onnx_macs(model, where: str) -> dict[str, int]:
+    """Dense MACs per sample of each weight initializer used by Conv / Gemm / MatMul (batch fixed to 1);
+    ModelFileError naming the node when a count overflows int64 (shapes no real model has)."""
     import onnx
     from onnx import shape_inference
 
@@ -198,7 +206,7 @@ def _onnx_macs(model) -> dict[str, int]:
     shapes = {}
     for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
         dims = vi.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
+        if dims and all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
             shapes[vi.name] = [d.dim_value for d in dims]
     inits = {i.name: list(i.dims) for i in m.graph.initializer}
     macs: dict[str, int] = {}
@@ -206,45 +214,74 @@ def _onnx_macs(model) -> dict[str, int]:
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in inits:
             out = shapes.get(node.output[0])
             w = inits[node.input[1]]
-            if out is None:
+            if out is None or len(w) < 2:
                 continue
             if node.op_type == "Conv":
-                macs[node.input[1]] = int(np.prod(out)) * int(np.prod(w[1:]))
+                count = math.prod(out) * math.prod(w[1:])
             elif node.op_type == "Gemm":
                 trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-                macs[node.input[1]] = int(np.prod(out)) * (w[1] if trans_b else w[0])
+                count = math.prod(out) * (w[1] if trans_b else w[0])
             else:
-                macs[node.input[1]] = int(np.prod(out)) * w[0]
+                count = math.prod(out) * w[-2]
+            what = f"{where}: the MAC count of {node.op_type} node {node.name or node.output[0]!r} (output {out})"
+            macs[node.input[1]] = check_int64(count, what, ModelFileError)
     return macs
 
 
 def inspect_onnx(path: str | Path) -> Inspection:
-    """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1."""
-    from onnx import numpy_helper
+    """Table of an ONNX file's weight initializers with MACs from shape inference at batch 1.
 
+    A file whose ``ai.sparsify`` nodes, initializers or shapes do not hold together (CSR
+    arrays that disagree with their attributes, truncated tensors, external data outside the
+    model's folder, MAC counts beyond int64) is refused with a ModelFileError naming the node
+    or tensor, never printed.
+    """
     from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
 
-    model = load_onnx(path, external_data=True)
-    macs = _onnx_macs(model)
+    model = load_onnx(path)  # external data is read one tensor at a time below
+    where, base = str(path), Path(path).parent
+    check_external_data(model, path)
+    macs = _onnx_macs(model, where)
     rows = []
     # ai.sparsify ops: one row per original weight (nonzeros from the CSR), not per CSR array.
-    sparse = sparse_op_infos(model)
+    sparse = sparse_op_infos(model, where, base)
     csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
     for info in sparse:
         rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
                              f"csr {info.op_type}", info.macs))
     for init in model.graph.initializer:
-        if init.name in csr_arrays:
+        if init.name in csr_arrays or len(init.dims) == 0 or not _is_float_type(init.data_type):
             continue
-        w = numpy_helper.to_array(init)
-        if w.size <= 1 or not np.issubdtype(w.dtype, np.floating):
+        w = tensor_array(init, where, base)
+        if w.size <= 1:
             continue
         rows.append(LayerRow(init.name, tuple(w.shape), int(w.size), int(np.count_nonzero(w)),
                              classify_pattern(w), macs.get(init.name)))
     domains = sorted({n.domain for n in model.graph.node if n.domain})
     notes = [f"custom op domains: {', '.join(domains)}"] if domains else []
     notes += [info.note() for info in sparse]
-    return Inspection(str(path), rows, os.path.getsize(path), notes)
+    if sparse:
+        from sparsify.runtime.calibrate import kernel_note
+        notes.append(kernel_note())
+    size = os.path.getsize(path) + sum(os.path.getsize(base / f) for f in _data_files(model, path))
+    result = Inspection(str(path), rows, size, notes)
+    check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)
+    return result
+
+
+def _is_float_type(data_type: int) -> bool:
+    from onnx import helper
+
+    try:
+        return bool(np.issubdtype(helper.tensor_dtype_to_np_dtype(data_type), np.floating))
+    except (KeyError, ValueError, TypeError):
+        return False  # an unknown element type: tensor_array names it where it matters
+
+
+def _data_files(model, path: str | Path) -> set[str]:
+    """The external data files of ``model`` that exist beside ``path``."""
+    names = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return {n for n in names if (Path(path).parent / n).is_file()}
 
 
 def inspect_path(path: str | Path, trust: CodeTrust | None = None) -> Inspection:

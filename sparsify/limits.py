@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Iterable
+
+import numpy as np
 
 from sparsify.errors import SparsifyError
 
@@ -47,3 +51,18 @@ def check_bytes(nbytes: int, what: str, error: type[SparsifyError] = SparsifyErr
     if nbytes > limit:
         raise error(f"{what} would allocate {human_bytes(nbytes)}, more than the limit of {human_bytes(limit)} "
                     f"(half of this machine's memory; set {ENV_MAX_BYTES} to change it)")
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def array_bytes(shape: Iterable[int], dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype``, in Python ints (no int64 overflow)."""
+    return math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+
+
+def check_int64(value: int, what: str, error: type[SparsifyError] = SparsifyError) -> int:
+    """``value`` when it fits an int64, else ``error`` naming ``what`` (a count no real model has)."""
+    if not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise error(f"{what} is {value:.3e}, which overflows int64; the declared shapes cannot be right")
+    return value

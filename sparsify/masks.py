@@ -110,23 +110,27 @@ def fold_masks(model: nn.Module) -> nn.Module:
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with masks folded in and plain (unparametrized) tensor names."""
+    """The model's state dict with masks folded in and plain (unparametrized) tensor names.
+
+    A masked tensor is its stored original, which :func:`enforce_masks` keeps equal to
+    W ⊙ M bit for bit. Tensors are not copied, except one sharing memory with an earlier
+    one (tied weights), which safetensors cannot store twice.
+    """
     state = {}
+    seen: set[int] = set()
     for key, value in model.state_dict().items():
-        if ".parametrizations." in key:
-            prefix, _, rest = key.partition(".parametrizations.")
+        if ".parametrizations." in key or key.startswith("parametrizations."):
+            prefix, _, rest = ("." + key).partition(".parametrizations.")
             tensor_name, _, kind = rest.partition(".")
             if kind != "original":
                 continue
-            module = model.get_submodule(prefix) if prefix else model
-            key, value = f"{prefix}.{tensor_name}" if prefix else tensor_name, getattr(module, tensor_name)
-        elif key.startswith("parametrizations."):
-            rest = key[len("parametrizations."):]
-            tensor_name, _, kind = rest.partition(".")
-            if kind != "original":
-                continue
-            key, value = tensor_name, getattr(model, tensor_name)
-        state[key] = value.detach().clone().contiguous()
+            key = f"{prefix[1:]}.{tensor_name}" if prefix else tensor_name
+        value = value.detach().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:
+            value = value.clone()
+        seen.add(storage)
+        state[key] = value
     return state
 
 

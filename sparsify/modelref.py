@@ -149,10 +149,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
     """Load a state dict strictly; any missing, unexpected or mis-shaped key is an error listing them."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-             for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    _check_fit(own, {k: tuple(v.shape) for k, v in state.items()}, source)
+    with torch.no_grad():
+        for key, target in own.items():
+            target.copy_(state[key])
+
+
+def load_weights_file(model: nn.Module, path: str | Path, error: type[SparsifyError] = ModelError) -> None:
+    """Load a ``.safetensors`` file strictly, reading each tensor straight into the model's own."""
+    from sparsify.safetensors_io import read_header, read_tensors
+
+    path = Path(path)
+    entries = read_header(path, error)
+    own = model.state_dict()
+    _check_fit(own, {k: e.shape for k, e in entries.items()}, str(path))
+
+    def destination(entry):
+        t = own[entry.name]
+        return t if t.dtype == entry.dtype and t.is_contiguous() else torch.empty(entry.shape, dtype=entry.dtype)
+
+    with torch.no_grad():
+        for entry, t in read_tensors(path, entries, destination, error):
+            if t is not own[entry.name]:
+                own[entry.name].copy_(t)
+
+
+def _check_fit(own: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    wrong = [f"{k}: file {shapes[k]}, model {tuple(own[k].shape)}"
+             for k in sorted(set(own) & set(shapes)) if tuple(own[k].shape) != shapes[k]]
     problems = []
     if missing:
         problems.append(f"missing keys {_short(missing)}")
@@ -162,7 +188,6 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
         problems.append(f"wrong shapes {_short(wrong)}")
     if problems:
         raise ModelError(f"weights from {source} do not fit the model: " + "; ".join(problems))
-    model.load_state_dict(dict(state), strict=True)
 
 
 def _short(items: list[str], limit: int = 12) -> str:

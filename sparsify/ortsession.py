@@ -19,7 +19,9 @@ def ort_session(model: str | os.PathLike | bytes, threads: int = 1, *, spinning:
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    # Errors reach the caller as exceptions (wrapped with the model and node named); ORT's own
+    # log lines on stderr would only repeat them around that one-paragraph message.
+    opts.log_severity_level = 4
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else os.fspath(model)

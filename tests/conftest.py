@@ -1,7 +1,18 @@
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# The CSR pass decides by timing each layer on the host unless this is off: tests want
+# decisions that do not depend on the machine's load (tests/sparse_export/test_calibration.py
+# turns it on where it is under test).
+os.environ.setdefault("SPARSIFY_CALIBRATION", "off")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="run the hostile-input fuzz suite (tests/fuzz) with many more seeded cases")
 
 
 @pytest.fixture(scope="session")

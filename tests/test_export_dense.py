@@ -54,9 +54,9 @@ def test_failed_verification_leaves_destination_untouched(digits_cnn_run, tmp_pa
     dest.write_bytes(b"previous good export")
     real = pipeline.export_onnx
 
-    def export_then_corrupt(module, example, path, *args, **kwargs):
-        real(module, example, path, *args, **kwargs)
-        _corrupt_one_initializer(path, path)
+    def export_then_corrupt(module, example, target, *args, **kwargs):
+        real(module, example, target, *args, **kwargs)
+        _corrupt_one_initializer(target.path, target.path)
 
     monkeypatch.setattr(pipeline, "export_onnx", export_then_corrupt)
     code = main(["export", str(digits_cnn_run / "pruned"), "-o", str(dest)])

@@ -35,21 +35,22 @@ def tiny_dataset():
     return TensorDataset(x, y)
 
 
-class ConvNet(nn.Module):
-    """A small CNN for 3x32x32 inputs (the README's 'Your own model' example)."""
+class _DiesOnRankOne(torch.utils.data.Dataset):
+    """tiny_dataset, except that reading it on distributed rank 1 kills that process (a crashed rank)."""
 
-    def __init__(self, width: int = 32, classes: int = 10) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1, stride=2), nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, classes)
+    def __init__(self):
+        self.inner = tiny_dataset()
 
-    def forward(self, x):
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.fc(x.mean((2, 3)))
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import os
+
+        if os.environ.get("RANK") == "1":
+            os._exit(9)
+        return self.inner[i]
 
 
-def make_net(width: int = 32, classes: int = 10) -> nn.Module:
-    torch.manual_seed(0)
-    return ConvNet(width, classes)
+def dying_dataset():
+    return _DiesOnRankOne()

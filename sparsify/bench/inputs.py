@@ -14,7 +14,8 @@ into an exported ONNX file; see :func:`recorded_inputs`) take their recorded val
 instead: token ids below the embedding's row count, 0/1 padding masks (ones, then zeros), and
 their other dynamic dims (the sequence) take the recorded size.
 The same seed, specs and batch give the same feeds, so models with the same inputs are
-benchmarked on identical data.
+benchmarked on identical data. A shape whose feed would exceed the allocation limit
+(:mod:`sparsify.limits`) is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from sparsify.bench.backends import InputSpec
 from sparsify.data import INPUTS_METADATA
 from sparsify.errors import DataError, SparsifyError
+from sparsify.limits import array_bytes, check_bytes
 
 
 def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = None, where: str = "model") -> tuple[int, ...]:
@@ -70,9 +72,7 @@ def recorded_inputs(path: str | os.PathLike) -> dict[str, dict]:
 
             meta = {e.key: e.value for e in load_onnx(p).metadata_props}
             entries = json.loads(meta[INPUTS_METADATA]) if INPUTS_METADATA in meta else []
-    except (DataError, KeyError, ValueError, TypeError):
-        return {}
-    except SparsifyError:
+    except (SparsifyError, KeyError, ValueError, TypeError):  # no usable record: plain random feeds
         return {}
     if not isinstance(entries, list):
         return {}
@@ -117,7 +117,11 @@ def make_feeds(
         low, high = int_range
         if rec and rec.get("values") == "index" and isinstance(rec.get("high"), int):
             low, high = int(rec.get("low", 0)), int(rec["high"])
-        if rec and rec.get("values") == "mask" and np.issubdtype(dt, np.integer) | (dt == np.bool_):
+        # Floats are drawn in float64, then cast: both arrays exist at once.
+        drawn = np.float64 if np.issubdtype(dt, np.floating) else dt
+        check_bytes(array_bytes(shape, dt) + (array_bytes(shape, drawn) if drawn != dt else 0),
+                         f"{where}: input {spec.name!r} of shape {list(shape)} ({dt}) at batch {batch}", DataError)
+        if rec and rec.get("values") == "mask" and (np.issubdtype(dt, np.integer) or dt == np.bool_):
             arr = _padding_mask(rng, shape, dt)
         elif dt == np.bool_:
             arr = rng.integers(0, 2, size=shape).astype(np.bool_)

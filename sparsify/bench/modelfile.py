@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sparsify.errors import ModelFileError
-from sparsify.onnxfile import load_onnx
+from sparsify.onnxfile import check_external_data, load_onnx
 
 if TYPE_CHECKING:
     import onnx
@@ -75,6 +75,7 @@ def check_model_path(path: str | os.PathLike) -> ModelFile:
             )
         return ModelFile(p, "run")
     model = load_onnx(p)
+    check_external_data(model, p)  # the backends load it themselves: check its entries first
     return ModelFile(p, "onnx", op_domains(model), external_data_files(model, p.parent))
 
 

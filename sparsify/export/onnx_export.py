@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -12,8 +14,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from sparsify.errors import ExportError
+from sparsify.errors import ExportError, one_paragraph
+from sparsify.export.onnx_write import Target, data_file_name, use_external_data, write_onnx
 from sparsify.export.verify import set_eval
+from sparsify.progress import LARGE_BYTES, bar
 
 DEFAULT_OPSET = 18
 
@@ -34,17 +38,28 @@ def _quiet():
             lg.setLevel(lvl)
 
 
-def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path: str | Path,
+def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], target: str | Path | Target,
                 input_names: Sequence[str], output_names: Sequence[str] | None = None,
-                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET,
-                dynamic: Sequence[Sequence[int]] | None = None, metadata: dict[str, str] | None = None):
-    """Export ``module`` to ``path`` (torch.export-based exporter) and run ``onnx.checker``; returns the ModelProto.
+                dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, external_data: str = "auto",
+                check: bool = True, dynamic: Sequence[Sequence[int]] | None = None,
+                metadata: dict[str, str] | None = None) -> bool:
+    """Export ``module`` to ``target`` (torch.export-based exporter); returns whether the weights
+    went to a data file beside the model.
+
+    ``external_data`` (auto, always, never) decides that (see :mod:`sparsify.export.onnx_write`).
+    The weights are streamed to disk: no serialized copy of them is held in memory. ``check``
+    runs :func:`check_onnx` on the graph while its weights are in an external data file (an
+    inline file is then written from it), which costs no copy of the weights.
 
     The batch axis is dynamic (unless ``dynamic_batch=False``), and so is every other axis
-    ``dynamic`` lists per input (e.g. a sequence axis, named ``seq`` in the ONNX file).
-    ``metadata`` is written to the model's ``metadata_props``."""
+    ``dynamic`` lists per input (e.g. a sequence axis, named ``seq`` in the file).
+    ``metadata`` goes to the model's ``metadata_props``.
+    """
     import onnx
+    import onnx_ir as ir
 
+    if not isinstance(target, Target):
+        target = Target(Path(target), data_file_name(Path(target).name))
     from sparsify.graph.capture import export_program
 
     set_eval(module)
@@ -65,26 +80,86 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], path:
     except Exception as exc:  # the exporter raises many types; name the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
-    proto = program.model_proto
     if dynamic_batch:
-        _name_dynamic_dims(proto, model)
-    for key, value in (metadata or {}).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save_model(proto, str(path))
+        _name_dynamic_dims(program.model, model)
+    program.model.metadata_props.update(metadata or {})
+    nbytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None)
+    external = use_external_data(nbytes, external_data, type(module).__name__)
+    large = nbytes >= LARGE_BYTES
+    try:
+        with bar(nbytes, f"write {target.path.name}", large=large) as shown:
+            def saved(tensor, _info) -> None:
+                shown.update(tensor.nbytes)
+
+            what = f"exported ONNX model for {type(module).__name__}"
+            if external:
+                ir.save(program.model, target.path, external_data=target.data_name, callback=saved)
+                if check:
+                    check_onnx(target.path, what)
+            else:  # streamed into one protobuf from a scratch copy with external data
+                with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".scratch-") as scratch:
+                    scratch_path = Path(scratch) / "model.onnx"
+                    ir.save(program.model, scratch_path, external_data="model.onnx.data", callback=saved)
+                    if check:  # checked with its weights on disk: the same graph, without a copy of them
+                        check_onnx(scratch_path, what)
+                    shown.reset(total=nbytes)
+                    shown.set_description(f"inline {target.path.name}")
+                    write_onnx(onnx.load(str(scratch_path), load_external_data=False), Path(scratch), target,
+                               external=False, progress=lambda _name, done, _total: shown.update(done - shown.n))
+    finally:
+        _detach_weights(program)
+    return external
+
+
+def _name_dynamic_dims(model, program: torch.export.ExportedProgram) -> None:
+    """Name the file's dynamic dims as the capture did ("batch", "seq") instead of torch's symbols
+    ("s77"), everywhere they appear (inputs, outputs, intermediate shapes)."""
+    import onnx_ir as ir
+
+    rename = getattr(program, "sparsify_dim_names", {})
+    if not rename:
+        return
+    values = [*model.graph.inputs, *model.graph.outputs, *(v for node in model.graph for v in node.outputs)]
+    for value in values:
+        shape = value.shape
+        if shape is None or not any(isinstance(d, ir.SymbolicDim) and d.value in rename for d in shape):
+            continue
+        value.shape = ir.Shape([ir.SymbolicDim(rename[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in rename
+                                else d for d in shape])
+
+
+def _detach_weights(program) -> None:
+    """Drop the exported graph's references to the module's tensors, so that releasing the
+    module frees them: onnxscript's rewrite rules (module-level objects) keep the last graph
+    they matched, with its tensors, until they match another."""
+    for value in program.model.graph.initializers.values():
+        value.const_value = None
+    program.model.graph.initializers.clear()
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript: nothing known to forget
+        return
+    for obj in gc.get_objects():
+        if issubclass(type(obj), SimplePatternMatcher):  # type(): a dead weakproxy raises on isinstance
+            for attr in ("_graph", "_current_node", "_match"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
+
+
+def check_onnx(path: Path, what: str) -> None:
+    """``onnx.checker`` with full shape inference on the file at ``path`` (external data stays on disk)."""
+    import onnx
+
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"exported ONNX model for {type(module).__name__} fails onnx.checker: {exc}") from exc
-    return proto
+        raise ExportError(f"{what} fails onnx.checker: {one_paragraph(exc)}") from exc
 
 
+def release_weights(module: nn.Module) -> None:
+    """Free a module's parameters and buffers (moved to the meta device) once nothing needs them.
 
-def _name_dynamic_dims(proto, program: torch.export.ExportedProgram) -> None:
-    """Name the file's dynamic dims as the capture did ("batch", "seq") instead of torch's symbols
-    ("s77"), everywhere they appear (inputs, outputs, intermediate shapes)."""
-    rename = getattr(program, "sparsify_dim_names", {})
-    for vi in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        for dim in vi.type.tensor_type.shape.dim:
-            if dim.dim_param in rename:
-                dim.dim_param = rename[dim.dim_param]
+    The exporter leaves reference cycles to the old tensors, so a collection follows.
+    """
+    module.to("meta")
+    gc.collect()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from sparsify.artifact import Run
 from sparsify.data import INPUTS_METADATA, random_inputs
 from sparsify.errors import ExportError, in_step
-from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
-from sparsify.export.verify import VerifyReport, ort_runner, torch_runner, verify as verify_outputs
-from sparsify.fileio import atomic_path
+from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
+from sparsify.export.onnx_write import EXTERNAL_DATA_CHOICES, Target, atomic_onnx, file_bytes
+from sparsify.export.verify import (VerifyReport, expected_outputs, ort_runner, torch_runner,
+                                    verify as verify_outputs)
+from sparsify.masks import fold_masks
 
 MODES = ("dense", "slim", "sparse")
 FORMATS = ("onnx", "torch")
@@ -26,19 +29,25 @@ def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
-
-
 def input_metadata(specs) -> dict[str, str]:
-    """The ``metadata_props`` entry recording the input specs as JSON."""
+    """The ``metadata_props`` entry recording the input specs as JSON (read by ``sparsify bench``)."""
     import json
 
     return {INPUTS_METADATA: json.dumps([s.to_dict() for s in specs])}
 
 
 def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", verify: bool = True,
-               atol: float, rtol: float, opset: int | None = None, **options: Any) -> tuple[Path, VerifyReport | None, dict]:
-    """Write ``run`` to ``out`` as ``fmt``/``mode``; returns (path, verification report, summary)."""
-    from sparsify.api import reference_module, verification_inputs
+               atol: float, rtol: float, opset: int | None = None, external_data: str = "auto",
+               **options: Any) -> tuple[Path, VerifyReport | None, dict]:
+    """Write ``run`` to ``out`` as ``fmt``/``mode``; returns (path, verification report, summary).
+
+    The run is consumed: its masks are folded into its model in place, and the model's
+    weights are released once exported, so that no step holds two copies of the weights.
+    The masked model's outputs on the verification inputs are computed first and compared
+    with the written file's. ``external_data`` (auto, always, never) places ONNX weights in
+    ``OUT.data`` beside ``OUT`` (see :mod:`sparsify.export.onnx_write`).
+    """
+    from sparsify.api import verification_inputs
 
     if mode not in MODES:
         raise ExportError(f"--mode {mode!r} should be one of {', '.join(MODES)}")
@@ -46,42 +55,58 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
         raise ExportError(f"--format {fmt!r} should be one of {', '.join(FORMATS)}")
     if fmt == "torch" and mode != "slim":
         raise ExportError("--format torch is available for --mode slim only; use --format onnx")
-    reference = reference_module(run)
+    if options and mode != "sparse":
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+        raise ExportError(f"{flags} apply to --mode sparse only, not --mode {mode}")
+    if external_data not in EXTERNAL_DATA_CHOICES:
+        raise ExportError(f"--external-data {external_data!r} should be one of {', '.join(EXTERNAL_DATA_CHOICES)}")
+    masks = run.masks if mode == "slim" else {}
+    reference = fold_masks(run.model).eval()
     example = random_inputs(run.inputs)
     input_names = [s.name for s in run.inputs]
     onnx_options = {"dynamic": [s.dynamic for s in run.inputs], "metadata": input_metadata(run.inputs)}
     output_names = output_names_of(reference, example)
-    # Computed once (seeded random batches, plus real data when the run knows it): the slim and
-    # sparse modes check intermediate results on them, the final verification uses them again.
     input_sets = verification_inputs(run) if verify or mode != "dense" else {}
+    # The masked model's outputs, computed once: the slim and sparse modes check intermediate
+    # results against them, and the final verification uses them again.
+    expected = expected_outputs(torch_runner(reference), input_sets)
     summary: dict[str, Any] = {"mode": mode, "format": fmt}
     report: VerifyReport | None = None
+    opset = opset or DEFAULT_OPSET
     subject = f"{type(getattr(reference, 'model', reference)).__name__} (run {run.path})"
     hint = ("re-run with 'sparsify --debug' for the traceback; --mode dense exports the masked model without "
             "graph rewrites")
-    with atomic_path(out, ExportError) as tmp, in_step(f"export --mode {mode}", subject, hint):
-        candidate: Callable | None = None
+    with atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
         if mode == "dense":
-            export_onnx(reference, example, tmp, input_names, output_names, opset=opset or DEFAULT_OPSET,
-                        **onnx_options)
-            candidate = ort_runner(tmp)[0]
+            summary["external_data"] = export_onnx(reference, example, target, input_names, output_names,
+                                                   opset=opset, external_data=external_data, **onnx_options)
+            release_weights(reference)
+            candidate = ort_runner(target.path)[0]
         elif mode == "slim":
-            from sparsify.export.slim_export import export_slim
+            from sparsify.export.slim_export import build_slim, module_bytes, write_slim
 
-            candidate, extra = export_slim(run, reference, example, tmp, fmt, input_names, output_names,
-                                           opset=opset or DEFAULT_OPSET, atol=atol, rtol=rtol,
-                                           input_sets=input_sets, onnx_options=onnx_options, **options)
+            dense_bytes = module_bytes(reference)
+            result, torch_check = build_slim(reference, masks, example, expected, input_sets, output_names,
+                                             atol=atol, rtol=rtol, dynamic=onnx_options["dynamic"])
+            release_weights(reference)
+            candidate, extra = write_slim(result, torch_check, dense_bytes, example, target, fmt, input_names,
+                                          output_names, opset=opset, external_data=external_data,
+                                          onnx_options=onnx_options)
             summary.update(extra)
         else:
             from sparsify.export.sparse_export import export_sparse
 
-            candidate, extra = export_sparse(run, reference, example, tmp, input_names, output_names,
-                                             atol=atol, rtol=rtol, opset=opset or DEFAULT_OPSET,
-                                             input_sets=input_sets, onnx_options=onnx_options, **options)
+            with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".dense-") as work:
+                dense = Target(Path(work) / "dense.onnx", "dense.onnx.data")
+                export_onnx(reference, example, dense, input_names, output_names, opset=opset, external_data="always",
+                            **onnx_options)
+                release_weights(reference)
+                candidate, extra = export_sparse(dense, target, output_names, atol=atol, rtol=rtol,
+                                                 input_sets=input_sets, external_data=external_data, **options)
             summary.update(extra)
         if verify:
-            report = verify_outputs(torch_runner(reference), candidate, input_sets,
-                                    f"{out.name} ({mode})", output_names, atol=atol, rtol=rtol)
+            report = verify_outputs(expected, candidate, input_sets, f"{out.name} ({mode})", output_names,
+                                    atol=atol, rtol=rtol)
             report.raise_if_failed()
-        summary["bytes"] = tmp.stat().st_size
+        summary["bytes"] = file_bytes(target)
     return out, report, summary

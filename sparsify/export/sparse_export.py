@@ -1,24 +1,22 @@
-"""Sparse ONNX export of a run: dense export, CSR conversion pass, runtime check against ORT.
+"""Sparse ONNX export: CSR conversion pass over a dense export, runtime check against ORT.
 
-Called by ``sparsify.export.pipeline.export_run`` for ``--mode sparse``; the pipeline then
-verifies the returned runner against the masked torch model before moving the file to
-its destination.
+Called by ``sparsify.export.pipeline.export_run`` for ``--mode sparse`` once the masked
+model is exported dense; the pipeline then verifies the returned runner against the masked
+torch model's outputs before moving the file to its destination.
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
 
 from sparsify.errors import ExportError
-from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx
-from sparsify.export.verify import VerifyReport, ort_runner, verify
+from sparsify.export.onnx_export import check_onnx
+from sparsify.export.onnx_write import Target, file_bytes, tensor_nbytes, use_external_data, weight_bytes, write_onnx
+from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify
+from sparsify.progress import LARGE_BYTES, bar
 from sparsify.passes.csr import CsrPass, CsrPlan
 
 OPTIONS = ("density_threshold", "target_batch")
@@ -26,8 +24,7 @@ OPTIONS = ("density_threshold", "target_batch")
 
 def csr_bytes(model: onnx.ModelProto, plan: CsrPlan) -> tuple[int, int]:
     """(bytes of every converted layer's data + indices + indptr initializers, total nonzeros)."""
-    sizes = {i.name: len(i.raw_data) if i.raw_data else onnx.numpy_helper.to_array(i).nbytes
-             for i in model.graph.initializer}
+    sizes = {i.name: tensor_nbytes(i) for i in model.graph.initializer}
     total = 0
     for node in model.graph.node:
         if node.domain == "ai.sparsify":
@@ -50,53 +47,49 @@ def summary_lines(plan: CsrPlan, dense_bytes: int, sparse_bytes: int, csr: int, 
     return lines
 
 
-def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, ...], tmp: Path,
-                  input_names: Sequence[str], output_names: Sequence[str], *, atol: float, rtol: float,
-                  opset: int = DEFAULT_OPSET, input_sets: dict[str, Sequence[np.ndarray]] | None = None,
-                  onnx_options: dict[str, Any] | None = None, **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
-    """Write the sparse ONNX model of ``reference`` to ``tmp``; return (runtime runner, summary).
+def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *, atol: float, rtol: float,
+                  input_sets: dict[str, Sequence[np.ndarray]], external_data: str = "auto",
+                  **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
+    """Convert the dense ONNX model at ``dense`` to CSR and write it to ``target``; return (runtime runner, summary).
 
     ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover)
-    and ``target_batch`` (int, default 1). Before returning, the sparse runtime is checked
-    against the dense export under ONNX Runtime on the run's verification inputs within
-    ``atol``/``rtol`` (the user's tolerances) and a VerificationError is raised on a mismatch.
-    ``input_sets`` are those verification inputs (computed from the run when not given).
+    and ``target_batch`` (int, default 1). The dense model's weights are read one layer at a
+    time. Before returning, the sparse runtime is checked against the dense model under ONNX
+    Runtime on ``input_sets`` within ``atol``/``rtol`` (the user's tolerances), one model in
+    memory at a time, and a VerificationError is raised on a mismatch.
     """
     from sparsify.runtime import Session
-
-    if input_sets is None:
-        from sparsify.api import verification_inputs
-
-        input_sets = verification_inputs(run)
 
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ExportError(f"unknown sparse export option(s) {unknown}; expected {list(OPTIONS)}")
     threshold = options.get("density_threshold")
     target_batch = options.get("target_batch") or 1
-    tmp = Path(tmp)
-    with tempfile.TemporaryDirectory(prefix="sparsify-dense-") as workdir:
-        dense_path = Path(workdir) / "dense.onnx"
-        export_onnx(reference, example, dense_path, input_names, output_names, opset=opset, **(onnx_options or {}))
-        dense_bytes = dense_path.stat().st_size
-        result = CsrPass(threshold, target_batch).call(onnx.load(str(dense_path)))
-        try:
-            onnx.checker.check_model(result.model, full_check=True)
-        except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the sparse ONNX model fails onnx.checker: {exc}") from exc
-        onnx.save_model(result.model, str(tmp))
-        session = Session(tmp, threads=1)
-        names = [i.name for i in session.get_inputs()]
-
-        def candidate(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-            return session.run(None, {n: np.ascontiguousarray(x) for n, x in zip(names, inputs)})
-
-        report: VerifyReport = verify(ort_runner(dense_path)[0], candidate, input_sets,
-                                      "sparse runtime vs dense ONNX in ONNX Runtime", output_names,
-                                      atol=atol, rtol=rtol)
-        report.raise_if_failed()
-    sparse_bytes = tmp.stat().st_size
+    dense_bytes = file_bytes(dense)
+    dense_model = onnx.load(str(dense.path), load_external_data=False)
+    weights = weight_bytes(dense_model)
+    with bar(2 * weights, "convert to CSR", large=weights >= LARGE_BYTES) as shown:
+        result = CsrPass(threshold, target_batch).call(dense_model, base_dir=dense.path.parent, progress=shown.update)
+    del dense_model
     csr, nnz = csr_bytes(result.model, result.plan)
+    sparse_weights = weight_bytes(result.model)
+    external = use_external_data(sparse_weights, external_data, "the sparse model")
+    with bar(sparse_weights, f"write {target.path.name}", large=sparse_weights >= LARGE_BYTES) as shown:
+        write_onnx(result.model, dense.path.parent, target, external=external,
+                   progress=lambda _name, done, _total: shown.update(done - shown.n))
+    check_onnx(target.path, "the sparse ONNX model")
+    dense_outputs = expected_outputs(ort_runner(dense.path)[0], input_sets)
+    session = Session(target.path, threads=1)
+    names = [i.name for i in session.get_inputs()]
+
+    def candidate(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, {n: np.ascontiguousarray(x) for n, x in zip(names, inputs)})
+
+    report: VerifyReport = verify(dense_outputs, candidate, input_sets,
+                                  "sparse runtime vs dense ONNX in ONNX Runtime", output_names,
+                                  atol=atol, rtol=rtol)
+    report.raise_if_failed()
+    sparse_bytes = file_bytes(target)
     lines = summary_lines(result.plan, dense_bytes, sparse_bytes, csr, nnz)
     if not result.plan.converted:
         lines.append("  note: no layer was converted; the file holds only standard ONNX ops")
@@ -117,5 +110,6 @@ def export_sparse(run: Any, reference: nn.Module, example: tuple[torch.Tensor, .
         "bytes_per_nonzero": csr / nnz if nnz else None,
         "runtime_steps": session.describe(),
         "runtime_vs_ort": report.to_dict(),
+        "external_data": external,
     }
     return candidate, extra

@@ -15,22 +15,25 @@ Common attributes: ``shape`` (ints, the CSR's [rows, cols]), ``activation`` ("no
 "relu" or "gelu" with exact erf), and informational ``weight_name`` / ``weight_shape`` /
 ``source_op`` (the dense initializer and node the op replaced). ``data`` is float32 or
 float64; ``indices`` is uint16, int32 or int64 (uint16 when cols fit, to shrink the file);
-``indptr`` is int32 or int64. The reference implementations below
-(:data:`REFERENCE_OPS`) run under ``onnx.reference.ReferenceEvaluator(model, new_ops=...)``.
+``indptr`` is int32 or int64. Products are sparse: only stored entries of ``W`` multiply, so
+a NaN or inf in ``X`` reaches only the outputs whose rows store a value in its column (as in
+``scipy.sparse``; a dense product would spread it through the zeros). The reference
+implementations below (:data:`REFERENCE_OPS`) run under
+``onnx.reference.ReferenceEvaluator(model, new_ops=...)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 from onnx.reference.op_run import OpRun
 
-from sparsify.errors import ModelFileError
+from sparsify.errors import ModelFileError, SparsifyError
 
 DOMAIN = "ai.sparsify"
 DOMAIN_VERSION = 1
@@ -65,20 +68,65 @@ def node_label(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
-def parse_attrs(node: onnx.NodeProto) -> SparseOpAttrs:
-    """Read and check the attributes of an ``ai.sparsify`` node; ModelFileError names the node."""
-    where = f"{node.op_type} node {node_label(node)!r}"
+# The attribute type each attribute must have (a file may not pass a float as a shape).
+_ATTR_TYPES = {
+    "shape": onnx.AttributeProto.INTS, "kernel_shape": onnx.AttributeProto.INTS,
+    "strides": onnx.AttributeProto.INTS, "pads": onnx.AttributeProto.INTS,
+    "dilations": onnx.AttributeProto.INTS, "weight_shape": onnx.AttributeProto.INTS,
+    "group": onnx.AttributeProto.INT, "activation": onnx.AttributeProto.STRING,
+    "weight_name": onnx.AttributeProto.STRING, "source_op": onnx.AttributeProto.STRING,
+}
+
+
+def _type_name(t: int) -> str:
+    try:
+        return onnx.AttributeProto.AttributeType.Name(t)
+    except ValueError:
+        return f"unknown type {t}"
+
+
+_CONV_ONLY = ("kernel_shape", "strides", "pads", "dilations", "group")
+
+
+def _attr_values(node: onnx.NodeProto, where: str) -> dict[str, Any]:
+    """Attribute name -> value (strings decoded), after checking each attribute is one of the
+    op's (unknown ones are refused, as the reference implementation does) and of its type."""
+    allowed = [k for k in _ATTR_TYPES if node.op_type == CONV_OP or k not in _CONV_ONLY]
+    raw: dict[str, Any] = {}
+    for a in node.attribute:
+        if a.name not in allowed:
+            raise ModelFileError(f"{where}: attribute {a.name!r} is not one of {node.op_type}'s attributes {allowed}")
+        expected = _ATTR_TYPES[a.name]
+        if a.type != expected:
+            raise ModelFileError(f"{where}: attribute {a.name!r} has type {_type_name(a.type)}; "
+                                 f"expected {_type_name(expected)}")
+        if a.name in raw:
+            raise ModelFileError(f"{where}: attribute {a.name!r} appears twice")
+        value = helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ModelFileError(f"{where}: attribute {a.name!r} is not UTF-8 text ({value[:32]!r}); "
+                                     "the file is corrupt") from None
+        raw[a.name] = value
+    return raw
+
+
+def parse_attrs(node: onnx.NodeProto, where: str | None = None) -> SparseOpAttrs:
+    """Read and check the attributes of an ``ai.sparsify`` node; ModelFileError names the node
+    (and ``where``, the file, when given)."""
+    where = f"{where + ': ' if where else ''}{node.op_type} node {node_label(node)!r}"
     if node.domain != DOMAIN or node.op_type not in OPS:
         raise ModelFileError(f"{where}: op {node.domain}::{node.op_type} is not one of {DOMAIN}::{OPS}")
-    raw: dict[str, Any] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    raw = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+    raw = _attr_values(node, where)
 
     def ints(name: str, n: int, default: tuple[int, ...] | None, minimum: int) -> tuple[int, ...]:
         value = raw.get(name, default)
         if value is None:
             raise ModelFileError(f"{where}: attribute {name!r} is missing; expected {n} ints")
-        value = tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (value,)
-        if len(value) != n or not all(isinstance(v, int) and v >= minimum for v in value):
+        value = tuple(int(v) for v in value)
+        if len(value) != n or not all(v >= minimum for v in value):
             raise ModelFileError(f"{where}: attribute {name}={list(value)} should be {n} ints >= {minimum}")
         return value
 
@@ -86,23 +134,179 @@ def parse_attrs(node: onnx.NodeProto) -> SparseOpAttrs:
     activation = raw.get("activation", "none")
     if activation not in ACTIVATIONS:
         raise ModelFileError(f"{where}: activation {activation!r} should be one of {ACTIVATIONS}")
+    weight_shape = tuple(int(v) for v in raw.get("weight_shape", ()))
     common = dict(op_type=node.op_type, shape=shape, activation=activation,
-                  weight_name=str(raw.get("weight_name", "")),
-                  weight_shape=tuple(int(v) for v in raw.get("weight_shape", ())),
+                  weight_name=str(raw.get("weight_name", "")), weight_shape=weight_shape,
                   source_op=str(raw.get("source_op", "")))
     if node.op_type == LINEAR_OP:
+        # A MatMul's weight is stored [in, out], a Gemm's or torch's [out, in].
+        if weight_shape and weight_shape not in (shape, shape[::-1]):
+            raise ModelFileError(f"{where}: weight_shape {list(weight_shape)} should be shape {list(shape)} "
+                                 "or its transpose")
         return SparseOpAttrs(**common)
     kernel = ints("kernel_shape", 2, None, 1)
     pads = ints("pads", 4, (0, 0, 0, 0), 0)
     if pads[:2] != pads[2:]:
         raise ModelFileError(f"{where}: pads {list(pads)} should be symmetric ([top, left, top, left])")
-    group = raw.get("group", 1)
-    if not isinstance(group, int) or group < 1 or shape[0] % group:
+    group = int(raw.get("group", 1))
+    if group < 1 or shape[0] % group:
         raise ModelFileError(f"{where}: group {group!r} should be a positive int dividing {shape[0]} output channels")
     if shape[1] % (kernel[0] * kernel[1]):
         raise ModelFileError(f"{where}: shape[1] = {shape[1]} should be a multiple of kh*kw = {kernel[0] * kernel[1]}")
+    expected = (shape[0], shape[1] // (kernel[0] * kernel[1]), *kernel)
+    if weight_shape and weight_shape != expected:
+        raise ModelFileError(f"{where}: weight_shape {list(weight_shape)} disagrees with shape {list(shape)} and "
+                             f"kernel_shape {list(kernel)}; expected {list(expected)}")
     return SparseOpAttrs(**common, kernel_shape=kernel, strides=ints("strides", 2, (1, 1), 1), pads=pads,
                          dilations=ints("dilations", 2, (1, 1), 1), group=group)
+
+
+@dataclasses.dataclass
+class CsrTensors:
+    """The checked CSR arrays (as stored in the file) and bias of one ``ai.sparsify`` node."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    bias: np.ndarray | None
+    names: dict[str, str]  # role ("data", "indices", "indptr", "bias") -> initializer name
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the three CSR arrays."""
+        return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+
+def csr_problem(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                shape: tuple[int, int]) -> tuple[str, str] | None:
+    """(array role, what is wrong) for the first broken CSR invariant, or None.
+
+    Checked in the stored dtypes, before any narrowing (a negative int32 index must not wrap
+    into range): dtypes, 1-D, indptr of rows + 1 entries from 0 and non-decreasing, data and
+    indices of indptr[-1] entries, every column index in [0, cols). Per-row order is the
+    kernels' own check.
+    """
+    rows, cols = (int(s) for s in shape)
+    for role, a, dtypes, text in (("data", data, DATA_DTYPES, "float32 or float64"),
+                                  ("indices", indices, INDEX_DTYPES, "uint16, int32 or int64"),
+                                  ("indptr", indptr, INDPTR_DTYPES, "int32 or int64")):
+        if a.dtype not in dtypes:
+            return role, f"has dtype {a.dtype}; expected {text}"
+        if a.ndim != 1:
+            return role, f"has shape {list(a.shape)}; expected 1-D"
+    if indptr.shape[0] != rows + 1:
+        return "indptr", f"is corrupt: indptr size {indptr.shape[0]} should be {rows + 1} (rows + 1)"
+    if indptr[0] != 0:
+        return "indptr", f"is corrupt: indptr[0] is {int(indptr[0])} but should be 0"
+    down = np.flatnonzero(indptr[1:] < indptr[:-1])
+    if down.size:
+        r = int(down[0])
+        return "indptr", (f"is corrupt: indptr should be non-decreasing, but indptr[{r}] = {int(indptr[r])} "
+                          f"> indptr[{r + 1}] = {int(indptr[r + 1])}")
+    nnz = int(indptr[-1])
+    for role, a in (("indices", indices), ("data", data)):
+        if a.shape[0] != nnz:
+            return role, f"is corrupt: {role} size {a.shape[0]} should be {nnz} (indptr[-1])"
+    if nnz:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= cols:
+            j = int(np.argmax(indices < 0)) if low < 0 else int(np.argmax(indices >= min(high, cols)))
+            r = int(np.searchsorted(indptr, j, side="right")) - 1
+            return "indices", (f"is corrupt: column index {int(indices[j])} at indices[{j}] (row {r}) "
+                               f"should be in [0, {cols})")
+    return None
+
+
+def read_csr(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], attrs: SparseOpAttrs,
+             where: str, base_dir=None) -> CsrTensors:
+    """The CSR arrays and bias of an ``ai.sparsify`` node, read from its initializers (external
+    data from ``base_dir``) and checked (:func:`csr_problem`, bias of [rows] in data's dtype);
+    ModelFileError naming the node and tensor."""
+    from sparsify.onnxfile import tensor_array
+
+    label = f"{where}: {node.op_type} node {node_label(node)!r}"
+    if len(node.input) not in (4, 5) or len(node.output) != 1:
+        raise ModelFileError(f"{label}: has {len(node.input)} inputs and {len(node.output)} outputs; "
+                             "expected (X, data, indices, indptr[, bias]) -> Y")
+    if not node.input[0]:
+        raise ModelFileError(f"{label}: its input X has an empty name; expected (X, data, indices, indptr[, bias])")
+    names = dict(zip(("data", "indices", "indptr", "bias"), node.input[1:]))
+    arrays: dict[str, np.ndarray] = {}
+    for role, name in names.items():
+        if not name:
+            if role != "bias":
+                raise ModelFileError(f"{label}: has no {role} input; expected (X, data, indices, indptr[, bias])")
+            continue
+        if name not in inits:
+            raise ModelFileError(f"{label}: {role} tensor {name!r} is not an initializer; "
+                                 "CSR arrays and bias must be stored in the file")
+        arrays[role] = tensor_array(inits[name], label, base_dir)
+    problem = csr_problem(arrays["data"], arrays["indices"], arrays["indptr"], attrs.shape)
+    if problem:
+        role, text = problem
+        raise ModelFileError(f"{label}: {role} tensor {names[role]!r} {text}")
+    bias = arrays.get("bias")
+    if bias is not None and (bias.dtype != arrays["data"].dtype or bias.shape != (attrs.shape[0],)):
+        raise ModelFileError(f"{label}: bias tensor {names['bias']!r} has shape {list(bias.shape)} {bias.dtype}; "
+                             f"expected [{attrs.shape[0]}] {arrays['data'].dtype}")
+    return CsrTensors(arrays["data"], arrays["indices"], arrays["indptr"], bias,
+                      {k: v for k, v in names.items() if v})
+
+
+def input_channels(attrs: SparseOpAttrs) -> int:
+    """The size X must have on its feature axis: in-features (Linear) or channels (Conv)."""
+    if attrs.op_type == LINEAR_OP:
+        return attrs.shape[1]
+    kh, kw = attrs.kernel_shape
+    return attrs.group * (attrs.shape[1] // (kh * kw))
+
+
+def conv_out_hw(height: int, width: int, kernel_shape, strides, pads, dilations) -> tuple[int, int]:
+    """(Ho, Wo) of a 2-D conv on an input of spatial size (height, width), as ONNX ``Conv``;
+    pads [top, left, bottom, right]."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_shape, strides, dilations
+    pt, pl, pb, pr = pads
+    return (height + pt + pb - dh * (kh - 1) - 1) // sh + 1, (width + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
+def conv_output_size(attrs: SparseOpAttrs, height: int, width: int) -> tuple[int, int]:
+    """(Ho, Wo) of a SparseConv on an input of spatial size (height, width)."""
+    return conv_out_hw(height, width, attrs.kernel_shape, attrs.strides, attrs.pads, attrs.dilations)
+
+
+def check_input_shape(attrs: SparseOpAttrs, dims: Sequence[int | None], itemsize: int, label: str,
+                      error: type[SparsifyError]) -> None:
+    """Raise ``error`` naming ``label`` unless an X of ``dims`` (None where unknown) fits the node:
+    its rank, its feature or channel size, for a conv an output of at least 1x1, and a padded
+    input and an output (for N samples, or one when N is unknown) within the allocation limit.
+    Checked at load with the declared shapes and again at run time with the real ones (a
+    file's pads can ask for terabytes)."""
+    from sparsify.limits import array_bytes, check_bytes, human_bytes
+
+    need = input_channels(attrs)
+    if attrs.op_type == LINEAR_OP:
+        if len(dims) < 1 or dims[-1] not in (None, need):
+            raise error(f"{label}: input of shape {list(dims)} should have {need} features on its last axis "
+                        f"(shape attribute {list(attrs.shape)})")
+        return
+    if len(dims) != 4 or dims[1] not in (None, need):
+        raise error(f"{label}: input of shape {list(dims)} should be (N, {need}, H, W) for kernel_shape "
+                    f"{list(attrs.kernel_shape)}, group {attrs.group} and shape {list(attrs.shape)}")
+    height, width = dims[2], dims[3]
+    if height is None or width is None:
+        return
+    ho, wo = conv_output_size(attrs, height, width)
+    if ho < 1 or wo < 1:
+        raise error(f"{label}: an input of spatial size ({height}, {width}) gives an output of ({ho}, {wo}) with "
+                    f"kernel_shape {list(attrs.kernel_shape)}, pads {list(attrs.pads)}, strides "
+                    f"{list(attrs.strides)}, dilations {list(attrs.dilations)}; expected at least 1x1")
+    pt, pl, pb, pr = attrs.pads
+    n = 1 if dims[0] is None else dims[0]
+    padded = array_bytes((n, need, height + pt + pb, width + pl + pr), np.uint8) * itemsize
+    out = array_bytes((n, attrs.shape[0], ho, wo), np.uint8) * itemsize
+    check_bytes(padded + out, f"{label}: pads {list(attrs.pads)} on a ({height}, {width}) input "
+                     f"(a padded input of {human_bytes(padded)} and an output of {human_bytes(out)} "
+                     f"for {n} sample(s))", error)
 
 
 def make_node(op_type: str, x: str, csr_names: tuple[str, str, str], bias: str | None, output: str,
@@ -122,26 +326,24 @@ def make_node(op_type: str, x: str, csr_names: tuple[str, str, str], bias: str |
 
 # -- reference implementations ----------------------------------------------------------
 
-def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                    shape: tuple[int, int]) -> np.ndarray:
-    """The dense matrix of a CSR triple, after checking every invariant (ModelFileError otherwise)."""
+def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
+    """The float64 ``scipy.sparse.csr_matrix`` of a CSR triple, after checking every invariant
+    (ModelFileError otherwise)."""
+    from scipy.sparse import csr_matrix
+
     rows, cols = (int(s) for s in shape)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
-    if data.dtype not in DATA_DTYPES or indices.dtype not in INDEX_DTYPES or indptr.dtype not in INDPTR_DTYPES:
-        raise ModelFileError(f"CSR dtypes data {data.dtype}, indices {indices.dtype}, indptr {indptr.dtype} "
-                             "should be float32/64, uint16/int32/int64, int32/64")
-    if indptr.shape != (rows + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-        raise ModelFileError(f"indptr should have {rows + 1} non-decreasing entries from 0, got {indptr.shape[0]}")
-    nnz = int(indptr[-1])
-    if data.shape != (nnz,) or indices.shape != (nnz,):
-        raise ModelFileError(f"data/indices sizes {data.shape[0]}/{indices.shape[0]} should be {nnz} (indptr[-1])")
-    idx = indices.astype(np.int64)
-    if nnz and (idx.min() < 0 or idx.max() >= cols):
-        raise ModelFileError(f"column indices should be in [0, {cols}), got [{idx.min()}, {idx.max()}]")
-    dense = np.zeros((rows, cols), dtype=np.float64)
-    row_of = np.repeat(np.arange(rows), np.diff(indptr.astype(np.int64)))
-    np.add.at(dense, (row_of, idx), data.astype(np.float64))
-    return dense
+    problem = csr_problem(data, indices, indptr, (rows, cols))
+    if problem:
+        raise ModelFileError(f"CSR {problem[0]} {problem[1]}")
+    return csr_matrix((data.astype(np.float64), indices.astype(np.int64), indptr.astype(np.int64)),
+                      shape=(rows, cols))
+
+
+def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """The dense float64 matrix of a CSR triple, after checking every invariant (ModelFileError otherwise)."""
+    return reference_csr(data, indices, indptr, shape).toarray()
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -161,25 +363,21 @@ def reference_activation(y: np.ndarray, activation: str) -> np.ndarray:
     return y
 
 
-def reference_conv2d(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int) -> np.ndarray:
-    """float64 NCHW conv2d of ``x`` with ``w`` (out, in/group, kh, kw); pads [top, left, bottom, right]."""
+def reference_unfold(x: np.ndarray, kernel_shape, strides, pads, dilations) -> np.ndarray:
+    """float64 patches of NCHW ``x``: (N, C*kh*kw, Ho, Wo), column order (c, i, j) as torch's
+    ``conv.weight.reshape(out, -1)``; pads [top, left, bottom, right] of zeros."""
     n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    (sh, sw), (dh, dw) = strides, dilations
+    (kh, kw), (sh, sw), (dh, dw) = kernel_shape, strides, dilations
     pt, pl, pb, pr = pads
+    ho, wo = conv_out_hw(h, wd, kernel_shape, strides, pads, dilations)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"input of spatial size ({h}, {wd}) gives an empty output ({ho}, {wo})")
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
-    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
-    y = np.zeros((n, o, ho, wo), dtype=np.float64)
-    og = o // group
-    for g in range(group):
-        xs = xp[:, g * cg:(g + 1) * cg]
-        ws = w[g * og:(g + 1) * og]
-        for i in range(kh):
-            for j in range(kw):
-                patch = xs[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-                y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
-    return y
+    patches = np.empty((n, c, kh, kw, ho, wo), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            patches[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return patches.reshape(n, c * kh * kw, ho, wo)
 
 
 class SparseLinear(OpRun):
@@ -189,8 +387,11 @@ class SparseLinear(OpRun):
 
     def _run(self, x, data, indices, indptr, bias=None, shape=None, activation="none",
              weight_name=None, weight_shape=None, source_op=None):
-        w = reference_dense(data, indices, indptr, tuple(shape))
-        y = x.astype(np.float64) @ w.T
+        w = reference_csr(data, indices, indptr, tuple(shape))
+        if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"X of shape {list(x.shape)} should have {w.shape[1]} features on its last axis")
+        # Only stored entries multiply (a NaN in X reaches only the rows that use its column).
+        y = (w @ x.reshape(-1, w.shape[1]).astype(np.float64).T).T.reshape(*x.shape[:-1], w.shape[0])
         if bias is not None:
             y = y + bias.astype(np.float64)
         act = activation.decode() if isinstance(activation, bytes) else activation
@@ -206,9 +407,22 @@ class SparseConv(OpRun):
              strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
              weight_name=None, weight_shape=None, source_op=None):
         rows, cols = (int(s) for s in shape)
-        kh, kw = kernel_shape
-        w = reference_dense(data, indices, indptr, (rows, cols)).reshape(rows, cols // (kh * kw), kh, kw)
-        y = reference_conv2d(x, w, strides, pads, dilations, int(group))
+        w = reference_csr(data, indices, indptr, (rows, cols))
+        group = int(group)
+        if x.ndim != 4 or x.shape[1] != group * cols // (kernel_shape[0] * kernel_shape[1]):
+            raise ValueError(f"X of shape {list(x.shape)} does not fit kernel_shape {list(kernel_shape)}, "
+                             f"group {group} and shape {[rows, cols]}")
+        n = x.shape[0]
+        patches = reference_unfold(x, kernel_shape, strides, pads, dilations)
+        ho, wo = patches.shape[2:]
+        og, p = rows // group, ho * wo
+        patches = patches.reshape(n, -1, p)
+        y = np.empty((n, rows, p), dtype=np.float64)
+        for g in range(group):
+            cols_g = patches[:, g * cols:(g + 1) * cols].transpose(1, 0, 2).reshape(cols, n * p)
+            # Only stored entries multiply, as in SparseLinear.
+            y[:, g * og:(g + 1) * og] = (w[g * og:(g + 1) * og] @ cols_g).reshape(og, n, p).transpose(1, 0, 2)
+        y = y.reshape(n, rows, ho, wo)
         if bias is not None:
             y = y + bias.astype(np.float64).reshape(1, -1, 1, 1)
         act = activation.decode() if isinstance(activation, bytes) else activation
@@ -239,7 +453,7 @@ class SparseOpInfo:
 
     @property
     def params(self) -> int:
-        return int(np.prod(self.weight_shape)) if self.weight_shape else 0
+        return math.prod(self.weight_shape) if self.weight_shape else 0
 
     @property
     def density(self) -> float:
@@ -253,27 +467,26 @@ class SparseOpInfo:
                 f"vs {dense:,} bytes dense float32")
 
 
-def sparse_op_infos(model: onnx.ModelProto) -> list[SparseOpInfo]:
-    """One :class:`SparseOpInfo` per ``ai.sparsify`` node (attributes and initializer sizes only)."""
+def sparse_op_infos(model: onnx.ModelProto, where: str = "model", base_dir=None) -> list[SparseOpInfo]:
+    """One :class:`SparseOpInfo` per ``ai.sparsify`` node, after checking its attributes and CSR
+    arrays (external data read from ``base_dir``; ModelFileError naming the node and tensor: a
+    file that lies is refused, not printed)."""
+    from sparsify.limits import check_int64
+
     inits = {i.name: i for i in model.graph.initializer}
     shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
               for vi in [*model.graph.value_info, *model.graph.output] if vi.type.tensor_type.HasField("shape")}
     out = []
     for node in model.graph.node:
-        if node.domain != DOMAIN or node.op_type not in OPS or len(node.input) < 4:
+        if node.domain != DOMAIN:
             continue
-        try:
-            attrs = parse_attrs(node)
-        except ModelFileError:
-            continue
-        arrays = [inits.get(v) for v in node.input[1:4]]
-        if any(a is None for a in arrays):
-            continue
-        nnz = int(np.prod(arrays[0].dims)) if arrays[0].dims else 0
-        size = sum(int(np.prod(a.dims, dtype=np.int64)) * np.dtype(helper.tensor_dtype_to_np_dtype(a.data_type)).itemsize
-                   for a in arrays)
+        attrs = parse_attrs(node, where)
+        csr = read_csr(node, inits, attrs, where, base_dir)
         y = shapes.get(node.output[0])
-        macs = int(np.prod(y)) * attrs.shape[1] if y else None
+        label = f"{where}: {node.op_type} node {node_label(node)!r}"
+        if y and min(y) < 0:
+            raise ModelFileError(f"{label}: its output is declared with negative dims {y}")
+        macs = check_int64(math.prod(y) * attrs.shape[1], f"{label}: its MAC count", ModelFileError) if y else None
         out.append(SparseOpInfo(node_label(node), node.op_type, attrs.weight_name or node.input[1],
-                                attrs.weight_shape or attrs.shape, nnz, int(size), macs))
+                                attrs.weight_shape or attrs.shape, int(csr.data.shape[0]), csr.nbytes, macs))
     return out

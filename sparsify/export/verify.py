@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparsify.errors import VerificationError
+from sparsify.errors import VerificationError, in_step
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -126,18 +126,37 @@ def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
     return run, outputs
 
 
-def verify(reference: Runner, candidate: Runner, input_sets: dict[str, Sequence[np.ndarray]],
-           candidate_name: str, output_names: Sequence[str] | None = None,
-           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
-    """Compare every output of ``candidate`` with ``reference`` on each named input set."""
-    rows: list[OutputError] = []
-    from sparsify.errors import in_step
+def expected_outputs(reference: Runner, input_sets: dict[str, Sequence[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """The reference's outputs on each named input set, computed once (the reference can then go)."""
+    out = {}
+    for name, inputs in input_sets.items():
+        with in_step("verification", f"the reference (masked torch model) on inputs '{name}' ({_shapes(inputs)})",
+                     REFERENCE_HINT):
+            out[name] = list(reference(inputs))
+    return out
 
+
+REFERENCE_HINT = "check that the model runs on its recorded inputs (--input-shape, --example-inputs)"
+
+
+def _shapes(inputs: Sequence[np.ndarray]) -> str:
+    return ", ".join(f"{list(np.shape(x))}" for x in inputs)
+
+
+def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Runner,
+           input_sets: dict[str, Sequence[np.ndarray]], candidate_name: str,
+           output_names: Sequence[str] | None = None,
+           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
+    """Compare every output of ``candidate`` with ``reference`` on each named input set.
+
+    ``reference`` is a runner, or its outputs per input set (:func:`expected_outputs`).
+    """
+    rows: list[OutputError] = []
     for set_name, inputs in input_sets.items():
-        shapes = ", ".join(f"{list(np.shape(x))}" for x in inputs)
+        shapes = _shapes(inputs)
         with in_step("verification", f"the reference (masked torch model) on inputs '{set_name}' ({shapes})",
-                     "check that the model runs on its recorded inputs (--input-shape, --example-inputs)"):
-            expected = reference(inputs)
+                     REFERENCE_HINT):
+            expected = reference[set_name] if isinstance(reference, Mapping) else reference(inputs)
         with in_step("verification", f"{candidate_name} on inputs '{set_name}' ({shapes})",
                      "the exported model does not run on inputs the original model accepts; export with "
                      "--no-verify and run it with 'sparsify run' to inspect it, or report it"):

@@ -2,8 +2,11 @@
 
 :func:`plan_csr` looks at every Gemm / MatMul (+ bias Add) / Conv whose weight is an
 initializer and decides, per layer, whether to replace it by an ``ai.sparsify`` op, recording
-the reason either way ("density 0.62 above threshold 0.35 for batch 1", "weight is not an
-initializer", ...). A following Relu that is the sole consumer is fused into the op, and so is
+the reason either way ("measured on this host (...): sparse 0.21 ms + ... vs dense ONNX Runtime
+2.10 ms", "weight is not an initializer", ...). The decision is measured on the running host
+(``sparsify.runtime.calibrate``, cached per host) unless ``--density-threshold`` sets a
+threshold; the fixed rules below serve only when calibration is turned off
+(``SPARSIFY_CALIBRATION=off``) or a conv's input shape is unknown. A following Relu that is the sole consumer is fused into the op, and so is
 the exact-erf GELU pattern the exporter emits (``x * (0.5 * (erf(x / sqrt2) + 1))``).
 :func:`rewrite_csr` then builds the new model: CSR arrays and bias are ordinary
 initializers, every other op stays standard. :class:`CsrPass` wraps both.
@@ -14,7 +17,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -22,10 +26,10 @@ from onnx import helper, numpy_helper
 
 from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
-from sparsify.onnxfile import inferred_graph
+from sparsify.onnxfile import inferred_graph, initializer_array
 
-# Density below which a CSR layer beat ONNX Runtime's dense Gemm / Conv (fp32), by target
-# batch. Measured with
+# The fixed rules (calibration off): density below which a CSR layer beat ONNX Runtime's
+# dense Gemm / Conv (fp32), by target batch, on one host. Measured with
 #   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
 # and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
 # each side). Each linear entry is a grid density at which the kernels were at least at
@@ -163,10 +167,14 @@ class PassResult:
     plan: CsrPlan
 
 
+# Initializers up to this size (biases, scalars) are kept once read; weights are read again.
+_CACHED_BYTES = 1 << 20
+
+
 class _Graph:
     """Index of a graph: producers, consumers, initializers, graph outputs."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, base_dir: str | Path | None = None) -> None:
         g = model.graph
         self.nodes = list(g.node)
         self.inits = {i.name: i for i in g.initializer}
@@ -176,12 +184,24 @@ class _Graph:
             for name in n.input:
                 if name:
                     self.consumers.setdefault(name, []).append(i)
+        self.base_dir = base_dir
         self._arrays: dict[str, np.ndarray] = {}
 
     def array(self, name: str) -> np.ndarray:
-        if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.inits[name])
-        return self._arrays[name]
+        """The initializer's values; large ones are read anew on each call rather than kept, so
+        a model with external data is converted holding one weight at a time."""
+        if name in self._arrays:
+            return self._arrays[name]
+        a = initializer_array(self.inits[name], self.base_dir)
+        if a.nbytes <= _CACHED_BYTES:
+            self._arrays[name] = a
+        return a
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.inits[name].dims)
+
+    def dtype(self, name: str) -> np.dtype:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.inits[name].data_type))
 
     def sole_consumer(self, value: str) -> int | None:
         """Index of the only node reading ``value`` (None if several, none, or a graph output)."""
@@ -283,18 +303,17 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
         if node.op_type == "MatMul" and node.input[0] in g.inits:
             return skip("weight is the left operand of MatMul (only X @ W is converted)")
         return skip("weight is not an initializer")
-    w = g.array(weight)
-    shape = tuple(int(s) for s in w.shape)
-    if w.dtype not in (np.float32, np.float64):
-        return skip(f"weight dtype {w.dtype} is not float32/float64", shape)
+    shape, dtype = g.shape(weight), g.dtype(weight)
+    if dtype not in (np.float32, np.float64):
+        return skip(f"weight dtype {dtype} is not float32/float64", shape)
     attrs = _attrs(node)
     bias = None
     transpose = False
     fused = [idx]
     out = node.output[0]
     if node.op_type == "Gemm":
-        if w.ndim != 2:
-            return skip(f"Gemm weight has rank {w.ndim}, expected 2", shape)
+        if len(shape) != 2:
+            return skip(f"Gemm weight has rank {len(shape)}, expected 2", shape)
         if attrs.get("transA", 0):
             return skip("Gemm transA=1", shape)
         if attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
@@ -306,24 +325,24 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
             if bias not in g.inits:
                 return skip("Gemm bias C is not an initializer", shape)
             b = g.array(bias)
-            if b.size != rows or b.shape not in ((rows,), (1, rows)) or b.dtype != w.dtype:
-                return skip(f"Gemm bias C has shape {tuple(b.shape)} {b.dtype}, expected ({rows},) {w.dtype}", shape)
+            if b.size != rows or b.shape not in ((rows,), (1, rows)) or b.dtype != dtype:
+                return skip(f"Gemm bias C has shape {tuple(b.shape)} {b.dtype}, expected ({rows},) {dtype}", shape)
     elif node.op_type == "MatMul":
-        if w.ndim != 2:
-            return skip(f"MatMul weight has rank {w.ndim}, expected 2", shape)
+        if len(shape) != 2:
+            return skip(f"MatMul weight has rank {len(shape)}, expected 2", shape)
         transpose = True
         add = g.sole_consumer(out)
         if add is not None and g.nodes[add].op_type == "Add":
             other = [v for v in g.nodes[add].input if v != out]
             if len(other) == 1 and other[0] in g.inits:
                 b = g.array(other[0])
-                if b.dtype == w.dtype and b.size == shape[1] and b.shape[-1:] == (shape[1],) and b.ndim <= 2:
+                if b.dtype == dtype and b.size == shape[1] and b.shape[-1:] == (shape[1],) and b.ndim <= 2:
                     bias = other[0]
                     fused.append(add)
                     out = g.nodes[add].output[0]
     else:  # Conv
-        if w.ndim != 4:
-            return skip(f"Conv weight has rank {w.ndim}; only 2-D convs (rank 4) are converted", shape)
+        if len(shape) != 4:
+            return skip(f"Conv weight has rank {len(shape)}; only 2-D convs (rank 4) are converted", shape)
         if attrs.get("auto_pad", "NOTSET") != "NOTSET":
             return skip(f"Conv auto_pad={attrs['auto_pad']} (only explicit pads are converted)", shape)
         pads = list(attrs.get("pads", [0, 0, 0, 0]))
@@ -398,21 +417,32 @@ def _conv_too_small(weights: int, positions: int | None) -> str | None:
 
 
 def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
-             target_batch: int = 1) -> CsrPlan:
+             target_batch: int = 1, base_dir: str | Path | None = None,
+             progress: Callable[[int], None] | None = None, calibrate: bool | None = None) -> CsrPlan:
     """Decide, for each Gemm / MatMul / Conv of ``model``, whether to convert it and why.
 
-    A layer is converted when its weight density is strictly below the threshold: the
-    measured crossover for ``target_batch`` (:func:`default_threshold`) unless
-    ``density_threshold`` overrides it. A threshold of 1.0 means "convert every eligible
-    layer", fully dense ones included.
+    With ``density_threshold`` a layer is converted when its weight density is strictly
+    below it (1.0: every eligible layer, fully dense ones included). Otherwise, with
+    ``calibrate`` (default: unless ``$SPARSIFY_CALIBRATION`` is off), each layer is timed
+    on this host at ``target_batch`` against ONNX Runtime's dense op and converted when
+    our kernel wins (``sparsify.runtime.calibrate``; cached per host); without it, the
+    fixed rules of :func:`default_threshold` and the size floors apply. External data is
+    read from ``base_dir``; ``progress`` is called with each weight's byte count once it
+    has been read.
     """
     if density_threshold is not None and not (isinstance(density_threshold, (int, float))
                                               and 0.0 <= density_threshold <= 1.0):
         raise ExportError(f"density threshold {density_threshold!r} should be a number in [0, 1]")
     if not isinstance(target_batch, int) or target_batch < 1:
         raise ExportError(f"target batch {target_batch!r} should be a positive int")
-    g = _Graph(model)
+    g = _Graph(model, base_dir)
     shapes = _Shapes(model)
+    calibrator = None
+    if density_threshold is None:
+        from sparsify.runtime import calibrate as calib
+
+        if calib.enabled() if calibrate is None else calibrate:
+            calibrator = calib.Calibrator()
     decisions: list[LayerDecision] = []
     claimed: set[int] = set()
     for idx in range(len(g.nodes)):
@@ -427,36 +457,76 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         w = g.array(d.weight)
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
+        if progress:
+            progress(w.nbytes)
+        if calibrator is not None and _decide_by_measurement(g, d, w, shapes, target_batch, calibrator):
+            if d.convert:
+                claimed.update(d.fused)
+            continue
+        del w
         kind = "conv" if d.op_type == "Conv" else "linear"
         if density_threshold is not None:
             threshold = float(density_threshold)
         elif kind == "conv":
             a = _attrs(g.nodes[d.fused[0]])
-            threshold = default_threshold(kind, target_batch, a.get("kernel_shape", w.shape[2:]),
+            threshold = default_threshold(kind, target_batch, a.get("kernel_shape", d.weight_shape[2:]),
                                           a.get("strides", (1, 1)))
         else:
             threshold = default_threshold(kind, target_batch)
-        too_small = (_conv_too_small(w.size, shapes.positions(g.nodes[d.fused[0]].output[0]))
+        too_small = (_conv_too_small(math.prod(d.weight_shape), shapes.positions(g.nodes[d.fused[0]].output[0]))
                      if density_threshold is None and kind == "conv" and threshold > 0 else None)
         if too_small:
             d.keep_dense(too_small + "; --density-threshold converts it anyway")
             continue
         d.threshold = threshold
         source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
+        prefix = d.reason  # why it was not timed, if it was not
         if d.density < threshold or threshold >= 1.0:
-            d.reason = f"density {d.density:.3f} below threshold {threshold:.2f} {source}"
+            d.reason = f"{prefix}density {d.density:.3f} below threshold {threshold:.2f} {source}"
             if d.density >= threshold:
-                d.reason = f"density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
+                d.reason = f"{prefix}density {d.density:.3f}, threshold {threshold:.2f} {source} converts every layer"
             claimed.update(d.fused)
         else:
-            reason = f"density {d.density:.3f} not below threshold {threshold:.2f} {source}"
+            reason = f"{prefix}density {d.density:.3f} not below threshold {threshold:.2f} {source}"
             if density_threshold is None and threshold == 0.0:
                 what = "1x1 and strided conv" if kind == "conv" else kind
                 reason += f" ({what} kernels measured slower than ONNX Runtime at every density)"
             d.keep_dense(reason)
-    if density_threshold is None:
+    if calibrator is not None:
+        calibrator.save()
+    elif density_threshold is None:
         _keep_small_models_dense(g, decisions, target_batch, shapes)
     return CsrPlan(decisions, target_batch, density_threshold, shapes)
+
+
+def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _Shapes, target_batch: int,
+                           calibrator) -> bool:
+    """Decide ``d`` by timing it on this host (True), or return False when its input shape
+    is unknown (a conv needs it), leaving the decision to the fixed rules."""
+    node = g.nodes[d.fused[0]]
+    try:
+        if d.op_type == "Conv":
+            dims = shapes.dims(node.input[0])
+            if len(dims) != 4 or None in dims[1:]:
+                d.reason = "input shape unknown, not timed; "
+                return False
+            a = _attrs(node)
+            spatial = len(w.shape) - 2
+            m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
+                                a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial),
+                                int(a.get("group", 1)))
+        else:
+            w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
+            m = calibrator.linear(w2d, target_batch * shapes.rows_per_sample(node.input[0]))
+    except Exception as exc:  # a layer the timing cannot run (ORT or a kernel refusing it): fixed rules
+        d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        return False
+    reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}"
+    if m.convert:
+        d.reason = reason
+    else:
+        d.keep_dense(reason + "; --density-threshold converts it anyway")
+    return True
 
 
 def _keep_small_models_dense(g: _Graph, decisions: list[LayerDecision], target_batch: int,
@@ -502,18 +572,21 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
+def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | None = None,
+                progress: Callable[[int], None] | None = None) -> onnx.ModelProto:
     """A new model with every converted layer of ``plan`` replaced by an ``ai.sparsify`` op.
 
     Dense weights no longer used are dropped; the ``ai.sparsify`` domain is added to
     ``opset_import``; value_info of the replaced outputs is kept so shape inference can
-    continue past the custom ops.
+    continue past the custom ops. Weights kept dense stay where they are (external data
+    stays relative to ``base_dir``); the CSR arrays are inline. ``progress`` is called with
+    each converted weight's byte count.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     if not plan.converted:
         return out
-    g = _Graph(model)
+    g = _Graph(model, base_dir)
     shapes = plan.shapes if plan.shapes is not None and plan.shapes.of(model) else _Shapes(model)
     taken = {i.name for i in model.graph.initializer} | {v for n in model.graph.node for v in [*n.input, *n.output]}
     taken |= {n.name for n in model.graph.node}
@@ -546,6 +619,8 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan) -> onnx.ModelProto:
                          tuple(w2d.shape), d.activation, d.source or d.weight, tuple(w.shape), d.op_type, **conv)
         replace[d.fused[0]] = node
         drop.update(d.fused[1:])
+        if progress:
+            progress(w.nbytes)
     nodes = []
     for i, n in enumerate(g.nodes):
         if i in replace:
@@ -578,13 +653,18 @@ class CsrPass:
 
     name = "csr"
 
-    def __init__(self, density_threshold: float | None = None, target_batch: int = 1) -> None:
+    def __init__(self, density_threshold: float | None = None, target_batch: int = 1,
+                 calibrate: bool | None = None) -> None:
         self.density_threshold = density_threshold
         self.target_batch = target_batch
+        self.calibrate = calibrate
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        plan = plan_csr(model, self.density_threshold, self.target_batch)
-        return PassResult(rewrite_csr(model, plan), bool(plan.converted), plan)
+    def call(self, model: onnx.ModelProto, base_dir: str | Path | None = None,
+             progress: Callable[[int], None] | None = None) -> PassResult:
+        """Plan and rewrite ``model``; its external data, if any, is read from ``base_dir``;
+        ``progress`` gets the bytes of each weight read (twice per converted layer)."""
+        plan = plan_csr(model, self.density_threshold, self.target_batch, base_dir, progress, self.calibrate)
+        return PassResult(rewrite_csr(model, plan, base_dir, progress), bool(plan.converted), plan)
 
 
 def convert_layers(model: onnx.ModelProto, density_threshold: float | None = None,

@@ -12,12 +12,11 @@ from typing import Callable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from sparsify.errors import ModelFileError
-from sparsify.export.sparse_ops import (CONV_OP, DATA_DTYPES, DOMAIN, INDEX_DTYPES, INDPTR_DTYPES, LINEAR_OP,
-                                        SparseOpAttrs, node_label, parse_attrs)
-from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes
+from sparsify.limits import check_bytes, memory_limit
+from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
+from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes, ell
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -70,58 +69,40 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     """Validate one ``ai.sparsify`` node's attributes and tensors and build its kernel object
     (``batch1``: a Linear's batch-1 layout choice, as ``SparseLinear`` takes it).
 
-    The CSR arrays are copied into runtime-owned arrays (indices widened to int32/int64),
-    fully checked, and wrapped once; nothing here is repeated per call.
+    The CSR arrays are checked as stored (``read_csr``: every index array's full range,
+    before any narrowing), then copied into runtime-owned arrays (indices narrowed to the
+    kernels' dtype), fully checked again by the kernels, and wrapped once; nothing here is
+    repeated per call.
     """
     label = f"{where}: {node.op_type} node {node_label(node)!r}"
     if node.op_type not in (LINEAR_OP, CONV_OP):
         raise ModelFileError(f"{label}: unknown op {DOMAIN}::{node.op_type}; expected {LINEAR_OP} or {CONV_OP}")
-    if len(node.input) not in (4, 5) or len(node.output) != 1:
-        raise ModelFileError(f"{label}: has {len(node.input)} inputs and {len(node.output)} outputs; "
-                             "expected (X, data, indices, indptr[, bias]) -> Y")
-    attrs = parse_attrs(node)
-    arrays: dict[str, np.ndarray] = {}
-    roles = ("data", "indices", "indptr", "bias")
-    names = dict(zip(roles, list(node.input[1:]) + [""] * (5 - len(node.input))))
-    for role, name in names.items():
-        if not name:
-            continue
-        if name not in inits:
-            raise ModelFileError(f"{label}: {role} tensor {name!r} is not an initializer; "
-                                 "CSR arrays and bias must be stored in the file")
-        try:
-            a = numpy_helper.to_array(inits[name])
-        except Exception as exc:
-            raise ModelFileError(f"{label}: {role} tensor {name!r} cannot be read: {exc}") from exc
-        if a.ndim != 1:
-            raise ModelFileError(f"{label}: {role} tensor {name!r} has shape {list(a.shape)}; expected 1-D")
-        arrays[role] = a
-    data, indices, indptr = arrays["data"], arrays["indices"], arrays["indptr"]
-    if data.dtype not in DATA_DTYPES:
-        raise ModelFileError(f"{label}: data tensor {names['data']!r} has dtype {data.dtype}; expected float32 or float64")
-    if indices.dtype not in INDEX_DTYPES:
-        raise ModelFileError(f"{label}: indices tensor {names['indices']!r} has dtype {indices.dtype}; "
-                             "expected uint16, int32 or int64")
-    if indptr.dtype not in INDPTR_DTYPES:
-        raise ModelFileError(f"{label}: indptr tensor {names['indptr']!r} has dtype {indptr.dtype}; expected int32 or int64")
+    attrs = parse_attrs(node, where)
+    arrays = read_csr(node, inits, attrs, where)
+    names = arrays.names
     rows, cols = attrs.shape
-    if indices.size and int(indices.max()) >= cols:  # before narrowing, so the message shows the stored value
-        j = int(np.argmax(indices >= cols))
-        raise ModelFileError(f"{label}: indices tensor {names['indices']!r} is corrupt: column index "
-                             f"{int(indices[j])} at indices[{j}] should be in [0, {cols})")
-    # The kernels' preferred dtypes (int16 column indices while cols fit: measured faster).
-    index_dtype, _ = choose_index_dtypes((rows, cols), int(indices.shape[0]))
-    ptr_dtype = np.int64 if indptr.dtype == np.int64 else np.int32
+    # The kernels' preferred dtypes (int16 column indices while cols fit: measured faster);
+    # safe to narrow: read_csr checked every index is in [0, cols).
+    index_dtype, _ = choose_index_dtypes((rows, cols), int(arrays.indices.shape[0]))
+    ptr_dtype = np.int64 if arrays.indptr.dtype == np.int64 else np.int32
     try:
-        csr = CSR(data.copy(), indices.astype(index_dtype), indptr.astype(ptr_dtype), attrs.shape)
+        csr = CSR(arrays.data.copy(), arrays.indices.astype(index_dtype), arrays.indptr.astype(ptr_dtype), attrs.shape)
         csr.check_format(full=True)
     except KernelValueError as exc:
         role = _tensor_role(str(exc))
         raise ModelFileError(f"{label}: {role} tensor {names[role]!r} is corrupt: {exc}") from None
-    bias = arrays.get("bias")
-    if bias is not None and (bias.dtype != data.dtype or bias.shape != (attrs.shape[0],)):
-        raise ModelFileError(f"{label}: bias tensor {names['bias']!r} has shape {list(bias.shape)} {bias.dtype}; "
-                             f"expected [{attrs.shape[0]}] {data.dtype}")
+    bias = arrays.bias
+    # An input row of ``cols`` features (a conv: one column of its unfolded input) must be
+    # allocatable, or no input can ever reach the layer.
+    check_bytes(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
+                     f"{list(attrs.shape)})", ModelFileError)
+    # The batch-1 layout is planned over the dense shape, one int64 per lanes x step window of
+    # the host's geometry (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would
+    # exceed the memory bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
+    geometry = ell.host_geometry()
+    if (batch1 == "auto" and geometry is not None
+            and -(-rows // geometry.lanes) * -(-cols // geometry.step) * 8 > memory_limit()):
+        batch1 = "csr"
     try:
         if node.op_type == LINEAR_OP:
             kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation, batch1)
@@ -130,4 +111,8 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
                                   attrs.group, None if attrs.activation == "none" else attrs.activation)
     except KernelValueError as exc:
         raise ModelFileError(f"{label}: {exc}") from None
+    except MemoryError:  # a layout planned over rows x cols that no real layer has
+        raise ModelFileError(f"{label}: building its kernel for shape {list(attrs.shape)} runs out of memory; "
+                             "the shape attribute cannot be right for a layer with "
+                             f"{csr.nnz} nonzeros") from None
     return SparseLayer(node, attrs, kernel, csr)

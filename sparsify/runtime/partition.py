@@ -14,12 +14,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from sparsify.errors import KernelInputError, ModelFileError
-from sparsify.export.sparse_ops import DOMAIN
+from sparsify.export.sparse_ops import CONV_OP, DOMAIN, check_input_shape
 from sparsify.kernels import KernelValueError
-from sparsify.onnxfile import inferred_graph
+from sparsify.onnxfile import inferred_graph, tensor_array
 from sparsify.runtime import glue
 from sparsify.runtime.loader import SparseLayer
 
@@ -74,13 +74,54 @@ def _is_float(t: onnx.TypeProto | None) -> bool:
     return t is not None and t.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
 
 
-def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None) -> Step:
+def _dims(t: onnx.TypeProto | None) -> list[int | None] | None:
+    """The dims of a tensor type (None per unknown dim), or None when its rank is unknown."""
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in t.tensor_type.shape.dim]
+
+
+def check_layer_inputs(layers: dict[int, SparseLayer], types: dict[str, onnx.TypeProto], where: str) -> None:
+    """Check each sparse node's input against its attributes where the file or shape inference
+    knows that input's type (ModelFileError naming the node): element type, rank, channels, and
+    for convs the output size and the padded buffer at batch 1."""
+    for layer in layers.values():
+        label = f"{where}: {layer.op_type} node {layer.node_name!r}"
+        t = types.get(layer.input)
+        if t is None:
+            continue
+        elem = t.tensor_type.elem_type
+        if elem and elem != helper.np_dtype_to_tensor_dtype(layer.csr.dtype):
+            raise ModelFileError(f"{label}: its input {layer.input!r} has ONNX element type "
+                                 f"{TensorProto.DataType.Name(elem) if elem in TensorProto.DataType.values() else elem}"
+                                 f" but its weights are {layer.csr.dtype}")
+        dims = _dims(t)
+        if dims is not None:
+            check_input_shape(layer.attrs, dims, layer.csr.dtype.itemsize, label, ModelFileError)
+
+
+def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str = "model") -> Step:
     """The kernel call of one sparse node; ``const`` is its input when that is an initializer."""
-    kernel, label = layer.kernel, f"{layer.op_type} node {layer.node_name!r}"
+    kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
+    attrs, itemsize = layer.attrs, layer.csr.dtype.itemsize
+    checked_shape: list[tuple[int, ...] | None] = [None]
+
+    def guard(x: Any) -> None:
+        # A conv's buffers grow with its pads and its input: check them once per input shape.
+        shape = getattr(x, "shape", None)
+        if shape is not None and shape != checked_shape[0]:
+            check_input_shape(attrs, shape, itemsize, label, KernelInputError)
+            checked_shape[0] = shape
+
+    check = guard if layer.op_type == CONV_OP else None
 
     def run(xs: list[Any]) -> list[np.ndarray]:
+        x = xs[0] if const is None else const
         try:
-            return [kernel(xs[0] if const is None else const)]
+            if check is not None:
+                check(x)
+            return [kernel(x)]
         except KernelValueError as exc:
             raise KernelInputError(f"{label}: {exc}") from None
 
@@ -89,15 +130,30 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None) -> Step:
     return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail)
 
 
+def _shapes(values: Sequence[Any]) -> list[Any]:
+    return [list(v.shape) if hasattr(v, "shape") else type(v).__name__ for v in values]
+
+
 def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
-                consts: dict[str, np.ndarray]) -> Step:
-    compiled = [(glue.compile_node(n, consts), list(n.input), list(n.output)) for n in nodes]
+                consts: dict[str, np.ndarray], where: str) -> Step:
+    compiled = []
+    for n in nodes:
+        try:
+            compiled.append((glue.compile_node(n, consts), list(n.input), list(n.output), n))
+        except Exception as exc:  # an attribute or constant input of the wrong type or value
+            raise ModelFileError(f"{where}: {n.op_type} node {n.name or n.output[0]!r}: "
+                                 f"{type(exc).__name__}: {exc}") from None
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         env = consts.copy()
         env.update(zip(inputs, xs))
-        for fn, ins, outs in compiled:
-            results = fn([env[v] if v else None for v in ins])
+        for fn, ins, outs, node in compiled:
+            args = [env[v] if v else None for v in ins]
+            try:
+                results = fn(args)
+            except Exception as exc:  # numpy's ValueError/IndexError/MemoryError... on shapes the file got wrong
+                raise KernelInputError(f"{where}: {node.op_type} node {node.name or node.output[0]!r} cannot run on "
+                                       f"inputs of shapes {_shapes(args)}: {type(exc).__name__}: {exc}") from None
             for o, r in zip(outs, results):
                 env[o] = r
         return [env[o] for o in outputs]
@@ -113,8 +169,11 @@ def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[
     def info(name: str) -> onnx.ValueInfoProto:
         t = types.get(name)
         if t is None:
-            raise ModelFileError(f"{where}: the type of value {name!r} is unknown (shape inference could not "
-                                 "reach it); cannot build the ONNX Runtime segment that uses it")
+            writer = next((n for n in model.graph.node if name in n.output), None)
+            by = f", written by {writer.op_type} node {writer.name or name!r}," if writer is not None else ""
+            raise ModelFileError(f"{where}: the type of value {name!r}{by} is unknown: ONNX shape inference could "
+                                 "not infer it (are that node's attributes and constant inputs valid?); cannot "
+                                 "build the ONNX Runtime segment that uses it")
         vi = onnx.ValueInfoProto()
         vi.name = name
         vi.type.CopyFrom(t)
@@ -130,7 +189,12 @@ def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[
     sess = ort_session(sub.SerializeToString(), threads, spinning=False, where=segment)
 
     def run(xs: list[Any]) -> list[np.ndarray]:
-        return sess.run(outputs, dict(zip(inputs, xs)))
+        try:
+            return sess.run(outputs, dict(zip(inputs, xs)))
+        except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException, naming the node
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KernelInputError(f"{segment} failed in ONNX Runtime on inputs of shapes "
+                                   f"{dict(zip(inputs, _shapes(xs)))}: {first}") from None
 
     return Step("ort", inputs, outputs, run, [n.name or n.op_type for n in nodes])
 
@@ -187,6 +251,7 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
             g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
     types = value_types(model)
+    check_layer_inputs(layers, types, where)
     # Cut the node list, in an order that keeps runs long, into sparse nodes and maximal
     # runs of standard nodes.
     groups: list[tuple[str, list[int]]] = []
@@ -207,8 +272,8 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
     for k, (kind, idx) in enumerate(groups):
         if kind == "sparse":
             layer = layers[idx[0]]
-            const = numpy_helper.to_array(inits[layer.input]) if layer.input in inits else None
-            steps.append(_sparse_step(layer, const))
+            const = tensor_array(inits[layer.input], where) if layer.input in inits else None
+            steps.append(_sparse_step(layer, const, where))
             continue
         nodes = [g.node[i] for i in idx]
         produced = {v for n in nodes for v in n.output if v}
@@ -224,8 +289,8 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             _is_float(types.get(v)) for n in nodes
             for j, v in enumerate(n.input) if v and j not in glue.INT_INPUTS.get(n.op_type, ()))
         if numpy_ok:
-            consts = {v: numpy_helper.to_array(inits[v]) for n in nodes for v in n.input if v in inits}
-            steps.append(_numpy_step(nodes, inputs, outputs, consts))
+            consts = {v: tensor_array(inits[v], where) for n in nodes for v in n.input if v in inits}
+            steps.append(_numpy_step(nodes, inputs, outputs, consts, where))
         else:
             steps.append(_ort_step(model, nodes, inputs, outputs, types, inits, threads, where))
     return steps

@@ -11,6 +11,7 @@ import onnx
 from onnx import helper
 
 from sparsify.errors import DataError
+from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition
 
@@ -68,8 +69,11 @@ BATCH1_POLICIES = ("auto", "csr")
 class Session:
     """Run an ONNX file with ``ai.sparsify`` ops: our kernels for those, ONNX Runtime/numpy for the rest.
 
-    Loading validates every CSR weight (a corrupt file raises ModelFileError naming the node
-    and tensor) and builds every kernel object and ORT segment once. ``threads`` sets the
+    Loading validates the graph's structure, every CSR weight and every sparse node's
+    attributes against the shapes the file declares (a corrupt file raises ModelFileError
+    naming the node and tensor) and builds every kernel object and ORT segment once. A
+    run that fails on the arrays reaching a step (a sparse kernel, a glue op, an ORT
+    segment) raises KernelInputError naming the node; bad feeds raise DataError. ``threads`` sets the
     Numba kernel threads (per run, on the calling thread) and each ORT segment's intra-op
     threads. ``glue`` picks how small standard ops between sparse ops run: "numpy"
     (default) or "ort" (every standard segment in its own InferenceSession). Measured per
@@ -84,11 +88,9 @@ class Session:
     keeps the CSR alone, for models served at larger batches or short of memory (batch 1
     then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
 
-    Threads: with Numba's default ``omp`` threading layer, 2-thread kernels stalled for
-    scheduler ticks whenever other processes held the cores (a 1024x1024 SpMV: 0.017 ms
-    quiet, 6-14 ms under load); ``NUMBA_THREADING_LAYER=workqueue`` (set before the first
-    kernel runs) stayed at 0.04-0.05 ms, but its kernels must not be launched from several
-    Python threads at once. See ``benchmarks/results/sparse_e2e*.json``.
+    Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
+    installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``
+    names the layer in use.
     """
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto") -> None:
@@ -109,14 +111,19 @@ class Session:
         self._set_threads, self._get_threads = set_threads, get_threads
         model = load_model(self.path)
         where = str(self.path)
+        check_graph(model, where)
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
-        # The linear layers run one after another: their batch-1 layouts are chosen together.
-        fit_batch1_layouts([layer.kernel for layer in self.layers.values()
-                            if isinstance(layer.kernel, SparseLinear)])
+        # The linear layers run one after another: their batch-1 layouts are chosen together,
+        # then each kept only where it beats the CSR kernel on this host (timed, cached).
+        linears = [layer.kernel for layer in self.layers.values() if isinstance(layer.kernel, SparseLinear)]
+        fit_batch1_layouts(linears)
+        from sparsify.runtime.calibrate import choose_batch1_forms
+        self.batch1_timings = choose_batch1_forms(linears, self.threads)
         init_names = set(inits)
         self._inputs = [_node_arg(vi) for vi in model.graph.input if vi.name not in init_names]
+        self._stored_inputs = {vi.name for vi in model.graph.input if vi.name in init_names}
         self._outputs = [_node_arg(vi) for vi in model.graph.output]
         # Per input: name, dtype, rank (None: any) and its fixed (axis, size) pairs, for run's checks.
         self._feed_checks = [(i.name, i.dtype, len(i.shape) if i.shape else None,
@@ -135,8 +142,13 @@ class Session:
         return list(self._outputs)
 
     def describe(self) -> list[str]:
-        """One line per execution step (sparse kernel, numpy glue or ORT segment)."""
-        return describe(self.steps)
+        """The kernels this host runs (variant, compile target, threading layer), then one
+        line per execution step (sparse kernel, numpy glue or ORT segment)."""
+        from sparsify.kernels import isa
+        from sparsify.kernels.threads import threading_layer
+
+        head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
+        return [head] + describe(self.steps)
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""
@@ -145,7 +157,7 @@ class Session:
             out = {}
             for name, dtype, rank, dims in self._feed_checks:
                 x = feeds.get(name)
-                if not (isinstance(x, np.ndarray) and (dtype is None or x.dtype == dtype)
+                if not (type(x) is np.ndarray and (dtype is None or x.dtype == dtype)
                         and (rank is None or _dims_match(x.shape, rank, dims))):
                     break
                 out[name] = x
@@ -158,18 +170,24 @@ class Session:
         if not isinstance(feeds, Mapping):
             raise DataError(f"feeds should be a dict of input name -> numpy array, got {type(feeds).__name__}")
         expected = {i.name for i in self._inputs}
-        unknown = sorted(set(feeds) - expected)
+        unknown = [k for k in feeds if k not in expected]
         if unknown:
+            stored = [k for k in unknown if k in self._stored_inputs]
+            note = (f" ({stored} hold values stored in the file, which this runtime always uses)" if stored else "")
             raise DataError(f"{self.path.name}: unknown input(s) {unknown}; the model's inputs are "
-                            f"{[i.name for i in self._inputs]}")
+                            f"{[i.name for i in self._inputs]}{note}")
         out: dict[str, np.ndarray] = {}
         for spec, (name, dtype, rank, dims) in zip(self._inputs, self._feed_checks):
             if name not in feeds:
                 raise DataError(f"{self.path.name}: input {name!r} is missing; expected an array of shape "
                                 f"{spec.shape} and type {spec.type}")
             x = feeds[name]
+            if isinstance(x, np.ma.MaskedArray):
+                raise DataError(f"input {name!r} is a masked array; the model reads every value, masked or not "
+                                "(pass x.filled(value) or np.asarray(x))")
             if not isinstance(x, np.ndarray):
                 raise DataError(f"input {name!r} should be a numpy array, got {type(x).__name__}")
+            x = np.asarray(x)  # np.matrix, np.memmap...: the plain array the kernels take
             if dtype is not None and x.dtype != dtype:
                 raise DataError(f"input {name!r} has dtype {x.dtype}; the model expects {dtype} ({spec.type})")
             if rank is not None and not _dims_match(x.shape, rank, dims):
@@ -184,6 +202,8 @@ class Session:
         if output_names is None:
             names = self._output_names
         else:
+            if isinstance(output_names, (str, bytes)) or not isinstance(output_names, Sequence):
+                raise DataError(f"output_names should be None or a list of output names, got {output_names!r}")
             names = list(output_names)
             missing = [n for n in names if n not in self._output_names]
             if missing:

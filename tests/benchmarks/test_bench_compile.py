@@ -45,3 +45,16 @@ def test_a_skipped_step_skips_what_needs_it(monkeypatch, tmp_path):
     assert by["prune_structured"]["skipped"] == "ImportError: no structured pruning"
     assert by["export_slim"]["skipped"].startswith("needs prune_structured, which was skipped")
     assert by["export_sparse"]["n"] == 2 and by["export_sparse"]["wall_s_p50"] == 1.0
+
+
+def test_sweep_cases_name_their_exact_parameter_counts():
+    import torch
+
+    from benchmarks.bench_compile import sweep_cases
+    from sparsify.modelref import import_attr
+
+    for case in sweep_cases((30e6,)):
+        with torch.device("meta"):
+            model = import_attr(case["model"])(**case["model_args"])
+        assert sum(p.numel() for p in model.parameters()) == case["params"], case["name"]
+        assert 20e6 < case["params"] < 40e6

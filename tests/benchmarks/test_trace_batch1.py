@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from benchmarks import trace_batch1
-from sparsify.kernels import ell
+from sparsify.kernels import isa
 from tests.benchmarks.conftest import no_temp_files, positive, read_doc
 
-needs_permute = pytest.mark.skipif(not ell.AVAILABLE, reason="the sliced-ELL kernel needs AVX-512F")
+needs_permute = pytest.mark.skipif(isa.target_variant() != "avx512", reason="the traced sliced-ELL kernel needs AVX-512F")
 
 
 @needs_permute

@@ -116,3 +116,33 @@ def test_the_repository_readme_has_the_markers():
     spliced = update_readme.splice(text, section)
     assert spliced.split("<!-- results:begin")[0] == text.split("<!-- results:begin")[0]
     assert spliced.split("<!-- results:end -->")[1] == text.split("<!-- results:end -->")[1]
+
+
+def test_per_isa_table_shows_p50_p90_targets_and_hosts(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    head = {"shape": [1024, 1024], "sparsity": 0.9, "batch": 1, "ours_median_ms": 0.02, "ours_p90_ms": 0.03,
+            "ort_dense_median_ms": 0.06, "torch_dense_median_ms": 0.07, "numpy_dense_median_ms": 0.05,
+            "speedup_vs_ort_dense": 3.0, "speedup_vs_fastest_dense": 2.5, "fastest_dense": "numpy_dense",
+            "target_speedup_vs_fastest": 1.5, "target_speedup_vs_ort": None, "met": True}
+    for name, target, met in (("kernels.json", "host znver4 (avx512f, avx2, fma)", True),
+                              ("kernels_avx2.json", "NUMBA_CPU_NAME=znver2 (features from the CPU name)", False)):
+        variant = "avx2" if "avx2" in name else "avx512"
+        machine = {"cpu_model": "Test CPU 9000", "isa": {"kernel_variant": variant, "target": target,
+                                                         "host_cpu": "znver4"}}
+        (results / name).write_text(json.dumps({"machine": machine, "headline": [{**head, "met": met}]}))
+    e2e_row = {"batch": 1, "sparsify": {"p50_ms": 1.5, "p90_ms": 4.0}, "ort_dense": {"p50_ms": 9.0},
+               "torch_dense": {"p50_ms": 6.0}, "speedup_p50": 6.0, "speedup_p50_vs_fastest_dense": 4.0,
+               "fastest_dense": "torch_dense"}
+    (results / "sparse_e2e.json").write_text(json.dumps({
+        "schema": "sparsify.sparse_e2e/1", "machine": MACHINE, "isa": {"kernel_variant": "avx512", "target": "host znver4",
+                                                                      "host_cpu": "znver4"},
+        "mlp": {"width": 4096, "rows": [e2e_row]}}))
+    section = update_readme.render(results, tmp_path)
+    rows = [line for line in section.splitlines() if line.startswith("| avx")]
+    assert len(rows) == 3
+    assert rows[0].startswith("| avx512 on Test CPU 9000 (znver4) | 1024×1024 at 90%, batch 1 | 0.02 ms / 0.03 ms |")
+    assert "0.06 ms / 0.07 ms / 0.05 ms | ×3.00 | ×2.50 (numpy_dense) | ×1.5 fastest, p90 ≤ 2×p50 | yes |" in rows[0]
+    assert rows[2].startswith("| avx2, compiled for znver2 on Test CPU 9000 (znver4) |") and "| **no** |" in rows[2]
+    # The MLP's p90 is 2.7x its p50: not met, whatever the ratios.
+    assert "MLP at 90%, end to end, batch 1 | 1.5 ms / 4 ms |" in rows[1] and "| **no** | sparse_e2e.json |" in rows[1]

@@ -61,3 +61,10 @@ def rng() -> np.random.Generator:
 
 def make_csr(w: np.ndarray) -> CSR:
     return CSR.from_dense(w)
+
+
+def take_layout_at_any_fill(monkeypatch) -> None:
+    """Make ``batch1="auto"`` take the sliced ELL whatever its fill, in every geometry."""
+    from sparsify.kernels import ell
+    for name, geo in list(ell.GEOMETRIES.items()):
+        monkeypatch.setitem(ell.GEOMETRIES, name, geo._replace(min_fill=0.0))

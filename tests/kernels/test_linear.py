@@ -10,24 +10,34 @@ from sparsify.kernels import CSR, CSRFormatError, KernelArgumentError, SparseLin
 from sparsify.kernels import _jit
 from sparsify.kernels.spmm import RowChunks, pick_tile
 from tests.helpers import assert_close
-from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to
+from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to, take_layout_at_any_fill
 
 ACTS = [None, "relu", "gelu"]
 
 
-@pytest.fixture(autouse=True, params=["csr", "ell", "ell_compact"])
+@pytest.fixture(autouse=True, params=["csr", "ell", "ell_compact", "ell-avx2", "ell_compact-avx2"])
 def batch1_layout(request, monkeypatch):
     """Run every test here with batch-1 calls on the CSR kernel, then on the padded and on
-    the compact sliced-ELL one (float64 layers stay on CSR: the layout is float32 only)."""
-    from sparsify.kernels import ell, spmm
-    if request.param == "csr":
+    the compact sliced-ELL one of the host's variant and of the AVX2 variant where the
+    host runs it (float64 layers stay on CSR: the layout is float32 only)."""
+    from sparsify.kernels import ell, isa, spmm
+    layout, _, variant = request.param.partition("-")
+    if variant:
+        if isa.VARIANT == variant:
+            pytest.skip("the host's own variant: covered by the runs without a suffix")
+        try:
+            isa.select(variant)
+        except ValueError:
+            pytest.skip(f"the {variant} kernels do not run on this host")
+        monkeypatch.setattr(isa, "VARIANT", variant)
+    if layout == "csr":
         monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "csr")
         return request.param
-    if not ell.AVAILABLE:
-        pytest.skip("the sliced-ELL SpMV needs AVX-512F")
+    if ell.host_geometry() is None:
+        pytest.skip("the sliced-ELL SpMV needs AVX2 or AVX-512F")
     monkeypatch.setattr(spmm, "BATCH1_DEFAULT", "auto")
-    monkeypatch.setattr(ell, "MIN_FILL", 0.0)  # "auto" then takes the layout at any fill,
-    if request.param == "ell_compact":  # and in its compact form when nothing fits the cache
+    take_layout_at_any_fill(monkeypatch)  # "auto" then takes the layout at any fill,
+    if layout == "ell_compact":  # and in its compact form when nothing fits the cache
         monkeypatch.setattr(ell, "cache_budget", lambda: 0)
         monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
     return request.param
@@ -201,6 +211,9 @@ def test_row_chunks_cover_rows_in_order():
 
 def test_pick_tile():
     assert [pick_tile(b) for b in (2, 8, 9, 16, 17, 65, 1000)] == [8, 8, 16, 16, 32, 32, 32]
+    assert [pick_tile(b, 16) for b in (2, 9, 17, 1000)] == [8, 16, 16, 16]
+    from sparsify.kernels.spmm import widest_tile
+    assert [widest_tile(v) for v in ("avx512", "avx2", "portable")] == [32, 16, 8]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

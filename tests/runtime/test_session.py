@@ -109,6 +109,34 @@ def test_unknown_output_name_and_bad_threads(pairs):
         Session(pairs["mlp"][2], threads=0)
 
 
+@pytest.mark.parametrize("names, message", [
+    (5, "output_names should be None or a list of output names, got 5"),
+    ("y", "output_names should be None or a list of output names, got 'y'"),
+])
+def test_output_names_of_the_wrong_type_are_a_data_error(pairs, names, message):
+    with pytest.raises(DataError, match=message):
+        Session(pairs["mlp"][2]).run(names, {"x": models.inputs("mlp", 1)})
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_array_subclasses_run_as_plain_arrays_but_masked_arrays_are_refused(pairs, tmp_path):
+    sess, x = Session(pairs["mlp"][2]), models.inputs("mlp", 2)
+    expected = sess.run(None, {"x": x})[0]
+    np.save(tmp_path / "x.npy", x)
+    for same in (np.asmatrix(x), np.load(tmp_path / "x.npy", mmap_mode="r")):
+        got = sess.run(None, {"x": same})[0]
+        assert type(got) is np.ndarray
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(DataError, match="input 'x' is a masked array"):
+        sess.run(None, {"x": np.ma.masked_array(x, mask=x > 0)})
+
+
+def test_feeds_with_keys_that_are_not_names_are_a_data_error(pairs):
+    x = models.inputs("mlp", 1)
+    with pytest.raises(DataError, match=r"unknown input\(s\) \['z', 0\]"):
+        Session(pairs["mlp"][2]).run(None, {"x": x, "z": x, 0: x})
+
+
 def test_kernel_errors_are_wrapped_with_the_node_name(pairs):
     sess = Session(pairs["mlp"][2])
     step = next(s for s in sess.steps if s.kind == "sparse")
@@ -181,7 +209,8 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     _, dense, sparse, _ = pairs["mlp"]
     monkeypatch.setattr(ell, "cache_budget", lambda: budget)
     monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
-    monkeypatch.setattr(ell, "MIN_FILL", 0.0)
+    for name, geo in list(ell.GEOMETRIES.items()):  # the layout at any fill
+        monkeypatch.setitem(ell.GEOMETRIES, name, geo._replace(min_fill=0.0))
     sess = Session(sparse, threads=2)
     linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
     assert linears
@@ -191,6 +220,9 @@ def test_linear_layers_share_one_batch1_cache_budget(pairs, monkeypatch, budget)
     else:
         assert all(k.ell is None for k in linears)
         form = "batch 1: CSR"
+    from sparsify.kernels import isa
+    head = sess.describe()[0]
+    assert head.startswith(f"kernels: {isa.VARIANT} kernels, compiled for ") and "2 thread(s), Numba " in head
     sparse_lines = [line for line in sess.describe() if line.startswith("sparse:")]
     assert len(sparse_lines) == len(linears) and all(form in line for line in sparse_lines)
     x = models.inputs("mlp", 1, seed=3)

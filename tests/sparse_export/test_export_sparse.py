@@ -134,3 +134,5 @@ def test_inspect_rows_for_sparse_ops_match_the_summary(forced):
     assert by_name["block2.conv1.weight"].macs == 36864 * 16  # 4x4 output map at batch 1
     assert not any(".csr_" in r.tensor for r in result.rows)
     assert any("bytes/nonzero" in n for n in result.notes)
+    from sparsify.kernels import isa
+    assert any(f"runs these ops on its {isa.VARIANT} kernels, compiled for" in n for n in result.notes)

@@ -1,0 +1,129 @@
+"""Convert or keep dense by measurement on the host: decisions, reasons, the per-host cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from sparsify.passes.csr import plan_csr
+from sparsify.runtime import calibrate
+
+
+def _mlp(rng, sizes, densities) -> onnx.ModelProto:
+    nodes, inits, prev = [], [], "x"
+    for i, ((n_in, n_out), d) in enumerate(zip(sizes, densities)):
+        w = rng.standard_normal((n_out, n_in)).astype(np.float32)
+        w[rng.random(w.shape) >= d] = 0
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}"], [f"h{i}"], transB=1, name=f"fc{i}"))
+        prev = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, sizes[0][0]])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, sizes[-1][1]])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(calibrate.ENV, "on")
+    return tmp_path
+
+
+def test_measured_decisions_follow_the_timings_and_say_why(cache, monkeypatch):
+    rng = np.random.default_rng(0)
+    model = _mlp(rng, [(64, 48), (48, 32)], [0.1, 0.9])
+    # A fake clock-free timer: the first layer's kernel wins, the second's loses.
+    verdicts = iter([(2.0, 0.5), (1.0, 0.995)])
+    monkeypatch.setattr(calibrate, "time_pair", lambda dense, sparse: (dense(), sparse(), next(verdicts))[2])
+    monkeypatch.setattr(calibrate.Calibrator, "overhead_ms", lambda self: 0.01)  # the second loses by it
+    plan = plan_csr(model)
+    first, second = plan.decisions
+    assert first.convert and not second.convert
+    assert "measured on this host" in first.reason and "sparse 0.5000 ms" in first.reason
+    assert "0.9950 ms + 0.0100 ms runtime step vs dense ONNX Runtime 1.0000 ms" in second.reason
+    assert "--density-threshold" in second.reason
+    assert first.threshold is None and plan.density_threshold is None
+    files = list((cache / "calibration").glob("*.json"))
+    assert len(files) == 1
+    doc = json.loads(files[0].read_text())
+    assert doc["identity"]["kernel_variant"] and doc["identity"]["cpu"]
+    keys = sorted(k for k in doc["entries"] if k.startswith("linear"))
+    assert [k.split(" density ")[0] for k in keys] == ["linear 32x48", "linear 48x64"]
+    assert all(k.endswith(" rows 1") for k in keys)
+
+
+def test_the_cache_is_reused_and_keyed_by_the_host(cache, monkeypatch):
+    rng = np.random.default_rng(1)
+    model = _mlp(rng, [(64, 48)], [0.1])
+    calls = []
+    monkeypatch.setattr(calibrate, "time_pair", lambda dense, sparse: calls.append(1) or (1.0, 0.25))
+    monkeypatch.setattr(calibrate.Calibrator, "overhead_ms", lambda self: 0.01)
+    plan_csr(model)
+    measured = len(calls)
+    again = plan_csr(model)
+    assert len(calls) == measured and "cached" in again.decisions[0].reason  # nothing timed twice
+    monkeypatch.setattr(calibrate, "host_identity", lambda threads: {"cpu": "another", "threads": threads,
+                                                                      "kernel_variant": "avx2"})
+    plan_csr(model)
+    assert len(calls) > measured  # another host: measured again, in its own file
+    assert len(list((cache / "calibration").glob("*.json"))) == 2
+
+
+def test_threshold_and_switch_override_calibration(cache, monkeypatch):
+    model = _mlp(np.random.default_rng(2), [(64, 48)], [0.1])
+    monkeypatch.setattr(calibrate, "time_pair", lambda dense, sparse: pytest.fail("should not time"))
+    assert "set by --density-threshold" in plan_csr(model, density_threshold=0.5).decisions[0].reason
+    monkeypatch.setenv(calibrate.ENV, "off")
+    assert "threshold" in plan_csr(model).decisions[0].reason
+    assert not list(cache.glob("**/*.json"))
+
+
+def test_real_timing_runs_both_sides_and_decides(cache):
+    # One real measurement (no fake timer): a 256x256 layer at 98% sparsity, batch 1.
+    model = _mlp(np.random.default_rng(3), [(256, 256)], [0.02])
+    d = plan_csr(model).decisions[0]
+    assert "measured on this host" in d.reason and " ms" in d.reason
+    m = calibrate.Calibrator()
+    ms = m.linear(numpy_helper.to_array(model.graph.initializer[0]), 1)
+    assert ms.cached and ms.sparse_ms > 0 and ms.dense_ms > 0 and ms.overhead_ms > 0
+    assert d.convert == ms.convert
+
+
+def test_a_layer_the_timing_cannot_run_falls_back_to_the_fixed_rules(cache, monkeypatch):
+    model = _mlp(np.random.default_rng(4), [(64, 48)], [0.1])
+
+    def refuse(self, w, rows):
+        raise RuntimeError("no kernel for this")
+    monkeypatch.setattr(calibrate.Calibrator, "linear", refuse)
+    d = plan_csr(model).decisions[0]
+    assert d.reason.startswith("not timed (RuntimeError: no kernel for this); density 0.1")
+    assert "threshold" in d.reason
+
+
+def test_batch1_form_kept_only_where_it_beats_the_csr_kernel(cache, monkeypatch):
+    from sparsify.kernels import CSR, SparseLinear, ell
+
+    if ell.host_geometry() is None:
+        pytest.skip("no sliced-ELL layout on this host")
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((64, 128)).astype(np.float32)
+    w[rng.random(w.shape) >= 0.1] = 0
+    layers = [SparseLinear(CSR.from_dense(w), batch1="ell") for _ in range(2)]
+    # Timed CSR first, then the layout: the first layer's layout loses, the second's wins.
+    times = iter([(1.0, 0.0), (2.0, 0.0), (1.0, 0.0), (0.5, 0.0)])
+    monkeypatch.setattr(calibrate, "time_pair", lambda a, b: (a(), b(), next(times))[2])
+    lines = calibrate.choose_batch1_forms(layers[:1], 1)
+    assert layers[0].ell is None and lines[0].endswith("-> CSR")
+    layers[1].set_batch1_layout(layers[1].ell)  # another weight: timed anew
+    monkeypatch.setattr(calibrate.Calibrator, "batch1", lambda self, layer: (
+        "x", calibrate.Measurement(0.5, 1.0, 0.0)))
+    calibrate.choose_batch1_forms(layers[1:], 1)
+    assert layers[1].ell is not None
+    y = layers[0](np.ones(128, np.float32))
+    np.testing.assert_allclose(y, w.astype(np.float64) @ np.ones(128), rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv(calibrate.ENV, "off")
+    assert calibrate.choose_batch1_forms(layers[1:], 1) == [] and layers[1].ell is not None

@@ -1,0 +1,191 @@
+"""Atomic writes: one private temporary folder per write, removed on failure and on SIGTERM;
+leftovers of a killed write removed by the next write to the same destination; folders
+created for a failed write removed; unwritable destinations are clean errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sparsify.errors import ExportError, SparsifyError
+from sparsify.fileio import OWNER, TMP_TAG, atomic_dir, atomic_path, remove_stale
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if TMP_TAG in p.name or p.name.startswith("."))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _fake_leftover(parent: Path, dest_name: str, owner: dict | None) -> Path:
+    d = parent / f".{dest_name}{TMP_TAG}{owner['pid'] if owner else 0}-abc"
+    d.mkdir()
+    (d / dest_name).write_bytes(b"half")
+    if owner is not None:
+        (d / OWNER).write_text(json.dumps(owner))
+    return d
+
+
+def test_a_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
+    dest = tmp_path / "out.onnx"
+    dest.write_bytes(b"good")
+    with pytest.raises(ExportError, match="boom"):
+        with atomic_path(dest, ExportError) as tmp:
+            assert tmp.parent.name.startswith(f".out.onnx{TMP_TAG}") and tmp.name == "out.onnx"
+            (tmp.parent / "dense.onnx").write_bytes(b"scratch")  # another temporary of the same write
+            tmp.write_bytes(b"half")
+            raise ExportError("boom")
+    assert dest.read_bytes() == b"good" and _leftovers(tmp_path) == []
+
+
+def test_folders_created_for_a_failed_write_are_removed(tmp_path):
+    with pytest.raises(ExportError):
+        with atomic_path(tmp_path / "a" / "b" / "out.onnx", ExportError):
+            raise ExportError("verification failed (simulated)")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(tmp_path / "a" / "b" / "out.onnx", ExportError) as tmp:
+        tmp.write_bytes(b"ok")
+    assert (tmp_path / "a" / "b" / "out.onnx").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("dest", ["/proc/x.onnx", "/proc/self/x.onnx", "/sys/kernel/x.onnx"])
+def test_destinations_that_cannot_be_written_are_clean_errors(dest):
+    with pytest.raises(ExportError, match=rf"{dest}") as info:
+        with atomic_path(dest, ExportError):
+            raise AssertionError("the body must not run")
+    assert "\n" not in str(info.value)
+
+
+def test_the_next_write_removes_leftovers_of_a_killed_one_it_can_prove_are_ours(tmp_path):
+    from sparsify.fileio import _owner_record
+
+    mine = _owner_record(tmp_path / "out.onnx")
+    dead = _fake_leftover(tmp_path, "out.onnx", {**mine, "pid": _dead_pid()})
+    alive = _fake_leftover(tmp_path, "out.onnx", mine)  # this process: still running
+    other_host = _fake_leftover(tmp_path, "out.onnx", {**mine, "pid": _dead_pid() + 1, "host": "elsewhere"})
+    no_owner = _fake_leftover(tmp_path, "out.onnx", None)
+    other_dest = _fake_leftover(tmp_path, "other.onnx", {**mine, "pid": _dead_pid(), "dest": "other.onnx"})
+    with atomic_path(tmp_path / "out.onnx", ExportError) as tmp:
+        tmp.write_bytes(b"new")
+    assert not dead.exists()
+    assert alive.exists() and other_host.exists() and no_owner.exists() and other_dest.exists()
+    assert remove_stale(tmp_path, "other.onnx") == [other_dest]
+
+
+def test_a_leftover_whose_pid_was_reused_is_stale(tmp_path):
+    from sparsify.fileio import _owner_record
+
+    reused = _fake_leftover(tmp_path, "out.onnx", {**_owner_record(tmp_path / "out.onnx"), "start": "1"})
+    assert remove_stale(tmp_path, "out.onnx") == [reused]
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from sparsify.errors import ExportError
+    from sparsify.fileio import {func}
+    with {func}(sys.argv[1], ExportError{extra}) as tmp:
+        {write}
+        print("ready", flush=True)
+        time.sleep(60)
+""")
+
+
+def _writer(dest: Path, kind: str) -> subprocess.Popen:
+    if kind == "file":
+        code = WRITER.format(func="atomic_path", extra="", write="tmp.write_bytes(b'half')")
+    else:
+        code = WRITER.format(func="atomic_dir", extra=", 'manifest.json'",
+                             write="(tmp / 'weights.safetensors').write_bytes(b'half')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO, text=True)
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_write_cleans_up_and_exits_128_plus_the_signal(tmp_path, kind, sig):
+    dest = tmp_path / "new" / ("out.onnx" if kind == "file" else "run")
+    proc = _writer(dest, kind)
+    assert _leftovers(dest.parent)  # the private folder exists while writing
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and f"stopped by {signal.Signals(sig).name}" in err, err
+    assert not (tmp_path / "new").exists()  # the folder created for the write went too
+
+
+def test_a_killed_write_is_cleaned_by_the_next_write_to_the_same_destination(tmp_path):
+    dest = tmp_path / "out.onnx"
+    proc = _writer(dest, "file")
+    proc.kill()
+    proc.wait()
+    assert len(_leftovers(tmp_path)) == 1
+    with atomic_path(dest, ExportError) as tmp:
+        tmp.write_bytes(b"complete")
+    assert _leftovers(tmp_path) == [] and dest.read_bytes() == b"complete"
+
+
+CONCURRENT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from sparsify.errors import RunError
+    from sparsify.fileio import atomic_dir, atomic_path
+    dest, me, kind = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    start = float(sys.argv[4])
+    while time.time() < start:
+        time.sleep(0.001)
+    for i in range(25):
+        if kind == "file":
+            with atomic_path(dest, RunError) as tmp:
+                tmp.write_bytes(me.encode() * 100_000)
+        else:
+            with atomic_dir(dest, RunError, "manifest.json") as tmp:
+                (tmp / "weights.bin").write_bytes(me.encode() * 100_000)
+                (tmp / "manifest.json").write_text(me)
+""")
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_concurrent_writes_to_one_destination_leave_one_complete_result(tmp_path, kind):
+    dest = tmp_path / ("out.bin" if kind == "file" else "run")
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT, str(dest), w, kind, start], cwd=REPO,
+                              stderr=subprocess.PIPE, text=True) for w in "abc"]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    for p, err in zip(procs, errors):
+        assert p.returncode == 0 or ("RunError" in err and "cannot" in err), err
+    if kind == "file":
+        data = dest.read_bytes()
+        assert len(data) == 100_000 and len(set(data)) == 1
+    else:
+        writer = (dest / "manifest.json").read_text()
+        assert (dest / "weights.bin").read_bytes() == writer.encode() * 100_000
+    assert _leftovers(tmp_path) == []
+
+
+def test_outputs_keep_the_usual_permissions_and_suffix(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "plot.png", SparsifyError) as tmp:
+            assert tmp.suffix == ".png" and tmp.exists()
+        with atomic_dir(tmp_path / "r", SparsifyError, "manifest.json") as tmp:
+            (tmp / "manifest.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "plot.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r").stat().st_mode & 0o777 == 0o755
