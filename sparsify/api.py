@@ -12,13 +12,16 @@ import torch
 from torch import nn
 
 from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_manifest, save_run
-from sparsify.data import InputSpec, Splits, input_specs_from_data, load_data, make_input_specs, random_inputs
+from sparsify.data import (
+    InputSpec, Splits, check_inputs, input_specs_from_data, load_data, make_input_specs, random_inputs,
+)
 from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
 from sparsify.export.verify import VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train
 from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
+from sparsify.models.hub import is_hub_ref, open_hub_model
 from sparsify.modelref import build_model, load_weights, load_weights_file, model_ref, read_state_dict
 from sparsify.trust import TRUST_ALL, CodeTrust
 
@@ -41,6 +44,8 @@ class ModelSource:
     input_dtypes: Sequence[str] = ()
     # Code references a run directory's manifest may name and have imported (its model, its data).
     trust: CodeTrust = CodeTrust()
+    hf_task: str | None = None
+    example_inputs: str | None = None
 
 
 def open_model(src: ModelSource) -> Run:
@@ -51,30 +56,101 @@ def open_model(src: ModelSource) -> Run:
             raise ModelError(f"--weights cannot be combined with the run directory {src.model}; the run holds its weights")
         if src.data:
             run.use_data(src.data)
+        if src.example_inputs:
+            read_example_inputs(src.example_inputs, run.inputs)
+            run.example_inputs = src.example_inputs
         return run
     if Path(src.model).is_dir():
         raise ModelError(f"{src.model} is a directory but holds no manifest.json; expected a run directory, "
-                         f"a built-in model ({', '.join(sorted(BUILTIN_MODELS))}) or 'package.module:attr'")
-    ref = model_ref(src.model, src.model_args)
-    model = build_model(ref, TRUST_ALL)  # the user named it on the command line
+                         f"a built-in model ({', '.join(sorted(BUILTIN_MODELS))}), 'hf:DIR' for a Hugging Face "
+                         "directory, or 'package.module:attr'")
+    if src.hf_task and not src.model.startswith("hf:"):
+        raise ModelError(f"--hf-task applies to hf:DIR models only, not {src.model!r}")
+    hub_inputs = None
+    if is_hub_ref(src.model):
+        from sparsify.data import parse_input_shape
+
+        model, ref, hub_inputs = open_hub_model(src.model, src.model_args, src.hf_task,
+                                                [parse_input_shape(s) for s in src.input_shapes])
+        if src.weights and ref["kind"] == "hf":
+            raise ModelError("--weights does not apply to hf:DIR models: the weights come from the directory")
+    else:
+        ref = model_ref(src.model, src.model_args)
+        model = build_model(ref, TRUST_ALL)  # the user named it on the command line
     if src.weights:
         if Path(src.weights).suffix == ".safetensors" and Path(src.weights).is_file():
             load_weights_file(model, src.weights)
         else:
             load_weights(model, read_state_dict(src.weights), src.weights)
-    inputs = resolve_inputs(src, ref)
-    return Run(model=model, model_ref=ref, inputs=inputs, data=src.data)
+    inputs = resolve_inputs(src, ref, hub_inputs)
+    if any(s.is_integer and s.values == "normal" for s in inputs):
+        from sparsify.graph.input_values import derive_input_values
 
-
-def resolve_inputs(src: ModelSource, ref: dict[str, Any]) -> list[InputSpec]:
-    """Input specs from --data, else --input-shape, else the built-in model's known shape."""
+        inputs = derive_input_values(model, inputs)
+    run = Run(model=model, model_ref=ref, inputs=inputs, data=src.data)
+    if src.example_inputs:
+        read_example_inputs(src.example_inputs, inputs)
+        run.example_inputs = src.example_inputs
     if src.data:
-        return input_specs_from_data(load_data(src.data).train)
+        check_data_inputs(run)
+    return run
+
+
+def resolve_inputs(src: ModelSource, ref: dict[str, Any], known: list[InputSpec] | None = None) -> list[InputSpec]:
+    """Input specs from --data, else --input-shape, else the model's known shape. ``known``:
+    the specs a library model names itself (--data then gives their shapes and dtypes)."""
+    if src.data:
+        names = [s.name for s in known] if known else None
+        found = input_specs_from_data(load_data(src.data, names).train)
+        if known is None:
+            return found
+        if len(found) != len(known):
+            raise DataError(f"--data {src.data} gives {len(found)} inputs per sample; the model takes {len(known)} "
+                            f"({', '.join(s.name for s in known)})")
+        return [dataclasses.replace(k, shape=f.shape, dtype=f.dtype) for k, f in zip(known, found)]
+    if known is not None:
+        if src.input_dtypes:
+            raise DataError("--input-dtype does not apply to hf:/torchvision: models; their dtypes are known")
+        return known
     if src.input_shapes:
         return make_input_specs(src.input_shapes, src.input_dtypes)
     if ref["kind"] == "builtin":
         return [InputSpec("input", BUILTIN_INPUT_SHAPE, "float32")]
     raise DataError(f"cannot tell the inputs of model {ref['name']!r}: give --data or --input-shape (e.g. --input-shape 1,3,32,32)")
+
+
+def read_example_inputs(path: str | Path, specs: Sequence[InputSpec]) -> list[np.ndarray]:
+    """Named arrays from an .npz (one per model input, batch first), checked against the specs:
+    names, ranks, static sizes and the valid range of every integer input."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--example-inputs {path}: no such file; expected an .npz with one array per input "
+                        f"({', '.join(s.name for s in specs)})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # numpy raises several types for a bad file (object arrays need pickle: refused)
+        raise DataError(f"--example-inputs {path} is not a readable .npz of numeric arrays: {exc}") from exc
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(arrays) == 1 and names[0] not in arrays:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing, extra = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise DataError(f"--example-inputs {path} should hold arrays named {names}; "
+                        + "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                                f"unexpected {extra}" if extra else "") if p))
+    out = [arrays[n] for n in names]
+    check_inputs(specs, out, f"--example-inputs {path}")
+    return out
+
+
+def check_data_inputs(run: Run) -> None:
+    """Check a batch of the run's data against its input specs (integer ranges included)."""
+    from sparsify.data import loader, split_batch
+
+    names = [s.name for s in run.inputs]
+    x, _ = split_batch(next(iter(loader(load_data(str(run.data), names).train, 64))))
+    check_inputs(run.inputs, x, f"--data {run.data}")
 
 
 def _need_data(run: Run, data: str | None) -> Splits:
@@ -83,7 +159,7 @@ def _need_data(run: Run, data: str | None) -> Splits:
     ref = run.data_ref()
     if not ref:
         raise DataError("this step needs data: give --data (e.g. --data digits)")
-    return load_data(ref)
+    return load_data(ref, [s.name for s in run.inputs])
 
 
 def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path, *,
@@ -148,7 +224,7 @@ def prune_model(src: ModelSource, out: str | Path, options: "PruneOptions | None
         step["bn_recalibrate_batches"] = opts.bn_recalibrate
     metrics: dict[str, Any] = {}
     if run.data_ref():
-        acc = evaluate(model, load_data(run.data).test)["accuracy"]
+        acc = evaluate(model, load_data(run.data, [s.name for s in run.inputs]).test)["accuracy"]
         metrics["test_accuracy"] = round(acc, 4)
         metrics["pruned_test_accuracy"] = round(acc, 4)
     new = derive(run, model, step, metrics)
@@ -192,7 +268,7 @@ def _plan(run: Run, src: ModelSource, opts: "PruneOptions", progress: Callable[[
     ratio = opts.ratio if opts.ratio is not None else (opts.sparsity if opts.sparsity is not None else 0.5)
     calib = None
     if opts.criterion == "taylor":
-        calib = [(x[0], y) for x, y in calibration_batches(run, src.data, min(opts.calibration_batches, 8), opts.seed)]
+        calib = calibration_batches(run, src.data, min(opts.calibration_batches, 8), opts.seed)
     with torch.no_grad():
         example = random_inputs(run.inputs)
     # The planner captures its own copy of the model; a masked one is folded first (on a copy,
@@ -200,7 +276,8 @@ def _plan(run: Run, src: ModelSource, opts: "PruneOptions", progress: Callable[[
     fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
     plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=opts.criterion,
                              scope=opts.scope, round_to=opts.round_to, min_channels=opts.min_channels,
-                             targets=opts.targets, ignore=opts.ignore, calib_batches=calib, seed=opts.seed)
+                             targets=opts.targets, ignore=opts.ignore, calib_batches=calib, seed=opts.seed,
+                             dynamic=[i.dynamic for i in run.inputs])
              for s in _structures(opts.structure)]
     return plans[0] if len(plans) == 1 else CombinedPlan(plans)
 
@@ -404,13 +481,21 @@ def reference_module(run: Run) -> nn.Module:
 
 
 def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """Seeded random inputs at batch 1 and 3, plus a batch of real data when the run knows its data."""
+    """Seeded valid random inputs at batch 1 and 3 (and, for inputs with a dynamic sequence
+    axis, at a second sequence length), plus the run's example inputs and a batch of its data."""
     sets = {f"random b{b}": [t.numpy() for t in random_inputs(run.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
+    seqs = [s.shape[a] for s in run.inputs for a in s.dynamic if a > 0]
+    if seqs:
+        other = max(2, (3 * seqs[0]) // 4) if seqs[0] > 2 else seqs[0] + 1
+        sets[f"random b2 seq{other}"] = [t.numpy() for t in random_inputs(run.inputs, batch=2, seed=seed + 7,
+                                                                          seq=other)]
+    if run.example_inputs:
+        sets["example inputs"] = read_example_inputs(run.example_inputs, run.inputs)
     data = run.data_ref()
     if data:
         from sparsify.data import loader, split_batch
 
-        x, _ = split_batch(next(iter(loader(load_data(data).test, 16))))
+        x, _ = split_batch(next(iter(loader(load_data(data, [s.name for s in run.inputs]).test, 16))))
         sets["data b16"] = [t.numpy() for t in x]
     return sets
 

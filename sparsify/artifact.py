@@ -43,6 +43,7 @@ class Run:
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
     recipe_file: dict[str, Any] | None = None  # the YAML recipe `sparsify apply` made this run from
+    example_inputs: str | None = None  # an .npz of named inputs used to verify and benchmark
     # Which code references named by the run's own files may be imported (its data, a teacher run).
     trust: CodeTrust = TRUST_ALL
 
@@ -111,6 +112,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
             "sparsity": sparsity_report(run.model),
             "metrics": run.metrics,
             **({"recipe_file": run.recipe_file} if run.recipe_file is not None else {}),
+            **({"example_inputs": run.example_inputs} if run.example_inputs else {}),
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                       for name in (WEIGHTS, MASKS)},
         }
@@ -190,6 +192,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
         recipe_file=manifest.get("recipe_file"),
+        example_inputs=manifest.get("example_inputs"),
         trust=trust,
     )
 
@@ -197,7 +200,8 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
 def derive(parent: Run, model: nn.Module, step: dict[str, Any], metrics: dict[str, Any] | None = None) -> Run:
     """A new run made from ``parent`` by one more recipe step."""
     return Run(model=model, model_ref=parent.model_ref, inputs=list(parent.inputs), data=parent.data,
-               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})}, trust=parent.trust)
+               recipe=[*parent.recipe, step], metrics={**parent.metrics, **(metrics or {})}, trust=parent.trust,
+               example_inputs=parent.example_inputs)
 
 
 def describe_inputs(inputs: Sequence[InputSpec]) -> str:

@@ -19,13 +19,18 @@ def _trust(args: argparse.Namespace) -> CodeTrust:
 
 
 def _add_model_args(p: argparse.ArgumentParser, with_data: bool = True) -> None:
-    p.add_argument("model", help="built-in model (digits-mlp, digits-cnn, digits-vit), 'package.module:attr', or a run directory")
+    p.add_argument("model", help="built-in model (digits-mlp, digits-cnn, digits-vit), hf:DIR (a local Hugging Face "
+                               "directory), torchvision:NAME, 'package.module:attr', or a run directory")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument for a model factory (repeatable)")
     p.add_argument("--weights", help=".safetensors file or a state dict readable with torch.load(weights_only=True)")
     if with_data:
         p.add_argument("--data", help="'digits', a .npz with x and y, or 'package.module:attr'")
     p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE", help="example input shape, e.g. 1,3,32,32 (repeatable)")
     p.add_argument("--input-dtype", action="append", default=[], metavar="DTYPE", help="dtype of the inputs (default float32)")
+    p.add_argument("--hf-task", help="hf:DIR models: the head to load (base, sequence-classification, causal-lm, "
+                                     "image-classification, ...; default base)")
+    p.add_argument("--example-inputs", metavar="FILE.npz",
+                   help="real inputs, one named array per model input; used to verify and benchmark")
     add_trust_option(p)
 
 
@@ -34,7 +39,7 @@ def _source(args: argparse.Namespace):
     from sparsify.modelref import parse_model_args
 
     return ModelSource(args.model, parse_model_args(args.model_arg), args.weights, getattr(args, "data", None),
-                       args.input_shape, args.input_dtype, _trust(args))
+                       args.input_shape, args.input_dtype, _trust(args), args.hf_task, args.example_inputs)
 
 
 _DISTILL_FIELDS = ("distill", "temperature", "alpha", "nproc")

@@ -3,7 +3,9 @@
 A data reference is one of:
 - ``digits``: scikit-learn's bundled ``load_digits`` (1797 8x8 images), split train/val/test
   70/15/15 with a fixed seed; images scaled to [0, 1], shape (N, 1, 8, 8).
-- ``path.npz``: arrays ``x`` and ``y`` (optionally ``x_val``/``y_val`` and ``x_test``/``y_test``).
+- ``path.npz``: arrays ``x`` and ``y`` (optionally ``x_val``/``y_val`` and ``x_test``/``y_test``);
+  for a model with several named inputs, one array per input name instead of ``x``
+  (``input_ids``, ``attention_mask``, ``y``; ``input_ids_val``, ...).
 - ``package.module:attr``: a ``Dataset``, a ``DataLoader``, a factory returning one of them, or a
   dict with keys ``train`` / ``val`` / ``test``.
 When no validation/test split is given, the data is split 80/10/10 with a fixed seed.
@@ -26,20 +28,65 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.f
           "int64": torch.int64, "int32": torch.int32, "bool": torch.bool}
 
 
+#: The ONNX metadata key under which an exported file records its input specs (as JSON), so that
+#: ``sparsify bench`` feeds it valid token ids and masks.
+INPUTS_METADATA = "sparsify.inputs"
+#: ``InputSpec.values`` kinds: how valid values of an input are drawn.
+VALUE_KINDS = ("normal", "index", "mask")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputSpec:
-    """One model input: name, shape (batch first) and dtype name."""
+    """One model input: name, shape (batch first), dtype name, and what values it takes.
+
+    ``dynamic`` lists the axes whose size may change (the batch, and e.g. a sequence axis).
+    ``values``: ``"normal"`` (unit normal floats), ``"index"`` (integers in ``[low, high)``,
+    e.g. token ids below an embedding's row count) or ``"mask"`` (a 0/1 padding mask: ones,
+    then zeros, at least one 1 per row). ``source`` says what the range was read from.
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str = "float32"
+    dynamic: tuple[int, ...] = (0,)
+    values: str = "normal"
+    low: int = 0
+    high: int | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        out: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.dynamic != (0,):
+            out["dynamic"] = list(self.dynamic)
+        if self.values != "normal":
+            out.update(values=self.values, low=self.low, high=self.high, source=self.source)
+        return out
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "InputSpec":
-        return InputSpec(str(d["name"]), tuple(int(s) for s in d["shape"]), str(d["dtype"]))
+        high = d.get("high")
+        return InputSpec(str(d["name"]), tuple(int(s) for s in d["shape"]), str(d["dtype"]),
+                         tuple(int(a) for a in d.get("dynamic", (0,))), str(d.get("values", "normal")),
+                         int(d.get("low", 0)), None if high is None else int(high), d.get("source"))
+
+    @property
+    def is_integer(self) -> bool:
+        return self.dtype in ("int64", "int32")
+
+    def valid_range(self) -> tuple[int, int] | None:
+        """``[low, high)`` of an integer input whose values are known (an index or a 0/1 mask)."""
+        if self.values == "mask":
+            return (0, 2)
+        if self.values == "index" and self.high is not None:
+            return (self.low, self.high)
+        return None
+
+    def describe_range(self) -> str:
+        rng = self.valid_range()
+        if rng is None:
+            return "any value"
+        what = f"{rng[0]}..{rng[1] - 1}"
+        return what + (f" ({self.source})" if self.source else "")
 
 
 @dataclasses.dataclass
@@ -77,20 +124,74 @@ def make_input_specs(shapes: Sequence[str], dtypes: Sequence[str] | None = None)
     return [InputSpec(n, parse_input_shape(s), d) for n, s, d in zip(names, shapes, dtypes)]
 
 
-def random_inputs(specs: Sequence[InputSpec], batch: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Seeded unit-scale inputs matching the specs (batch dim replaced when ``batch`` is given)."""
+def input_shape(spec: InputSpec, batch: int | None = None, seq: int | None = None) -> tuple[int, ...]:
+    """The spec's shape with the batch axis set to ``batch`` and its other dynamic axes to ``seq``."""
+    shape = list(spec.shape)
+    if batch is not None:
+        shape[0] = batch
+    if seq is not None:
+        for axis in spec.dynamic:
+            if axis > 0:
+                shape[axis] = seq
+    return tuple(shape)
+
+
+def padding_mask(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """0/1 int64 masks of ones then zeros along the last axis, each row keeping at least one 1."""
+    if not shape or shape[-1] == 0:
+        return torch.ones(shape, dtype=torch.int64)
+    rows = int(torch.tensor(shape[:-1]).prod()) if len(shape) > 1 else 1
+    lengths = torch.randint(1, shape[-1] + 1, (rows, 1), generator=gen)
+    lengths[0] = shape[-1]  # one row unpadded, so every position is exercised
+    return (torch.arange(shape[-1]).expand(rows, -1) < lengths).to(torch.int64).reshape(shape)
+
+
+def random_inputs(specs: Sequence[InputSpec], batch: int | None = None, seed: int = 0,
+                  seq: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Seeded valid inputs matching the specs: unit-scale floats, integers within their known
+    range (see ``InputSpec.values``; ``[0, 10)`` when none is known), padding masks for masks.
+    ``batch`` replaces the batch axis, ``seq`` every other dynamic axis."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for spec in specs:
-        shape = spec.shape if batch is None else (batch, *spec.shape[1:])
+        shape = input_shape(spec, batch, seq)
         dtype = DTYPES[spec.dtype]
         if dtype.is_floating_point:
             out.append(torch.randn(shape, generator=gen, dtype=torch.float32).to(dtype))
+        elif spec.values == "mask":
+            out.append(padding_mask(shape, gen).to(dtype))
         elif dtype == torch.bool:
             out.append(torch.randint(0, 2, shape, generator=gen).bool())
         else:
-            out.append(torch.randint(0, 10, shape, generator=gen, dtype=dtype))
+            low, high = spec.valid_range() or (0, 10)
+            out.append(torch.randint(low, high, shape, generator=gen, dtype=dtype))
     return tuple(out)
+
+
+def check_inputs(specs: Sequence[InputSpec], arrays: Sequence[Any], where: str) -> None:
+    """Raise DataError unless ``arrays`` fit ``specs``: count, rank, static sizes, integer ranges."""
+    if len(arrays) != len(specs):
+        raise DataError(f"{where}: got {len(arrays)} inputs; the model takes {len(specs)} "
+                        f"({', '.join(s.name for s in specs)})")
+    for spec, arr in zip(specs, arrays):
+        shape = tuple(arr.shape)
+        if len(shape) != len(spec.shape):
+            raise DataError(f"{where}: input {spec.name!r} has shape {list(shape)}; expected rank "
+                            f"{len(spec.shape)} like {list(spec.shape)}")
+        fixed = [a for a in range(1, len(shape)) if a not in spec.dynamic and shape[a] != spec.shape[a]]
+        if fixed:
+            raise DataError(f"{where}: input {spec.name!r} has shape {list(shape)}; axis {fixed[0]} should be "
+                            f"{spec.shape[fixed[0]]} (only axes {list(spec.dynamic)} may change size)")
+        rng = spec.valid_range()
+        if rng is None or not len(arr.reshape(-1)):
+            continue
+        t = torch.as_tensor(np.asarray(arr)) if not isinstance(arr, torch.Tensor) else arr
+        if t.is_floating_point():
+            raise DataError(f"{where}: input {spec.name!r} holds floats; it takes integers {spec.describe_range()}")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < rng[0] or hi >= rng[1]:
+            raise DataError(f"{where}: input {spec.name!r} has values in [{lo}, {hi}]; valid values are "
+                            f"{spec.describe_range()}")
 
 
 def input_specs_from_data(ds: Dataset) -> list[InputSpec]:
@@ -139,7 +240,7 @@ def _as_dataset(obj: Any, name: str) -> Dataset:
     raise DataError(f"data reference {name!r} gave a {type(obj).__name__}; expected a torch Dataset or DataLoader")
 
 
-def _load_npz(path: Path) -> Splits:
+def _load_npz(path: Path, input_names: Sequence[str] | None = None) -> Splits:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     try:
@@ -147,31 +248,62 @@ def _load_npz(path: Path) -> Splits:
         keys = set(arrays.files)
     except Exception as exc:  # numpy raises several types for a bad file
         raise DataError(f"data file {path} is not a readable .npz archive: {exc}") from exc
-    if not {"x", "y"} <= keys:
-        raise DataError(f"data file {path} should hold arrays 'x' and 'y'; it holds {sorted(keys)}")
+    names = list(input_names or [])
+    if "x" not in keys and names and "y" in keys:
+        missing = [n for n in names if n not in keys]
+        if missing:
+            raise DataError(f"data file {path} should hold one array per model input ({', '.join(names)}) and 'y'; "
+                            f"it lacks {missing} (it holds {sorted(keys)})")
+    elif not {"x", "y"} <= keys:
+        hint = f", or one array per model input ({', '.join(names)}) and 'y'" if names else ""
+        raise DataError(f"data file {path} should hold arrays 'x' and 'y'{hint}; it holds {sorted(keys)}")
+    else:
+        names = ["x"]
 
-    def pair(xk: str, yk: str) -> TensorDataset:
+    def tensor(key: str) -> torch.Tensor:
         try:
-            x, y = arrays[xk], arrays[yk]
+            arr = arrays[key]
         except ValueError as exc:  # object arrays need pickle, which is never allowed
-            raise DataError(f"data file {path}: array {xk!r} or {yk!r} holds Python objects (pickled), which "
+            raise DataError(f"data file {path}: array {key!r} holds Python objects (pickled), which "
                             "sparsify refuses to read; store plain numeric arrays") from exc
         except Exception as exc:
-            raise DataError(f"data file {path}: arrays {xk!r}/{yk!r} cannot be read: {exc}") from exc
-        if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-            raise DataError(f"data file {path}: {xk} and {yk} should be numeric arrays; "
-                            f"got dtypes {x.dtype} and {y.dtype}")
-        if len(x) != len(y):
-            raise DataError(f"data file {path}: {xk} has {len(x)} samples but {yk} has {len(y)}")
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-        xt = xt.float() if xt.is_floating_point() else xt
-        return TensorDataset(xt, torch.from_numpy(np.ascontiguousarray(y)).long())
+            raise DataError(f"data file {path}: array {key!r} cannot be read: {exc}") from exc
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"data file {path}: {key} should be a numeric array; got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.float() if t.is_floating_point() else t
 
-    main = pair("x", "y")
-    if {"x_val", "y_val"} <= keys:
-        test = pair("x_test", "y_test") if {"x_test", "y_test"} <= keys else pair("x_val", "y_val")
-        return Splits(main, pair("x_val", "y_val"), test, str(path))
+    def pair(suffix: str) -> TensorDataset:
+        xs = [tensor(n + suffix) for n in names]
+        y = tensor("y" + suffix)
+        for n, x in zip(names, xs):
+            if len(x) != len(y):
+                raise DataError(f"data file {path}: {n + suffix} has {len(x)} samples but y{suffix} has {len(y)}")
+        return TensorDataset(*xs, y.long()) if len(xs) > 1 else TensorDataset(xs[0], y.long())
+
+    main = pair("")
+    if len(names) > 1:
+        main = _Grouped(main)
+    has = {sfx for sfx in ("_val", "_test") if {n + sfx for n in names} | {"y" + sfx} <= keys}
+    if "_val" in has:
+        val = pair("_val") if len(names) == 1 else _Grouped(pair("_val"))
+        test = val if "_test" not in has else (pair("_test") if len(names) == 1 else _Grouped(pair("_test")))
+        return Splits(main, val, test, str(path))
     return _split(main, str(path))
+
+
+class _Grouped(Dataset):
+    """(x1, ..., xk, y) samples as ((x1, ..., xk), y): a multi-input data set."""
+
+    def __init__(self, ds: TensorDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        *xs, y = self.ds[i]
+        return tuple(xs), y
 
 
 def is_code_ref(ref: str) -> bool:
@@ -179,12 +311,13 @@ def is_code_ref(ref: str) -> bool:
     return ref != "digits" and not ref.endswith(".npz") and ":" in ref
 
 
-def load_data(ref: str) -> Splits:
-    """Resolve a data reference (see module docstring) into train/val/test splits."""
+def load_data(ref: str, input_names: Sequence[str] | None = None) -> Splits:
+    """Resolve a data reference (see module docstring) into train/val/test splits; an .npz may
+    hold one array per model input, named as in ``input_names``, instead of ``x``."""
     if ref == "digits":
         return load_digits_splits()
     if ref.endswith(".npz"):
-        return _load_npz(Path(ref))
+        return _load_npz(Path(ref), input_names)
     if is_code_ref(ref):
         from sparsify.modelref import import_attr
 

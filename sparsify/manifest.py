@@ -23,7 +23,7 @@ WEIGHTS = "weights.safetensors"
 MASKS = "masks.safetensors"
 
 # Kinds of model reference a manifest may record (modelref.build_model builds each).
-MODEL_KINDS = ("builtin", "import")
+MODEL_KINDS = ("builtin", "import", "hf", "torchvision")
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_DEPTH = 32          # nesting of any JSON value in the manifest
 MAX_ITEMS = 1_000_000   # JSON values in the whole manifest
@@ -126,7 +126,7 @@ def _inputs(v: Any) -> None:
     names = set()
     for i, spec in enumerate(v):
         where = f"inputs[{i}]"
-        _object(spec, where, ("name", "shape", "dtype"))
+        _object(spec, where, ("name", "shape", "dtype"), ("dynamic", "values", "low", "high", "source"))
         name = _text(spec["name"], f"{where}.name", 200)
         _expect(name not in names, f"{where}.name", "a name no other input has", name)
         names.add(name)
@@ -136,6 +136,7 @@ def _inputs(v: Any) -> None:
         for d in shape:
             _expect(_is_int(d) and 0 < d <= MAX_DIM, f"{where}.shape", f"positive integer sizes up to {MAX_DIM}", d)
         _expect(spec["dtype"] in DTYPES, f"{where}.dtype", f"one of {', '.join(DTYPES)}", spec["dtype"])
+        _input_values(spec, where)
         per_sample = 1
         for d in shape[1:]:
             per_sample *= d
@@ -143,6 +144,23 @@ def _inputs(v: Any) -> None:
         nbytes = per_sample * max(CHECKED_BATCH, shape[0]) * itemsize
         check_bytes(nbytes, f"manifest field {where} (shape {shape}, {spec['dtype']}, batch "
                             f"{max(CHECKED_BATCH, shape[0])})", RunError)
+
+
+def _input_values(spec: dict, where: str) -> None:
+    """The optional entries of an input: dynamic axes and the valid values of its elements."""
+    from sparsify.data import VALUE_KINDS
+
+    dynamic = spec.get("dynamic", [0])
+    _expect(isinstance(dynamic, list) and 0 < len(dynamic) <= len(spec["shape"])
+            and all(_is_int(a) and 0 <= a < len(spec["shape"]) for a in dynamic)
+            and len(set(dynamic)) == len(dynamic), f"{where}.dynamic", "distinct axes of the shape", dynamic)
+    _expect(spec.get("values", "normal") in VALUE_KINDS, f"{where}.values", f"one of {', '.join(VALUE_KINDS)}",
+            spec.get("values"))
+    low, high = spec.get("low", 0), spec.get("high")
+    _expect(_is_int(low) and abs(low) <= MAX_JSON_INT, f"{where}.low", "an integer", low)
+    _expect(high is None or (_is_int(high) and low < high <= MAX_JSON_INT), f"{where}.high",
+            "null or an integer above low", high)
+    _optional_text(spec.get("source"), f"{where}.source")
 
 
 def _files(v: Any) -> None:
@@ -192,6 +210,7 @@ FIELDS: dict[str, Callable[[Any], None]] = {
     "model": _model,
     "inputs": _inputs,
     "data": lambda v: _optional_text(v, "data"),
+    "example_inputs": lambda v: _optional_text(v, "example_inputs"),
     "recipe": lambda v: _list_of_objects(v, "recipe"),
     "sparsity": lambda v: _object(v, "sparsity"),
     "metrics": lambda v: _object(v, "metrics"),

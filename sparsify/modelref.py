@@ -61,6 +61,10 @@ def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: 
     :func:`sparsify.limits.memory_limit` is refused before it is allocated.
     """
     kind, name, args = ref.get("kind"), ref.get("name"), dict(ref.get("args") or {})
+    if kind in ("hf", "torchvision"):  # data, not code: a config and weights (trust_remote_code=False)
+        from sparsify.models.hub import build_hub_model
+
+        return build_hub_model(ref)
     if kind == "builtin":
         _check_size(lambda: build_builtin(str(name), **args), str(name))
         return build_builtin(str(name), **args)
@@ -81,7 +85,7 @@ def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: 
                 raise ModelError(f"model factory {name!r} returned a {type(module).__name__}; expected a torch.nn.Module")
             return module
         raise ModelError(f"model reference {name!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one")
-    raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin' or 'import'")
+    raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin', 'import', 'hf' or 'torchvision'")
 
 
 def _check_size(build: Any, name: str) -> None:

@@ -108,9 +108,22 @@ def named_weights(model: nn.Module, modules: tuple[type, ...] | None = None) -> 
     return out
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's Linear with its weight stored in x out), matched by
+    name and shape so that transformers need not be imported."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(weight, torch.Tensor) \
+        and weight.dim() == 2
+
+
 def candidate_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Default targets: the ≥2-D weight matrices of Linear, Conv and MultiheadAttention modules."""
-    return named_weights(model, PRUNABLE_MODULES)
+    """Default targets: the ≥2-D weight matrices of Linear, Conv, MultiheadAttention and
+    Hugging Face Conv1D modules."""
+    out = named_weights(model, PRUNABLE_MODULES)
+    for mname, module in model.named_modules():
+        if is_hf_conv1d(module):
+            out[f"{mname}.weight" if mname else "weight"] = module.weight
+    return out
 
 
 def select_targets(model: nn.Module, targets: str | None = None, ignore: str | None = None) -> dict[str, torch.Tensor]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from sparsify.errors import PruneError
+from sparsify.errors import PruneError, in_step
 from sparsify.graph.capture import capture, plain_copy
 from sparsify.graph.depgraph import DepGraph
 from sparsify.graph.groups import ChannelGroup, class_slices, compute_groups
@@ -221,10 +221,12 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
                     ratio: float, criterion: str = "l1", scope: str = "layer", round_to: int = 1,
                     min_channels: int = 1, targets: str | None = None, ignore: str | None = None,
                     calib_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    loss_fn: Callable | None = None, seed: int = 0) -> StructuredPlan:
+                    loss_fn: Callable | None = None, seed: int = 0,
+                    dynamic: Sequence[Sequence[int]] | None = None) -> StructuredPlan:
     """Plan channel or head pruning at `ratio` (fraction of units pruned per group, or overall
     when scope='global'). `targets`/`ignore` are regexes searched in the producer parameter
-    names of a group. Returns the plan; the model is not modified."""
+    names of a group. `dynamic` lists each input's axes that may change size (default: the
+    batch). Returns the plan; the model is not modified."""
     _check(structure, ratio, criterion, scope, round_to, min_channels)
     for pat, what in ((targets, "targets"), (ignore, "ignore")):
         if pat is not None:
@@ -234,9 +236,11 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
                 raise PruneError(f"{what}={pat!r} is not a valid regular expression: {e}") from e
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    cap = capture(model, example_inputs)
-    dg = analyze(cap.gm)
-    groups = compute_groups(dg)
+    cap = capture(model, example_inputs, dynamic)
+    with in_step("planning", f"the dependency graph of {type(model).__name__}",
+                 "re-run with 'sparsify --debug' for the traceback and report it"):
+        dg = analyze(cap.gm)
+        groups = compute_groups(dg)
     if targets is not None:
         names = [n for n, _ in cap.gm.named_parameters()]
         if not any(re.search(targets, n) for n in names):

@@ -18,16 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsify.bench.backends import factory_reference, get_backend, pick_backend, takes_trust
-from sparsify.bench.inputs import make_feeds
+from sparsify.bench.inputs import make_feeds, recorded_inputs
 from sparsify.bench.machine import machine_info
 from sparsify.bench.memory import measure_peak_memory
 from sparsify.bench.modelfile import ModelFile, check_model_path, size_on_disk
 from sparsify.bench.report import MIB, BenchResult, ModelInfo, Record
 from sparsify.bench.timing import Stats, measure_interleaved, throughput
-from sparsify.errors import ModelError, SparsifyError
+from sparsify.errors import ModelError, SparsifyError, in_step
 from sparsify.trust import CodeTrust
 
-INPUTS_DOC = ("seeded numpy default_rng; float inputs standard normal, integer inputs uniform in [0, 10), "
+INPUTS_DOC = ("seeded numpy default_rng; float inputs standard normal, integer inputs uniform in [0, 10) "
+              "unless the file records their valid values (token ids, 0/1 padding masks), "
               "bool inputs fair coin flips; first dim set to the batch size")
 
 
@@ -89,6 +90,7 @@ def bench(
                          "and either repeat >= 1 or min_time > 0")
 
     files = [check_model_path(m) for m in models]
+    recorded = {mf.path: recorded_inputs(mf.path) for mf in files}  # valid token ids, masks, sequence
     chosen = [pick_backend(mf, backend) for mf in files]
     labels = model_labels(models)
     instances = {name: get_backend(name, trust) for name in dict.fromkeys(chosen)}
@@ -109,10 +111,13 @@ def bench(
                 bar.set_postfix_str(f"batch={b} threads={t}")
                 fns = []
                 for mf, name, runner in zip(files, chosen, runners):
-                    feeds = make_feeds(runner.input_specs, b, seed=seed, where=str(mf.path))
+                    feeds = make_feeds(runner.input_specs, b, seed=seed, where=str(mf.path),
+                                       recorded=recorded[mf.path])
                     _first_run(runner, feeds, mf, name, b)
                     fns.append(functools.partial(runner.run, feeds))
-                samples = measure_interleaved(fns, warmup=warmup, repeat=repeat, min_time=min_time)
+                with in_step("benchmarking", f"{', '.join(labels)} at batch {b}, {t} threads",
+                             "each model ran once before timing; re-run with 'sparsify --debug' for the traceback"):
+                    samples = measure_interleaved(fns, warmup=warmup, repeat=repeat, min_time=min_time)
                 for i, s in enumerate(samples):
                     stats_at[(i, b, t)] = Stats.from_ns(s)
                 bar.update(1)

@@ -9,6 +9,10 @@ first dim other than 1 must equal the batch size. Other dynamic dims take their 
 Values, from ``numpy.random.default_rng(seed)`` drawn input by input in spec order:
 float inputs standard normal; integer inputs uniform in ``[int_low, int_high)`` (default
 ``[0, 10)``, safe for small embedding tables and class indices); bool inputs fair coin flips.
+Inputs the file records (a run's manifest, or the ``sparsify.inputs`` metadata sparsify writes
+into an exported ONNX file; see :func:`recorded_inputs`) take their recorded valid values
+instead: token ids below the embedding's row count, 0/1 padding masks (ones, then zeros), and
+their other dynamic dims (the sequence) take the recorded size.
 The same seed, specs and batch give the same feeds, so models with the same inputs are
 benchmarked on identical data. A shape whose feed would exceed the allocation limit
 (:mod:`sparsify.limits`) is refused before anything is allocated.
@@ -16,12 +20,15 @@ benchmarked on identical data. A shape whose feed would exceed the allocation li
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from sparsify.bench.backends import InputSpec
-from sparsify.errors import DataError
+from sparsify.data import INPUTS_METADATA
+from sparsify.errors import DataError, SparsifyError
 from sparsify.limits import array_bytes, check_bytes
 
 
@@ -49,6 +56,46 @@ def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = Non
     return tuple(shape)
 
 
+def recorded_inputs(path: str | os.PathLike) -> dict[str, dict]:
+    """Input name -> recorded spec (``sparsify.data.InputSpec.to_dict``) of a run directory or of
+    an ONNX file exported by sparsify; empty when the file records none."""
+    import json
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            from sparsify.artifact import read_manifest
+
+            entries = read_manifest(p)["inputs"]
+        else:
+            from sparsify.onnxfile import load_onnx
+
+            meta = {e.key: e.value for e in load_onnx(p).metadata_props}
+            entries = json.loads(meta[INPUTS_METADATA]) if INPUTS_METADATA in meta else []
+    except (SparsifyError, KeyError, ValueError, TypeError):  # no usable record: plain random feeds
+        return {}
+    if not isinstance(entries, list):
+        return {}
+    return {e["name"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)}
+
+
+def _recorded_dims(spec: InputSpec, rec: Mapping | None) -> dict[str, int]:
+    """Sizes of the spec's symbolic non-batch dims, read off the recorded example shape."""
+    shape = rec.get("shape") if rec else None
+    if not isinstance(shape, list) or len(shape) != len(spec.shape):
+        return {}
+    return {d: int(shape[i]) for i, d in enumerate(spec.shape) if i > 0 and isinstance(d, str)
+            and isinstance(shape[i], int) and shape[i] > 0}
+
+
+def _padding_mask(rng: np.random.Generator, shape: tuple[int, ...], dt: np.dtype) -> np.ndarray:
+    """Ones then zeros along the last axis, at least one 1 per row (the first row unpadded)."""
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    lengths = rng.integers(1, shape[-1] + 1, size=(rows, 1)) if shape[-1] else np.zeros((rows, 1), np.int64)
+    lengths[0] = shape[-1]
+    return (np.arange(shape[-1])[None, :] < lengths).astype(dt).reshape(shape)
+
+
 def make_feeds(
     specs: Sequence[InputSpec],
     batch: int,
@@ -57,19 +104,26 @@ def make_feeds(
     dims: Mapping[str, int] | None = None,
     int_range: tuple[int, int] = (0, 10),
     where: str = "model",
+    recorded: Mapping[str, Mapping] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Seeded random feeds (input name -> C-contiguous array) for ``specs`` at ``batch``."""
+    """Seeded random feeds (input name -> C-contiguous array) for ``specs`` at ``batch``;
+    ``recorded`` (see :func:`recorded_inputs`) gives valid values and dynamic sizes by name."""
     rng = np.random.default_rng(seed)
-    low, high = int_range
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
-        shape = feed_shape(spec, batch, dims, where)
+        rec = (recorded or {}).get(spec.name)
+        shape = feed_shape(spec, batch, {**_recorded_dims(spec, rec), **(dims or {})}, where)
         dt = np.dtype(spec.dtype)
+        low, high = int_range
+        if rec and rec.get("values") == "index" and isinstance(rec.get("high"), int):
+            low, high = int(rec.get("low", 0)), int(rec["high"])
         # Floats are drawn in float64, then cast: both arrays exist at once.
         drawn = np.float64 if np.issubdtype(dt, np.floating) else dt
         check_bytes(array_bytes(shape, dt) + (array_bytes(shape, drawn) if drawn != dt else 0),
                          f"{where}: input {spec.name!r} of shape {list(shape)} ({dt}) at batch {batch}", DataError)
-        if dt == np.bool_:
+        if rec and rec.get("values") == "mask" and (np.issubdtype(dt, np.integer) or dt == np.bool_):
+            arr = _padding_mask(rng, shape, dt)
+        elif dt == np.bool_:
             arr = rng.integers(0, 2, size=shape).astype(np.bool_)
         elif np.issubdtype(dt, np.integer):
             arr = rng.integers(low, high, size=shape, dtype=dt)

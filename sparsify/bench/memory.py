@@ -148,7 +148,7 @@ def _child(request: dict[str, Any]) -> dict[str, float]:
     import numpy  # noqa: F401  (part of the baseline)
 
     from sparsify.bench.backends import resolve_factory
-    from sparsify.bench.inputs import make_feeds
+    from sparsify.bench.inputs import make_feeds, recorded_inputs
 
     factory = resolve_factory(request["factory"])
     trust = request.get("trust")
@@ -161,7 +161,8 @@ def _child(request: dict[str, Any]) -> dict[str, float]:
             pass  # the load below reports the missing dependency properly
     baseline, method = _baseline()
     runner = backend.load(Path(request["path"]), int(request["threads"]))
-    feeds = make_feeds(runner.input_specs, int(request["batch"]), seed=int(request["seed"]), where=request["path"])
+    feeds = make_feeds(runner.input_specs, int(request["batch"]), seed=int(request["seed"]), where=request["path"],
+                       recorded=recorded_inputs(request["path"]))
     for _ in range(int(request["runs"])):
         runner.run(feeds)
     return {"baseline_mib": baseline, "peak_mib": _peak(method), "method": method}

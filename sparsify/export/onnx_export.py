@@ -41,7 +41,8 @@ def _quiet():
 def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], target: str | Path | Target,
                 input_names: Sequence[str], output_names: Sequence[str] | None = None,
                 dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, external_data: str = "auto",
-                check: bool = True) -> bool:
+                check: bool = True, dynamic: Sequence[Sequence[int]] | None = None,
+                metadata: dict[str, str] | None = None) -> bool:
     """Export ``module`` to ``target`` (torch.export-based exporter); returns whether the weights
     went to a data file beside the model.
 
@@ -49,31 +50,39 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], targe
     The weights are streamed to disk: no serialized copy of them is held in memory. ``check``
     runs :func:`check_onnx` on the graph while its weights are in an external data file (an
     inline file is then written from it), which costs no copy of the weights.
+
+    The batch axis is dynamic (unless ``dynamic_batch=False``), and so is every other axis
+    ``dynamic`` lists per input (e.g. a sequence axis, named ``seq`` in the file).
+    ``metadata`` goes to the model's ``metadata_props``.
     """
     import onnx
     import onnx_ir as ir
 
     if not isinstance(target, Target):
         target = Target(Path(target), data_file_name(Path(target).name))
+    from sparsify.graph.capture import export_program
+
     set_eval(module)
     inputs = tuple(example_inputs)
+    model: nn.Module | torch.export.ExportedProgram = module
     if dynamic_batch:
-        # A batch of 1 would be specialized by torch.export; export at batch 2 with a symbolic dim.
-        inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
-        batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        dynamic_shapes = tuple({0: batch} for _ in inputs)
-    else:
-        dynamic_shapes = None
+        # Captured first (a size of 1 would be specialized, so dynamic axes are exported at 2),
+        # with the ranges torch infers for the dynamic axes (e.g. seq <= the position table).
+        with _quiet(), torch.no_grad():
+            model = export_program(module, inputs, dynamic)
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(
-                module, inputs, None, dynamo=True, input_names=list(input_names),
+                model, inputs, None, dynamo=True, input_names=list(input_names),
                 output_names=list(output_names) if output_names else None,
-                dynamic_shapes=dynamic_shapes, opset_version=opset, optimize=True, verbose=False,
+                opset_version=opset, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; name the model and the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {first}") from exc
+    if dynamic_batch:
+        _name_dynamic_dims(program.model, model)
+    program.model.metadata_props.update(metadata or {})
     nbytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value is not None)
     external = use_external_data(nbytes, external_data, type(module).__name__)
     large = nbytes >= LARGE_BYTES
@@ -103,6 +112,23 @@ def export_onnx(module: nn.Module, example_inputs: Sequence[torch.Tensor], targe
     finally:
         _detach_weights(program)
     return external
+
+
+def _name_dynamic_dims(model, program: torch.export.ExportedProgram) -> None:
+    """Name the file's dynamic dims as the capture did ("batch", "seq") instead of torch's symbols
+    ("s77"), everywhere they appear (inputs, outputs, intermediate shapes)."""
+    import onnx_ir as ir
+
+    rename = getattr(program, "sparsify_dim_names", {})
+    if not rename:
+        return
+    values = [*model.graph.inputs, *model.graph.outputs, *(v for node in model.graph for v in node.outputs)]
+    for value in values:
+        shape = value.shape
+        if shape is None or not any(isinstance(d, ir.SymbolicDim) and d.value in rename for d in shape):
+            continue
+        value.shape = ir.Shape([ir.SymbolicDim(rename[d.value]) if isinstance(d, ir.SymbolicDim) and d.value in rename
+                                else d for d in shape])
 
 
 def _detach_weights(program) -> None:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from sparsify.artifact import Run
-from sparsify.data import random_inputs
-from sparsify.errors import ExportError
+from sparsify.data import INPUTS_METADATA, random_inputs
+from sparsify.errors import ExportError, in_step
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
 from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes
 from sparsify.export.options import EXTERNAL_DATA_CHOICES, FORMATS, MODES
@@ -26,6 +26,13 @@ def output_names_of(module: torch.nn.Module, example: tuple[torch.Tensor, ...]) 
         out = module(*example)
     n = len(out) if isinstance(out, (tuple, list)) else 1
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
+
+
+def input_metadata(specs) -> dict[str, str]:
+    """The ``metadata_props`` entry recording the input specs as JSON (read by ``sparsify bench``)."""
+    import json
+
+    return {INPUTS_METADATA: json.dumps([s.to_dict() for s in specs])}
 
 
 def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", verify: bool = True,
@@ -56,6 +63,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     reference = fold_masks(run.model).eval()
     example = random_inputs(run.inputs)
     input_names = [s.name for s in run.inputs]
+    onnx_options = {"dynamic": [s.dynamic for s in run.inputs], "metadata": input_metadata(run.inputs)}
     output_names = output_names_of(reference, example)
     input_sets = verification_inputs(run) if verify or mode != "dense" else {}
     # The masked model's outputs, computed once: the slim and sparse modes check intermediate
@@ -64,10 +72,13 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     summary: dict[str, Any] = {"mode": mode, "format": fmt}
     report: VerifyReport | None = None
     opset = opset or DEFAULT_OPSET
-    with atomic_onnx(out, ExportError) as target:
+    subject = f"{type(getattr(reference, 'model', reference)).__name__} (run {run.path})"
+    hint = ("re-run with 'sparsify --debug' for the traceback; --mode dense exports the masked model without "
+            "graph rewrites")
+    with atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
         if mode == "dense":
             summary["external_data"] = export_onnx(reference, example, target, input_names, output_names,
-                                                   opset=opset, external_data=external_data)
+                                                   opset=opset, external_data=external_data, **onnx_options)
             release_weights(reference)
             candidate = ort_runner(target.path)[0]
         elif mode == "slim":
@@ -75,17 +86,19 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
 
             dense_bytes = module_bytes(reference)
             result, torch_check = build_slim(reference, masks, example, expected, input_sets, output_names,
-                                             atol=atol, rtol=rtol)
+                                             atol=atol, rtol=rtol, dynamic=onnx_options["dynamic"])
             release_weights(reference)
             candidate, extra = write_slim(result, torch_check, dense_bytes, example, target, fmt, input_names,
-                                          output_names, opset=opset, external_data=external_data)
+                                          output_names, opset=opset, external_data=external_data,
+                                          onnx_options=onnx_options)
             summary.update(extra)
         else:
             from sparsify.export.sparse_export import export_sparse
 
             with tempfile.TemporaryDirectory(dir=target.path.parent, prefix=".dense-") as work:
                 dense = Target(Path(work) / "dense.onnx", "dense.onnx.data")
-                export_onnx(reference, example, dense, input_names, output_names, opset=opset, external_data="always")
+                export_onnx(reference, example, dense, input_names, output_names, opset=opset, external_data="always",
+                            **onnx_options)
                 release_weights(reference)
                 candidate, extra = export_sparse(dense, target, output_names, atol=atol, rtol=rtol,
                                                  input_sets=input_sets, external_data=external_data, **options)

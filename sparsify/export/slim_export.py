@@ -20,14 +20,14 @@ def module_bytes(module: nn.Module) -> int:
 
 def build_slim(reference: nn.Module, masks: dict[str, torch.Tensor], example: tuple[torch.Tensor, ...],
                expected: dict[str, Sequence], input_sets: dict[str, Sequence], output_names: Sequence[str], *,
-               atol: float, rtol: float) -> tuple[Any, Any]:
+               atol: float, rtol: float, dynamic: Sequence[Sequence[int]] | None = None) -> tuple[Any, Any]:
     """The slim module of ``reference`` under ``masks``, checked against the masked model's outputs
     ``expected`` before any file is written; returns (slim result, torch check report)."""
     from sparsify.passes.slim import slim_model
 
     if not masks:
         raise ExportError("the run has no masks: there is nothing to remove (prune it with --structure first)")
-    result = slim_model(reference, masks, example)
+    result = slim_model(reference, masks, example, dynamic=dynamic)
     torch_check = verify(expected, torch_runner(result.module), input_sets, "slim torch module", output_names,
                          atol=atol, rtol=rtol)
     torch_check.raise_if_failed()
@@ -36,14 +36,15 @@ def build_slim(reference: nn.Module, masks: dict[str, torch.Tensor], example: tu
 
 def write_slim(result: Any, torch_check: Any, dense_bytes: int, example: tuple[torch.Tensor, ...],
                target: Target, fmt: str, input_names: Sequence[str], output_names: Sequence[str], *,
-               opset: int, external_data: str = "auto") -> tuple[Callable, dict[str, Any]]:
+               opset: int, external_data: str = "auto",
+               onnx_options: dict[str, Any] | None = None) -> tuple[Callable, dict[str, Any]]:
     """Write the slim module to ``target`` as ONNX or a pickle-free .pt2; returns (candidate runner, summary)."""
     from sparsify.passes.slim import load_slim, save_slim
 
     slim_weights = module_bytes(result.module)
     if fmt == "onnx":
         export_onnx(result.module, example, target, input_names, output_names, opset=opset,
-                    external_data=external_data)
+                    external_data=external_data, **(onnx_options or {}))
         release_weights(result.module)
         candidate = ort_runner(target.path)[0]
     else:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsify.errors import VerificationError
+from sparsify.errors import VerificationError, in_step
 
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: F401  (re-exported)
 
@@ -127,7 +127,19 @@ def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
 
 def expected_outputs(reference: Runner, input_sets: dict[str, Sequence[np.ndarray]]) -> dict[str, list[np.ndarray]]:
     """The reference's outputs on each named input set, computed once (the reference can then go)."""
-    return {name: list(reference(inputs)) for name, inputs in input_sets.items()}
+    out = {}
+    for name, inputs in input_sets.items():
+        with in_step("verification", f"the reference (masked torch model) on inputs '{name}' ({_shapes(inputs)})",
+                     REFERENCE_HINT):
+            out[name] = list(reference(inputs))
+    return out
+
+
+REFERENCE_HINT = "check that the model runs on its recorded inputs (--input-shape, --example-inputs)"
+
+
+def _shapes(inputs: Sequence[np.ndarray]) -> str:
+    return ", ".join(f"{list(np.shape(x))}" for x in inputs)
 
 
 def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Runner,
@@ -140,8 +152,14 @@ def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Ru
     """
     rows: list[OutputError] = []
     for set_name, inputs in input_sets.items():
-        expected = reference[set_name] if isinstance(reference, Mapping) else reference(inputs)
-        actual = candidate(inputs)
+        shapes = _shapes(inputs)
+        with in_step("verification", f"the reference (masked torch model) on inputs '{set_name}' ({shapes})",
+                     REFERENCE_HINT):
+            expected = reference[set_name] if isinstance(reference, Mapping) else reference(inputs)
+        with in_step("verification", f"{candidate_name} on inputs '{set_name}' ({shapes})",
+                     "the exported model does not run on inputs the original model accepts; export with "
+                     "--no-verify and run it with 'sparsify run' to inspect it, or report it"):
+            actual = candidate(inputs)
         if len(expected) != len(actual):
             raise VerificationError(f"{candidate_name} gives {len(actual)} outputs; the reference gives {len(expected)}")
         for i, (e, a) in enumerate(zip(expected, actual)):

@@ -116,6 +116,12 @@ def reshape(lab: Lab, out_shape: list) -> Lab:
             f = facs[i]
             need = _ratio(target, acc)
             q = _ratio(f, need)
+            if not q.is_number and arr_sizes[i] == 1 and not _eq(q, 1) and sympy.fraction(q)[1] == 1 \
+                    and sympy.fraction(need)[1] == 1:
+                # an unlabelled product of dynamic sizes (batch x sequence) split back apart
+                facs[i:i + 1] = [need, q]
+                arr_sizes[i:i + 1] = [1, 1]
+                continue
             if q.is_number and q.is_integer and q > 1:
                 # split factor f into (need, q)
                 if need.is_number and not need.is_integer:

@@ -15,8 +15,7 @@ The rule table in one place (details in rules_layers.py / rules_shape.py):
 | embedding | | producer: W dim 1 |
 | group_norm | whole norm groups are the unit (their statistics stay exact) | same |
 | batch_norm, layer_norm (channel dim) | same channels; weight/bias must be masked; LN is rewritten to keep its statistics | same |
-| relu, gelu, silu, tanh, dropout, ... | same channels, still zero | same |
-| sigmoid, exp, softplus, + scalar | same channels, now a constant (folded into a consumer bias when exact) | same |
+| any pointwise op (ATen's pointwise tag, or acts like one: hardswish_, dropout, copies) | same channels: still zero when f(0) = 0 (relu, gelu, hardswish_), else a constant folded into a consumer bias when exact (sigmoid, exp, + scalar) | same |
 | add/sub/mul (broadcasting) | unify channels at equal positions; a parameter operand gets labelled | |
 | pooling, upsampling, pad (spatial), mean/sum over other dims | same channels (zero padding breaks constants) | same |
 | view/reshape/flatten/unflatten | labels follow the factorisation (conv -> flatten: a block of H*W features) | |
@@ -33,20 +32,13 @@ from typing import Callable
 from torch import fx
 
 from sparsify.graph import labels as L
+from sparsify.errors import SparsifyError, StepError, one_paragraph
 from sparsify.graph.depgraph import DepGraph, where
 from sparsify.graph.labels import Lab, LabelError
 
 Rule = Callable[[DepGraph, fx.Node], object]
 RULES: dict[str, Rule] = {}
 
-# elementwise ops with f(0) == 0: pruned channels stay exactly zero
-ZERO_PRESERVING = {
-    "relu", "relu_", "gelu", "silu", "silu_", "tanh", "hardtanh", "hardtanh_", "leaky_relu", "hardswish",
-    "elu", "dropout", "clone", "contiguous", "alias", "detach", "neg", "abs", "erf", "_to_copy",
-    "to", "type_as", "relu6", "mish", "lift_fresh_copy", "dropout_", "feature_dropout", "identity",
-}
-# elementwise ops with f(0) != 0: the pruned channel becomes a (non-zero) constant
-NONZERO = {"sigmoid", "sigmoid_", "hardsigmoid", "exp", "softplus", "cos", "log_sigmoid"}
 SHAPE_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze",
              "squeeze_", "unsqueeze_"}
 
@@ -142,6 +134,8 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue  # dead code: removed by slim before rewriting
         name = op_name(n)
         fn = RULES.get(name)
+        if fn is None and rules_shape.pointwise_applies(n):
+            fn = rules_shape.pointwise
         ins = [lab(g, a) for a in _flat_nodes(n.args) + _flat_nodes(n.kwargs)]
         labelled = [x for x in ins if x is not None]
         if name in PARAM_VIEW_OPS and not labelled and param_source(g, n.args[0]) is not None:
@@ -154,6 +148,8 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue
         try:
             g.labs[n.name] = fn(g, n)
+        except SparsifyError:
+            raise
         except (LabelError, ValueError, IndexError, TypeError) as e:
             # LabelError: the rule cannot carry these channels; the others: an argument pattern the
             # rule does not know (e.g. broadcast heads). Either way: do not prune through it.
@@ -162,6 +158,10 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
                 g.block(x.arr, f"{name} ('{n.name}') at {where(n)}: {why}")
             g.labs[n.name] = None if not isinstance(n.meta.get("val"), (list, tuple)) else \
                 [None] * len(n.meta["val"])
+        except Exception as e:  # a bug in a rule: name the op and where it is, never a traceback
+            raise StepError(f"planning: the channel rule of op {name} ('{n.name}') at {where(n)} failed: "
+                            f"{one_paragraph(f'{type(e).__name__}: {e}', 400)}; skip the layers around it with "
+                            "--ignore REGEX, re-run with 'sparsify --debug' for the traceback, and report it") from e
     return g
 
 

@@ -5,27 +5,42 @@ reductions, reshape/permute/expand, concat/split/select/slice.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import fx
 
 from sparsify.graph import labels as L
 from sparsify.graph.depgraph import DepGraph, where
 from sparsify.graph.labels import Lab, LabelError
 from sparsify.graph.rules import (
-    NONZERO, SHAPE_OPS, ZERO_PRESERVING, lab, op_name, param_source, reshape_unlabelled, rule, same, same_as, shape,
+    SHAPE_OPS, lab, op_name, param_source, reshape_unlabelled, rule, same, same_as, shape,
 )
+from sparsify.graph.pointwise import CONST, ZERO, _tensor_args, tagged_pointwise, unary_behaviour, zero_preserving
 
 
 # --- elementwise -------------------------------------------------------------------------
 
-@rule(*ZERO_PRESERVING)
-def _zero_preserving(g, n):
-    return same(g, n)
+def pointwise_applies(n: fx.Node) -> bool:
+    """A pointwise op without a rule of its own (see sparsify.graph.pointwise)."""
+    if unary_behaviour(n) is not None:
+        return True
+    op = n.target
+    return isinstance(op, torch._ops.OpOverload) and tagged_pointwise(op) and len(_tensor_args(n)) >= 2
 
 
-@rule(*NONZERO)
-def _nonzero(g, n):
-    x = lab(g, n.args[0])
-    return same(g, n, nz=True if x is not None and x.nz is True else "const")
+def pointwise(g: DepGraph, n: fx.Node) -> Lab | None:
+    """Unary: same channels, zero or now a constant (from f(0)); several tensors: elementwise."""
+    behaviour = unary_behaviour(n)
+    if behaviour == ZERO:
+        return same(g, n)
+    if behaviour == CONST:
+        x = lab(g, n.args[0])
+        return same(g, n, nz=True if x is not None and x.nz is True else "const")
+    operands = _tensor_args(n)
+    labelled = [o for o in operands if lab(g, o) is not None]
+    if not labelled:
+        return None
+    zero = all(not lab(g, o).nz for o in labelled) and zero_preserving(n, labelled)
+    return elementwise(g, n, operands, "generic", zero=zero)
 
 
 @rule("softmax", "_softmax", "log_softmax", "_log_softmax")
@@ -72,8 +87,9 @@ def _where(g, n):
     return elementwise(g, n, [a, b], "add")  # the output takes values of a or b position-wise
 
 
-def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | None:
-    """Broadcasting binary op: unify channels at equal positions; parameters get labelled."""
+def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str, zero: bool = False) -> Lab | None:
+    """Broadcasting op: unify channels at equal positions; parameters get labelled (add, mul).
+    kind "generic" (any other pointwise op): ``zero`` says whether pruned channels stay zero."""
     labs = [lab(g, o) for o in operands]
     if all(x is None for x in labs):
         return None
@@ -124,7 +140,8 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         raise LabelError("division by a pruned channel")
     if kind == "pow" and labs[1] is not None:
         raise LabelError("pow with a pruned exponent")
-    g.unify(arrs[0], arrs[1]) if len(arrs) == 2 else None
+    for other in arrs[1:]:
+        g.unify(arrs[0], other)
     # is a pruned channel zero at the output?
     if kind == "add":
         # an operand without labels at a channel position (not a parameter labelled above) adds
@@ -132,6 +149,8 @@ def elementwise(g: DepGraph, n: fx.Node, operands: list, kind: str) -> Lab | Non
         nz = any(x.nz for x in labs if x is not None) or any((~lb & (out >= 0)).any() for lb in labelled)
     elif kind == "mul":
         nz = all((x.nz if x is not None else True) for x in labs)
+    elif kind == "generic":
+        nz = not zero
     else:
         nz = labs[0].nz if labs[0] is not None else True
     return Lab(out_factors, out, nz)
@@ -291,18 +310,54 @@ def _cat(g, n):
         shp = list(common)
         shp[dim] = a.shape[dim]
         full.append(np.broadcast_to(a, shp))
-    for d in other:
-        if common[d] > 1:
-            ref = next(a for a in full if (a >= 0).any())
-            for t, a in zip(tensors, full):
-                if (a < 0).all():
+    labelled_dims = [d for d in other if common[d] > 1]
+    for d in labelled_dims:
+        ref = next(a for a in full if (a >= 0).any())
+        for i, (t, a) in enumerate(zip(tensors, full)):
+            if (a < 0).all():
+                param = _label_param_operand(g, t, ref, d, dim) if labelled_dims == [d] else None
+                if param is None:
                     g.block(ref, f"concat '{n.name}' at {where(n)} joins pruned channels with "
                                  f"unprunable ones of '{t.name}'")
                 else:
-                    g.unify(np.take(ref, [0], axis=dim), np.take(a, [0], axis=dim))
+                    full[i] = param
+            else:
+                g.unify(np.take(ref, [0], axis=dim), np.take(a, [0], axis=dim))
+    if labelled_dims and not any(x is not None and x.varies(dim) for x in labs_):
+        # joined along a non-channel dim (tokens): every part carries the same (unified) channels
+        ref = next(a for a in full if (a >= 0).any())
+        return Lab([[out_shape[d]] for d in range(nd)], np.ascontiguousarray(np.take(ref, [0], axis=dim)),
+                   any(x.nz for x in labs_ if x is not None))
     out = np.concatenate(full, axis=dim)
     factors = [[out_shape[d]] for d in range(nd)]
     return Lab(factors, out, any(x.nz for x in labs_ if x is not None))
+
+
+def _label_param_operand(g: DepGraph, t, ref: np.ndarray, d: int, dim: int) -> np.ndarray | None:
+    """A parameter (or a view of one, e.g. a class token expanded to the batch) concatenated
+    with channels along ``dim``: its dim matching channel dim ``d`` joins those channels (it
+    must be masked with them), so the channels stay prunable. Returns its labels, or None."""
+    fqn = param_source(g, t)
+    if fqn is None:
+        return None
+    t_shape, p_shape = shape(t), list(g.tensor(fqn).shape)
+    pd = d - (len(t_shape) - len(p_shape))
+    if pd < 0 or not L._eq(p_shape[pd], t_shape[d]) or not L._eq(t_shape[d], ref.shape[d]):
+        return None
+    lbl = np.take(ref, 0, axis=dim) if ref.shape[dim] > 0 else None
+    if lbl is None:
+        return None
+    lbl = lbl.reshape(-1) if lbl.size == ref.shape[d] else None
+    if lbl is None:
+        return None
+    g.assign(fqn, pd, lbl, "affine")
+    shp = [1] * len(t_shape)
+    shp[d] = len(lbl)
+    arr = lbl.reshape(shp)
+    g.labs[t.name] = Lab([[s] for s in t_shape], arr, False)
+    full = list(ref.shape)
+    full[dim] = int(t_shape[dim])
+    return np.broadcast_to(arr, full)
 
 
 @rule("split", "split_with_sizes", "chunk", "unbind", "unsafe_split", "tensor_split")
@@ -319,10 +374,21 @@ def _split(g, n):
     if not x.varies(dim):
         return [reshape_unlabelled(x, [L.as_size(s) for s in o.shape]) if name != "unbind" else
                 _drop_dim(x, dim) for o in outs]
-    if name in ("unbind", "tensor_split"):
-        raise LabelError(f"{name} along the channel dim (its outputs cannot be resized)")
     if len(x.factors[dim]) != 1:
-        raise LabelError("split of a factored channel dim")
+        raise LabelError(f"{name} of a factored channel dim")
+    if name == "unbind":
+        # e.g. timm's fused qkv unbound into q, k, v: each output keeps its slice's channels
+        # (the unbound dim itself never shrinks: slim keeps at least one head of each)
+        ax = x.axes(dim)[0]
+        outs_ = []
+        for i in range(len(outs)):
+            part = np.take(x.arr, [i], axis=ax)
+            y = Lab([list(f) for f in x.factors], part, x.nz)
+            y.factors[dim] = [1]
+            outs_.append(_drop_dim(y, dim))
+        return outs_
+    if name == "tensor_split":
+        raise LabelError(f"{name} along the channel dim (its outputs cannot be resized)")
     ax = x.axes(dim)[0]
     res, start = [], 0
     for o in outs:

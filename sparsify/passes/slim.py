@@ -11,6 +11,7 @@ against the masked model and re-exports it with a dynamic batch dimension.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from sparsify.graph.groups import class_slices, compute_groups
 from sparsify.graph.labels import Lab
 from sparsify.graph.rules import analyze
 from sparsify.passes.slim_rewrite import fold_constants, remove_dead_code, rewrite_graph
-from sparsify.passes.slim_save import load_slim, save_slim  # noqa: F401  (public re-export)
+from sparsify.passes.slim_save import load_slim, plain_module, save_slim  # noqa: F401  (public re-export)
 from sparsify.passes.slim_stats import count_macs, count_params
 
 
@@ -175,8 +176,8 @@ def decide(dg: DepGraph, masks: dict[str, torch.Tensor]) -> Decision:
 
 def _masked_model(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
     m = plain_copy(model)
-    state = dict(m.named_parameters())
-    state.update(dict(m.named_buffers()))
+    state = dict(m.named_parameters(remove_duplicate=False))  # a tied weight under each of its names
+    state.update(dict(m.named_buffers(remove_duplicate=False)))
     for k, mk in masks.items():
         if k not in state:
             raise PruneError(f"mask '{k}' names no parameter or buffer of the model")
@@ -192,13 +193,15 @@ def _flat(out) -> list[torch.Tensor]:
 
 
 def slim_model(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs: tuple[torch.Tensor, ...],
-               *, verify: bool = True, reexport: bool = True) -> SlimResult:
+               *, verify: bool = True, reexport: bool = True,
+               dynamic: Sequence[Sequence[int]] | None = None) -> SlimResult:
     """Remove the channels `masks` prune. The result equals the masked model (it is checked on
-    `example_inputs` unless verify=False) and is an exported GraphModule with dynamic batch."""
+    `example_inputs` unless verify=False) and is an exported GraphModule with dynamic batch
+    (and the other axes `dynamic` lists per input)."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     masked = _masked_model(model, masks)
-    cap = capture(masked, example_inputs)
+    cap = capture(masked, example_inputs, dynamic)
     gm = cap.gm
     remove_dead_code(gm)
     dg = analyze(gm)
@@ -221,10 +224,8 @@ def slim_model(model: nn.Module, masks: dict[str, torch.Tensor], example_inputs:
     program = None
     module: nn.Module = gm
     if reexport:
-        program = export_program(gm, inputs)
-        module = program.module()
-        for sub in module.modules():  # the graph is already captured in eval mode; exported
-            sub.training = False      # modules refuse .eval(), so only the flag is set
+        program = export_program(gm, inputs, dynamic)
+        module = plain_module(program)
     one = tuple(x[:1] if isinstance(x, torch.Tensor) and x.dim() else x for x in inputs)
     report.params_before = count_params(model)
     report.params_after = count_params(module)

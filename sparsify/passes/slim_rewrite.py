@@ -227,6 +227,11 @@ def rewrite_graph(gm: fx.GraphModule, dg: DepGraph, removed: np.ndarray) -> None
             if ns is not None:
                 per_group = int(n.meta["val"].shape[1]) // int(n.args[1])
                 n.args = (n.args[0], int(ns) // per_group) + tuple(n.args[2:])
+        elif name == "unbind":
+            x = _lab(dg, n.args[0])
+            dim = (n.args[1] if len(n.args) > 1 else 0) % x.ndim if x is not None else 0
+            if x is not None and new_sizes(x, removed)[dim] is not None:
+                raise PruneError(f"internal: '{n.name}' unbinds a dim that lost channels")
         elif name == "select":
             x = _lab(dg, n.args[0])
             if x is not None and x.varies(n.args[1] % x.ndim):

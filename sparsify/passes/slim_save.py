@@ -59,11 +59,21 @@ def check_no_pickle(path: str | os.PathLike) -> None:
                         raise ModelFileError(f"{path}: tensor '{key}' in {name} is pickled; refusing to load")
 
 
+def plain_module(program: torch.export.ExportedProgram) -> nn.Module:
+    """``program.module()`` as an ordinary module: ``.eval()``, ``.train(False)``, ``.to()``,
+    ``state_dict()`` and a plain call work (torch.export's module refuses train/eval). The graph
+    was captured in eval mode, so ``train()`` sets the flags and changes nothing else."""
+    module = program.module()
+    for name in ("train", "eval"):  # instance attributes that raise NotImplementedError
+        module.__dict__.pop(name, None)
+    return module.eval()
+
+
 def load_slim(path: str | os.PathLike) -> nn.Module:
-    """Load a model written by save_slim; nothing in the archive is unpickled."""
+    """Load a model written by save_slim as an ordinary module; nothing in the archive is unpickled."""
     check_no_pickle(path)
     try:
         program = torch.export.load(path)
     except Exception as e:
         raise ModelFileError(f"{path}: cannot load the exported program: {type(e).__name__}: {e}") from e
-    return program.module()
+    return plain_module(program)

@@ -255,6 +255,17 @@ def test_save_and_load_without_pickle(tmp_path):
     xs = _x(3, 3, 8, 8, seed=5)
     with torch.no_grad():
         assert_close(loaded(xs), masked_model(model, plan.masks)(xs), atol=1e-5)
+    # an ordinary module: eval/train flags, .to(), state_dict() and a plain call all work
+    assert loaded.eval() is loaded and not loaded.training
+    assert loaded.train(False) is loaded and not any(m.training for m in loaded.modules())
+    assert loaded.train() is loaded and loaded.training
+    loaded.eval()
+    state = loaded.state_dict()
+    assert state and all(isinstance(t, torch.Tensor) for t in state.values())
+    as64 = loaded.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in as64.parameters())
+    with torch.no_grad():
+        assert_close(as64(xs.double()).float(), masked_model(model, plan.masks)(xs), atol=1e-5)
     # an archive that would unpickle a tensor is refused before torch reads it
     bad = tmp_path / "bad.pt2"
     with zipfile.ZipFile(path) as zin, zipfile.ZipFile(bad, "w") as zout:
