@@ -72,7 +72,7 @@ def all_cases(quick: bool) -> list[dict[str, Any]]:
 
 # Sizes of the --sweep (parameters): how time and peak memory grow with the model.
 SWEEP_PARAMS = (100e6, 300e6, 700e6, 1.5e9)
-SWEEP_STEPS = ("build", "prune_unstructured", "export_dense", "export_sparse")
+SWEEP_STEPS = ("build", "prune_unstructured", "export_dense", "export_sparse", "prune_structured", "export_slim")
 
 
 def sweep_cases(sizes: tuple[float, ...] = SWEEP_PARAMS) -> list[dict[str, Any]]:
