@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch-1 kernels of Linear layers: csr (default: for one call, building the sliced-ELL "
                         "copies costs more than they save, 0.3 s against ~1 ms on a 4x4096 MLP) or auto")
     p.add_argument("-o", "--output", required=True, help=".npy file for the first output")
+    p.add_argument("--profile", action="store_true",
+                   help="after one warm-up run, time --repeat runs per step and per op and print the breakdown")
+    p.add_argument("--repeat", type=int, default=10, help="runs timed by --profile (default 10)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="the whole pipeline on the bundled digits data")

@@ -179,7 +179,7 @@ def test_a_shape_whose_batch1_layout_plan_would_exceed_the_memory_bound_keeps_th
     # 10^5 x 10^6 with one nonzero: the sliced-ELL plan (one int64 per 16x16 window) needs 3.1 GB.
     monkeypatch.setenv("SPARSIFY_MAX_BYTES", str(256 << 20))
     sess = Session(_one_nonzero_linear(tmp_path / "m.onnx", 100_000, 1_000_000), batch1="auto")
-    assert sess.describe()[-1] == "sparse: fc (batch 1: CSR)", sess.describe()
+    assert sess.describe()[-1].startswith("sparse: fc (batch 1: CSR"), sess.describe()
     x = np.zeros((1, 1_000_000), np.float32)
     x[0, -1] = 3.0
     y = sess.run(None, {"x": x})[0]
