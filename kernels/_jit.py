@@ -116,6 +116,14 @@ def activate_block(a, lo, hi, act):
             b[i] = gelu(b[i])
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def activate_rows(a, pos, rows, width, stride, act):
+    """act on ``a[pos + q*stride : pos + q*stride + width]`` for q < rows, in place (a
+    function of its own, so that kernels with several activation sites inline the GELU once)."""
+    for q in range(rows):
+        activate_block(a, pos + q * stride, pos + q * stride + width, act)
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def spmv(data, indices, indptr, x, bias, act, out, bounds):
     """out[r] = act(bias[r] + sum_j data[j] * x[indices[j]]); bias has one value per row.
@@ -254,7 +262,10 @@ def direct_conv_kernel(width: int):
         stay inside, and with rows below the image so that whole SHIFTED_ROWS-row steps
         past ``ho`` do too (the extra outputs are dropped). ``offsets[j]`` is the input offset
         of nonzero j's (channel, tap). ``Y[n, r, oh, ow]`` is stored at
-        ``out[out_off + n*img_out + (r*ho + oh)*wo + ow]``. Work items are (image, row chunk).
+        ``out[out_off + n*img_out + (r*ho + oh)*wo + ow]``. Work items are (image, row chunk);
+        each block of SHIFTED_ROWS x width outputs is computed for every row of the chunk in
+        turn, so its input block is reused from the cache. Whole blocks are stored straight
+        from the registers.
         """
         n_chunks = bounds.shape[0] - 1
         n_steps = (wo + width - 1) // width
@@ -263,23 +274,79 @@ def direct_conv_kernel(width: int):
             ch = item - n * n_chunks
             acc = np.empty(SHIFTED_ROWS * width, dtype=xpad.dtype)
             x0 = n * img_in
-            for r in range(bounds[ch], bounds[ch + 1]):
-                lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                pos_r = out_off + n * img_out + r * ho * wo
-                for oh0 in range(0, ho, SHIFTED_ROWS):
-                    for step in range(n_steps):
-                        ow0 = step * width
+            for oh0 in range(0, ho, SHIFTED_ROWS):
+                rows = min(SHIFTED_ROWS, ho - oh0)
+                for step in range(n_steps):
+                    ow0 = step * width
+                    w = min(width, wo - ow0)
+                    whole = rows == SHIFTED_ROWS and w == width
+                    for r in range(bounds[ch], bounds[ch + 1]):
+                        lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                        pos = out_off + n * img_out + (r * ho + oh0) * wo + ow0
+                        if whole:
+                            shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
+                                         row_stride, bias[r], out[pos:], wo, width)
+                            if act != 0:
+                                activate_rows(out, pos, SHIFTED_ROWS, width, wo, act)
+                            continue
                         shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
-                                     row_stride, bias[r], acc, width)
-                        w = min(width, wo - ow0)
-                        rows = min(SHIFTED_ROWS, ho - oh0)
-                        activate_block(acc, 0, rows * width, act)
+                                     row_stride, bias[r], acc, width, width)
+                        if act != 0:
+                            activate_rows(acc, 0, 1, rows * width, 0, act)
                         for q in range(rows):
-                            pos = pos_r + (oh0 + q) * wo + ow0
                             for t in range(w):
-                                out[pos + t] = acc[q * width + t]
+                                out[pos + q * wo + t] = acc[q * width + t]
 
     return direct_conv
+
+
+@functools.lru_cache(maxsize=None)
+def pointwise_conv_kernel(width: int):
+    """The 1x1 conv kernel computing SHIFTED_ROWS * ``width`` positions per step (cached)."""
+    if width not in TILES:
+        raise ValueError(f"width {width} should be one of {TILES}")
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
+    def pointwise_conv(data, offsets, indptr, x, img_in, p_full, tail_x, tail_offsets, tail_img, tail, bias, act,
+                       out, out_off, n_img, img_out, p_out, bounds):
+        """Y[n, r, p] = act(bias[r] + sum_j data[j] * X[n, c_j, p]) for a 1x1 conv.
+
+        ``x`` is the flat input, images of ``img_in`` values, with ``offsets[j]`` the start of
+        nonzero j's channel (c_j * positions): no copy, no padding. Positions [0, p_full) run
+        in whole steps of SHIFTED_ROWS * width read from ``x``; the last ``tail`` positions
+        from ``tail_x`` (images of ``tail_img`` values, channel starts ``tail_offsets``, each
+        zero-padded to a whole step). ``Y[n, r, p]`` is stored at
+        ``out[out_off + n*img_out + r*p_out + p]``. Work items are (image, row chunk); each
+        step's input block is reused by every row of the chunk.
+        """
+        step = SHIFTED_ROWS * width
+        n_chunks = bounds.shape[0] - 1
+        n_steps = p_full // step
+        for item in numba.prange(n_img * n_chunks):
+            n = item // n_chunks
+            ch = item - n * n_chunks
+            acc = np.empty(step, dtype=x.dtype)
+            r0, r1 = bounds[ch], bounds[ch + 1]
+            for s in range(n_steps):
+                for r in range(r0, r1):
+                    lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                    pos = out_off + n * img_out + r * p_out + s * step
+                    # A whole step's positions are adjacent in the output: stored from the registers.
+                    shifted_rows(data, offsets, lo, hi, x, n * img_in + s * step, width, bias[r], out[pos:], width,
+                                 width)
+                    if act != 0:
+                        activate_rows(out, pos, 1, step, 0, act)
+            if tail > 0:
+                for r in range(r0, r1):
+                    lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
+                    shifted_rows(data, tail_offsets, lo, hi, tail_x, n * tail_img, width, bias[r], acc, width, width)
+                    if act != 0:
+                        activate_rows(acc, 0, 1, tail, 0, act)
+                    pos = out_off + n * img_out + r * p_out + p_full
+                    for t in range(tail):
+                        out[pos + t] = acc[t]
+
+    return pointwise_conv
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -305,6 +372,34 @@ def pad_input(x, ph, pw, xpad):
                     row[pw + j] = src[ih, j]
                 for j in range(pw + width, wx):
                     row[j] = 0
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def pad_phases(x, ph, pw, sh, sw, xq):
+    """xq[n, a*sw + b, c, i, j] = x[n, c, sh*i + a - ph, sw*j + b - pw] inside x, zero elsewhere:
+    the zero-padded input split into sh*sw phase planes; xq is (N, sh*sw, C, Hq, Wq)."""
+    n_img, c_in, height, width = x.shape
+    hq, wq = xq.shape[3], xq.shape[4]
+    n_phase = sh * sw
+    for item in numba.prange(n_img * n_phase * c_in):
+        n = item // (n_phase * c_in)
+        rest = item - n * n_phase * c_in
+        phase = rest // c_in
+        c = rest - phase * c_in
+        a = phase // sw
+        b = phase - a * sw
+        src = x[n, c]
+        dst = xq[n, phase, c]
+        for i in range(hq):
+            row = dst[i]
+            ih = sh * i + a - ph
+            if ih < 0 or ih >= height:
+                for j in range(wq):
+                    row[j] = 0
+            else:
+                for j in range(wq):
+                    iw = sw * j + b - pw
+                    row[j] = src[ih, iw] if 0 <= iw < width else 0
 
 
 # Input columns per pack_rows work item: a (tile x PACK_COLUMNS) block of x is read
@@ -333,59 +428,6 @@ def pack_rows(x, xp):
         for t in range(w, tile):
             for c in range(c0, c1):
                 xf[base + c * tile + t] = 0
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def im2col(x, n0, c0, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, cols):
-    """Unfold images n0.. of NCHW ``x`` into the packed SpMM input ``cols``.
-
-    ``cols[m, p // T, k, p % T]`` = x[n0+m, c, oh*sh-ph+i*dh, ow*sw-pw+j*dw] for
-    k = (c-c0)*kh*kw + i*kw + j and p = oh*wo + ow; zero in the padding and for
-    p >= ho*wo. ``cols`` is (M, n_tiles, K, T) C-contiguous.
-    """
-    n_img, n_tiles, k_rows, tile = cols.shape
-    height, width = x.shape[2], x.shape[3]
-    n_pos = ho * wo
-    # One task per (image, tile): it fills the tile's contiguous (K, T) block, walking
-    # the T output positions incrementally (no division per element).
-    for item in numba.prange(n_img * n_tiles):
-        m = item // n_tiles
-        ti = item - m * n_tiles
-        p0 = ti * tile
-        oh0 = p0 // wo
-        ow0 = p0 - oh0 * wo
-        for k in range(k_rows):
-            c = c0 + k // (kh * kw)
-            i = (k // kw) % kh
-            j = k % kw
-            xc = x[n0 + m, c]
-            dst = cols[m, ti, k]
-            oh, ow = oh0, ow0
-            t = 0
-            while t < tile:
-                if p0 + t >= n_pos:  # padding columns past the last output position
-                    for u in range(t, tile):
-                        dst[u] = 0
-                    break
-                run = min(tile - t, wo - ow)  # positions left in this output row
-                ih = oh * sh - ph + i * dh
-                if ih < 0 or ih >= height:
-                    for u in range(run):
-                        dst[t + u] = 0
-                else:
-                    src = xc[ih]
-                    iw = ow * sw - pw + j * dw
-                    for u in range(run):
-                        if iw >= 0 and iw < width:
-                            dst[t + u] = src[iw]
-                        else:
-                            dst[t + u] = 0
-                        iw += sw
-                t += run
-                ow += run
-                if ow == wo:
-                    ow = 0
-                    oh += 1
 
 
 @functools.lru_cache(maxsize=None)
