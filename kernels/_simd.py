@@ -679,3 +679,53 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
                       nvec, prefetch, lanes), codegen
+
+
+@intrinsic(prefer_literal=True)
+def transpose_square(typingctx, src, src_off, src_stride, dst, dst_off, dst_stride, n):
+    """``dst[dst_off + j*dst_stride + i] = src[src_off + i*src_stride + j]`` for i, j < n.
+
+    An n x n block transposed in registers: n vector loads, log2(n) rounds of n/2
+    interleaving shuffle pairs (the perfect shuffle: after round r, vector 2i holds the
+    interleaved low halves of vectors i and i + n/2, vector 2i+1 their high halves), n
+    vector stores. ``n`` is a literal power of two (16: 512-bit float32 vectors, 8: 256-bit,
+    4: 128-bit). No bounds checks: callers guarantee both blocks are inside the arrays.
+    """
+    if not (isinstance(n, types.IntegerLiteral) and isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)
+            and all(isinstance(a, types.Integer) for a in (src_off, src_stride, dst_off, dst_stride))):
+        return None
+    size = n.literal_value
+    if size < 2 or size & (size - 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src_a = context.make_array(sig.args[0])(context, builder, args[0])
+        dst_a = context.make_array(sig.args[3])(context, builder, args[3])
+        s_off, s_stride, d_off, d_stride = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                            for i in (1, 2, 4, 5))
+        fty = context.get_value_type(sig.args[0].dtype)
+        align = context.get_abi_sizeof(fty)
+        vty = ir.VectorType(fty, size)
+        _keep_vector_width(builder, size * align * 8)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        rows = []
+        for i in range(size):
+            at = builder.add(s_off, builder.mul(s_stride, ir.Constant(i64, i)))
+            ptr = builder.bitcast(builder.gep(src_a.data, [at]), vty.as_pointer())
+            rows.append(builder.load(ptr, align=align))
+        half = size // 2
+        lo = ir.Constant(ir.VectorType(i32, size), [k // 2 + (size if k % 2 else 0) for k in range(size)])
+        hi = ir.Constant(ir.VectorType(i32, size), [half + k // 2 + (size if k % 2 else 0) for k in range(size)])
+        for _ in range(size.bit_length() - 1):
+            new = []
+            for i in range(half):
+                a, b = rows[i], rows[i + half]
+                new += [builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)]
+            rows = new
+        for j, v in enumerate(rows):
+            at = builder.add(d_off, builder.mul(d_stride, ir.Constant(i64, j)))
+            builder.store(v, builder.bitcast(builder.gep(dst_a.data, [at]), vty.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, src_off, src_stride, dst, dst_off, dst_stride, n), codegen

@@ -135,9 +135,11 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     pointwise = SparseConv2d(w.row_slice(0, 4), kernel_size=1)
                     for positions in (8, 40, 200):  # the pointwise kernel: every step width it picks
                         pointwise(np.ones((1, 9, 1, positions), dtype))
-        for dtype in dtypes:  # the runtime's LayerNormalization, both twins
+        for dtype in dtypes:  # the runtime's LayerNormalization (after a residual Add or not), both twins
             x, v = np.ones((2, 4), dtype), np.ones(4, dtype)
             for kernel in (norm._layer_norm_rows, norm._serial_rows):
                 kernel(x, v, v, 1e-5, np.empty_like(x))
+            for kernel in (norm._add_layer_norm_rows, norm._serial_add_rows):
+                kernel(x, x, v, v, 1e-5, np.empty_like(x), np.empty_like(x), True)
     finally:
         spmm.SERIAL_WORK = saved

@@ -140,12 +140,31 @@ def _shapes(values: Sequence[Any]) -> list[Any]:
 def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
                 consts: dict[str, np.ndarray], where: str) -> Step:
     compiled = []
-    for n in nodes:
+    i = 0
+    while i < len(nodes):
+        n = nodes[i]
         try:
+            if (i + 1 < len(nodes) and nodes[i + 1].op_type == "Relu" and glue.supports(nodes[i + 1])
+                    and n.op_type in glue.IN_PLACE_RELU and nodes[i + 1].input[0] == n.output[0]
+                    and n.output[0] not in outputs
+                    and not any(n.output[0] in m.input for m in nodes[i + 2:])):
+                # Relu of a sum nobody else reads: applied in place on the sum's buffer.
+                relu = nodes[i + 1]
+                compiled.append((glue.compile_with_relu(n, consts), list(n.input), [relu.output[0]], relu))
+                i += 2
+                continue
+            if i + 1 < len(nodes) and glue.fusable_add_layer_norm(n, nodes[i + 1]):
+                # A residual Add right before the LayerNormalization of its sum: one pass.
+                ln = nodes[i + 1]
+                compiled.append((glue.compile_add_layer_norm(n, ln, consts), [*n.input[:2], *ln.input[1:]],
+                                 [n.output[0], ln.output[0]], ln))
+                i += 2
+                continue
             compiled.append((glue.compile_node(n, consts), list(n.input), list(n.output), n))
         except Exception as exc:  # an attribute or constant input of the wrong type or value
             raise ModelFileError(f"{where}: {n.op_type} node {n.name or n.output[0]!r}: "
                                  f"{type(exc).__name__}: {exc}") from None
+        i += 1
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         env = consts.copy()

@@ -9,6 +9,7 @@ import pytest
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
 from sparsify.kernels import _jit, norm
 from sparsify.kernels.conv import step_widths
+from sparsify.kernels.spmm import pack_lanes
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear
 
@@ -55,11 +56,12 @@ def test_set_threads_rejects(bad):
 
 def test_warmup_compiles_every_tile_and_dtype():
     warmup()
-    kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows, _jit.pad_input]
+    kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows_kernel(pack_lanes()), _jit.pad_input]
                + [_jit.spmm_kernel(t) for t in _jit.TILES]
                + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
                + [_jit.pointwise_conv_kernel(t) for t in step_widths()])
-    for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows]:
+    for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows,
+                                                          norm._add_layer_norm_rows, norm._serial_add_rows]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
 
