@@ -21,48 +21,41 @@ from .errors import KernelArgumentError
 SERIAL_VALUES = 1 << 14
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy", inline="always")
+def _normalize(xr, scale, bias, eps, o):
+    """o = (xr - mean(xr)) / sqrt(var(xr) + eps) * scale + bias, accumulated in float64."""
+    n = xr.shape[0]
+    s = 0.0
+    for j in range(n):
+        s += np.float64(xr[j])
+    mean = s / n
+    v = 0.0
+    for j in range(n):
+        d = np.float64(xr[j]) - mean
+        v += d * d
+    inv = 1.0 / math.sqrt(v / n + eps)
+    for j in range(n):
+        o[j] = (np.float64(xr[j]) - mean) * inv * scale[j] + bias[j]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"},
             error_model="numpy")
 def _layer_norm_rows(x, scale, bias, eps, out):
     """out[r] = (x[r] - mean(x[r])) / sqrt(var(x[r]) + eps) * scale + bias for each row r."""
-    rows, n = x.shape
-    for r in numba.prange(rows):
-        xr = x[r]
-        s = 0.0
-        for j in range(n):
-            s += np.float64(xr[j])
-        mean = s / n
-        v = 0.0
-        for j in range(n):
-            d = np.float64(xr[j]) - mean
-            v += d * d
-        inv = 1.0 / math.sqrt(v / n + eps)
-        o = out[r]
-        for j in range(n):
-            o[j] = (np.float64(xr[j]) - mean) * inv * scale[j] + bias[j]
+    for r in numba.prange(x.shape[0]):
+        _normalize(x[r], scale, bias, eps, out[r])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"},
             error_model="numpy")
-def _add_layer_norm_rows(x, y, scale, bias, eps, out, total, keep):
-    """total[r] = x[r] + y[r] (stored when ``keep``), out[r] = layer_norm(total[r]) * scale + bias."""
+def _add_layer_norm_rows(x, y, scale, bias, eps, out, total):
+    """total[r] = x[r] + y[r], out[r] = layer_norm(total[r]) * scale + bias for each row r."""
     rows, n = x.shape
     for r in numba.prange(rows):
         xr, yr, t = x[r], y[r], total[r]
-        s = 0.0
         for j in range(n):
-            v = xr[j] + yr[j]  # rounded to the input dtype, as a separate Add would
-            t[j] = v
-            s += np.float64(v)
-        mean = s / n
-        var = 0.0
-        for j in range(n):
-            d = np.float64(t[j]) - mean
-            var += d * d
-        inv = 1.0 / math.sqrt(var / n + eps)
-        o = out[r]
-        for j in range(n):
-            o[j] = (np.float64(t[j]) - mean) * inv * scale[j] + bias[j]
+            t[j] = xr[j] + yr[j]  # rounded to the input dtype, as a separate Add would
+        _normalize(t, scale, bias, eps, out[r])
 
 
 def add_layer_norm(x: np.ndarray, y: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
@@ -75,7 +68,7 @@ def add_layer_norm(x: np.ndarray, y: np.ndarray, scale: np.ndarray, bias: np.nda
     y = np.ascontiguousarray(y)
     out, total = np.empty_like(x), np.empty_like(x)
     kernel = _add_layer_norm_rows if x.size >= SERIAL_VALUES else _serial_add_rows
-    kernel(x, y, scale, bias, float(eps), out, total, True)
+    kernel(x, y, scale, bias, float(eps), out, total)
     return out, total
 
 

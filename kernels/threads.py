@@ -140,6 +140,6 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
             for kernel in (norm._layer_norm_rows, norm._serial_rows):
                 kernel(x, v, v, 1e-5, np.empty_like(x))
             for kernel in (norm._add_layer_norm_rows, norm._serial_add_rows):
-                kernel(x, x, v, v, 1e-5, np.empty_like(x), np.empty_like(x), True)
+                kernel(x, x, v, v, 1e-5, np.empty_like(x), np.empty_like(x))
     finally:
         spmm.SERIAL_WORK = saved
