@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,12 @@ from sparsify.masks import apply_masks, fold_masks, iter_masks
 from sparsify.models import BUILTIN_INPUT_SHAPE, BUILTIN_MODELS
 from sparsify.modelref import build_model, load_weights, load_weights_file, model_ref, read_state_dict
 from sparsify.trust import TRUST_ALL, CodeTrust
+
+if TYPE_CHECKING:
+    from sparsify.distributed import DistContext
+    from sparsify.recipe import Recipe
+    from sparsify.pruner import PruneOptions
+    from sparsify.schedule import ScheduleOptions
 
 
 @dataclasses.dataclass
@@ -79,92 +85,145 @@ def _need_data(run: Run, data: str | None) -> Splits:
     return load_data(ref)
 
 
-def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path) -> Run:
+def train_model(src: ModelSource, cfg: TrainConfig, out: str | Path, *,
+                recipe_file: dict[str, Any] | None = None) -> Run:
     """Train a model densely on its data and write a run."""
+    cfg.validate()
+    if cfg.nproc > 1 or _distributed_env():
+        raise RunError("train runs in one process; distributed training is for finetune (--nproc / torchrun)")
     run = open_model(src)
-    return _train_and_save(run, _need_data(run, src.data), cfg, None, "train", "history", "dense_test_accuracy", out)
+    splits = _need_data(run, src.data)
+    history = train(run.model, splits.train, splits.val, cfg)
+    return _save_trained(run, splits, cfg, {"step": "train"}, "history", "dense_test_accuracy", history, out,
+                         recipe_file)
 
 
-def _train_and_save(run: Run, splits: Splits, cfg: TrainConfig, teacher: nn.Module | None, step_name: str,
-                    history_key: str, accuracy_key: str, out: str | Path) -> Run:
-    """Train the run's model in place, evaluate it on the test split and write the new run."""
-    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher)
+def _distributed_env() -> bool:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _save_trained(run: Run, splits: Splits, cfg: TrainConfig, step: dict[str, Any], history_key: str,
+                  accuracy_key: str, history: list[dict[str, Any]], out: str | Path,
+                  recipe_file: dict[str, Any] | None) -> Run:
+    """Evaluate the trained model on the test split and write the new run."""
     accuracy = round(evaluate(run.model, splits.test)["accuracy"], 4)
-    step = {"step": step_name, "config": dataclasses.asdict(cfg), "data": splits.name}
+    step = {**step, "config": dataclasses.asdict(cfg), "data": splits.name}
     new = derive(run, run.model, step, {history_key: history, "test_accuracy": accuracy, accuracy_key: accuracy})
+    new.recipe_file = recipe_file
     save_run(new, out)
     return new
 
 
-def prune_model(src: ModelSource, out: str | Path, *, sparsity: float | None = None, scope: str = "layer",
-                method: str = "magnitude", targets: str | None = None, ignore: str | None = None,
-                structure: str | None = None, ratio: float | None = None, criterion: str = "l1",
-                round_to: int = 1, min_channels: int = 1, nm: str | None = None, bn_recalibrate: int = 0,
-                seed: int = 0) -> tuple[Run, Any]:
-    """Plan masks (unstructured, or structured groups), attach them, and write a run; returns (run, plan)."""
-    from sparsify.errors import PruneError
+def prune_model(src: ModelSource, out: str | Path, options: "PruneOptions | None" = None, *,
+                progress: Callable[[str], None] | None = None, recipe_file: dict[str, Any] | None = None,
+                **fields: Any) -> tuple[Run, Any]:
+    """Plan masks (unstructured, N:M, data-aware, or structured groups), attach them, and write a run.
 
+    ``options`` or the same fields as keywords (``sparsity=0.9, method="wanda"``); returns (run, plan).
+    """
+    from sparsify.pruner import PruneOptions
+
+    opts = (options if options is not None else PruneOptions(**fields)).validate()
     run = open_model(src)
     model = run.model
-    if nm is not None:
-        from sparsify.pruner import parse_nm, plan_nm
-
-        n, m = parse_nm(nm)
-        plan = plan_nm(model, n, m, method=method, targets=targets, ignore=ignore, seed=seed)
-        step = {"step": "prune", "pattern": f"{n}:{m}", "method": method, "targets": targets, "ignore": ignore,
-                "seed": seed}
-    elif structure is None:
-        from sparsify.pruner import plan_unstructured
-
-        if sparsity is None:
-            raise PruneError("give --sparsity (unstructured) or --structure channel|head with --ratio")
-        plan = plan_unstructured(model, sparsity, scope=scope, method=method, targets=targets, ignore=ignore, seed=seed)
-        step = {"step": "prune", "pattern": "unstructured", "sparsity": sparsity, "scope": scope,
-                "method": method, "targets": targets, "ignore": ignore, "seed": seed}
-    else:
-        from sparsify.structured import plan_structured
-
-        if ratio is None:
-            ratio = sparsity if sparsity is not None else 0.5
-        calib = None
-        if criterion == "taylor":
-            splits = _need_data(run, src.data)
-            from sparsify.data import loader, split_batch
-
-            calib = [(split_batch(b)[0][0], split_batch(b)[1]) for b, _ in zip(loader(splits.train, 64, shuffle=True), range(8))]
-        with torch.no_grad():
-            example = random_inputs(run.inputs)
-        # The planner captures its own copy of the model; a masked one is folded first (on a copy,
-        # since its masks stay attached), a dense one needs no second copy of its weights.
-        fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
-        plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=criterion, scope=scope,
-                                 round_to=round_to, min_channels=min_channels, targets=targets, ignore=ignore,
-                                 calib_batches=calib, seed=seed)
-                 for s in _structures(structure)]
-        plan = plans[0] if len(plans) == 1 else CombinedPlan(plans)
-        step = {"step": "prune", "pattern": structure, "ratio": ratio, "criterion": criterion, "scope": scope,
-                "round_to": round_to, "min_channels": min_channels, "targets": targets, "ignore": ignore, "seed": seed,
-                "groups": [{k: v for k, v in g.to_dict().items() if k != "tensors"} for g in plan.groups],
-                "skipped": dict(plan.skipped)}
+    plan = _plan(run, src, opts, progress)
+    step = {"step": "prune", **_step_fields(opts, plan)}
     if is_run_dir(src.model):
         step["parent"] = {"path": str(Path(src.model).resolve()),
                           "weights_sha256": read_manifest(src.model)["files"][WEIGHTS]["sha256"]}
     existing = run.masks
     masks = {k: (v & existing[k]) if k in existing else v for k, v in plan.masks.items()}
+    if getattr(plan, "weights", None):
+        from sparsify.oneshot import write_weights
+
+        write_weights(model, plan.weights)
     apply_masks(model, masks)
-    if bn_recalibrate:
+    if opts.bn_recalibrate:
         from sparsify.finetune import recalibrate_batchnorm
 
-        recalibrate_batchnorm(model, _need_data(run, src.data).train, bn_recalibrate, seed=seed)
-        step["bn_recalibrate_batches"] = bn_recalibrate
+        recalibrate_batchnorm(model, _need_data(run, src.data).train, opts.bn_recalibrate, seed=opts.seed)
+        step["bn_recalibrate_batches"] = opts.bn_recalibrate
     metrics: dict[str, Any] = {}
     if run.data_ref():
         acc = evaluate(model, load_data(run.data).test)["accuracy"]
         metrics["test_accuracy"] = round(acc, 4)
         metrics["pruned_test_accuracy"] = round(acc, 4)
     new = derive(run, model, step, metrics)
+    new.recipe_file = recipe_file
     save_run(new, out)
     return new, plan
+
+
+def calibration_batches(run: Run, data: str | None, count: int, seed: int = 0,
+                        batch_size: int = 64) -> list[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """``count`` seeded batches of (inputs, labels) from the training split, checked against the run's inputs."""
+    from sparsify.calibration import check_batches
+    from sparsify.data import loader, split_batch
+
+    splits = _need_data(run, data)
+    batches = [split_batch(b) for b, _ in zip(loader(splits.train, batch_size, shuffle=True, seed=seed), range(count))]
+    check_batches([x for x, _ in batches], [s.shape for s in run.inputs])
+    return batches
+
+
+def _plan(run: Run, src: ModelSource, opts: "PruneOptions", progress: Callable[[str], None] | None) -> Any:
+    """The plan the options ask for (the model is not changed)."""
+    from sparsify.pruner import DATA_AWARE, parse_nm, plan_nm, plan_unstructured
+
+    model = run.model
+    nm = parse_nm(opts.nm) if opts.nm is not None else None
+    if opts.method in DATA_AWARE:
+        from sparsify.oneshot import plan_data_aware
+
+        batches = [x for x, _ in calibration_batches(run, src.data, opts.calibration_batches, opts.seed)]
+        return plan_data_aware(model, opts.method, batches, sparsity=opts.sparsity, nm=nm, targets=opts.targets,
+                               ignore=opts.ignore, dampening=opts.dampening, block_size=opts.block_size,
+                               progress=progress)
+    if nm is not None:
+        return plan_nm(model, *nm, method=opts.method, targets=opts.targets, ignore=opts.ignore, seed=opts.seed)
+    if opts.structure is None:
+        return plan_unstructured(model, opts.sparsity, scope=opts.scope, method=opts.method, targets=opts.targets,
+                                 ignore=opts.ignore, seed=opts.seed)
+    from sparsify.structured import plan_structured
+
+    ratio = opts.ratio if opts.ratio is not None else (opts.sparsity if opts.sparsity is not None else 0.5)
+    calib = None
+    if opts.criterion == "taylor":
+        calib = [(x[0], y) for x, y in calibration_batches(run, src.data, min(opts.calibration_batches, 8), opts.seed)]
+    with torch.no_grad():
+        example = random_inputs(run.inputs)
+    # The planner captures its own copy of the model; a masked one is folded first (on a copy,
+    # since its masks stay attached), a dense one needs no second copy of its weights.
+    fold_copy = fold_masks(copy.deepcopy(model)) if next(iter_masks(model), None) else model
+    plans = [plan_structured(fold_copy, example, structure=s, ratio=ratio, criterion=opts.criterion,
+                             scope=opts.scope, round_to=opts.round_to, min_channels=opts.min_channels,
+                             targets=opts.targets, ignore=opts.ignore, calib_batches=calib, seed=opts.seed)
+             for s in _structures(opts.structure)]
+    return plans[0] if len(plans) == 1 else CombinedPlan(plans)
+
+
+def _step_fields(opts: "PruneOptions", plan: Any) -> dict[str, Any]:
+    """What the manifest records of a prune step."""
+    from sparsify.pruner import DATA_AWARE
+
+    common = {"targets": opts.targets, "ignore": opts.ignore, "seed": opts.seed}
+    if opts.structure is not None:
+        ratio = opts.ratio if opts.ratio is not None else (opts.sparsity if opts.sparsity is not None else 0.5)
+        return {"pattern": opts.structure, "ratio": ratio, "criterion": opts.criterion, "scope": opts.scope,
+                "round_to": opts.round_to, "min_channels": opts.min_channels, **common,
+                "groups": [{k: v for k, v in g.to_dict().items() if k != "tensors"} for g in plan.groups],
+                "skipped": dict(plan.skipped)}
+    out = {"pattern": plan.pattern, "method": opts.method, **common}
+    if opts.nm is None:
+        out.update(sparsity=opts.sparsity, scope=opts.scope)
+    if opts.method in DATA_AWARE:
+        out["calibration"] = {"batches": opts.calibration_batches, "batch_size": 64}
+        if opts.method == "sparsegpt":
+            out["calibration"].update(dampening=opts.dampening, block_size=opts.block_size)
+        out["layers"] = plan.layers
+    return out
 
 
 def _structures(structure: str) -> list[str]:
@@ -212,16 +271,111 @@ class CombinedPlan:
 
 
 def finetune_model(run_path: str | Path, cfg: TrainConfig, out: str | Path, data: str | None = None,
-                   teacher: str | Path | None = None, trust: CodeTrust = CodeTrust()) -> Run:
-    """Fine-tune a pruned run with its masks fixed, optionally distilling from the dense teacher.
+                   teacher: str | Path | None = None, schedule: "ScheduleOptions | None" = None, *,
+                   trust: CodeTrust = CodeTrust(), recipe_file: dict[str, Any] | None = None) -> Run:
+    """Fine-tune a run with its masks fixed, or pruning gradually on ``schedule``; optionally distilling.
 
-    ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`).
+    ``cfg.nproc > 1`` spawns that many local ranks (DistributedDataParallel, gloo on CPU);
+    under torchrun the ranks are already started. Only rank 0 writes the run. ``trust`` allows
+    code references named by the run (see :func:`sparsify.artifact.load_run`).
     """
+    from sparsify.distributed import check_nproc, context_from_env, launch
+
+    cfg.validate()
+    if schedule is not None:
+        schedule.validate()
+    read_manifest(run_path)  # a missing or corrupt run fails here, before any process starts
+    args = (str(run_path), cfg, str(out), data, None if teacher is None else str(teacher), schedule, trust,
+            recipe_file)
+    if cfg.nproc > 1 and not _distributed_env():
+        check_nproc(cfg.nproc)
+        launch(cfg.nproc, finetune_rank, args, "fine-tuning")
+        return load_run(out, trust)
+    return finetune_rank(context_from_env(), *args)
+
+
+def finetune_rank(ctx: "DistContext", run_path: str, cfg: TrainConfig, out: str, data: str | None,
+                  teacher: str | None, schedule: "ScheduleOptions | None", trust: CodeTrust,
+                  recipe_file: dict[str, Any] | None) -> Run:
+    """One rank's part of `finetune_model` (the whole of it when not distributed)."""
+    from functools import partial
+
+    from sparsify.distributed import DistributedError, all_equal, broadcast_masks
+    from sparsify.finetune import steps_per_epoch
+
     run = load_run(run_path, trust)
     splits = _need_data(run, data)
     teacher_model = teacher_for(run, teacher) if cfg.distill else None
-    return _train_and_save(run, splits, cfg, teacher_model, "finetune", "finetune_history",
-                           "finetuned_test_accuracy", out)
+    pruner = None
+    if schedule is not None and schedule.active:
+        from sparsify.schedule import GradualPruner
+
+        per_epoch = steps_per_epoch(len(splits.train), cfg.batch_size, ctx.world)  # type: ignore[arg-type]
+        pruner = GradualPruner(schedule, run.model, random_inputs(run.inputs), cfg.epochs, per_epoch,
+                               sync=partial(broadcast_masks, ctx))
+    history = train(run.model, splits.train, splits.val, cfg, teacher=teacher_model, pruner=pruner, dist=ctx)
+    step: dict[str, Any] = {"step": "finetune"}
+    if pruner is not None:
+        step["schedule"] = pruner.finish(run.model)
+    if ctx.active:
+        for name, tensor in sorted({**run.masks, **dict(run.model.state_dict())}.items()):
+            if not all_equal(ctx, tensor):
+                raise DistributedError(f"after fine-tuning, {name} differs between ranks; no run was written")
+        step["world_size"] = ctx.world
+    new = run
+    if ctx.is_main:
+        new = _save_trained(run, splits, cfg, step, "finetune_history", "finetuned_test_accuracy", history, out,
+                            recipe_file)
+    if ctx.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return new
+
+
+def apply_recipe(recipe: "Recipe", out: str | Path, *, trust: CodeTrust = CodeTrust(), progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> list[tuple[str, Path]]:
+    """Run every stage of a validated recipe; stage NAME writes ``out/NAME`` (export: ``out/NAME.onnx``).
+
+    Returns (stage name, path written) in order. Each output is written atomically; a failing
+    stage leaves the earlier stages' outputs complete and writes nothing of its own. A recipe
+    naming code (``package.module:attr`` model or data) runs only when ``trust`` allows it.
+    """
+    recipe.check_trust(trust)
+    trust = dataclasses.replace(trust, refs=trust.refs | set(recipe.code_refs().values()))
+    out = Path(out)
+    written: dict[str, Path] = {}
+    done: list[tuple[str, Path]] = []
+    for stage in recipe.stages:
+        record = recipe.record(stage.name)
+        start = written[stage.source] if stage.source is not None else None
+        opts = stage.options
+        if log:
+            log(f"stage {stage.name} ({stage.action})" + (f" from {start}" if start else f" from {recipe.model}"))
+        if stage.action == "export":
+            dest = out / f"{stage.name}.{'onnx' if opts.format == 'onnx' else 'pt2'}"
+            extra = {k: v for k, v in (("density_threshold", opts.density_threshold),
+                                       ("target_batch", opts.target_batch)) if v is not None}
+            export_model(start, dest, fmt=opts.format, mode=opts.mode, verify=opts.verify, atol=opts.atol,
+                         rtol=opts.rtol, opset=opts.opset, trust=trust, **extra)
+        else:
+            dest = out / stage.name
+            src = ModelSource(str(start), data=recipe.data, trust=trust) if start is not None else ModelSource(
+                recipe.model, dict(recipe.model_args), recipe.weights, recipe.data, recipe.input_shapes,
+                recipe.input_dtypes, trust)
+            if stage.action == "train":
+                train_model(src, dataclasses.replace(opts, progress=progress), dest, recipe_file=record)
+            elif stage.action == "prune":
+                prune_model(src, dest, opts, progress=log, recipe_file=record)
+            else:
+                teacher = opts.teacher
+                if teacher is not None and teacher in written:
+                    teacher = str(written[teacher])
+                finetune_model(src.model, dataclasses.replace(opts.train, progress=progress), dest, data=recipe.data,
+                               teacher=teacher, schedule=opts.schedule, trust=trust, recipe_file=record)
+            written[stage.name] = dest
+        done.append((stage.name, dest))
+    return done
 
 
 def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
@@ -231,6 +385,8 @@ def teacher_for(run: Run, teacher: str | Path | None = None) -> nn.Module:
     """
     if teacher is None:
         parents = [s["parent"] for s in run.recipe if s.get("step") == "prune" and s.get("parent")]
+        if not parents and not run.masks:  # a dense run pruned gradually is its own teacher
+            return fold_masks(copy.deepcopy(run.model)).eval()
         if not parents:
             raise RunError(f"run {run.path} records no dense parent run to distill from; give --teacher RUN")
         parent = parents[0]

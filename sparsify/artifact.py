@@ -26,7 +26,7 @@ from sparsify.data import InputSpec, is_code_ref
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
-from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, plain_state_dict, sparsity_report
+from sparsify.masks import Masks, apply_masks, fold_masks, get_masks, iter_masks, plain_state_dict, sparsity_report
 from sparsify.modelref import build_model, load_weights_file
 from sparsify.trust import TRUST_ALL, CodeTrust, require_consent
 
@@ -42,6 +42,7 @@ class Run:
     recipe: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     path: Path | None = None
+    recipe_file: dict[str, Any] | None = None  # the YAML recipe `sparsify apply` made this run from
     # Which code references named by the run's own files may be imported (its data, a teacher run).
     trust: CodeTrust = TRUST_ALL
 
@@ -90,7 +91,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
     from safetensors.torch import save_file
 
     dest = Path(dest)
-    masks = {k: v.to(torch.bool).contiguous() for k, v in run.masks.items()}
+    masks = {name: p.mask.to(torch.bool).contiguous() for name, _, _, p in iter_masks(run.model)}  # no copies
     state = plain_state_dict(run.model)
     with atomic_dir(dest, RunError, MANIFEST) as tmp:
         try:
@@ -109,6 +110,7 @@ def save_run(run: Run, dest: str | Path) -> Path:
             "recipe": run.recipe,
             "sparsity": sparsity_report(run.model),
             "metrics": run.metrics,
+            **({"recipe_file": run.recipe_file} if run.recipe_file is not None else {}),
             "files": {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
                       for name in (WEIGHTS, MASKS)},
         }
@@ -187,6 +189,7 @@ def load_run(path: str | Path, trust: CodeTrust = CodeTrust()) -> Run:
         recipe=list(manifest.get("recipe") or []),
         metrics=dict(manifest.get("metrics") or {}),
         path=path,
+        recipe_file=manifest.get("recipe_file"),
         trust=trust,
     )
 

@@ -35,21 +35,23 @@ def _source(args: argparse.Namespace):
                        args.input_shape, args.input_dtype, _trust(args))
 
 
-def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float) -> None:
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+_DISTILL_FIELDS = ("distill", "temperature", "alpha", "nproc")
 
 
-def _train_config(args: argparse.Namespace, **extra):
+def _add_train_args(p: argparse.ArgumentParser, epochs: int, lr: float, finetune: bool = False) -> None:
     from sparsify.finetune import TrainConfig
+    from sparsify.options import add_flags
 
-    return TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                       batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress, **extra)
+    add_flags(p, TrainConfig, skip=() if finetune else _DISTILL_FIELDS, defaults={"epochs": epochs, "lr": lr})
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(train_defaults={"epochs": epochs, "lr": lr})
+
+
+def _train_config(args: argparse.Namespace):
+    from sparsify.finetune import TrainConfig
+    from sparsify.options import from_namespace
+
+    return from_namespace(TrainConfig, args, args.train_defaults, progress=not args.no_progress)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -63,10 +65,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from sparsify.api import prune_model
 
-    run, plan = prune_model(_source(args), args.output, sparsity=args.sparsity, scope=args.scope, method=args.method,
-                            targets=args.targets, ignore=args.ignore, structure=args.structure, ratio=args.ratio,
-                            criterion=args.criterion, round_to=args.round_to, min_channels=args.min_channels,
-                            nm=args.nm, bn_recalibrate=args.bn_recalibrate, seed=args.seed)
+    from sparsify.options import from_namespace
+    from sparsify.pruner import PruneOptions
+
+    run, plan = prune_model(_source(args), args.output, from_namespace(PruneOptions, args),
+                            progress=lambda line: print(line, file=sys.stderr))
     print(plan)
     acc = run.metrics.get("pruned_test_accuracy")
     print(f"pruned run written to {args.output}" + (f"; test accuracy {acc:.2f}%" if acc is not None else ""))
@@ -76,8 +79,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from sparsify.api import finetune_model
 
-    cfg = _train_config(args, distill=args.distill, temperature=args.temperature, alpha=args.alpha)
-    run = finetune_model(args.run, cfg, args.output, data=args.data, teacher=args.teacher, trust=_trust(args))
+    from sparsify.options import from_namespace
+    from sparsify.schedule import ScheduleOptions
+
+    schedule = from_namespace(ScheduleOptions, args)
+    run = finetune_model(args.run, _train_config(args), args.output, data=args.data, teacher=args.teacher,
+                         schedule=schedule, trust=_trust(args))
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and reports
+        return 0
+    points = (run.recipe[-1].get("schedule") or {}).get("points", [])
+    for point in points:
+        print(f"schedule point at step {point['step']} (epoch {point['epoch']:g}): target {point['target']}, "
+              f"weight sparsity {point['weight_sparsity']:.2%}")
     print(f"fine-tuned {args.run}: test accuracy {run.metrics['test_accuracy']:.2f}% → {args.output}")
     return 0
 
@@ -101,6 +116,36 @@ def cmd_export(args: argparse.Namespace) -> int:
     data = f" + {path.name}.data" if summary.get("external_data") else ""
     print(f"wrote {path}{data} ({summary.get('bytes', 0):,} bytes, mode {args.mode})"
           + ("" if report is not None else " — verification skipped (--no-verify)"))
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from sparsify.recipe import RecipeError, load_recipe, shipped
+
+    if args.list:
+        for name, text in sorted(shipped().items()):
+            first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+            print(f"{name:<20} {first}")
+        return 0
+    if not args.recipe:
+        raise RecipeError("give a recipe file or a shipped recipe name (sparsify apply --list shows them)")
+    recipe = load_recipe(args.recipe)
+    recipe.check_trust(_trust(args))
+    for stage in recipe.stages:
+        print(f"stage {stage.name}: {stage.action}" + (f" from {stage.source}" if stage.source else ""))
+    if args.check:
+        print(f"recipe {recipe.name} is valid ({len(recipe.stages)} stages)")
+        return 0
+    from sparsify.api import apply_recipe
+
+    out = args.output or recipe.name
+    log = (lambda line: print(line, file=sys.stderr)) if not args.no_progress else None
+    for name, path in apply_recipe(recipe, out, trust=_trust(args), progress=not args.no_progress, log=log):
+        acc = ""
+        if path.is_dir():
+            metrics = json.loads((path / "manifest.json").read_text()).get("metrics", {})
+            acc = f" (test accuracy {metrics['test_accuracy']:.2f}%)" if "test_accuracy" in metrics else ""
+        print(f"{name}: {path}{acc}")
     return 0
 
 
@@ -144,32 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="compute masks and write a pruned run")
     _add_model_args(p)
-    p.add_argument("--sparsity", type=float, help="unstructured: fraction of weights to zero, in [0, 1)")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer")
-    p.add_argument("--method", choices=["magnitude", "random"], default="magnitude", help="unstructured criterion")
-    p.add_argument("--targets", help="regex over tensor names to prune (default: Linear/Conv/attention weights)")
-    p.add_argument("--ignore", help="regex over tensor names to keep dense")
-    p.add_argument("--nm", metavar="N:M", help="semi-structured: keep N of every M consecutive weights (e.g. 2:4)")
-    p.add_argument("--structure", metavar="channel|head[,…]",
-                   help="structured pruning of whole channels or attention heads; 'head,channel' prunes both")
-    p.add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
-    p.add_argument("--criterion", choices=["l1", "l2", "random", "taylor"], default="l1", help="structured importance")
-    p.add_argument("--round-to", type=int, default=1, help="structured: keep a multiple of this many channels")
-    p.add_argument("--min-channels", type=int, default=1, help="structured: keep at least this many channels per group")
-    p.add_argument("--bn-recalibrate", type=int, default=0, metavar="BATCHES",
-                   help="re-estimate BatchNorm statistics on this many training batches after pruning (needs --data)")
-    p.add_argument("--seed", type=int, default=0)
+    from sparsify.options import add_flags
+    from sparsify.pruner import PruneOptions
+
+    add_flags(p, PruneOptions)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("finetune", help="fine-tune a pruned run with its masks fixed")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data reference (default: the run's)")
-    _add_train_args(p, epochs=10, lr=1e-3)
-    p.add_argument("--distill", action="store_true", help="add distillation from the dense teacher")
-    p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from)")
-    p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
+    _add_train_args(p, epochs=10, lr=1e-3, finetune=True)
+    p.add_argument("--teacher", help="dense teacher run for --distill (default: the run this one was pruned from, "
+                                     "or the run itself when it is dense)")
+    from sparsify.options import add_flags
+    from sparsify.schedule import ScheduleOptions
+
+    add_flags(p, ScheduleOptions, rename={"kind": "--schedule"})
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     p.set_defaults(func=cmd_finetune)
@@ -190,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("apply", help="run a YAML recipe: a file, or a shipped recipe by name (e.g. digits-vit-90)")
+    p.add_argument("recipe", nargs="?", help="recipe file, or the name of a shipped recipe (see --list)")
+    p.add_argument("-o", "--output", help="directory for the stages' runs and files (default: ./<recipe name>)")
+    p.add_argument("--list", action="store_true", help="list the shipped recipes")
+    p.add_argument("--check", action="store_true", help="validate the recipe and print its stages; run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, per-epoch or per-layer lines")
+    add_trust_option(p)
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("inspect", help="per-layer table of a run or an ONNX file")
     p.add_argument("path")

@@ -14,6 +14,7 @@ from torch import nn
 
 from sparsify.errors import ModelFileError
 from sparsify.limits import check_int64
+from sparsify.masks import fold_masks
 from sparsify.onnxfile import check_external_data, load_onnx, tensor_array
 from sparsify.trust import CodeTrust
 
@@ -135,7 +136,6 @@ def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
     The table comes from the run's files alone. MACs need the module: a built-in is rebuilt,
     a ``package.module:attr`` model only when ``trust`` allows importing it (never by default).
     """
-    from sparsify.api import reference_module
     from sparsify.artifact import MASKS, WEIGHTS, load_run, read_manifest, read_tensors
     from sparsify.data import random_inputs
 
@@ -151,7 +151,7 @@ def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
                      f"only with --trust-code {ref['name']}")
     else:
         run = load_run(path, trust)
-        model = reference_module(run)
+        model = fold_masks(run.model).eval()  # the run is read for this table only
         macs = _module_macs(model, random_inputs(run.inputs, batch=1))
         tensors = model.state_dict()
     rows = []
@@ -162,8 +162,13 @@ def inspect_run(path: str | Path, trust: CodeTrust | None = None) -> Inspection:
         rows.append(LayerRow(name, tuple(w.shape), w.size, int(np.count_nonzero(w)),
                              classify_pattern(w) if name in masked or w.ndim >= 2 else "dense", macs.get(name)))
     size = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+    from sparsify.recipe import recipe_notes
+    from sparsify.schedule import schedule_notes
+
+    steps = manifest.get("recipe") or []
     return Inspection(str(path), rows, size,
-                      [f"{len(masked)} masked tensors", *notes, *_group_notes(manifest.get("recipe") or [])])
+                      [f"{len(masked)} masked tensors", *notes, *_group_notes(steps), *schedule_notes(steps),
+                       *recipe_notes(manifest.get("recipe_file"))])
 
 
 def _group_notes(recipe: list[dict[str, Any]]) -> list[str]:

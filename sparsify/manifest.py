@@ -32,6 +32,7 @@ MAX_INPUTS = 64
 MAX_RANK = 8
 MAX_DIM = 2**31 - 1
 MAX_JSON_INT = 2**53
+MAX_RECIPE_TEXT = 1 << 20  # characters of the YAML recipe a run records
 # Verification and calibration feed batches of up to this many samples of the recorded inputs.
 CHECKED_BATCH = 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -171,6 +172,17 @@ def _versions(v: Any) -> None:
         _expect(isinstance(value, str) and len(value) <= 200, f"versions.{key}", "a version string", value)
 
 
+def _recipe_file(v: Any) -> None:
+    """The YAML recipe a run was made from by `sparsify apply` (sparsify.recipe.Recipe.record)."""
+    rec = _object(v, "recipe_file", ("name", "source", "stage", "sha256", "text"))
+    for key in ("name", "source", "stage"):
+        _text(rec[key], f"recipe_file.{key}")
+    _expect(isinstance(rec["sha256"], str) and bool(_SHA256.fullmatch(rec["sha256"])), "recipe_file.sha256",
+            "64 lowercase hexadecimal digits", rec["sha256"])
+    _expect(isinstance(rec["text"], str) and len(rec["text"]) <= MAX_RECIPE_TEXT, "recipe_file.text",
+            f"the recipe's YAML text, at most {MAX_RECIPE_TEXT} characters", rec["text"])
+
+
 FIELDS: dict[str, Callable[[Any], None]] = {
     "format": lambda v: _expect(v == FORMAT, "format", repr(FORMAT), v),
     "format_version": lambda v: _expect(_is_int(v) and v == FORMAT_VERSION, "format_version",
@@ -184,6 +196,7 @@ FIELDS: dict[str, Callable[[Any], None]] = {
     "sparsity": lambda v: _object(v, "sparsity"),
     "metrics": lambda v: _object(v, "metrics"),
     "files": _files,
+    "recipe_file": _recipe_file,
 }
 REQUIRED = ("format", "format_version", "model", "inputs", "files")
 

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from sparsify.criteria import get_criterion
 from sparsify.errors import PruneError
 from sparsify.masks import Masks, get_masks
+from sparsify.options import Bounds, OptionError, check_fields, option
 
 # Modules whose weight matrices are pruning targets by default.
 PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
@@ -23,6 +24,58 @@ def check_sparsity(sparsity: float) -> float:
     if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
         raise PruneError(f"sparsity={sparsity!r} should be a float in [0, 1): the fraction of weights set to zero")
     return float(sparsity)
+
+
+METHODS = ("magnitude", "random", "wanda", "sparsegpt")
+DATA_AWARE = ("wanda", "sparsegpt")
+FRACTION = Bounds(0.0, 1.0, hi_open=True)
+
+
+@dataclasses.dataclass
+class PruneOptions:
+    """What `sparsify prune` does: the flags of the command and the fields of a recipe's prune stage."""
+
+    sparsity: float | None = option(None, "unstructured: fraction of weights to zero, in [0, 1)", bounds=FRACTION)
+    scope: str = option("layer", "compare weights within each tensor or across all of them",
+                        choices=("layer", "global"))
+    method: str = option("magnitude", "unstructured / N:M criterion (wanda and sparsegpt use calibration batches "
+                         "from --data)", choices=METHODS)
+    targets: str | None = option(None, "regex over tensor names to prune (default: Linear/Conv/attention weights)")
+    ignore: str | None = option(None, "regex over tensor names to keep dense")
+    nm: str | None = option(None, "semi-structured: keep N of every M consecutive weights (e.g. 2:4)", metavar="N:M")
+    structure: str | None = option(None, "structured pruning of whole channels or attention heads; 'head,channel' "
+                                   "prunes both", metavar="channel|head[,...]")
+    ratio: float | None = option(None, "structured: fraction of channels/heads to remove", bounds=FRACTION)
+    criterion: str = option("l1", "structured importance", choices=("l1", "l2", "random", "taylor"))
+    round_to: int = option(1, "structured: keep a multiple of this many channels", bounds=Bounds(1))
+    min_channels: int = option(1, "structured: keep at least this many channels per group", bounds=Bounds(1))
+    bn_recalibrate: int = option(0, "re-estimate BatchNorm statistics on this many training batches after pruning "
+                                 "(needs --data)", bounds=Bounds(0), metavar="BATCHES")
+    calibration_batches: int = option(16, "wanda/sparsegpt/taylor: training batches of 64 samples read for the "
+                                      "layers' input statistics", bounds=Bounds(1), metavar="N")
+    dampening: float = option(0.01, "sparsegpt: fraction of the Hessian's mean diagonal added to it",
+                              bounds=Bounds(0.0, 1.0, lo_open=True))
+    block_size: int = option(128, "sparsegpt: columns whose mask is chosen together", bounds=Bounds(1))
+    seed: int = option(0, "seed of random criteria and of the calibration batches")
+
+    def validate(self) -> "PruneOptions":
+        """Check every field, then the combinations; returns self."""
+        check_fields(self)
+        if self.nm is not None:
+            check_nm(self.nm)
+        chosen = [k for k in ("sparsity", "nm", "structure") if getattr(self, k) is not None]
+        if not chosen:
+            raise OptionError("sparsity", "give --sparsity (unstructured), --nm N:M, or --structure channel|head "
+                                          "with --ratio")
+        if len(chosen) > 1 and not (chosen == ["sparsity", "structure"] and self.ratio is None):
+            raise OptionError(chosen[1], f"{' and '.join(chosen)} cannot be combined: prune one pattern per step")
+        if self.method in DATA_AWARE:
+            if self.structure is not None:
+                raise OptionError("method", f"method={self.method} prunes weights, not channels; structured pruning "
+                                            "uses --criterion")
+            if self.scope != "layer":
+                raise OptionError("scope", f"method={self.method} compares weights within a layer; use scope=layer")
+        return self
 
 
 def _compile(regex: str | None, flag: str) -> re.Pattern[str] | None:
@@ -88,6 +141,8 @@ class UnstructuredPlan:
     scope: str
     method: str
     pattern: str = "unstructured"
+    weights: dict[str, torch.Tensor] | None = None  # new values of the kept weights (SparseGPT)
+    layers: list[dict[str, Any]] | None = None  # per-layer record of a data-aware method
 
     def summary(self) -> list[dict[str, Any]]:
         return [{"tensor": n, "shape": list(m.shape), "kept": int(m.sum()), "numel": m.numel(),
@@ -125,17 +180,20 @@ def plan_unstructured(model: nn.Module, sparsity: float, *, scope: str = "layer"
     chosen = select_targets(model, targets, ignore)
     existing = get_masks(model)
     gen = torch.Generator().manual_seed(seed)
-    scores = {}
-    for name, tensor in chosen.items():
+
+    def score(name: str, tensor: torch.Tensor) -> torch.Tensor:
         s = scorer(name, tensor, gen)
         if name in existing:  # pruned weights come first, whatever their score
             s = torch.where(existing[name], s, torch.full_like(s, -1.0))
-        scores[name] = s
+        return s
+
     masks: Masks = {}
-    if scope == "layer":
-        for name, s in scores.items():
+    if scope == "layer":  # one tensor's scores at a time: planning costs no copy of the model
+        for name, tensor in chosen.items():
+            s = score(name, tensor)
             masks[name] = _keep_top(s, int(round(sparsity * s.numel())))
     else:
+        scores = {name: score(name, tensor) for name, tensor in chosen.items()}
         flat = torch.cat([s.reshape(-1) for s in scores.values()])
         keep = _keep_top(flat, int(round(sparsity * flat.numel())))
         offset = 0
@@ -157,6 +215,14 @@ def parse_nm(text: str) -> tuple[int, int]:
     if not 0 < n < m:
         raise PruneError(f"--nm {text!r}: N={n} and M={m} should satisfy 0 < N < M")
     return n, m
+
+
+def check_nm(text: str) -> tuple[int, int]:
+    """`parse_nm` whose error names the ``nm`` field (for flags and recipes alike)."""
+    try:
+        return parse_nm(text)
+    except PruneError as exc:
+        raise OptionError("nm", str(exc)) from None
 
 
 def plan_nm(model: nn.Module, n: int, m: int, *, method: str = "magnitude", targets: str | None = None,

@@ -33,3 +33,24 @@ def tiny_dataset():
     x = torch.randn(120, 8, generator=g)
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
     return TensorDataset(x, y)
+
+
+class _DiesOnRankOne(torch.utils.data.Dataset):
+    """tiny_dataset, except that reading it on distributed rank 1 kills that process (a crashed rank)."""
+
+    def __init__(self):
+        self.inner = tiny_dataset()
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        import os
+
+        if os.environ.get("RANK") == "1":
+            os._exit(9)
+        return self.inner[i]
+
+
+def dying_dataset():
+    return _DiesOnRankOne()

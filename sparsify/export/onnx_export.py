@@ -114,7 +114,7 @@ def _detach_weights(program) -> None:
     except ImportError:  # another onnxscript: nothing known to forget
         return
     for obj in gc.get_objects():
-        if isinstance(obj, SimplePatternMatcher):
+        if issubclass(type(obj), SimplePatternMatcher):  # type(): a dead weakproxy raises on isinstance
             for attr in ("_graph", "_current_node", "_match"):
                 if hasattr(obj, attr):
                     setattr(obj, attr, None)

@@ -96,10 +96,12 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
     # allocatable, or no input can ever reach the layer.
     check_bytes(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
                      f"{list(attrs.shape)})", ModelFileError)
-    # The batch-1 layout is planned over the dense shape, one int64 per GROUP_ROWS x STEP window
-    # (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would exceed the memory
-    # bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
-    if batch1 == "auto" and -(-rows // ell.GROUP_ROWS) * -(-cols // ell.STEP) * 8 > memory_limit():
+    # The batch-1 layout is planned over the dense shape, one int64 per lanes x step window of
+    # the host's geometry (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would
+    # exceed the memory bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
+    geometry = ell.host_geometry()
+    if (batch1 == "auto" and geometry is not None
+            and -(-rows // geometry.lanes) * -(-cols // geometry.step) * 8 > memory_limit()):
         batch1 = "csr"
     try:
         if node.op_type == LINEAR_OP:
