@@ -31,10 +31,8 @@ import numpy as np
 from sparsify.bench.modelfile import ModelFile
 from sparsify.errors import ModelError, ModelFileError
 from sparsify.trust import CodeTrust
-from sparsify.onnxfile import load_onnx
 
 if TYPE_CHECKING:
-    import onnx
     import torch
 
 Dim = int | str | None
@@ -113,28 +111,6 @@ def specs_from_node_args(args: Sequence[Any], where: str) -> list[InputSpec]:
     ]
 
 
-def specs_from_onnx(model: onnx.ModelProto, where: str) -> list[InputSpec]:
-    """InputSpecs of the graph inputs that are not initializers."""
-    from onnx import helper
-
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise ModelFileError(f"{where}: input {vi.name!r} is not a tensor; expected tensor inputs")
-        dims: list[Dim] = []
-        for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or None)
-        specs.append(InputSpec(vi.name, tuple(dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))))
-    return specs
-
-
 class OrtRunner:
     """An ``onnxruntime.InferenceSession`` behind the Runner interface."""
 
@@ -177,15 +153,11 @@ class SparsifyBackend:
     name = "sparsify"
 
     def load(self, path: Path, threads: int) -> Runner:
-        """A runtime Session with ``threads`` threads; input specs from it or from the ONNX graph."""
+        """A runtime Session with ``threads`` threads."""
         from sparsify.runtime import Session
 
         session = Session(os.fspath(path), threads=threads)
-        if hasattr(session, "get_inputs"):
-            specs = specs_from_node_args(session.get_inputs(), str(path))
-        else:
-            specs = specs_from_onnx(load_onnx(path), str(path))
-        return SparsifyRunner(session, specs)
+        return SparsifyRunner(session, specs_from_node_args(session.get_inputs(), str(path)))
 
 
 TorchLoader = Callable[[Path], Any]
