@@ -11,6 +11,10 @@ Public API:
   :class:`CSRFormatError`, :class:`KernelArgumentError`; the runtime wraps them.
 """
 
+# Bumped whenever a kernel changes speed: host calibrations cached under another
+# revision are measured again (sparsify.runtime.calibrate.host_identity).
+REVISION = 2
+
 from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError
 from .conv import SparseConv2d, csr_conv2d
@@ -18,7 +22,7 @@ from .spmm import SparseLinear, csr_linear
 from .threads import get_threads, set_threads, warmup
 
 __all__ = [
-    "CSR", "choose_index_dtypes", "CSRFormatError", "KernelArgumentError", "KernelValueError",
+    "REVISION", "CSR", "choose_index_dtypes", "CSRFormatError", "KernelArgumentError", "KernelValueError",
     "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d",
     "set_threads", "get_threads", "warmup",
 ]

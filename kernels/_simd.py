@@ -376,18 +376,19 @@ SHIFTED_ROWS = 4
 
 
 @intrinsic(prefer_literal=True)
-def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, width):
-    """For q < SHIFTED_ROWS: ``acc[q*width : (q+1)*width] = init + sum_{j in [lo, hi)}
+def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_stride, width):
+    """For q < SHIFTED_ROWS: ``acc[q*acc_stride : q*acc_stride + width] = init + sum_{j in [lo, hi)}
     data[j] * xf[p_jq : p_jq + width]`` with ``p_jq = base + q*row_stride + offsets[j]``.
 
     The direct conv's inner loop: SHIFTED_ROWS output rows of one channel share each
     nonzero's weight and offset loads. Two sets of SHIFTED_ROWS accumulator vectors
     (nonzeros alternate between them, the remainder goes to the first) stay in
     registers and are added at the end. ``width`` is a compile-time integer constant;
-    ``lo``/``hi`` are unsigned positions. No bounds checks: callers guarantee every
-    ``p_jq + width <= len(xf)`` and ``SHIFTED_ROWS*width <= len(acc)``.
+    ``lo``/``hi`` are unsigned positions; ``acc_stride`` lets the rows land straight in an
+    output array (an output row apart) instead of a buffer. No bounds checks: callers
+    guarantee every ``p_jq + width <= len(xf)`` and ``(SHIFTED_ROWS-1)*acc_stride + width <= len(acc)``.
     """
-    if not _row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride):
+    if not _row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride, acc_stride):
         return None
     n, rows = width.literal_value, SHIFTED_ROWS
 
@@ -444,13 +445,14 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
             a.add_incoming(last[q], tail_body)
             merged.append(a)
         init = _splat(builder, context.cast(builder, args[7], sig.args[7], sig.args[0].dtype), vty)
+        acc_stride = context.cast(builder, args[9], sig.args[9], types.int64)
         for q, a in enumerate(merged):
             total = builder.fadd(init, builder.fadd(a, second[q]))
-            ptr = builder.gep(acc_a.data, [ir.Constant(i64, q * n)])
+            ptr = builder.gep(acc_a.data, [builder.mul(acc_stride, ir.Constant(i64, q))])
             builder.store(total, builder.bitcast(ptr, vty.as_pointer()), align=f_align)
         return context.get_dummy_value()
 
-    return types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, width), codegen
+    return types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_stride, width), codegen
 
 
 def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
@@ -677,3 +679,53 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
                       nvec, prefetch, lanes), codegen
+
+
+@intrinsic(prefer_literal=True)
+def transpose_square(typingctx, src, src_off, src_stride, dst, dst_off, dst_stride, n):
+    """``dst[dst_off + j*dst_stride + i] = src[src_off + i*src_stride + j]`` for i, j < n.
+
+    An n x n block transposed in registers: n vector loads, log2(n) rounds of n/2
+    interleaving shuffle pairs (the perfect shuffle: after round r, vector 2i holds the
+    interleaved low halves of vectors i and i + n/2, vector 2i+1 their high halves), n
+    vector stores. ``n`` is a literal power of two (16: 512-bit float32 vectors, 8: 256-bit,
+    4: 128-bit). No bounds checks: callers guarantee both blocks are inside the arrays.
+    """
+    if not (isinstance(n, types.IntegerLiteral) and isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == dst.dtype and isinstance(src.dtype, types.Float)
+            and all(isinstance(a, types.Integer) for a in (src_off, src_stride, dst_off, dst_stride))):
+        return None
+    size = n.literal_value
+    if size < 2 or size & (size - 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        src_a = context.make_array(sig.args[0])(context, builder, args[0])
+        dst_a = context.make_array(sig.args[3])(context, builder, args[3])
+        s_off, s_stride, d_off, d_stride = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                            for i in (1, 2, 4, 5))
+        fty = context.get_value_type(sig.args[0].dtype)
+        align = context.get_abi_sizeof(fty)
+        vty = ir.VectorType(fty, size)
+        _keep_vector_width(builder, size * align * 8)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        rows = []
+        for i in range(size):
+            at = builder.add(s_off, builder.mul(s_stride, ir.Constant(i64, i)))
+            ptr = builder.bitcast(builder.gep(src_a.data, [at]), vty.as_pointer())
+            rows.append(builder.load(ptr, align=align))
+        half = size // 2
+        lo = ir.Constant(ir.VectorType(i32, size), [k // 2 + (size if k % 2 else 0) for k in range(size)])
+        hi = ir.Constant(ir.VectorType(i32, size), [half + k // 2 + (size if k % 2 else 0) for k in range(size)])
+        for _ in range(size.bit_length() - 1):
+            new = []
+            for i in range(half):
+                a, b = rows[i], rows[i + half]
+                new += [builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)]
+            rows = new
+        for j, v in enumerate(rows):
+            at = builder.add(d_off, builder.mul(d_stride, ir.Constant(i64, j)))
+            builder.store(v, builder.bitcast(builder.gep(dst_a.data, [at]), vty.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, src_off, src_stride, dst, dst_off, dst_stride, n), codegen

@@ -1,15 +1,19 @@
-"""Sparse 2-D convolution (NCHW) with a CSR weight: direct for stride 1, else im2col + SpMM.
+"""Sparse 2-D convolution (NCHW) with a CSR weight: pointwise for 1x1, direct otherwise.
 
 The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shape
 (out_channels, in_channels // groups * kh * kw).
 
-- Stride 1 (any kernel size, padding, dilation): the input is copied once into a
-  zero-padded buffer and each nonzero (channel, tap) becomes an offset into it; every
-  output row is a sum over the channel's nonzeros of shifted input rows, computed
-  ``width`` columns at a time with the accumulators in registers. Nothing is unfolded,
-  so the work is nnz * Ho * Wo multiply-adds plus one copy of the input.
-- Other strides: blocks of images are unfolded into the SpMM kernel's packed input
-  layout (a buffer of at most ~8 MiB unless one image needs more), then multiplied.
+- 1x1 without padding (any stride): a strided conv's input is subsampled first; then every
+  output channel is a sum over its nonzeros of whole input channels, computed
+  SHIFTED_ROWS * width positions at a time straight from the input (no copy; the last
+  partial step from a small zero-padded copy) with the accumulators in registers, stored
+  straight into the output.
+- Otherwise (any kernel size, stride, padding, dilation): the input is copied once into a
+  zero-padded buffer, split into stride_h * stride_w phase planes when strided, and each
+  nonzero (channel, tap) becomes an offset into it; every output row is a sum over the
+  channel's nonzeros of shifted input rows, computed ``width`` columns at a time with the
+  accumulators in registers. Nothing is unfolded, so the work is nnz * Ho * Wo
+  multiply-adds plus one copy of the input.
 
 Grouped convs run one kernel call per group (correct for any ``groups``, but depthwise
 convs pay one launch per channel: they are not a fast path).
@@ -24,8 +28,6 @@ from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
 from .spmm import RowChunks, activation_code, checked, launch, pick_tile, prepare_bias, widest_tile
-
-_COLS_BUDGET_BYTES = 8 << 20
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -108,71 +110,108 @@ class SparseConv2d:
         y = np.empty((n, o, ho, wo), dtype=self.dtype)
         if n == 0 or o == 0:
             return y
-        x = np.ascontiguousarray(x)
-        if self.stride == (1, 1):
-            self._direct(x, y)
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            self._pointwise(x, y)
             return y
-        flat = y.reshape(-1)
-        tile = pick_tile(p, widest_tile())
-        n_tiles = -(-p // tile)
-        variant, n_chunks = launch(self.weight.nnz * n * p)
-        kernel = variant(_jit.spmm_kernel(tile))
-        unfold = variant(_jit.im2col)
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (self.kernel_size, self.stride, self.padding,
-                                                  self.dilation)
-        cg = c // self.groups
-        per = o // self.groups
-        rows_k = cg * kh * kw
-        block = max(1, min(n, _COLS_BUDGET_BYTES // max(1, rows_k * n_tiles * tile * x.itemsize)))
-        cols = self._scratch.get((block, n_tiles, rows_k, tile), self.dtype)
-        group = _jit.tile_group(rows_k, tile, x.itemsize)
-        for n0 in range(0, n, block):
-            m = min(block, n - n0)
-            buf = cols[:m]
-            for g, (part, bias, chunks) in enumerate(self._parts):
-                unfold(x, n0, g * cg, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo, buf)
-                kernel(part.data, part.indices, part.indptr, buf, bias, self._act,
-                       flat, n0 * o * p + g * per * p, o * p, tile, p, 1, p, group, _jit.BLOCK_NNZ,
-                       chunks.bounds(n_chunks))
+        self._direct(np.ascontiguousarray(x), y)
         return y
 
     def _direct(self, x: np.ndarray, y: np.ndarray) -> None:
-        """The stride-1 conv of contiguous ``x`` into ``y`` through the direct kernel."""
+        """The conv of contiguous ``x`` into ``y`` through the direct kernel. A stride-s conv
+        reads the input split into s*s phase planes (``plane[a*s+b][i, j] = xpad[s*i+a, s*j+b]``),
+        in which every tap is a stride-1 shift: nothing is unfolded."""
         n, c, h, w = x.shape
         o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
-        kw, (ph, pw), dw = self.kernel_size[1], self.padding, self.dilation[1]
-        # Two sets of SHIFTED_ROWS accumulators of width/lanes registers each: with AVX2's
-        # or SSE's 16 registers only width 8 keeps them to half the register file.
-        width = pick_tile(wo, widest_tile() if isa.VARIANT == "avx512" else 8)
-        # Room for whole column steps, and rows below the image for whole row steps.
-        hp = h + 2 * ph + (-ho) % _jit.SHIFTED_ROWS
-        wx = max(w + 2 * pw, -(-wo // width) * width + (kw - 1) * dw)
-        offsets = self._offsets(hp, wx)
-        xpad = self._scratch.get((n, c, hp, wx), self.dtype)
+        (kh, kw), (ph, pw), (dh, dw), (sh, sw) = self.kernel_size, self.padding, self.dilation, self.stride
+        width = pick_tile(wo, max(step_widths()))
+        # Room for whole column steps and, below the image, whole row steps; in each plane.
+        hq = max(-(-(h + 2 * ph) // sh), -(-ho // _jit.SHIFTED_ROWS) * _jit.SHIFTED_ROWS + (kh - 1) * dh // sh)
+        wq = max(-(-(w + 2 * pw) // sw), -(-wo // width) * width + (kw - 1) * dw // sw)
+        offsets = self._offsets(hq, wq)
+        xpad = self._scratch.get((n, sh * sw, c, hq, wq), self.dtype)
         variant, n_chunks = launch(self.weight.nnz * n * ho * wo)
-        variant(_jit.pad_input)(x, ph, pw, xpad)
+        if (sh, sw) == (1, 1):
+            variant(_jit.pad_input)(x, ph, pw, xpad.reshape(n, c, hq, wq))
+        else:
+            variant(_jit.pad_phases)(x, ph, pw, sh, sw, xpad)
         kernel = variant(_jit.direct_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
             kernel(part.data, offsets[g], part.indptr, xpad.reshape(-1), bias, self._act,
-                   y.reshape(-1), g * per * ho * wo, n, c * hp * wx, o * ho * wo, ho, wo, wx,
+                   y.reshape(-1), g * per * ho * wo, n, sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq,
                    chunks.bounds(n_chunks))
 
-    def _offsets(self, hp: int, wx: int) -> list[np.ndarray]:
-        """Per group, each nonzero's offset into one padded image of (C, hp, wx) (cached)."""
-        key = (hp, wx)
+    def _pointwise(self, x: np.ndarray, y: np.ndarray) -> None:
+        """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` through the pointwise kernel:
+        the input as it is (subsampled first when strided), positions in whole steps, the
+        last partial step from a small zero-padded copy."""
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]
+        x = np.ascontiguousarray(x)
+        n, c = x.shape[:2]
+        o, p = y.shape[1], y.shape[2] * y.shape[3]
+        width = pointwise_width(p, step_widths())
+        step = _jit.SHIFTED_ROWS * width
+        tail = p % step
+        p_full = p - tail
+        offsets = self._channel_offsets(p)
+        tail_offsets = self._channel_offsets(step)
+        tail_x = self._scratch.get((n, c, step if tail else 1), self.dtype)
+        if tail:
+            tail_x[:, :, :tail] = x.reshape(n, c, p)[:, :, p_full:]
+            tail_x[:, :, tail:] = 0
+        variant, n_chunks = launch(self.weight.nnz * n * p)
+        kernel = variant(_jit.pointwise_conv_kernel(width))
+        per = o // self.groups
+        for g, (part, bias, chunks) in enumerate(self._parts):
+            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x.reshape(-1),
+                   tail_offsets[g], c * step, tail, bias, self._act, y.reshape(-1), g * per * p, n, o * p, p,
+                   chunks.bounds(n_chunks))
+
+    def _channel_offsets(self, positions: int) -> list[np.ndarray]:
+        """Per group, each nonzero's channel start (channel * ``positions``) for the pointwise kernel (cached)."""
+        key = ("pointwise", positions)
         found = self._offset_cache.get(key)
         if found is None:
-            (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+            cg = self.in_channels // self.groups
+            found = [(g * cg + part.indices.astype(np.int64)) * positions for g, (part, _, _) in enumerate(self._parts)]
+            self._offset_cache[key] = found
+        return found
+
+    def _offsets(self, hq: int, wq: int) -> list[np.ndarray]:
+        """Per group, each nonzero's offset into one image's phase planes, (s*s, C, hq, wq) (cached)."""
+        key = (hq, wq)
+        found = self._offset_cache.get(key)
+        if found is None:
+            (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
             cg = self.in_channels // self.groups
             found = []
             for g, (part, _, _) in enumerate(self._parts):
                 k = part.indices.astype(np.int64)
                 chan = g * cg + k // (kh * kw)
-                tap_i, tap_j = (k // kw) % kh, k % kw
-                found.append(chan * hp * wx + tap_i * dh * wx + tap_j * dw)
+                di, dj = ((k // kw) % kh) * dh, (k % kw) * dw  # the tap's shift in the padded input
+                phase = (di % sh) * sw + dj % sw
+                found.append(((phase * self.in_channels + chan) * hq + di // sh) * wq + dj // sw)
             self._offset_cache[key] = found
         return found
+
+
+def step_widths() -> tuple[int, ...]:
+    """Step widths the direct and pointwise kernels may use on this host: two sets of
+    SHIFTED_ROWS accumulators of width/lanes registers each must fit in half the register
+    file, which with AVX2's or SSE's 16 registers leaves width 8 only."""
+    return tuple(t for t in _jit.TILES if t <= (widest_tile() if isa.VARIANT == "avx512" else 8))
+
+
+def pointwise_width(positions: int, widths: tuple[int, ...]) -> int:
+    """The pointwise kernel's step width for ``positions`` outputs per image: the fewest
+    computed positions (whole steps of SHIFTED_ROWS * width), weighed by a per-step cost
+    that falls with the width (each nonzero's weight and offset are loaded once per step)."""
+    def cost(w: int) -> float:
+        step = _jit.SHIFTED_ROWS * w
+        return -(-positions // step) * step * (1 + 4 / w)
+    return min(widths, key=lambda w: (cost(w), -w))
 
 
 def csr_conv2d(x: np.ndarray, w: CSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,

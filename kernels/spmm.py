@@ -68,6 +68,12 @@ def widest_tile(variant: str | None = None) -> int:
     return 2 * isa.VECTOR_BYTES[isa.VARIANT if variant is None else variant] // 4
 
 
+def pack_lanes(variant: str | None = None) -> int:
+    """float32 values per vector register of ``variant`` (default the host's): the block the
+    input packing transposes in registers (``_jit.pack_rows_kernel``)."""
+    return isa.VECTOR_BYTES[isa.VARIANT if variant is None else variant] // 4
+
+
 def pick_tile(batch: int, widest: int = 32) -> int:
     """Batch tile width for the SpMM kernel: 8 up to 8 columns, 16 up to 16, then 32, at
     most ``widest``."""
@@ -242,7 +248,7 @@ class SparseLinear:
         x2 = x.reshape(batch, self.in_features)
         tile = pick_tile(batch, widest_tile(self.variant))
         xp = self._scratch.get((1, -(-batch // tile), self.in_features, tile), self.dtype)
-        variant(_jit.pack_rows)(np.ascontiguousarray(x2), xp)
+        variant(_jit.pack_rows_kernel(pack_lanes(self.variant)))(np.ascontiguousarray(x2), xp)
         kernel = variant(_jit.spmm_kernel(tile))
         group = _jit.tile_group(self.in_features, tile, xp.itemsize)
         kernel(*self._csr_arrays, xp, self.bias, self._act, out.reshape(-1),

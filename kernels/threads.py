@@ -99,9 +99,9 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     ``CSR.from_dense`` picks int16 indices up to 32768 columns): the SpMV kernels (the
     sliced-ELL ones, padded and compact, with and without prefetches, for float32 where
     AVX-512 makes them available), the SpMM kernel at every batch tile width
-    (``_jit.TILES``), the input packing, the
-    direct (stride-1) conv at every column width with its input padding, the conv
-    unfolding and the layer norm, each in its parallel version and its serial twin. Call
+    (``_jit.TILES``), the input packing, the direct conv at every column width with its
+    input padding (and phase planes), the pointwise conv at every step width, and the
+    layer norm, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
@@ -129,12 +129,17 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     for tile in _jit.TILES:
                         layer(np.ones((tile, 9), dtype))
                     conv = SparseConv2d(w, kernel_size=3, padding=1)
-                    for tile in _jit.TILES:  # stride 1 is direct: every column width
+                    for tile in _jit.TILES:  # the direct kernel: every column width
                         conv(np.ones((1, 1, 1, tile), dtype))
                     SparseConv2d(w, kernel_size=3, stride=2)(np.ones((1, 1, 3, 3), dtype))
-        for dtype in dtypes:  # the runtime's LayerNormalization, both twins
+                    pointwise = SparseConv2d(w.row_slice(0, 4), kernel_size=1)
+                    for positions in (8, 40, 200):  # the pointwise kernel: every step width it picks
+                        pointwise(np.ones((1, 9, 1, positions), dtype))
+        for dtype in dtypes:  # the runtime's LayerNormalization (after a residual Add or not), both twins
             x, v = np.ones((2, 4), dtype), np.ones(4, dtype)
             for kernel in (norm._layer_norm_rows, norm._serial_rows):
                 kernel(x, v, v, 1e-5, np.empty_like(x))
+            for kernel in (norm._add_layer_norm_rows, norm._serial_add_rows):
+                kernel(x, x, v, v, 1e-5, np.empty_like(x), np.empty_like(x))
     finally:
         spmm.SERIAL_WORK = saved

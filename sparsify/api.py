@@ -260,6 +260,11 @@ def _plan(run: Run, src: ModelSource, opts: "PruneOptions", progress: Callable[[
                                progress=progress)
     if nm is not None:
         return plan_nm(model, *nm, method=opts.method, targets=opts.targets, ignore=opts.ignore, seed=opts.seed)
+    if opts.block is not None:
+        from sparsify.block import plan_block
+
+        return plan_block(model, opts.sparsity, opts.block, scope=opts.scope, method=opts.method,
+                          targets=opts.targets, ignore=opts.ignore, seed=opts.seed)
     if opts.structure is None:
         return plan_unstructured(model, opts.sparsity, scope=opts.scope, method=opts.method, targets=opts.targets,
                                  ignore=opts.ignore, seed=opts.seed)
@@ -296,6 +301,8 @@ def _step_fields(opts: "PruneOptions", plan: Any) -> dict[str, Any]:
     out = {"pattern": plan.pattern, "method": opts.method, **common}
     if opts.nm is None:
         out.update(sparsity=opts.sparsity, scope=opts.scope)
+    if opts.block is not None:
+        out["block"] = opts.block
     if opts.method in DATA_AWARE:
         out["calibration"] = {"batches": opts.calibration_batches, "batch_size": 64}
         if opts.method == "sparsegpt":

@@ -234,6 +234,9 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
                    help="batch-1 kernels of Linear layers: csr (default: for one call, building the sliced-ELL "
                         "copies costs more than they save, 0.3 s against ~1 ms on a 4x4096 MLP) or auto")
     p.add_argument("-o", "--output", required=True, help=".npy file for the first output")
+    p.add_argument("--profile", action="store_true",
+                   help="after one warm-up run, time --repeat runs per step and per op and print the breakdown")
+    p.add_argument("--repeat", type=int, default=10, help="runs timed by --profile (default 10)")
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:

@@ -43,6 +43,9 @@ class PruneOptions:
     targets: str | None = option(None, "regex over tensor names to prune (default: Linear/Conv/attention weights)")
     ignore: str | None = option(None, "regex over tensor names to keep dense")
     nm: str | None = option(None, "semi-structured: keep N of every M consecutive weights (e.g. 2:4)", metavar="N:M")
+    block: str | None = option(None, "with --sparsity: prune whole blocks of R output rows x C input columns of "
+                               "each weight (e.g. 4x1, 1x4, 16x1), which the sparse kernels run faster",
+                               metavar="RxC")
     structure: str | None = option(None, "structured pruning of whole channels or attention heads; 'head,channel' "
                                    "prunes both", metavar="channel|head[,...]")
     ratio: float | None = option(None, "structured: fraction of channels/heads to remove", bounds=FRACTION)
@@ -63,6 +66,8 @@ class PruneOptions:
         check_fields(self)
         if self.nm is not None:
             check_nm(self.nm)
+        if self.block is not None:
+            check_block(self.block, self)
         chosen = [k for k in ("sparsity", "nm", "structure") if getattr(self, k) is not None]
         if not chosen:
             raise OptionError("sparsity", "give --sparsity (unstructured), --nm N:M, or --structure channel|head "
@@ -228,6 +233,23 @@ def parse_nm(text: str) -> tuple[int, int]:
     if not 0 < n < m:
         raise PruneError(f"--nm {text!r}: N={n} and M={m} should satisfy 0 < N < M")
     return n, m
+
+
+def check_block(text: str, opts: "PruneOptions") -> tuple[int, int]:
+    """The block shape of ``--block`` and the options it combines with (OptionError naming the field)."""
+    from sparsify.block import parse_block
+
+    try:
+        shape = parse_block(text)
+    except PruneError as exc:
+        raise OptionError("block", str(exc)) from None
+    if opts.sparsity is None or opts.nm is not None or opts.structure is not None:
+        raise OptionError("block", "--block prunes with --sparsity (e.g. --sparsity 0.9 --block 4x1); it does not "
+                                   "combine with --nm or --structure")
+    if opts.method not in ("magnitude", "random"):
+        raise OptionError("block", f"--block scores blocks by magnitude or random; method={opts.method} is not "
+                                   "available for blocks")
+    return shape
 
 
 def check_nm(text: str) -> tuple[int, int]:

@@ -60,11 +60,12 @@ def host_identity(threads: int) -> dict[str, object]:
 
     import sparsify
     from sparsify.bench.machine import cpu_model
-    from sparsify.kernels import isa
+    from sparsify.kernels import REVISION, isa
 
     info = isa.host_isa()
     return {"cpu": cpu_model(), "host_cpu": info["host_cpu"], "features": info["host_features"],
             "kernel_variant": info["kernel_variant"], "target": info["target"], "threads": threads,
+            "kernels_revision": REVISION,
             "sparsify": sparsify.__version__, "numba": numba.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 

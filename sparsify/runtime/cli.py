@@ -1,5 +1,5 @@
-"""``sparsify run MODEL --input x.npy [--input ...] --threads N [--batch1 auto] -o y.npy``: run a model
-file on .npy inputs."""
+"""``sparsify run MODEL --input x.npy [--input ...] --threads N [--batch1 auto] [--profile [--repeat N]] -o y.npy``:
+run a model file on .npy inputs (``--profile``: and print where the time goes)."""
 
 from __future__ import annotations
 
@@ -38,9 +38,18 @@ def run_file(args: argparse.Namespace) -> int:
     """Load ``args.model``, run it on ``args.input`` with ``args.threads`` threads, save the first output."""
     from sparsify.runtime.session import Session
 
-    session = Session(args.model, threads=args.threads, batch1=args.batch1)
+    profile = bool(getattr(args, "profile", False))
+    repeat = int(getattr(args, "repeat", 10))
+    if profile and repeat < 1:
+        raise DataError(f"--repeat {repeat} should be a positive number of runs")
+    session = Session(args.model, threads=args.threads, batch1=args.batch1, profile=profile)
     feeds = load_inputs(list(args.input), session)
     outputs = session.run(None, feeds)
+    if profile:
+        session.reset_profile()
+        for _ in range(repeat):
+            session.run(None, feeds)
+        print("\n".join(session.profile().table()))
     out = Path(args.output)
     if out.suffix != ".npy":
         raise DataError(f"output path {out} should end in .npy")

@@ -167,6 +167,54 @@ def _layer_norm(node, consts) -> GlueFn:
     return run
 
 
+# Ops whose result is a fresh array that a following Relu may overwrite.
+IN_PLACE_RELU = {"Add", "Sub", "Mul", "Div"}
+
+
+def compile_with_relu(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:
+    """``node`` (one of IN_PLACE_RELU) followed by a Relu applied in place on its result."""
+    first = compile_node(node, consts)
+
+    def run(xs):
+        y = first(xs)[0]
+        if type(y) is np.ndarray and y.flags.writeable and y.flags.owndata:
+            np.maximum(y, y.dtype.type(0), out=y)
+            return [y]
+        return [np.maximum(y, y.dtype.type(0))]
+    return run
+
+
+def fusable_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto) -> bool:
+    """True when ``ln`` normalizes the output of ``add`` (a residual Add, then LayerNormalization)."""
+    return (add.op_type == "Add" and ln.op_type == "LayerNormalization" and supports(add) and supports(ln)
+            and len(ln.input) > 1 and ln.input[0] == add.output[0])
+
+
+def compile_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:
+    """One function for an Add and the LayerNormalization of its result (``fusable_add_layer_norm``):
+    inputs (a, b, scale[, bias]), outputs (a + b, layer_norm(a + b)); one Numba pass over the rows
+    when a and b have one shape and the norm is over the last axis, else the two ops in turn."""
+    from sparsify.kernels.norm import add_layer_norm
+
+    separate = _layer_norm(ln, consts)
+    a = _attrs(ln)
+    axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
+
+    def run(xs):
+        x, y, scale = xs[0], xs[1], xs[2]
+        bias = xs[3] if len(xs) > 3 else None
+        if (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.dtype == y.dtype
+                and x.dtype in (np.float32, np.float64) and x.ndim >= 1
+                and _axis(axis, x.ndim, "LayerNormalization axis") == x.ndim - 1):
+            n = x.shape[-1]
+            flat = [None if v is None else np.broadcast_to(v, (n,)).astype(x.dtype, copy=False) for v in (scale, bias)]
+            out, total = add_layer_norm(x.reshape(-1, n), y.reshape(-1, n), flat[0], flat[1], eps)
+            return [total.reshape(x.shape), out.reshape(x.shape)]
+        total = np.add(x, y)
+        return [total, separate([total, scale, bias])[0]]
+    return run
+
+
 def _global_average_pool(node, consts) -> GlueFn:
     def run(xs):
         x = xs[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,6 +38,8 @@ class Step:
     run: Callable[[list[Any]], list[np.ndarray]]
     nodes: list[str]
     detail: Callable[[], str] | None = None  # e.g. a sparse layer's current batch-1 kernel
+    op_types: list[str] = dataclasses.field(default_factory=list)
+    session: Any = None  # an ORT step's InferenceSession (for its per-node profile)
 
     def describe(self) -> str:
         text = f"{self.kind}: {', '.join(self.nodes)}"
@@ -127,7 +130,7 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str
 
     inputs = [layer.input] if const is None else []
     detail = getattr(kernel, "describe_batch1", None)
-    return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail)
+    return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail, [layer.op_type])
 
 
 def _shapes(values: Sequence[Any]) -> list[Any]:
@@ -137,12 +140,31 @@ def _shapes(values: Sequence[Any]) -> list[Any]:
 def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
                 consts: dict[str, np.ndarray], where: str) -> Step:
     compiled = []
-    for n in nodes:
+    i = 0
+    while i < len(nodes):
+        n = nodes[i]
         try:
+            if (i + 1 < len(nodes) and nodes[i + 1].op_type == "Relu" and glue.supports(nodes[i + 1])
+                    and n.op_type in glue.IN_PLACE_RELU and nodes[i + 1].input[0] == n.output[0]
+                    and n.output[0] not in outputs
+                    and not any(n.output[0] in m.input for m in nodes[i + 2:])):
+                # Relu of a sum nobody else reads: applied in place on the sum's buffer.
+                relu = nodes[i + 1]
+                compiled.append((glue.compile_with_relu(n, consts), list(n.input), [relu.output[0]], relu))
+                i += 2
+                continue
+            if i + 1 < len(nodes) and glue.fusable_add_layer_norm(n, nodes[i + 1]):
+                # A residual Add right before the LayerNormalization of its sum: one pass.
+                ln = nodes[i + 1]
+                compiled.append((glue.compile_add_layer_norm(n, ln, consts), [*n.input[:2], *ln.input[1:]],
+                                 [n.output[0], ln.output[0]], ln))
+                i += 2
+                continue
             compiled.append((glue.compile_node(n, consts), list(n.input), list(n.output), n))
         except Exception as exc:  # an attribute or constant input of the wrong type or value
             raise ModelFileError(f"{where}: {n.op_type} node {n.name or n.output[0]!r}: "
                                  f"{type(exc).__name__}: {exc}") from None
+        i += 1
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         env = consts.copy()
@@ -158,12 +180,24 @@ def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[st
                 env[o] = r
         return [env[o] for o in outputs]
 
-    return Step("numpy", inputs, outputs, run, [n.name or n.op_type for n in nodes])
+    return Step("numpy", inputs, outputs, run, [n.name or n.op_type for n in nodes], None, [n.op_type for n in nodes])
+
+
+def _ort_runner(sess: Any, inputs: list[str], outputs: list[str], label: str) -> Callable[[list[Any]], list[np.ndarray]]:
+    """A step's run function calling ``sess``; an ORT failure is a KernelInputError naming ``label``."""
+    def run(xs: list[Any]) -> list[np.ndarray]:
+        try:
+            return sess.run(outputs, dict(zip(inputs, xs)))
+        except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException, naming the node
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise KernelInputError(f"{label} failed in ONNX Runtime on inputs of shapes "
+                                   f"{dict(zip(inputs, _shapes(xs)))}: {first}") from None
+    return run
 
 
 def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[str],
               types: dict[str, onnx.TypeProto], inits: dict[str, onnx.TensorProto], threads: int,
-              where: str) -> Step:
+              where: str, spinning: bool = False, profile_prefix: str | None = None) -> Step:
     from sparsify.ortsession import ort_session
 
     def info(name: str) -> onnx.ValueInfoProto:
@@ -184,19 +218,13 @@ def _ort_step(model: onnx.ModelProto, nodes: list[onnx.NodeProto], inputs: list[
                               initializer=[inits[v] for v in sorted(used) if v in inits])
     sub = helper.make_model(graph, opset_imports=[o for o in model.opset_import if o.domain != DOMAIN],
                             ir_version=model.ir_version)
-    # Spinning pool threads would compete with the Numba kernels that run right after.
+    # Spinning pool threads would compete with the Numba kernels that run right after (a
+    # graph that is one segment spins as plain ONNX Runtime does).
     segment = f"{where}: the segment {[n.name or n.op_type for n in nodes][:5]}"
-    sess = ort_session(sub.SerializeToString(), threads, spinning=False, where=segment)
-
-    def run(xs: list[Any]) -> list[np.ndarray]:
-        try:
-            return sess.run(outputs, dict(zip(inputs, xs)))
-        except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException, naming the node
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise KernelInputError(f"{segment} failed in ONNX Runtime on inputs of shapes "
-                                   f"{dict(zip(inputs, _shapes(xs)))}: {first}") from None
-
-    return Step("ort", inputs, outputs, run, [n.name or n.op_type for n in nodes])
+    sess = ort_session(sub.SerializeToString(), threads, spinning=spinning, where=segment,
+                       profile_prefix=profile_prefix)
+    return Step("ort", inputs, outputs, _ort_runner(sess, inputs, outputs, segment), [n.name or n.op_type for n in nodes],
+                None, [n.op_type for n in nodes], sess)
 
 
 def grouped_order(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[int]:
@@ -237,8 +265,9 @@ def grouped_order(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[int
 
 
 def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: int, glue_policy: str = "numpy",
-              where: str = "model") -> list[Step]:
-    """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer."""
+              where: str = "model", profile_prefix: str | None = None) -> list[Step]:
+    """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer;
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler in the ORT steps."""
     if glue_policy not in GLUE_POLICIES:
         raise ValueError(f"glue policy {glue_policy!r} should be one of {GLUE_POLICIES}")
     g = model.graph
@@ -292,10 +321,28 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             consts = {v: tensor_array(inits[v], where) for n in nodes for v in n.input if v in inits}
             steps.append(_numpy_step(nodes, inputs, outputs, consts, where))
         else:
-            steps.append(_ort_step(model, nodes, inputs, outputs, types, inits, threads, where))
+            # The whole graph in one ORT step (nothing converted): plain ONNX Runtime, spinning.
+            alone = len(groups) == 1
+            steps.append(_ort_step(model, nodes, inputs, outputs, types, inits, threads, where, alone,
+                                   None if profile_prefix is None else f"{profile_prefix}-{k}"))
     return steps
 
 
 def describe(steps: Sequence[Step]) -> list[str]:
     """One line per step."""
     return [s.describe() for s in steps]
+
+
+def whole_model_step(path: str | os.PathLike, model: onnx.ModelProto, threads: int, where: str = "model",
+                     profile_prefix: str | None = None) -> Step:
+    """One ORT step running the file at ``path`` as it is: for a graph without sparse nodes,
+    what plain ONNX Runtime runs (its optimizations, its spinning pool), at no extra cost."""
+    from sparsify.ortsession import ort_session
+
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [vi.name for vi in model.graph.input if vi.name not in init_names]
+    outputs = [o.name for o in model.graph.output]
+    sess = ort_session(os.fspath(path), threads, spinning=True, where=where, profile_prefix=profile_prefix)
+
+    nodes = [n.name or n.op_type for n in model.graph.node]
+    return Step("ort", inputs, outputs, _ort_runner(sess, inputs, outputs, where), nodes, None, [n.op_type for n in model.graph.node], sess)

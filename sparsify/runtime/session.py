@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -13,7 +16,8 @@ from onnx import helper
 from sparsify.errors import DataError
 from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
-from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition
+from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition, whole_model_step
+from sparsify.runtime.profile import Profiler, RunProfile
 
 # ONNX element types -> ORT's type strings (NodeArg.type).
 _TYPE_STRINGS = {
@@ -91,9 +95,17 @@ class Session:
     Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
     installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``
     names the layer in use.
+
+    A file without ``ai.sparsify`` nodes runs as one ONNX Runtime session on the file itself
+    (what ``onnxruntime.InferenceSession`` would run, spinning pool included).
+
+    ``profile=True`` times every step of every run and splits ONNX Runtime segments by op
+    (``sparsify.runtime.profile``); ``profile()`` returns the breakdown per run,
+    ``reset_profile()`` forgets the runs so far (call it after warm-up runs).
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto") -> None:
+    def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto",
+                 profile: bool = False) -> None:
         from sparsify.kernels import SparseLinear, get_threads, set_threads
         from sparsify.kernels.spmm import fit_batch1_layouts
 
@@ -129,8 +141,20 @@ class Session:
         self._feed_checks = [(i.name, i.dtype, len(i.shape) if i.shape else None,
                               tuple((a, d) for a, d in enumerate(i.shape) if isinstance(d, int)))
                              for i in self._inputs]
-        self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where)
+        self._profile_dir = tempfile.TemporaryDirectory(prefix="sparsify-profile-") if profile else None
+        prefix = None if self._profile_dir is None else os.path.join(self._profile_dir.name, "ort")
+        if self.layers:
+            self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where, prefix)
+        else:
+            self.steps = [whole_model_step(self.path, model, self.threads, where, prefix)]
         self._output_names = [o.name for o in self._outputs]
+        self._profiler: Profiler | None = None
+        if profile:
+            self._profiler = Profiler()
+            for i, step in enumerate(self.steps):
+                label = ", ".join(step.nodes) + (f" ({step.detail()})" if step.detail else "")
+                timer = self._profiler.add(i, step.kind, label, step.op_types or step.nodes, step.session)
+                step.run = timer.wrap(step.run)
 
     # -- ORT-like interface -------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
@@ -211,10 +235,29 @@ class Session:
                                 f"{self._output_names}")
         if self._get_threads() != self.threads:
             self._set_threads(self.threads)
+        profiler = self._profiler
+        if profiler is not None:
+            t0 = time.perf_counter_ns()
         for step in self.steps:
             results = step.run([values[v] for v in step.inputs])
             values.update(zip(step.outputs, results))
+        if profiler is not None:
+            profiler.run_ns += time.perf_counter_ns() - t0
+            profiler.runs += 1
         return [values[n] for n in names]
+
+    def profile(self) -> RunProfile:
+        """Time per run by step and by op since the last reset (``Session(..., profile=True)``
+        only). The first call ends ONNX Runtime's per-node profiling."""
+        if self._profiler is None:
+            raise DataError("this Session was not created with profile=True")
+        return self._profiler.report()
+
+    def reset_profile(self) -> None:
+        """Forget the runs profiled so far (e.g. warm-up runs)."""
+        if self._profiler is None:
+            raise DataError("this Session was not created with profile=True")
+        self._profiler.reset()
 
 
 __all__ = ["Session", "NodeArg", "BATCH1_POLICIES"]

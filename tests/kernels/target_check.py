@@ -100,7 +100,7 @@ def main(variant: str) -> int:
 def _compiled_kernels():
     """The kernels this process compiled (their signatures), parallel and serial twins."""
     from sparsify.kernels import _jit
-    kernels = [_jit.spmv, _jit.pack_rows]
+    kernels = [_jit.spmv, _jit.pack_rows_kernel(spmm.pack_lanes())]
     kernels += [_jit.spmm_kernel(tile) for tile in _jit.TILES]
     lanes = {"avx512": 16, "avx2": 8}.get(isa.VARIANT)
     if lanes is not None:

@@ -138,9 +138,9 @@ def test_stride_one_direct_path_with_groups_and_nan_margin(rng):
     assert np.isnan(y[0, :, :2, :2]).all() and np.isfinite(y[0, :, 2:, :]).all() and np.isfinite(y[0, :, :, 2:]).all()
 
 
-def test_direct_and_unfolded_paths_agree_on_one_weight(rng):
-    # The same weight through stride 1 (direct) and the im2col path (the stride-2 output
-    # is the stride-1 output subsampled).
+def test_stride_one_and_phase_plane_paths_agree_on_one_weight(rng):
+    # The same weight at stride 1 and through the phase planes of stride 2 (the stride-2
+    # output is the stride-1 output subsampled).
     w4 = random_sparse(rng, (7, 4 * 9), 0.3).reshape(7, 4, 3, 3)
     x = rng.standard_normal((2, 4, 12, 13)).astype(np.float32)
     m = CSR.from_dense(w4.reshape(7, -1))

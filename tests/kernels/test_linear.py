@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import CSR, CSRFormatError, KernelArgumentError, SparseLinear, csr_linear
-from sparsify.kernels import _jit
+from sparsify.kernels import _jit, spmm
 from sparsify.kernels.spmm import RowChunks, pick_tile
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to, take_layout_at_any_fill
@@ -260,13 +260,13 @@ def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
     from sparsify.kernels.buffers import ALIGN
 
     seen = []
-    real = _jit.pack_rows
+    real = _jit.pack_rows_kernel
 
     def spy(x, xp):
         seen.append((threading.get_ident(), xp.__array_interface__["data"][0]))
-        return real(x, xp)
+        return real(spmm.pack_lanes())(x, xp)
 
-    monkeypatch.setattr(_jit, "pack_rows", spy)
+    monkeypatch.setattr(_jit, "pack_rows_kernel", lambda lanes: spy)
     w = random_sparse(rng, (40, 30), 0.3)
     layer = SparseLinear(CSR.from_dense(w))
     with serial_work_set_to(0):  # the parallel kernels, which the spy stands in front of
@@ -285,16 +285,18 @@ def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
 @pytest.mark.parametrize("tile", _jit.TILES)
 @pytest.mark.parametrize("n_in", [1, 63, 64, 65, 130])
 @pytest.mark.parametrize("batch", [1, 31, 32, 33, 70])
-def test_pack_rows_writes_every_packed_value(rng, tile, n_in, batch):
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_rows_writes_every_packed_value(rng, tile, n_in, batch, lanes, dtype):
     # xp starts as NaN: every value must be written, x's where b < batch and 0 beyond
     # (a column block or padded row left unwritten would stay NaN).
-    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
     n_tiles = -(-batch // tile)
-    xp = np.full((1, n_tiles, n_in, tile), np.nan, np.float32)
-    for kernel in (_jit.pack_rows, _jit.serial(_jit.pack_rows)):
+    xp = np.full((1, n_tiles, n_in, tile), np.nan, dtype)
+    for kernel in (_jit.pack_rows_kernel(lanes), _jit.serial(_jit.pack_rows_kernel(lanes))):
         xp[...] = np.nan
         kernel(x, xp)
-        padded = np.zeros((n_tiles * tile, n_in), np.float32)
+        padded = np.zeros((n_tiles * tile, n_in), dtype)
         padded[:batch] = x
         expected = padded.reshape(n_tiles, tile, n_in).transpose(0, 2, 1)[None]
         assert np.array_equal(xp, expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sparsify.kernels import KernelArgumentError
-from sparsify.kernels.norm import SERIAL_VALUES, layer_norm
+from sparsify.kernels.norm import SERIAL_VALUES, add_layer_norm, layer_norm
 from tests.helpers import assert_close
 
 
@@ -46,3 +46,16 @@ def test_bad_arguments_are_rejected():
         layer_norm(x, np.ones(4, np.float32), np.ones(4, np.float64), 1e-5)
     with pytest.raises(KernelArgumentError, match="2-D float32/float64"):
         layer_norm(np.zeros(4, np.float32), np.ones(4, np.float32), None, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (SERIAL_VALUES // 64 + 1, 64)])
+def test_add_layer_norm_equals_the_add_then_the_norm(rng, dtype, shape):
+    x = (rng.standard_normal(shape) * 3 + 1000).astype(dtype)
+    y = rng.standard_normal(shape).astype(dtype)
+    scale, bias = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    out, total = add_layer_norm(x, y, scale, bias, 1e-5)
+    assert np.array_equal(total, x + y)  # rounded as a separate Add
+    assert_close(out, reference(x + y, scale, bias, 1e-5))
+    with pytest.raises(KernelArgumentError, match="one shape and dtype"):
+        add_layer_norm(x, y.reshape(-1), scale, bias, 1e-5)

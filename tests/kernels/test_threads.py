@@ -8,6 +8,8 @@ import pytest
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
 from sparsify.kernels import _jit, norm
+from sparsify.kernels.conv import step_widths
+from sparsify.kernels.spmm import pack_lanes
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear
 
@@ -54,10 +56,12 @@ def test_set_threads_rejects(bad):
 
 def test_warmup_compiles_every_tile_and_dtype():
     warmup()
-    kernels = ([_jit.spmv, _jit.im2col, _jit.pack_rows, _jit.pad_input]
+    kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows_kernel(pack_lanes()), _jit.pad_input]
                + [_jit.spmm_kernel(t) for t in _jit.TILES]
-               + [_jit.direct_conv_kernel(t) for t in _jit.TILES])
-    for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows]:
+               + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
+               + [_jit.pointwise_conv_kernel(t) for t in step_widths()])
+    for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows,
+                                                          norm._add_layer_norm_rows, norm._serial_add_rows]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
 
@@ -65,7 +69,8 @@ def test_warmup_compiles_every_tile_and_dtype():
 def test_kernel_closures_hold_only_numbers():
     # A closure over a dispatcher gets a new on-disk cache key in every process, so the
     # kernel would be recompiled (seconds) on every start and the cache would grow.
-    kernels = [_jit.spmm_kernel(t) for t in _jit.TILES] + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
+    kernels = ([_jit.spmm_kernel(t) for t in _jit.TILES] + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
+               + [_jit.pointwise_conv_kernel(t) for t in _jit.TILES])
     for k in kernels + [_jit.serial(k) for k in kernels]:
         for cell in k.py_func.__closure__ or ():
             assert isinstance(cell.cell_contents, (int, np.integer)), (k, cell.cell_contents)

@@ -64,3 +64,17 @@ def test_run_keeps_the_csr_alone_unless_asked():
     args = ["run", "m.onnx", "--input", "x.npy", "-o", "y.npy"]
     assert build_parser().parse_args(args).batch1 == "csr"  # one call: no layout worth building
     assert build_parser().parse_args([*args, "--batch1", "auto"]).batch1 == "auto"
+
+
+def test_run_profile_prints_the_breakdown(pairs, tmp_path, capsys):
+    _, dense, sparse, _ = pairs["cnn"]
+    x = models.inputs("cnn", 1)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), "--profile", "--repeat", "3",
+                 "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 run(s)" in text and "sparse SparseConv" in text and "slowest steps" in text
+    assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), "--profile", "--repeat", "0",
+                 "-o", str(out)]) == 2
+    assert "--repeat 0 should be a positive number" in capsys.readouterr().err

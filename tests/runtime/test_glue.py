@@ -140,3 +140,36 @@ def test_float16_layer_norm_glue_matches_ort(tmp_path):
     want = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"]).run(["n"], feeds)[0]
     assert got.dtype == np.float16
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), atol=2e-3, rtol=2e-3)
+
+
+def test_residual_add_and_layer_norm_run_as_one_pass(tmp_path, monkeypatch):
+    # Sparse Gemm -> Add(h, x2) -> LayerNormalization -> sparse Gemm; the sum is read again
+    # after the norm (pre-LN style), so the fused pass must also hand it on.
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((12, 6)) * (rng.random((12, 6)) < 0.5)).astype(np.float32)
+    w2 = (rng.standard_normal((12, 12)) * (rng.random((12, 12)) < 0.5)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], transB=1),
+             helper.make_node("Add", ["h", "x2"], ["a"]),
+             helper.make_node("LayerNormalization", ["a", "s", "b"], ["n"], axis=-1, epsilon=1e-5),
+             helper.make_node("Gemm", ["n", "w2"], ["g"], transB=1),
+             helper.make_node("Add", ["g", "a"], ["y"])]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+             numpy_helper.from_array((rng.random(12) + 0.5).astype(np.float32), "s"),
+             numpy_helper.from_array(rng.standard_normal(12).astype(np.float32), "b")]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 6]),
+                                             helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["n", 12])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    dense = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "res.onnx"
+    path.write_bytes(CsrPass(density_threshold=1.0).call(dense).model.SerializeToString())
+    import sparsify.kernels.norm as norm
+    calls = []
+    fused = norm.add_layer_norm
+    monkeypatch.setattr(norm, "add_layer_norm", lambda *a: calls.append(1) or fused(*a))
+    sess = Session(path)
+    ref = ort.InferenceSession(dense.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 4):
+        feeds = {"x": rng.standard_normal((n, 6)).astype(np.float32),
+                 "x2": rng.standard_normal((n, 12)).astype(np.float32)}
+        assert_close(sess.run(None, feeds)[0], ref.run(None, feeds)[0])
+    assert len(calls) == 2

@@ -243,3 +243,17 @@ def test_batch1_csr_keeps_no_second_copy_and_gives_the_same_outputs(pairs):
                                    rtol=0, atol=1e-5)
     with pytest.raises(DataError, match=r"batch1 'ell' should be one of \('auto', 'csr'\)"):
         Session(sparse, batch1="ell")
+
+
+def test_residual_add_and_relu_share_one_buffer(pairs, monkeypatch):
+    from sparsify.runtime import glue
+
+    _, dense, sparse, _ = pairs["cnn"]
+    made = []
+    original = glue.compile_with_relu
+    monkeypatch.setattr(glue, "compile_with_relu", lambda node, consts: made.append(node.op_type) or original(node, consts))
+    sess = Session(sparse, threads=1)
+    assert made == ["Add"]  # the CNN's residual Add + ReLU
+    for batch in (1, 2):
+        x = models.inputs("cnn", batch, seed=batch)
+        assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))

@@ -1,0 +1,97 @@
+"""Block pruning (`prune --block RxC`): whole blocks of each weight's 2-D view, at the sparsity asked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sparsify.block import parse_block, plan_block
+from sparsify.cli import main
+from sparsify.errors import PruneError
+from sparsify.masks import apply_masks
+from sparsify.models import build_builtin
+
+
+def blocks_are_whole(mask: torch.Tensor, r: int, c: int) -> bool:
+    """Every R x C block of the 2-D view (edge blocks cut short) is all kept or all pruned."""
+    m = mask.reshape(mask.shape[0], -1)
+    rows, cols = m.shape
+    for i in range(0, rows, r):
+        for j in range(0, cols, c):
+            b = m[i:i + r, j:j + c]
+            if b.any() and not b.all():
+                return False
+    return True
+
+
+@pytest.mark.parametrize("text, shape", [("4x1", (4, 1)), ("1x4", (1, 4)), (" 16X1 ", (16, 1)), ("2x2", (2, 2))])
+def test_parse_block(text, shape):
+    assert parse_block(text) == shape
+
+
+@pytest.mark.parametrize("text", ["4", "4x", "x4", "1x1", "0x4", "65x1", "4x1x2", "a x b"])
+def test_parse_block_rejects(text):
+    with pytest.raises(PruneError, match="--block"):
+        parse_block(text)
+
+
+@pytest.mark.parametrize("block", ["4x1", "1x4", "2x8"])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_block_masks_hit_the_sparsity_in_whole_blocks(block, scope):
+    model = build_builtin("digits-cnn")  # conv weights: blocks of the (out, in*kh*kw) view
+    plan = plan_block(model, 0.75, block, scope=scope)
+    r, c = parse_block(block)
+    assert plan.pattern == f"block {r}x{c}"
+    total = sum(m.numel() for m in plan.masks.values())
+    pruned = sum(int((~m).sum()) for m in plan.masks.values())
+    assert abs(pruned - 0.75 * total) <= r * c * (len(plan.masks) if scope == "layer" else 1)
+    for name, mask in plan.masks.items():
+        assert mask.shape == dict(model.named_parameters())[name].shape
+        assert blocks_are_whole(mask, r, c), name
+        if scope == "layer":
+            assert abs(int((~mask).sum()) - 0.75 * mask.numel()) <= r * c, name
+
+
+def test_magnitude_keeps_the_blocks_of_largest_mean():
+    model = build_builtin("digits-mlp")
+    plan = plan_block(model, 0.5, "4x1")
+    w = model.fc2.weight.detach().abs().reshape(64, 4, 256).mean(1)  # per 4x1 block
+    keep = plan.masks["fc2.weight"].reshape(64, 4, 256)[:, 0, :]
+    assert w[~keep].max() <= w[keep].min()
+
+
+def test_weights_an_earlier_mask_pruned_stay_pruned():
+    model = build_builtin("digits-mlp")
+    first = plan_block(model, 0.5, "1x4")
+    apply_masks(model, first.masks)
+    second = plan_block(model, 0.8, "4x1")
+    for name, mask in second.masks.items():
+        assert not (mask & ~first.masks[name]).any(), name
+
+
+def test_prune_block_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--block", "4x1", "-o", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    step = manifest["recipe"][-1]
+    assert step["pattern"] == "block 4x1" and step["block"] == "4x1" and step["sparsity"] == 0.9
+    assert main(["inspect", str(out)]) == 0  # the run reads back
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--block prunes with --sparsity"),
+    (["--nm", "2:4"], "cannot be combined|does not combine"),
+    (["--sparsity", "0.5", "--method", "wanda"], "not available for blocks"),
+    (["--sparsity", "0.5", "--block", "3"], "should look like RxC"),
+])
+def test_prune_block_bad_combinations_exit_2_naming_block(tmp_path, capsys, extra, message):
+    args = ["prune", "digits-mlp", *extra, "-o", str(tmp_path / "r")]
+    if "--block" not in extra:
+        args[2:2] = ["--block", "4x1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "block" in err or "nm" in err
+    import re
+    assert re.search(message, err), err
