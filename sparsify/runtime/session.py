@@ -66,17 +66,15 @@ class Session:
     segment) raises KernelInputError naming the node; bad feeds raise DataError. ``threads`` sets the
     Numba kernel threads (per run, on the calling thread) and each ORT segment's intra-op
     threads. ``glue`` picks how small standard ops between sparse ops run: "numpy"
-    (default) or "ort" (every standard segment in its own InferenceSession). Measured per
-    glue step on a small CNN (quiet machine): Add+Relu 3.8 us in numpy vs 5.5 us in ORT;
-    Add+Relu+ReduceMean 8.2 vs 6.1 us, i.e. a wash. Under load from other processes a
-    2-thread ORT segment (spinning off) stalled on thread wake-ups (0.24 ms vs 168 ms per
-    run in ``benchmarks/bench_sparse_e2e.py``'s glue leg), numpy never does: numpy it is.
+    (default: it costs the same as ORT per glue step and, unlike a 2-thread ORT segment,
+    never stalls on thread wake-ups under load; ``benchmarks/results/sparse_e2e.json``) or
+    "ort" (every standard segment in its own InferenceSession).
 
     ``batch1`` picks what Linear layers run at batches 1 to 4: "auto" (default) lays each
     weight out at load as a sliced ELL where that pays (``sparsify.kernels.ell``, a second
-    copy of the weight: 4096x4096 at 90% keeps its 10 MB CSR and adds 11-14 MB), "csr"
-    keeps the CSR alone, for models served at larger batches or short of memory (batch 1
-    then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
+    copy of the weight about the size of its CSR), "csr" keeps the CSR alone, for models
+    served at larger batches or short of memory (batch 1 then runs the slower CSR SpMV;
+    ``benchmarks/results/kernels.json``).
 
     Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
     installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``
