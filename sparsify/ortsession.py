@@ -9,11 +9,13 @@ from sparsify.errors import ModelFileError
 
 
 def ort_session(model: str | os.PathLike | bytes, threads: int = 1, *, spinning: bool = True, where: str | None = None,
-                profile_prefix: str | None = None):
+                profile_prefix: str | None = None, prepack: bool = True):
     """An ``InferenceSession`` on the CPU with ``threads`` intra-op threads, sequential execution and
     all graph optimizations; ``spinning=False`` stops idle pool threads from busy-waiting (use it
     when other compute runs between calls); ``profile_prefix`` turns on ORT's per-node profiler
-    (its JSON file starts with that path). A model ORT cannot load is a ModelFileError naming it."""
+    (its JSON file starts with that path); ``prepack=False`` keeps ORT from adding a packed copy
+    of every MatMul/Gemm weight (faster repeated calls, about twice the weights' memory). A
+    model ORT cannot load is a ModelFileError naming it."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -26,6 +28,8 @@ def ort_session(model: str | os.PathLike | bytes, threads: int = 1, *, spinning:
     opts.log_severity_level = 4
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix

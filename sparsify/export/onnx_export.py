@@ -159,6 +159,22 @@ def check_onnx(path: Path, what: str) -> None:
         raise ExportError(f"{what} fails onnx.checker: {one_paragraph(exc)}") from exc
 
 
+def return_freed_memory() -> None:
+    """Hand memory freed inside the process back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere), so that the next large allocation (ONNX Runtime loading the file just written)
+    does not come on top of it: freed tensor memory otherwise stays in the process's heap."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
+
+
 def release_weights(module: nn.Module) -> None:
     """Free a module's parameters and buffers (moved to the meta device) once nothing needs them.
 
@@ -166,3 +182,4 @@ def release_weights(module: nn.Module) -> None:
     """
     module.to("meta")
     gc.collect()
+    return_freed_memory()

@@ -45,6 +45,7 @@ def write_slim(result: Any, torch_check: Any, dense_bytes: int, example: tuple[t
     if fmt == "onnx":
         export_onnx(result.module, example, target, input_names, output_names, opset=opset,
                     external_data=external_data, **(onnx_options or {}))
+        result.program = None  # it holds the weights too; the .pt2 form (below) is the only reader
         release_weights(result.module)
         candidate = ort_runner(target.path)[0]
     else:

@@ -98,10 +98,13 @@ def torch_runner(module: nn.Module) -> Runner:
 
 
 def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
-    """Run an ONNX file in ONNX Runtime (CPU); returns the runner and the output names."""
+    """Run an ONNX file in ONNX Runtime (CPU); returns the runner and the output names.
+
+    Without ORT's weight prepacking: verification runs each input once, and the packed copies
+    would nearly double the export's peak memory (benchmarks/README.md, "Model size")."""
     from sparsify.ortsession import ort_session
 
-    sess = ort_session(path, threads)
+    sess = ort_session(path, threads, prepack=False)
     names = [i.name for i in sess.get_inputs()]
     outputs = [o.name for o in sess.get_outputs()]
 
