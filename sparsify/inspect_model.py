@@ -248,7 +248,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
     csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
     for info in sparse:
         rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
-                             f"csr {info.op_type}", info.macs))
+                             f"{info.layout} {info.op_type}", info.macs))
     for init in model.graph.initializer:
         if init.name in csr_arrays or len(init.dims) == 0 or not _is_float_type(init.data_type):
             continue
