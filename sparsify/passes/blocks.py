@@ -48,15 +48,13 @@ def block_candidates(w2d: np.ndarray) -> list[tuple[int, int]]:
 
 
 def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | None:
-    """The block shape stored when calibration is off: the largest candidate with R >= 2.
+    """The block shape stored when calibration is off: the largest candidate (the first).
 
-    Blocks of one row (1 x C) are left to the CSR kernels: at 90% and batch 8 the 1x4 BSR
-    SpMM ran slower than the unstructured CSR one while every R x 1 shape ran faster
-    (benchmarks/results/blocks.json); the calibration still times them on the host."""
-    for r, c in candidates:
-        if r >= 2:
-            return (r, c)
-    return None
+    At 90% on 768x768 to 4096x4096 layers, batches 1, 8 and 128, every block shape ran at
+    least as fast as the unstructured CSR kernel at the same sparsity, and larger blocks
+    faster (16x1 >= 4x1 >= 1x4 but for two batch-128 points within 4%; Zen 4,
+    benchmarks/results/blocks.json)."""
+    return candidates[0] if candidates else None
 
 
 def bsr_arrays(w2d: np.ndarray, r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
