@@ -1,6 +1,6 @@
 """Block-sparse (BSR) against unstructured (CSR) linear kernels at equal sparsity, and the fastest dense.
 
-    python benchmarks/bench_blocks.py [--quick] [--sparsity 0.9] [--threads 1,2]
+    python benchmarks/bench_blocks.py [--quick] [--sparsity 0.9] [--threads 1,2] [--isa avx2]
                                       [--out benchmarks/results/blocks.json]
 
 For each layer shape (out x in), batch and thread count it times ``y = x @ W.T`` with, all
@@ -13,7 +13,9 @@ weight with the same share of whole R x C blocks zeroed) for each ``--blocks`` s
 result is checked against float64 numpy before it is timed. The JSON holds p50 / p90 / min
 per backend and point, the speedup of each sparse kernel over the fastest dense (p50 over
 p50) and over the unstructured kernel, the host CPU, ISA and the load average before and
-after each point.
+after each point. ``--isa avx2`` re-runs the sweep with the kernels compiled for an AVX2 CPU
+(Zen 2) and torch / OpenBLAS limited to AVX2, as bench_kernels.py does (default output
+``blocks_avx2.json``; ONNX Runtime keeps the host's ISA).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_kernels import ort_matmul_session
-from benchmarks.common import envelope, finite, parser, say, write_json
+from benchmarks.common import RESULTS, envelope, finite, parser, rerun_for_avx2, say, write_json
 from sparsify.bench.timing import Stats, measure_interleaved
 from sparsify.kernels import CSR, SparseLinear, set_threads
 from sparsify.kernels.bsr import BSR, SparseBlockLinear
@@ -104,7 +106,14 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", default="1x4,4x1,16x1", help="comma-separated RxC block shapes")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timed calls per backend and point")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--isa", choices=["host", "avx2"], default="host",
+                    help="kernel variant: the host's, or AVX2 code compiled for Zen 2 in a child process")
     args = ap.parse_args(argv)
+    if args.isa == "avx2":
+        out = args.out if "--out" in (sys.argv[1:] if argv is None else argv) else RESULTS / "blocks_avx2.json"
+        code = rerun_for_avx2(__file__, sys.argv[1:] if argv is None else list(argv), out)
+        if code is not None:
+            return code
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")

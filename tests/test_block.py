@@ -124,3 +124,17 @@ def test_block_pruned_run_exports_as_bsr_and_runs_equal_to_dense(tmp_path, capsy
     reference = reference_evaluator(model).run(None, {model.graph.input[0].name: x})[0]
     for got in (np.load(tmp_path / "y.npy"), reference):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
+
+
+def test_inspect_names_the_block_pattern_of_a_run(tmp_path, capsys):
+    from sparsify.inspect_model import classify_pattern, inspect_run
+
+    out = tmp_path / "r"
+    assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--block", "4x1", "-o", str(out)]) == 0
+    rows = {r.tensor: r.pattern for r in inspect_run(out).rows}
+    assert rows["fc1.weight"] == "block 4x1" and rows["fc2.weight"] == "block 4x1", rows
+    assert rows["head.weight"] == "block 2x1", rows  # 10 rows: the edge block is cut to 2
+    w = torch.randn(32, 32)
+    assert classify_pattern((w * (torch.rand(32, 32) < 0.2)).numpy()) == "unstructured"
+    keep = (torch.rand(2, 32) < 0.3).repeat_interleave(16, 0)
+    assert classify_pattern((w * keep).numpy()) == "block 16x1"

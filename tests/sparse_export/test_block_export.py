@@ -141,3 +141,26 @@ def test_a_layer_kept_dense_carries_no_block_shape(tmp_path, monkeypatch):
                         lambda self, w, rows, blocksize=None: calibrate.Measurement(2.0, 1.0, 0.01))
     (d,) = plan_csr(model).decisions
     assert not d.convert and d.blocksize is None and d.to_dict()["blocksize"] is None
+
+
+def test_a_block_shape_without_kernels_runs_as_its_csr(rng, tmp_path):
+    from onnx import TensorProto, helper
+
+    from sparsify.export.sparse_ops import make_node
+
+    w = _blocky(rng, 12, 18, (3, 3), 0.4)
+    data, bcol, indptr = bsr_arrays(w, 3, 3)
+    inits = [numpy_helper.from_array(data, "d"), numpy_helper.from_array(bcol.astype(np.int32), "i"),
+             numpy_helper.from_array(indptr.astype(np.int32), "p")]
+    node = make_node(LINEAR_OP, "x", ("d", "i", "p"), None, "y", "fc", (12, 18), "relu", "w", (12, 18), "Gemm",
+                     (3, 3))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 18])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("ai.sparsify", 1)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    sess = Session(tmp_path / "m.onnx")
+    assert "BSR" not in "\n".join(sess.describe())
+    x = rng.standard_normal((5, 18)).astype(np.float32)
+    expected = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64), 0)
+    for got in (sess.run(None, {"x": x})[0], reference_evaluator(model).run(None, {"x": x})[0]):
+        assert np.abs(got - expected).max() <= 1e-5
