@@ -51,7 +51,7 @@ BN_BATCHES = 20
 NM_IGNORE = {"digits-cnn": "stem"}  # the stem conv's rows hold 9 weights, not a multiple of 4
 BLOCKS = (None, "1x4", "4x1", "16x1")  # None: unstructured
 BLOCK_SPARSITY = 0.9
-BLOCK_FINETUNE = dict(epochs=5, lr=1e-3)
+BLOCK_FINETUNE = dict(epochs=20, lr=1e-3)
 
 
 def _oneshot(dense: Path, model: str, method: str, level: str, out: Path, calibration: int) -> float:

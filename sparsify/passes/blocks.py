@@ -50,9 +50,9 @@ def block_candidates(w2d: np.ndarray) -> list[tuple[int, int]]:
 def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | None:
     """The block shape stored when calibration is off: the largest candidate (the first).
 
-    At 90% on 768x768 to 4096x4096 layers, batches 1, 8 and 128, every block shape ran at
-    least as fast as the unstructured CSR kernel at the same sparsity, and larger blocks
-    faster (16x1 >= 4x1 >= 1x4 but for two batch-128 points within 4%; Zen 4,
+    At 90% on 768x768 to 4096x4096 layers, batches 1, 8 and 128, 1 and 2 threads, block
+    kernels against the unstructured CSR kernel at the same sparsity: 1x4 0.97-2.0x, 4x1
+    1.2-3.6x, 16x1 1.5-4.5x, and 16x1 against 4x1 0.94-1.6x (Zen 4, AVX-512,
     benchmarks/results/blocks.json)."""
     return candidates[0] if candidates else None
 
