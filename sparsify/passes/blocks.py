@@ -53,7 +53,8 @@ def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | Non
     At 90% on 768x768 to 4096x4096 layers, batches 1, 8 and 128, 1 and 2 threads, block
     kernels against the unstructured CSR kernel at the same sparsity: 1x4 0.97-2.0x, 4x1
     1.2-3.6x, 16x1 1.5-4.5x, and 16x1 against 4x1 0.94-1.6x (Zen 4, AVX-512,
-    benchmarks/results/blocks.json)."""
+    benchmarks/results/blocks.json); AVX2 code: 4x1 1.3-3.4x, 16x1 1.4-5.1x, 1x4 0.92-3.3x
+    but one noisy 0.54x point (blocks_avx2.json). Calibration re-decides per host."""
     return candidates[0] if candidates else None
 
 
