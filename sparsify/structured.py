@@ -109,22 +109,20 @@ def _check(structure, ratio, criterion, scope, round_to, min_channels) -> None:
 
 
 def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches,
-                  loss_fn) -> dict[str, torch.Tensor]:
-    """Elementwise score per parameter named in the graph."""
-    names = {u.fqn for u in dg.uses.values()}
-    tensors = {f: dg.tensor(f).detach().float() for f in names}
-    if criterion == "l1":
-        return {f: t.abs() for f, t in tensors.items()}
+                  loss_fn) -> Callable[[str], torch.Tensor]:
+    """The elementwise score of a parameter named in the graph, computed when asked for, so
+    that only one tensor's scores are held at a time (l1, l2, random)."""
+    if criterion in ("l1", "random"):  # random: replaced per unit in _select
+        return lambda fqn: dg.tensor(fqn).detach().float().abs()
     if criterion == "l2":
-        return {f: t * t for f, t in tensors.items()}
-    if criterion == "random":
-        return {f: t.abs() for f, t in tensors.items()}  # replaced per unit below
+        return lambda fqn: dg.tensor(fqn).detach().float().square()
     if calib_batches is None:
         raise PruneError("criterion='taylor' needs calib_batches: an iterable of (inputs, targets)")
+    names = {u.fqn for u in dg.uses.values()}
     loss_fn = loss_fn or nn.functional.cross_entropy
     m = plain_copy(model)
     params = dict(m.named_parameters())
-    acc = {f: torch.zeros_like(t) for f, t in tensors.items()}
+    acc = {f: torch.zeros(dg.tensor(f).shape) for f in names}
     seen = 0
     for batch in calib_batches:
         x, y = batch
@@ -139,23 +137,25 @@ def _param_scores(dg: DepGraph, model: nn.Module, criterion: str, calib_batches,
         seen += 1
     if not seen:
         raise PruneError("criterion='taylor': calib_batches is empty")
-    return acc
+    return acc.__getitem__
 
 
-def _class_importance(dg: DepGraph, slices, scores) -> np.ndarray:
+def _class_importance(dg: DepGraph, slices, score: Callable[[str], torch.Tensor]) -> np.ndarray:
     """Score of every channel class: the sum over all its tensor slices (BN buffers excluded)."""
     per_class = np.zeros(dg.num_vars(), dtype=np.float64)
+    dims_of: dict[str, list[tuple[int, np.ndarray]]] = {}
     for (fqn, dim), roots in slices.items():
-        role = dg.uses[(fqn, dim)].role
-        if role == "stat" or fqn not in scores:
-            continue
-        s = scores[fqn]
+        if dg.uses[(fqn, dim)].role != "stat":
+            dims_of.setdefault(fqn, []).append((dim, roots))
+    for fqn, dims in dims_of.items():
+        s = score(fqn)
         if s.dim() == 0:
             continue
-        red = s.transpose(0, dim).reshape(s.shape[dim], -1).sum(1).double().numpy() if s.dim() > 1 else \
-            s.double().numpy()
-        ok = roots >= 0
-        np.add.at(per_class, roots[ok], red[ok])
+        for dim, roots in dims:
+            red = s.transpose(0, dim).reshape(s.shape[dim], -1).sum(1).double().numpy() if s.dim() > 1 else \
+                s.double().numpy()
+            ok = roots >= 0
+            np.add.at(per_class, roots[ok], red[ok])
     return per_class
 
 
@@ -275,9 +275,9 @@ def plan_structured(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], 
         names = sorted({p for g in groups for p in g.producers})
         raise PruneError(f"targets={targets!r} matches no layer that produces channels "
                          f"(producers: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
-    scores = _param_scores(dg, model, criterion, calib_batches, loss_fn) if eligible else {}
     slices = class_slices(dg)
-    per_class = _class_importance(dg, slices, scores) if eligible else None
+    per_class = _class_importance(dg, slices, _param_scores(dg, model, criterion, calib_batches, loss_fn)) \
+        if eligible else None
     imps = [(g, np.array([per_class[u].sum() for u in g.units])) for g in eligible]
     rng = np.random.default_rng(seed)
     chosen = _select(imps, float(ratio), scope, round_to, min_channels, rng, criterion == "random")

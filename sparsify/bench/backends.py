@@ -30,11 +30,10 @@ import numpy as np
 
 from sparsify.bench.modelfile import ModelFile
 from sparsify.errors import ModelError, ModelFileError
+from sparsify.ort_types import NUMPY_DTYPES
 from sparsify.trust import CodeTrust
-from sparsify.onnxfile import load_onnx
 
 if TYPE_CHECKING:
-    import onnx
     import torch
 
 Dim = int | str | None
@@ -77,30 +76,13 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[], Backend]
 
-# ONNX Runtime's type strings (NodeArg.type) to numpy dtypes.
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-}
-
-
 def _ort_dtype(type_str: str, where: str) -> np.dtype:
     try:
-        return np.dtype(_ORT_DTYPES[type_str])
+        return NUMPY_DTYPES[type_str]
     except KeyError:
         raise ModelFileError(
             f"{where}: input type {type_str!r} is not supported by the benchmark; "
-            f"expected one of {sorted(_ORT_DTYPES)}"
+            f"expected one of {sorted(NUMPY_DTYPES)}"
         ) from None
 
 
@@ -111,28 +93,6 @@ def specs_from_node_args(args: Sequence[Any], where: str) -> list[InputSpec]:
                   _ort_dtype(a.type, where))
         for a in args
     ]
-
-
-def specs_from_onnx(model: onnx.ModelProto, where: str) -> list[InputSpec]:
-    """InputSpecs of the graph inputs that are not initializers."""
-    from onnx import helper
-
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        if not vi.type.HasField("tensor_type"):
-            raise ModelFileError(f"{where}: input {vi.name!r} is not a tensor; expected tensor inputs")
-        dims: list[Dim] = []
-        for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or None)
-        specs.append(InputSpec(vi.name, tuple(dims), np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))))
-    return specs
 
 
 class OrtRunner:
@@ -177,15 +137,11 @@ class SparsifyBackend:
     name = "sparsify"
 
     def load(self, path: Path, threads: int) -> Runner:
-        """A runtime Session with ``threads`` threads; input specs from it or from the ONNX graph."""
+        """A runtime Session with ``threads`` threads."""
         from sparsify.runtime import Session
 
         session = Session(os.fspath(path), threads=threads)
-        if hasattr(session, "get_inputs"):
-            specs = specs_from_node_args(session.get_inputs(), str(path))
-        else:
-            specs = specs_from_onnx(load_onnx(path), str(path))
-        return SparsifyRunner(session, specs)
+        return SparsifyRunner(session, specs_from_node_args(session.get_inputs(), str(path)))
 
 
 TorchLoader = Callable[[Path], Any]

@@ -151,10 +151,15 @@ def export_program(module: nn.Module, example_inputs: tuple[torch.Tensor, ...],
     raise AssertionError("unreachable")
 
 
-def plain_copy(model: nn.Module) -> nn.Module:
+def plain_copy(model: nn.Module, share_weights: bool = False) -> nn.Module:
     """An eval-mode deep copy with parametrizations (e.g. mask parametrizations) squashed, so
-    parameters carry their plain names ("fc1.weight") and their parametrized values."""
-    m = copy.deepcopy(model).eval()
+    parameters carry their plain names ("fc1.weight") and their parametrized values.
+
+    With ``share_weights`` the copy holds the caller's parameter and buffer objects instead of
+    copies of them (no weight memory); the caller must then only replace tensors on the copy,
+    never change them in place."""
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())} if share_weights else {}
+    m = copy.deepcopy(model, memo).eval()
     for mod in list(m.modules()):
         if not parametrize.is_parametrized(mod):
             continue
@@ -170,10 +175,11 @@ def plain_copy(model: nn.Module) -> nn.Module:
 
 
 def capture(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], dynamic: DynamicAxes = None) -> Captured:
-    """Export an eval-mode copy of `model`; the caller's model is not modified."""
+    """Export an eval-mode copy of `model` that shares its weights; the caller's model is not
+    modified, and passes on the result replace weights rather than change them in place."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    m = plain_copy(model)
+    m = plain_copy(model, share_weights=True)
     ep = export_program(m, example_inputs, dynamic)
     gm = ep.module()
     return Captured(ep, gm, widen_batch(example_inputs, dynamic), dynamic)

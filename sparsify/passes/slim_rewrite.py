@@ -92,8 +92,8 @@ def fold_constants(gm: fx.GraphModule, folds: list, inputs: tuple) -> None:
             delta = w[:, idx].flatten(2).sum(2) @ k
         b_path, _, b_name = f.bias.rpartition(".")
         bmod = gm.get_submodule(b_path) if b_path else gm
-        with torch.no_grad():
-            getattr(bmod, b_name).add_(delta.to(getattr(bmod, b_name).dtype))
+        bias = getattr(bmod, b_name).detach()
+        set_tensor(bmod, b_name, bias + delta.to(bias.dtype))
 
 
 def _kept_along(lab: Lab, removed: np.ndarray) -> list[np.ndarray | None]:
@@ -141,13 +141,21 @@ def _slice_params(gm: fx.GraphModule, dg: DepGraph, removed: np.ndarray) -> None
         new = t.detach()
         for dim, idx in cuts:
             new = new.index_select(dim, torch.from_numpy(idx))
-        new = new.contiguous()
-        if isinstance(t, nn.Parameter):
-            setattr(mod, name, nn.Parameter(new, requires_grad=t.requires_grad))
-        elif name in dict(mod.named_buffers(recurse=False)):
-            mod.register_buffer(name, new)
-        else:
-            setattr(mod, name, new)
+        set_tensor(mod, name, new.contiguous())
+
+
+def set_tensor(mod: nn.Module, name: str, new: torch.Tensor) -> None:
+    """Replace ``mod.<name>`` (parameter, buffer or plain attribute) with ``new``.
+
+    Passes replace tensors instead of writing into them: the captured module shares its
+    weights with the caller's model (``capture``)."""
+    old = getattr(mod, name)
+    if isinstance(old, nn.Parameter):
+        setattr(mod, name, new if isinstance(new, nn.Parameter) else nn.Parameter(new, requires_grad=old.requires_grad))
+    elif name in dict(mod.named_buffers(recurse=False)):
+        mod.register_buffer(name, new)
+    else:
+        setattr(mod, name, new)
 
 
 def _lab(dg: DepGraph, node) -> Lab | None:

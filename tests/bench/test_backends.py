@@ -1,10 +1,11 @@
-"""Backends: ORT runs a model, auto-pick, the sparse runtime's absence, torch via registration."""
+"""Backends: ORT runs a model, auto-pick, the sparse runtime runs a converted file, torch via registration."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from sparsify.bench.backends import (
 from sparsify.bench.inputs import make_feeds
 from sparsify.bench.modelfile import ModelFile, check_model_path
 from sparsify.errors import ModelError
+from sparsify.passes.csr import convert_layers
 from tests.bench.conftest import matmul_weight
 from tests.helpers import assert_close
 
@@ -42,14 +44,6 @@ def test_auto_pick(matmul_onnx: Path, sparse_onnx: Path, tmp_path: Path):
     assert pick_backend(check_model_path(sparse_onnx), "ort") == "ort"  # overridable
     with pytest.raises(ValueError, match="'nope' is not registered"):
         pick_backend(check_model_path(matmul_onnx), "nope")
-
-
-def test_sparsify_backend_without_runtime_session_is_a_clear_error(sparse_onnx: Path, monkeypatch):
-    import sparsify.runtime
-
-    monkeypatch.delattr(sparsify.runtime, "Session", raising=False)
-    with pytest.raises(ModelError, match=r"sparse\.onnx: the 'sparsify' backend needs the sparse runtime"):
-        get_backend("sparsify").load(sparse_onnx, 1)
 
 
 class Tiny(torch.nn.Module):
@@ -109,24 +103,16 @@ def test_default_torch_backend_loads_a_run_directory(tmp_path: Path):
     assert info.file_bytes > 1000 and result.records[0].stats.n == 2
 
 
-def test_sparsify_backend_calls_the_runtime_session(sparse_onnx: Path, monkeypatch):
-    """The runtime's planned API: Session(path, threads=N).run(None, feeds); specs from the graph."""
-    import sparsify.runtime
-
-    made = []
-
-    class FakeSession:
-        def __init__(self, path, threads):
-            made.append((path, threads))
-
-        def run(self, output_names, feeds):
-            assert output_names is None
-            return [feeds["x"][:, :4] * 2]
-
-    monkeypatch.setattr(sparsify.runtime, "Session", FakeSession, raising=False)
-    runner = get_backend("sparsify").load(sparse_onnx, threads=2)
-    assert made == [(str(sparse_onnx), 2)]
-    assert runner.input_specs == [InputSpec("x", ("N", 8), np.dtype(np.float32))]
+def test_sparsify_backend_runs_the_runtime_session(matmul_onnx: Path, tmp_path: Path):
+    """The sparsify backend runs a converted file through the runtime Session: ORT's outputs."""
+    converted = convert_layers(onnx.load(matmul_onnx), density_threshold=1.0)
+    assert converted.modified
+    sparse_path = tmp_path / "converted.onnx"
+    onnx.save(converted.model, sparse_path)
+    runner = get_backend("sparsify").load(sparse_path, threads=2)
+    reference = get_backend("ort").load(matmul_onnx, threads=1)
+    assert runner.input_specs == reference.input_specs
     feeds = make_feeds(runner.input_specs, 3)
     (y,) = runner.run(feeds)
-    assert_close(y, feeds["x"][:, :4] * 2)
+    (expected,) = reference.run(feeds)
+    assert_close(y, expected)

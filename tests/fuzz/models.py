@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, make_node, reference_evaluator
 

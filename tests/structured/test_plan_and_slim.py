@@ -198,6 +198,54 @@ def test_sigmoid_constant_is_folded_into_the_consumer_bias():
         assert_close(res.module(xs), masked_model(model, masks)(xs), atol=1e-5)
 
 
+def test_slim_leaves_the_callers_model_unchanged_and_shares_its_folded_weights():
+    """The bias fold and the slicing replace tensors: the caller's (already masked) model keeps its
+    values bit for bit, and the masked copy holds the caller's weights instead of copies."""
+    from sparsify.passes.slim import masked_model
+
+    model = SigmoidHidden()
+    masks = _producer_masks("fc1", (8, 6), 4)
+    with torch.no_grad():
+        model.fc1.weight.mul_(masks["fc1.weight"])
+        model.fc1.bias.mul_(masks["fc1.bias"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masked = masked_model(model, masks)
+    assert masked.fc1.weight.data_ptr() == model.fc1.weight.data_ptr()
+    assert masked.fc2.weight.data_ptr() == model.fc2.weight.data_ptr()
+    res = slim_model(model, masks, (_x(2, 6),))
+    assert tuple(res.module.state_dict()["fc2.weight"].shape) == (3, 4)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    unmasked = SigmoidHidden()
+    original = unmasked.fc1.weight.detach().clone()
+    copy_ = masked_model(unmasked, masks)
+    assert torch.equal(unmasked.fc1.weight, original)
+    assert torch.equal(copy_.fc1.weight, original * masks["fc1.weight"])
+
+
+class TiedLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_masking_a_tied_weight_masks_it_under_every_name():
+    from sparsify.passes.slim import masked_model
+
+    model = TiedLinear()
+    first = torch.ones(4, 4, dtype=torch.bool)
+    first[0] = False
+    second = torch.ones(4, 4, dtype=torch.bool)
+    second[:, 1] = False
+    m = masked_model(model, {"a.weight": first, "b.weight": second})
+    assert m.a.weight is m.b.weight
+    assert torch.equal(m.a.weight, model.a.weight * first * second)
+
+
 def test_constant_without_an_exact_fold_keeps_the_channel():
     no_bias = SigmoidHidden(bias=False)
     res = slim_model(no_bias, _producer_masks("fc1", (8, 6), 4), (_x(2, 6),))

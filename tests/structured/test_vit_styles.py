@@ -3,7 +3,6 @@ block (hardswish_, hardsigmoid_): heads, FFN neurons and the residual stream rem
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
