@@ -5,7 +5,10 @@ the others: seeded random weights), its dense ONNX export, then one variant per 
 - **slim**: channel (attention-head for ViT/BERT) pruning at ratios 0.25 / 0.5 / 0.75,
   exported with ``mode="slim"`` (pruned channels physically removed);
 - **sparse**: unstructured magnitude pruning at 80 / 90 / 95 %, exported with
-  ``mode="sparse"`` (CSR weights run by sparsify's runtime).
+  ``mode="sparse"`` (CSR weights run by sparsify's runtime);
+- **block**: magnitude pruning of whole R x C blocks (``prune --block``, the case's
+  ``blocks``) at 90 %, exported with ``mode="sparse"`` (the converter stores the weights it
+  finds blocked as BSR, the block kernels run them).
 Digits variants are fine-tuned briefly with the masks fixed, and their test accuracy is
 reported (dense, pruned, fine-tuned). Every ONNX file is benchmarked against the dense one
 in the same ``sparsify.bench.bench`` call (interleaved, same feeds), and described by
@@ -44,6 +47,7 @@ from benchmarks.common import (envelope, finite, optional_leg, parser, pyplot, s
 
 SCHEMA = "sparsify.models/1"
 SPARSITIES = (0.8, 0.9, 0.95)
+BLOCK_SPARSITY = 0.9
 RATIOS = (0.25, 0.5, 0.75)
 
 
@@ -64,6 +68,7 @@ class Case:
     threads: tuple[int, ...] = (1, 2)
     sparsities: tuple[float, ...] = SPARSITIES
     ratios: tuple[float, ...] = RATIOS
+    blocks: tuple[str, ...] = ()  # block shapes ("4x1") pruned at BLOCK_SPARSITY
 
     def source(self):
         from sparsify.api import ModelSource
@@ -90,7 +95,11 @@ def all_cases(quick: bool) -> list[Case]:
         Case("resnet-style", "sparsify.models.testbeds:resnet_style", "channel", {}, ("1,3,224,224",),
              batches=(1,)),
         Case("bert-style", "sparsify.models.testbeds:bert_style", "head", {}, ("1,128",), ("int64",),
-             batches=(1, 8)),
+             batches=(1, 8), blocks=("4x1",)),
+        # BERT-base-shaped (issue 15): hidden 768, 12 heads, FFN 3072, 12 layers, 128 tokens.
+        Case("bert-base", "sparsify.models.testbeds:bert_style", "head",
+             {"dim": 768, "heads": 12, "ffn": 3072, "layers": 12}, ("1,128",), ("int64",),
+             batches=(1,), sparsities=(0.9,), ratios=(), blocks=("4x1", "16x1")),
     ]
 
 
@@ -150,16 +159,21 @@ def dense_run(case: Case, out: Path, s: Settings) -> tuple[dict[str, Any], float
     return {"weights": "seeded random", "build_s": secs}, None
 
 
-def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s: Settings) -> dict[str, Any]:
+def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s: Settings,
+            block: str | None = None) -> dict[str, Any]:
     """Prune (and fine-tune data models), export; the record lacks latency until benchmarked."""
     from sparsify.api import ModelSource, export_model, finetune_model, prune_model
     from sparsify.finetune import TrainConfig
     from sparsify.trust import TRUST_ALL
 
-    label = f"{kind}-{round(level * 100)}"
+    label = f"{kind}{block or ''}-{round(level * 100)}"
     rec: dict[str, Any] = {"variant": label, "kind": kind,
-                           "structure": case.structure if kind == "slim" else "unstructured"}
-    if kind == "slim":
+                           "structure": case.structure if kind == "slim" else f"block {block}" if block
+                           else "unstructured"}
+    if block:
+        rec["sparsity"], rec["scope"], rec["block"] = level, case.scope, block
+        prune_kw = {"sparsity": level, "scope": case.scope, "block": block}
+    elif kind == "slim":
         rec["ratio"] = level
         prune_kw = {"structure": case.structure, "ratio": level}
     else:
@@ -183,8 +197,9 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
         run_dir = work / f"{label}-ft"
     rec["run"] = describe_run(run_dir)
     onnx_path = work / f"{label}.onnx"
-    say(f"{case.name}: {label}: export --mode {kind}")
-    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=kind, trust=TRUST_ALL)))
+    say(f"{case.name}: {label}: export --mode {'sparse' if block else kind}")
+    mode = "sparse" if block else kind
+    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=mode, trust=TRUST_ALL)))
     if skip:
         rec["export"] = skip
     else:
@@ -202,15 +217,16 @@ def failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
-def guarded(case: Case, kind: str, level: float, work: Path, s: Settings) -> dict[str, Any]:
+def guarded(case: Case, kind: str, level: float, work: Path, s: Settings, block: str | None = None) -> dict[str, Any]:
     """:func:`variant`; with ``--keep-going`` a real failure is recorded as ``{"failed": reason}`` (not skipped)."""
     try:
-        return variant(case, kind, level, work / "dense", work, s)
+        return variant(case, kind, level, work / "dense", work, s, block)
     except Exception as exc:  # recorded, reported in the README as a failure, never as a number
         if not s.keep_going:
             raise
-        say(f"{case.name}: {kind}-{round(level * 100)} FAILED: {failure(exc)}")
-        return {"variant": f"{kind}-{round(level * 100)}", "kind": kind, "failed": failure(exc)}
+        label = f"{kind}{block or ''}-{round(level * 100)}"
+        say(f"{case.name}: {label} FAILED: {failure(exc)}")
+        return {"variant": label, "kind": kind, "failed": failure(exc)}
 
 
 def attach_latency(records: list[dict[str, Any]], result) -> None:
@@ -249,8 +265,9 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     dense = rec["dense"]
     dense.update({"export_s": secs, "verify_max_abs": finite(report.max_abs) if report else None,
                   "onnx": describe_onnx(work / "dense.onnx"), "path": str(work / "dense.onnx")})
-    legs = [("slim", r) for r in case.ratios] + [("sparse", sp) for sp in case.sparsities]
-    variants = [guarded(case, kind, level, work, s) for kind, level in legs]
+    legs = ([("slim", r, None) for r in case.ratios] + [("sparse", sp, None) for sp in case.sparsities]
+            + [("block", BLOCK_SPARSITY, b) for b in case.blocks])
+    variants = [guarded(case, kind, level, work, s, block) for kind, level, block in legs]
     if not keep:  # the ONNX files stay for the benchmark; the run directories can go
         for d in work.iterdir():
             if d.is_dir() and d.name != "dense":
@@ -341,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "threads": sorted({t for c in cases for t in c.threads}), "keep_going": s.keep_going,
               "min_time_s": s.min_time, "warmup": s.warmup, "finetune_epochs": s.finetune_epochs, "lr": s.lr,
               "memory": s.memory, "torch_threads_outside_latency": 1,
-              "sparsities": list(SPARSITIES), "ratios": list(RATIOS),
+              "sparsities": list(SPARSITIES), "ratios": list(RATIOS), "block_sparsity": BLOCK_SPARSITY,
               "latency": "sparsify.bench.bench, all ONNX files of a model interleaved; speedup = dense p50 / p50",
               "accuracy": "test split of the bundled digits data, percent"}
     doc = envelope(SCHEMA, config)

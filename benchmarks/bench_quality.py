@@ -10,13 +10,18 @@ For every digits model (test split of the bundled digits data, seed 0):
   not split into groups of 4 are left dense for 2:4, for every method alike);
 - **channels one-shot** (l1, no fine-tuning) at 25 / 50 / 75 %;
 - **recipes**: ``sparsify apply digits-<model>-90`` (gradual 90 % + distillation) and
-  ``digits-<model>-c50`` (iterative 50 % channels + distillation), exactly as shipped.
+  ``digits-<model>-c50`` (iterative 50 % channels + distillation), exactly as shipped;
+- **blocks** (``--blocks-only`` runs just these): from that dense run, magnitude pruning at
+  90 % (layer scope) unstructured and in whole 1x4 / 4x1 / 16x1 blocks (``--block``), each then
+  fine-tuned with its masks fixed for the same epochs and learning rate (no distillation):
+  accuracy one-shot and after fine-tuning, at equal sparsity.
 The targets of issue 17 are evaluated from these numbers and written with them.
 
 Run::
 
     python benchmarks/bench_quality.py [--quick] [--models digits-mlp,digits-cnn,digits-vit]
                                        [--out PATH.json] [--plot PATH.png] [--keep DIR]
+    python benchmarks/bench_quality.py --blocks-only --out benchmarks/results/quality_blocks.json --no-plot
 
 JSON schema ``sparsify.quality/1`` (see benchmarks/README.md).
 """
@@ -44,6 +49,9 @@ METHODS = ("magnitude", "magnitude-global", "wanda", "sparsegpt")
 RATIOS = (0.25, 0.5, 0.75)
 BN_BATCHES = 20
 NM_IGNORE = {"digits-cnn": "stem"}  # the stem conv's rows hold 9 weights, not a multiple of 4
+BLOCKS = (None, "1x4", "4x1", "16x1")  # None: unstructured
+BLOCK_SPARSITY = 0.9
+BLOCK_FINETUNE = dict(epochs=20, lr=1e-3)
 
 
 def _oneshot(dense: Path, model: str, method: str, level: str, out: Path, calibration: int) -> float:
@@ -104,6 +112,26 @@ def _recipe(name: str, out: Path, epochs: int | None, reuse: bool = False) -> di
             "exported": [str(p.name) for n, p in done.items() if not p.is_dir()]}
 
 
+def block_rows(dense: Path, work: Path, quick: bool) -> dict[str, Any]:
+    """Unstructured vs block pruning at BLOCK_SPARSITY from the dense run: accuracy one-shot and
+    after fine-tuning with the masks fixed (the same fine-tuning for every pattern)."""
+    from sparsify.api import ModelSource, finetune_model, prune_model
+    from sparsify.finetune import TrainConfig
+
+    cfg = TrainConfig(**{**BLOCK_FINETUNE, "epochs": 1 if quick else BLOCK_FINETUNE["epochs"]}, progress=False)
+    out: dict[str, Any] = {"sparsity": BLOCK_SPARSITY, "finetune": {"epochs": cfg.epochs, "lr": cfg.lr}}
+    for block in BLOCKS:
+        name = block or "unstructured"
+        t0 = time.perf_counter()
+        run, _ = prune_model(ModelSource(str(dense)), work / f"block-{name}", sparsity=BLOCK_SPARSITY, block=block)
+        tuned = finetune_model(work / f"block-{name}", cfg, work / f"block-{name}-ft")
+        out[name] = {"oneshot": run.metrics["test_accuracy"], "finetuned": tuned.metrics["test_accuracy"],
+                     "seconds": round(time.perf_counter() - t0, 1)}
+        say(f"{dense.parent.name}: {name} {BLOCK_SPARSITY:.0%}: one-shot {out[name]['oneshot']:.2f}%, "
+            f"fine-tuned {out[name]['finetuned']:.2f}%")
+    return out
+
+
 def bench_model(model: str, work: Path, quick: bool, calibration: int, reuse: bool = False) -> dict[str, Any]:
     """Every measurement of one model."""
     record: dict[str, Any] = {"model": model}
@@ -128,7 +156,23 @@ def bench_model(model: str, work: Path, quick: bool, calibration: int, reuse: bo
     for r in ((0.5,) if quick else RATIOS):
         record["channels_oneshot"][str(r)] = acc = _channels(dense, r, work / "scratch")
         say(f"{model}: channels (l1) {r}: {acc:.2f}%")
+    record["blocks"] = block_rows(dense, work / "scratch", quick)
     return record
+
+
+def bench_blocks_only(model: str, work: Path, quick: bool) -> dict[str, Any]:
+    """The block rows alone, from the train stage of the model's 90% recipe (the same dense run)."""
+    import dataclasses
+
+    from sparsify.api import ModelSource, train_model
+    from sparsify.recipe import load_recipe
+
+    stage = next(s for s in load_recipe(f"{model}-90").stages if s.action == "train")
+    cfg = dataclasses.replace(stage.options, progress=False, **({"epochs": 1} if quick else {}))
+    dense = work / model / "dense"
+    run = train_model(ModelSource(model, data="digits"), cfg, dense)
+    return {"model": model, "dense_accuracy": run.metrics["test_accuracy"],
+            "blocks": block_rows(dense, work / model, quick)}
 
 
 def evaluate_targets(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -189,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action="store_true",
                    help="with --keep: read back the recipes whose outputs are all there instead of re-running them "
                         "(to resume an interrupted run; their seconds are then null)")
+    p.add_argument("--blocks-only", action="store_true",
+                   help="only the block rows (unstructured vs 1x4 / 4x1 / 16x1 blocks at 90%%, fine-tuned)")
     p.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
                    help="write one document from per-model documents of earlier runs (no measuring)")
     args = p.parse_args(argv)
@@ -207,6 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     work = args.keep or Path(tempfile.mkdtemp(prefix="sparsify-quality-"))
     t0 = time.perf_counter()
+    if args.blocks_only:
+        try:
+            records = [bench_blocks_only(m, work, args.quick) for m in models]
+        finally:
+            if args.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
+        doc = envelope(SCHEMA, {"quick": args.quick, "models": models, "blocks_only": True,
+                                "split": "digits test (271 samples)", "seed": 0})
+        doc["models"] = records
+        doc["total_s"] = round(time.perf_counter() - t0, 1)
+        write_outputs(args, doc, None)
+        return 0
     try:
         records = [bench_model(m, work, args.quick, args.calibration_batches, args.reuse and args.keep is not None)
                    for m in models]

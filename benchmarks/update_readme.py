@@ -253,7 +253,7 @@ def models_details(models: dict | None) -> list[str]:
                          and "skipped" in v[k]), None)
             failed = v.get("failed")
             lat = "; ".join(f"{_short(lat)} {ms(lat['p50_ms'])} ({x(lat['speedup'])})" for lat in v.get("latency", []))
-            csr = (v.get("export_summary") or {}).get("nonzeros") if v.get("kind") == "sparse" else None
+            csr = (v.get("export_summary") or {}).get("nonzeros") if v.get("kind") in ("sparse", "block") else None
             macs = (v.get("run") or {}).get("nonzero_macs") or onnx.get("macs")
             rows.append([m["model"], v["variant"], "-" if acc is None else f"{acc:.1f}%",
                          f"{onnx['nonzeros']:,}" if "nonzeros" in onnx else "-",

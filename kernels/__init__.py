@@ -4,6 +4,8 @@ Public API:
 - :class:`CSR` (``csr.py``): the sparse weight format; :func:`choose_index_dtypes`.
 - :class:`SparseLinear`, :func:`csr_linear` (``spmm.py``): ``act(x @ W.T + b)``.
 - :class:`ell.SlicedEll` (``ell.py``): the batch-1 layout SparseLinear builds from a CSR.
+- :class:`bsr.BSR`, :class:`bsr.SparseBlockLinear` (``bsr.py``): weights pruned in whole
+  R x C blocks and their linear layer.
 - :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight.
 - :func:`norm.layer_norm` (``norm.py``): the runtime's LayerNormalization.
 - :func:`set_threads`, :func:`get_threads`, :func:`warmup` (``threads.py``).
@@ -13,7 +15,7 @@ Public API:
 
 # Bumped whenever a kernel changes speed: host calibrations cached under another
 # revision are measured again (sparsify.runtime.calibrate.host_identity).
-REVISION = 2
+REVISION = 3
 
 from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError

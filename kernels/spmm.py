@@ -201,27 +201,7 @@ class SparseLinear:
             out = np.empty(x.shape[:-1] + (self.out_features,), self.dtype)
             ell_call.one_row(x.reshape(-1), out.reshape(-1), serial)
             return out
-        if not isinstance(x, np.ndarray):
-            raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
-        dtype = self.dtype
-        if x.dtype is not dtype and x.dtype != dtype:
-            raise KernelArgumentError(
-                f"input dtype {x.dtype} should be {dtype} (the weight's dtype); "
-                "convert it explicitly")
-        shape = x.shape
-        if not shape or shape[-1] != self.in_features:
-            raise KernelArgumentError(
-                f"input shape {shape} should end in {self.in_features} (in_features)")
-        out_shape = shape[:-1] + (self.out_features,)
-        if out is None:
-            out = np.empty(out_shape, dtype=dtype)
-        elif (not isinstance(out, np.ndarray) or out.shape != out_shape
-              or (out.dtype is not dtype and out.dtype != dtype)
-              or not out.flags.c_contiguous or not out.flags.writeable):
-            raise KernelArgumentError(
-                f"out should be a writeable C-contiguous {dtype} array of shape {out_shape}, "
-                f"got {_describe(out)}")
-        batch = x.size // self.in_features if self.in_features else int(np.prod(shape[:-1]))
+        out, batch = linear_output(x, out, self.dtype, self.in_features, self.out_features)
         if batch == 0 or self.out_features == 0:
             return out
         if ell_call is not None and (batch == 1 or batch <= ELL_ROWS_MAX_BATCH):
@@ -435,6 +415,32 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
 
 def _identity(kernel):
     return kernel
+
+
+def linear_output(x, out, dtype: np.dtype, in_features: int, out_features: int) -> tuple[np.ndarray, int]:
+    """(output array, batch rows) of a linear layer's call on ``x`` (..., in_features), after
+    checking ``x`` and a given ``out`` (KernelArgumentError naming what is wrong)."""
+    if not isinstance(x, np.ndarray):
+        raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
+    if x.dtype is not dtype and x.dtype != dtype:
+        raise KernelArgumentError(
+            f"input dtype {x.dtype} should be {dtype} (the weight's dtype); "
+            "convert it explicitly")
+    shape = x.shape
+    if not shape or shape[-1] != in_features:
+        raise KernelArgumentError(
+            f"input shape {shape} should end in {in_features} (in_features)")
+    out_shape = shape[:-1] + (out_features,)
+    if out is None:
+        out = np.empty(out_shape, dtype=dtype)
+    elif (not isinstance(out, np.ndarray) or out.shape != out_shape
+          or (out.dtype is not dtype and out.dtype != dtype)
+          or not out.flags.c_contiguous or not out.flags.writeable):
+        raise KernelArgumentError(
+            f"out should be a writeable C-contiguous {dtype} array of shape {out_shape}, "
+            f"got {_describe(out)}")
+    batch = x.size // in_features if in_features else int(np.prod(shape[:-1]))
+    return out, batch
 
 
 def launch(work: int):

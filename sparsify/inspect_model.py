@@ -75,7 +75,8 @@ class Inspection:
 
 
 def classify_pattern(w: np.ndarray) -> str:
-    """dense, unstructured, channel (whole output rows zero), or empty."""
+    """dense, unstructured, channel (whole output rows zero), in-channel, ``block RxC`` (zeros in
+    whole blocks of a shape the block kernels run, the largest first), ``N:M``, or empty."""
     nnz = int(np.count_nonzero(w))
     if nnz == w.size:
         return "dense"
@@ -89,6 +90,9 @@ def classify_pattern(w: np.ndarray) -> str:
         cols = np.count_nonzero(rows, axis=0)
         if np.all((cols == 0) | (cols == rows.shape[0])):
             return "in-channel"
+        block = _whole_blocks(rows != 0)
+        if block:
+            return f"block {block[0]}x{block[1]}"
         for m in (4, 8, 16):
             if rows.shape[1] % m == 0:
                 per_group = np.count_nonzero(rows.reshape(-1, m), axis=1)
@@ -96,6 +100,20 @@ def classify_pattern(w: np.ndarray) -> str:
                 if n < m and n <= m // 2:
                     return f"{n}:{m}"
     return "unstructured"
+
+
+def _whole_blocks(nz: np.ndarray) -> tuple[int, int] | None:
+    """The largest block shape of ``sparsify.passes.blocks.BLOCK_SHAPES`` dividing ``nz``'s shape
+    whose every block is all nonzero or all zero, or None."""
+    from sparsify.passes.blocks import BLOCK_SHAPES
+
+    rows, cols = nz.shape
+    for r, c in BLOCK_SHAPES:
+        if rows % r == 0 and cols % c == 0:
+            count = nz.reshape(rows // r, r, cols // c, c).sum(axis=(1, 3))
+            if np.all((count == 0) | (count == r * c)):
+                return (r, c)
+    return None
 
 
 def _module_macs(model: nn.Module, example: tuple[torch.Tensor, ...]) -> dict[str, int]:
@@ -248,7 +266,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
     csr_arrays = {v for n in model.graph.node if n.domain == DOMAIN for v in n.input[1:4]}
     for info in sparse:
         rows.append(LayerRow(info.weight_name, tuple(info.weight_shape), info.params, info.nnz,
-                             f"csr {info.op_type}", info.macs))
+                             f"{info.layout} {info.op_type}", info.macs))
     for init in model.graph.initializer:
         if init.name in csr_arrays or len(init.dims) == 0 or not _is_float_type(init.data_type):
             continue

@@ -95,3 +95,46 @@ def test_prune_block_bad_combinations_exit_2_naming_block(tmp_path, capsys, extr
     assert "block" in err or "nm" in err
     import re
     assert re.search(message, err), err
+
+
+def test_block_pruned_run_exports_as_bsr_and_runs_equal_to_dense(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    run, sparse, dense = tmp_path / "r", tmp_path / "m.onnx", tmp_path / "d.onnx"
+    assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--block", "4x1", "-o", str(run)]) == 0
+    # The threshold converts this small model's layers (the fixed rules keep a model this small dense).
+    assert main(["export", str(run), "--mode", "sparse", "--density-threshold", "1", "-o", str(sparse)]) == 0
+    out = capsys.readouterr().out
+    assert "4x1 blocks" in out and "max abs" in out, out  # verified against the masked model
+    model = onnx.load(str(sparse))
+    blocks = {n.input[1]: [list(a.ints) for a in n.attribute if a.name == "blocksize"]
+              for n in model.graph.node if n.domain == "ai.sparsify"}
+    assert blocks["fc1.weight.csr_data"] == [[4, 1]] and blocks["fc2.weight.csr_data"] == [[4, 1]], blocks
+    assert blocks["head.weight.csr_data"] == [[2, 1]]  # 10 rows: 4x1 blocks do not divide them, 2x1 do
+    assert main(["export", str(run), "-o", str(dense)]) == 0
+    shape = [d.dim_value or 3 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    expected = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, {
+        model.graph.input[0].name: x})[0]
+    from sparsify.export.sparse_ops import reference_evaluator
+    reference = reference_evaluator(model).run(None, {model.graph.input[0].name: x})[0]
+    for got in (np.load(tmp_path / "y.npy"), reference):
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5
+
+
+def test_inspect_names_the_block_pattern_of_a_run(tmp_path, capsys):
+    from sparsify.inspect_model import classify_pattern, inspect_run
+
+    out = tmp_path / "r"
+    assert main(["prune", "digits-mlp", "--sparsity", "0.9", "--block", "4x1", "-o", str(out)]) == 0
+    rows = {r.tensor: r.pattern for r in inspect_run(out).rows}
+    assert rows["fc1.weight"] == "block 4x1" and rows["fc2.weight"] == "block 4x1", rows
+    assert rows["head.weight"] == "block 2x1", rows  # 10 rows: the edge block is cut to 2
+    w = torch.randn(32, 32)
+    assert classify_pattern((w * (torch.rand(32, 32) < 0.2)).numpy()) == "unstructured"
+    keep = (torch.rand(2, 32) < 0.3).repeat_interleave(16, 0)
+    assert classify_pattern((w * keep).numpy()) == "block 16x1"

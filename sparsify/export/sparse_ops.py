@@ -12,8 +12,14 @@ Two ops, both reading a CSR weight from three ordinary initializers (``data``, `
     ([top, left, bottom, right], symmetric), ``dilations``, ``group`` as in ONNX ``Conv``.
 
 Common attributes: ``shape`` (ints, the CSR's [rows, cols]), ``activation`` ("none",
-"relu" or "gelu" with exact erf), and informational ``weight_name`` / ``weight_shape`` /
-``source_op`` (the dense initializer and node the op replaced). ``data`` is float32 or
+"relu" or "gelu" with exact erf), ``blocksize`` ([R, C], default [1, 1]: see below), and
+informational ``weight_name`` / ``weight_shape`` / ``source_op`` (the dense initializer and
+node the op replaced).
+
+Block-sparse weights (``blocksize`` [R, C] other than [1, 1], R and C dividing rows and cols)
+store R x C blocks as a BSR: ``data`` of shape [blocks, R, C], ``indices`` the block column of
+each block (in [0, cols / C)), ``indptr`` per block row (rows / R + 1 entries), as
+``scipy.sparse.bsr_matrix`` has them; every value of a stored block multiplies. ``data`` is float32 or
 float64; ``indices`` is uint16, int32 or int64 (uint16 when cols fit, to shrink the file);
 ``indptr`` is int32 or int64. Products are sparse: only stored entries of ``W`` multiply, so
 a NaN or inf in ``X`` reaches only the outputs whose rows store a value in its column (as in
@@ -53,6 +59,7 @@ class SparseOpAttrs:
     op_type: str
     shape: tuple[int, int]
     activation: str = "none"
+    blocksize: tuple[int, int] = (1, 1)
     kernel_shape: tuple[int, int] = (1, 1)
     strides: tuple[int, int] = (1, 1)
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -75,6 +82,7 @@ _ATTR_TYPES = {
     "dilations": onnx.AttributeProto.INTS, "weight_shape": onnx.AttributeProto.INTS,
     "group": onnx.AttributeProto.INT, "activation": onnx.AttributeProto.STRING,
     "weight_name": onnx.AttributeProto.STRING, "source_op": onnx.AttributeProto.STRING,
+    "blocksize": onnx.AttributeProto.INTS,
 }
 
 
@@ -131,11 +139,14 @@ def parse_attrs(node: onnx.NodeProto, where: str | None = None) -> SparseOpAttrs
         return value
 
     shape = ints("shape", 2, None, 0)
+    blocksize = ints("blocksize", 2, (1, 1), 1)
+    if shape[0] % blocksize[0] or shape[1] % blocksize[1]:
+        raise ModelFileError(f"{where}: blocksize {list(blocksize)} should divide shape {list(shape)}")
     activation = raw.get("activation", "none")
     if activation not in ACTIVATIONS:
         raise ModelFileError(f"{where}: activation {activation!r} should be one of {ACTIVATIONS}")
     weight_shape = tuple(int(v) for v in raw.get("weight_shape", ()))
-    common = dict(op_type=node.op_type, shape=shape, activation=activation,
+    common = dict(op_type=node.op_type, shape=shape, activation=activation, blocksize=blocksize,
                   weight_name=str(raw.get("weight_name", "")), weight_shape=weight_shape,
                   source_op=str(raw.get("source_op", "")))
     if node.op_type == LINEAR_OP:
@@ -178,31 +189,38 @@ class CsrTensors:
 
 
 def csr_problem(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                shape: tuple[int, int]) -> tuple[str, str] | None:
-    """(array role, what is wrong) for the first broken CSR invariant, or None.
+                shape: tuple[int, int], blocksize: tuple[int, int] = (1, 1)) -> tuple[str, str] | None:
+    """(array role, what is wrong) for the first broken CSR (or BSR) invariant, or None.
 
     Checked in the stored dtypes, before any narrowing (a negative int32 index must not wrap
-    into range): dtypes, 1-D, indptr of rows + 1 entries from 0 and non-decreasing, data and
-    indices of indptr[-1] entries, every column index in [0, cols). Per-row order is the
-    kernels' own check.
+    into range): dtypes, 1-D index arrays (data 1-D, or [blocks, R, C] for blocks), indptr
+    of rows / R + 1 entries from 0 and non-decreasing, data and indices of indptr[-1]
+    entries (blocks), every column index in [0, cols / C). Per-row order is the kernels'
+    own check.
     """
-    rows, cols = (int(s) for s in shape)
+    r, c = (int(v) for v in blocksize)
+    rows, cols = (int(s) // b for s, b in zip(shape, (r, c)))
+    block = (r, c) != (1, 1)
     for role, a, dtypes, text in (("data", data, DATA_DTYPES, "float32 or float64"),
                                   ("indices", indices, INDEX_DTYPES, "uint16, int32 or int64"),
                                   ("indptr", indptr, INDPTR_DTYPES, "int32 or int64")):
         if a.dtype not in dtypes:
             return role, f"has dtype {a.dtype}; expected {text}"
-        if a.ndim != 1:
+        if role == "data" and block:
+            if a.ndim != 3 or a.shape[1:] != (r, c):
+                return role, f"has shape {list(a.shape)}; expected [blocks, {r}, {c}] (blocksize)"
+        elif a.ndim != 1:
             return role, f"has shape {list(a.shape)}; expected 1-D"
+    unit = "block rows" if block else "rows"
     if indptr.shape[0] != rows + 1:
-        return "indptr", f"is corrupt: indptr size {indptr.shape[0]} should be {rows + 1} (rows + 1)"
+        return "indptr", f"is corrupt: indptr size {indptr.shape[0]} should be {rows + 1} ({unit} + 1)"
     if indptr[0] != 0:
         return "indptr", f"is corrupt: indptr[0] is {int(indptr[0])} but should be 0"
     down = np.flatnonzero(indptr[1:] < indptr[:-1])
     if down.size:
-        r = int(down[0])
-        return "indptr", (f"is corrupt: indptr should be non-decreasing, but indptr[{r}] = {int(indptr[r])} "
-                          f"> indptr[{r + 1}] = {int(indptr[r + 1])}")
+        k = int(down[0])
+        return "indptr", (f"is corrupt: indptr should be non-decreasing, but indptr[{k}] = {int(indptr[k])} "
+                          f"> indptr[{k + 1}] = {int(indptr[k + 1])}")
     nnz = int(indptr[-1])
     for role, a in (("indices", indices), ("data", data)):
         if a.shape[0] != nnz:
@@ -211,9 +229,10 @@ def csr_problem(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= cols:
             j = int(np.argmax(indices < 0)) if low < 0 else int(np.argmax(indices >= min(high, cols)))
-            r = int(np.searchsorted(indptr, j, side="right")) - 1
-            return "indices", (f"is corrupt: column index {int(indices[j])} at indices[{j}] (row {r}) "
-                               f"should be in [0, {cols})")
+            k = int(np.searchsorted(indptr, j, side="right")) - 1
+            what = "block column" if block else "column"
+            return "indices", (f"is corrupt: {what} index {int(indices[j])} at indices[{j}] "
+                               f"({'block row' if block else 'row'} {k}) should be in [0, {cols})")
     return None
 
 
@@ -241,7 +260,7 @@ def read_csr(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], attrs: Sp
             raise ModelFileError(f"{label}: {role} tensor {name!r} is not an initializer; "
                                  "CSR arrays and bias must be stored in the file")
         arrays[role] = tensor_array(inits[name], label, base_dir)
-    problem = csr_problem(arrays["data"], arrays["indices"], arrays["indptr"], attrs.shape)
+    problem = csr_problem(arrays["data"], arrays["indices"], arrays["indptr"], attrs.shape, attrs.blocksize)
     if problem:
         role, text = problem
         raise ModelFileError(f"{label}: {role} tensor {names[role]!r} {text}")
@@ -311,13 +330,17 @@ def check_input_shape(attrs: SparseOpAttrs, dims: Sequence[int | None], itemsize
 
 def make_node(op_type: str, x: str, csr_names: tuple[str, str, str], bias: str | None, output: str,
               name: str, shape: tuple[int, int], activation: str, weight_name: str,
-              weight_shape: tuple[int, ...], source_op: str, **conv: Any) -> onnx.NodeProto:
-    """Build a ``SparseLinear`` / ``SparseConv`` node (conv attributes as keyword arguments)."""
+              weight_shape: tuple[int, ...], source_op: str, blocksize: tuple[int, int] = (1, 1),
+              **conv: Any) -> onnx.NodeProto:
+    """Build a ``SparseLinear`` / ``SparseConv`` node (conv attributes as keyword arguments;
+    ``blocksize`` other than (1, 1) for BSR arrays)."""
     if op_type not in OPS:
         raise ValueError(f"op_type {op_type!r} should be one of {OPS}")
     inputs = [x, *csr_names] + ([bias] if bias else [])
     attrs: dict[str, Any] = dict(shape=list(shape), activation=activation, weight_name=weight_name,
                                  weight_shape=list(weight_shape), source_op=source_op)
+    if tuple(blocksize) != (1, 1):
+        attrs["blocksize"] = list(blocksize)
     if op_type == CONV_OP:
         attrs.update(kernel_shape=list(conv["kernel_shape"]), strides=list(conv["strides"]),
                      pads=list(conv["pads"]), dilations=list(conv["dilations"]), group=int(conv["group"]))
@@ -326,18 +349,24 @@ def make_node(op_type: str, x: str, csr_names: tuple[str, str, str], bias: str |
 
 # -- reference implementations ----------------------------------------------------------
 
-def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int]):
-    """The float64 ``scipy.sparse.csr_matrix`` of a CSR triple, after checking every invariant
-    (ModelFileError otherwise)."""
-    from scipy.sparse import csr_matrix
+def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
+                  blocksize: tuple[int, int] = (1, 1)):
+    """The float64 ``scipy.sparse`` matrix of a CSR (or, with ``blocksize``, BSR) triple, after
+    checking every invariant (ModelFileError otherwise)."""
+    from scipy.sparse import bsr_matrix, csr_matrix
 
     rows, cols = (int(s) for s in shape)
+    blocksize = tuple(int(b) for b in blocksize)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
-    problem = csr_problem(data, indices, indptr, (rows, cols))
+    if rows % blocksize[0] or cols % blocksize[1]:
+        raise ModelFileError(f"blocksize {list(blocksize)} should divide shape {[rows, cols]}")
+    problem = csr_problem(data, indices, indptr, (rows, cols), blocksize)
     if problem:
-        raise ModelFileError(f"CSR {problem[0]} {problem[1]}")
-    return csr_matrix((data.astype(np.float64), indices.astype(np.int64), indptr.astype(np.int64)),
-                      shape=(rows, cols))
+        raise ModelFileError(f"{'CSR' if blocksize == (1, 1) else 'BSR'} {problem[0]} {problem[1]}")
+    arrays = (data.astype(np.float64), indices.astype(np.int64), indptr.astype(np.int64))
+    if blocksize == (1, 1):
+        return csr_matrix(arrays, shape=(rows, cols))
+    return bsr_matrix(arrays, shape=(rows, cols), blocksize=blocksize).tocsr()
 
 
 def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
@@ -386,8 +415,8 @@ class SparseLinear(OpRun):
     op_domain = DOMAIN
 
     def _run(self, x, data, indices, indptr, bias=None, shape=None, activation="none",
-             weight_name=None, weight_shape=None, source_op=None):
-        w = reference_csr(data, indices, indptr, tuple(shape))
+             weight_name=None, weight_shape=None, source_op=None, blocksize=(1, 1)):
+        w = reference_csr(data, indices, indptr, tuple(shape), tuple(blocksize))
         if x.ndim < 1 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"X of shape {list(x.shape)} should have {w.shape[1]} features on its last axis")
         # Only stored entries multiply (a NaN in X reaches only the rows that use its column).
@@ -405,9 +434,9 @@ class SparseConv(OpRun):
 
     def _run(self, x, data, indices, indptr, bias=None, shape=None, activation="none", kernel_shape=None,
              strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
-             weight_name=None, weight_shape=None, source_op=None):
+             weight_name=None, weight_shape=None, source_op=None, blocksize=(1, 1)):
         rows, cols = (int(s) for s in shape)
-        w = reference_csr(data, indices, indptr, (rows, cols))
+        w = reference_csr(data, indices, indptr, (rows, cols), tuple(blocksize))
         group = int(group)
         if x.ndim != 4 or x.shape[1] != group * cols // (kernel_shape[0] * kernel_shape[1]):
             raise ValueError(f"X of shape {list(x.shape)} does not fit kernel_shape {list(kernel_shape)}, "
@@ -450,6 +479,13 @@ class SparseOpInfo:
     nnz: int
     csr_bytes: int
     macs: int | None  # dense multiply-accumulates per sample (batch 1), when the output shape is known
+    blocksize: tuple[int, int] = (1, 1)  # [R, C] of a BSR weight
+
+    @property
+    def layout(self) -> str:
+        """"csr", or "bsr RxC" for a block-sparse weight."""
+        r, c = self.blocksize
+        return "csr" if (r, c) == (1, 1) else f"bsr {r}x{c}"
 
     @property
     def params(self) -> int:
@@ -462,8 +498,9 @@ class SparseOpInfo:
     def note(self) -> str:
         dense = self.params * 4
         per = f" ({self.csr_bytes / self.nnz:.2f} bytes/nonzero)" if self.nnz else ""
+        stored = "CSR" if self.layout == "csr" else f"BSR of {self.blocksize[0]}x{self.blocksize[1]} blocks"
         return (f"{self.op_type} {self.node!r}: weight {self.weight_name} {list(self.weight_shape)}, "
-                f"{self.nnz:,} nonzeros (density {self.density:.3f}), CSR {self.csr_bytes:,} bytes{per} "
+                f"{self.nnz:,} nonzeros (density {self.density:.3f}), {stored} {self.csr_bytes:,} bytes{per} "
                 f"vs {dense:,} bytes dense float32")
 
 
@@ -488,5 +525,7 @@ def sparse_op_infos(model: onnx.ModelProto, where: str = "model", base_dir=None)
             raise ModelFileError(f"{label}: its output is declared with negative dims {y}")
         macs = check_int64(math.prod(y) * attrs.shape[1], f"{label}: its MAC count", ModelFileError) if y else None
         out.append(SparseOpInfo(node_label(node), node.op_type, attrs.weight_name or node.input[1],
-                                attrs.weight_shape or attrs.shape, int(csr.data.shape[0]), csr.nbytes, macs))
+                                attrs.weight_shape or attrs.shape,
+                                int(np.count_nonzero(csr.data)) if csr.data.ndim == 3 else int(csr.data.shape[0]),
+                                csr.nbytes, macs, attrs.blocksize))
     return out

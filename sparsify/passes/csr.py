@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
 from sparsify.onnxfile import inferred_graph, initializer_array, node_attrs
+from sparsify.passes.blocks import MAX_TIMED, block_candidates, bsr_arrays, fixed_rule_block
 
 # The fixed rules (calibration off): density below which a CSR layer beat ONNX Runtime's
 # dense Gemm / Conv (fp32), by target batch, on one host. Measured with
@@ -108,6 +109,8 @@ class LayerDecision:
     transpose: bool = False  # CSR holds weight.T (MatMul / Gemm transB=0)
     # The torch parameter behind an exporter-made initializer ("val_9" -> "fc1.weight"), if known.
     source: str | None = None
+    # (R, C) when the converted weight is stored as a BSR of R x C blocks (sparsify.passes.blocks), else None.
+    blocksize: tuple[int, int] | None = None
 
     @property
     def label(self) -> str | None:
@@ -119,13 +122,15 @@ class LayerDecision:
     def keep_dense(self, reason: str) -> None:
         """Decide against converting, for ``reason`` (nothing fused)."""
         self.convert, self.reason = False, reason
-        self.activation, self.fused = "none", ()
+        self.activation, self.fused, self.blocksize = "none", (), None
 
     def line(self) -> str:
         """One human-readable line."""
         what = f"{self.op_type} {self.node!r}" + (f" (weight {self.label}, {list(self.weight_shape)})"
                                                   if self.weight and self.weight_shape else "")
         fused = f", fused {self.activation}" if self.convert and self.activation != "none" else ""
+        if self.convert and self.blocksize:
+            fused += f", {self.blocksize[0]}x{self.blocksize[1]} blocks"
         return f"{'converted' if self.convert else 'kept dense'}: {what}: {self.reason}{fused}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,7 +138,8 @@ class LayerDecision:
         return {"node": self.node, "op_type": self.op_type, "weight": self.weight, "source": self.source,
                 "weight_shape": list(self.weight_shape) if self.weight_shape else None,
                 "nnz": self.nnz, "density": self.density, "convert": self.convert, "reason": self.reason,
-                "activation": self.activation, "threshold": self.threshold}
+                "activation": self.activation, "threshold": self.threshold,
+                "blocksize": list(self.blocksize) if self.blocksize else None}
 
 
 @dataclasses.dataclass
@@ -452,9 +458,11 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         w = g.array(d.weight)
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
+        blocks = block_candidates(w.T if d.transpose else w) if d.op_type != "Conv" else []
+        d.blocksize = fixed_rule_block(blocks)
         if progress:
             progress(w.nbytes)
-        if calibrator is not None and _decide_by_measurement(g, d, w, shapes, target_batch, calibrator):
+        if calibrator is not None and _decide_by_measurement(g, d, w, shapes, target_batch, calibrator, blocks):
             if d.convert:
                 claimed.update(d.fused)
             continue
@@ -495,9 +503,12 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
 
 
 def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _Shapes, target_batch: int,
-                           calibrator) -> bool:
+                           calibrator, blocks: Sequence[tuple[int, int]] = ()) -> bool:
     """Decide ``d`` by timing it on this host (True), or return False when its input shape
-    is unknown (a conv needs it), leaving the decision to the fixed rules."""
+    is unknown (a conv needs it), leaving the decision to the fixed rules. A linear weight
+    with block ``blocks`` is timed as a CSR and as a BSR of each of (the first MAX_TIMED of)
+    them; the fastest is the one stored and compared with dense."""
+    layouts = ""
     node = g.nodes[d.fused[0]]
     try:
         if d.op_type == "Conv":
@@ -512,11 +523,17 @@ def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _
                                 int(a.get("group", 1)))
         else:
             w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
-            m = calibrator.linear(w2d, target_batch * shapes.rows_per_sample(node.input[0]))
+            rows = target_batch * shapes.rows_per_sample(node.input[0])
+            timed = [(calibrator.linear(w2d, rows), None)]
+            timed += [(calibrator.linear(w2d, rows, b), b) for b in blocks[:MAX_TIMED]]
+            m, d.blocksize = min(timed, key=lambda t: t[0].sparse_ms)
+            if len(timed) > 1:
+                layouts = "; layouts timed: " + ", ".join(
+                    f"{'CSR' if b is None else f'{b[0]}x{b[1]} blocks'} {t.sparse_ms:.4f} ms" for t, b in timed)
     except Exception as exc:  # a layer the timing cannot run (ORT or a kernel refusing it): fixed rules
         d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
         return False
-    reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}"
+    reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}{layouts}"
     if m.convert:
         d.reason = reason
     else:
@@ -592,8 +609,12 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
         main = g.nodes[d.fused[0]]
         w = g.array(d.weight)
         w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
-        data, indices, indptr = _csr(np.ascontiguousarray(w2d))
-        idx, ptr = _index_arrays(indices, indptr, w2d.shape[1])
+        if d.blocksize:
+            data, indices, indptr = bsr_arrays(np.ascontiguousarray(w2d), *d.blocksize)
+            idx, ptr = _index_arrays(indices, indptr, w2d.shape[1] // d.blocksize[1])
+        else:
+            data, indices, indptr = _csr(np.ascontiguousarray(w2d))
+            idx, ptr = _index_arrays(indices, indptr, w2d.shape[1])
         base = d.source or d.weight
         names = tuple(_unique(f"{base}.csr_{part}", taken) for part in ("data", "indices", "indptr"))
         for name, arr in zip(names, (data, idx, ptr)):
@@ -611,7 +632,8 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
                         group=a.get("group", 1))
         op = CONV_OP if d.op_type == "Conv" else LINEAR_OP
         node = make_node(op, main.input[0], names, bias, d.output, _unique(f"{d.node}.sparse", taken),
-                         tuple(w2d.shape), d.activation, d.source or d.weight, tuple(w.shape), d.op_type, **conv)
+                         tuple(w2d.shape), d.activation, d.source or d.weight, tuple(w.shape), d.op_type,
+                         d.blocksize or (1, 1), **conv)
         replace[d.fused[0]] = node
         drop.update(d.fused[1:])
         if progress:

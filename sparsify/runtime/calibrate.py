@@ -235,19 +235,23 @@ class Calibrator:
         self._dirty = True
         return Measurement(sparse_ms, dense_ms, self.overhead_ms())
 
-    def linear(self, w: np.ndarray, rows: int) -> Measurement:
-        """A Linear of weight ``w`` (out, in) on ``rows`` input rows: our SparseLinear
-        against ONNX Runtime's MatMul with the dense weight."""
+    def linear(self, w: np.ndarray, rows: int, blocksize: tuple[int, int] | None = None) -> Measurement:
+        """A Linear of weight ``w`` (out, in) on ``rows`` input rows: our SparseLinear (with
+        ``blocksize``, our SparseBlockLinear over the BSR of those blocks) against ONNX
+        Runtime's MatMul with the dense weight."""
         out_f, in_f = w.shape
         density = np.count_nonzero(w) / max(1, w.size)
-        key = f"linear {out_f}x{in_f} density {density:.2f} rows {rows}"
+        block = f" blocks {blocksize[0]}x{blocksize[1]}" if blocksize else ""
+        key = f"linear {out_f}x{in_f} density {density:.2f}{block} rows {rows}"
 
         def measure() -> tuple[float, float]:
             from sparsify.kernels import CSR, SparseLinear
+            from sparsify.kernels.bsr import BSR, SparseBlockLinear
             from sparsify.ortsession import ort_session
 
             w32 = np.asarray(w, np.float32)
-            layer = SparseLinear(CSR.from_dense(w32))
+            layer = (SparseBlockLinear(BSR.from_dense(w32, blocksize)) if blocksize
+                     else SparseLinear(CSR.from_dense(w32)))
             sess = ort_session(_one_node_model("MatMul", w32.T, (rows, in_f)), self.threads, spinning=False)
             x = np.random.default_rng(0).standard_normal((rows, in_f)).astype(np.float32)
             return time_pair(lambda: sess.run(None, {"x": x}), lambda: layer(x))

@@ -17,6 +17,7 @@ from sparsify.errors import ModelFileError
 from sparsify.limits import check_bytes, memory_limit
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
 from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes, ell
+from sparsify.kernels.bsr import BSR, SparseBlockLinear, kernel_block
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -42,7 +43,7 @@ def _tensor_role(message: str) -> str:
         return "indptr"
     if head[0] in ("indices", "column") or message.startswith("indices"):
         return "indices"
-    if head[0] == "data":
+    if head[0] == "data" or message.startswith("block values"):
         return "data"
     return "indices" if "indices" in message else "indptr"
 
@@ -64,6 +65,26 @@ class SparseLayer:
         return f"SparseLayer({self.op_type} {self.node_name!r}, {self.csr!r}, activation={self.attrs.activation!r})"
 
 
+def _checked_weight(attrs: SparseOpAttrs, arrays, label: str) -> CSR | BSR:
+    """The node's weight as the kernels hold it (a CSR, or a BSR for a ``blocksize`` other than
+    [1, 1]): copied from the checked arrays, indices narrowed to the kernels' dtype, and fully
+    checked again (ModelFileError naming the tensor)."""
+    rows, cols = attrs.shape
+    r, c = attrs.blocksize
+    # The kernels' preferred dtypes (int16 column indices while cols fit: measured faster);
+    # safe to narrow: read_csr checked every index is in [0, cols).
+    index_dtype, _ = choose_index_dtypes((rows // r, cols // c), int(arrays.indices.shape[0]))
+    ptr_dtype = np.int64 if arrays.indptr.dtype == np.int64 else np.int32
+    parts = (arrays.data.copy(), arrays.indices.astype(index_dtype), arrays.indptr.astype(ptr_dtype), attrs.shape)
+    try:
+        weight = CSR(*parts) if (r, c) == (1, 1) else BSR(*parts, attrs.blocksize)
+        weight.check_format(full=True)
+    except KernelValueError as exc:
+        role = _tensor_role(str(exc).removeprefix("block pattern: "))
+        raise ModelFileError(f"{label}: {role} tensor {arrays.names[role]!r} is corrupt: {exc}") from None
+    return weight
+
+
 def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], where: str,
                        batch1: str = "auto") -> SparseLayer:
     """Validate one ``ai.sparsify`` node's attributes and tensors and build its kernel object
@@ -79,23 +100,21 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
         raise ModelFileError(f"{label}: unknown op {DOMAIN}::{node.op_type}; expected {LINEAR_OP} or {CONV_OP}")
     attrs = parse_attrs(node, where)
     arrays = read_csr(node, inits, attrs, where)
-    names = arrays.names
+    weight = _checked_weight(attrs, arrays, label)
     rows, cols = attrs.shape
-    # The kernels' preferred dtypes (int16 column indices while cols fit: measured faster);
-    # safe to narrow: read_csr checked every index is in [0, cols).
-    index_dtype, _ = choose_index_dtypes((rows, cols), int(arrays.indices.shape[0]))
-    ptr_dtype = np.int64 if arrays.indptr.dtype == np.int64 else np.int32
-    try:
-        csr = CSR(arrays.data.copy(), arrays.indices.astype(index_dtype), arrays.indptr.astype(ptr_dtype), attrs.shape)
-        csr.check_format(full=True)
-    except KernelValueError as exc:
-        role = _tensor_role(str(exc))
-        raise ModelFileError(f"{label}: {role} tensor {names[role]!r} is corrupt: {exc}") from None
     bias = arrays.bias
     # An input row of ``cols`` features (a conv: one column of its unfolded input) must be
     # allocatable, or no input can ever reach the layer.
-    check_bytes(cols * csr.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
+    check_bytes(cols * weight.dtype.itemsize, f"{label}: one input row of {cols} features (shape "
                      f"{list(attrs.shape)})", ModelFileError)
+    activation = None if attrs.activation == "none" else attrs.activation
+    if isinstance(weight, BSR) and node.op_type == LINEAR_OP and kernel_block(attrs.blocksize):
+        try:
+            return SparseLayer(node, attrs, SparseBlockLinear(weight, bias, activation), weight)
+        except KernelValueError as exc:
+            raise ModelFileError(f"{label}: {exc}") from None
+    # A block shape without kernels (or a conv): its nonzeros as a CSR.
+    csr = weight.to_csr() if isinstance(weight, BSR) else weight
     # The batch-1 layout is planned over the dense shape, one int64 per lanes x step window of
     # the host's geometry (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would
     # exceed the memory bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
@@ -105,10 +124,10 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
         batch1 = "csr"
     try:
         if node.op_type == LINEAR_OP:
-            kernel = SparseLinear(csr, bias, None if attrs.activation == "none" else attrs.activation, batch1)
+            kernel = SparseLinear(csr, bias, activation, batch1)
         else:
             kernel = SparseConv2d(csr, bias, attrs.kernel_shape, attrs.strides, attrs.pads[:2], attrs.dilations,
-                                  attrs.group, None if attrs.activation == "none" else attrs.activation)
+                                  attrs.group, activation)
     except KernelValueError as exc:
         raise ModelFileError(f"{label}: {exc}") from None
     except MemoryError:  # a layout planned over rows x cols that no real layer has

@@ -4,8 +4,9 @@ Run by ``tests/kernels/test_isa_targets.py`` as ``python -m tests.kernels.target
 VARIANT`` with ``NUMBA_CPU_NAME`` set (e.g. ``haswell`` for AVX2, ``x86-64`` for the
 portable variant): Numba then compiles for that target, ``isa.VARIANT`` must come out as
 VARIANT, and the linear layer is property-tested (hypothesis) at batches 1 to 20 on every
-batch-1 layout the variant has, then the compiled code is checked for instructions the
-target lacks. Prints ``ok <variant> <examples>`` and exits 0, or fails with the reason.
+batch-1 layout the variant has, the block-sparse linear layer on every block shape and the
+conv (pointwise, direct, strided) against numpy, then the compiled code is checked for
+instructions the target lacks. Prints ``ok <variant> <examples>`` and exits 0, or fails with the reason.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ import sys
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from sparsify.kernels import CSR, SparseLinear, isa, spmm
+from sparsify.kernels import CSR, SparseConv2d, SparseLinear, isa, spmm
+from sparsify.kernels.bsr import BSR, SparseBlockLinear
 
 DENSITIES = [0.0, 1e-3, 0.5, 1.0, 0.1]
+# Block shapes checked per target: each SpMV path (R x 1 vectors of R lanes, 1 x C lane sums,
+# R x C) and the widest accumulator sets; every shape runs on the host in tests/kernels/test_bsr.py.
+# Each shape is a kernel compile per target, most of this check's time.
+TARGET_BLOCKS = [(4, 1), (16, 1), (1, 4), (1, 16), (4, 4), (2, 8)]
 # Registers a target without them must never use: AVX2 code no zmm (nor AVX-512 mask
 # registers), baseline x86-64 no ymm either.
 FORBIDDEN = {"avx2": ("zmm",), "portable": ("zmm", "ymm")}
@@ -30,6 +36,20 @@ def reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, relu: bool) ->
     return np.maximum(y, 0) if relu else y
 
 
+def run_layer(layer, rng: np.random.Generator, batch: int, cols: int, strided: bool, serial: bool,
+              dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """(x, layer(x)) for a random (batch, cols) input, a strided view when ``strided`` (one
+    row as a 1-D view at batch 1), the serial or parallel kernel twins as ``serial`` says."""
+    wide = rng.standard_normal((batch, 2 * cols)).astype(dtype)
+    x = wide[:, ::2] if strided else np.ascontiguousarray(wide[:, :cols])
+    saved = spmm.SERIAL_WORK
+    spmm.SERIAL_WORK = float("inf") if serial else 0
+    try:
+        return x, layer(x[0] if batch == 1 and strided else x)
+    finally:
+        spmm.SERIAL_WORK = saved
+
+
 def check_case(rows: int, cols: int, density: float, batch: int, seed: int, relu: bool, bias: bool,
                strided: bool, layout: str, serial: bool) -> None:
     rng = np.random.default_rng(seed)
@@ -40,14 +60,7 @@ def check_case(rows: int, cols: int, density: float, batch: int, seed: int, relu
     w = w.astype(np.float32)
     b = rng.standard_normal(rows).astype(np.float32) if bias else None
     layer = SparseLinear(CSR.from_dense(w), b, "relu" if relu else None, batch1=layout)
-    wide = rng.standard_normal((batch, 2 * cols)).astype(np.float32)
-    x = wide[:, ::2] if strided else np.ascontiguousarray(wide[:, :cols])
-    saved = spmm.SERIAL_WORK
-    spmm.SERIAL_WORK = float("inf") if serial else 0
-    try:
-        y = layer(x[0] if batch == 1 and strided else x)
-    finally:
-        spmm.SERIAL_WORK = saved
+    x, y = run_layer(layer, rng, batch, cols, strided, serial)
     expect = reference(x, w, b, relu)
     got = y.reshape(expect.shape).astype(np.float64)
     scale = np.abs(x).max(initial=0.0) * (np.abs(w).sum(axis=1).max(initial=0.0) + 1.0)
@@ -55,6 +68,64 @@ def check_case(rows: int, cols: int, density: float, batch: int, seed: int, relu
     if not err <= 1e-5 * max(scale, 1.0):
         raise AssertionError(f"{isa.VARIANT}: {rows}x{cols} density {density} batch {batch} layout {layout} "
                              f"{'serial' if serial else 'parallel'}: max abs err {err} (scale {scale})")
+
+
+def block_weight(rng: np.random.Generator, rows: int, cols: int, block: tuple[int, int], density: float,
+                 dtype=np.float32) -> np.ndarray:
+    """A (rows, cols) weight whose nonzeros fill about ``density`` of its R x C blocks (block rows
+    every third one emptied), each kept block dense except for a few zeros."""
+    r, c = block
+    keep = rng.random((rows // r, cols // c)) < density
+    keep[1::3] = False
+    w = rng.standard_normal((rows, cols)) * np.repeat(np.repeat(keep, r, 0), c, 1)
+    w[rng.random((rows, cols)) < 0.05] = 0.0
+    return w.astype(dtype)
+
+
+def check_block_case(block: tuple[int, int], blocks_out: int, blocks_in: int, density: float, batch: int,
+                     seed: int, activation: str | None, bias: bool, strided: bool, serial: bool,
+                     dtype=np.float32) -> None:
+    """SparseBlockLinear against float64 numpy on one random case (AssertionError naming it)."""
+    rng = np.random.default_rng(seed)
+    r, c = block
+    rows, cols = blocks_out * r, blocks_in * c
+    w = block_weight(rng, rows, cols, block, density, dtype)
+    b = rng.standard_normal(rows).astype(dtype) if bias else None
+    weight = BSR.from_dense(w, block)
+    assert np.array_equal(weight.to_dense(), w)
+    layer = SparseBlockLinear(weight, b, activation)
+    x, y = run_layer(layer, rng, batch, cols, strided, serial, dtype)
+    expect = x.astype(np.float64) @ w.astype(np.float64).T + (0 if b is None else b)
+    if activation == "relu":
+        expect = np.maximum(expect, 0)
+    got = y.reshape(expect.shape).astype(np.float64)
+    scale = np.abs(x).max(initial=0.0) * (np.abs(w).sum(axis=1).max(initial=0.0) + 1.0)
+    err = np.abs(got - expect).max(initial=0.0)
+    if not err <= (1e-5 if dtype == np.float32 else 1e-12) * max(scale, 1.0):
+        raise AssertionError(f"{isa.VARIANT}: block {r}x{c}, {rows}x{cols} density {density} batch {batch} "
+                             f"{'serial' if serial else 'parallel'}: max abs err {err} (scale {scale})")
+
+
+def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: int, padding: int, density: float,
+                    seed: int) -> None:
+    """SparseConv2d against float64 numpy (an explicit loop over the taps) on one random case."""
+    rng = np.random.default_rng(seed)
+    w4 = rng.standard_normal((out, c, k, k))
+    w4[rng.random(w4.shape) >= density] = 0.0
+    w4 = w4.astype(np.float32)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    y = SparseConv2d(CSR.from_dense(w4.reshape(out, -1)), None, k, stride, padding)(x)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    expect = np.zeros((n, out, ho, wo))
+    for i in range(k):
+        for j in range(k):
+            patch = xp[:, :, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            expect += np.einsum("nchw,oc->nohw", patch, w4[:, :, i, j].astype(np.float64))
+    err = np.abs(y - expect).max(initial=0.0)
+    if not err <= 1e-5 * max(1.0, np.abs(x).max() * np.abs(w4).reshape(out, -1).sum(1).max(initial=0.0)):
+        raise AssertionError(f"{isa.VARIANT}: conv {out}x{c}x{k}x{k} stride {stride} pad {padding} on "
+                             f"{(n, c, h, w)}: max abs err {err}")
 
 
 def main(variant: str) -> int:
@@ -75,6 +146,30 @@ def main(variant: str) -> int:
         check_case(**case)
 
     prop()
+
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
+    @given(block=st.sampled_from(TARGET_BLOCKS),
+           blocks_out=st.sampled_from([1, 3, 9]), blocks_in=st.sampled_from([1, 4, 11]),
+           density=st.sampled_from([0.0, 0.3, 1.0]), batch=st.sampled_from([1, 2, 9, 40]),
+           seed=st.integers(0, 2**31 - 1), relu=st.booleans(), bias=st.booleans(), strided=st.booleans(),
+           serial=st.booleans())
+    def block_prop(relu, **case):
+        nonlocal count
+        count += 1
+        check_block_case(activation="relu" if relu else None, **case)
+
+    block_prop()
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None)
+    @given(n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(3, 11), w=st.integers(3, 40),
+           out=st.integers(1, 5), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
+           density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1))
+    def conv_prop(**case):
+        nonlocal count
+        count += 1
+        check_conv_case(**case)
+
+    conv_prop()
     # The edge shapes on every layout, both kernel twins.
     for layout in layouts:
         for rows, cols in ((1, 300), (300, 1), (17, 33)):
@@ -106,6 +201,13 @@ def _compiled_kernels():
     if lanes is not None:
         kernels += [_jit.ell_spmv_kernel(compact, nvec, 0, lanes)
                     for compact in (0, 1) for nvec in (1, _jit.MAX_PERMUTE_VECTORS)]
+    from sparsify.kernels import _bsr_jit
+    from sparsify.kernels.bsr import spmm_geometry
+    blocks = TARGET_BLOCKS
+    kernels += [_bsr_jit.bsr_spmv_kernel(r, c) for r, c in blocks]
+    kernels += [_bsr_jit.bsr_spmm_kernel(r, c, *spmm_geometry(r, isa.VARIANT, w)) for r, c in blocks for w in (8, 16, 32)]
+    kernels += [_jit.direct_conv_kernel(t) for t in _jit.TILES] + [_jit.pointwise_conv_kernel(t) for t in _jit.TILES]
+    kernels += [_jit.pad_phases]
     kernels += [_jit.serial(k) for k in kernels]
     return [k for k in kernels if k.signatures]
 

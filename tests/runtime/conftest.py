@@ -17,4 +17,4 @@ def sparse_pair(root, kind, threshold=1.0, **kwargs):
 @pytest.fixture(scope="session")
 def pairs(tmp_path_factory):
     root = tmp_path_factory.mktemp("rt")
-    return {kind: sparse_pair(root, kind) for kind in ("mlp", "gelu", "cnn")}
+    return {kind: sparse_pair(root, kind) for kind in ("mlp", "gelu", "cnn", "block")}

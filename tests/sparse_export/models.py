@@ -20,6 +20,17 @@ def prune_(layer: nn.Module, density: float, seed: int) -> nn.Module:
     return layer
 
 
+def block_prune_(layer: nn.Module, block: tuple[int, int], density: float, seed: int) -> nn.Module:
+    """Zero all but about ``density`` of the R x C blocks of ``layer.weight`` (random), in place."""
+    r, c = block
+    rows, cols = layer.weight.shape
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        keep = torch.rand(rows // r, cols // c, generator=g) < density
+        layer.weight.mul_(keep.repeat_interleave(r, 0).repeat_interleave(c, 1))
+    return layer
+
+
 class MLP(nn.Module):
     """Linear-ReLU, Linear-ReLU, Linear with chosen densities (the second may be fully pruned)."""
 
@@ -48,6 +59,22 @@ class GeluMLP(nn.Module):
         return self.fc2(nn.functional.gelu(self.fc1(x)))
 
 
+class BlockMLP(nn.Module):
+    """fc1 pruned in 4x1 blocks (ReLU), fc2 in 16x1 blocks (exact GELU), fc3 in 1x4 blocks, a dense head."""
+
+    def __init__(self, density: float = 0.25, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(32, 64), nn.Linear(64, 48), nn.Linear(48, 32)
+        self.head = nn.Linear(32, 10)
+        for i, (layer, block) in enumerate(zip((self.fc1, self.fc2, self.fc3), ((4, 1), (16, 1), (1, 4)))):
+            block_prune_(layer, block, density, seed + i)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.fc2(torch.relu(self.fc1(x))))
+        return self.head(self.fc3(y))
+
+
 class CNN(nn.Module):
     """3x3 conv-ReLU, 1x1 conv-ReLU, residual 3x3 conv + add + ReLU, strided conv, mean, Linear."""
 
@@ -69,12 +96,12 @@ class CNN(nn.Module):
         return self.head(y.mean(dim=(2, 3)))
 
 
-EXAMPLES = {"mlp": (32,), "gelu": (4, 16), "cnn": (3, 10, 10)}
+EXAMPLES = {"mlp": (32,), "gelu": (4, 16), "cnn": (3, 10, 10), "block": (32,)}
 
 
 def build(kind: str, **kwargs) -> nn.Module:
     """A fresh model of ``kind`` in eval mode."""
-    return {"mlp": MLP, "gelu": GeluMLP, "cnn": CNN}[kind](**kwargs).eval()
+    return {"mlp": MLP, "gelu": GeluMLP, "cnn": CNN, "block": BlockMLP}[kind](**kwargs).eval()
 
 
 def export(kind: str, path: Path, **kwargs) -> tuple[nn.Module, Path]:

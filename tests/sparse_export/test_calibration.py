@@ -96,7 +96,7 @@ def test_real_timing_runs_both_sides_and_decides(cache):
 def test_a_layer_the_timing_cannot_run_falls_back_to_the_fixed_rules(cache, monkeypatch):
     model = _mlp(np.random.default_rng(4), [(64, 48)], [0.1])
 
-    def refuse(self, w, rows):
+    def refuse(self, w, rows, blocksize=None):
         raise RuntimeError("no kernel for this")
     monkeypatch.setattr(calibrate.Calibrator, "linear", refuse)
     d = plan_csr(model).decisions[0]

@@ -1,0 +1,69 @@
+"""Which block-sparse (BSR) layout a weight gets: its block shapes found from its zeros, the one to store.
+
+A weight pruned in whole R x C blocks (``sparsify prune --block RxC``) is stored as a BSR
+(``ai.sparsify`` ``blocksize`` attribute) so the block kernels (``sparsify.kernels.bsr``) run
+it: one index per block instead of one per weight, each loaded input reused for R outputs.
+The CSR pass asks :func:`block_candidates` which shapes fit a weight, then times them on the
+host (``sparsify.runtime.calibrate``) or, with calibration off, takes :func:`fixed_rule_block`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Block shapes the BSR kernels run (sparsify.kernels.bsr.SIDES), largest first; R x 1 before
+# 1 x C at equal size (each loaded input serves R outputs).
+BLOCK_SHAPES = ((16, 1), (8, 2), (4, 4), (2, 8), (1, 16), (8, 1), (4, 2), (2, 4), (1, 8), (4, 1), (2, 2), (1, 4),
+                (2, 1), (1, 2))
+# Least share of a stored block's values that must be nonzero: below it the zeros stored
+# inside blocks cost more multiply-adds than the block layout saves.
+BLOCK_MIN_FILL = 0.75
+# Denser weights are not looked at: unstructured ones that dense fill small blocks by chance
+# (two-value blocks at density 0.7: 77% nonzero).
+BLOCK_MAX_DENSITY = 0.5
+# Candidates the calibration times per layer (each a few tens of milliseconds), largest first.
+MAX_TIMED = 3
+
+
+def block_candidates(w2d: np.ndarray) -> list[tuple[int, int]]:
+    """The block shapes of BLOCK_SHAPES (in its order) that divide the weight's shape and whose
+    blocks holding a nonzero are at least BLOCK_MIN_FILL nonzero, for weights of density at
+    most BLOCK_MAX_DENSITY: a weight pruned in 4x1 blocks gets [(4, 1), (2, 1)]; an
+    unstructured one, none."""
+    nz = np.asarray(w2d) != 0
+    if nz.ndim != 2:
+        return []
+    nnz = int(nz.sum())
+    rows, cols = nz.shape
+    if nnz == 0 or nnz > BLOCK_MAX_DENSITY * nz.size:
+        return []
+    out = []
+    for r, c in BLOCK_SHAPES:
+        if rows % r or cols % c:
+            continue
+        blocks = int(nz.reshape(rows // r, r, cols // c, c).any(axis=(1, 3)).sum())
+        if nnz >= BLOCK_MIN_FILL * blocks * r * c:
+            out.append((r, c))
+    return out
+
+
+def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """The block shape stored when calibration is off: the largest candidate (the first).
+
+    At 90% on 768x768 to 4096x4096 layers, batches 1, 8 and 128, 1 and 2 threads, block
+    kernels against the unstructured CSR kernel at the same sparsity: 1x4 0.97-2.0x, 4x1
+    1.2-3.6x, 16x1 1.5-4.5x, and 16x1 against 4x1 0.94-1.6x (Zen 4, AVX-512,
+    benchmarks/results/blocks.json); AVX2 code: 4x1 1.3-3.4x, 16x1 1.4-5.1x, 1x4 0.92-3.3x
+    but one noisy 0.54x point (blocks_avx2.json). Calibration re-decides per host."""
+    return candidates[0] if candidates else None
+
+
+def bsr_arrays(w2d: np.ndarray, r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data [blocks, r, c], block column of each block, block row pointers) of the R x C
+    blocks of ``w2d`` holding a nonzero, in row-major block order."""
+    rows, cols = w2d.shape
+    blocks = w2d.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)
+    brow, bcol = np.nonzero((blocks != 0).any(axis=(2, 3)))
+    indptr = np.zeros(rows // r + 1, dtype=np.int64)
+    np.cumsum(np.bincount(brow, minlength=rows // r), out=indptr[1:])
+    return np.ascontiguousarray(blocks[brow, bcol]), bcol, indptr
