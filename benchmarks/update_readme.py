@@ -420,7 +420,8 @@ def headline_rows(docs: dict[str, dict | None]) -> list[list[str]]:
                 continue
             fastest = h["fastest_dense"]
             rows.append([f"one sparse Linear {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, batch 1"
-                         + _threads(kdoc), _host(kdoc), _load(kdoc), f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
+                         + _threads(kdoc), _host(kdoc), _load(kdoc),
+                         f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
                          f"{ms(h.get(f'{fastest}_median_ms'))} {DENSE_NAMES.get(fastest, fastest)} "
                          "(fastest of ORT, torch, numpy)", x(h["speedup_vs_fastest_dense"]), kname])
         mlp = (edoc or {}).get("mlp")

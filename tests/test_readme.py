@@ -60,13 +60,14 @@ SKIPPED: dict[str, str] = {
     "make demo": "creates .venv and runs the full demo (minutes); tests/test_demo.py runs `sparsify demo --quick`",
     "make test": "the whole suite; .ci/run runs it in CI",
     "sparsify prune hf:./my-bert --hf-task sequence-classification --input-shape 1,128 \\":
-        "needs a Hugging Face model directory the user supplies (./my-bert)",
+        "needs a Hugging Face directory the user supplies; tests/hf/test_readme_own_model.py runs it on a tiny one",
     "sparsify prune torchvision:resnet18 --weights resnet18.safetensors --sparsity 0.9 -o runs/r18":
-        "needs torchvision and resnet18 weights the user supplies",
+        "needs torchvision and weights the user supplies; tests/hf/test_readme_own_model.py runs it where "
+        "torchvision imports",
     "sparsify prune mypkg.models:make_net --model-arg width=32 --weights net.safetensors \\":
-        "needs the user's package mypkg and its weights",
+        "needs the user's package; tests/hf/test_readme_own_model.py runs it on a stand-in mypkg",
     "from sparsify.api import ModelSource, export_model, prune_model":
-        "the Hugging Face example: needs ./my-bert",
+        "needs ./my-bert; tests/hf/test_readme_own_model.py runs it on a tiny one",
     "sparsify finetune runs/dense --schedule gradual --final-sparsity 0.9 --start 0 --end 0.6 --every 1 \\":
         "minutes: 30 epochs of gradual pruning, then two recipes' training (the recipe is checked below)",
     "# on each of 2 machines, 4 processes each; HOST:29500 reachable from both": "needs two machines and torchrun",

@@ -194,7 +194,8 @@ def test_headline_keeps_host_isa_and_load_and_links_the_full_tables(tmp_path):
                      "threads": 2, "p50_ms": p50, "p90_ms": p50 * 2}
                     for impl, backend, p50 in (("sparse", "SparseLinear", 0.2), ("dense", "torch.matmul", 3.0))]}))
     (results / "quality.json").write_text(json.dumps({"schema": "sparsify.quality/1", "models": [
-        {"model": "digits-mlp", "dense_accuracy": 94.75, "recipes": {"unstructured_90": {"accuracy": 95.5, "delta": 0.75}}}]}))
+        {"model": "digits-mlp", "dense_accuracy": 94.75,
+         "recipes": {"unstructured_90": {"accuracy": 95.5, "delta": 0.75}}}]}))
     section = update_readme.render_headline(results, tmp_path, tmp_path / "benchmarks" / "README.md")
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows == [
