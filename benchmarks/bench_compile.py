@@ -290,6 +290,27 @@ def plot_sweep(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def merged_with_earlier(doc: dict[str, Any], path: Path, error) -> dict[str, Any]:
+    """``doc`` plus the records of ``path`` for models it did not measure; each record keeps
+    the machine, load and time of the run that measured it."""
+    if not path.exists():
+        return doc
+    earlier = json.loads(path.read_text())
+    same = ("schema", "sparsity", "ratio", "steps")
+    if earlier.get("schema") != doc["schema"] or any(earlier.get("config", {}).get(k) != doc["config"].get(k)
+                                                     for k in same[1:]):
+        error(f"--update: {path} was measured with other settings ({', '.join(same)}); write to a new --out")
+    fresh = {m["model"] for m in doc["models"]}
+    kept = [m for m in earlier["models"] if m["model"] not in fresh]
+    for source, models in ((earlier, kept), (doc, doc["models"])):
+        for m in models:
+            m.setdefault("measured", {k: source.get(k) for k in ("created", "machine", "load")})
+    doc["models"] = sorted(kept + doc["models"], key=lambda m: (m["model"].split("-")[0], m.get("params") or 0))
+    doc["config"]["models"] = [m["model"] for m in doc["models"]]
+    doc["total_s"] = round(doc["total_s"] + earlier.get("total_s", 0.0), 1)
+    return doc
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--child":
         print(json.dumps(child(json.loads(sys.argv[2]))))
@@ -300,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default=None,
                    help="comma-separated subset of the steps (their prerequisites are added)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per step")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other models' records already in --out (same steps and settings) and replace "
+                        "only the ones measured now: one size of the sweep can be re-run without the rest")
     p.add_argument("--sweep", action="store_true",
                    help="the size sweep instead: MLP and encoder stacks of ~100M, 300M, 700M and 1.5B parameters, "
                         f"steps {', '.join(SWEEP_STEPS)} (default --out benchmarks/results/compile_sweep.json)")
@@ -330,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["models"] = [run_case(c, Path(root), repeat, args.timeout, steps) for c in cases]
     doc["total_s"] = round(time.perf_counter() - t0, 1)
     doc["load"]["after"] = list(os.getloadavg())
+    if args.update:
+        doc = merged_with_earlier(doc, Path(args.out), p.error)
     write_outputs(args, doc, plot_sweep if args.sweep else plot)
     return 0
 

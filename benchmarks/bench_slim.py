@@ -14,7 +14,6 @@ interleaved in blocks (sparsify.bench.timing), median and p90. JSON written atom
 
 from __future__ import annotations
 
-import copy
 import sys
 import time
 from pathlib import Path
@@ -24,17 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import envelope, finite, parser, say, write_json  # noqa: E402
 
 SCHEMA = "sparsify.slim/1"
-
-
-def _masked(model, masks):
-    import torch
-
-    m = copy.deepcopy(model).eval()
-    state = dict(m.named_parameters())
-    with torch.no_grad():
-        for k, mk in masks.items():
-            state[k].mul_(mk.to(state[k].dtype))
-    return m
 
 
 def _onnx_session(module, example, threads: int):
@@ -59,7 +47,7 @@ def bench_model(name: str, model, example, masks_fn, *, threads: int, warmup: in
     import torch
 
     from sparsify.bench.timing import Stats, measure_interleaved
-    from sparsify.passes.slim import slim_model
+    from sparsify.passes.slim import masked_model, slim_model
 
     t0 = time.perf_counter()
     masks, plan_text = masks_fn(model, example)
@@ -68,7 +56,7 @@ def bench_model(name: str, model, example, masks_fn, *, threads: int, warmup: in
     res = slim_model(model, masks, example)
     t_slim = time.perf_counter() - t0
     say(f"{name}: plan {t_plan:.1f}s, slim {t_slim:.1f}s")
-    masked = _masked(model, masks)
+    masked = masked_model(model, masks)
     one = tuple(x[:1] for x in example)
     with torch.no_grad():
         ref = masked(*one).numpy()

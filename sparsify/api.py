@@ -14,6 +14,7 @@ from torch import nn
 from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_manifest, save_run
 from sparsify.data import (
     InputSpec, Splits, check_inputs, input_specs_from_data, load_data, make_input_specs, random_inputs,
+    read_example_inputs,
 )
 from sparsify.errors import DataError, ModelError, RunError
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
@@ -117,31 +118,6 @@ def resolve_inputs(src: ModelSource, ref: dict[str, Any], known: list[InputSpec]
     if ref["kind"] == "builtin":
         return [InputSpec("input", BUILTIN_INPUT_SHAPE, "float32")]
     raise DataError(f"cannot tell the inputs of model {ref['name']!r}: give --data or --input-shape (e.g. --input-shape 1,3,32,32)")
-
-
-def read_example_inputs(path: str | Path, specs: Sequence[InputSpec]) -> list[np.ndarray]:
-    """Named arrays from an .npz (one per model input, batch first), checked against the specs:
-    names, ranks, static sizes and the valid range of every integer input."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--example-inputs {path}: no such file; expected an .npz with one array per input "
-                        f"({', '.join(s.name for s in specs)})")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as exc:  # numpy raises several types for a bad file (object arrays need pickle: refused)
-        raise DataError(f"--example-inputs {path} is not a readable .npz of numeric arrays: {exc}") from exc
-    names = [s.name for s in specs]
-    if len(specs) == 1 and len(arrays) == 1 and names[0] not in arrays:
-        arrays = {names[0]: next(iter(arrays.values()))}
-    missing, extra = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
-    if missing or extra:
-        raise DataError(f"--example-inputs {path} should hold arrays named {names}; "
-                        + "; ".join(p for p in (f"missing {missing}" if missing else "",
-                                                f"unexpected {extra}" if extra else "") if p))
-    out = [arrays[n] for n in names]
-    check_inputs(specs, out, f"--example-inputs {path}")
-    return out
 
 
 def check_data_inputs(run: Run) -> None:
@@ -488,23 +464,8 @@ def reference_module(run: Run) -> nn.Module:
 
 
 def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """Seeded valid random inputs at batch 1 and 3 (and, for inputs with a dynamic sequence
-    axis, at a second sequence length), plus the run's example inputs and a batch of its data."""
-    sets = {f"random b{b}": [t.numpy() for t in random_inputs(run.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
-    seqs = [s.shape[a] for s in run.inputs for a in s.dynamic if a > 0]
-    if seqs:
-        other = max(2, (3 * seqs[0]) // 4) if seqs[0] > 2 else seqs[0] + 1
-        sets[f"random b2 seq{other}"] = [t.numpy() for t in random_inputs(run.inputs, batch=2, seed=seed + 7,
-                                                                          seq=other)]
-    if run.example_inputs:
-        sets["example inputs"] = read_example_inputs(run.example_inputs, run.inputs)
-    data = run.data_ref()
-    if data:
-        from sparsify.data import loader, split_batch
-
-        x, _ = split_batch(next(iter(loader(load_data(data, [s.name for s in run.inputs]).test, 16))))
-        sets["data b16"] = [t.numpy() for t in x]
-    return sets
+    """The inputs an export of ``run`` is verified on (:meth:`sparsify.artifact.Run.verification_inputs`)."""
+    return run.verification_inputs(seed)
 
 
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",

@@ -18,11 +18,12 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from sparsify import __version__, safetensors_io
-from sparsify.data import InputSpec, is_code_ref
+from sparsify.data import InputSpec, is_code_ref, load_data, loader, random_inputs, read_example_inputs, split_batch
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest
@@ -54,6 +55,23 @@ class Run:
     def reference_module(self) -> nn.Module:
         """A copy of the masked model in eval mode, masks folded into plain tensors."""
         return fold_masks(copy.deepcopy(self.model)).eval()
+
+    def verification_inputs(self, seed: int = 0) -> dict[str, list[np.ndarray]]:
+        """Seeded valid random inputs at batch 1 and 3 (and, for inputs with a dynamic sequence
+        axis, at a second sequence length), plus the run's example inputs and a batch of its data."""
+        sets = {f"random b{b}": [t.numpy() for t in random_inputs(self.inputs, batch=b, seed=seed + b)] for b in (1, 3)}
+        seqs = [s.shape[a] for s in self.inputs for a in s.dynamic if a > 0]
+        if seqs:
+            other = max(2, (3 * seqs[0]) // 4) if seqs[0] > 2 else seqs[0] + 1
+            sets[f"random b2 seq{other}"] = [t.numpy() for t in random_inputs(self.inputs, batch=2, seed=seed + 7,
+                                                                              seq=other)]
+        if self.example_inputs:
+            sets["example inputs"] = read_example_inputs(self.example_inputs, self.inputs)
+        data = self.data_ref()
+        if data:
+            x, _ = split_batch(next(iter(loader(load_data(data, [s.name for s in self.inputs]).test, 16))))
+            sets["data b16"] = [t.numpy() for t in x]
+        return sets
 
     def data_ref(self) -> str | None:
         """The run's data reference, once a code reference (``module:attr``) is allowed by ``trust``."""

@@ -344,3 +344,28 @@ def split_batch(batch: Any) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """(inputs tuple, labels) from a DataLoader batch of (x, y)."""
     x, y = batch[0], batch[1]
     return (tuple(x) if isinstance(x, (tuple, list)) else (x,)), y
+
+
+def read_example_inputs(path: str | Path, specs: Sequence[InputSpec]) -> list[np.ndarray]:
+    """Named arrays from an .npz (one per model input, batch first), checked against the specs:
+    names, ranks, static sizes and the valid range of every integer input."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--example-inputs {path}: no such file; expected an .npz with one array per input "
+                        f"({', '.join(s.name for s in specs)})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # numpy raises several types for a bad file (object arrays need pickle: refused)
+        raise DataError(f"--example-inputs {path} is not a readable .npz of numeric arrays: {exc}") from exc
+    names = [s.name for s in specs]
+    if len(specs) == 1 and len(arrays) == 1 and names[0] not in arrays:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing, extra = [n for n in names if n not in arrays], sorted(set(arrays) - set(names))
+    if missing or extra:
+        raise DataError(f"--example-inputs {path} should hold arrays named {names}; "
+                        + "; ".join(p for p in (f"missing {missing}" if missing else "",
+                                                f"unexpected {extra}" if extra else "") if p))
+    out = [arrays[n] for n in names]
+    check_inputs(specs, out, f"--example-inputs {path}")
+    return out

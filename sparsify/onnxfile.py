@@ -1,5 +1,5 @@
 """One way to read an ONNX file, shared by ``inspect``, ``bench`` and the runtime, one way to
-read a tensor out of it, and one way to ask ONNX shape inference about it (the CSR pass and
+read a tensor or a node's attributes out of it, and one way to ask ONNX shape inference about it (the CSR pass and
 the runtime's partition).
 
 A path that is missing, not ONNX, or whose external data cannot be read becomes a
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sparsify.errors import ModelFileError
 from sparsify.limits import array_bytes, check_bytes
@@ -104,6 +104,15 @@ def _non_utf8_field(message, where: str) -> tuple[str, bytes] | None:
                 if found is not None:
                     return found
     return None
+
+
+def node_attrs(node: "onnx.NodeProto") -> dict[str, Any]:
+    """A node's attributes by name, string ones as text (``load_onnx`` has refused non-UTF-8 ones;
+    the ``ai.sparsify`` ops have their own schema-checked reader, ``sparse_ops.parse_attrs``)."""
+    from onnx import helper
+
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in values.items()}
 
 
 def inferred_graph(model: onnx.ModelProto) -> onnx.GraphProto | None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from sparsify.bench.modelfile import ModelFile
 from sparsify.errors import ModelError, ModelFileError
+from sparsify.ort_types import NUMPY_DTYPES
 from sparsify.trust import CodeTrust
 
 if TYPE_CHECKING:
@@ -75,30 +76,13 @@ class Backend(Protocol):
 
 BackendFactory = Callable[[], Backend]
 
-# ONNX Runtime's type strings (NodeArg.type) to numpy dtypes.
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(uint16)": np.uint16,
-    "tensor(uint32)": np.uint32,
-    "tensor(uint64)": np.uint64,
-    "tensor(bool)": np.bool_,
-}
-
-
 def _ort_dtype(type_str: str, where: str) -> np.dtype:
     try:
-        return np.dtype(_ORT_DTYPES[type_str])
+        return NUMPY_DTYPES[type_str]
     except KeyError:
         raise ModelFileError(
             f"{where}: input type {type_str!r} is not supported by the benchmark; "
-            f"expected one of {sorted(_ORT_DTYPES)}"
+            f"expected one of {sorted(NUMPY_DTYPES)}"
         ) from None
 
 

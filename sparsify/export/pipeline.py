@@ -46,8 +46,6 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     with the written file's. ``external_data`` (auto, always, never) places ONNX weights in
     ``OUT.data`` beside ``OUT`` (see :mod:`sparsify.export.onnx_write`).
     """
-    from sparsify.api import verification_inputs
-
     if mode not in MODES:
         raise ExportError(f"--mode {mode!r} should be one of {', '.join(MODES)}")
     if fmt not in FORMATS:
@@ -65,7 +63,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     input_names = [s.name for s in run.inputs]
     onnx_options = {"dynamic": [s.dynamic for s in run.inputs], "metadata": input_metadata(run.inputs)}
     output_names = output_names_of(reference, example)
-    input_sets = verification_inputs(run) if verify or mode != "dense" else {}
+    input_sets = run.verification_inputs() if verify or mode != "dense" else {}
     # The masked model's outputs, computed once: the slim and sparse modes check intermediate
     # results against them, and the final verification uses them again.
     expected = expected_outputs(torch_runner(reference), input_sets)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sparsify.errors import VerificationError, in_step
+from sparsify.tolerance import compare
 
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL  # noqa: F401  (re-exported)
 
@@ -70,21 +71,6 @@ class VerifyReport:
                 f"{self.candidate} does not match the reference within atol {self.atol:g} / rtol {self.rtol:g}: "
                 + "; ".join(f"{r.output} on {r.input_set}: max abs {r.max_abs:.3e}, max rel {r.max_rel:.3e}" for r in bad)
                 + ".\n" + self.table())
-
-
-def compare(expected: np.ndarray, actual: np.ndarray, atol: float, rtol: float) -> tuple[float, float, bool]:
-    """(max abs err, max rel err, within |a−e| ≤ atol + rtol·|e| everywhere, shapes equal)."""
-    if expected.shape != actual.shape:
-        return float("inf"), float("inf"), False
-    e, a = expected.astype(np.float64), actual.astype(np.float64)
-    if e.size == 0:
-        return 0.0, 0.0, True
-    diff = np.abs(a - e)
-    finite = np.isfinite(a) == np.isfinite(e)
-    diff = np.where(np.isnan(diff) & ~finite, np.inf, np.nan_to_num(diff, nan=0.0))
-    rel = diff / np.maximum(np.abs(e), np.finfo(np.float32).tiny)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(e)) and np.all(finite))
-    return float(diff.max()), float(rel.max()), ok
 
 
 def set_eval(module: nn.Module) -> nn.Module:

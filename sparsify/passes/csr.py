@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from sparsify.errors import ExportError
 from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
-from sparsify.onnxfile import inferred_graph, initializer_array
+from sparsify.onnxfile import inferred_graph, initializer_array, node_attrs
 
 # The fixed rules (calibration off): density below which a CSR layer beat ONNX Runtime's
 # dense Gemm / Conv (fp32), by target batch, on one host. Measured with
@@ -218,11 +218,6 @@ class _Graph:
         return None
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    out = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in out.items()}
-
-
 def _with_constant(g: _Graph, value: str, op_type: str, constant: float) -> int | None:
     """The sole consumer of ``value`` if it is ``op_type(value, constant)`` (either input order)."""
     user = g.sole_consumer(value)
@@ -306,7 +301,7 @@ def _candidate(g: _Graph, idx: int) -> LayerDecision | None:
     shape, dtype = g.shape(weight), g.dtype(weight)
     if dtype not in (np.float32, np.float64):
         return skip(f"weight dtype {dtype} is not float32/float64", shape)
-    attrs = _attrs(node)
+    attrs = node_attrs(node)
     bias = None
     transpose = False
     fused = [idx]
@@ -468,7 +463,7 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         if density_threshold is not None:
             threshold = float(density_threshold)
         elif kind == "conv":
-            a = _attrs(g.nodes[d.fused[0]])
+            a = node_attrs(g.nodes[d.fused[0]])
             threshold = default_threshold(kind, target_batch, a.get("kernel_shape", d.weight_shape[2:]),
                                           a.get("strides", (1, 1)))
         else:
@@ -510,7 +505,7 @@ def _decide_by_measurement(g: _Graph, d: LayerDecision, w: np.ndarray, shapes: _
             if len(dims) != 4 or None in dims[1:]:
                 d.reason = "input shape unknown, not timed; "
                 return False
-            a = _attrs(node)
+            a = node_attrs(node)
             spatial = len(w.shape) - 2
             m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
                                 a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial),
@@ -610,7 +605,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b), bias))
         conv: dict[str, Any] = {}
         if d.op_type == "Conv":
-            a = _attrs(main)
+            a = node_attrs(main)
             conv = dict(kernel_shape=list(a.get("kernel_shape", w.shape[2:])), strides=a.get("strides", [1, 1]),
                         pads=a.get("pads", [0, 0, 0, 0]), dilations=a.get("dilations", [1, 1]),
                         group=a.get("group", 1))

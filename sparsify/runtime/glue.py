@@ -14,13 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 import onnx
-from onnx import helper
+
+from sparsify.onnxfile import node_attrs
 
 GlueFn = Callable[[list[Any]], list[np.ndarray]]
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _axis(axis: int, rank: int, what: str, extra: int = 0) -> int:
@@ -83,7 +80,7 @@ def _identity(node, consts) -> GlueFn:
 
 
 def _reshape(node, consts) -> GlueFn:
-    allowzero = bool(_attrs(node).get("allowzero", 0))
+    allowzero = bool(node_attrs(node).get("allowzero", 0))
     static = _int_list(consts, node.input[1], "Reshape shape") if len(node.input) > 1 else None
     cache: dict[tuple[int, ...], list[int]] = {}
 
@@ -102,7 +99,7 @@ def _reshape(node, consts) -> GlueFn:
 
 
 def _flatten(node, consts) -> GlueFn:
-    axis = int(_attrs(node).get("axis", 1))
+    axis = int(node_attrs(node).get("axis", 1))
 
     def run(xs):
         x = xs[0]
@@ -118,7 +115,7 @@ def _reduce_axes(axes, rank: int) -> tuple[int, ...]:
 
 
 def _reduce_mean(node, consts) -> GlueFn:
-    a = _attrs(node)
+    a = node_attrs(node)
     keepdims = bool(a.get("keepdims", 1))
     noop = bool(a.get("noop_with_empty_axes", 0))
     static_axes = a.get("axes")  # opset < 18 carries axes as an attribute
@@ -147,7 +144,7 @@ def _reduce_mean(node, consts) -> GlueFn:
 def _layer_norm(node, consts) -> GlueFn:
     from sparsify.kernels.norm import layer_norm
 
-    a = _attrs(node)
+    a = node_attrs(node)
     axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
 
     def run(xs):
@@ -197,7 +194,7 @@ def compile_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto, consts: dict
     from sparsify.kernels.norm import add_layer_norm
 
     separate = _layer_norm(ln, consts)
-    a = _attrs(ln)
+    a = node_attrs(ln)
     axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
 
     def run(xs):

@@ -11,24 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from sparsify.errors import DataError
+from sparsify.ort_types import NUMPY_DTYPES, ort_type_string
 from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition, whole_model_step
 from sparsify.runtime.profile import Profiler, RunProfile
-
-# ONNX element types -> ORT's type strings (NodeArg.type).
-_TYPE_STRINGS = {
-    onnx.TensorProto.FLOAT: "tensor(float)", onnx.TensorProto.DOUBLE: "tensor(double)",
-    onnx.TensorProto.FLOAT16: "tensor(float16)", onnx.TensorProto.INT8: "tensor(int8)",
-    onnx.TensorProto.INT16: "tensor(int16)", onnx.TensorProto.INT32: "tensor(int32)",
-    onnx.TensorProto.INT64: "tensor(int64)", onnx.TensorProto.UINT8: "tensor(uint8)",
-    onnx.TensorProto.UINT16: "tensor(uint16)", onnx.TensorProto.UINT32: "tensor(uint32)",
-    onnx.TensorProto.UINT64: "tensor(uint64)", onnx.TensorProto.BOOL: "tensor(bool)",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class NodeArg:
@@ -41,10 +30,7 @@ class NodeArg:
     @property
     def dtype(self) -> np.dtype | None:
         """The numpy dtype of ``type`` (None when the model does not say)."""
-        for elem, text in _TYPE_STRINGS.items():
-            if text == self.type:
-                return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
-        return None
+        return NUMPY_DTYPES.get(self.type)
 
 
 def _node_arg(vi: onnx.ValueInfoProto) -> NodeArg:
@@ -53,7 +39,7 @@ def _node_arg(vi: onnx.ValueInfoProto) -> NodeArg:
     if t.HasField("shape"):
         for d in t.shape.dim:
             shape.append(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None))
-    return NodeArg(vi.name, shape, _TYPE_STRINGS.get(t.elem_type, f"tensor(type {t.elem_type})"))
+    return NodeArg(vi.name, shape, ort_type_string(t.elem_type))
 
 
 def _dims_match(shape: tuple[int, ...], rank: int, dims: tuple[tuple[int, int], ...]) -> bool:
@@ -80,17 +66,15 @@ class Session:
     segment) raises KernelInputError naming the node; bad feeds raise DataError. ``threads`` sets the
     Numba kernel threads (per run, on the calling thread) and each ORT segment's intra-op
     threads. ``glue`` picks how small standard ops between sparse ops run: "numpy"
-    (default) or "ort" (every standard segment in its own InferenceSession). Measured per
-    glue step on a small CNN (quiet machine): Add+Relu 3.8 us in numpy vs 5.5 us in ORT;
-    Add+Relu+ReduceMean 8.2 vs 6.1 us, i.e. a wash. Under load from other processes a
-    2-thread ORT segment (spinning off) stalled on thread wake-ups (0.24 ms vs 168 ms per
-    run in ``benchmarks/bench_sparse_e2e.py``'s glue leg), numpy never does: numpy it is.
+    (default: it costs the same as ORT per glue step and, unlike a 2-thread ORT segment,
+    never stalls on thread wake-ups under load; ``benchmarks/results/sparse_e2e.json``) or
+    "ort" (every standard segment in its own InferenceSession).
 
     ``batch1`` picks what Linear layers run at batches 1 to 4: "auto" (default) lays each
     weight out at load as a sliced ELL where that pays (``sparsify.kernels.ell``, a second
-    copy of the weight: 4096x4096 at 90% keeps its 10 MB CSR and adds 11-14 MB), "csr"
-    keeps the CSR alone, for models served at larger batches or short of memory (batch 1
-    then runs the CSR SpMV, 1.2-6x slower in ``benchmarks/results/kernels.json``).
+    copy of the weight about the size of its CSR), "csr" keeps the CSR alone, for models
+    served at larger batches or short of memory (batch 1 then runs the slower CSR SpMV;
+    ``benchmarks/results/kernels.json``).
 
     Threads: the kernels run on Numba's TBB threading layer where the ``tbb`` package is
     installed (``sparsify.kernels.threads.THREADING_LAYER`` says why); ``describe()``

@@ -58,3 +58,26 @@ def test_sweep_cases_name_their_exact_parameter_counts():
             model = import_attr(case["model"])(**case["model_args"])
         assert sum(p.numel() for p in model.parameters()) == case["params"], case["name"]
         assert 20e6 < case["params"] < 40e6
+
+
+def test_update_keeps_the_other_models_and_refuses_other_settings(tmp_path):
+    def doc(models, steps=("build",), created="t"):
+        return {"schema": bench_compile.SCHEMA, "created": created, "machine": {"cpu": created}, "load": {},
+                "config": {"sparsity": 0.9, "ratio": 0.5, "steps": list(steps), "models": models},
+                "total_s": 1.0, "models": [{"model": m, "params": int(m.split("-")[1]), "steps": []} for m in models]}
+
+    import json
+
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(doc(["mlp-1", "mlp-3", "encoder-1"], created="old")))
+    merged = bench_compile.merged_with_earlier(doc(["mlp-3", "mlp-7"], created="new"), path, pytest.fail)
+    assert [m["model"] for m in merged["models"]] == ["encoder-1", "mlp-1", "mlp-3", "mlp-7"]
+    measured = {m["model"]: m["measured"]["created"] for m in merged["models"]}
+    assert measured == {"encoder-1": "old", "mlp-1": "old", "mlp-3": "new", "mlp-7": "new"}
+    assert merged["total_s"] == 2.0
+
+    def error(message):
+        raise ValueError(message)
+
+    with pytest.raises(ValueError, match="other settings"):
+        bench_compile.merged_with_earlier(doc(["mlp-7"], steps=("build", "export_dense")), path, error)

@@ -201,7 +201,7 @@ def test_sigmoid_constant_is_folded_into_the_consumer_bias():
 def test_slim_leaves_the_callers_model_unchanged_and_shares_its_folded_weights():
     """The bias fold and the slicing replace tensors: the caller's (already masked) model keeps its
     values bit for bit, and the masked copy holds the caller's weights instead of copies."""
-    from sparsify.passes.slim import _masked_model
+    from sparsify.passes.slim import masked_model
 
     model = SigmoidHidden()
     masks = _producer_masks("fc1", (8, 6), 4)
@@ -209,7 +209,7 @@ def test_slim_leaves_the_callers_model_unchanged_and_shares_its_folded_weights()
         model.fc1.weight.mul_(masks["fc1.weight"])
         model.fc1.bias.mul_(masks["fc1.bias"])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    masked = _masked_model(model, masks)
+    masked = masked_model(model, masks)
     assert masked.fc1.weight.data_ptr() == model.fc1.weight.data_ptr()
     assert masked.fc2.weight.data_ptr() == model.fc2.weight.data_ptr()
     res = slim_model(model, masks, (_x(2, 6),))
@@ -218,7 +218,7 @@ def test_slim_leaves_the_callers_model_unchanged_and_shares_its_folded_weights()
         assert torch.equal(v, before[k]), k
     unmasked = SigmoidHidden()
     original = unmasked.fc1.weight.detach().clone()
-    copy_ = _masked_model(unmasked, masks)
+    copy_ = masked_model(unmasked, masks)
     assert torch.equal(unmasked.fc1.weight, original)
     assert torch.equal(copy_.fc1.weight, original * masks["fc1.weight"])
 
@@ -234,14 +234,14 @@ class TiedLinear(nn.Module):
 
 
 def test_masking_a_tied_weight_masks_it_under_every_name():
-    from sparsify.passes.slim import _masked_model
+    from sparsify.passes.slim import masked_model
 
     model = TiedLinear()
     first = torch.ones(4, 4, dtype=torch.bool)
     first[0] = False
     second = torch.ones(4, 4, dtype=torch.bool)
     second[:, 1] = False
-    m = _masked_model(model, {"a.weight": first, "b.weight": second})
+    m = masked_model(model, {"a.weight": first, "b.weight": second})
     assert m.a.weight is m.b.weight
     assert torch.equal(m.a.weight, model.a.weight * first * second)
 
