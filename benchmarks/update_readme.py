@@ -1,21 +1,29 @@
-"""Regenerate the results section of README.md from the JSON files in benchmarks/results/.
+"""Regenerate the results sections of README.md and benchmarks/README.md from benchmarks/results/*.json.
 
-Only the text between the marker lines ``<!-- results:begin ... -->`` and
+README.md gets a short headline table (per host and kernel variant: the batch-1 points of the
+sparse kernels and the sparse runtime, the slim models, and the recipes' accuracy) and a link to
+benchmarks/README.md, which gets the full tables: every kernel target per variant, every
+models.json variant, compile cost, the roofline and accuracy by method. Each figure keeps the
+host CPU, the kernel variant and the load average its JSON file records.
+
+In each file only the text between the marker lines ``<!-- results:begin ... -->`` and
 ``<!-- results:end -->`` is replaced; the markers and everything outside them stay
-byte-for-byte. The section depends only on the JSON contents (never on the clock), so
-running the script twice gives the same README. The write is atomic.
+byte-for-byte. The sections depend only on the JSON contents (never on the clock), so
+running the script twice changes nothing. The writes are atomic.
 
 Documents read when present (a missing or unrecognized one is named as "not measured"):
-``kernels.json`` (bench_kernels.py), ``sparse_e2e.json`` (bench_sparse_e2e.py),
-``slim.json`` (``sparsify.slim/1``, bench_slim.py), ``models.json`` (``sparsify.models/1``),
-``compile.json`` (``sparsify.compile/1``), ``roofline.json`` (``sparsify.roofline/1``),
-``quality.json`` (``sparsify.quality/1``, bench_quality.py; shown only when present).
+``kernels.json`` and ``kernels_avx2.json`` (bench_kernels.py), ``sparse_e2e.json`` and
+``sparse_e2e_avx2.json`` (bench_sparse_e2e.py), ``slim.json`` (``sparsify.slim/1``, bench_slim.py),
+``models.json`` (``sparsify.models/1``), ``compile.json`` (``sparsify.compile/1``),
+``roofline.json`` (``sparsify.roofline/1``), ``quality.json`` (``sparsify.quality/1``,
+bench_quality.py; shown only when present).
 
-Run::
+Run from the repository root::
 
-    python benchmarks/update_readme.py [--readme README.md] [--results benchmarks/results] [--check]
+    python benchmarks/update_readme.py [--readme README.md] [--bench-readme benchmarks/README.md]
+                                       [--results benchmarks/results] [--check]
 
-``--check`` writes nothing and exits 1 when the README is out of date.
+``--check`` writes nothing and exits 1 when either file is out of date.
 """
 
 from __future__ import annotations
@@ -339,6 +347,16 @@ def quality_details(doc: dict | None) -> list[str]:
             *table(["target (issue 17)", "", "measured"], targets), "", "</details>", ""]
 
 
+def _load(doc: dict) -> str:
+    """The 1-minute load average a document records: ``11.4 at start``, ``10.1 at the end`` or ``not recorded``."""
+    m = doc.get("machine") or {}
+    load = doc.get("load") or {}
+    before = load.get("before") or m.get("loadavg_start")
+    when = "at start" if before else "at the end"
+    before = before or m.get("loadavg") or doc.get("loadavg")
+    return f"{before[0]:.1f} {when}" if isinstance(before, list) and before else "not recorded"
+
+
 def machine_line(docs: dict[str, dict | None]) -> list[str]:
     lines = []
     for name, doc in docs.items():
@@ -349,11 +367,8 @@ def machine_line(docs: dict[str, dict | None]) -> list[str]:
         m.setdefault("usable_cores", m.get("logical_cpus", "?"))
         pk = m.get("packages") or {}
         versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-        load = doc.get("load") or {}
-        before = load.get("before") or m.get("loadavg_start")
-        when = "at start" if before else "at the end"
-        before = before or m.get("loadavg") or doc.get("loadavg")
-        load_s = f"; load average {before[0]:.1f} {when}" if isinstance(before, list) and before else ""
+        load = _load(doc)
+        load_s = f"; load average {load}" if load != "not recorded" else ""
         created = doc.get("created", "")
         cores = m.get("usable_cores", m.get("logical_cores", "?"))
         extra = (f"; {versions}" if versions else "") + (f"; {created}" if created else "")
@@ -361,27 +376,144 @@ def machine_line(docs: dict[str, dict | None]) -> list[str]:
     return lines
 
 
-def render(results: Path, readme_dir: Path) -> str:
-    """The Markdown between the markers (without the marker lines), ending in a newline."""
+def load_all(results: Path) -> dict[str, dict | None]:
+    """Every document the sections read, by file name (None when missing or unrecognized)."""
     kernels = load(results, "kernels.json", None)
     if kernels is not None and "headline" not in kernels:
         kernels = None
-    kernels_avx2 = load(results, "kernels_avx2.json", None)
-    e2e = load(results, "sparse_e2e.json", "sparsify.sparse_e2e/")
-    e2e_avx2 = load(results, "sparse_e2e_avx2.json", "sparsify.sparse_e2e/")
-    per_isa = {"kernels.json": kernels, "kernels_avx2.json": kernels_avx2, "sparse_e2e.json": e2e,
-               "sparse_e2e_avx2.json": e2e_avx2}
-    slim = load(results, "slim.json", "sparsify.slim/")
-    models = load(results, "models.json", "sparsify.models/")
-    comp = load(results, "compile.json", "sparsify.compile/")
-    roof = load(results, "roofline.json", "sparsify.roofline/")
+    return {"kernels.json": kernels, "kernels_avx2.json": load(results, "kernels_avx2.json", None),
+            "sparse_e2e.json": load(results, "sparse_e2e.json", "sparsify.sparse_e2e/"),
+            "sparse_e2e_avx2.json": load(results, "sparse_e2e_avx2.json", "sparsify.sparse_e2e/"),
+            "slim.json": load(results, "slim.json", "sparsify.slim/"),
+            "models.json": load(results, "models.json", "sparsify.models/"),
+            "compile.json": load(results, "compile.json", "sparsify.compile/"),
+            "roofline.json": load(results, "roofline.json", "sparsify.roofline/"),
+            "quality.json": load(results, "quality.json", "sparsify.quality/")}
+
+
+# -- README.md: the headline ------------------------------------------------------------------------
+
+DENSE_NAMES = {"ort_dense": "ORT", "torch_dense": "torch", "numpy_dense": "numpy"}
+
+
+def _host(doc: dict, without_isa: str = "kernel variant not recorded") -> str:
+    """The CPU and, when recorded, the kernel variant a document measured (else ``without_isa``)."""
+    if doc.get("isa") or (doc.get("machine") or {}).get("isa"):
+        return _isa_label(doc)
+    m = doc.get("machine") or {}
+    return f"{m.get('cpu') or m.get('cpu_model') or 'unknown CPU'} ({without_isa})"
+
+
+def _threads(doc: dict) -> str:
+    t = (doc.get("machine") or {}).get("threads") or (doc.get("config") or {}).get("threads")
+    return f", {t} thread{'s' if t != 1 else ''}" if t else ""
+
+
+def headline_rows(docs: dict[str, dict | None]) -> list[list[str]]:
+    """Batch-1 speed per kernel variant (one sparse layer, the sparse MLP end to end) and the slim models:
+    ours p50 / p90 against the fastest dense runtime the document timed, with host and load."""
+    rows = []
+    for kname, ename in ISA_DOCS:
+        kdoc, edoc = docs.get(kname), docs.get(ename)
+        for h in (kdoc or {}).get("headline", []):
+            if h.get("batch") != 1 or "speedup_vs_fastest_dense" not in h:
+                continue
+            fastest = h["fastest_dense"]
+            rows.append([f"one sparse Linear {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, batch 1"
+                         + _threads(kdoc), _host(kdoc), _load(kdoc),
+                         f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
+                         f"{ms(h.get(f'{fastest}_median_ms'))} {DENSE_NAMES.get(fastest, fastest)} "
+                         "(fastest of ORT, torch, numpy)", x(h["speedup_vs_fastest_dense"]), kname])
+        mlp = (edoc or {}).get("mlp")
+        for r in (mlp or {}).get("rows", []) if isinstance(mlp, dict) else []:
+            if r.get("batch") != 1 or "speedup_p50_vs_fastest_dense" not in r:
+                continue
+            fastest = r["fastest_dense"]
+            rows.append([f"4×Linear({mlp.get('width')}) MLP at {mlp.get('sparsity', 0.9):.0%}, end to end, batch 1"
+                         + _threads(edoc), _host(edoc), _load(edoc),
+                         f"{ms(r['sparsify']['p50_ms'])} / {ms(r['sparsify']['p90_ms'])}",
+                         f"{ms((r.get(fastest) or {}).get('p50_ms'))} {DENSE_NAMES.get(fastest, fastest)} "
+                         "(fastest of ORT, torch)", x(r["speedup_p50_vs_fastest_dense"]), ename])
+    slim = docs.get("slim.json")
+    for r in (slim or {}).get("results", []):
+        dense, lean = r.get("latency_dense") or {}, r.get("latency_slim") or {}
+        if not dense.get("p50_ms") or not lean.get("p50_ms"):
+            continue
+        t = r.get("ort_threads")
+        rows.append([f"{r['model']}, half its channels removed (slim), batch {r.get('batch', 1)}"
+                     + (f", {t} thread{'s' if t != 1 else ''}" if t else ""), _host(slim, "ORT only"), _load(slim),
+                     f"{ms(lean['p50_ms'])} / {ms(lean.get('p90_ms'))} (ORT)",
+                     f"{ms(dense['p50_ms'])} ORT (the only runtime timed)", x(dense["p50_ms"] / lean["p50_ms"]),
+                     "slim.json"])
+    return rows
+
+
+def quiet_line(roof: dict | None) -> list[str]:
+    """The 4096×4096 batch-1 layer at 2 threads from roofline.json, which was measured at a low load."""
+    ks = {k.get("impl"): k for k in (roof or {}).get("kernels", [])
+          if (k.get("rows"), k.get("cols"), k.get("batch"), k.get("threads")) == (4096, 4096, 1, 2)}
+    sparse, dense = ks.get("sparse"), ks.get("dense")
+    if not sparse or not dense:
+        return []
+    return [f"Compare the ratios with the load: `roofline.json` ({_host(roof)}, load {_load(roof)}) timed a "
+            f"4096×4096 layer at "
+            f"{sparse['sparsity']:.0%}, batch 1, 2 threads at {ms(sparse['p50_ms'])} / {ms(sparse['p90_ms'])} sparse "
+            f"against {ms(dense['p50_ms'])} / {ms(dense['p90_ms'])} dense ({dense.get('backend', 'dense')} on the "
+            f"same matrix stored densely, the only dense runtime it timed), {x(dense['p50_ms'] / sparse['p50_ms'])}.",
+            ""]
+
+
+def accuracy_line(quality: dict | None) -> list[str]:
+    """One sentence per digits model: dense accuracy and after its two default recipes."""
+    parts = []
+    for m in (quality or {}).get("models", []):
+        r = m.get("recipes", {})
+        kept = [f"{r[k]['accuracy']:.1f}% {label}" for k, label in
+                (("unstructured_90", "at 90% unstructured"), ("channels_50", "with 50% of its channels")) if k in r]
+        parts.append(f"{m['model']} {m['dense_accuracy']:.1f}% dense, " + ", ".join(kept))
+    if not parts:
+        return []
+    return ["Test accuracy after the shipped recipes (gradual pruning with distillation, digits test split, "
+            "`quality.json`): " + "; ".join(parts) + ".", ""]
+
+
+def render_headline(results: Path, readme_dir: Path, full: Path) -> str:
+    """README.md's section: the headline table, the accuracy line and a link to the full tables in ``full``."""
+    docs = load_all(results)
+    rel = Path(os.path.relpath(results, readme_dir)).as_posix()
+    link = Path(os.path.relpath(full, readme_dir)).as_posix()
+    out = ["Generated by `python benchmarks/update_readme.py` from the JSON files in "
+           f"`{rel}/`. p50 / p90 wall-clock latency; ours and the dense runtimes were timed interleaved "
+           "in one process. The machine was shared with other work: the load column is the 1-minute load "
+           "average the run recorded (above the core count, other work competed for the cores). AVX2 rows "
+           "are AVX2 code compiled for Zen 2 and run on the host named.", ""]
+    rows = headline_rows(docs)
+    if rows:
+        out += table(["result", "host (kernels)", "load", "ours p50 / p90", "dense p50", "speedup", "source"],
+                     rows) + [""]
+    else:
+        out += ["No benchmark results yet.", ""]
+    out += quiet_line(docs.get("roofline.json")) + accuracy_line(docs.get("quality.json"))
+    out += [f"Every point, batch and kernel variant, all model variants, compile cost, the roofline and what "
+            f"limits batch 1: [{link}]({link}).", ""]
+    return "\n".join(out) + "\n"
+
+
+# -- benchmarks/README.md: the full tables ---------------------------------------------------------
+
+def render(results: Path, readme_dir: Path) -> str:
+    """benchmarks/README.md's section: every table, the plots, the machines and how to regenerate them."""
+    all_docs = load_all(results)
+    kernels, e2e, models = all_docs["kernels.json"], all_docs["sparse_e2e.json"], all_docs["models.json"]
+    slim, comp, roof = all_docs["slim.json"], all_docs["compile.json"], all_docs["roofline.json"]
+    quality = all_docs["quality.json"]
+    per_isa = {k: all_docs[k] for k in ("kernels.json", "kernels_avx2.json", "sparse_e2e.json", "sparse_e2e_avx2.json")}
     docs = {"kernels.json": kernels, "sparse_e2e.json": e2e, "slim.json": slim, "models.json": models,
             "compile.json": comp, "roofline.json": roof}
     rel = Path(os.path.relpath(results, readme_dir)).as_posix()
     out = ["Generated by `python benchmarks/update_readme.py` from the JSON files in "
            f"`{rel}/`; numbers are p50 wall-clock latencies unless noted. The machine is shared with "
            "other work, so expect noise (the load average at the start of each run is listed below).", ""]
-    quality = load(results, "quality.json", "sparsify.quality/")
     if quality is not None:  # reported only once measured (older result sets do not have it)
         docs["quality.json"] = quality
     rows = (headline_kernels(kernels) + headline_e2e(e2e, models) + headline_slim(slim, models) + headline_demo(models)
@@ -401,8 +533,8 @@ def render(results: Path, readme_dir: Path) -> str:
     machine = machine_line({**docs, **{k: v for k, v in per_isa.items() if k not in docs and v}})
     if machine:
         out += ["Measured on:", *machine, ""]
-    out += ["Regenerate (one at a time, on an otherwise idle machine for stable numbers; the `--isa avx2` "
-            "runs need a host that runs AVX2 code):", "", "```bash",
+    out += ["Regenerate from the repository root (one at a time, on an otherwise idle machine for stable numbers; "
+            "the `--isa avx2` runs need a host that runs AVX2 code):", "", "```bash",
             *(cmd for _, cmd in COMMANDS), "python benchmarks/update_readme.py", "```"]
     return "\n".join(out) + "\n"
 
@@ -419,35 +551,50 @@ def splice(text: str, section: str) -> str:
     return text[: b.end()] + "\n" + section + text[e.start():]
 
 
-def update(readme: Path, results: Path, check: bool = False) -> bool:
-    """Regenerate the section; returns True when the README changed (or, with ``check``, would change)."""
+def update(path: Path, section: str, check: bool = False) -> bool:
+    """Put ``section`` between the markers of ``path``; True when the file changed (or, with ``check``, would)."""
     from benchmarks.common import write_text_atomic
 
-    old = readme.read_bytes().decode("utf-8")  # bytes: line endings outside the markers stay as they are
-    new = splice(old, render(results, readme.resolve().parent))
+    old = path.read_bytes().decode("utf-8")  # bytes: line endings outside the markers stay as they are
+    new = splice(old, section)
     if new == old:
         return False
     if not check:
-        write_text_atomic(readme, new.encode("utf-8"))  # keeps the README's permissions
+        write_text_atomic(path, new.encode("utf-8"))  # keeps the file's permissions
     return True
+
+
+def update_all(readme: Path, bench_readme: Path, results: Path, check: bool = False) -> list[Path]:
+    """Regenerate both sections; returns the files that changed (or would). Both files' markers are
+    checked before either is written."""
+    sections = {readme: render_headline(results, readme.resolve().parent, bench_readme.resolve()),
+                bench_readme: render(results, bench_readme.resolve().parent)}
+    for path, section in sections.items():
+        try:
+            splice(path.read_bytes().decode("utf-8"), section)
+        except ReadmeError as exc:
+            raise ReadmeError(f"{path}: {exc}") from None
+    return [path for path, section in sections.items() if update(path, section, check)]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--readme", type=Path, default=REPO / "README.md")
+    p.add_argument("--readme", type=Path, default=REPO / "README.md", help="gets the headline table")
+    p.add_argument("--bench-readme", type=Path, default=REPO / "benchmarks" / "README.md", help="gets the full tables")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--check", action="store_true", help="exit 1 if the README is out of date; write nothing")
+    p.add_argument("--check", action="store_true", help="exit 1 if either file is out of date; write nothing")
     args = p.parse_args(argv)
     try:
-        changed = update(args.readme, args.results, check=args.check)
+        changed = update_all(args.readme, args.bench_readme, args.results, check=args.check)
     except (ReadmeError, OSError) as exc:
-        print(f"update_readme: {args.readme}: {exc}", file=sys.stderr)
+        print(f"update_readme: {exc}", file=sys.stderr)
         return 2
-    if args.check:
-        print(f"{args.readme} is {'out of date' if changed else 'up to date'}")
-        return 1 if changed else 0
-    print(f"{args.readme} {'updated' if changed else 'already up to date'}")
-    return 0
+    for path in (args.readme, args.bench_readme):
+        if args.check:
+            print(f"{path} is {'out of date' if path in changed else 'up to date'}")
+        else:
+            print(f"{path} {'updated' if path in changed else 'already up to date'}")
+    return 1 if args.check and changed else 0
 
 
 if __name__ == "__main__":

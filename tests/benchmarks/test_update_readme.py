@@ -1,4 +1,5 @@
-"""update_readme.py on a temporary README with fixture JSON: only the marked section changes, idempotently."""
+"""update_readme.py on temporary READMEs with fixture JSON: only the marked sections change, idempotently;
+the headline goes to README.md, the full tables to benchmarks/README.md."""
 
 from __future__ import annotations
 
@@ -52,11 +53,22 @@ def readme(tmp_path: Path) -> Path:
     fixtures(tmp_path / "results")
     path = tmp_path / "README.md"
     path.write_bytes((BEFORE + BEGIN + "old generated text\n" + END + AFTER).encode())
+    (tmp_path / "benchmarks").mkdir()
+    bench_readme(path).write_bytes(("# Benchmarks\n\n" + BEGIN + "old full tables\n" + END + "\n## Schemas\n").encode())
     return path
 
 
+def bench_readme(readme: Path) -> Path:
+    return readme.parent / "benchmarks" / "README.md"
+
+
+def section(path: Path) -> str:
+    return path.read_text().split(BEGIN)[1].split(END)[0]
+
+
 def run(readme: Path, *extra: str) -> int:
-    return update_readme.main(["--readme", str(readme), "--results", str(readme.parent / "results"), *extra])
+    return update_readme.main(["--readme", str(readme), "--bench-readme", str(bench_readme(readme)),
+                               "--results", str(readme.parent / "results"), *extra])
 
 
 def test_only_the_marked_section_changes_and_a_second_run_is_a_no_op(readme):
@@ -66,24 +78,27 @@ def test_only_the_marked_section_changes_and_a_second_run_is_a_no_op(readme):
     text = readme.read_bytes().decode()
     assert text.startswith(BEFORE + BEGIN) and text.endswith(END + AFTER)
     assert text.count(BEGIN) == 1 and text.count(END) == 1
-    first = readme.read_bytes()
-    assert not update_readme.update(readme, readme.parent / "results")
-    assert readme.read_bytes() == first
+    full = bench_readme(readme).read_text()
+    assert full.startswith("# Benchmarks\n\n" + BEGIN) and full.endswith(END + "\n## Schemas\n")
+    first, first_full = readme.read_bytes(), bench_readme(readme).read_bytes()
+    assert not update_readme.update_all(readme, bench_readme(readme), readme.parent / "results")
+    assert readme.read_bytes() == first and bench_readme(readme).read_bytes() == first_full
     assert run(readme, "--check") == 0
     assert not [p.name for p in readme.parent.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in bench_readme(readme).parent.iterdir() if p.name.startswith(".")]
 
 
 def test_section_reports_the_numbers_and_names_what_is_missing(readme):
     run(readme)
-    section = readme.read_text().split(BEGIN)[1].split(END)[0]
-    assert "old generated text" not in section
+    section = bench_readme(readme).read_text().split(BEGIN)[1].split(END)[0]
+    assert "old full tables" not in section
     assert "batch 1 ×7.25, batch 8 ×3.50, batch 64 ×1.38" in section
     assert "dense 97.5%; sparse-90 95.2% (×2.00 b1/1t, ×1.00 b1/2t)" in section
     assert "skipped: ImportError: no slim export" in section
     assert "| digits-cnn | sparse-90 | 95.2% | 100 | 123,456 | 500 | 0.50 | b1/1t 0.25 ms (×2.00); b1/2t 0.5 ms (×1.00) |" \
         in section
     assert "4.2 s / 300 MiB" in section
-    assert "[models.png](results/models.png)" in section
+    assert "[models.png](../results/models.png)" in section  # relative to benchmarks/README.md
     assert "Test CPU 9000" in section and "load average 1.5" in section
     # slim.json has another schema, so it is reported as not measured; so are the absent files.
     assert "Not measured yet: `sparse_e2e.json`, `slim.json`, `roofline.json`." in section
@@ -91,9 +106,16 @@ def test_section_reports_the_numbers_and_names_what_is_missing(readme):
 
 
 def test_check_reports_an_out_of_date_readme_without_writing(readme):
-    before = readme.read_bytes()
+    before, before_full = readme.read_bytes(), bench_readme(readme).read_bytes()
     assert run(readme, "--check") == 1
-    assert readme.read_bytes() == before
+    assert readme.read_bytes() == before and bench_readme(readme).read_bytes() == before_full
+
+
+def test_check_notices_either_file_out_of_date(readme):
+    assert run(readme) == 0
+    full = bench_readme(readme)
+    full.write_text(full.read_text().replace("digits-cnn", "digits-xyz"))
+    assert run(readme, "--check") == 1
 
 
 @pytest.mark.parametrize("body", [
@@ -102,20 +124,23 @@ def test_check_reports_an_out_of_date_readme_without_writing(readme):
     BEFORE + END + "x\n" + BEGIN,
     BEFORE + BEGIN + END + BEGIN + END,
 ])
-def test_bad_markers_are_refused_and_nothing_is_written(tmp_path, body):
+@pytest.mark.parametrize("broken", ["README.md", "benchmarks/README.md"])
+def test_bad_markers_are_refused_and_nothing_is_written(tmp_path, body, broken, capsys):
     fixtures(tmp_path / "results")
-    path = tmp_path / "README.md"
-    path.write_bytes(body.encode())
-    assert run(path) == 2
-    assert path.read_bytes() == body.encode()
+    (tmp_path / "benchmarks").mkdir()
+    good = BEFORE + BEGIN + "x\n" + END
+    files = {name: tmp_path / name for name in ("README.md", "benchmarks/README.md")}
+    for name, path in files.items():
+        path.write_bytes((body if name == broken else good).encode())
+    assert run(files["README.md"]) == 2
+    assert broken in capsys.readouterr().err  # the message names the file with the bad markers
+    for name, path in files.items():  # neither file is written, not even the good one
+        assert path.read_bytes() == (body if name == broken else good).encode()
 
 
-def test_the_repository_readme_has_the_markers():
-    text = (update_readme.REPO / "README.md").read_text(encoding="utf-8")
-    section = update_readme.render(update_readme.REPO / "benchmarks" / "results", update_readme.REPO)
-    spliced = update_readme.splice(text, section)
-    assert spliced.split("<!-- results:begin")[0] == text.split("<!-- results:begin")[0]
-    assert spliced.split("<!-- results:end -->")[1] == text.split("<!-- results:end -->")[1]
+def test_the_repository_readmes_are_up_to_date_with_the_committed_results(capsys):
+    """Both files have their markers, and their sections are what the committed JSON files give."""
+    assert update_readme.main(["--check"]) == 0, capsys.readouterr().out
 
 
 def test_per_isa_table_shows_p50_p90_targets_and_hosts(tmp_path):
@@ -146,3 +171,40 @@ def test_per_isa_table_shows_p50_p90_targets_and_hosts(tmp_path):
     assert rows[2].startswith("| avx2, compiled for znver2 on Test CPU 9000 (znver4) |") and "| **no** |" in rows[2]
     # The MLP's p90 is 2.7x its p50: not met, whatever the ratios.
     assert "MLP at 90%, end to end, batch 1 | 1.5 ms / 4 ms |" in rows[1] and "| **no** | sparse_e2e.json |" in rows[1]
+
+
+def test_headline_keeps_host_isa_and_load_and_links_the_full_tables(tmp_path):
+    """README.md gets batch-1 rows only, each with its host, kernel variant and load; the rest is linked."""
+    results = tmp_path / "results"
+    results.mkdir()
+    isa = {"kernel_variant": "avx512", "target": "host znver4", "host_cpu": "znver4"}
+    heads = [{"shape": [4096, 4096], "sparsity": 0.9, "batch": b, "ours_median_ms": 0.25 * b, "ours_p90_ms": 0.5 * b,
+              "ort_dense_median_ms": 4.0, "torch_dense_median_ms": 3.0, "numpy_dense_median_ms": 3.5,
+              "speedup_vs_ort_dense": 16.0 / b, "speedup_vs_fastest_dense": 12.0 / b, "fastest_dense": "torch_dense"}
+             for b in (1, 8)]
+    (results / "kernels.json").write_text(json.dumps({
+        "machine": {"cpu_model": "Test CPU 9000", "threads": 2, "isa": isa, "loadavg_start": [3.25, 1, 1]},
+        "headline": heads}))
+    (results / "slim.json").write_text(json.dumps({"schema": "sparsify.slim/1", "machine": MACHINE, "results": [
+        {"model": "resnet_style_224", "batch": 1, "ort_threads": 2, "latency_dense": {"p50_ms": 20.0, "p90_ms": 30.0},
+         "latency_slim": {"p50_ms": 5.0, "p90_ms": 8.0}}]}))
+    (results / "roofline.json").write_text(json.dumps({
+        "schema": "sparsify.roofline/1", "machine": MACHINE, "load": {"before": [0.25, 0, 0]}, "ceilings": {},
+        "kernels": [{"impl": impl, "backend": backend, "rows": 4096, "cols": 4096, "sparsity": 0.9, "batch": 1,
+                     "threads": 2, "p50_ms": p50, "p90_ms": p50 * 2}
+                    for impl, backend, p50 in (("sparse", "SparseLinear", 0.2), ("dense", "torch.matmul", 3.0))]}))
+    (results / "quality.json").write_text(json.dumps({"schema": "sparsify.quality/1", "models": [
+        {"model": "digits-mlp", "dense_accuracy": 94.75,
+         "recipes": {"unstructured_90": {"accuracy": 95.5, "delta": 0.75}}}]}))
+    section = update_readme.render_headline(results, tmp_path, tmp_path / "benchmarks" / "README.md")
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [
+        "| one sparse Linear 4096×4096 at 90%, batch 1, 2 threads | avx512 on Test CPU 9000 (znver4) | 3.2 at start "
+        "| 0.25 ms / 0.5 ms | 3 ms torch (fastest of ORT, torch, numpy) | ×12.00 | kernels.json |",
+        "| resnet_style_224, half its channels removed (slim), batch 1, 2 threads | Test CPU 9000 (ORT only) "
+        "| not recorded | 5 ms / 8 ms (ORT) | 20 ms ORT (the only runtime timed) | ×4.00 | slim.json |",
+    ]  # batch 8 and the models/compile details stay in benchmarks/README.md
+    assert "load 0.2 at start" in section and "0.2 ms / 0.4 ms sparse against 3 ms / 6 ms dense" in section
+    assert "digits-mlp 94.8% dense, 95.5% at 90% unstructured." in section
+    assert "[benchmarks/README.md](benchmarks/README.md)" in section
+    assert "<details>" not in section and "Measured on" not in section
