@@ -254,7 +254,7 @@ def inspect_onnx(path: str | Path) -> Inspection:
     model's folder, MAC counts beyond int64) is refused with a ModelFileError naming the node
     or tensor, never printed.
     """
-    from sparsify.export.sparse_ops import DOMAIN, sparse_op_infos
+    from sparsify.sparse_ops import DOMAIN, sparse_op_infos
 
     model = load_onnx(path)  # external data is read one tensor at a time below
     where, base = str(path), Path(path).parent

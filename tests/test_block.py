@@ -120,7 +120,7 @@ def test_block_pruned_run_exports_as_bsr_and_runs_equal_to_dense(tmp_path, capsy
     assert main(["run", str(sparse), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
     expected = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, {
         model.graph.input[0].name: x})[0]
-    from sparsify.export.sparse_ops import reference_evaluator
+    from sparsify.sparse_ops import reference_evaluator
     reference = reference_evaluator(model).run(None, {model.graph.input[0].name: x})[0]
     for got in (np.load(tmp_path / "y.npy"), reference):
         assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-5

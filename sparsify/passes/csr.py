@@ -25,51 +25,31 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparsify.errors import ExportError
-from sparsify.export.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
+from sparsify.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node, node_label
 from sparsify.onnxfile import inferred_graph, initializer_array, node_attrs
 from sparsify.passes.blocks import MAX_TIMED, block_candidates, bsr_arrays, fixed_rule_block
 
-# The fixed rules (calibration off): density below which a CSR layer beat ONNX Runtime's
-# dense Gemm / Conv (fp32), by target batch, on one host. Measured with
-#   python benchmarks/bench_sparse_e2e.py --crossover --threads 1 --out benchmarks/results/sparse_crossover.json
-# and again with --threads 2 (grid {0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7}; fastest call of
-# each side). Each linear entry is a grid density at which the kernels were at least at
-# parity for both 1024x1024 and 4096x4096 layers at both thread counts. Re-measured on the
-# AMD EPYC (Zen 4) VM with the sliced-ELL batch-1 kernels, sparse/dense time at the entry
-# (1024 / 4096, 1 thread; 2 threads): batch 1 0.96 / 0.53; 0.57 / 0.44, batch 8 0.68 /
-# 0.57; 0.73 / 0.63, batch 64 0.66 / 0.75; 0.62 / 0.64. The crossovers alone: batch 1
-# 0.4 / 0.7; 0.7 / 0.7, batch 8 0.3 / 0.3; 0.3 / 0.2 (4096^2 at 0.3 and 2 threads: 1.09),
-# batch 64 0.4 / 0.3; 0.5 / 0.4. Batches between entries use the entry of the next larger
-# measured batch.
+# The fixed rules, used when calibration is off: a layer converts when its density is below the
+# crossover at which CSR beat ONNX Runtime's dense op (fp32, 1024x1024 and 4096x4096 linear
+# layers at 1 and 2 threads; batches between entries take the next larger entry), from
+#   python benchmarks/bench_sparse_e2e.py --crossover --threads 1|2
+# (benchmarks/results/sparse_crossover*.json; the figures: benchmarks/README.md, "Conversion thresholds").
 LINEAR_CROSSOVER: dict[int, float] = {1: 0.4, 8: 0.2, 64: 0.3}
-# Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: 64-channel
-# 3x3 over 8x8 and 16x16 and 256-channel 3x3 over 14x14 all won at density 0.05 with 1 and 2
-# threads (sparse/dense 0.37-0.92; re-measured at 24069fc: 0.37-0.89; on the Zen 4 VM:
-# 0.30-0.95); at 0.1 the 8x8 case was at parity with 2 threads (1.01; then 0.97; 1.03).
+# Stride-1 convs with a kernel larger than 1x1 (the direct conv kernel), batch 1: every
+# measured shape won at 0.05 at both thread counts, none reliably at 0.1.
 CONV_CROSSOVER: float = 0.05
-# Convs with fewer multiply-adds per image than the smallest measured case above (64x64x3x3
-# over 8x8) stay dense by default: nothing smaller was measured to win, and the digits-cnn at
-# 95% sparsity (64x64x3x3 convs over 4x4, converted at this threshold) ran at 0.31-0.39x the
-# speed of dense ORT (python benchmarks/bench_models.py, models.json): the fixed per-call cost
-# dominates. When shape inference cannot tell the output size, the weight count is compared
-# with the same case's instead.
+# Convs smaller than the smallest measured winner (64x64x3x3 over 8x8) stay dense: below it the
+# fixed per-call cost dominates (digits-cnn at 95% ran at 0.31-0.39x dense ORT when converted).
+# Without the output size from shape inference, the weight count is compared instead.
 MIN_CONV_WEIGHTS = 64 * 64 * 3 * 3
 MIN_CONV_MACS = MIN_CONV_WEIGHTS * 8 * 8
-# A model whose convertible layers are all linear and all smaller than this many
-# multiply-adds per call (at the target batch; tokens counted from shape inference) is kept
-# dense as a whole: each runtime step costs a few microseconds and each ONNX Runtime
-# segment between steps ~15 us, more than such layers take dense. digits-mlp (largest layer
-# 256x256) ran at 0.25-0.40x and digits-vit (64-wide, 16 tokens) at 0.22-0.29x dense ORT at
-# batch 1 when converted (models.json, 2 threads), while the 1024x1024 layer (1.05 M) is
-# 2.7-3x faster than ORT alone. Kept per model, not per layer: a small layer left dense
-# between sparse ones adds an ORT segment, which costs more than it saves (the demo's
-# 64x2048 input layer).
+# A model whose convertible layers are all linear and all below this many multiply-adds per call
+# stays dense as a whole: each runtime step and ORT segment costs more than such layers take
+# dense (digits-mlp and digits-vit ran at 0.22-0.40x dense ORT when converted); per model, since
+# a small dense layer between sparse ones adds an ORT segment.
 MIN_LINEAR_MACS = 1 << 20
-# 1x1 convs (128 channels over 16x16: 1.05x ORT at density 0.02 with 2 threads; 0.98x on
-# the Zen 4 VM, parity) and strided
-# convs (im2col path; 64-channel 3x3 stride 2 over 16x16: 1.8-2.1x at 0.02) never won at both
-# thread counts, so they are not converted by default; --density-threshold still forces it.
-# Re-measure when the conv kernels change.
+# 1x1 and strided convs never won at both thread counts under the fixed rules, so they convert
+# only when measured on the host or forced with --density-threshold.
 
 
 def default_threshold(kind: str, target_batch: int = 1, kernel_shape: Sequence[int] = (3, 3),
@@ -684,11 +664,5 @@ class CsrPass:
         return PassResult(rewrite_csr(model, plan, base_dir, progress), bool(plan.converted), plan)
 
 
-def convert_layers(model: onnx.ModelProto, density_threshold: float | None = None,
-                   target_batch: int = 1) -> PassResult:
-    """Shorthand for ``CsrPass(density_threshold, target_batch).call(model)``."""
-    return CsrPass(density_threshold, target_batch).call(model)
-
-
 __all__: Sequence[str] = ["LINEAR_CROSSOVER", "CONV_CROSSOVER", "MIN_CONV_WEIGHTS", "MIN_CONV_MACS", "default_threshold", "LayerDecision", "CsrPlan",
-                          "PassResult", "plan_csr", "rewrite_csr", "CsrPass", "convert_layers"]
+                          "PassResult", "plan_csr", "rewrite_csr", "CsrPass"]

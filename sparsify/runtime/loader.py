@@ -15,7 +15,7 @@ import onnx
 
 from sparsify.errors import ModelFileError
 from sparsify.limits import check_bytes, memory_limit
-from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
+from sparsify.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
 from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes, ell
 from sparsify.kernels.bsr import BSR, SparseBlockLinear, kernel_block
 

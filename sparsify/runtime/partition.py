@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from sparsify.errors import KernelInputError, ModelFileError
-from sparsify.export.sparse_ops import CONV_OP, DOMAIN, check_input_shape
+from sparsify.sparse_ops import CONV_OP, DOMAIN, check_input_shape
 from sparsify.kernels import KernelValueError
 from sparsify.onnxfile import inferred_graph, tensor_array
 from sparsify.runtime import glue

@@ -23,7 +23,7 @@ from sparsify.bench.backends import (
 from sparsify.bench.inputs import make_feeds
 from sparsify.bench.modelfile import ModelFile, check_model_path
 from sparsify.errors import ModelError
-from sparsify.passes.csr import convert_layers
+from sparsify.passes.csr import CsrPass
 from tests.bench.conftest import matmul_weight
 from tests.helpers import assert_close
 
@@ -105,7 +105,7 @@ def test_default_torch_backend_loads_a_run_directory(tmp_path: Path):
 
 def test_sparsify_backend_runs_the_runtime_session(matmul_onnx: Path, tmp_path: Path):
     """The sparsify backend runs a converted file through the runtime Session: ORT's outputs."""
-    converted = convert_layers(onnx.load(matmul_onnx), density_threshold=1.0)
+    converted = CsrPass(density_threshold=1.0).call(onnx.load(matmul_onnx))
     assert converted.modified
     sparse_path = tmp_path / "converted.onnx"
     onnx.save(converted.model, sparse_path)

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, make_node, reference_evaluator
+from sparsify.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, make_node, reference_evaluator
 
 OPSET = [helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, 1)]
 

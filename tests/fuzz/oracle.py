@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from sparsify.errors import SparsifyError
-from sparsify.export.sparse_ops import reference_evaluator
+from sparsify.sparse_ops import reference_evaluator
 
 # A message longer than this is not one paragraph a user reads.
 MAX_MESSAGE = 1500

@@ -160,7 +160,7 @@ def test_column_index_that_would_wrap_down_into_range_is_rejected(pairs, tmp_pat
 
 
 def _one_nonzero_linear(path, rows, cols):
-    from sparsify.export.sparse_ops import make_node
+    from sparsify.sparse_ops import make_node
 
     inits = [numpy_helper.from_array(np.array([2.0], np.float32), "d"),
              numpy_helper.from_array(np.array([cols - 1], np.int32), "i"),

@@ -149,7 +149,7 @@ def test_gemm_without_transB_and_row_bias_and_float64(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from sparsify.export.sparse_ops import reference_evaluator
+    from sparsify.sparse_ops import reference_evaluator
     from sparsify.passes.csr import CsrPass
 
     for dtype, elem in ((np.float32, TensorProto.FLOAT), (np.float64, TensorProto.DOUBLE)):

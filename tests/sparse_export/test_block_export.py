@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from sparsify.export.sparse_ops import LINEAR_OP, reference_evaluator
+from sparsify.sparse_ops import LINEAR_OP, reference_evaluator
 from sparsify.inspect_model import inspect_onnx
 from sparsify.passes.blocks import block_candidates, bsr_arrays, fixed_rule_block
 from sparsify.passes.csr import CsrPass, plan_csr
@@ -146,7 +146,7 @@ def test_a_layer_kept_dense_carries_no_block_shape(tmp_path, monkeypatch):
 def test_a_block_shape_without_kernels_runs_as_its_csr(rng, tmp_path):
     from onnx import TensorProto, helper
 
-    from sparsify.export.sparse_ops import make_node
+    from sparsify.sparse_ops import make_node
 
     w = _blocky(rng, 12, 18, (3, 3), 0.4)
     data, bcol, indptr = bsr_arrays(w, 3, 3)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsify.errors import ExportError
-from sparsify.export.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, reference_evaluator
+from sparsify.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, reference_evaluator
 from sparsify.passes.csr import LINEAR_CROSSOVER, CsrPass, default_threshold, plan_csr, rewrite_csr
 from tests.helpers import assert_close
 from tests.sparse_export import models

@@ -10,7 +10,7 @@ from sparsify.api import export_model, load_run, reference_module
 from sparsify.cli import main
 from sparsify.errors import ExportError, VerificationError
 from sparsify.export import sparse_export
-from sparsify.export.sparse_ops import DOMAIN, reference_evaluator
+from sparsify.sparse_ops import DOMAIN, reference_evaluator
 from sparsify.runtime import Session
 from tests.helpers import assert_close
 
