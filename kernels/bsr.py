@@ -46,9 +46,9 @@ class BSR:
             raise CSRFormatError(f"blocksize ({r}, {c}) should be positive and divide shape ({rows}, {cols})")
         values = np.ascontiguousarray(values)
         if values.dtype not in DATA_DTYPES:
-            raise CSRFormatError(f"block values dtype {values.dtype} should be float32 or float64")
+            raise CSRFormatError(f"block values dtype {values.dtype} should be float32 or float64", array="data")
         if values.ndim != 3 or values.shape[1:] != (r, c):
-            raise CSRFormatError(f"block values shape {list(values.shape)} should be [blocks, {r}, {c}]")
+            raise CSRFormatError(f"block values shape {list(values.shape)} should be [blocks, {r}, {c}]", array="data")
         self.shape, self.blocksize = (rows, cols), (r, c)
         self.values = values
         self.values.flags.writeable = False
@@ -93,7 +93,7 @@ class BSR:
         except CSRFormatError as exc:
             # The pattern's rows and columns are block rows and block columns.
             text = str(exc).replace(" row ", " block row ").replace("column index", "block column index")
-            raise CSRFormatError(f"block pattern: {text}") from None
+            raise CSRFormatError(f"block pattern: {text}", array=exc.array) from None
 
     def kernel_values(self) -> np.ndarray:
         """The values as the kernels read them: block by block, each column of a block contiguous."""

@@ -115,29 +115,29 @@ class CSR:
         for name in ("data", "indices", "indptr"):
             a = getattr(self, name)
             if a.ndim != 1:
-                raise CSRFormatError(f"{name} should be 1-D, got {a.ndim}-D with shape {a.shape}")
+                raise CSRFormatError(f"{name} should be 1-D, got {a.ndim}-D with shape {a.shape}", array=name)
         if self.data.dtype not in DATA_DTYPES:
-            raise CSRFormatError(f"data dtype {self.data.dtype} should be float32 or float64")
+            raise CSRFormatError(f"data dtype {self.data.dtype} should be float32 or float64", array="data")
         if self.indices.dtype not in INDEX_DTYPES:
             raise CSRFormatError(
-                f"indices dtype {self.indices.dtype} should be int16, int32 or int64")
+                f"indices dtype {self.indices.dtype} should be int16, int32 or int64", array="indices")
         if self.indptr.dtype not in INDPTR_DTYPES:
-            raise CSRFormatError(f"indptr dtype {self.indptr.dtype} should be int32 or int64")
+            raise CSRFormatError(f"indptr dtype {self.indptr.dtype} should be int32 or int64", array="indptr")
         if self.indptr.shape[0] != rows + 1:
-            raise CSRFormatError(f"indptr size {self.indptr.shape[0]} should be {rows + 1} (rows + 1)")
+            raise CSRFormatError(f"indptr size {self.indptr.shape[0]} should be {rows + 1} (rows + 1)", array="indptr")
         if self.indptr[0] != 0:
-            raise CSRFormatError(f"indptr[0] is {int(self.indptr[0])} but should be 0")
+            raise CSRFormatError(f"indptr[0] is {int(self.indptr[0])} but should be 0", array="indptr")
         nnz = int(self.indptr[-1])
         if self.indices.shape[0] != nnz:
             raise CSRFormatError(
-                f"indices size {self.indices.shape[0]} should be {nnz} (indptr[-1])")
+                f"indices size {self.indices.shape[0]} should be {nnz} (indptr[-1])", array="indices")
         if self.data.shape[0] != nnz:
-            raise CSRFormatError(f"data size {self.data.shape[0]} should be {nnz} (indptr[-1])")
+            raise CSRFormatError(f"data size {self.data.shape[0]} should be {nnz} (indptr[-1])", array="data")
         limit = int(np.iinfo(self.indices.dtype).max)
         if cols - 1 > limit:
             raise CSRFormatError(
                 f"indices dtype {self.indices.dtype} holds column indices up to {limit}, "
-                f"but cols is {cols}")
+                f"but cols is {cols}", array="indices")
         if not full:
             return
         lengths = np.diff(self.indptr)
@@ -146,7 +146,7 @@ class CSR:
             r = int(bad[0])
             raise CSRFormatError(
                 f"indptr should be non-decreasing, but indptr[{r}] = {int(self.indptr[r])} "
-                f"> indptr[{r + 1}] = {int(self.indptr[r + 1])}")
+                f"> indptr[{r + 1}] = {int(self.indptr[r + 1])}", array="indptr")
         if nnz:
             idx = self.indices
             out = np.flatnonzero((idx < 0) | (idx >= cols))
@@ -154,7 +154,7 @@ class CSR:
                 j = int(out[0])
                 r = int(np.searchsorted(self.indptr, j, side="right")) - 1
                 raise CSRFormatError(
-                    f"column index {int(idx[j])} at indices[{j}] (row {r}) should be in [0, {cols})")
+                    f"column index {int(idx[j])} at indices[{j}] (row {r}) should be in [0, {cols})", array="indices")
             # Positions j >= 1 that are not the first entry of their row must exceed idx[j-1].
             not_first = np.ones(nnz, dtype=bool)
             starts = self.indptr[:-1][lengths > 0]
@@ -169,7 +169,7 @@ class CSR:
                 what = "duplicate" if idx[j] == idx[j - 1] else "unsorted"
                 raise CSRFormatError(
                     f"indices of row {r} should be strictly increasing, but indices[{j}] = "
-                    f"{int(idx[j])} follows {int(idx[j - 1])} ({what})")
+                    f"{int(idx[j])} follows {int(idx[j - 1])} ({what})", array="indices")
         self.fully_checked = True
 
     # -- conversion -----------------------------------------------------------------

@@ -16,8 +16,13 @@ class KernelValueError(ValueError):
 class CSRFormatError(KernelValueError):
     """A CSR matrix breaks a format invariant (dtype, length, order, range).
 
-    The sparse runtime wraps it into ``sparsify.errors.KernelInputError``.
+    ``array`` names the offending array ("data", "indices" or "indptr"; None when the
+    problem is the shape). The sparse runtime wraps it into ``sparsify.errors.KernelInputError``.
     """
+
+    def __init__(self, message: str, array: str | None = None) -> None:
+        super().__init__(message)
+        self.array = array
 
 
 class KernelArgumentError(KernelValueError):

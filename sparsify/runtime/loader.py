@@ -36,18 +36,6 @@ def is_sparse_node(node: onnx.NodeProto) -> bool:
     return node.domain == DOMAIN
 
 
-def _tensor_role(message: str) -> str:
-    """Which CSR array a kernels CSRFormatError message is about."""
-    head = message.split(" ", 2)
-    if head[0] == "indptr":
-        return "indptr"
-    if head[0] in ("indices", "column") or message.startswith("indices"):
-        return "indices"
-    if head[0] == "data" or message.startswith("block values"):
-        return "data"
-    return "indices" if "indices" in message else "indptr"
-
-
 class SparseLayer:
     """A prepared ``ai.sparsify`` node: its kernel object plus the names it reads and writes."""
 
@@ -80,7 +68,9 @@ def _checked_weight(attrs: SparseOpAttrs, arrays, label: str) -> CSR | BSR:
         weight = CSR(*parts) if (r, c) == (1, 1) else BSR(*parts, attrs.blocksize)
         weight.check_format(full=True)
     except KernelValueError as exc:
-        role = _tensor_role(str(exc).removeprefix("block pattern: "))
+        role = getattr(exc, "array", None)
+        if role is None:
+            raise ModelFileError(f"{label}: {exc}") from None
         raise ModelFileError(f"{label}: {role} tensor {arrays.names[role]!r} is corrupt: {exc}") from None
     return weight
 
