@@ -153,3 +153,17 @@ def test_kernel_array_unwraps_only_whole_readonly_views():
     assert kernel_array(frozen) is frozen
     held = _readonly(frozen)
     assert kernel_array(held) is held  # the base itself is read-only
+
+
+@pytest.mark.parametrize("broken, array", [
+    (dict(indptr=np.array([0, 3, 2], np.int32)), "indptr"),
+    (dict(indices=np.array([0, 5], np.int32)), "indices"),
+    (dict(indices=np.array([1, 0], np.int32)), "indices"),
+    (dict(data=np.zeros(3, np.float32)), "data"),
+])
+def test_format_errors_name_their_array(broken, array):
+    parts = dict(data=np.ones(2, np.float32), indices=np.array([0, 1], np.int32), indptr=np.array([0, 2, 2], np.int32))
+    parts.update(broken)
+    with pytest.raises(CSRFormatError) as exc:
+        CSR(parts["data"], parts["indices"], parts["indptr"], (2, 3)).check_format(full=True)
+    assert exc.value.array == array
