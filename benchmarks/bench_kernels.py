@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -68,6 +67,7 @@ import scipy.sparse
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from sparsify.bench.report import write_atomic
 from sparsify.bench.timing import Stats, measure_interleaved
 from sparsify.kernels import CSR, SparseLinear, set_threads, warmup
 from sparsify.runtime.calibrate import choose_batch1_forms
@@ -305,19 +305,6 @@ def headline(points: list[dict]) -> list[dict]:
     return out
 
 
-def write_json_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def plot(result: dict, path: Path) -> None:
     """Speedup over ORT dense vs sparsity, one line per batch, one panel per shape."""
     import matplotlib
@@ -390,7 +377,7 @@ def main(argv=None) -> int:
     result["config"]["quick"] = args.quick
     result["config"]["headline"] = args.headline
     result["config"].pop("only", None)
-    write_json_atomic(result, args.out)
+    write_atomic(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
     print(f"wrote {args.out} ({result['elapsed_s']:.0f} s)")
     isa_info = result["machine"]["isa"]
     for h in result["headline"]:
