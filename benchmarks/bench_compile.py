@@ -14,8 +14,8 @@ the C allocations of torch / ONNX / protobuf). ``wall_s`` is the step alone; ``p
 adds interpreter start-up and imports. Each step is repeated ``--repeat`` times (fresh
 process each time); the median and p90 are reported with all samples.
 
-A step whose implementation has not landed (ImportError / NotImplementedError) is recorded
-as ``{"skipped": reason}``, and so are the steps that need its output.
+A step that fails stops the script with one paragraph: the model, the step, the error's last
+line and the command that runs that step alone with its full traceback.
 
 Run::
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MISSING, REPO, RESULTS, envelope, finite, parser, pyplot, save_figure, say, skipped, write_outputs
+from benchmarks.common import REPO, RESULTS, envelope, finite, parser, pyplot, save_figure, say, stop, write_outputs
 
 SCHEMA = "sparsify.compile/1"
 # (step, what it needs): the prerequisites must have succeeded in the same repetition.
@@ -107,8 +108,6 @@ def _do_step(step: str, case: dict[str, Any], work: Path) -> None:
     from sparsify.artifact import save_run
 
     if step == "build":
-        if ":" in case["model"]:  # a module that has not landed is a missing leg
-            __import__(case["model"].partition(":")[0])
         src = ModelSource(case["model"], case["model_args"], input_shapes=case["input_shapes"],
                           input_dtypes=case["input_dtypes"])
         save_run(open_model(src), work / "dense")
@@ -139,10 +138,7 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
 
     baseline, method = _baseline()
     t0 = time.perf_counter()
-    try:
-        _do_step(request["step"], request["case"], Path(request["work"]))
-    except MISSING as exc:
-        return skipped(exc)
+    _do_step(request["step"], request["case"], Path(request["work"]))
     wall = time.perf_counter() - t0
     peak = _peak(method)
     return {"wall_s": wall, "peak_mib": peak - baseline, "baseline_mib": baseline, "method": method}
@@ -151,39 +147,34 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
 # -- the parent ---------------------------------------------------------------------------------
 
 def run_step(step: str, case: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
-    """One step in a fresh process; raises RuntimeError with the child's last stderr line on failure."""
+    """One step in a fresh process; a failure stops the script naming the step and the child's last stderr line."""
     request = {"step": step, "case": case, "work": str(work)}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(request)],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(request)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
     process_s = time.perf_counter() - t0
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-5:]) or "no output"
-        raise RuntimeError(f"{case['name']}: step {step} exited with {proc.returncode}:\n{tail}")
-    out = json.loads(lines[-1])
-    if "skipped" not in out:
-        out["process_s"] = process_s
-    return out
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        stop(f"{case['name']}: step {step}", f"the step's process exited with {proc.returncode} ({last})",
+             f"Run it alone to see the full error: PYTHONPATH={REPO} {shlex.join(command)}")
+    return {**json.loads(lines[-1]), "process_s": process_s}
 
 
 def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Median / p90 / min of wall time and peak memory over the repetitions of a step."""
     import numpy as np
 
-    done = [s for s in samples if "skipped" not in s]
-    if not done:
-        return {"skipped": samples[0]["skipped"]}
-    out: dict[str, Any] = {"n": len(done)}
+    out: dict[str, Any] = {"n": len(samples)}
     for key in ("wall_s", "process_s", "peak_mib"):
-        v = np.array([s[key] for s in done], dtype=float)
+        v = np.array([s[key] for s in samples], dtype=float)
         out[f"{key}_p50"] = finite(float(np.percentile(v, 50)))
         out[f"{key}_p90"] = finite(float(np.percentile(v, 90)))
         out[f"{key}_min"] = finite(float(v.min()))
-    out["method"] = done[0]["method"]
-    out["samples"] = [{k: finite(s[k]) for k in ("wall_s", "process_s", "peak_mib")} for s in done]
+    out["method"] = samples[0]["method"]
+    out["samples"] = [{k: finite(s[k]) for k in ("wall_s", "process_s", "peak_mib")} for s in samples]
     return out
 
 
@@ -213,17 +204,11 @@ def run_case(case: dict[str, Any], root: Path, repeat: int, timeout: float,
     for k in range(repeat):
         work = root / case["name"] / f"rep{k}"
         work.mkdir(parents=True)
-        for step, needs in selected:
-            if needs is not None and "skipped" in (samples[needs][-1] if samples[needs] else {"skipped": ""}):
-                samples[step].append({"skipped": f"needs {needs}, which was skipped: {samples[needs][-1]['skipped']}"})
-                continue
+        for step, _needs in selected:
             say(f"{case['name']}: {step} (repetition {k + 1}/{repeat})")
             out = run_step(step, case, work, timeout)
             samples[step].append(out)
-            if "skipped" in out:
-                say(f"{case['name']}: {step} skipped: {out['skipped']}")
-            else:
-                say(f"{case['name']}: {step}: {out['wall_s']:.2f} s, peak +{out['peak_mib']:.0f} MiB")
+            say(f"{case['name']}: {step}: {out['wall_s']:.2f} s, peak +{out['peak_mib']:.0f} MiB")
         for name in ("dense.onnx", "sparse.onnx", "slim.onnx"):
             if (work / name).is_file():
                 sizes[name] = sum(f.stat().st_size for f in work.glob(name + "*") if f.is_file())
@@ -254,8 +239,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(f"sparsify compile cost — {doc['machine'].get('cpu')}; missing bar = step skipped",
-                 fontsize="medium")
+    fig.suptitle(f"sparsify compile cost — {doc['machine'].get('cpu')}", fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path)
 

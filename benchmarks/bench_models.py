@@ -15,8 +15,8 @@ in the same ``sparsify.bench.bench`` call (interleaved, same feeds), and describ
 ``sparsify.inspect_model.inspect_onnx(path).totals()`` (params, nonzeros, MACs, file size).
 Every export is verified against the masked torch model (the API's default).
 
-A leg whose implementation has not landed (ImportError / NotImplementedError from the API)
-is recorded as ``{"skipped": reason}``; any other error stops the script.
+A step that fails stops the script with one paragraph naming the model and variant; with
+``--keep-going`` it is recorded as ``{"failed": reason}`` instead and the run goes on.
 
 Run::
 
@@ -42,13 +42,14 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (envelope, finite, optional_leg, parser, pyplot, save_figure, say, write_json,
+from benchmarks.common import (envelope, failure, finite, parser, pyplot, save_figure, say, stop, write_json,
                                write_outputs)
 
 SCHEMA = "sparsify.models/1"
 SPARSITIES = (0.8, 0.9, 0.95)
 BLOCK_SPARSITY = 0.9
 RATIOS = (0.25, 0.5, 0.75)
+KEEP_GOING_HINT = "Fix its cause, or re-run with --keep-going to record the failure in the JSON and measure the rest."
 
 
 @dataclasses.dataclass
@@ -181,11 +182,8 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
         prune_kw = {"sparsity": level, "scope": case.scope}
         rec["scope"] = case.scope
     say(f"{case.name}: {label}: prune")
-    pruned, skip = optional_leg(lambda: _seconds(lambda: prune_model(
-        ModelSource(str(dense_dir), trust=TRUST_ALL), work / f"{label}-pruned", **prune_kw)))
-    if skip:
-        return {**rec, "prune": skip}
-    (run, _plan), rec["prune_s"] = pruned
+    (run, _plan), rec["prune_s"] = _seconds(lambda: prune_model(
+        ModelSource(str(dense_dir), trust=TRUST_ALL), work / f"{label}-pruned", **prune_kw))
     run_dir = work / f"{label}-pruned"
     if case.data:
         rec["pruned_accuracy"] = run.metrics.get("pruned_test_accuracy")
@@ -199,32 +197,23 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
     onnx_path = work / f"{label}.onnx"
     say(f"{case.name}: {label}: export --mode {'sparse' if block else kind}")
     mode = "sparse" if block else kind
-    exported, skip = optional_leg(lambda: _seconds(lambda: export_model(run_dir, onnx_path, mode=mode, trust=TRUST_ALL)))
-    if skip:
-        rec["export"] = skip
-    else:
-        (_, report, summary), rec["export_s"] = exported
-        rec["verify_max_abs"] = finite(report.max_abs) if report is not None else None
-        rec["export_summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
-        rec["onnx"] = describe_onnx(onnx_path)
-        rec["path"] = str(onnx_path)
+    (_, report, summary), rec["export_s"] = _seconds(lambda: export_model(run_dir, onnx_path, mode=mode,
+                                                                          trust=TRUST_ALL))
+    rec["verify_max_abs"] = finite(report.max_abs) if report is not None else None
+    rec["export_summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+    rec["onnx"] = describe_onnx(onnx_path)
+    rec["path"] = str(onnx_path)
     return rec
 
 
-def failure(exc: Exception) -> str:
-    """The one-line reason a ``--keep-going`` run records for a real failure."""
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"[:500]
-
-
 def guarded(case: Case, kind: str, level: float, work: Path, s: Settings, block: str | None = None) -> dict[str, Any]:
-    """:func:`variant`; with ``--keep-going`` a real failure is recorded as ``{"failed": reason}`` (not skipped)."""
+    """:func:`variant`; a failure stops the run, or with ``--keep-going`` is recorded as ``{"failed": reason}``."""
     try:
         return variant(case, kind, level, work / "dense", work, s, block)
     except Exception as exc:  # recorded, reported in the README as a failure, never as a number
-        if not s.keep_going:
-            raise
         label = f"{kind}{block or ''}-{round(level * 100)}"
+        if not s.keep_going:
+            stop(f"{case.name}: {label}", failure(exc), KEEP_GOING_HINT)
         say(f"{case.name}: {label} FAILED: {failure(exc)}")
         return {"variant": label, "kind": kind, "failed": failure(exc)}
 
@@ -256,10 +245,7 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
                            "structure": case.structure, "data": case.data, "batches": list(case.batches),
                            "threads": list(case.threads)}
     say(f"{case.name}: dense run")
-    built, skip = optional_leg(lambda: dense_run(case, work / "dense", s))
-    if skip:
-        return {**rec, **skip}
-    rec["dense"], dense_acc = built
+    rec["dense"], dense_acc = dense_run(case, work / "dense", s)
     say(f"{case.name}: export dense")
     (_, report, _), secs = _seconds(lambda: export_model(work / "dense", work / "dense.onnx", trust=TRUST_ALL))
     dense = rec["dense"]
@@ -294,9 +280,11 @@ def case_guarded(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, A
     """:func:`run_case`; with ``--keep-going`` a model that fails outside its variants is recorded as failed."""
     try:
         return run_case(case, root, s, keep)
+    except SystemExit:  # a variant already stopped the run with its own message
+        raise
     except Exception as exc:  # recorded as a failure, never as numbers
         if not s.keep_going:
-            raise
+            stop(case.name, failure(exc), KEEP_GOING_HINT)
         say(f"{case.name}: FAILED: {failure(exc)}")
         return {"model": case.name, "reference": case.model, "failed": failure(exc)}
 
@@ -338,7 +326,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.legend(fontsize="x-small")
     mach = doc["machine"]
     fig.suptitle(f"sparsify model benchmarks — {mach.get('cpu')}, threads {doc['config']['threads']}; "
-                 "missing bar = leg skipped", fontsize="medium")
+                 "missing bar = leg failed", fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -393,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true", help="also probe peak memory (a fresh process per file)")
     p.add_argument("--keep", type=Path, default=None, help="keep runs and ONNX files in this directory")
     p.add_argument("--keep-going", action="store_true",
-                   help="record a variant that fails (other than a missing implementation) as failed and go on")
+                   help="record a variant or model that fails as failed and go on")
     args = p.parse_args(argv)
     write_outputs(args, run(args), plot)
     return 0

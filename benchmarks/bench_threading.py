@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, finite, parser, say, write_json  # noqa: E402
+from benchmarks.common import envelope, finite, parser, say, stop, write_json  # noqa: E402
 
 # name -> environment of the measuring process (on top of the caller's, minus these keys).
 SETTINGS = {
@@ -93,6 +93,8 @@ def child(spec: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0], "threading.json", plot=False)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--keep-going", action="store_true",
+                   help="record a setting whose process fails as failed and measure the others")
     p.add_argument("--child", help=argparse_suppress())
     args = p.parse_args(argv)
     if args.child:
@@ -112,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            say(f"{name}: failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-            doc["settings"].append({"setting": name, "env": env_set, "skipped": proc.stderr[-500:]})
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:500]
+            reason = f"its process exited with {proc.returncode} ({last})"
+            if not args.keep_going:
+                stop(f"setting {name!r}", reason, "Fix its cause, or re-run with --keep-going to record the "
+                     "failure in the JSON and measure the other settings.")
+            say(f"{name}: FAILED: {reason}")
+            doc["settings"].append({"setting": name, "env": env_set, "failed": reason})
             continue
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         for pt in res["points"]:

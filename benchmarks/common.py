@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: argument parsing, the JSON envelope, skipped legs.
+"""Shared pieces of the benchmark scripts: argument parsing, the JSON envelope, failures.
 
 Every script writes one JSON document::
 
@@ -6,11 +6,9 @@ Every script writes one JSON document::
      "config": {...}, ... script-specific fields ...}
 
 atomically (temporary file + ``os.replace``, via ``sparsify.bench.report.write_atomic``).
-A leg whose implementation is not installed yet (ImportError / NotImplementedError) is recorded
-as ``{"skipped": "<reason>"}`` instead of being measured; nothing is faked.
-
-The scripts import this module as ``benchmarks.common``; :func:`repo_on_path` puts the
-repository root on ``sys.path`` when they run as ``python benchmarks/<script>.py``.
+Every step a script calls exists: a step that fails stops the script with one paragraph
+(:func:`stop`) or, under a script's ``--keep-going``, is recorded as ``{"failed": "<reason>"}``
+(:func:`failure`); nothing is faked.
 """
 
 from __future__ import annotations
@@ -23,18 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-# What a leg may raise when its implementation has not landed yet; anything else is a real failure.
-MISSING = (ImportError, NotImplementedError)
-
-
-def repo_on_path() -> None:
-    """Make ``benchmarks.common`` importable when a script runs as ``python benchmarks/x.py``."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
 
 
 def parser(description: str, default_out: str, plot: bool = True) -> argparse.ArgumentParser:
@@ -169,18 +159,15 @@ def write_outputs(args: argparse.Namespace, doc: dict[str, Any],
         say(f"wrote {png}")
 
 
-def skipped(exc: BaseException) -> dict[str, str]:
-    """The record of a leg that could not run because its implementation is missing."""
-    return {"skipped": f"{type(exc).__name__}: {exc}"}
+def failure(exc: BaseException) -> str:
+    """The one-line reason recorded for a failed step: ``"<type>: <first line of the message>"``."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:500]
 
 
-def optional_leg(fn: Callable[[], Any]) -> tuple[Any, dict[str, str] | None]:
-    """``(fn(), None)``, or ``(None, skipped(...))`` when ``fn`` hits a missing implementation."""
-    try:
-        return fn(), None
-    except MISSING as exc:
-        say(f"skipped: {type(exc).__name__}: {exc}")
-        return None, skipped(exc)
+def stop(step: str, reason: str, hint: str) -> NoReturn:
+    """End the script with one paragraph on stderr (exit 1): which step failed, why, and what to do."""
+    raise SystemExit(f"[bench] {step} failed: {reason}. {hint}")
 
 
 def finite(x: float | None, digits: int = 6) -> float | None:

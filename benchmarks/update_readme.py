@@ -249,16 +249,13 @@ def models_details(models: dict | None) -> list[str]:
         return []
     rows = []
     for m in models["models"]:
-        if "skipped" in m or "failed" in m:
-            why = f"skipped: {m['skipped']}" if "skipped" in m else f"FAILED: {m['failed']}"
-            rows.append([m["model"], "all", "-", "-", "-", "-", "-", why])
+        if "failed" in m:
+            rows.append([m["model"], "all", "-", "-", "-", "-", "-", f"FAILED: {m['failed']}"])
             continue
         dense = m.get("dense", {})
         for v in [{"variant": "dense", **dense}, *m.get("variants", [])]:
             onnx = v.get("onnx") or {}
             acc = v.get("test_accuracy", v.get("finetuned_accuracy"))
-            skip = next((v[k]["skipped"] for k in ("prune", "export") if isinstance(v.get(k), dict)
-                         and "skipped" in v[k]), None)
             failed = v.get("failed")
             lat = "; ".join(f"{_short(lat)} {ms(lat['p50_ms'])} ({x(lat['speedup'])})" for lat in v.get("latency", []))
             csr = (v.get("export_summary") or {}).get("nonzeros") if v.get("kind") in ("sparse", "block") else None
@@ -268,7 +265,7 @@ def models_details(models: dict | None) -> list[str]:
                          "-" if csr is None else f"{csr:,}" if csr else "0 (kept dense)",
                          f"{macs:,}" if macs else "-",
                          f"{onnx['file_bytes'] / 2**20:.2f}" if "file_bytes" in onnx else "-",
-                         lat or (f"skipped: {skip}" if skip else f"FAILED: {failed}" if failed else "-")])
+                         lat or (f"FAILED: {failed}" if failed else "-")])
     return ["<details><summary>All model variants (models.json)</summary>", "",
             *table(["model", "variant", "accuracy", "nonzero weights", "weights in CSR", "MACs (nonzero)", "file MiB",
                     "p50 latency (speedup vs dense) per batch/threads"], rows),
@@ -285,8 +282,7 @@ def compile_details(doc: dict | None) -> list[str]:
         cells = []
         for s in steps:
             st = by.get(s, {})
-            cells.append("skipped" if "skipped" in st else
-                         f"{st['wall_s_p50']:.1f} s / {st['peak_mib_p50']:.0f} MiB" if "wall_s_p50" in st else "-")
+            cells.append(f"{st['wall_s_p50']:.1f} s / {st['peak_mib_p50']:.0f} MiB" if "wall_s_p50" in st else "-")
         rows.append([m["model"], *cells])
     return ["<details><summary>Compile cost: wall time / peak extra memory per step, p50 (compile.json)</summary>",
             "", *table(["model", *steps], rows), "", "</details>", ""]

@@ -1,4 +1,4 @@
-"""bench_compile.py: a --quick run of two steps in fresh processes, step selection, skip propagation."""
+"""bench_compile.py: a --quick run of two steps in fresh processes, step selection, a failing step."""
 
 from __future__ import annotations
 
@@ -32,19 +32,13 @@ def test_steps_bring_their_prerequisites():
         bench_compile.main(["--quick", "--steps", "nope", "--out", "unused.json"])
 
 
-def test_a_skipped_step_skips_what_needs_it(monkeypatch, tmp_path):
-    def fake(step, case, work, timeout):
-        if step == "prune_structured":
-            return {"skipped": "ImportError: no structured pruning"}
-        return {"wall_s": 1.0, "process_s": 2.0, "peak_mib": 3.0, "baseline_mib": 1.0, "method": "VmHWM"}
-
-    monkeypatch.setattr(bench_compile, "run_step", fake)
-    case = bench_compile.all_cases(quick=True)[0]
-    rec = bench_compile.run_case(case, tmp_path, repeat=2, timeout=1.0)
-    by = {s["step"]: s for s in rec["steps"]}
-    assert by["prune_structured"]["skipped"] == "ImportError: no structured pruning"
-    assert by["export_slim"]["skipped"].startswith("needs prune_structured, which was skipped")
-    assert by["export_sparse"]["n"] == 2 and by["export_sparse"]["wall_s_p50"] == 1.0
+def test_a_failed_step_stops_in_one_paragraph_with_the_command_that_repeats_it(monkeypatch, tmp_path):
+    case = {**bench_compile.all_cases(quick=True)[0], "model": "no.such.module:nothing"}
+    with pytest.raises(SystemExit) as stopped:
+        bench_compile.run_step("build", case, tmp_path, timeout=300.0)
+    message = str(stopped.value.code)
+    assert message.startswith(f"[bench] {case['name']}: step build failed: the step's process exited with 1 (")
+    assert "no.such.module" in message and "--child" in message and "\n" not in message
 
 
 def test_sweep_cases_name_their_exact_parameter_counts():

@@ -35,12 +35,12 @@ def fixtures(results: Path) -> None:
                                  "onnx": {"nonzeros": 100, "file_bytes": 2**19}, "run": {"nonzero_macs": 500},
                                  "latency": [{"batch": 1, "threads": 1, "p50_ms": 0.25, "speedup": 2.0},
                                              {"batch": 1, "threads": 2, "p50_ms": 0.5, "speedup": 1.0}]},
-                                {"variant": "slim-50", "kind": "slim", "finetuned_accuracy": 96.0,
-                                 "export": {"skipped": "ImportError: no slim export"}}]}]},
+                                {"variant": "slim-50", "kind": "slim",
+                                 "failed": "RuntimeError: verification failed: max abs 3.0"}]}]},
         "compile.json": {"schema": "sparsify.compile/1", "machine": MACHINE, "config": {"steps": ["build", "export_slim"]},
                          "models": [{"model": "mlp-4096", "steps": [
                              {"step": "build", "wall_s_p50": 4.25, "peak_mib_p50": 300.0},
-                             {"step": "export_slim", "skipped": "ImportError: x"}]}]},
+                             {"step": "export_slim", "wall_s_p50": 9.75, "peak_mib_p50": 500.0}]}]},
         "slim.json": {"schema": "something.else/1", "results": []},  # wrong schema: ignored
     }
     for name, doc in docs.items():
@@ -94,10 +94,10 @@ def test_section_reports_the_numbers_and_names_what_is_missing(readme):
     assert "old full tables" not in section
     assert "batch 1 ×7.25, batch 8 ×3.50, batch 64 ×1.38" in section
     assert "dense 97.5%; sparse-90 95.2% (×2.00 b1/1t, ×1.00 b1/2t)" in section
-    assert "skipped: ImportError: no slim export" in section
+    assert "| digits-cnn | slim-50 | - | - | - | - | - | FAILED: RuntimeError: verification failed: max abs 3.0 |" in section
     assert "| digits-cnn | sparse-90 | 95.2% | 100 | 123,456 | 500 | 0.50 | b1/1t 0.25 ms (×2.00); b1/2t 0.5 ms (×1.00) |" \
         in section
-    assert "4.2 s / 300 MiB" in section
+    assert "| mlp-4096 | 4.2 s / 300 MiB | 9.8 s / 500 MiB |" in section
     assert "[models.png](../results/models.png)" in section  # relative to benchmarks/README.md
     assert "Test CPU 9000" in section and "load average 1.5" in section
     # slim.json has another schema, so it is reported as not measured; so are the absent files.
