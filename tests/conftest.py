@@ -5,7 +5,7 @@ import torch
 
 torch.set_num_threads(1)
 # The CSR pass decides by timing each layer on the host unless this is off: tests want
-# decisions that do not depend on the machine's load (tests/sparse_export/test_calibration.py
+# decisions that do not depend on the machine's load (tests/runtime/test_calibration.py
 # turns it on where it is under test).
 os.environ.setdefault("SPARSIFY_CALIBRATION", "off")
 

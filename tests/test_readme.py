@@ -57,7 +57,7 @@ RUN: dict[str, Callable[[dict], None]] = {
 # First line of a block -> why it is not run here.
 SKIPPED: dict[str, str] = {
     "pip install -e . # sparsify and the `sparsify` command": "installs into the current environment",
-    "make demo": "creates .venv and runs the full demo (minutes); tests/test_demo.py runs `sparsify demo --quick`",
+    "make demo": "creates .venv and runs the full demo (minutes); tests/cli/test_demo.py runs `sparsify demo --quick`",
     "make test": "the whole suite; .ci/run runs it in CI",
     "sparsify prune hf:./my-bert --hf-task sequence-classification --input-shape 1,128 \\":
         "needs a Hugging Face directory the user supplies; tests/hf/test_readme_own_model.py runs it on a tiny one",

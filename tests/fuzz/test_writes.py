@@ -4,7 +4,7 @@ SIGTERM in the middle of ``sparsify export --mode sparse`` exits 143 with one li
 and leaves nothing: no temporary beside the destination, no folder it created, nothing in
 $TMPDIR. After a SIGKILL (which nothing can catch), the next export to the same destination
 removes the leftovers. Concurrent exports to one destination leave one complete, loadable
-model. The mechanism itself is tested in ``tests/test_fileio.py``.
+model. The mechanism itself is tested in ``tests/fileio/test_fileio.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from sparsify.errors import DataError
 from sparsify.runtime import Session
 from sparsify.runtime.profile import _ort_node_times
 from tests.helpers import assert_close
-from tests.sparse_export import models
+from tests.export import models
 
 
 @pytest.mark.parametrize("glue", ["numpy", "ort"])

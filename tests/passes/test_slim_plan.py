@@ -14,8 +14,8 @@ from sparsify.errors import ModelFileError, PruneError
 from sparsify.passes.slim import load_slim, save_slim, slim_model
 from sparsify.structured import merge_masks, plan_structured
 from tests.helpers import assert_close
-from tests.structured import models as M
-from tests.structured.util import masked_model
+from tests.passes import slim_models as M
+from tests.passes.slim_util import masked_model
 
 
 def _x(*shape, seed=0):

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.sparse_export import models
+from tests.export import models
 
 
 @pytest.fixture(scope="session")

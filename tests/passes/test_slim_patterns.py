@@ -8,8 +8,8 @@ import torch
 from sparsify.passes.slim import slim_model
 from sparsify.structured import plan_structured
 from tests.helpers import assert_close
-from tests.structured import models as M
-from tests.structured.util import masked_model, onnx_outputs, random_like
+from tests.passes import slim_models as M
+from tests.passes.slim_util import masked_model, onnx_outputs, random_like
 
 
 def img(h: int = 8):

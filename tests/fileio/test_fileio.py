@@ -18,7 +18,7 @@ import pytest
 from sparsify.errors import ExportError, SparsifyError
 from sparsify.fileio import OWNER, TMP_TAG, atomic_dir, atomic_path, remove_stale
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _leftovers(folder: Path) -> list[str]:
