@@ -10,13 +10,13 @@ from sparsify.masks import apply_masks
 from sparsify.pruner import plan_unstructured
 from sparsify.trust import TRUST_ALL
 from tests.helpers import assert_close
-from tests.user_models import make_tiny
+from tests.models import make_tiny
 
 
 def _run():
     model = make_tiny()
     apply_masks(model, plan_unstructured(model, 0.75).masks)
-    return Run(model=model, model_ref={"kind": "import", "name": "tests.user_models:make_tiny", "args": {}},
+    return Run(model=model, model_ref={"kind": "import", "name": "tests.models:make_tiny", "args": {}},
                inputs=[InputSpec("input", (1, 8))], recipe=[{"step": "prune"}])
 
 

@@ -14,9 +14,9 @@ def test_unknown_builtin_lists_the_known_ones():
 
 @pytest.mark.parametrize("ref, message", [
     ("no_such_pkg.mod:make", "module 'no_such_pkg.mod' could not be imported"),
-    ("tests.user_models:missing", "has no attribute 'missing'"),
-    ("tests.user_models:NOT_A_MODEL", "is a int; expected an nn.Module or a factory"),
-    ("tests.user_models:not_a_module_factory", "returned a str; expected a torch.nn.Module"),
+    ("tests.models:missing", "has no attribute 'missing'"),
+    ("tests.models:NOT_A_MODEL", "is a int; expected an nn.Module or a factory"),
+    ("tests.models:not_a_module_factory", "returned a str; expected a torch.nn.Module"),
 ])
 def test_bad_import_references(ref, message):
     with pytest.raises(ModelError, match=message):
@@ -24,12 +24,12 @@ def test_bad_import_references(ref, message):
 
 
 def test_factory_with_model_args_and_instance():
-    model = build_model({"kind": "import", "name": "tests.user_models:make_tiny", "args": parse_model_args(["width=5"])}, TRUST_ALL)
+    model = build_model({"kind": "import", "name": "tests.models:make_tiny", "args": parse_model_args(["width=5"])}, TRUST_ALL)
     assert model.fc1.out_features == 5
-    inst = build_model({"kind": "import", "name": "tests.user_models:INSTANCE", "args": {}}, TRUST_ALL)
+    inst = build_model({"kind": "import", "name": "tests.models:INSTANCE", "args": {}}, TRUST_ALL)
     assert isinstance(inst, torch.nn.Module)
     with pytest.raises(ModelError, match="takes no --model-arg"):
-        build_model({"kind": "import", "name": "tests.user_models:INSTANCE", "args": {"width": 3}}, TRUST_ALL)
+        build_model({"kind": "import", "name": "tests.models:INSTANCE", "args": {"width": 3}}, TRUST_ALL)
 
 
 def test_model_arg_parsing():
@@ -41,7 +41,7 @@ def test_model_arg_parsing():
 def test_weights_mismatch_lists_keys_and_shapes(tmp_path):
     from safetensors.torch import save_file
 
-    from tests.user_models import make_tiny
+    from tests.models import make_tiny
 
     state = make_tiny().state_dict()
     state.pop("fc2.bias")
@@ -56,7 +56,7 @@ def test_weights_mismatch_lists_keys_and_shapes(tmp_path):
 
 
 def test_torch_load_weights_only_and_pickle_refused(tmp_path):
-    from tests.user_models import make_tiny
+    from tests.models import make_tiny
 
     torch.save(make_tiny(width=16).state_dict(), tmp_path / "ok.pt")
     model = make_tiny()
@@ -69,11 +69,11 @@ def test_torch_load_weights_only_and_pickle_refused(tmp_path):
 
 
 def test_inputs_from_shape_or_data_else_error(tmp_path):
-    run = open_model(ModelSource("tests.user_models:make_tiny", input_shapes=["1,8"]))
+    run = open_model(ModelSource("tests.models:make_tiny", input_shapes=["1,8"]))
     assert run.inputs[0].shape == (1, 8)
-    run = open_model(ModelSource("tests.user_models:make_tiny", data="tests.user_models:tiny_dataset"))
+    run = open_model(ModelSource("tests.models:make_tiny", data="tests.models:tiny_dataset"))
     assert run.inputs[0].shape == (1, 8)
     with pytest.raises(DataError, match="give --data or --input-shape"):
-        open_model(ModelSource("tests.user_models:make_tiny"))
+        open_model(ModelSource("tests.models:make_tiny"))
     with pytest.raises(DataError, match="positive integers"):
-        open_model(ModelSource("tests.user_models:make_tiny", input_shapes=["1,x"]))
+        open_model(ModelSource("tests.models:make_tiny", input_shapes=["1,x"]))

@@ -7,7 +7,7 @@ from sparsify.cli import main
 
 def test_train_prune_finetune_inspect_export(tmp_path, capsys):
     d = tmp_path
-    assert main(["train", "tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset",
+    assert main(["train", "tests.models:make_tiny", "--data", "tests.models:tiny_dataset",
                  "--epochs", "2", "--no-progress", "-o", str(d / "dense")]) == 0
     assert main(["prune", str(d / "dense"), "--sparsity", "0.5", "--scope", "global", "--trust-code", "-o", str(d / "pruned")]) == 0
     assert main(["finetune", str(d / "pruned"), "--epochs", "1", "--distill", "--no-progress", "--trust-code", "-o", str(d / "ft")]) == 0
@@ -16,7 +16,7 @@ def test_train_prune_finetune_inspect_export(tmp_path, capsys):
     assert manifest["recipe"][2]["config"]["distill"] is True
     assert len(manifest["metrics"]["finetune_history"]) == 2
     capsys.readouterr()
-    assert main(["inspect", str(d / "ft"), "--trust-code", "tests.user_models:make_tiny"]) == 0
+    assert main(["inspect", str(d / "ft"), "--trust-code", "tests.models:make_tiny"]) == 0
     out = capsys.readouterr().out
     assert "fc1.weight" in out and "unstructured" in out and "MACs per sample" in out
     assert main(["export", str(d / "ft"), "--trust-code", "-o", str(d / "m.onnx")]) == 0
@@ -54,7 +54,7 @@ def test_distill_uses_the_recorded_dense_parent(tmp_path, capsys, monkeypatch):
     import sparsify.api as api
 
     d = tmp_path
-    assert main(["train", "tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset",
+    assert main(["train", "tests.models:make_tiny", "--data", "tests.models:tiny_dataset",
                  "--epochs", "1", "--no-progress", "-o", str(d / "dense")]) == 0
     assert main(["prune", str(d / "dense"), "--sparsity", "0.9", "--trust-code", "-o", str(d / "pruned")]) == 0
     seen = {}

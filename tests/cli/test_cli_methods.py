@@ -7,7 +7,7 @@ import pytest
 
 from sparsify.cli import main
 
-TINY = ["tests.user_models:make_tiny", "--data", "tests.user_models:tiny_dataset", "--trust-code"]
+TINY = ["tests.models:make_tiny", "--data", "tests.models:tiny_dataset", "--trust-code"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from sparsify.inspect_model import inspect_onnx
 from sparsify.passes.blocks import block_candidates, bsr_arrays, fixed_rule_block
 from sparsify.passes.csr import CsrPass, plan_csr
 from sparsify.runtime import Session, calibrate
-from tests.export import models
+from tests import models
 from tests.runtime.test_calibration import _mlp
 
 

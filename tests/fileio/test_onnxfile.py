@@ -170,9 +170,9 @@ def test_truncated_initializer_is_refused_by_inspect_naming_it(tmp_path):
 
 
 def test_inspect_refuses_csr_dims_that_disagree_with_the_arrays(tmp_path):
-    from tests.fuzz import models
+    from tests import models
 
-    m = models.mlp()
+    m = models.sparse_onnx_mlp()
     node = m.graph.node[0]
     for a in node.attribute:
         if a.name in ("shape", "weight_shape"):

@@ -27,7 +27,7 @@ def test_npz_data(tmp_path):
 
 
 def test_module_data_reference_and_unknown():
-    s = load_data("tests.user_models:tiny_dataset")
+    s = load_data("tests.models:tiny_dataset")
     assert len(s.train) == 96
     with pytest.raises(DataError, match="unknown data reference"):
         load_data("imagenet")

@@ -10,13 +10,13 @@ from sparsify.distributed import DistContext, sharded_batches, usable_cores
 from sparsify.finetune import TrainConfig
 from sparsify.schedule import ScheduleOptions
 from sparsify.trust import TRUST_ALL
-from tests.user_models import tiny_dataset
+from tests.models import tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def dense_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    train_model(ModelSource("tests.user_models:make_tiny", data="tests.user_models:tiny_dataset"),
+    train_model(ModelSource("tests.models:make_tiny", data="tests.models:tiny_dataset"),
                 TrainConfig(epochs=1, progress=False), root / "dense")
     return root
 
@@ -72,7 +72,7 @@ def test_a_dying_rank_takes_the_job_down_cleanly(dense_run, capsys):
     if usable_cores() < 2:
         pytest.skip("needs 2 cores")
     out = dense_run / "died"
-    code = main(["finetune", str(dense_run / "dense"), "--data", "tests.user_models:dying_dataset", "--nproc", "2",
+    code = main(["finetune", str(dense_run / "dense"), "--data", "tests.models:dying_dataset", "--nproc", "2",
                  "--epochs", "1", "--no-progress", "--trust-code", "-o", str(out)])
     err = capsys.readouterr().err
     assert code == 2, err

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.fuzz import models
+from tests import models
 
 # A hostile file may ask for terabytes: the suite runs under a limit any CI machine can honour.
 FUZZ_ALLOC_LIMIT = 256 << 20
@@ -38,11 +38,11 @@ def _allocation_limit(monkeypatch):
 
 # Base models: kind -> (builder, builder options). Index and pointer dtypes and float64 vary.
 BASES = {
-    "mlp": (models.mlp, {}),
-    "mlp-i64": (models.mlp, {"index_dtype": np.int64, "ptr_dtype": np.int64}),
-    "mlp-u16": (models.mlp, {"index_dtype": np.uint16, "ptr_dtype": np.int32}),
-    "cnn": (models.cnn, {}),
-    "cnn-f64": (models.cnn, {"dtype": np.float64, "index_dtype": np.int64}),
+    "mlp": (models.sparse_onnx_mlp, {}),
+    "mlp-i64": (models.sparse_onnx_mlp, {"index_dtype": np.int64, "ptr_dtype": np.int64}),
+    "mlp-u16": (models.sparse_onnx_mlp, {"index_dtype": np.uint16, "ptr_dtype": np.int32}),
+    "cnn": (models.sparse_onnx_cnn, {}),
+    "cnn-f64": (models.sparse_onnx_cnn, {"dtype": np.float64, "index_dtype": np.int64}),
 }
 
 
@@ -64,4 +64,4 @@ def feed_sets(kind: str) -> list[dict[str, np.ndarray]]:
     """Inputs at batch 1 and 3 for a base kind."""
     family = kind.split("-")[0]
     dtype = np.float64 if kind.endswith("f64") else np.float32
-    return [models.feeds(family, b, seed=b, dtype=dtype) for b in (1, 3)]
+    return [models.sparse_onnx_feeds(family, b, seed=b, dtype=dtype) for b in (1, 3)]

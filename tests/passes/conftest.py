@@ -1,6 +1,6 @@
 import pytest
 
-from tests.export import models
+from tests import models
 
 
 @pytest.fixture(scope="session")

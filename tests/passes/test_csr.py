@@ -12,7 +12,7 @@ from sparsify.errors import ExportError
 from sparsify.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, reference_evaluator
 from sparsify.passes.csr import LINEAR_CROSSOVER, CsrPass, default_threshold, plan_csr, rewrite_csr
 from tests.helpers import assert_close
-from tests.export import models
+from tests import models
 
 
 def by_weight(plan):

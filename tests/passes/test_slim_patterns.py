@@ -8,7 +8,7 @@ import torch
 from sparsify.passes.slim import slim_model
 from sparsify.structured import plan_structured
 from tests.helpers import assert_close
-from tests.passes import slim_models as M
+from tests import models as M
 from tests.passes.slim_util import masked_model, onnx_outputs, random_like
 
 
@@ -31,9 +31,9 @@ CASES = {
     "conv_bn_relu": (M.ConvBNReLU, img(), "channel",
                      {"conv1.weight": (8, 3, 3, 3), "bn1.running_var": (8,), "conv2.weight": (12, 8, 3, 3),
                       "bn2.weight": (12,), "fc.weight": (5, 12)}),
-    "residual": (M.Residual, img(), "channel",
-                 {"stem.weight": (8, 3, 3, 3), "blocks.0.conv1.weight": (8, 8, 3, 3),
-                  "blocks.1.conv2.weight": (8, 8, 3, 3), "blocks.1.bn2.bias": (8,), "fc.weight": (5, 8)}),
+    "residual": (M.small_resnet, img(), "channel",
+                 {"stem.weight": (8, 3, 7, 7), "layers.0.conv1.weight": (8, 8, 3, 3),
+                  "layers.1.conv2.weight": (8, 8, 3, 3), "layers.1.bn2.bias": (8,), "fc.weight": (5, 8)}),
     "concat": (M.Concat, img(), "channel",
                {"a.weight": (4, 3, 3, 3), "b.weight": (6, 3, 1, 1), "bn.weight": (10,), "c.weight": (5, 10, 3, 3)}),
     "split_chunk": (M.SplitChunk, img(), "channel",
@@ -66,10 +66,10 @@ CASES = {
                     {"proj.weight": (8, 3, 4, 4), "ln.bias": (8,), "fc.weight": (3, 8)}),
     "embedding": (M.EmbeddingModel, ids(30, 7), "channel",
                   {"emb.weight": (30, 8), "fc1.weight": (12, 8), "fc2.weight": (3, 12)}),
-    "encoder_embedding_dim": (M.TinyEncoder, ids(50, 8), "channel",
+    "encoder_embedding_dim": (M.small_bert, ids(50, 8), "channel",
                               {"tok.weight": (50, 16), "pos": (1, 8, 16), "ln.weight": (16,),
-                               "layers.0.attn.q.weight": (32, 16), "layers.1.fc1.weight": (32, 16),
-                               "layers.1.fc2.weight": (16, 32), "head.weight": (3, 16)}),
+                               "layers.0.attention.query.weight": (32, 16), "layers.1.fc1.weight": (32, 16),
+                               "layers.1.fc2.weight": (16, 32), "classifier.weight": (3, 16)}),
     "gpt2_conv1d": (M.GPT2MLP, seq(5, 12), "channel",
                     {"c_fc.weight": (12, 16), "c_fc.bias": (16,), "c_proj.weight": (16, 6), "mm": (6, 10),
                      "out.weight": (3, 10)}),

@@ -14,7 +14,7 @@ from sparsify.errors import ModelFileError, PruneError
 from sparsify.passes.slim import load_slim, save_slim, slim_model
 from sparsify.structured import merge_masks, plan_structured
 from tests.helpers import assert_close
-from tests.passes import slim_models as M
+from tests import models as M
 from tests.passes.slim_util import masked_model
 
 
@@ -105,7 +105,7 @@ def test_l1_prunes_the_smallest_channels():
 
 
 def test_global_scope_taylor_random_and_round_to():
-    model = M.randomize_norms(M.Residual())
+    model = M.randomize_norms(M.small_resnet())
     x = _x(2, 3, 8, 8)
     batches = [(_x(4, 3, 8, 8, seed=i), torch.randint(0, 5, (4,))) for i in range(2)]
     plans = {
@@ -131,14 +131,14 @@ def test_global_scope_taylor_random_and_round_to():
 
 
 def test_heads_and_ffn_neurons_together():
-    model = M.randomize_norms(M.TinyEncoder(layers=2))
+    model = M.randomize_norms(M.small_bert(layers=2))
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
     heads = plan_structured(model, (ids,), structure="head", ratio=0.5)
     ffn = plan_structured(model, (ids,), structure="channel", ratio=0.5, targets=r"fc1")
     masks = merge_masks(heads.masks, ffn.masks)
     res = slim_model(model, masks, (ids,))
     st = res.module.state_dict()
-    assert tuple(st["layers.0.attn.q.weight"].shape) == (16, 32)
+    assert tuple(st["layers.0.attention.query.weight"].shape) == (16, 32)
     assert tuple(st["layers.1.fc1.weight"].shape) == (32, 32)
     assert tuple(st["tok.weight"].shape) == (50, 32)  # residual stream untouched
     run = torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(1))
@@ -286,7 +286,7 @@ def test_bad_masks_are_rejected():
 
 
 def test_save_and_load_without_pickle(tmp_path):
-    model = M.randomize_norms(M.Residual())
+    model = M.randomize_norms(M.small_resnet())
     x = _x(2, 3, 8, 8)
     plan = plan_structured(model, (x,), ratio=0.5)
     res = slim_model(model, plan.masks, (x,))

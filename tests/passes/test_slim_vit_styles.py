@@ -11,8 +11,8 @@ from sparsify.graph.pointwise import CONST, ZERO, unary_behaviour
 from sparsify.passes.slim import slim_model
 from sparsify.structured import merge_masks, plan_structured
 from tests.helpers import assert_close
-from tests.passes import vit_models as V
-from tests.passes.slim_models import randomize_norms
+from tests import models as V
+from tests.models import randomize_norms
 from tests.passes.slim_util import masked_model, onnx_outputs
 
 

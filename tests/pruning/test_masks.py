@@ -6,7 +6,7 @@ from sparsify.finetune import TrainConfig, make_optimizer
 from sparsify.masks import apply_masks, enforce_masks_after_steps, fold_masks, get_masks, plain_state_dict
 from sparsify.pruner import plan_unstructured
 from tests.helpers import assert_close
-from tests.user_models import make_tiny
+from tests.models import make_tiny
 
 
 def _masked_model():

@@ -9,8 +9,8 @@ from sparsify.recipe import RecipeError, parse_recipe, shipped
 
 TINY = """\
 name: tiny
-model: tests.user_models:make_tiny
-data: tests.user_models:tiny_dataset
+model: tests.models:make_tiny
+data: tests.models:tiny_dataset
 stages:
   - name: dense
     train: {epochs: 1, lr: 0.01}
@@ -52,10 +52,10 @@ def test_every_shipped_recipe_is_valid_and_covers_each_builtin():
      "should name an earlier stage"),
     (("    train: {epochs: 1, lr: 0.01}", "    train: {epochs: 1, lr: 0.01}\n    prune: {sparsity: 0.5}"),
      r"line 5, stages\[0\]", "exactly one of"),
-    (("data: tests.user_models:tiny_dataset\n", ""), r"line 4, stages\[0\]", "needs data"),
+    (("data: tests.models:tiny_dataset\n", ""), r"line 4, stages\[0\]", "needs data"),
     (("name: tiny\n", "name: tiny\nname: other\n"), r"line 2, name", "appears twice"),
-    (("model: tests.user_models:make_tiny", "model: [1, 2]"), r"line 2, model", "should be a string"),
-    (("model: tests.user_models:make_tiny", "model: resnet9000"), r"line 2, model", "should be a built-in"),
+    (("model: tests.models:make_tiny", "model: [1, 2]"), r"line 2, model", "should be a string"),
+    (("model: tests.models:make_tiny", "model: resnet9000"), r"line 2, model", "should be a built-in"),
     (("stages:", "stages: 3\nold:"), r"line 5, old", "unknown field 'old'"),
     (("    train: {epochs: 1, lr: 0.01}", "    train: {epochs: 1, progress: false}"), r"stages\[0\]\.train\.progress",
      "command-line setting"),

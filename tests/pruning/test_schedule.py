@@ -7,7 +7,7 @@ from sparsify.finetune import TrainConfig, train
 from sparsify.masks import get_masks, iter_masks
 from sparsify.options import OptionError
 from sparsify.schedule import GradualPruner, ScheduleOptions, cubic, schedule_points
-from tests.user_models import make_tiny, tiny_dataset
+from tests.models import make_tiny, tiny_dataset
 
 
 def test_cubic_points_follow_zhu_and_gupta():

@@ -2,7 +2,7 @@ import onnx
 import pytest
 
 from sparsify.passes.csr import CsrPass
-from tests.export import models
+from tests import models
 
 
 def sparse_pair(root, kind, threshold=1.0, **kwargs):

@@ -8,7 +8,7 @@ import pytest
 
 from sparsify.cli import main
 from tests.helpers import assert_close
-from tests.export import models
+from tests import models
 
 
 @pytest.mark.parametrize("kind, batch, options", [("cnn", 3, ["--threads", "2"]), ("mlp", 1, ["--batch1", "auto"])])

@@ -8,7 +8,7 @@ from sparsify.errors import DataError
 from sparsify.runtime import Session
 from sparsify.runtime.profile import _ort_node_times
 from tests.helpers import assert_close
-from tests.export import models
+from tests import models
 
 
 @pytest.mark.parametrize("glue", ["numpy", "ort"])

@@ -10,7 +10,7 @@ from sparsify.errors import DataError, KernelInputError
 from sparsify.runtime import Session
 from tests.helpers import assert_close
 from tests.runtime.conftest import sparse_pair
-from tests.export import models
+from tests import models
 
 
 def ort_run(path, x):
