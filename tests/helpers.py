@@ -33,3 +33,29 @@ def assert_close(actual, expected, atol: float | None = None, rtol: float | None
         a, e, atol=atol, rtol=rtol,
         err_msg=f"max abs err {diff.max():.3e}, max rel err {rel.max():.3e}",
     )
+
+
+def onnx_outputs(module, example: tuple, run_inputs: tuple):
+    """Export ``module`` with the dynamo exporter (dynamic batch), check the model, run
+    ``run_inputs`` in ONNX Runtime; returns (outputs, ModelProto)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    dyn = tuple({0: torch.export.Dim("batch")} for _ in example)
+    proto = torch.onnx.export(module, example, dynamo=True, dynamic_shapes=dyn, verbose=False).model_proto
+    onnx.checker.check_model(proto)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, {n: x.numpy() for n, x in zip(names, run_inputs)}), proto
+
+
+def random_like(x, batch: int, seed: int):
+    """A seeded tensor like ``x`` with ``batch`` rows: normal for floats, ids below ``x.max() + 1`` for integers."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    if x.dtype.is_floating_point:
+        return torch.randn((batch,) + tuple(x.shape[1:]), generator=g)
+    hi = int(x.max()) + 1
+    return torch.randint(0, hi, (batch,) + tuple(x.shape[1:]), generator=g)

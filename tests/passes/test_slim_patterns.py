@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsify.passes.slim import slim_model
+from sparsify.passes.slim import masked_model, slim_model
 from sparsify.structured import plan_structured
-from tests.helpers import assert_close
 from tests import models as M
-from tests.passes.slim_util import masked_model, onnx_outputs, random_like
+from tests.helpers import assert_close, onnx_outputs, random_like
 
 
 def img(h: int = 8):

@@ -11,11 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsify.errors import ModelFileError, PruneError
-from sparsify.passes.slim import load_slim, save_slim, slim_model
+from sparsify.passes.slim import load_slim, masked_model, save_slim, slim_model
 from sparsify.structured import merge_masks, plan_structured
-from tests.helpers import assert_close
 from tests import models as M
-from tests.passes.slim_util import masked_model
+from tests.helpers import assert_close
 
 
 def _x(*shape, seed=0):

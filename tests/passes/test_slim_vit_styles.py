@@ -8,12 +8,11 @@ import torch
 
 from sparsify.graph.capture import capture
 from sparsify.graph.pointwise import CONST, ZERO, unary_behaviour
-from sparsify.passes.slim import slim_model
+from sparsify.passes.slim import masked_model, slim_model
 from sparsify.structured import merge_masks, plan_structured
-from tests.helpers import assert_close
 from tests import models as V
+from tests.helpers import assert_close, onnx_outputs
 from tests.models import randomize_norms
-from tests.passes.slim_util import masked_model, onnx_outputs
 
 
 def _x(*shape, seed=0):
