@@ -15,7 +15,7 @@ adds interpreter start-up and imports. Each step is repeated ``--repeat`` times 
 process each time); the median and p90 are reported with all samples.
 
 A step that fails stops the script with one paragraph: the model, the step, the error's last
-line and the command that runs that step alone with its full traceback.
+line, the file that keeps the step's whole error output, and the command that repeats it.
 
 Run::
 
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -147,19 +146,24 @@ def child(request: dict[str, Any]) -> dict[str, Any]:
 # -- the parent ---------------------------------------------------------------------------------
 
 def run_step(step: str, case: dict[str, Any], work: Path, timeout: float) -> dict[str, Any]:
-    """One step in a fresh process; a failure stops the script naming the step and the child's last stderr line."""
+    """One step in a fresh process; a failure stops the script naming the step, the child's last
+    stderr line and a log file with all of it."""
     request = {"step": step, "case": case, "work": str(work)}
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     t0 = time.perf_counter()
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(request)]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(request)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False)
     process_s = time.perf_counter() - t0
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        fd, log = tempfile.mkstemp(prefix=f"sparsify-bench-compile-{case['name']}-{step}-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(proc.stderr)
         stop(f"{case['name']}: step {step}", f"the step's process exited with {proc.returncode} ({last})",
-             f"Run it alone to see the full error: PYTHONPATH={REPO} {shlex.join(command)}")
+             f"Its whole error output is in {log}; repeat it with: python benchmarks/bench_compile.py "
+             f"--models {case['name']} --steps {step} --repeat 1")
     return {**json.loads(lines[-1]), "process_s": process_s}
 
 

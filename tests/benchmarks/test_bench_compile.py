@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from benchmarks import bench_compile
@@ -32,13 +34,19 @@ def test_steps_bring_their_prerequisites():
         bench_compile.main(["--quick", "--steps", "nope", "--out", "unused.json"])
 
 
-def test_a_failed_step_stops_in_one_paragraph_with_the_command_that_repeats_it(monkeypatch, tmp_path):
+def test_a_failed_step_stops_in_one_paragraph_naming_its_log(tmp_path):
     case = {**bench_compile.all_cases(quick=True)[0], "model": "no.such.module:nothing"}
     with pytest.raises(SystemExit) as stopped:
         bench_compile.run_step("build", case, tmp_path, timeout=300.0)
     message = str(stopped.value.code)
     assert message.startswith(f"[bench] {case['name']}: step build failed: the step's process exited with 1 (")
-    assert "no.such.module" in message and "--child" in message and "\n" not in message
+    assert "no.such.module" in message and f"--models {case['name']} --steps build" in message
+    assert "\n" not in message
+    log = Path(message.split("Its whole error output is in ")[1].split(";")[0])
+    try:
+        assert "Traceback" in log.read_text() and "no.such.module" in log.read_text()
+    finally:
+        log.unlink()
 
 
 def test_sweep_cases_name_their_exact_parameter_counts():
