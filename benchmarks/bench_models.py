@@ -24,7 +24,7 @@ is recorded as ``{"skipped": reason}``; any other error stops the script.
 Run::
 
     python benchmarks/bench_models.py [--quick] [--models digits-mlp,mlp-4096] [--out PATH.json]
-                                      [--plot PATH.png] [--memory] [--keep DIR]
+                                      [--plot PATH.png] [--memory] [--keep DIR] [--isa avx2]
 
 JSON schema ``sparsify.models/1`` (see benchmarks/README.md).
 """
@@ -492,7 +492,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep runs and ONNX files in this directory")
     p.add_argument("--keep-going", action="store_true",
                    help="record a variant that fails (other than a missing implementation) as failed and go on")
+    p.add_argument("--isa", choices=["host", "avx2"], default="host",
+                   help="kernel variant: the host's (default), or AVX2 code compiled for Zen 2, with torch and "
+                        "OpenBLAS limited to AVX2 (ONNX Runtime has no such switch); default output: the --out "
+                        "name with _avx2")
     args = p.parse_args(argv)
+    if args.isa == "avx2":
+        from benchmarks.common import rerun_for_avx2
+
+        code = rerun_for_avx2(__file__, sys.argv[1:] if argv is None else argv,
+                              args.out.with_name(f"{args.out.stem}_avx2.json"))
+        if code is not None:
+            return code
     write_outputs(args, run(args), plot)
     return 0
 
