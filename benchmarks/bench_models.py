@@ -25,6 +25,7 @@ Run::
 
     python benchmarks/bench_models.py [--quick] [--models digits-mlp,mlp-4096] [--out PATH.json]
                                       [--plot PATH.png] [--memory] [--keep DIR] [--isa avx2]
+                                      [--batches 1,8] [--threads 1,2] [--sparsities 0.9,0.95]
 
 JSON schema ``sparsify.models/1`` (see benchmarks/README.md).
 """
@@ -441,6 +442,23 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def _numbers(text: str | None, kind: type, flag: str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(t) for t in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def narrowed(case: Case, args: argparse.Namespace) -> Case:
+    """``case`` with the batches, threads and unstructured sparsities the command line asks for
+    (``--batches 1 --threads 2 --sparsities 0.9``), for shorter runs of the large models."""
+    over = {"batches": _numbers(args.batches, int, "--batches"), "threads": _numbers(args.threads, int, "--threads"),
+            "sparsities": _numbers(args.sparsities, float, "--sparsities")}
+    return dataclasses.replace(case, **{k: v for k, v in over.items() if v is not None})
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the selected cases; returns the JSON document."""
     cases = all_cases(args.quick)
@@ -450,6 +468,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"--models: unknown {unknown}; choose from {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in wanted]
+    cases = [narrowed(c, args) for c in cases]
     s = Settings(finetune_epochs=1 if args.quick else 2, lr=3e-3, min_time=0.1 if args.quick else 0.3,
                  warmup=3 if args.quick else 10, memory=args.memory, keep_going=args.keep_going)
     config = {"quick": args.quick, "models": [c.name for c in cases],
@@ -492,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep runs and ONNX files in this directory")
     p.add_argument("--keep-going", action="store_true",
                    help="record a variant that fails (other than a missing implementation) as failed and go on")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes instead of each model's")
+    p.add_argument("--threads", default=None, help="comma-separated thread counts instead of each model's")
+    p.add_argument("--sparsities", default=None,
+                   help="comma-separated unstructured sparsities instead of each model's (e.g. 0.9,0.95)")
     p.add_argument("--isa", choices=["host", "avx2"], default="host",
                    help="kernel variant: the host's (default), or AVX2 code compiled for Zen 2, with torch and "
                         "OpenBLAS limited to AVX2 (ONNX Runtime has no such switch); default output: the --out "

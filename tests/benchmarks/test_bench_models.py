@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from benchmarks import bench_models, common
@@ -125,3 +127,15 @@ def test_quick_run_times_an_export_where_nothing_converted_against_ort(quick_doc
     (lat,) = unconverted["latency"]
     positive(lat["ort_p50_ms"], lat["session_p50_ms"])
     assert lat["session_over_ort"] == pytest.approx(lat["session_p50_ms"] / lat["ort_p50_ms"], rel=1e-3)
+
+
+def test_command_line_narrows_batches_threads_and_sparsities():
+    case = next(c for c in bench_models.all_cases(quick=False) if c.name == "bert-base")
+    args = argparse.Namespace(batches="1", threads="2", sparsities="0.9,0.95")
+    small = bench_models.narrowed(case, args)
+    assert (small.batches, small.threads, small.sparsities) == ((1,), (2,), (0.9, 0.95))
+    assert small.blocks == case.blocks and small.model == case.model
+    unchanged = bench_models.narrowed(case, argparse.Namespace(batches=None, threads=None, sparsities=None))
+    assert unchanged == case
+    with pytest.raises(SystemExit, match="--threads"):
+        bench_models.narrowed(case, argparse.Namespace(batches=None, threads="two", sparsities=None))
