@@ -50,7 +50,8 @@ COMMANDS = [
     ("models_deploy.json", "python benchmarks/bench_models.py --models bert-base,vit-base,resnet-50 "
                            "--out benchmarks/results/models_deploy.json"),
     ("models_deploy_avx2.json", "python benchmarks/bench_models.py --models bert-base,vit-base,resnet-50 "
-                                "--out benchmarks/results/models_deploy.json --isa avx2"),
+                                "--out benchmarks/results/models_deploy.json --isa avx2 --batches 1 --threads 2 "
+                                "--sparsities 0.9,0.95"),
     ("compile.json", "python benchmarks/bench_compile.py"),
     ("roofline.json", "python benchmarks/roofline.py"),
     ("quality.json", "python benchmarks/bench_quality.py"),
