@@ -10,9 +10,12 @@ the others: seeded random weights), its dense ONNX export, then one variant per 
   ``blocks``) at 90 %, exported with ``mode="sparse"`` (the converter stores the weights it
   finds blocked as BSR, the block kernels run them).
 Digits variants are fine-tuned briefly with the masks fixed, and their test accuracy is
-reported (dense, pruned, fine-tuned). Every ONNX file is benchmarked against the dense one
-in the same ``sparsify.bench.bench`` call (interleaved, same feeds), and described by
-``sparsify.inspect_model.inspect_onnx(path).totals()`` (params, nonzeros, MACs, file size).
+reported (dense, pruned, fine-tuned). Every ONNX file is benchmarked in one
+``sparsify.bench.bench`` call (interleaved, same feeds) with the dense baselines: the dense ONNX
+file in ONNX Runtime (``speedup``) and the dense run in torch; ``speedup_vs_fastest`` divides
+the faster of the two by the variant's p50. Each file is described by
+``sparsify.inspect_model.inspect_onnx(path).totals()`` (params, nonzeros, MACs, file size), and
+every sparse file gets an op breakdown of the sparse runtime at batch 1 (``profile``).
 Every export is verified against the masked torch model (the API's default).
 
 A step that fails stops the script with one paragraph naming the model and variant; with
@@ -21,7 +24,8 @@ A step that fails stops the script with one paragraph naming the model and varia
 Run::
 
     python benchmarks/bench_models.py [--quick] [--models digits-mlp,mlp-4096] [--out PATH.json]
-                                      [--plot PATH.png] [--memory] [--keep DIR]
+                                      [--plot PATH.png] [--memory] [--keep DIR] [--isa avx2]
+                                      [--batches 1,8] [--threads 1,2] [--sparsities 0.9,0.95]
 
 JSON schema ``sparsify.models/1`` (see benchmarks/README.md).
 """
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import functools
 import os
 import shutil
 import sys
@@ -70,6 +74,8 @@ class Case:
     sparsities: tuple[float, ...] = SPARSITIES
     ratios: tuple[float, ...] = RATIOS
     blocks: tuple[str, ...] = ()  # block shapes ("4x1") pruned at BLOCK_SPARSITY
+    profile_min_time: float = 1.0  # seconds of profiled runs per sparse variant (0: no op breakdown)
+    unconverted: bool = False  # also time a sparse export in which no layer converts, Session vs ORT
 
     def source(self):
         from sparsify.api import ModelSource
@@ -83,9 +89,10 @@ def all_cases(quick: bool) -> list[Case]:
     if quick:
         return [
             Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=2, scope="global",
-                 batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
+                 batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,), profile_min_time=0.1),
             Case("mlp-1024", "benchmarks.common:ffn_mlp", "channel", {"width": 1024, "depth": 2},
-                 ("1,1024",), batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,)),
+                 ("1,1024",), batches=(1,), threads=(1,), sparsities=(0.9,), ratios=(0.5,),
+                 profile_min_time=0.1, unconverted=True),
         ]
     return [
         Case("digits-mlp", "digits-mlp", "channel", data="digits", epochs=10, scope="global", batches=(1, 64)),
@@ -97,10 +104,19 @@ def all_cases(quick: bool) -> list[Case]:
              batches=(1,)),
         Case("bert-style", "sparsify.models.testbeds:bert_style", "head", {}, ("1,128",), ("int64",),
              batches=(1, 8), blocks=("4x1",)),
-        # BERT-base-shaped (issue 15): hidden 768, 12 heads, FFN 3072, 12 layers, 128 tokens.
-        Case("bert-base", "sparsify.models.testbeds:bert_style", "head",
-             {"dim": 768, "heads": 12, "ffn": 3072, "layers": 12}, ("1,128",), ("int64",),
-             batches=(1,), sparsities=(0.9,), ratios=(), blocks=("4x1", "16x1")),
+        *deploy_cases(),
+    ]
+
+
+def deploy_cases() -> list[Case]:
+    """The models shaped like the ones people deploy (benchmarks/deploy_models.py): unstructured
+    80/90/95 % and 4x1 blocks at 90 %, batches 1 and 8, 1 and 2 threads; no slim variants."""
+    image = ("1,3,224,224",)
+    return [
+        Case("bert-base", "benchmarks.deploy_models:bert_base", "head", {}, ("1,128",), ("int64",), ratios=(),
+             blocks=("4x1",), unconverted=True),
+        Case("vit-base", "benchmarks.deploy_models:vit_base", "head", {}, image, ratios=(), blocks=("4x1",)),
+        Case("resnet-50", "benchmarks.deploy_models:resnet50", "channel", {}, image, ratios=(), blocks=("4x1",)),
     ]
 
 
@@ -149,8 +165,6 @@ def dense_run(case: Case, out: Path, s: Settings) -> tuple[dict[str, Any], float
     from sparsify.artifact import save_run
     from sparsify.finetune import TrainConfig
 
-    if ":" in case.model:  # a model module that has not landed is a missing leg, not a failure
-        importlib.import_module(case.model.partition(":")[0])
     if case.data:
         run, secs = _seconds(lambda: train_model(
             case.source(), TrainConfig(epochs=case.epochs, lr=s.lr, progress=False), out))
@@ -232,6 +246,76 @@ def attach_latency(records: list[dict[str, Any]], result) -> None:
         })
 
 
+def attach_fastest_dense(dense: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """Give every latency row of ``records`` the speedup against the fastest dense runtime at its
+    (batch, threads): ONNX Runtime on the dense file or torch on the dense run, whichever is faster."""
+    best: dict[tuple[int, int], tuple[float, str]] = {}
+    for backend, rows in (("ort", dense.get("latency", [])), ("torch", dense.get("torch_latency", []))):
+        for lat in rows:
+            key = (lat["batch"], lat["threads"])
+            if lat.get("p50_ms") and (key not in best or lat["p50_ms"] < best[key][0]):
+                best[key] = (lat["p50_ms"], backend)
+    for rec in records:
+        for lat in rec.get("latency", []):
+            ref = best.get((lat["batch"], lat["threads"]))
+            if ref and lat.get("p50_ms"):
+                lat["fastest_dense"] = ref[1]
+                lat["speedup_vs_fastest"] = finite(ref[0] / lat["p50_ms"])
+
+
+def unconverted_overhead(case: Case, work: Path, s: Settings) -> dict[str, Any]:
+    """The sparse runtime's cost on a sparse export where no layer converted (the dense run):
+    ``Session`` against ONNX Runtime on the same file, interleaved, per batch and threads."""
+    from sparsify.api import export_model
+    from sparsify.bench.backends import OrtBackend, SparsifyBackend
+    from sparsify.bench.inputs import make_feeds
+    from sparsify.bench.modelfile import check_model_path
+    from sparsify.bench.timing import Stats, measure_interleaved
+    from sparsify.trust import TRUST_ALL
+
+    path = work / "unconverted.onnx"
+    say(f"{case.name}: unconverted: export the dense run --mode sparse")
+    _, secs = _seconds(lambda: export_model(work / "dense", path, mode="sparse", trust=TRUST_ALL))
+    domains = sorted(check_model_path(path).domains)
+    rec: dict[str, Any] = {"export_s": secs, "op_domains": domains, "latency": []}
+    for t in case.threads:
+        ort, ours = OrtBackend().load(path, t), SparsifyBackend().load(path, t)
+        for b in case.batches:
+            feeds = make_feeds(ort.input_specs, b, where=str(path))
+            a, c = measure_interleaved([functools.partial(ort.run, feeds), functools.partial(ours.run, feeds)],
+                                       warmup=s.warmup, min_time=s.min_time)
+            sa, sc = Stats.from_ns(a), Stats.from_ns(c)
+            rec["latency"].append({"batch": b, "threads": t, "ort_p50_ms": finite(sa.p50_ms),
+                                   "session_p50_ms": finite(sc.p50_ms), "ort_p90_ms": finite(sa.p90_ms),
+                                   "session_p90_ms": finite(sc.p90_ms),
+                                   "session_over_ort": finite(sc.p50_ms / sa.p50_ms)})
+        del ort, ours
+    path.unlink()
+    return rec
+
+
+def op_breakdown(path: str, batch: int, threads: int, min_time: float) -> dict[str, Any]:
+    """Where one sparse file's run spends its time (``Session(profile=True)``): milliseconds per
+    run by op, after three warm-up runs, over at least five runs and ``min_time`` seconds."""
+    from sparsify.bench.backends import specs_from_node_args
+    from sparsify.bench.inputs import make_feeds
+    from sparsify.runtime import Session
+
+    session = Session(path, threads=threads, profile=True)
+    feeds = make_feeds(specs_from_node_args(session.get_inputs(), path), batch)
+    for _ in range(3):
+        session.run(None, feeds)
+    session.reset_profile()
+    t0, n = time.perf_counter(), 0
+    while n < 5 or time.perf_counter() - t0 < min_time:
+        session.run(None, feeds)
+        n += 1
+    prof = session.profile()
+    ops = sorted(prof.ops.items(), key=lambda kv: -kv[1])
+    return {"batch": batch, "threads": threads, "runs": prof.runs, "total_ms": finite(prof.total_ms),
+            "ops_ms": {k: finite(v) for k, v in ops if v > 0}}
+
+
 def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
     """Everything for one model; returns its record."""
     from sparsify.api import export_model
@@ -258,11 +342,22 @@ def run_case(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, Any]:
         for d in work.iterdir():
             if d.is_dir() and d.name != "dense":
                 shutil.rmtree(d)
-    files = [dense["path"]] + [v["path"] for v in variants if "path" in v]
-    say(f"{case.name}: benchmark {len(files)} ONNX files at batches {case.batches}, threads {case.threads}")
+    # torch runs the dense run directory: the dense baseline is the faster of it and ONNX Runtime.
+    torch_dense = {"path": str(work / "dense")}
+    files = [dense["path"], torch_dense["path"]] + [v["path"] for v in variants if "path" in v]
+    say(f"{case.name}: benchmark {len(files)} models at batches {case.batches}, threads {case.threads}")
     result = bench(files, batches=case.batches, threads=case.threads, warmup=s.warmup, min_time=s.min_time,
-                   memory=s.memory, progress=False)
-    attach_latency([dense, *variants], result)
+                   memory=s.memory, progress=False, trust=TRUST_ALL)
+    attach_latency([dense, torch_dense, *variants], result)
+    dense["torch_latency"] = torch_dense.get("latency", [])
+    attach_fastest_dense(dense, [dense, *variants])
+    if case.unconverted:
+        rec["unconverted"] = unconverted_overhead(case, work, s)
+    if case.profile_min_time > 0:
+        for v in variants:
+            if "path" in v and v["kind"] in ("sparse", "block"):
+                say(f"{case.name}: {v['variant']}: op breakdown at batch 1, {max(case.threads)} threads")
+                v["profile"] = op_breakdown(v["path"], 1, max(case.threads), case.profile_min_time)
     for v in variants:
         if "onnx" in v:
             v["file_ratio"] = finite(v["onnx"]["file_bytes"] / dense["onnx"]["file_bytes"])
@@ -290,7 +385,8 @@ def case_guarded(case: Case, root: Path, s: Settings, keep: bool) -> dict[str, A
 
 
 def plot(doc: dict[str, Any], path: Path) -> Path:
-    """One panel per model: speedup vs dense ONNX (p50) per variant and batch; accuracy in the labels."""
+    """One panel per model: speedup vs the fastest dense runtime (p50) per variant, batch and
+    threads; accuracy in the labels."""
     plt = pyplot()
     import numpy as np
 
@@ -311,8 +407,8 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         points = [(b, t) for b in m["batches"] for t in m.get("threads", [1])]
         width = 0.8 / len(points)
         for i, (b, t) in enumerate(points):
-            sp = [next((lat["speedup"] for lat in v.get("latency", []) if (lat["batch"], lat["threads"]) == (b, t)),
-                       np.nan) for v in vs]
+            sp = [next((lat.get("speedup_vs_fastest", lat["speedup"]) for lat in v.get("latency", [])
+                        if (lat["batch"], lat["threads"]) == (b, t)), np.nan) for v in vs]
             ax.bar(x - 0.4 + width * (i + 0.5), sp, width, label=f"batch {b}, {t} thread{'s' if t > 1 else ''}")
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks(x, names, fontsize=7, rotation=0)
@@ -321,7 +417,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         if m.get("dense", {}).get("test_accuracy") is not None:
             title += f" (dense {m['dense']['test_accuracy']:.1f}%)"
         ax.set_title(title, fontsize="medium")
-        ax.set_ylabel("speedup vs dense ONNX (p50, log)")
+        ax.set_ylabel("speedup vs fastest dense (ORT, torch; p50, log)")
         ax.grid(axis="y", alpha=0.3, which="both")
         ax.legend(fontsize="x-small")
     mach = doc["machine"]
@@ -329,6 +425,23 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
                  "missing bar = leg failed", fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _numbers(text: str | None, kind: type, flag: str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(kind(t) for t in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def narrowed(case: Case, args: argparse.Namespace) -> Case:
+    """``case`` with the batches, threads and unstructured sparsities the command line asks for
+    (``--batches 1 --threads 2 --sparsities 0.9``), for shorter runs of the large models."""
+    over = {"batches": _numbers(args.batches, int, "--batches"), "threads": _numbers(args.threads, int, "--threads"),
+            "sparsities": _numbers(args.sparsities, float, "--sparsities")}
+    return dataclasses.replace(case, **{k: v for k, v in over.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -340,6 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if unknown:
             raise SystemExit(f"--models: unknown {unknown}; choose from {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in wanted]
+    cases = [narrowed(c, args) for c in cases]
     s = Settings(finetune_epochs=1 if args.quick else 2, lr=3e-3, min_time=0.1 if args.quick else 0.3,
                  warmup=3 if args.quick else 10, memory=args.memory, keep_going=args.keep_going)
     config = {"quick": args.quick, "models": [c.name for c in cases],
@@ -382,7 +496,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, default=None, help="keep runs and ONNX files in this directory")
     p.add_argument("--keep-going", action="store_true",
                    help="record a variant or model that fails as failed and go on")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes instead of each model's")
+    p.add_argument("--threads", default=None, help="comma-separated thread counts instead of each model's")
+    p.add_argument("--sparsities", default=None,
+                   help="comma-separated unstructured sparsities instead of each model's (e.g. 0.9,0.95)")
+    p.add_argument("--isa", choices=["host", "avx2"], default="host",
+                   help="kernel variant: the host's (default), or AVX2 code compiled for Zen 2, with torch and "
+                        "OpenBLAS limited to AVX2 (ONNX Runtime has no such switch); default output: the --out "
+                        "name with _avx2")
     args = p.parse_args(argv)
+    if args.isa == "avx2":
+        from benchmarks.common import rerun_for_avx2
+
+        code = rerun_for_avx2(__file__, sys.argv[1:] if argv is None else argv,
+                              args.out.with_name(f"{args.out.stem}_avx2.json"))
+        if code is not None:
+            return code
     write_outputs(args, run(args), plot)
     return 0
 

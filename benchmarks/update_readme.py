@@ -1,9 +1,10 @@
 """Regenerate the results sections of README.md and benchmarks/README.md from benchmarks/results/*.json.
 
-README.md gets a short headline table (per host and kernel variant: the batch-1 points of the
-sparse kernels and the sparse runtime, the slim models, and the recipes' accuracy) and a link to
-benchmarks/README.md, which gets the full tables: every kernel target per variant, every
-models.json variant, compile cost, the roofline and accuracy by method. Each figure keeps the
+README.md gets a short headline table (per host and kernel variant: whole models at batch 1 -
+the sparse MLP and the deploy-shaped models at 90 % - the slim models, and the recipes'
+accuracy) and a link to benchmarks/README.md, which gets the full tables: every kernel target
+per variant, every deploy-model and models.json variant, compile cost, the roofline and
+accuracy by method. Each figure keeps the
 host CPU, the kernel variant and the load average its JSON file records.
 
 In each file only the text between the marker lines ``<!-- results:begin ... -->`` and
@@ -14,7 +15,7 @@ running the script twice changes nothing. The writes are atomic.
 Documents read when present (a missing or unrecognized one is named as "not measured"):
 ``kernels.json`` and ``kernels_avx2.json`` (bench_kernels.py), ``sparse_e2e.json`` and
 ``sparse_e2e_avx2.json`` (bench_sparse_e2e.py), ``slim.json`` (``sparsify.slim/1``, bench_slim.py),
-``models.json`` (``sparsify.models/1``), ``compile.json`` (``sparsify.compile/1``),
+``models.json``, ``models_deploy.json`` and ``models_deploy_avx2.json`` (``sparsify.models/1``), ``compile.json`` (``sparsify.compile/1``),
 ``roofline.json`` (``sparsify.roofline/1``), ``quality.json`` (``sparsify.quality/1``,
 bench_quality.py; shown only when present).
 
@@ -46,6 +47,11 @@ COMMANDS = [
     ("sparse_e2e_avx2.json", "python benchmarks/bench_sparse_e2e.py --isa avx2"),
     ("slim.json", "python benchmarks/bench_slim.py"),
     ("models.json", "python benchmarks/bench_models.py"),
+    ("models_deploy.json", "python benchmarks/bench_models.py --models bert-base,vit-base,resnet-50 "
+                           "--out benchmarks/results/models_deploy.json"),
+    ("models_deploy_avx2.json", "python benchmarks/bench_models.py --models bert-base,vit-base,resnet-50 "
+                                "--out benchmarks/results/models_deploy.json --isa avx2 --batches 1 --threads 2 "
+                                "--sparsities 0.9,0.95"),
     ("compile.json", "python benchmarks/bench_compile.py"),
     ("roofline.json", "python benchmarks/roofline.py"),
     ("quality.json", "python benchmarks/bench_quality.py"),
@@ -382,9 +388,108 @@ def load_all(results: Path) -> dict[str, dict | None]:
             "sparse_e2e_avx2.json": load(results, "sparse_e2e_avx2.json", "sparsify.sparse_e2e/"),
             "slim.json": load(results, "slim.json", "sparsify.slim/"),
             "models.json": load(results, "models.json", "sparsify.models/"),
+            **{name: load(results, name, "sparsify.models/") for name in DEPLOY_DOCS},
             "compile.json": load(results, "compile.json", "sparsify.compile/"),
             "roofline.json": load(results, "roofline.json", "sparsify.roofline/"),
             "quality.json": load(results, "quality.json", "sparsify.quality/")}
+
+
+# -- the models people deploy (bench_models.py --models bert-base,vit-base,resnet-50) --------------
+
+DEPLOY_DOCS = ("models_deploy.json", "models_deploy_avx2.json")
+# Issue 15's targets at 2 threads against the fastest dense runtime: (model, variant) -> speedup.
+DEPLOY_TARGETS = {("bert-base", "sparse-90"): 2.0, ("vit-base", "sparse-90"): 1.5, ("resnet-50", "sparse-90"): 1.3,
+                  ("resnet-50", "sparse-95"): 1.6}
+DEPLOY_NAMES = {"bert-base": "BERT-base-shaped encoder (128 tokens)", "vit-base": "ViT-Base/16-shaped (224²)",
+                "resnet-50": "ResNet-50-shaped CNN (224²)"}
+# Unconverted sparse export against plain ONNX Runtime: at most this much slower (issue 15).
+UNCONVERTED_LIMIT = 1.05
+
+
+def _latency_at(v: dict, batch: int, threads: int) -> dict | None:
+    return next((lat for lat in v.get("latency", []) if (lat["batch"], lat["threads"]) == (batch, threads)), None)
+
+
+def _fastest_dense(m: dict, batch: int, threads: int) -> tuple[float, str] | None:
+    dense = m.get("dense") or {}
+    pts = [(lat["p50_ms"], name) for name, key in (("ORT", "latency"), ("torch", "torch_latency"))
+           for lat in dense.get(key, []) if (lat["batch"], lat["threads"]) == (batch, threads) and lat.get("p50_ms")]
+    return min(pts) if pts else None
+
+
+def headline_deploy(doc: dict | None, source: str) -> list[list[str]]:
+    """Per deploy model: the 90 % unstructured file at batch 1 and the most threads, end to end."""
+    rows = []
+    for m in (doc or {}).get("models", []):
+        v = next((v for v in m.get("variants", []) if v.get("variant") == "sparse-90"), None)
+        t = max(m.get("threads") or [1])
+        lat, best = (_latency_at(v, 1, t), _fastest_dense(m, 1, t)) if v else (None, None)
+        if not lat or not best:
+            continue
+        rows.append([f"{DEPLOY_NAMES.get(m['model'], m['model'])} at 90%, end to end, batch 1, {t} threads",
+                     _host(doc), _load(doc), f"{ms(lat['p50_ms'])} / {ms(lat['p90_ms'])}",
+                     f"{ms(best[0])} {best[1]} (fastest of ORT, torch)", x(best[0] / lat["p50_ms"]), source])
+    return rows
+
+
+def _top_ops(profile: dict, n: int = 4) -> str:
+    total = profile.get("total_ms") or 0.0
+    ops = list((profile.get("ops_ms") or {}).items())[:n]
+    return ", ".join(f"{name} {100 * v / total:.0f}%" for name, v in ops) if total else "-"
+
+
+def deploy_details(docs: dict[str, dict | None]) -> list[str]:
+    """Per ISA document: every variant of every deploy model at every batch and thread count
+    against the fastest dense runtime, the targets, the op breakdown and the unconverted export."""
+    out = []
+    for name in DEPLOY_DOCS:
+        doc = docs.get(name)
+        if not doc or not doc.get("models"):
+            continue
+        rows, targets = [], []
+        for m in doc["models"]:
+            if "failed" in m:
+                rows.append([m["model"], "all", "-", f"FAILED: {m['failed']}", "-"])
+                continue
+            points = [(b, t) for b in m.get("batches", []) for t in m.get("threads", [])]
+            dense_cells = []
+            for b, t in points:
+                best = _fastest_dense(m, b, t)
+                dense_cells.append(f"b{b}/{t}t {ms(best[0])} {best[1]}" if best else f"b{b}/{t}t -")
+            rows.append([m["model"], "dense (fastest of ORT, torch)", "1.00", "; ".join(dense_cells), "-"])
+            for v in m.get("variants", []):
+                if "failed" in v:
+                    rows.append([m["model"], v["variant"], "-", f"FAILED: {v['failed']}", "-"])
+                    continue
+                cells = []
+                for b, t in points:
+                    lat, best = _latency_at(v, b, t), _fastest_dense(m, b, t)
+                    cells.append(f"b{b}/{t}t {ms(lat['p50_ms'])} {x(best[0] / lat['p50_ms'])}" if lat and best
+                                 else f"b{b}/{t}t -")
+                rows.append([m["model"], v["variant"], f"{v.get('file_ratio', 0):.2f}" if v.get("file_ratio") else "-",
+                             "; ".join(cells), _top_ops(v["profile"]) if v.get("profile") else "-"])
+                goal = DEPLOY_TARGETS.get((m["model"], v["variant"]))
+                t = max(m.get("threads") or [1])
+                lat, best = _latency_at(v, 1, t), _fastest_dense(m, 1, t)
+                if goal and lat and best:
+                    got = best[0] / lat["p50_ms"]
+                    targets.append([f"{m['model']} {v['variant']}, batch 1, {t} threads", f"×{goal:g}", x(got),
+                                    _met(got >= goal)])
+            un = m.get("unconverted")
+            for lat in (un or {}).get("latency", []):
+                ok = lat["session_over_ort"] <= UNCONVERTED_LIMIT
+                targets.append([f"{m['model']}: sparse export with nothing converted, Session / ORT, batch "
+                                f"{lat['batch']}, {lat['threads']} threads",
+                                f"≤ {UNCONVERTED_LIMIT:.2f}", f"{lat['session_over_ort']:.3f} "
+                                f"({ms(lat['session_p50_ms'])} vs {ms(lat['ort_p50_ms'])})", _met(ok)])
+        out += [f"Models people deploy, {_host(doc)}, load {_load(doc)} (`{name}`): p50 per batch/threads and the "
+                "speedup against the fastest dense runtime at that point (ONNX Runtime on the dense file or torch on "
+                "the dense run); the sparse runtime's largest ops at batch 1 (profiled run, shares of its time).", "",
+                *table(["model", "variant", "file / dense", "p50, ×fastest dense (batch/threads)",
+                        "largest ops (batch 1)"], rows), ""]
+        if targets:
+            out += table(["issue 15 target", "target", "measured", "met"], targets) + [""]
+    return out
 
 
 # -- README.md: the headline ------------------------------------------------------------------------
@@ -406,20 +511,12 @@ def _threads(doc: dict) -> str:
 
 
 def headline_rows(docs: dict[str, dict | None]) -> list[list[str]]:
-    """Batch-1 speed per kernel variant (one sparse layer, the sparse MLP end to end) and the slim models:
-    ours p50 / p90 against the fastest dense runtime the document timed, with host and load."""
+    """Whole models at batch 1 per kernel variant (the sparse MLP, the deploy-shaped models at
+    90 %) and the slim models: ours p50 / p90 against the fastest dense runtime the document
+    timed, with host and load. Single layers are in benchmarks/README.md."""
     rows = []
-    for kname, ename in ISA_DOCS:
-        kdoc, edoc = docs.get(kname), docs.get(ename)
-        for h in (kdoc or {}).get("headline", []):
-            if h.get("batch") != 1 or "speedup_vs_fastest_dense" not in h:
-                continue
-            fastest = h["fastest_dense"]
-            rows.append([f"one sparse Linear {h['shape'][0]}×{h['shape'][1]} at {h['sparsity']:.0%}, batch 1"
-                         + _threads(kdoc), _host(kdoc), _load(kdoc),
-                         f"{ms(h['ours_median_ms'])} / {ms(h['ours_p90_ms'])}",
-                         f"{ms(h.get(f'{fastest}_median_ms'))} {DENSE_NAMES.get(fastest, fastest)} "
-                         "(fastest of ORT, torch, numpy)", x(h["speedup_vs_fastest_dense"]), kname])
+    for (_, ename), dname in zip(ISA_DOCS, DEPLOY_DOCS):
+        edoc = docs.get(ename)
         mlp = (edoc or {}).get("mlp")
         for r in (mlp or {}).get("rows", []) if isinstance(mlp, dict) else []:
             if r.get("batch") != 1 or "speedup_p50_vs_fastest_dense" not in r:
@@ -430,6 +527,7 @@ def headline_rows(docs: dict[str, dict | None]) -> list[list[str]]:
                          f"{ms(r['sparsify']['p50_ms'])} / {ms(r['sparsify']['p90_ms'])}",
                          f"{ms((r.get(fastest) or {}).get('p50_ms'))} {DENSE_NAMES.get(fastest, fastest)} "
                          "(fastest of ORT, torch)", x(r["speedup_p50_vs_fastest_dense"]), ename])
+        rows += headline_deploy(docs.get(dname), dname)
     slim = docs.get("slim.json")
     for r in (slim or {}).get("results", []):
         dense, lean = r.get("latency_dense") or {}, r.get("latency_slim") or {}
@@ -490,8 +588,8 @@ def render_headline(results: Path, readme_dir: Path, full: Path) -> str:
     else:
         out += ["No benchmark results yet.", ""]
     out += quiet_line(docs.get("roofline.json")) + accuracy_line(docs.get("quality.json"))
-    out += [f"Every point, batch and kernel variant, all model variants, compile cost, the roofline and what "
-            f"limits batch 1: [{link}]({link}).", ""]
+    out += [f"Single sparse layers, every point, batch and kernel variant, all model variants, compile cost, the "
+            f"roofline and what limits batch 1: [{link}]({link}).", ""]
     return "\n".join(out) + "\n"
 
 
@@ -519,6 +617,7 @@ def render(results: Path, readme_dir: Path) -> str:
         out += table(["result", "measured", "source"], rows) + [""]
     else:
         out += ["No benchmark results yet.", ""]
+    out += deploy_details(all_docs)
     out += models_details(models) + compile_details(comp) + roofline_details(roof) + quality_details(quality)
     pngs = sorted(p.name for p in results.glob("*.png")) if results.is_dir() else []
     if pngs:
@@ -526,7 +625,8 @@ def render(results: Path, readme_dir: Path) -> str:
     missing = [n for n, d in docs.items() if d is None]
     if missing:
         out += ["Not measured yet: " + ", ".join(f"`{n}`" for n in missing) + ".", ""]
-    machine = machine_line({**docs, **{k: v for k, v in per_isa.items() if k not in docs and v}})
+    deploy = {k: all_docs[k] for k in DEPLOY_DOCS if all_docs[k]}
+    machine = machine_line({**docs, **{k: v for k, v in {**per_isa, **deploy}.items() if k not in docs and v}})
     if machine:
         out += ["Measured on:", *machine, ""]
     out += ["Regenerate from the repository root (one at a time, on an otherwise idle machine for stable numbers; "

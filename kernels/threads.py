@@ -36,7 +36,7 @@ def _load_tbb() -> bool:
 
 TBB_LOADED = _load_tbb()
 
-from . import _jit, ell, norm, spmm
+from . import _jit, elementwise, ell, norm, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -101,7 +101,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     AVX-512 makes them available), the SpMM kernel at every batch tile width
     (``_jit.TILES``), the input packing, the direct conv at every column width with its
     input padding (and phase planes), the pointwise conv at every step width, and the
-    layer norm, each in its parallel version and its serial twin. Call
+    layer norm and the residual Add + Relu, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
@@ -141,5 +141,8 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                 kernel(x, v, v, 1e-5, np.empty_like(x))
             for kernel in (norm._add_layer_norm_rows, norm._serial_add_rows):
                 kernel(x, x, v, v, 1e-5, np.empty_like(x), np.empty_like(x))
+            flat = np.ones(8, dtype)  # the residual Add + Relu, both twins
+            for kernel in (elementwise._add_relu, elementwise._serial_add_relu):
+                kernel(flat, flat, dtype(0), np.empty_like(flat))
     finally:
         spmm.SERIAL_WORK = saved

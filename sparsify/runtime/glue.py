@@ -169,8 +169,18 @@ IN_PLACE_RELU = {"Add", "Sub", "Mul", "Div"}
 
 
 def compile_with_relu(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:
-    """``node`` (one of IN_PLACE_RELU) followed by a Relu applied in place on its result."""
+    """``node`` (one of IN_PLACE_RELU) followed by a Relu applied in place on its result; an
+    Add of two float arrays of one shape runs as one parallel kernel (``kernels.elementwise``)."""
     first = compile_node(node, consts)
+    if node.op_type == "Add":
+        from sparsify.kernels.elementwise import add_relu
+
+        def run_add(xs):
+            x, y = xs[0], xs[1]
+            if (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.dtype == y.dtype
+                    and x.dtype in (np.float32, np.float64)):
+                return [add_relu(x, y)]
+            return run(xs)
 
     def run(xs):
         y = first(xs)[0]
@@ -178,7 +188,7 @@ def compile_with_relu(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> Gl
             np.maximum(y, y.dtype.type(0), out=y)
             return [y]
         return [np.maximum(y, y.dtype.type(0))]
-    return run
+    return run_add if node.op_type == "Add" else run
 
 
 def fusable_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto) -> bool:

@@ -196,15 +196,51 @@ def test_headline_keeps_host_isa_and_load_and_links_the_full_tables(tmp_path):
     (results / "quality.json").write_text(json.dumps({"schema": "sparsify.quality/1", "models": [
         {"model": "digits-mlp", "dense_accuracy": 94.75,
          "recipes": {"unstructured_90": {"accuracy": 95.5, "delta": 0.75}}}]}))
+    (results / "models_deploy.json").write_text(json.dumps(deploy_doc(isa)))
     section = update_readme.render_headline(results, tmp_path, tmp_path / "benchmarks" / "README.md")
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows == [
-        "| one sparse Linear 4096×4096 at 90%, batch 1, 2 threads | avx512 on Test CPU 9000 (znver4) | 3.2 at start "
-        "| 0.25 ms / 0.5 ms | 3 ms torch (fastest of ORT, torch, numpy) | ×12.00 | kernels.json |",
+        "| BERT-base-shaped encoder (128 tokens) at 90%, end to end, batch 1, 2 threads | avx512 on Test CPU 9000 "
+        "(znver4) | 1.5 at start | 40 ms / 44 ms | 100 ms torch (fastest of ORT, torch) | ×2.50 | models_deploy.json |",
         "| resnet_style_224, half its channels removed (slim), batch 1, 2 threads | Test CPU 9000 (ORT only) "
         "| not recorded | 5 ms / 8 ms (ORT) | 20 ms ORT (the only runtime timed) | ×4.00 | slim.json |",
-    ]  # batch 8 and the models/compile details stay in benchmarks/README.md
+    ]  # single layers, batch 8 and the models/compile details stay in benchmarks/README.md
     assert "load 0.2 at start" in section and "0.2 ms / 0.4 ms sparse against 3 ms / 6 ms dense" in section
     assert "digits-mlp 94.8% dense, 95.5% at 90% unstructured." in section
     assert "[benchmarks/README.md](benchmarks/README.md)" in section
     assert "<details>" not in section and "Measured on" not in section
+
+
+def deploy_doc(isa: dict) -> dict:
+    """A models_deploy.json with one model: ORT 120 / torch 100 ms dense at batch 1 and 2 threads,
+    sparse-90 at 40 ms, sparse-95 failed, and the unconverted export 4% slower than ORT."""
+    def lat(p50, b=1, t=2, backend="sparsify"):
+        return {"batch": b, "threads": t, "backend": backend, "p50_ms": p50, "p90_ms": p50 * 1.1, "speedup": 1.0}
+
+    return {"schema": "sparsify.models/1", "machine": {"cpu": "Test CPU 9000"}, "isa": isa,
+            "load": {"before": [1.5, 1, 1]}, "models": [{
+                "model": "bert-base", "batches": [1], "threads": [2],
+                "dense": {"latency": [lat(120.0, backend="ort")], "torch_latency": [lat(100.0, backend="torch")]},
+                "variants": [
+                    {"variant": "sparse-90", "kind": "sparse", "file_ratio": 0.21, "latency": [lat(40.0)],
+                     "profile": {"total_ms": 50.0, "ops_ms": {"sparse SparseLinear": 30.0, "ort MatMul": 10.0}}},
+                    {"variant": "sparse-95", "kind": "sparse", "failed": "RuntimeError: boom"}],
+                "unconverted": {"latency": [{"batch": 1, "threads": 2, "ort_p50_ms": 100.0, "session_p50_ms": 104.0,
+                                             "session_over_ort": 1.04}]}}]}
+
+
+def test_deploy_models_table_names_targets_ops_and_failures(tmp_path):
+    isa = {"kernel_variant": "avx2", "target": "NUMBA_CPU_NAME=znver2 (avx2, fma)", "host_cpu": "znver4"}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "models_deploy_avx2.json").write_text(json.dumps(deploy_doc(isa)))
+    lines = update_readme.deploy_details(update_readme.load_all(results))
+    text = "\n".join(lines)
+    assert "avx2, compiled for znver2 on Test CPU 9000 (znver4), load 1.5 at start (`models_deploy_avx2.json`)" in text
+    assert "| bert-base | dense (fastest of ORT, torch) | 1.00 | b1/2t 100 ms torch | - |" in lines
+    assert ("| bert-base | sparse-90 | 0.21 | b1/2t 40 ms ×2.50 | sparse SparseLinear 60%, ort MatMul 20% |"
+            in lines)
+    assert "| bert-base | sparse-95 | - | FAILED: RuntimeError: boom | - |" in lines
+    assert "| bert-base sparse-90, batch 1, 2 threads | ×2 | ×2.50 | yes |" in lines
+    assert any(line.startswith("| bert-base: sparse export with nothing converted") and "1.040" in line
+               and line.endswith("| yes |") for line in lines)
