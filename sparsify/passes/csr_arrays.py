@@ -1,5 +1,6 @@
 """The arrays an ``ai.sparsify`` op stores for a dense weight, built by the kernels' own CSR and
-BSR constructors (``sparsify.kernels``), so the file holds exactly what the kernels would build."""
+BSR constructors (``sparsify.kernels``), so the file holds exactly what the kernels would build,
+in their index dtypes (``sparsify.kernels.csr.INDEX_DTYPES``)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,7 @@ def stored_arrays(w2d: np.ndarray, blocksize: tuple[int, int] | None = None
     if blocksize:
         bsr = BSR.from_dense(w2d, blocksize)
         data, indices, indptr = bsr.values, bsr.pattern.indices, bsr.pattern.indptr
-        cols = w2d.shape[1] // blocksize[1]
     else:
         csr = CSR.from_dense(w2d)
         data, indices, indptr = csr.data, csr.indices, csr.indptr
-        cols = w2d.shape[1]
-    if cols <= np.iinfo(np.uint16).max + 1:
-        indices = indices.astype(np.uint16)
     return data, indices, indptr
