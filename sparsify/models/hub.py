@@ -195,9 +195,9 @@ def hf_from_config(config: Mapping[str, Any], task: str, attn_implementation: st
     except Exception as exc:
         raise ModelError(f"the recorded Hugging Face config (model_type {model_type!r}) is not valid: "
                          f"{type(exc).__name__}: {exc}") from exc
-    from sparsify.modelref import _check_size
+    from sparsify.models.size import check_model_size
 
-    _check_size(lambda: cls.from_config(cfg, **kwargs), f"hf {model_type}")  # counted on the meta device first
+    check_model_size(lambda: cls.from_config(cfg, **kwargs), f"hf {model_type}")  # counted on the meta device first
     try:
         model = cls.from_config(cfg, **kwargs)
     except Exception as exc:

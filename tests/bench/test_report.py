@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsify.bench import SCHEMA, BenchResult, bench
-from sparsify.bench.machine import cpu_model
+from sparsify.machine import cpu_model
 from sparsify.bench.report import write_atomic
 
 
