@@ -10,7 +10,7 @@ Legs (all fp32, ``--threads`` threads, seeded, JIT warmed up first, interleaved 
 - ``glue``: a small residual CNN converted completely, with the glue ops between sparse
   convs (Add, Relu, ReduceMean) run by numpy vs by ONNX Runtime segments;
 - ``--crossover`` (separate document, ``sparse_crossover.json``): the density below which a
-  CSR Linear / Conv beats ORT's dense op, per batch; the table in ``sparsify/passes/csr.py``
+  CSR Linear / Conv beats ORT's dense op, per batch; the table in ``sparsify/passes/csr_policy.py``
   comes from it.
 
     python benchmarks/bench_sparse_e2e.py [--quick] [--out benchmarks/results/sparse_e2e.json]

@@ -80,7 +80,7 @@ def thread_env() -> dict[str, str]:
 def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
     """The common head of every document: schema, created, machine, config, thread env, and
     ``isa``: the kernel variant this process runs and the host CPU (``kernels.isa.host_isa``)."""
-    from sparsify.bench.machine import machine_info
+    from sparsify.machine import machine_info
     from sparsify.kernels.isa import host_isa
 
     return {"schema": schema, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

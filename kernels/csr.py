@@ -6,9 +6,17 @@ import numpy as np
 
 from .errors import CSRFormatError
 
+# The one table of CSR dtypes, in memory and in ``ai.sparsify`` files alike (sparsify.sparse_ops
+# reads it; the CSR pass stores what CSR.from_dense builds), narrowest first.
 DATA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPES = (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
 INDPTR_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def dtype_names(dtypes) -> str:
+    """``"int16, int32 or int64"``: a dtype table for error messages."""
+    names = [str(d) for d in dtypes]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def choose_index_dtypes(shape: tuple[int, int], nnz: int) -> tuple[np.dtype, np.dtype]:
@@ -117,12 +125,12 @@ class CSR:
             if a.ndim != 1:
                 raise CSRFormatError(f"{name} should be 1-D, got {a.ndim}-D with shape {a.shape}", array=name)
         if self.data.dtype not in DATA_DTYPES:
-            raise CSRFormatError(f"data dtype {self.data.dtype} should be float32 or float64", array="data")
+            raise CSRFormatError(f"data dtype {self.data.dtype} should be {dtype_names(DATA_DTYPES)}", array="data")
         if self.indices.dtype not in INDEX_DTYPES:
             raise CSRFormatError(
-                f"indices dtype {self.indices.dtype} should be int16, int32 or int64", array="indices")
+                f"indices dtype {self.indices.dtype} should be {dtype_names(INDEX_DTYPES)}", array="indices")
         if self.indptr.dtype not in INDPTR_DTYPES:
-            raise CSRFormatError(f"indptr dtype {self.indptr.dtype} should be int32 or int64", array="indptr")
+            raise CSRFormatError(f"indptr dtype {self.indptr.dtype} should be {dtype_names(INDPTR_DTYPES)}", array="indptr")
         if self.indptr.shape[0] != rows + 1:
             raise CSRFormatError(f"indptr size {self.indptr.shape[0]} should be {rows + 1} (rows + 1)", array="indptr")
         if self.indptr[0] != 0:
@@ -186,7 +194,7 @@ class CSR:
         if w.ndim != 2:
             raise CSRFormatError(f"weight should be 2-D, got {w.ndim}-D with shape {w.shape}")
         if w.dtype not in DATA_DTYPES:
-            raise CSRFormatError(f"weight dtype {w.dtype} should be float32 or float64")
+            raise CSRFormatError(f"weight dtype {w.dtype} should be {dtype_names(DATA_DTYPES)}")
         keep = w != 0
         if mask is not None:
             mask = np.asarray(mask)
@@ -199,7 +207,7 @@ class CSR:
         if index_dtype is not None:
             idx_dtype = np.dtype(index_dtype)
             if idx_dtype not in INDEX_DTYPES:
-                raise CSRFormatError(f"index_dtype {idx_dtype} should be int16, int32 or int64")
+                raise CSRFormatError(f"index_dtype {idx_dtype} should be {dtype_names(INDEX_DTYPES)}")
             if idx_dtype == np.int64:
                 ptr_dtype = idx_dtype
         indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)

@@ -13,10 +13,10 @@ from torch import nn
 
 from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_manifest, save_run
 from sparsify.data import (
-    InputSpec, Splits, check_inputs, input_specs_from_data, load_data, make_input_specs, random_inputs,
-    read_example_inputs,
+    Splits, check_inputs, input_specs_from_data, load_data, make_input_specs, random_inputs, read_example_inputs,
 )
 from sparsify.errors import DataError, ModelError, RunError
+from sparsify.inputspec import InputSpec
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
 from sparsify.export.verify import VerifyReport
 from sparsify.finetune import TrainConfig, evaluate, train

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sparsify import __version__, safetensors_io
-from sparsify.data import InputSpec, is_code_ref, load_data, loader, random_inputs, read_example_inputs, split_batch
+from sparsify.data import is_code_ref, load_data, loader, random_inputs, read_example_inputs, split_batch
+from sparsify.inputspec import InputSpec
 from sparsify.errors import DataError, RunError, SparsifyError
 from sparsify.fileio import atomic_dir, sha256_file
 from sparsify.manifest import FORMAT, FORMAT_VERSION, MANIFEST, MASKS, WEIGHTS, parse_manifest

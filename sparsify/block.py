@@ -12,30 +12,13 @@ sparsity. Weights an earlier mask pruned score -1 and stay pruned.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
 from sparsify.criteria import get_criterion
 from sparsify.errors import PruneError
 from sparsify.masks import Masks, get_masks
-
-# Largest block side: a block is meant to match a few vector lanes or output rows.
-MAX_SIDE = 64
-
-
-def parse_block(text: str) -> tuple[int, int]:
-    """``"4x1"`` -> (4, 1): R output rows by C input columns."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if m is None:
-        raise PruneError(f"--block {text!r} should look like RxC (rows x columns of the weight), e.g. 4x1 or 1x4")
-    r, c = int(m.group(1)), int(m.group(2))
-    if not (1 <= r <= MAX_SIDE and 1 <= c <= MAX_SIDE) or r * c == 1:
-        raise PruneError(f"--block {text!r}: R={r} and C={c} should be in [1, {MAX_SIDE}] and not both 1 "
-                         "(1x1 is unstructured pruning: use --sparsity alone)")
-    return r, c
-
+from sparsify.pruner import UnstructuredPlan, check_sparsity, parse_block, select_targets
 
 def _block_means(scores: torch.Tensor, r: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean score, element count) per block of a 2-D score matrix; edge blocks may be smaller."""
@@ -69,8 +52,6 @@ def plan_block(model: nn.Module, sparsity: float, block: str, *, scope: str = "l
                targets: str | None = None, ignore: str | None = None, seed: int = 0):
     """Plan block masks pruning ``sparsity`` of the selected weights in whole blocks (an
     ``UnstructuredPlan`` whose pattern says ``block RxC``)."""
-    from sparsify.pruner import UnstructuredPlan, check_sparsity, select_targets
-
     sparsity = check_sparsity(sparsity)
     if scope not in ("layer", "global"):
         raise PruneError(f"scope {scope!r} should be 'layer' or 'global'")
@@ -115,4 +96,4 @@ def plan_block(model: nn.Module, sparsity: float, block: str, *, scope: str = "l
     return UnstructuredPlan(masks=masks, sparsity=sparsity, scope=scope, method=method, pattern=f"block {r}x{c}")
 
 
-__all__ = ["parse_block", "plan_block", "MAX_SIDE"]
+__all__ = ["plan_block"]

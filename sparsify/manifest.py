@@ -148,7 +148,7 @@ def _inputs(v: Any) -> None:
 
 def _input_values(spec: dict, where: str) -> None:
     """The optional entries of an input: dynamic axes and the valid values of its elements."""
-    from sparsify.data import VALUE_KINDS
+    from sparsify.inputspec import VALUE_KINDS
 
     dynamic = spec.get("dynamic", [0])
     _expect(isinstance(dynamic, list) and 0 < len(dynamic) <= len(spec["shape"])

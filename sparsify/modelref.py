@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from sparsify.errors import ModelError, SparsifyError
-from sparsify.limits import check_bytes
 from sparsify.trust import CodeTrust, require_consent
 from sparsify.models import BUILTIN_MODELS, build_builtin
+from sparsify.models.size import check_model_size
 
 
 def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: 
 
         return build_hub_model(ref)
     if kind == "builtin":
-        _check_size(lambda: build_builtin(str(name), **args), str(name))
+        check_model_size(lambda: build_builtin(str(name), **args), str(name))
         return build_builtin(str(name), **args)
     if kind == "import":
         require_consent(str(name), "model.name", source, trust)
@@ -76,7 +76,7 @@ def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: 
                 raise ModelError(f"model reference {name!r} is an nn.Module instance; it takes no --model-arg (got {sorted(args)})")
             return copy.deepcopy(obj)
         if callable(obj):
-            _check_size(lambda: obj(**args), str(name))
+            check_model_size(lambda: obj(**args), str(name))
             try:
                 module = obj(**args)
             except Exception as exc:
@@ -86,24 +86,6 @@ def build_model(ref: Mapping[str, Any], trust: CodeTrust = CodeTrust(), source: 
             return module
         raise ModelError(f"model reference {name!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one")
     raise ModelError(f"model reference kind {kind!r} is not known; expected 'builtin', 'import', 'hf' or 'torchvision'")
-
-
-def _check_size(build: Any, name: str) -> None:
-    """Build on the meta device (no memory) and refuse a module beyond the memory limit.
-
-    A factory that cannot build on the meta device is left to its real build.
-    """
-    try:
-        with torch.device("meta"):
-            probe = build()
-    except SparsifyError:
-        raise
-    except Exception:
-        return
-    if isinstance(probe, nn.Module):
-        tensors = [*probe.parameters(), *probe.buffers()]
-        nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        check_bytes(nbytes, f"model {name!r} ({sum(t.numel() for t in tensors):,} parameters and buffers)", ModelError)
 
 
 def model_ref(spec: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:

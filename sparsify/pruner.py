@@ -235,10 +235,24 @@ def parse_nm(text: str) -> tuple[int, int]:
     return n, m
 
 
+# Largest block side: a block is meant to match a few vector lanes or output rows.
+MAX_SIDE = 64
+
+
+def parse_block(text: str) -> tuple[int, int]:
+    """``"4x1"`` -> (4, 1): R output rows by C input columns."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if m is None:
+        raise PruneError(f"--block {text!r} should look like RxC (rows x columns of the weight), e.g. 4x1 or 1x4")
+    r, c = int(m.group(1)), int(m.group(2))
+    if not (1 <= r <= MAX_SIDE and 1 <= c <= MAX_SIDE) or r * c == 1:
+        raise PruneError(f"--block {text!r}: R={r} and C={c} should be in [1, {MAX_SIDE}] and not both 1 "
+                         "(1x1 is unstructured pruning: use --sparsity alone)")
+    return r, c
+
+
 def check_block(text: str, opts: "PruneOptions") -> tuple[int, int]:
     """The block shape of ``--block`` and the options it combines with (OptionError naming the field)."""
-    from sparsify.block import parse_block
-
     try:
         shape = parse_block(text)
     except PruneError as exc:

@@ -19,9 +19,10 @@ node the op replaced).
 Block-sparse weights (``blocksize`` [R, C] other than [1, 1], R and C dividing rows and cols)
 store R x C blocks as a BSR: ``data`` of shape [blocks, R, C], ``indices`` the block column of
 each block (in [0, cols / C)), ``indptr`` per block row (rows / R + 1 entries), as
-``scipy.sparse.bsr_matrix`` has them; every value of a stored block multiplies. ``data`` is float32 or
-float64; ``indices`` is uint16, int32 or int64 (uint16 when cols fit, to shrink the file);
-``indptr`` is int32 or int64. Products are sparse: only stored entries of ``W`` multiply, so
+``scipy.sparse.bsr_matrix`` has them; every value of a stored block multiplies. The dtypes are
+the kernels' (``sparsify.kernels.csr``): ``data`` float32 or float64, ``indices`` int16, int32
+or int64 (the narrowest that holds every column), ``indptr`` int32 or int64; uint16 indices,
+which files written before that rule hold, are still read. Products are sparse: only stored entries of ``W`` multiply, so
 a NaN or inf in ``X`` reaches only the outputs whose rows store a value in its column (as in
 ``scipy.sparse``; a dense product would spread it through the zeros). The reference
 implementations below (:data:`REFERENCE_OPS`) run under
@@ -40,6 +41,7 @@ from onnx import helper
 from onnx.reference.op_run import OpRun
 
 from sparsify.errors import ModelFileError, SparsifyError
+from sparsify.kernels.csr import DATA_DTYPES, INDEX_DTYPES, INDPTR_DTYPES, dtype_names
 
 DOMAIN = "ai.sparsify"
 DOMAIN_VERSION = 1
@@ -47,9 +49,9 @@ LINEAR_OP = "SparseLinear"
 CONV_OP = "SparseConv"
 OPS = (LINEAR_OP, CONV_OP)
 ACTIVATIONS = ("none", "relu", "gelu")
-INDEX_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32), np.dtype(np.int64))
-INDPTR_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
-DATA_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Column-index dtypes read besides the kernels' own: sparsify wrote uint16 before files took the
+# kernels' dtypes, and such files must keep loading (the loader narrows them to the kernels' dtype).
+LEGACY_INDEX_DTYPES = (np.dtype(np.uint16),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,11 +203,10 @@ def csr_problem(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
     r, c = (int(v) for v in blocksize)
     rows, cols = (int(s) // b for s, b in zip(shape, (r, c)))
     block = (r, c) != (1, 1)
-    for role, a, dtypes, text in (("data", data, DATA_DTYPES, "float32 or float64"),
-                                  ("indices", indices, INDEX_DTYPES, "uint16, int32 or int64"),
-                                  ("indptr", indptr, INDPTR_DTYPES, "int32 or int64")):
-        if a.dtype not in dtypes:
-            return role, f"has dtype {a.dtype}; expected {text}"
+    for role, a, dtypes in (("data", data, DATA_DTYPES), ("indices", indices, INDEX_DTYPES),
+                            ("indptr", indptr, INDPTR_DTYPES)):
+        if a.dtype not in dtypes and not (role == "indices" and a.dtype in LEGACY_INDEX_DTYPES):
+            return role, f"has dtype {a.dtype}; expected {dtype_names(dtypes)}"
         if role == "data" and block:
             if a.ndim != 3 or a.shape[1:] != (r, c):
                 return role, f"has shape {list(a.shape)}; expected [blocks, {r}, {c}] (blocksize)"

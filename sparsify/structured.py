@@ -27,7 +27,7 @@ from sparsify.errors import PruneError, in_step
 from sparsify.graph.capture import capture, plain_copy
 from sparsify.graph.depgraph import DepGraph
 from sparsify.graph.groups import ChannelGroup, class_slices, compute_groups
-from sparsify.graph.rules import analyze
+from sparsify.graph.analysis import analyze
 
 STRUCTURES = ("channel", "head")
 CRITERIA = ("l1", "l2", "random", "taylor")

@@ -22,7 +22,6 @@ import functools
 import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -30,27 +29,12 @@ import numpy as np
 
 from sparsify.bench.modelfile import ModelFile
 from sparsify.errors import ModelError, ModelFileError
+from sparsify.inputspec import InputSpec
 from sparsify.ort_types import NUMPY_DTYPES
 from sparsify.trust import CodeTrust
 
 if TYPE_CHECKING:
     import torch
-
-Dim = int | str | None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: name, shape (an int per static dim, a str or None per dynamic dim), dtype."""
-
-    name: str
-    shape: tuple[Dim, ...]
-    dtype: np.dtype
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form."""
-        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype)}
-
 
 @runtime_checkable
 class Runner(Protocol):

@@ -103,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         written.append(result.write_markdown(args.markdown))
     if args.plot:
-        written.append(result.plot(args.plot))
+        from sparsify.bench.plot import plot_result
+
+        written.append(plot_result(result, args.plot))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sparsify.bench.backends import factory_reference, get_backend, pick_backend, takes_trust
 from sparsify.bench.inputs import make_feeds, recorded_inputs
-from sparsify.bench.machine import machine_info
+from sparsify.machine import machine_info
 from sparsify.bench.memory import measure_peak_memory
 from sparsify.bench.modelfile import ModelFile, check_model_path, size_on_disk
 from sparsify.bench.report import MIB, BenchResult, ModelInfo, Record

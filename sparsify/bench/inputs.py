@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsify.bench.backends import InputSpec
-from sparsify.data import INPUTS_METADATA
+from sparsify.inputspec import INPUTS_METADATA, InputSpec
 from sparsify.errors import DataError, SparsifyError
 from sparsify.limits import array_bytes, check_bytes
 
@@ -57,7 +56,7 @@ def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = Non
 
 
 def recorded_inputs(path: str | os.PathLike) -> dict[str, dict]:
-    """Input name -> recorded spec (``sparsify.data.InputSpec.to_dict``) of a run directory or of
+    """Input name -> recorded spec (``sparsify.inputspec.InputSpec.to_dict``) of a run directory or of
     an ONNX file exported by sparsify; empty when the file records none."""
     import json
 

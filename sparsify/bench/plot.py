@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from sparsify.bench.report import BenchResult, write_atomic
 from sparsify.errors import SparsifyError
-
-if TYPE_CHECKING:
-    from sparsify.bench.report import BenchResult
 
 INSTALL_HINT = "pip install 'sparsify-compiler[plot]'"
 
@@ -33,8 +30,6 @@ def plot_result(result: BenchResult, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from sparsify.bench.report import write_atomic
 
     points = list(dict.fromkeys((r.batch, r.threads) for r in result.records))
     labels = list(dict.fromkeys(r.label for r in result.records))

@@ -1,4 +1,5 @@
-"""Benchmark results and their renderings: terminal table, Markdown, JSON (and PNG via plot.py).
+"""Benchmark results and their renderings: terminal table, Markdown, JSON (the PNG chart is
+``sparsify.bench.plot.plot_result``, which reads these results; this module does not import it).
 
 JSON schema ``sparsify.bench/1`` (also in ``sparsify/bench/SCHEMA.md``)::
 
@@ -223,9 +224,3 @@ class BenchResult:
         """Write :meth:`markdown` atomically; returns the path."""
         text = self.markdown()
         return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Write a PNG chart (needs matplotlib: ``pip install 'sparsify-compiler[plot]'``)."""
-        from sparsify.bench.plot import plot_result
-
-        return plot_result(self, path)

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from sparsify.artifact import Run
-from sparsify.data import INPUTS_METADATA, random_inputs
+from sparsify.data import random_inputs
+from sparsify.inputspec import INPUTS_METADATA
 from sparsify.errors import ExportError, in_step
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
 from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes

@@ -6,7 +6,8 @@ concat...) unify variables (union-find): the resulting equivalence classes are t
 that must be removed together. *Blocks* bind classes further (a conv group, an attention
 head). A *group* is a connected set of classes; it is what a plan prunes, in whole *units*.
 
-The per-op rules live in `sparsify.graph.rules`; this module holds the bookkeeping.
+The per-op rules are registered in `sparsify.graph.rules` (by rules_layers.py and rules_shape.py)
+and applied by `sparsify.graph.analysis`; this module holds the bookkeeping.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 from torch import fx, nn
 
-from sparsify.data import InputSpec, random_inputs
+from sparsify.data import random_inputs
+from sparsify.inputspec import InputSpec
 from sparsify.graph.capture import capture
 
 #: Ops whose output holds the same integer values as their first input.

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from sparsify.graph.rules import flat_nodes
+
 #: Unary pointwise behaviours: a pruned (zero) channel stays "zero", or becomes a "const".
 ZERO, CONST = "zero", "const"
 
@@ -37,9 +39,7 @@ def tagged_pointwise(op: torch._ops.OpOverload) -> bool:
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    from sparsify.graph.rules import _flat_nodes
-
-    return [a for a in _flat_nodes(node.args) + _flat_nodes(node.kwargs)
+    return [a for a in flat_nodes(node.args) + flat_nodes(node.kwargs)
             if isinstance(a.meta.get("val"), torch.Tensor)]
 
 

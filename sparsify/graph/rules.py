@@ -1,9 +1,10 @@
-"""Per-op channel rules: how channel labels enter, pass through and leave each ATen op.
+"""The registry of per-op channel rules (how channel labels enter, pass through and leave each
+ATen op) and the helpers the rules share.
 
-`analyze(gm)` walks a captured graph once and returns a `DepGraph`. Each rule takes the
-graph and a node and returns the node's output labels (`Lab`, a list for tuple outputs, or
-None when the output carries no prunable channel). An op without a rule that receives
-pruned-channel labels blocks those channels, naming the op and where it came from.
+A rule takes the graph and a node and returns the node's output labels (`Lab`, a list for
+tuple outputs, or None when the output carries no prunable channel); `@rule("op", ...)`
+registers it in `RULES`. The rule modules (rules_layers.py, rules_shape.py) import this one;
+it imports none of them: `sparsify.graph.analysis` imports them all and walks a graph.
 
 The rule table in one place (details in rules_layers.py / rules_shape.py):
 
@@ -32,8 +33,7 @@ from typing import Callable
 from torch import fx
 
 from sparsify.graph import labels as L
-from sparsify.errors import SparsifyError, StepError, one_paragraph
-from sparsify.graph.depgraph import DepGraph, where
+from sparsify.graph.depgraph import DepGraph
 from sparsify.graph.labels import Lab, LabelError
 
 Rule = Callable[[DepGraph, fx.Node], object]
@@ -44,6 +44,7 @@ SHAPE_OPS = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze
 
 
 def rule(*names: str):
+    """Register the decorated function as the rule of the ops ``names``."""
     def deco(fn: Rule) -> Rule:
         for n in names:
             RULES[n] = fn
@@ -115,57 +116,8 @@ def same_as(g, n, x: Lab, nz: bool | None = None) -> Lab:
     return reshape_unlabelled(x, shape(n), nz)
 
 
-# --- the walk ---------------------------------------------------------------------------
-
-def analyze(gm: fx.GraphModule) -> DepGraph:
-    """Build the dependency graph of a captured (unlifted) GraphModule."""
-    from sparsify.graph import rules_layers, rules_shape  # noqa: F401  (register their rules)
-    g = DepGraph(gm)
-    for n in gm.graph.nodes:
-        if n.op in ("placeholder", "get_attr", "call_module"):
-            continue
-        if n.op == "output":
-            for a in _flat_nodes(n.args):
-                g.block_lab(g.labs.get(a.name), f"channels reach the model output '{a.name}'")
-            continue
-        if n.op != "call_function":
-            continue
-        if not n.users and op_name(n) not in ("getitem",):
-            continue  # dead code: removed by slim before rewriting
-        name = op_name(n)
-        fn = RULES.get(name)
-        if fn is None and rules_shape.pointwise_applies(n):
-            fn = rules_shape.pointwise
-        ins = [lab(g, a) for a in _flat_nodes(n.args) + _flat_nodes(n.kwargs)]
-        labelled = [x for x in ins if x is not None]
-        if name in PARAM_VIEW_OPS and not labelled and param_source(g, n.args[0]) is not None:
-            g.param_views[n.name] = param_source(g, n.args[0])
-        if fn is None:
-            if labelled:
-                for x in labelled:
-                    g.block(x.arr, f"op {name} ('{n.name}') at {where(n)} has no channel rule")
-            g.labs[n.name] = None
-            continue
-        try:
-            g.labs[n.name] = fn(g, n)
-        except SparsifyError:
-            raise
-        except (LabelError, ValueError, IndexError, TypeError) as e:
-            # LabelError: the rule cannot carry these channels; the others: an argument pattern the
-            # rule does not know (e.g. broadcast heads). Either way: do not prune through it.
-            why = str(e) if isinstance(e, LabelError) else f"unsupported arguments ({type(e).__name__}: {e})"
-            for x in labelled:
-                g.block(x.arr, f"{name} ('{n.name}') at {where(n)}: {why}")
-            g.labs[n.name] = None if not isinstance(n.meta.get("val"), (list, tuple)) else \
-                [None] * len(n.meta["val"])
-        except Exception as e:  # a bug in a rule: name the op and where it is, never a traceback
-            raise StepError(f"planning: the channel rule of op {name} ('{n.name}') at {where(n)} failed: "
-                            f"{one_paragraph(f'{type(e).__name__}: {e}', 400)}; skip the layers around it with "
-                            "--ignore REGEX, re-run with 'sparsify --debug' for the traceback, and report it") from e
-    return g
-
-
-def _flat_nodes(args) -> list[fx.Node]:
+def flat_nodes(args) -> list[fx.Node]:
+    """The fx nodes in ``args`` (nested lists, tuples and dicts), in order."""
     out: list[fx.Node] = []
 
     def visit(a):

@@ -195,9 +195,9 @@ def hf_from_config(config: Mapping[str, Any], task: str, attn_implementation: st
     except Exception as exc:
         raise ModelError(f"the recorded Hugging Face config (model_type {model_type!r}) is not valid: "
                          f"{type(exc).__name__}: {exc}") from exc
-    from sparsify.modelref import _check_size
+    from sparsify.models.size import check_model_size
 
-    _check_size(lambda: cls.from_config(cfg, **kwargs), f"hf {model_type}")  # counted on the meta device first
+    check_model_size(lambda: cls.from_config(cfg, **kwargs), f"hf {model_type}")  # counted on the meta device first
     try:
         model = cls.from_config(cfg, **kwargs)
     except Exception as exc:
@@ -232,7 +232,7 @@ def hf_max_positions(model: nn.Module) -> int | None:
 def hf_input_specs(model: nn.Module, names: tuple[str, ...], shapes: list[tuple[int, ...]]):
     """Input specs of a Hugging Face model: shapes from --input-shape (one for all text inputs,
     or one per input) or defaults; text inputs have dynamic batch and sequence axes."""
-    from sparsify.data import InputSpec
+    from sparsify.inputspec import InputSpec
 
     cfg = model.config
     if names == ("pixel_values",):
@@ -326,7 +326,7 @@ def open_hub_model(spec: str, args: Mapping[str, Any] | None, task: str | None,
                    shapes: list[tuple[int, ...]]) -> tuple[nn.Module, dict[str, Any], list | None]:
     """(module with the directory's weights, manifest reference, input specs or None) for a
     ``--model`` value; torchvision models take their inputs from --input-shape (default 1,3,224,224)."""
-    from sparsify.data import InputSpec
+    from sparsify.inputspec import InputSpec
 
     ref = hub_ref(spec, args, task)
     if ref["kind"] == "torchvision":

@@ -56,14 +56,3 @@ def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | Non
     benchmarks/results/blocks.json); AVX2 code: 4x1 1.3-3.4x, 16x1 1.4-5.1x, 1x4 0.92-3.3x
     but one noisy 0.54x point (blocks_avx2.json). Calibration re-decides per host."""
     return candidates[0] if candidates else None
-
-
-def bsr_arrays(w2d: np.ndarray, r: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data [blocks, r, c], block column of each block, block row pointers) of the R x C
-    blocks of ``w2d`` holding a nonzero, in row-major block order."""
-    rows, cols = w2d.shape
-    blocks = w2d.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)
-    brow, bcol = np.nonzero((blocks != 0).any(axis=(2, 3)))
-    indptr = np.zeros(rows // r + 1, dtype=np.int64)
-    np.cumsum(np.bincount(brow, minlength=rows // r), out=indptr[1:])
-    return np.ascontiguousarray(blocks[brow, bcol]), bcol, indptr

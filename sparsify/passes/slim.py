@@ -22,7 +22,7 @@ from sparsify.graph.capture import capture, export_program, plain_copy
 from sparsify.graph.depgraph import DepGraph, UnionFind
 from sparsify.graph.groups import class_slices, compute_groups
 from sparsify.graph.labels import Lab
-from sparsify.graph.rules import analyze
+from sparsify.graph.analysis import analyze
 from sparsify.passes.slim_rewrite import fold_constants, remove_dead_code, rewrite_graph, set_tensor
 from sparsify.passes.slim_save import load_slim, plain_module, save_slim  # noqa: F401  (public re-export)
 from sparsify.passes.slim_stats import count_macs, count_params

@@ -59,7 +59,7 @@ def host_identity(threads: int) -> dict[str, object]:
     import onnxruntime
 
     import sparsify
-    from sparsify.bench.machine import cpu_model
+    from sparsify.machine import cpu_model
     from sparsify.kernels import REVISION, isa
 
     info = isa.host_isa()
@@ -98,7 +98,7 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
 def kernel_note() -> str:
     """What runs this file's sparse ops on this host: the kernel variant, the compile target and
     the host CPU (for ``sparsify inspect``)."""
-    from sparsify.bench.machine import cpu_model
+    from sparsify.machine import cpu_model
     from sparsify.kernels import isa
 
     info = isa.host_isa()

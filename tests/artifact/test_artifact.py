@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparsify.artifact import Run, load_run, save_run
-from sparsify.data import InputSpec
+from sparsify.inputspec import InputSpec
 from sparsify.errors import RunError
 from sparsify.masks import apply_masks
 from sparsify.pruner import plan_unstructured

@@ -31,7 +31,7 @@ from tests.helpers import assert_close
 def test_ort_runner_specs_and_result(matmul_onnx: Path):
     runner = OrtBackend().load(matmul_onnx, threads=1)
     (spec,) = runner.input_specs
-    assert spec.name == "x" and spec.shape == ("N", 8) and spec.dtype == np.float32
+    assert spec.name == "x" and spec.shape == ("N", 8) and spec.dtype == "float32"
     feeds = make_feeds(runner.input_specs, 3)
     (y,) = runner.run(feeds)
     assert_close(y, feeds["x"] @ matmul_weight())
@@ -67,7 +67,7 @@ def test_torch_backend_via_registration(monkeypatch, tmp_path: Path):
     register_backend("torch", lambda: TorchBackend(loader))
     runner = get_backend("torch").load(tmp_path, threads=1)
     assert seen == [tmp_path] and torch.get_num_threads() == 1
-    assert [s.dtype for s in runner.input_specs] == [np.float32, np.float32]
+    assert [s.dtype for s in runner.input_specs] == ["float32", "float32"]
     feeds = make_feeds(runner.input_specs, 5)
     y, s = runner.run(feeds)
     with torch.no_grad():

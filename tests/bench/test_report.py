@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sparsify.bench import SCHEMA, BenchResult, bench
-from sparsify.bench.machine import cpu_model
+from sparsify.machine import cpu_model
 from sparsify.bench.report import write_atomic
 
 
@@ -57,7 +57,9 @@ def test_table_and_markdown_list_every_model_and_point(result: BenchResult):
 
 def test_plot_writes_a_png(result: BenchResult, tmp_path: Path):
     pytest.importorskip("matplotlib")
-    out = result.plot(tmp_path / "bench.png")
+    from sparsify.bench.plot import plot_result
+
+    out = plot_result(result, tmp_path / "bench.png")
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
 

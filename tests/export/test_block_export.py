@@ -10,7 +10,8 @@ from onnx import numpy_helper
 
 from sparsify.sparse_ops import LINEAR_OP, reference_evaluator
 from sparsify.inspect_model import inspect_onnx
-from sparsify.passes.blocks import block_candidates, bsr_arrays, fixed_rule_block
+from sparsify.passes.blocks import block_candidates, fixed_rule_block
+from sparsify.passes.csr_arrays import stored_arrays
 from sparsify.passes.csr import CsrPass, plan_csr
 from sparsify.runtime import Session, calibrate
 from tests import models
@@ -49,9 +50,9 @@ def test_unstructured_dense_and_empty_weights_have_no_block_shape(rng):
     assert block_candidates(_blocky(rng, 60, 64, (4, 1), 0.1)[:, :62]) == [(4, 1), (2, 1)]  # 1xC do not divide 62
 
 
-def test_bsr_arrays_round_trip(rng):
+def test_stored_bsr_arrays_round_trip(rng):
     w = _blocky(rng, 32, 24, (4, 2), 0.3)
-    data, bcol, indptr = bsr_arrays(w, 4, 2)
+    data, bcol, indptr = stored_arrays(w, (4, 2))
     from scipy.sparse import bsr_matrix
     assert data.shape[1:] == (4, 2) and indptr.shape == (9,)
     assert np.array_equal(bsr_matrix((data, bcol, indptr), shape=w.shape).toarray(), w)
@@ -149,7 +150,7 @@ def test_a_block_shape_without_kernels_runs_as_its_csr(rng, tmp_path):
     from sparsify.sparse_ops import make_node
 
     w = _blocky(rng, 12, 18, (3, 3), 0.4)
-    data, bcol, indptr = bsr_arrays(w, 3, 3)
+    data, bcol, indptr = stored_arrays(w, (3, 3))
     inits = [numpy_helper.from_array(data, "d"), numpy_helper.from_array(bcol.astype(np.int32), "i"),
              numpy_helper.from_array(indptr.astype(np.int32), "p")]
     node = make_node(LINEAR_OP, "x", ("d", "i", "p"), None, "y", "fc", (12, 18), "relu", "w", (12, 18), "Gemm",

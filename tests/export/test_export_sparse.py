@@ -29,7 +29,7 @@ def test_forced_export_converts_every_layer_and_verifies(forced):
     assert report.max_abs <= 1e-5
     assert len(summary["converted"]) == 7 and summary["skipped"] == []
     assert summary["runtime_vs_ort"]["ok"] and summary["runtime_vs_ort"]["max_abs"] <= 1e-5
-    # 80% pruned: float32 values + uint16 indices (+ row pointers) ≈ 6 bytes per nonzero.
+    # 80% pruned: float32 values + int16 indices (+ row pointers) ≈ 6 bytes per nonzero.
     assert 6.0 <= summary["bytes_per_nonzero"] < 6.5
     assert summary["sparse_bytes"] < 0.4 * summary["dense_bytes"]
     assert summary["bytes"] == out.stat().st_size == summary["sparse_bytes"]

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from sparsify.block import parse_block, plan_block
+from sparsify.block import plan_block
+from sparsify.pruner import parse_block
 from sparsify.cli import main
 from sparsify.errors import PruneError
 from sparsify.masks import apply_masks

@@ -1,4 +1,5 @@
-"""A description of the machine and software a benchmark ran on (for the JSON report).
+"""A description of the machine and software: the CPU model that keys host calibrations
+(``sparsify.runtime.calibrate``) and the machine a benchmark ran on (its JSON report).
 
 Package versions come from installed metadata, so describing the machine never imports
 torch or numba.
