@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 
 import torch
 from torch import nn
 
 from sparsify.errors import ModelFileError
+from sparsify.fileio import atomic_path
 
 
 def save_slim(result, path: str | os.PathLike) -> None:
@@ -25,17 +25,9 @@ def save_slim(result, path: str | os.PathLike) -> None:
     if program is None:
         raise ModelFileError("save_slim needs a SlimResult with an exported program (slim_model(reexport=True))")
     program._example_inputs = None
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".pt2", dir=d)
-    os.close(fd)
-    try:
+    with atomic_path(path, ModelFileError) as tmp:
         torch.export.save(program, tmp)
         check_no_pickle(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def check_no_pickle(path: str | os.PathLike) -> None:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -197,14 +196,16 @@ class Calibrator:
         written is skipped, not an error (the decisions are already made)."""
         if not self._dirty:
             return
+        from sparsify.errors import SparsifyError
+        from sparsify.fileio import atomic_path
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"identity": self.identity, "entries": self._entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            with atomic_path(self.path, SparsifyError) as tmp:
+                tmp.write_text(json.dumps({"identity": self.identity, "entries": self._entries}, indent=1,
+                                          sort_keys=True))
             self._dirty = False
-        except OSError:
+        except (OSError, SparsifyError):
             pass
 
     def overhead_ms(self) -> float:
