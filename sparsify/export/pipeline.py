@@ -55,7 +55,8 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
         raise ExportError("--format torch is available for --mode slim only; use --format onnx")
     if options and mode != "sparse":
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
-        raise ExportError(f"{flags} apply to --mode sparse only, not --mode {mode}")
+        verb = "applies" if len(options) == 1 else "apply"
+        raise ExportError(f"{flags} {verb} to --mode sparse only, not --mode {mode}")
     if external_data not in EXTERNAL_DATA_CHOICES:
         raise ExportError(f"--external-data {external_data!r} should be one of {', '.join(EXTERNAL_DATA_CHOICES)}")
     masks = run.masks if mode == "slim" else {}

@@ -138,7 +138,11 @@ def test_export_options_of_another_mode_are_a_usage_error(digits_cnn_run, tmp_pa
         code = main(["export", str(digits_cnn_run / "pruned"), "--mode", mode, "--density-threshold", "0.3",
                      "-o", str(tmp_path / "m.onnx")])
         assert code == 2
-        assert "--density-threshold apply to --mode sparse only" in capsys.readouterr().err
+        assert "--density-threshold applies to --mode sparse only" in capsys.readouterr().err
+    code = main(["export", str(digits_cnn_run / "pruned"), "--mode", "slim", "--density-threshold", "0.3",
+                 "--target-batch", "8", "-o", str(tmp_path / "m.onnx")])
+    assert code == 2
+    assert "--density-threshold, --target-batch apply to --mode sparse only" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
 
