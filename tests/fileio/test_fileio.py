@@ -4,6 +4,7 @@ created for a failed write removed; unwritable destinations are clean errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -104,14 +105,21 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def _writer(dest: Path, kind: str) -> subprocess.Popen:
+def _signals(disposition) -> None:
+    """In the child before exec: SIGTERM and SIGHUP as given (a runner started under nohup
+    passes SIGHUP ignored to every child, and the writers keep an ignored signal ignored)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, disposition.get(sig, signal.SIG_DFL))
+
+
+def _writer(dest: Path, kind: str, disposition: dict | None = None) -> subprocess.Popen:
     if kind == "file":
         code = WRITER.format(func="atomic_path", extra="", write="tmp.write_bytes(b'half')")
     else:
         code = WRITER.format(func="atomic_dir", extra=", 'manifest.json'",
                              write="(tmp / 'weights.safetensors').write_bytes(b'half')")
     proc = subprocess.Popen([sys.executable, "-c", code, str(dest)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=REPO, text=True)
+                            cwd=REPO, text=True, preexec_fn=functools.partial(_signals, disposition or {}))
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
 
@@ -127,6 +135,19 @@ def test_a_terminated_write_cleans_up_and_exits_128_plus_the_signal(tmp_path, ki
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and f"stopped by {signal.Signals(sig).name}" in err, err
     assert not (tmp_path / "new").exists()  # the folder created for the write went too
+
+
+def test_an_ignored_hangup_stays_ignored_and_a_later_terminate_still_cleans_up(tmp_path):
+    dest = tmp_path / "new" / "out.onnx"
+    proc = _writer(dest, "file", {signal.SIGHUP: signal.SIG_IGN})  # as under nohup
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)
+    assert _leftovers(dest.parent)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_killed_write_is_cleaned_by_the_next_write_to_the_same_destination(tmp_path):
