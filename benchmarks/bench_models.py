@@ -489,19 +489,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def without_out(argv: list[str]) -> list[str]:
-    """``argv`` without its ``--out PATH`` / ``--out=PATH``: the AVX2 re-run writes beside it, as ``*_avx2.json``."""
-    rest, skip = [], False
-    for i, a in enumerate(argv):
-        if skip:
-            skip = False
-        elif a == "--out":
-            skip = i + 1 < len(argv)
-        elif not a.startswith("--out="):
-            rest.append(a)
-    return rest
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0], "models.json")
     p.add_argument("--models", default=None, help="comma-separated subset of the model names")
@@ -515,14 +502,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated unstructured sparsities instead of each model's (e.g. 0.9,0.95)")
     p.add_argument("--isa", choices=["host", "avx2"], default="host",
                    help="kernel variant: the host's (default), or AVX2 code compiled for Zen 2, with torch and "
-                        "OpenBLAS limited to AVX2 (ONNX Runtime has no such switch); writes the --out name "
-                        "with _avx2")
+                        "OpenBLAS limited to AVX2 (ONNX Runtime has no such switch); default output models_avx2.json")
     args = p.parse_args(argv)
     if args.isa == "avx2":
         from benchmarks.common import rerun_for_avx2
 
-        out = args.out if args.out.stem.endswith("_avx2") else args.out.with_name(f"{args.out.stem}_avx2.json")
-        code = rerun_for_avx2(__file__, without_out(sys.argv[1:] if argv is None else argv), out)
+        given = sys.argv[1:] if argv is None else list(argv)
+        out = args.out if "--out" in given else args.out.with_name(f"{args.out.stem}_avx2.json")
+        code = rerun_for_avx2(__file__, given, out)
         if code is not None:
             return code
     write_outputs(args, run(args), plot)

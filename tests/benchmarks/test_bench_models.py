@@ -122,8 +122,3 @@ def test_command_line_narrows_batches_threads_and_sparsities():
     with pytest.raises(SystemExit, match="--threads"):
         bench_models.narrowed(case, argparse.Namespace(batches=None, threads="two", sparsities=None))
 
-
-def test_avx2_rerun_writes_beside_the_out_name_never_over_it():
-    argv = ["--models", "bert-base", "--out", "results/models_deploy.json", "--isa", "avx2", "--out=x.json"]
-    assert bench_models.without_out(argv) == ["--models", "bert-base", "--isa", "avx2"]
-    assert bench_models.without_out(["--out"]) == []
