@@ -168,19 +168,17 @@ def _layer_norm(node, consts) -> GlueFn:
 IN_PLACE_RELU = {"Add", "Sub", "Mul", "Div"}
 
 
+def _same_float_arrays(x: Any, y: Any) -> bool:
+    """True when x and y are float32/float64 ndarrays of one shape and dtype (no broadcast): what
+    the fused Numba kernels take."""
+    return (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.dtype == y.dtype
+            and x.dtype in (np.float32, np.float64))
+
+
 def compile_with_relu(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:
     """``node`` (one of IN_PLACE_RELU) followed by a Relu applied in place on its result; an
     Add of two float arrays of one shape runs as one parallel kernel (``kernels.elementwise``)."""
     first = compile_node(node, consts)
-    if node.op_type == "Add":
-        from sparsify.kernels.elementwise import add_relu
-
-        def run_add(xs):
-            x, y = xs[0], xs[1]
-            if (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.dtype == y.dtype
-                    and x.dtype in (np.float32, np.float64)):
-                return [add_relu(x, y)]
-            return run(xs)
 
     def run(xs):
         y = first(xs)[0]
@@ -188,7 +186,13 @@ def compile_with_relu(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> Gl
             np.maximum(y, y.dtype.type(0), out=y)
             return [y]
         return [np.maximum(y, y.dtype.type(0))]
-    return run_add if node.op_type == "Add" else run
+    if node.op_type != "Add":
+        return run
+    from sparsify.kernels.elementwise import add_relu
+
+    def run_add(xs):
+        return [add_relu(xs[0], xs[1])] if _same_float_arrays(xs[0], xs[1]) else run(xs)
+    return run_add
 
 
 def fusable_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto) -> bool:
@@ -210,8 +214,7 @@ def compile_add_layer_norm(add: onnx.NodeProto, ln: onnx.NodeProto, consts: dict
     def run(xs):
         x, y, scale = xs[0], xs[1], xs[2]
         bias = xs[3] if len(xs) > 3 else None
-        if (type(x) is np.ndarray and type(y) is np.ndarray and x.shape == y.shape and x.dtype == y.dtype
-                and x.dtype in (np.float32, np.float64) and x.ndim >= 1
+        if (_same_float_arrays(x, y) and x.ndim >= 1
                 and _axis(axis, x.ndim, "LayerNormalization axis") == x.ndim - 1):
             n = x.shape[-1]
             flat = [None if v is None else np.broadcast_to(v, (n,)).astype(x.dtype, copy=False) for v in (scale, bias)]
