@@ -26,9 +26,9 @@ def analyze(gm: fx.GraphModule) -> DepGraph:
             continue
         if n.op != "call_function":
             continue
-        if not n.users and op_name(n) not in ("getitem",):
-            continue  # dead code: removed by slim before rewriting
         name = op_name(n)
+        if not n.users and name != "getitem":
+            continue  # dead code: removed by slim before rewriting
         fn = RULES.get(name)
         if fn is None and rules_shape.pointwise_applies(n):
             fn = rules_shape.pointwise

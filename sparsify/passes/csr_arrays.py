@@ -17,8 +17,6 @@ def stored_arrays(w2d: np.ndarray, blocksize: tuple[int, int] | None = None
     w2d = np.ascontiguousarray(w2d)
     if blocksize:
         bsr = BSR.from_dense(w2d, blocksize)
-        data, indices, indptr = bsr.values, bsr.pattern.indices, bsr.pattern.indptr
-    else:
-        csr = CSR.from_dense(w2d)
-        data, indices, indptr = csr.data, csr.indices, csr.indptr
-    return data, indices, indptr
+        return bsr.values, bsr.pattern.indices, bsr.pattern.indptr
+    csr = CSR.from_dense(w2d)
+    return csr.data, csr.indices, csr.indptr
