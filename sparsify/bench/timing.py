@@ -12,8 +12,9 @@ Two ways to decide how many samples to take:
 When several candidates are measured at one point, they run interleaved in rounds
 (A B C, A B C, …) so slow drift (thermal, frequency, other load) hits them all alike. For
 fast calls a round gives each candidate a block of back-to-back calls (about 200 ms, after
-~30 ms of untimed settle calls) instead of a single call; see
-:func:`measure_interleaved` for the measured reason.
+~30 ms of untimed settle calls) instead of a single call; slow calls run one at a time,
+each after a pause that lets the previous candidate's spinning threads go idle; see
+:func:`measure_interleaved` for the measured reasons.
 
 Percentiles use numpy's default linear interpolation between order statistics.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from time import perf_counter_ns
+from time import perf_counter_ns, sleep
 
 import numpy as np
 
@@ -36,6 +37,12 @@ MAX_ROUNDS = 100_000
 BLOCK_TIME = 0.2
 SETTLE_TIME = 0.03
 MAX_BLOCK = 20_000
+# Automatic blocks of long calls (no settle calls) start after a pause of SWITCH_PAUSE
+# seconds when several callables alternate, so the previous callable's spinning pool is idle
+# before the next one is timed: ONNX Runtime's pool spins 20-50 ms after a call, and a sparse
+# ResNet-50 timed right after its dense ORT original measured 40 ms p50 against 23 ms after a
+# 50 ms pause or alone (benchmarks/README.md, "Pauses between long calls").
+SWITCH_PAUSE = 0.1
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ def plan_blocks(call_ns: float | None) -> tuple[int, int]:
     MAX_BLOCK calls); before them, untimed settle calls run until ``SETTLE_TIME`` has
     passed (at least one call). Both are timed, not counted from ``call_ns``, which only
     decides whether to block: without an estimate, or for calls longer than
-    ``BLOCK_TIME / 2``, blocks are single calls with no settle call (plain A B C rounds).
+    ``BLOCK_TIME / 2``, blocks are single calls with no settle call (when several
+    callables alternate, each after a pause of SWITCH_PAUSE).
     """
     if call_ns is None or call_ns <= 0 or call_ns * 2 > BLOCK_TIME * 1e9:
         return 1, 0
@@ -135,7 +143,9 @@ def measure_interleaved(
     Runtime: 0.53-0.56 ms per warm-up call), and blocks counted from such an estimate were
     ~7 ms long after ~1 ms of settle calls, inside ORT's spinning (p90 0.54 ms against
     p50 0.020). ``block=None`` sizes blocks per callable with :func:`plan_blocks`;
-    ``block=1`` gives strict A B C rounds without settle calls.
+    ``block=1`` gives strict A B C rounds without settle calls. Automatic blocks of long
+    calls have no settle calls (one would cost a whole call); each starts after a pause of
+    SWITCH_PAUSE instead, so no callable is timed inside another's spinning pool.
 
     Why blocks: runtimes whose worker threads spin after a call (ONNX Runtime's intra-op
     pool does by default) steal cores from the next callable for a short while. Measured on
@@ -174,6 +184,7 @@ def measure_interleaved(
         plans = [(block, 0)] * len(fns)
     else:
         plans = [plan_blocks(w) for w in fastest]
+    pause = block is None and len(fns) > 1
     samples: list[list[int]] = [[] for _ in fns]
     budget_ns = int(min_time * 1e9) * len(fns)
     spent_ns = 0
@@ -189,6 +200,8 @@ def measure_interleaved(
                 n_block = min(n_block, repeat - len(out))
                 if n_block <= 0:
                     continue
+            if pause and not settle_ns:
+                sleep(SWITCH_PAUSE)
             if settle_ns:
                 deadline = clock() + settle_ns
                 fn()

@@ -120,6 +120,31 @@ def test_blocks_and_settle_calls_are_timed_not_counted_from_the_warmup(monkeypat
     assert [len(s) for s in (a, b)] == [200, 200] and set(b) == {2_000_000}
 
 
+def test_slow_calls_alternate_after_a_pause_and_alone_without_one(monkeypatch):
+    # 150 ms calls: no settle calls, so each timed call of one callable after another's
+    # starts after SWITCH_PAUSE (the other's spinning threads go idle); strict rounds
+    # (block=1) and a single callable never pause.
+    clock = [0]
+    log: list[str] = []
+
+    def fn(name):
+        def call():
+            log.append(name)
+            clock[0] += 150_000_000
+        return call
+
+    monkeypatch.setattr(timing, "perf_counter_ns", lambda: clock[0])
+    monkeypatch.setattr(timing, "sleep", lambda s: log.append(f"pause {s}"))
+    measure_interleaved([fn("A"), fn("B")], warmup=2, repeat=2)
+    pause = f"pause {timing.SWITCH_PAUSE}"
+    assert log == ["A", "B", "A", "B"] + [pause, "A", pause, "B"] * 2
+    assert timing.SWITCH_PAUSE >= 0.05  # ORT's pool spins 20-50 ms after a call
+    log.clear()
+    measure_interleaved([fn("A"), fn("B")], warmup=0, repeat=2, block=1)
+    measure_interleaved([fn("C")], warmup=0, repeat=2)
+    assert log == ["A", "B", "A", "B", "C", "C"]
+
+
 def test_adaptive_stops_on_pooled_budget(monkeypatch):
     clock = [0]
 
