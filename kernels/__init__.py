@@ -6,7 +6,8 @@ Public API:
 - :class:`ell.SlicedEll` (``ell.py``): the batch-1 layout SparseLinear builds from a CSR.
 - :class:`bsr.BSR`, :class:`bsr.SparseBlockLinear` (``bsr.py``): weights pruned in whole
   R x C blocks and their linear layer.
-- :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight.
+- :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight, or a
+  BSR of R x 1 blocks (:func:`conv.conv_block`).
 - :func:`norm.layer_norm` (``norm.py``): the runtime's LayerNormalization.
 - :func:`set_threads`, :func:`get_threads`, :func:`warmup` (``threads.py``).
 - Errors (``errors.py``): :class:`KernelValueError` and its subclasses
@@ -15,7 +16,7 @@ Public API:
 
 # Bumped whenever a kernel changes speed: host calibrations cached under another
 # revision are measured again (sparsify.runtime.calibrate.host_identity).
-REVISION = 3
+REVISION = 4
 
 from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError

@@ -11,7 +11,7 @@ import functools
 import numba
 import numpy as np
 
-from ._bsr_simd import block_tile_rows, block_vec_rows
+from ._bsr_simd import block_shifted_rows, block_tile_rows, block_vec_rows
 from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows
 from ._simd import store_columns
 
@@ -80,3 +80,110 @@ def bsr_spmm_kernel(r: int, c: int, width: int, rows: int, chains: int):
                     store_columns(acc, width, n_br * r, w, out, b0 * n_out + g0 * r, n_out)
 
     return bsr_spmm
+
+
+def _check_conv_block(r: int, rr: int, q: int, width: int) -> None:
+    if r not in SIDES or r == 1 or rr < 1 or r % rr or q < 1 or width not in (8, 16, 32):
+        raise ValueError(f"block {r}x1 with {rr} rows per pass, {q} shifted rows, width {width}: "
+                         f"r should be one of {SIDES[1:]}, rr divide r, width be 8, 16 or 32")
+
+
+@functools.lru_cache(maxsize=None)
+def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
+    """The direct conv over r x 1 blocks: ``rr`` channels and ``q`` output rows of ``width``
+    columns per step (cached)."""
+    _check_conv_block(r, rr, q, width)
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
+    def block_direct_conv(values, offsets, indptr, xpad, bias, act, out, n_img, img_in, img_out, ho, wo,
+                          row_stride, bounds):
+        """Y[n, o, oh, ow] = act(bias[o] + sum over block row o // r's blocks j of
+        values[j*r + o % r] * xpad[n*img_in + offsets[j] + oh*row_stride + ow]), stored at
+        ``out[n*img_out + (o*ho + oh)*wo + ow]``; ``xpad`` as for the CSR direct conv, with rows
+        below the image for whole ``q``-row steps. Work items are (image, chunk of block rows);
+        whole steps are stored straight from the registers."""
+        n_chunks = bounds.shape[0] - 1
+        n_steps = (wo + width - 1) // width
+        plane = ho * wo
+        for item in numba.prange(n_img * n_chunks):
+            n = item // n_chunks
+            ch = item - n * n_chunks
+            acc = np.empty(rr * q * width, dtype=xpad.dtype)
+            x0 = n * img_in
+            for oh0 in range(0, ho, q):
+                rows = min(q, ho - oh0)
+                for step in range(n_steps):
+                    ow0 = step * width
+                    w = min(width, wo - ow0)
+                    whole = rows == q and w == width
+                    start = x0 + oh0 * row_stride + ow0
+                    for br in range(bounds[ch], bounds[ch + 1]):
+                        lo, hi = np.uintp(indptr[br]), np.uintp(indptr[br + 1])
+                        for part in range(0, r, rr):
+                            o = br * r + part
+                            pos = n * img_out + o * plane + oh0 * wo + ow0
+                            if whole:
+                                block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
+                                                   out[pos:], wo, plane, r, rr, q, width)
+                                if act != 0:
+                                    for k in range(rr):
+                                        activate_rows(out, pos + k * plane, q, width, wo, act)
+                                continue
+                            block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
+                                               acc, width, q * width, r, rr, q, width)
+                            if act != 0:
+                                activate_rows(acc, 0, 1, rr * q * width, 0, act)
+                            for k in range(rr):
+                                for i in range(rows):
+                                    for t in range(w):
+                                        out[pos + k * plane + i * wo + t] = acc[(k * q + i) * width + t]
+
+    return block_direct_conv
+
+
+@functools.lru_cache(maxsize=None)
+def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
+    """The 1x1 conv over r x 1 blocks: ``rr`` channels and ``q * width`` positions per step (cached)."""
+    _check_conv_block(r, rr, q, width)
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
+    def block_pointwise_conv(values, offsets, indptr, x, img_in, p_full, tail_x, tail_offsets, tail_img, tail, bias,
+                             act, out, n_img, img_out, p_out, bounds):
+        """Y[n, o, p] = act(bias[o] + sum over block row o // r's blocks j of values[j*r + o % r]
+        * X[n, c_j, p]) for a 1x1 conv, stored at ``out[n*img_out + o*p_out + p]``. ``x``,
+        ``offsets``, ``tail_x`` and ``tail_offsets`` as for the CSR pointwise conv, with steps of
+        ``q * width`` positions."""
+        step = q * width
+        n_chunks = bounds.shape[0] - 1
+        n_steps = p_full // step
+        for item in numba.prange(n_img * n_chunks):
+            n = item // n_chunks
+            ch = item - n * n_chunks
+            acc = np.empty(rr * step, dtype=x.dtype)
+            r0, r1 = bounds[ch], bounds[ch + 1]
+            for s in range(n_steps):
+                for br in range(r0, r1):
+                    lo, hi = np.uintp(indptr[br]), np.uintp(indptr[br + 1])
+                    for part in range(0, r, rr):
+                        o = br * r + part
+                        pos = n * img_out + o * p_out + s * step
+                        block_shifted_rows(values, offsets, lo, hi, x, bias, n * img_in + s * step, width, o, part,
+                                           out[pos:], width, p_out, r, rr, q, width)
+                        if act != 0:
+                            for k in range(rr):
+                                activate_rows(out, pos + k * p_out, 1, step, 0, act)
+            if tail > 0:
+                for br in range(r0, r1):
+                    lo, hi = np.uintp(indptr[br]), np.uintp(indptr[br + 1])
+                    for part in range(0, r, rr):
+                        o = br * r + part
+                        block_shifted_rows(values, tail_offsets, lo, hi, tail_x, bias, n * tail_img, width, o, part,
+                                           acc, width, step, r, rr, q, width)
+                        if act != 0:
+                            activate_rows(acc, 0, 1, rr * step, 0, act)
+                        pos = n * img_out + o * p_out + p_full
+                        for k in range(rr):
+                            for t in range(tail):
+                                out[pos + k * p_out + t] = acc[k * step + t]
+
+    return block_pointwise_conv

@@ -8,6 +8,8 @@ A block is R output rows x C input columns, its values stored column by column
 - ``block_vec_rows``: one block row against a vector (SpMV): with R >= 2 an R-lane vector of
   the block's column times the input value; with R == 1 a C-lane product of the block's
   values and C adjacent inputs, summed across lanes at the end.
+- ``block_shifted_rows``: RR channels of an R x 1 block row times Q shifted input rows (the
+  block conv): each block's input vectors are loaded once for RR products.
 
 As in ``_simd.py``, edit this file only with ``kernels/__pycache__`` cleared (the on-disk
 cache keys a kernel on ``_bsr_jit.py`` alone).
@@ -202,3 +204,63 @@ def block_vec_rows(typingctx, values, indices, lo, hi, x, bias, r0, out, R, C):
         return context.get_dummy_value()
 
     return types.void(values, indices, lo, hi, x, bias, r0, out, R, C), codegen
+
+
+@intrinsic(prefer_literal=True)
+def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, q_stride,
+                       r_stride, R, RR, Q, width):
+    """For rr < RR, q < Q: ``acc[rr*r_stride + q*q_stride : +width] = bias[r0 + rr] + sum_{j in
+    [lo, hi)} values[j*R + rr0 + rr] * xf[base + q*row_stride + offsets[j] : +width]``.
+
+    The block conv's inner loop (R x 1 blocks: R output channels share each (channel, tap)):
+    RR of a block row's R channels times Q shifted input rows. Each block's Q input vectors
+    are loaded once for RR products, so the RR*Q accumulators cost Q + RR loads per block
+    against 2*Q per nonzero for the CSR conv (``shifted_rows``). ``R``, ``RR``, ``Q`` and
+    ``width`` are compile-time integers; ``lo``/``hi`` are unsigned block positions. No bounds
+    checks: callers guarantee every input vector and accumulator row lies inside its array.
+    """
+    ints = (base, row_stride, r0, rr0, q_stride, r_stride)
+    if not (_block_types_ok(values, offsets, xf, bias, acc, R, RR, Q, width)
+            and all(isinstance(a, types.Integer) for a in (lo, hi, *ints))):
+        return None
+    n_r, n_rr, n_q, n = R.literal_value, RR.literal_value, Q.literal_value, width.literal_value
+
+    def codegen(context, builder, sig, args):
+        (val_a, off_a, xf_a, bias_a, acc_a), fty, f_align, o_align, widen = _unpack(context, builder, sig, args, 10)
+        vty = ir.VectorType(fty, n)
+        _keep_vector_width(builder, n * f_align * 8)
+        i64 = ir.IntType(64)
+        lo_v, hi_v = (context.cast(builder, args[i], sig.args[i], types.uint64) for i in (2, 3))
+        base_v, stride_v, r0_v, rr0_v, qs_v, rs_v = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                                    for i in (6, 7, 8, 9, 11, 12))
+        row_base = [builder.add(base_v, builder.mul(stride_v, ir.Constant(i64, q))) for q in range(n_q)]
+        flags = ("contract",)
+
+        def body(j, accs):
+            off = widen(builder.load(builder.gep(off_a.data, [j]), align=o_align), i64)
+            xs = [builder.load(builder.bitcast(builder.gep(xf_a.data, [builder.add(row_base[q], off)]),
+                                               vty.as_pointer()), align=f_align) for q in range(n_q)]
+            first = builder.add(builder.mul(j, ir.Constant(i64, n_r)), rr0_v)
+            out = list(accs)
+            for rr in range(n_rr):
+                d = _splat(builder, builder.load(builder.gep(val_a.data, [builder.add(first, ir.Constant(i64, rr))]),
+                                                 align=f_align), vty)
+                for q in range(n_q):
+                    k = rr * n_q + q
+                    out[k] = builder.fadd(out[k], builder.fmul(xs[q], d, flags=flags), flags=flags)
+            return out
+
+        zero = ir.Constant(vty, None)
+        accs = _chained_loop(builder, "block_shifted_rows", lo_v, hi_v, [zero] * (n_rr * n_q), 1, body)
+        for rr in range(n_rr):
+            b = _splat(builder, builder.load(builder.gep(bias_a.data, [builder.add(r0_v, ir.Constant(i64, rr))]),
+                                             align=f_align), vty)
+            for q in range(n_q):
+                at = builder.add(builder.mul(rs_v, ir.Constant(i64, rr)), builder.mul(qs_v, ir.Constant(i64, q)))
+                ptr = builder.bitcast(builder.gep(acc_a.data, [at]), vty.as_pointer())
+                builder.store(builder.fadd(b, accs[rr * n_q + q]), ptr, align=f_align)
+        return context.get_dummy_value()
+
+    sig = types.void(values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, q_stride, r_stride,
+                     R, RR, Q, width)
+    return sig, codegen

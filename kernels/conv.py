@@ -17,13 +17,19 @@ The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shap
 
 Grouped convs run one kernel call per group (correct for any ``groups``, but depthwise
 convs pay one launch per channel: they are not a fast path).
+
+A weight pruned in R x 1 blocks (R output channels sharing each (channel, tap); a
+:class:`~.bsr.BSR` with blocksize (R, 1), R in 2, 4, 8, 16, ``groups`` 1) runs the block
+kernels of the same two shapes: each loaded input vector serves RR of the block's channels
+(:func:`block_geometry`). Other block shapes and grouped convs run as CSR.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _jit, isa
+from . import _bsr_jit, _jit, isa
+from .bsr import BSR
 from .buffers import Scratch
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -46,9 +52,17 @@ class SparseConv2d:
     (N, C, H, W) with the weight's dtype; C = groups * weight.shape[1] / (kh * kw).
     """
 
-    def __init__(self, weight: CSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,
+    def __init__(self, weight: CSR | BSR, bias=None, kernel_size=1, stride=1, padding=0, dilation=1,
                  groups: int = 1, activation: str | None = None) -> None:
-        self.weight = checked(weight)
+        # (r, rows per pass, shifted rows, width) of the block kernels, or None (CSR kernels).
+        self._block: tuple[int, int, int, int] | None = None
+        if isinstance(weight, BSR):
+            if conv_block(weight.blocksize, groups):
+                weight.check_format()
+                self._block = block_geometry(weight.blocksize[0], isa.VARIANT)
+            else:
+                weight = weight.to_csr()
+        self.weight = weight if self._block else checked(weight)
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
@@ -74,6 +88,10 @@ class SparseConv2d:
         self._scratch = Scratch()  # the padded (stride 1) or unfolded input
         self._offset_cache: dict[tuple[int, int], list[np.ndarray]] = {}
         self._parts = []
+        if self._block:  # one part: the block pattern (its indices are the weight's columns)
+            self._values = weight.kernel_values()
+            self._parts.append((weight.pattern, self.bias, RowChunks(weight.pattern.indptr)))
+            return
         for g in range(self.groups):
             part = weight if self.groups == 1 else weight.row_slice(g * per, (g + 1) * per)
             self._parts.append((part, self.bias[g * per:(g + 1) * per].copy(), RowChunks(part.indptr)))
@@ -82,6 +100,13 @@ class SparseConv2d:
         return (f"SparseConv2d({self.weight!r}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
                 f"activation={self.activation!r})")
+
+    def describe_layout(self) -> str:
+        """Which kernels run, e.g. ``"BSR 4x1, 4 channels x 4 rows of 16 per step"`` or ``"CSR"``."""
+        if not self._block:
+            return "CSR"
+        r, rr, q, width = self._block
+        return f"BSR {r}x1, {rr} channels x {q} rows of {width} per step"
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(Ho, Wo) for an input of spatial size (height, width)."""
@@ -106,7 +131,7 @@ class SparseConv2d:
             raise KernelArgumentError(
                 f"input spatial size ({h}, {w}) is too small for kernel {self.kernel_size}, "
                 f"padding {self.padding}, dilation {self.dilation}: output would be ({ho}, {wo})")
-        o, p = self.out_channels, ho * wo
+        o = self.out_channels
         y = np.empty((n, o, ho, wo), dtype=self.dtype)
         if n == 0 or o == 0:
             return y
@@ -123,9 +148,12 @@ class SparseConv2d:
         n, c, h, w = x.shape
         o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
         (kh, kw), (ph, pw), (dh, dw), (sh, sw) = self.kernel_size, self.padding, self.dilation, self.stride
-        width = pick_tile(wo, max(step_widths()))
+        if self._block:
+            r, rr, q, width = self._block
+        else:
+            q, width = _jit.SHIFTED_ROWS, pick_tile(wo, max(step_widths()))
         # Room for whole column steps and, below the image, whole row steps; in each plane.
-        hq = max(-(-(h + 2 * ph) // sh), -(-ho // _jit.SHIFTED_ROWS) * _jit.SHIFTED_ROWS + (kh - 1) * dh // sh)
+        hq = max(-(-(h + 2 * ph) // sh), -(-ho // q) * q + (kh - 1) * dh // sh)
         wq = max(-(-(w + 2 * pw) // sw), -(-wo // width) * width + (kw - 1) * dw // sw)
         offsets = self._offsets(hq, wq)
         xpad = self._scratch.get((n, sh * sw, c, hq, wq), self.dtype)
@@ -134,6 +162,12 @@ class SparseConv2d:
             variant(_jit.pad_input)(x, ph, pw, xpad.reshape(n, c, hq, wq))
         else:
             variant(_jit.pad_phases)(x, ph, pw, sh, sw, xpad)
+        if self._block:
+            part, bias, chunks = self._parts[0]
+            variant(_bsr_jit.block_direct_conv_kernel(r, rr, q, width))(
+                self._values, offsets[0], part.indptr, xpad.reshape(-1), bias, self._act, y.reshape(-1), n,
+                sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq, chunks.bounds(n_chunks))
+            return
         kernel = variant(_jit.direct_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
@@ -151,8 +185,11 @@ class SparseConv2d:
         x = np.ascontiguousarray(x)
         n, c = x.shape[:2]
         o, p = y.shape[1], y.shape[2] * y.shape[3]
-        width = pointwise_width(p, step_widths())
-        step = _jit.SHIFTED_ROWS * width
+        if self._block:
+            r, rr, q, width = self._block
+        else:
+            q, width = _jit.SHIFTED_ROWS, pointwise_width(p, step_widths())
+        step = q * width
         tail = p % step
         p_full = p - tail
         offsets = self._channel_offsets(p)
@@ -162,6 +199,12 @@ class SparseConv2d:
             tail_x[:, :, :tail] = x.reshape(n, c, p)[:, :, p_full:]
             tail_x[:, :, tail:] = 0
         variant, n_chunks = launch(self.weight.nnz * n * p)
+        if self._block:
+            part, bias, chunks = self._parts[0]
+            variant(_bsr_jit.block_pointwise_conv_kernel(r, rr, q, width))(
+                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x.reshape(-1),
+                tail_offsets[0], c * step, tail, bias, self._act, y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
+            return
         kernel = variant(_jit.pointwise_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
@@ -202,6 +245,24 @@ def step_widths() -> tuple[int, ...]:
     SHIFTED_ROWS accumulators of width/lanes registers each must fit in half the register
     file, which with AVX2's or SSE's 16 registers leaves width 8 only."""
     return tuple(t for t in _jit.TILES if t <= (widest_tile() if isa.VARIANT == "avx512" else 8))
+
+
+def conv_block(blocksize: tuple[int, int], groups: int = 1) -> bool:
+    """Whether a conv with weights in ``blocksize`` blocks runs the block kernels: R x 1 blocks,
+    R in 2, 4, 8, 16, and ``groups`` 1 (anything else runs as a CSR)."""
+    r, c = blocksize
+    return c == 1 and r in _bsr_jit.SIDES[1:] and groups == 1
+
+
+def block_geometry(r: int, variant: str) -> tuple[int, int, int, int]:
+    """(r, channels per pass RR, shifted rows Q, width) of the block conv kernels for r x 1
+    blocks: RR*Q accumulators of width/lanes registers each in half the register file
+    (AVX-512: 4 x 4 of one zmm; AVX2: 4 x 2 of one ymm; SSE: 2 x 2 of two xmm)."""
+    if variant == "avx512":
+        return r, min(r, 4), 4, 16
+    if variant == "avx2":
+        return r, min(r, 4), 2, 8
+    return r, min(r, 2), 2, 8
 
 
 def pointwise_width(positions: int, widths: tuple[int, ...]) -> int:

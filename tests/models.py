@@ -90,13 +90,15 @@ def prune_(layer: nn.Module, density: float, seed: int) -> nn.Module:
 
 
 def block_prune_(layer: nn.Module, block: tuple[int, int], density: float, seed: int) -> nn.Module:
-    """Zero all but about ``density`` of the R x C blocks of ``layer.weight`` (random), in place."""
+    """Zero all but about ``density`` of the R x C blocks of ``layer.weight``'s 2-D view (a
+    conv's ``weight.reshape(out, -1)``; random), in place."""
     r, c = block
-    rows, cols = layer.weight.shape
+    view = layer.weight.view(layer.weight.shape[0], -1)
+    rows, cols = view.shape
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         keep = torch.rand(rows // r, cols // c, generator=g) < density
-        layer.weight.mul_(keep.repeat_interleave(r, 0).repeat_interleave(c, 1))
+        view.mul_(keep.repeat_interleave(r, 0).repeat_interleave(c, 1))
     return layer
 
 
@@ -145,9 +147,12 @@ class BlockMLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """3x3 conv-ReLU, 1x1 conv-ReLU, residual 3x3 conv + add + ReLU, strided conv, mean, Linear."""
+    """3x3 conv-ReLU, 1x1 conv-ReLU, residual 3x3 conv + add + ReLU, strided conv, mean, Linear.
 
-    def __init__(self, density: float = 0.1, seed: int = 0) -> None:
+    ``blocks``: the four convs pruned in those R x C blocks (a dense head) instead of every
+    layer unstructured."""
+
+    def __init__(self, density: float = 0.1, seed: int = 0, blocks: tuple[tuple[int, int], ...] | None = None) -> None:
         super().__init__()
         torch.manual_seed(seed)
         self.c1 = nn.Conv2d(3, 16, 3, padding=1)
@@ -155,8 +160,12 @@ class CNN(nn.Module):
         self.c3 = nn.Conv2d(16, 16, 3, padding=1, bias=False)
         self.c4 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
         self.head = nn.Linear(24, 10)
-        for i, layer in enumerate((self.c1, self.c2, self.c3, self.c4, self.head)):
-            prune_(layer, density, seed + i)
+        convs = (self.c1, self.c2, self.c3, self.c4)
+        for i, layer in enumerate(convs + (self.head,)):
+            if blocks is None:
+                prune_(layer, density, seed + i)
+            elif i < len(convs):
+                block_prune_(layer, blocks[i], density, seed + i)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.c2(torch.relu(self.c1(x))))
@@ -165,12 +174,22 @@ class CNN(nn.Module):
         return self.head(y.mean(dim=(2, 3)))
 
 
-EXAMPLES = {"mlp": (32,), "gelu": (4, 16), "cnn": (3, 10, 10), "block": (32,)}
+# The block CNN's convs: 4x1 (3x3), 16x1 (1x1), 1x4 (3x3: no conv block kernel, its CSR
+# runs) and 8x1 (3x3, stride 2).
+CNN_BLOCKS = ((4, 1), (16, 1), (1, 4), (8, 1))
+
+
+def block_cnn(density: float = 0.3, seed: int = 0) -> CNN:
+    """The CNN with its convs pruned in CNN_BLOCKS blocks."""
+    return CNN(density, seed, CNN_BLOCKS)
+
+
+EXAMPLES = {"mlp": (32,), "gelu": (4, 16), "cnn": (3, 10, 10), "block": (32,), "block_cnn": (3, 12, 12)}
 
 
 def build(kind: str, **kwargs) -> nn.Module:
     """A fresh model of ``kind`` in eval mode."""
-    return {"mlp": MLP, "gelu": GeluMLP, "cnn": CNN, "block": BlockMLP}[kind](**kwargs).eval()
+    return {"mlp": MLP, "gelu": GeluMLP, "cnn": CNN, "block": BlockMLP, "block_cnn": block_cnn}[kind](**kwargs).eval()
 
 
 def export(kind: str, path: Path, **kwargs) -> tuple[nn.Module, Path]:

@@ -2,7 +2,8 @@
 
 A weight pruned in whole R x C blocks (``sparsify prune --block RxC``) is stored as a BSR
 (``ai.sparsify`` ``blocksize`` attribute) so the block kernels (``sparsify.kernels.bsr``) run
-it: one index per block instead of one per weight, each loaded input reused for R outputs.
+it: one index per block instead of one per weight, each loaded input reused for R outputs
+(convs: R x 1 blocks, run by the block conv kernels of ``sparsify.kernels.conv``).
 The CSR pass asks :func:`block_candidates` which shapes fit a weight, then times them on the
 host (``sparsify.runtime.calibrate``) or, with calibration off, takes :func:`fixed_rule_block`.
 """
@@ -10,6 +11,8 @@ host (``sparsify.runtime.calibrate``) or, with calibration off, takes :func:`fix
 from __future__ import annotations
 
 import numpy as np
+
+from sparsify.kernels.conv import conv_block
 
 # Block shapes the BSR kernels run (sparsify.kernels.bsr.SIDES), largest first; R x 1 before
 # 1 x C at equal size (each loaded input serves R outputs).
@@ -45,6 +48,12 @@ def block_candidates(w2d: np.ndarray) -> list[tuple[int, int]]:
         if nnz >= BLOCK_MIN_FILL * blocks * r * c:
             out.append((r, c))
     return out
+
+
+def conv_block_candidates(w: np.ndarray, group: int) -> list[tuple[int, int]]:
+    """The block shapes of a conv weight (O, C/g, kh, kw) the block conv kernels run (R x 1
+    blocks of ``w.reshape(O, -1)``, ``group`` 1; ``sparsify.kernels.conv.conv_block``)."""
+    return [b for b in block_candidates(np.asarray(w).reshape(w.shape[0], -1)) if conv_block(b, group)]
 
 
 def fixed_rule_block(candidates: list[tuple[int, int]]) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ import onnx
 
 from sparsify.errors import ExportError
 from sparsify.onnxfile import node_attrs
-from sparsify.passes.blocks import block_candidates, fixed_rule_block
+from sparsify.passes.blocks import block_candidates, conv_block_candidates, fixed_rule_block
 from sparsify.passes.csr_decisions import CsrPlan, LayerDecision
 from sparsify.passes.csr_policy import decide_by_measurement, decide_by_threshold, keep_small_models_dense
 from sparsify.passes.onnx_graph import GraphIndex, ValueShapes, source_parameter
@@ -136,7 +136,10 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         w = g.array(d.weight)
         nnz = int(np.count_nonzero(w))
         d.nnz, d.density = nnz, nnz / max(1, w.size)
-        blocks = block_candidates(w.T if d.transpose else w) if d.op_type != "Conv" else []
+        if d.op_type == "Conv":
+            blocks = conv_block_candidates(w, int(node_attrs(g.nodes[d.fused[0]]).get("group", 1)))
+        else:
+            blocks = block_candidates(w.T if d.transpose else w)
         d.blocksize = fixed_rule_block(blocks)
         if progress:
             progress(w.nbytes)

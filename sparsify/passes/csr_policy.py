@@ -101,8 +101,8 @@ def decide_by_measurement(g: GraphIndex, d: LayerDecision, w: np.ndarray, shapes
                           calibrator, blocks: Sequence[tuple[int, int]] = ()) -> bool:
     """Decide ``d`` by timing it on this host (True), or return False when it cannot be timed
     (a conv's input shape unknown, or the timing refused it), leaving it to the fixed rules.
-    A linear weight with block shapes ``blocks`` is timed as a CSR and as a BSR of each of
-    the first MAX_TIMED of them; the fastest is the one stored and compared with dense."""
+    A weight with block shapes ``blocks`` is timed as a CSR and as a BSR of each of the first
+    MAX_TIMED of them; the fastest is the one stored and compared with dense."""
     layouts = ""
     node = g.nodes[d.fused[0]]
     try:
@@ -113,18 +113,17 @@ def decide_by_measurement(g: GraphIndex, d: LayerDecision, w: np.ndarray, shapes
                 return False
             a = node_attrs(node)
             spatial = len(w.shape) - 2
-            m = calibrator.conv(w, (target_batch, *dims[1:]), a.get("strides", [1] * spatial),
-                                a.get("pads", [0] * 2 * spatial), a.get("dilations", [1] * spatial),
-                                int(a.get("group", 1)))
+            conv = ((target_batch, *dims[1:]), a.get("strides", [1] * spatial), a.get("pads", [0] * 2 * spatial),
+                    a.get("dilations", [1] * spatial), int(a.get("group", 1)))
+            timed = [(calibrator.conv(w, *conv, blocksize=b), b) for b in (None, *blocks[:MAX_TIMED])]
         else:
             w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
             rows = target_batch * shapes.rows_per_sample(node.input[0])
-            timed = [(calibrator.linear(w2d, rows), None)]
-            timed += [(calibrator.linear(w2d, rows, b), b) for b in blocks[:MAX_TIMED]]
-            m, d.blocksize = min(timed, key=lambda t: t[0].sparse_ms)
-            if len(timed) > 1:
-                layouts = "; layouts timed: " + ", ".join(
-                    f"{'CSR' if b is None else f'{b[0]}x{b[1]} blocks'} {t.sparse_ms:.4f} ms" for t, b in timed)
+            timed = [(calibrator.linear(w2d, rows, b), b) for b in (None, *blocks[:MAX_TIMED])]
+        m, d.blocksize = min(timed, key=lambda t: t[0].sparse_ms)
+        if len(timed) > 1:
+            layouts = "; layouts timed: " + ", ".join(
+                f"{'CSR' if b is None else f'{b[0]}x{b[1]} blocks'} {t.sparse_ms:.4f} ms" for t, b in timed)
     except Exception as exc:  # a layer the timing cannot run (ORT or a kernel refusing it): fixed rules
         d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
         return False

@@ -289,19 +289,25 @@ class Calibrator:
         self._dirty = True
         return form, Measurement(ell_ms, csr_ms, 0.0)
 
-    def conv(self, w: np.ndarray, x_shape: tuple[int, int, int, int], strides, pads, dilations, group: int) -> Measurement:
+    def conv(self, w: np.ndarray, x_shape: tuple[int, int, int, int], strides, pads, dilations, group: int,
+             blocksize: tuple[int, int] | None = None) -> Measurement:
         """A Conv of weight ``w`` (O, C/g, kh, kw) on an input of ``x_shape`` (N, C, H, W):
-        our SparseConv2d against ONNX Runtime's Conv."""
+        our SparseConv2d (over the CSR, or with ``blocksize`` the BSR of those blocks of
+        ``w.reshape(O, -1)``) against ONNX Runtime's Conv."""
         density = np.count_nonzero(w) / max(1, w.size)
-        key = (f"conv {'x'.join(map(str, w.shape))} density {density:.2f} input {'x'.join(map(str, x_shape))} "
+        block = f" blocks {blocksize[0]}x{blocksize[1]}" if blocksize else ""
+        key = (f"conv {'x'.join(map(str, w.shape))} density {density:.2f}{block} input {'x'.join(map(str, x_shape))} "
                f"strides {list(strides)} pads {list(pads)} dilations {list(dilations)} group {group}")
 
         def measure() -> tuple[float, float]:
             from sparsify.kernels import CSR, SparseConv2d
+            from sparsify.kernels.bsr import BSR
             from sparsify.ortsession import ort_session
 
             w32 = np.asarray(w, np.float32)
-            layer = SparseConv2d(CSR.from_dense(w32.reshape(w32.shape[0], -1)), kernel_size=w32.shape[2:],
+            w2d = w32.reshape(w32.shape[0], -1)
+            layer = SparseConv2d(BSR.from_dense(w2d, blocksize) if blocksize else CSR.from_dense(w2d),
+                                 kernel_size=w32.shape[2:],
                                  stride=tuple(strides), padding=tuple(pads[:2]), dilation=tuple(dilations),
                                  groups=group)
             sess = ort_session(_one_node_model("Conv", w32, x_shape, strides=list(strides), pads=list(pads),

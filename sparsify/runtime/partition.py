@@ -129,7 +129,7 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str
             raise KernelInputError(f"{label}: {exc}") from None
 
     inputs = [layer.input] if const is None else []
-    detail = getattr(kernel, "describe_batch1", None)
+    detail = getattr(kernel, "describe_batch1", None) or getattr(kernel, "describe_layout", None)
     return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail, [layer.op_type])
 
 

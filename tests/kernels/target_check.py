@@ -5,7 +5,7 @@ VARIANT`` with ``NUMBA_CPU_NAME`` set (e.g. ``haswell`` for AVX2, ``x86-64`` for
 portable variant): Numba then compiles for that target, ``isa.VARIANT`` must come out as
 VARIANT, and the linear layer is property-tested (hypothesis) at batches 1 to 20 on every
 batch-1 layout the variant has, the block-sparse linear layer on every block shape and the
-conv (pointwise, direct, strided) against numpy, then the compiled code is checked for
+conv (pointwise, direct, strided; CSR and R x 1 blocks) against numpy, then the compiled code is checked for
 instructions the target lacks. Prints ``ok <variant> <examples>`` and exits 0, or fails with the reason.
 """
 
@@ -24,6 +24,8 @@ DENSITIES = [0.0, 1e-3, 0.5, 1.0, 0.1]
 # R x C) and the widest accumulator sets; every shape runs on the host in tests/kernels/test_bsr.py.
 # Each shape is a kernel compile per target, most of this check's time.
 TARGET_BLOCKS = [(4, 1), (16, 1), (1, 4), (1, 16), (4, 4), (2, 8)]
+# R of the R x 1 block convs checked per target (RR < R and RR = R passes).
+CONV_BLOCKS = [2, 16]
 # Registers a target without them must never use: AVX2 code no zmm (nor AVX-512 mask
 # registers), baseline x86-64 no ymm either.
 FORBIDDEN = {"avx2": ("zmm",), "portable": ("zmm", "ymm")}
@@ -107,14 +109,24 @@ def check_block_case(block: tuple[int, int], blocks_out: int, blocks_in: int, de
 
 
 def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: int, padding: int, density: float,
-                    seed: int) -> None:
-    """SparseConv2d against float64 numpy (an explicit loop over the taps) on one random case."""
+                    seed: int, block: int = 1) -> None:
+    """SparseConv2d against float64 numpy (an explicit loop over the taps) on one random case;
+    ``block`` > 1: ``out`` blocks of ``block`` x 1 through the block conv kernels."""
     rng = np.random.default_rng(seed)
-    w4 = rng.standard_normal((out, c, k, k))
-    w4[rng.random(w4.shape) >= density] = 0.0
+    if block > 1:
+        out *= block
+        w4 = block_weight(rng, out, c * k * k, (block, 1), density).astype(np.float64).reshape(out, c, k, k)
+    else:
+        w4 = rng.standard_normal((out, c, k, k))
+        w4[rng.random(w4.shape) >= density] = 0.0
     w4 = w4.astype(np.float32)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    y = SparseConv2d(CSR.from_dense(w4.reshape(out, -1)), None, k, stride, padding)(x)
+    w2d = w4.reshape(out, -1)
+    conv = SparseConv2d(BSR.from_dense(w2d, (block, 1)) if block > 1 else CSR.from_dense(w2d), None, k, stride,
+                        padding)
+    if block > 1 and not conv.describe_layout().startswith("BSR"):
+        raise AssertionError(f"{isa.VARIANT}: a {block}x1 block conv runs {conv.describe_layout()}")
+    y = conv(x)
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
     expect = np.zeros((n, out, ho, wo))
@@ -124,8 +136,8 @@ def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: in
             expect += np.einsum("nchw,oc->nohw", patch, w4[:, :, i, j].astype(np.float64))
     err = np.abs(y - expect).max(initial=0.0)
     if not err <= 1e-5 * max(1.0, np.abs(x).max() * np.abs(w4).reshape(out, -1).sum(1).max(initial=0.0)):
-        raise AssertionError(f"{isa.VARIANT}: conv {out}x{c}x{k}x{k} stride {stride} pad {padding} on "
-                             f"{(n, c, h, w)}: max abs err {err}")
+        raise AssertionError(f"{isa.VARIANT}: conv {out}x{c}x{k}x{k} stride {stride} pad {padding} block "
+                             f"{block}x1 on {(n, c, h, w)}: max abs err {err}")
 
 
 def main(variant: str) -> int:
@@ -160,10 +172,11 @@ def main(variant: str) -> int:
 
     block_prop()
 
-    @settings(max_examples=25, deadline=None, derandomize=True, database=None)
+    @settings(max_examples=40, deadline=None, derandomize=True, database=None)
     @given(n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(3, 11), w=st.integers(3, 40),
            out=st.integers(1, 5), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
-           density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1))
+           density=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1),
+           block=st.sampled_from([1, *CONV_BLOCKS]))
     def conv_prop(**case):
         nonlocal count
         count += 1
@@ -207,6 +220,9 @@ def _compiled_kernels():
     kernels += [_bsr_jit.bsr_spmv_kernel(r, c) for r, c in blocks]
     kernels += [_bsr_jit.bsr_spmm_kernel(r, c, *spmm_geometry(r, isa.VARIANT, w)) for r, c in blocks for w in (8, 16, 32)]
     kernels += [_jit.direct_conv_kernel(t) for t in _jit.TILES] + [_jit.pointwise_conv_kernel(t) for t in _jit.TILES]
+    from sparsify.kernels.conv import block_geometry
+    kernels += [f(*block_geometry(r, isa.VARIANT)) for r in CONV_BLOCKS
+                for f in (_bsr_jit.block_direct_conv_kernel, _bsr_jit.block_pointwise_conv_kernel)]
     kernels += [_jit.pad_phases]
     kernels += [_jit.serial(k) for k in kernels]
     return [k for k in kernels if k.signatures]
