@@ -18,7 +18,6 @@ from sparsify.limits import check_bytes, memory_limit
 from sparsify.sparse_ops import CONV_OP, DOMAIN, LINEAR_OP, SparseOpAttrs, node_label, parse_attrs, read_csr
 from sparsify.kernels import CSR, KernelValueError, SparseConv2d, SparseLinear, choose_index_dtypes, ell
 from sparsify.kernels.bsr import BSR, SparseBlockLinear, kernel_block
-from sparsify.kernels.conv import conv_block
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -104,9 +103,9 @@ def build_sparse_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
             return SparseLayer(node, attrs, SparseBlockLinear(weight, bias, activation), weight)
         except KernelValueError as exc:
             raise ModelFileError(f"{label}: {exc}") from None
-    # A block shape without kernels: its nonzeros as a CSR (SparseConv2d decides for a conv).
-    conv_blocks = node.op_type != LINEAR_OP and isinstance(weight, BSR) and conv_block(attrs.blocksize, attrs.group)
-    csr = weight.to_csr() if isinstance(weight, BSR) and not conv_blocks else weight
+    # A linear block shape without kernels: its nonzeros as a CSR. A conv takes its BSR as it is:
+    # SparseConv2d runs the block kernels or, for shapes they lack, the BSR's CSR.
+    csr = weight.to_csr() if isinstance(weight, BSR) and node.op_type == LINEAR_OP else weight
     # The batch-1 layout is planned over the dense shape, one int64 per lanes x step window of
     # the host's geometry (sparsify.kernels.ell), whatever the nonzeros: a shape whose plan would
     # exceed the memory bound keeps the CSR kernel (a file may declare 10^5 x 10^7 for one nonzero).
