@@ -39,9 +39,8 @@ SETTLE_TIME = 0.03
 MAX_BLOCK = 20_000
 # Automatic blocks of long calls (no settle calls) start after a pause of SWITCH_PAUSE
 # seconds when several callables alternate, so the previous callable's spinning pool is idle
-# before the next one is timed: ONNX Runtime's pool spins 20-50 ms after a call, and a sparse
-# ResNet-50 timed right after its dense ORT original measured 40 ms p50 against 23 ms after a
-# 50 ms pause or alone (benchmarks/README.md, "Pauses between long calls").
+# before the next one is timed: ONNX Runtime's pool spins 20-50 ms after a call
+# (benchmarks/README.md, "Pauses between long calls").
 SWITCH_PAUSE = 0.1
 
 
