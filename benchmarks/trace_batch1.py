@@ -58,7 +58,7 @@ def read_cycles() -> int:  # pragma: no cover - compiled
 
 
 def traced_kernel():
-    """The instrumented SpMV: ``_jit.ell_spmv_kernel(0, 1, 0)`` plus ``stamps[ch] = (start,
+    """The instrumented SpMV: ``_jit.ell_spmv_kernel(0, 1, 0)`` (AVX-512, per-pair windows) plus ``stamps[ch] = (start,
     end, thread)`` per row chunk (compiled on first use, not cached)."""
     @numba.njit(parallel=True, nogil=True, error_model="numpy")
     def traced_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, bias, act, out,
@@ -69,7 +69,7 @@ def traced_kernel():
             acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                            x, 0, acc, 0, 1, 0, PERMUTE_LANES)
+                            x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for lane in range(m):

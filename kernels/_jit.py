@@ -137,15 +137,17 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
 
 
 @functools.lru_cache(maxsize=None)
-def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16):
+def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16, flat: int = 0):
     """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
     vectors per pass, prefetching ``prefetch`` slots ahead (0: not at all), over row
-    groups of ``lanes`` (16: AVX-512, 8: AVX2; ``_simd.PERMUTE_GEOMETRY``). Cached; the
-    kernel closes over ints only, which reach ``permute_dot`` as compile-time constants."""
+    groups of ``lanes`` (16: AVX-512, 8: AVX2; ``_simd.PERMUTE_GEOMETRY``), with a window
+    per pair (``flat`` 0) or per slot (1; ``ell.Geometry.flat``). Cached; the kernel
+    closes over ints only, which reach ``permute_dot`` as compile-time constants."""
     if (compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS or prefetch < 0
-            or lanes not in PERMUTE_GEOMETRY):
+            or lanes not in PERMUTE_GEOMETRY or flat not in (0, 1)):
         raise ValueError(f"compact {compact} should be 0 or 1, nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}], "
-                         f"prefetch {prefetch} >= 0 and lanes {lanes} one of {sorted(PERMUTE_GEOMETRY)}")
+                         f"prefetch {prefetch} >= 0, lanes {lanes} one of {sorted(PERMUTE_GEOMETRY)} "
+                         f"and flat {flat} 0 or 1")
 
     @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
     def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, xstride, bias, act,
@@ -162,7 +164,7 @@ def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int =
             acc = np.empty(lanes * nvec, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
                 permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes)
+                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat)
                 r0 = g * lanes
                 m = min(lanes, n_rows - r0)
                 for v in range(nvec):

@@ -503,7 +503,7 @@ def _expand_table(builder, lanes: int):
 
 @intrinsic(prefer_literal=True)
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
-                compact, nvec, prefetch, lanes):
+                compact, nvec, prefetch, lanes, flat):
     """For v < nvec: ``acc[v*L + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
     x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes whose offset is
     below the window width W, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8
@@ -523,7 +523,10 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     mask). ``prefetch`` (compile-time) is 0, or a distance in slots: each slot then also
     prefetches the offsets and the values that many slots ahead (compact values taken as
     half full), for weights streamed from DRAM, where the hardware prefetchers alone
-    fall short. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2 (the caller picks by
+    fall short. ``flat`` (compile-time) 1 reads each slot's window from ``segments[k]``
+    (one entry per slot) and loads its inputs per slot, so a pair is just a slot range
+    (the flat layouts pass one per row group, ``ell.Geometry.flat``); 0 loads them once
+    per pair from ``segments[p]``. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2 (the caller picks by
     ``isa.VARIANT``). No bounds checks: callers guarantee ``(nvec-1)*xstride +
     segments[p]*S + W <= len(x)``, every slot inside ``offsets``, L readable values from
     every compact start (the array is padded) and ``len(acc) >= L*nvec``.
@@ -536,6 +539,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             and isinstance(compact, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)
             and isinstance(prefetch, types.IntegerLiteral) and prefetch.literal_value >= 0
             and isinstance(lanes, types.IntegerLiteral) and lanes.literal_value in PERMUTE_GEOMETRY
+            and isinstance(flat, types.IntegerLiteral) and flat.literal_value in (0, 1)
             and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
     n_lanes, packed = lanes.literal_value, bool(compact.literal_value)
@@ -543,6 +547,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     wide = n_lanes == 16
     n_vec = nvec.literal_value
     n_acc = 2 if n_vec == 1 else n_vec
+    per_slot = bool(flat.literal_value)
 
     def codegen(context, builder, sig, args):
         val_a, off_a, seg_a, ptr_a, start_a, x_a, acc_a = (
@@ -615,13 +620,19 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         p, outer = _counted_loop_head(builder, plo_v, phi_v, [zero] * n_acc + [first_value], entry,
                                       pair_body, done)
 
+        def window_tables(segment_at):
+            """Each vector's window inputs, in the two table registers of the permute."""
+            base = builder.mul(load_int(seg_a, 2, segment_at), ir.Constant(i64, step))
+            tables = []
+            for v in range(n_vec):
+                at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))
+                tables.append((vector_at(x_a.data, at_v, vf, 4),
+                               vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, n_lanes)), vf, 4)))
+            return tables
+
         builder.position_at_end(pair_body)
-        base = builder.mul(load_int(seg_a, 2, p), ir.Constant(i64, step))
-        tables = []
-        for v in range(n_vec):
-            at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))
-            tables.append((vector_at(x_a.data, at_v, vf, 4),
-                           vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, n_lanes)), vf, 4)))
+        if not per_slot:
+            tables = window_tables(p)
         k_lo = load_int(ptr_a, 3, p)
         k_hi = load_int(ptr_a, 3, builder.add(p, ir.Constant(i64, 1)))
         builder.branch(slot_head)
@@ -631,6 +642,8 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         accs, q = inner[:-1], inner[-1]
 
         builder.position_at_end(slot_body)
+        if per_slot:
+            tables = window_tables(k)
         at = builder.mul(k, ir.Constant(i64, n_lanes))
         offs = vector_at(off_a.data, at, vb, 1)
         if ahead:
@@ -678,7 +691,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         return context.get_dummy_value()
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
-                      nvec, prefetch, lanes), codegen
+                      nvec, prefetch, lanes, flat), codegen
 
 
 @intrinsic(prefer_literal=True)

@@ -25,7 +25,9 @@ Each kernel variant (``isa.py``) has its own :class:`Geometry` (:data:`GEOMETRIE
 numbers above are AVX-512's (16 lanes, 32-column windows, one ``vpermi2ps`` per slot).
 AVX2 has no two-table permute: its layout takes 8 lanes and 16-column windows, whose
 inputs fill two ymm registers, and a slot costs two ``vpermps`` and a blend (uniform
-90% sparsity fills ~47% of its lanes). The portable variant has no layout
+90% sparsity fills ~47% of its lanes with aligned windows, ~57% overlapping). Its pairs
+are short, so its kernel runs *flat* (:attr:`Geometry.flat`): each slot carries its
+window and a row group's slots run as one loop. The portable variant has no layout
 (:data:`AVAILABLE` is False there). Padding costs bytes: about 8 per nonzero at 90%
 sparsity against the CSR's 6 (about 10 with the AVX2 geometry). The compact form
 (:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
@@ -58,7 +60,9 @@ class Geometry(NamedTuple):
     starts of neighbouring windows (a window (pair) covers the ``segment`` columns from
     ``segments[p] * step``; overlapping plans use every start, so each column lies in
     two windows, aligned plans every other one). ``pair_cost`` and ``min_fill``: see
-    PAIR_COST and MIN_FILL.
+    PAIR_COST and MIN_FILL. ``flat``: the kernel loads a window's inputs per slot from a
+    per-slot window index (:attr:`SlicedEll.slot_segments`) and runs each row group's
+    slots as one loop, instead of a loop per pair (see AVX2_PAIR_COST).
     """
 
     variant: str
@@ -67,6 +71,7 @@ class Geometry(NamedTuple):
     step: int
     pair_cost: float
     min_fill: float
+    flat: bool = False
 
 
 # How from_csr places nonzeros in windows.
@@ -86,13 +91,15 @@ EMPTY = 255
 # costs dominate), with aligned windows, which fill uniform 90% sparsity about 0.5, 98%
 # 0.28, 99% 0.21 (overlapping: 0.64, 0.34, 0.24).
 MIN_FILL = 0.25
-# The AVX2 layout (8 lanes, 16-column windows, two vpermps and a blend per slot), measured
-# the same way compiled for AVX2 (NUMBA_CPU_NAME=znver2) on the Zen 4 host: see
-# benchmarks/README.md, "AVX2 batch-1 layout".
-AVX2_PAIR_COST = 1.4
+# The AVX2 layout: 8 lanes, 16-column windows, two vpermps and a blend per slot, run flat.
+# Its pairs average ~3.4 slots at 90% sparsity (AVX-512's ~6.4), and a loop per pair
+# spent more on loop exits than on slots; one loop over a group's slots, each loading
+# its window's inputs (two loads from L1), costs nothing per pair, so the planner takes
+# the plan of fewest slots (benchmarks/README.md, "AVX2 hosts").
+AVX2_PAIR_COST = 0.0
 AVX2_MIN_FILL = 0.25
 GEOMETRIES = {"avx512": Geometry("avx512", 16, 32, 16, PAIR_COST, MIN_FILL),
-              "avx2": Geometry("avx2", 8, 16, 8, AVX2_PAIR_COST, AVX2_MIN_FILL)}
+              "avx2": Geometry("avx2", 8, 16, 8, AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
 # The AVX-512 geometry's numbers, kept as names: rows per group (one 512-bit float32
 # vector), window width (two 512-bit registers, the table of one vpermi2ps), window step.
 GROUP_ROWS, SEGMENT, STEP = (GEOMETRIES["avx512"].lanes, GEOMETRIES["avx512"].segment,
@@ -119,6 +126,14 @@ MIN_COMPACT_SAVING = 0.2
 # ahead): one layer 0.19-0.21 / 0.21-0.23 ms, two 0.45-0.69 / 0.48-0.55 ms, three
 # 0.99-1.59 / 0.69-0.89 ms, four 1.84-2.44 / 1.33-1.61 ms.
 STREAM_SHARE = 0.5
+# Share of the L3 beyond which a model's flat layouts (the AVX2 kernel) switch to their
+# compact form. The flat kernel spends more per slot than the per-pair one, so its padded
+# form stays ahead until the layouts come from DRAM. Measured compiled for AVX2 on Zen 4
+# (32 MiB L3; 2 threads, same process, p50 padded / compact, prefetched from 16 MiB on):
+# one 4096^2 layer at 95% (12 MB) 0.14 / 0.18 ms, at 90% (18 MB) 0.21 / 0.27, at 80%
+# (28 MB) 0.37 / 0.44; two at 90% (36 MB) 0.49 / 0.60; four at 95% (49 MB) 0.90 / 0.79,
+# at 90% (73 MB) 1.27 / 1.25, at 80% (111 MB) 3.03 / 2.52.
+FLAT_COMPACT_SHARE = 1.25
 # L3 assumed when sysfs does not tell.
 DEFAULT_L3_BYTES = 32 << 20
 
@@ -151,16 +166,27 @@ def stream_budget() -> int:
     return int(cache_bytes(3, DEFAULT_L3_BYTES) * STREAM_SHARE)
 
 
-def worth_compacting(padded_nbytes: int, compact_nbytes: int, total: int, budget: int | None = None) -> bool:
+def worth_compacting(padded_nbytes: int, compact_nbytes: int, total: int, budget: int | None = None,
+                     flat: bool = False) -> bool:
     """Whether a padded layout of ``padded_nbytes`` should switch to its compact form of
     ``compact_nbytes`` while its model's batch-1 layouts take ``total`` bytes: never
     within ``budget`` (default :func:`cache_budget`), always beyond :func:`stream_budget`,
-    and in between when it saves at least MIN_COMPACT_SAVING of the layout's bytes."""
+    and in between when it saves at least MIN_COMPACT_SAVING of the layout's bytes. A
+    ``flat`` layout (:attr:`Geometry.flat`) switches beyond :func:`flat_compact_budget`
+    only."""
     if total <= (cache_budget() if budget is None else budget):
         return False
+    if flat:
+        return total > flat_compact_budget()
     if total > stream_budget():
         return True
     return compact_nbytes <= (1.0 - MIN_COMPACT_SAVING) * padded_nbytes
+
+
+def flat_compact_budget() -> int:
+    """Bytes of batch-1 layouts beyond which flat ones switch to their compact form
+    (FLAT_COMPACT_SHARE of the L3)."""
+    return int(cache_bytes(3, DEFAULT_L3_BYTES) * FLAT_COMPACT_SHARE)
 
 
 def host_geometry(variant: str | None = None) -> Geometry | None:
@@ -169,7 +195,7 @@ def host_geometry(variant: str | None = None) -> Geometry | None:
     return GEOMETRIES.get(isa.VARIANT if variant is None else variant)
 
 
-def _geometry(geometry: Geometry | str | None) -> Geometry:
+def resolve_geometry(geometry: Geometry | str | None) -> Geometry:
     """A Geometry from a Geometry, a variant name, or None (the host's; AVX-512's layout
     where the host has no permute kernel, for building and inspecting layouts)."""
     if isinstance(geometry, Geometry):
@@ -248,6 +274,12 @@ def _plan_windows(w: CSR, rows: np.ndarray, every: int, geo: Geometry) -> np.nda
     return depth
 
 
+def slot_segment_dtype(cols: int, step: int) -> type:
+    """The dtype of a flat layout's per-slot windows over ``cols`` columns: uint16 while
+    every window index fits, int32 beyond."""
+    return np.uint16 if -(-cols // step) <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
 def _compact_nbytes(padded_nbytes: int, slots: int, pairs: int, nnz: int, lanes: int) -> int:
     """Bytes of the compact form of a padded layout of ``padded_nbytes``: its values shrink
     to the nonzeros plus one slot's ``lanes``, and ``value_start`` adds one entry per pair and one."""
@@ -268,7 +300,7 @@ class WindowPlan:
 
     def __init__(self, w: CSR, rows: np.ndarray, every: int, geometry: Geometry | str | None = None) -> None:
         self.w, self.rows, self.every = w, rows, every
-        self.geometry = _geometry(geometry)
+        self.geometry = resolve_geometry(geometry)
         self.depth = _plan_windows(w, rows, every, self.geometry)
 
     @property
@@ -293,8 +325,9 @@ class WindowPlan:
         """:attr:`SlicedEll.nbytes` of the padded layout this plan builds: values and
         offsets per slot lane, a segment and a slot pointer per pair, a group pointer per
         group and a row per row."""
-        pairs, groups = self.pairs, self.depth.shape[0]
-        return (self.slots * self.geometry.lanes * 5 + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
+        pairs, groups, geo = self.pairs, self.depth.shape[0], self.geometry
+        per_slot = np.dtype(slot_segment_dtype(self.w.shape[1], geo.step)).itemsize if geo.flat else 0
+        return (self.slots * (geo.lanes * 5 + per_slot) + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
                 + self.w.shape[0] * 4)
 
     @property
@@ -312,19 +345,24 @@ class SlicedEll:
     ``geometry.step``), ``slot_ptr`` (int64) its first slot (one more entry than pairs),
     ``group_ptr`` (int64) each row group's first pair (one more entry than groups);
     ``rows`` (int32) is the output row of each lane position (``rows[g * lanes + lane]``).
-    Built from a fully checked CSR, so every offset and segment is inside the matrix by
-    construction.
+    A flat geometry's layout also holds ``slot_segments``, each slot's window (uint16
+    where every window index fits, else int32; None otherwise). Built from a fully
+    checked CSR, so every offset and segment is inside the matrix by construction.
     """
 
     __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz",
-                 "value_start", "geometry")
+                 "value_start", "geometry", "slot_segments")
 
     def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz,
                  value_start=None, geometry: Geometry | str | None = None) -> None:
         self.values, self.offsets, self.segments = values, offsets, segments
         self.slot_ptr, self.group_ptr, self.rows = slot_ptr, group_ptr, rows
         self.shape, self.nnz, self.value_start = shape, nnz, value_start
-        self.geometry = _geometry(geometry)
+        self.geometry = resolve_geometry(geometry)
+        self.slot_segments = None
+        if self.geometry.flat:
+            dtype = slot_segment_dtype(shape[1], self.geometry.step)
+            self.slot_segments = _readonly(np.repeat(segments, np.diff(slot_ptr)).astype(dtype))
 
     @property
     def lanes(self) -> int:
@@ -353,7 +391,7 @@ class SlicedEll:
     @property
     def nbytes(self) -> int:
         arrays = (self.values, self.offsets, self.segments, self.slot_ptr, self.group_ptr, self.rows,
-                  self.value_start)
+                  self.value_start, self.slot_segments)
         return sum(a.nbytes for a in arrays if a is not None)
 
     @property
@@ -396,7 +434,7 @@ class SlicedEll:
         float32 CSR (fully checked here if it was not yet) in ``geometry`` (default the host's)."""
         if w.dtype != np.float32:
             raise KernelArgumentError(f"the sliced-ELL layout is float32 only, got {w.dtype}")
-        geo = _geometry(geometry)
+        geo = resolve_geometry(geometry)
         every = {"overlapping": 1, "aligned": geo.segment // geo.step}
         for choice in windows:
             if choice not in every:
@@ -470,5 +508,5 @@ class SlicedEll:
 
 
 __all__ = ["SlicedEll", "WindowPlan", "Geometry", "GEOMETRIES", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING",
-           "GROUP_ROWS", "SEGMENT", "STEP", "EMPTY", "cache_budget", "cache_bytes", "host_geometry", "stream_budget",
-           "worth_compacting"]
+           "GROUP_ROWS", "SEGMENT", "STEP", "EMPTY", "cache_budget", "cache_bytes", "host_geometry",
+           "resolve_geometry", "slot_segment_dtype", "stream_budget", "flat_compact_budget", "worth_compacting"]

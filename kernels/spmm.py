@@ -268,10 +268,7 @@ class _EllCall:
     layer's call is a few microseconds: Python work per call shows)."""
 
     def __init__(self, e: ell.SlicedEll, bias: np.ndarray, act: int, prefetch: int = 0) -> None:
-        # Padded layouts pass slot_ptr where compact ones pass value_start (unused then).
-        self.arrays = tuple(kernel_array(a) for a in (e.values, e.offsets, e.segments, e.slot_ptr,
-                                                        e.value_start if e.compact else e.slot_ptr,
-                                                        e.group_ptr, e.rows))
+        self.arrays = tuple(kernel_array(a) for a in _ell_arrays(e))
         self.bias, self.act = bias, act
         self.rows_out = e.shape[0]
         self.width = e.padded_columns
@@ -280,7 +277,7 @@ class _EllCall:
         self.serial_bounds = chunks.bounds(1)
         compact, many = int(e.compact), _jit.MAX_PERMUTE_VECTORS
         self.prefetch = prefetch
-        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch, e.lanes) for n in (1, many))
+        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch, e.lanes, int(e.geometry.flat)) for n in (1, many))
         self.one = (one, _jit.serial(one))
         self.many = (four, _jit.serial(four))
         self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
@@ -326,6 +323,21 @@ class _EllCall:
             self(x[i], out[i], serial)
 
 
+def _ell_arrays(e: ell.SlicedEll) -> tuple[np.ndarray, ...]:
+    """The sliced-ELL SpMV's weight arguments for ``e``: values, offsets, windows, slot
+    pointers, value starts (the slot pointers again when padded: unused), group pointers,
+    rows. A flat layout's pairs are its row groups: one slot range each, every slot with
+    its own window."""
+    if not e.geometry.flat:
+        return (e.values, e.offsets, e.segments, e.slot_ptr, e.value_start if e.compact else e.slot_ptr,
+                e.group_ptr, e.rows)
+    first_pair = e.group_ptr[:-1]
+    slot_ptr = e.slot_ptr[e.group_ptr]
+    value_start = e.value_start[first_pair] if e.compact else slot_ptr
+    groups = np.arange(e.group_ptr.shape[0], dtype=np.int64)
+    return e.values, e.offsets, e.slot_segments, slot_ptr, value_start, groups, e.rows
+
+
 BATCH1_LAYOUTS = ("auto", "csr", "ell", "ell_compact")
 # The batch-1 layout of layers built without an explicit ``batch1``.
 BATCH1_DEFAULT = "auto"
@@ -356,29 +368,33 @@ def _batch1_layout(weight: CSR, batch1: str | None, variant: str) -> ell.SlicedE
         return ell.SlicedEll.from_plan(best)
     if best.fill < geo.min_fill:
         return None
-    if ell.worth_compacting(best.nbytes, plans["aligned"].compact_nbytes, best.nbytes):
-        return ell.SlicedEll.from_plan(plans["aligned"]).compacted()
+    compact_plan = best if geo.flat else plans["aligned"]
+    if ell.worth_compacting(best.nbytes, compact_plan.compact_nbytes, best.nbytes, flat=geo.flat):
+        return ell.SlicedEll.from_plan(compact_plan).compacted()
     return ell.SlicedEll.from_plan(best)
 
 
 def compact_layout(weight: CSR, built: ell.SlicedEll | None = None,
                    geometry: ell.Geometry | None = None) -> ell.SlicedEll:
-    """The compact sliced-ELL form of ``weight``, over aligned windows: overlapping ones
-    save the padded form's bytes and slots, but the compact form stores no padding and
-    runs slower over their twice as many (shallower) pairs (4096^2 at 90%, 2 threads,
-    same process: 218 against 228 us). ``built``, a layout of ``weight`` at hand, is
-    compacted instead of planning anew when its windows are aligned already; else the
-    layout is of ``geometry`` (default the host's)."""
+    """The compact sliced-ELL form of ``weight``. Over aligned windows where the kernel
+    loops per pair: overlapping ones save the padded form's bytes and slots, but the
+    compact form stores no padding and runs slower over their twice as many (shallower)
+    pairs (4096^2 at 90%, 2 threads, same process: 218 against 228 us). A flat geometry
+    pays nothing per pair and takes the plan of fewest slots. ``built``, a layout of
+    ``weight`` at hand, is compacted instead of planning anew when its windows suit;
+    else the layout is of ``geometry`` (default the host's)."""
     if built is not None:
         return compact_form(weight, built)[1]()
-    return ell.SlicedEll.from_csr(weight, "aligned", geometry).compacted()
+    flat = ell.resolve_geometry(geometry).flat
+    return ell.SlicedEll.from_csr(weight, "auto" if flat else "aligned", geometry).compacted()
 
 
 def compact_form(weight: CSR, built: ell.SlicedEll) -> tuple[int, Callable[[], ell.SlicedEll]]:
     """``(nbytes, build)`` of ``compact_layout(weight, built)``: its exact size, known
-    before anything is built, and the call that builds it. An overlapping ``built`` is
-    sized from the aligned plan the compact form uses, not from its own windows."""
-    if built.aligned:
+    before anything is built, and the call that builds it. An overlapping ``built`` of a
+    per-pair geometry is sized from the aligned plan the compact form uses, not from its
+    own windows."""
+    if built.aligned or built.geometry.flat:
         return built.compact_nbytes, built.compacted
     plan = ell.SlicedEll.plans(weight, ("aligned",), built.geometry)["aligned"]
     return plan.compact_nbytes, lambda: ell.SlicedEll.from_plan(plan).compacted()
@@ -402,7 +418,7 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
     if total > (ell.cache_budget() if budget is None else budget):  # else nothing switches
         forms = [(layer, *compact_form(layer.weight, layer.ell)) for layer in padded]
         for layer, nbytes, build in sorted(forms, key=lambda f: f[1] / f[0].ell.nbytes):
-            if ell.worth_compacting(layer.ell.nbytes, nbytes, total, budget):
+            if ell.worth_compacting(layer.ell.nbytes, nbytes, total, budget, layer.ell.geometry.flat):
                 total -= layer.ell.nbytes - nbytes
                 layer.set_batch1_layout(build())
                 kept -= 1

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from sparsify.kernels import CSR, SparseConv2d, SparseLinear, isa, spmm
+from sparsify.kernels import CSR, SparseConv2d, SparseLinear, ell, isa, spmm
 from sparsify.kernels.bsr import BSR, SparseBlockLinear
 
 DENSITIES = [0.0, 1e-3, 0.5, 1.0, 0.1]
@@ -212,7 +212,8 @@ def _compiled_kernels():
     kernels += [_jit.spmm_kernel(tile) for tile in _jit.TILES]
     lanes = {"avx512": 16, "avx2": 8}.get(isa.VARIANT)
     if lanes is not None:
-        kernels += [_jit.ell_spmv_kernel(compact, nvec, 0, lanes)
+        flat = int(ell.host_geometry().flat)
+        kernels += [_jit.ell_spmv_kernel(compact, nvec, 0, lanes, flat)
                     for compact in (0, 1) for nvec in (1, _jit.MAX_PERMUTE_VECTORS)]
     from sparsify.kernels import _bsr_jit
     from sparsify.kernels.bsr import spmm_geometry

@@ -57,6 +57,12 @@ def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     assert c.value_start.shape == e.slot_ptr.shape and c.value_start[-1] == e.nnz
     assert e.compact_nbytes == c.compact_nbytes == c.nbytes
     assert sorted(e.rows) == list(range(shape[0]))
+    for layout in (e, c):  # a flat layout's per-slot windows repeat each pair's
+        if g.flat:
+            assert layout.slot_segments.dtype == np.uint16
+            np.testing.assert_array_equal(layout.slot_segments, np.repeat(e.segments, np.diff(e.slot_ptr)))
+        else:
+            assert layout.slot_segments is None
     valid = e.offsets < g.segment
     assert valid.sum() == e.nnz == np.count_nonzero(w)
     assert np.all(e.offsets[~valid] == ell.EMPTY) and np.all(e.values[~valid] == 0)
@@ -129,8 +135,9 @@ def test_permute_spmv_matches_dense(rows, cols, density, seed, activation, bias,
     with serial_work_set_to(serial_work):
         assert_close(padded(x), expect)
         assert_close(aligned(x), expect)
-        # The compact form runs over aligned windows: the same products in the same order.
-        np.testing.assert_array_equal(compact(x), aligned(x))
+        # The compact form runs over aligned windows (a flat geometry: the padded form's
+        # windows): the same products in the same order.
+        np.testing.assert_array_equal(compact(x), (padded if geo().flat else aligned)(x))
 
 
 @needs_permute
@@ -225,12 +232,19 @@ def _saving(layer):
     return 1 - layer.ell.compact_nbytes / layer.ell.nbytes
 
 
+def _compact_beyond_the_budget(monkeypatch):
+    """Compact layouts beyond the cache budget whatever they save, flat ones too (which
+    otherwise stay padded up to ``flat_compact_budget``)."""
+    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    monkeypatch.setattr(ell, "flat_compact_budget", lambda: 0)
+
+
 @needs_permute
 def test_fit_batch1_layouts_compacts_the_largest_saving_first(rng, monkeypatch):
     # Sparser layers pad more, so their compact forms save a larger share.
     layers = [SparseLinear(CSR.from_dense(random_sparse(rng, (128, 256), d)), batch1="ell")
               for d in (0.3, 0.03, 0.1)]
-    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    _compact_beyond_the_budget(monkeypatch)
     largest = max(layers, key=_saving)
     assert largest is layers[1]
     total = sum(k.ell.nbytes for k in layers)
@@ -246,6 +260,10 @@ def test_fit_batch1_layouts_keeps_layouts_that_save_little_until_they_stream(rng
     assert spmm.fit_batch1_layouts(layers, budget=0) == 2  # beyond the cache, saving too little
     assert not any(k.ell.compact for k in layers)
     monkeypatch.setattr(ell, "stream_budget", lambda: 0)
+    if geo().flat:  # streamed and prefetched, still padded until their own budget
+        assert spmm.fit_batch1_layouts(layers, budget=0) == 2
+        assert all(not k.ell.compact and k._ell_call.prefetch for k in layers)
+        monkeypatch.setattr(ell, "flat_compact_budget", lambda: 0)
     assert spmm.fit_batch1_layouts(layers, budget=0) == 0  # streamed: fewer bytes whatever
     assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
 
@@ -257,18 +275,24 @@ def test_worth_compacting_by_working_set_and_saving(monkeypatch):
     assert ell.worth_compacting(100, 80, 501, budget=500)  # saves 20%
     assert not ell.worth_compacting(100, 81, 1000, budget=500)  # saves 19%, not streamed
     assert ell.worth_compacting(100, 99, 1001, budget=500)  # streamed
+    # Flat layouts stay padded up to their own budget, whatever they save.
+    monkeypatch.setattr(ell, "flat_compact_budget", lambda: 1500)
+    assert not ell.worth_compacting(100, 10, 1500, budget=500, flat=True)
+    assert ell.worth_compacting(100, 99, 1501, budget=500, flat=True)
+    assert not ell.worth_compacting(100, 10, 1501, budget=2000, flat=True)  # within the cache budget
     monkeypatch.setattr(ell, "cache_budget", lambda: 2000)
     assert not ell.worth_compacting(100, 10, 1500)  # the default budget
 
 
 @needs_permute
 def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng, monkeypatch):
-    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    _compact_beyond_the_budget(monkeypatch)
     layers = _layers(rng, [(64, 128), (64, 128)])
     x = rng.standard_normal(128).astype(np.float32)
     before = [k(x) for k in layers]
     assert spmm.fit_batch1_layouts(layers, budget=layers[0].weight.nbytes) == 0
-    assert all(k.ell.compact and not np.any(k.ell.segments % 2) for k in layers)  # aligned windows
+    # Aligned windows, unless the geometry is flat (then the windows the layers had).
+    assert all(k.ell.compact and (k.ell.aligned or geo().flat) for k in layers)
     for k, y in zip(layers, before):
         assert_close(k(x), y)
     assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # compact ones stay compact
@@ -279,7 +303,7 @@ def test_auto_compacts_a_layout_beyond_the_cache_budget(rng, monkeypatch):
     w = CSR.from_dense(random_sparse(rng, (256, 256), 0.1))
     assert SparseLinear(w).ell is not None
     monkeypatch.setattr(ell, "cache_budget", lambda: 1000)
-    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    _compact_beyond_the_budget(monkeypatch)
     assert SparseLinear(w).ell.compact
     assert not SparseLinear(w, batch1="ell").ell.compact  # asked for explicitly
 
@@ -343,7 +367,7 @@ def test_layouts_beyond_the_stream_budget_are_prefetched(rng, monkeypatch):
     one = spmm.compact_layout(layers[0].weight).nbytes
     monkeypatch.setattr(ell, "stream_budget", lambda: one)  # one layer fits, two do not
     assert SparseLinear(layers[0].weight, batch1="ell_compact")._ell_call.prefetch == 0
-    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    _compact_beyond_the_budget(monkeypatch)
     spmm.fit_batch1_layouts(layers, budget=0)
     assert all(k.ell.compact and k._ell_call.prefetch for k in layers)
     spmm.fit_batch1_layouts(layers[:1], budget=0)  # alone, it fits again
@@ -367,15 +391,23 @@ def test_each_window_plan_runs_every_ell_batch(rng, windows, compact):
 
 @needs_permute
 def test_compact_layout_reuses_an_aligned_layout_and_replans_an_overlapping_one(rng):
+    # A flat geometry reuses either: its compact form keeps the padded form's windows.
     c = CSR.from_dense(random_sparse(rng, (64, 256), 0.3))
     aligned, overlapping = (ell.SlicedEll.from_csr(c, w) for w in ("aligned", "overlapping"))
     assert aligned.aligned and not overlapping.aligned
     reused = spmm.compact_layout(c, aligned)
     assert reused.offsets is aligned.offsets  # compacted, not planned again
     replanned = spmm.compact_layout(c, overlapping)
-    assert replanned.aligned and replanned.compact
-    for layout in (reused, replanned, spmm.compact_layout(c)):
-        np.testing.assert_array_equal(layout.values, spmm.compact_layout(c).values)
+    assert replanned.compact
+    if geo().flat:
+        assert replanned.offsets is overlapping.offsets
+        best = ell.SlicedEll.from_csr(c)
+        np.testing.assert_array_equal(spmm.compact_layout(c).values, best.compacted().values)
+        assert spmm.compact_layout(c).slots == best.slots == overlapping.slots
+    else:
+        assert replanned.aligned
+        for layout in (reused, replanned, spmm.compact_layout(c)):
+            np.testing.assert_array_equal(layout.values, spmm.compact_layout(c).values)
 
 
 @needs_permute
@@ -412,13 +444,15 @@ def test_window_plans_count_the_bytes_of_the_layouts_they_build(rng, shape, dens
 @needs_permute
 @pytest.mark.parametrize("windows", ["aligned", "overlapping"])
 def test_compact_form_sizes_the_layout_it_builds(rng, windows):
-    # An overlapping layout's own compact_nbytes misjudges the aligned compact form.
+    # An overlapping layout's own compact_nbytes misjudges the aligned compact form that
+    # per-pair geometries build; flat ones compact the layout as it is.
     c = CSR.from_dense(random_sparse(rng, (96, 512), 0.1))
     built = ell.SlicedEll.from_csr(c, windows)
     nbytes, build = spmm.compact_form(c, built)
     layout = build()
-    assert layout.compact and layout.aligned and layout.nbytes == nbytes
-    assert (built.compact_nbytes == nbytes) == (windows == "aligned")
+    assert layout.compact and layout.nbytes == nbytes
+    assert layout.aligned == (windows == "aligned" or not geo().flat)
+    assert (built.compact_nbytes == nbytes) == (windows == "aligned" or geo().flat)
 
 
 @needs_permute
@@ -429,13 +463,28 @@ def test_fit_batch1_layouts_counts_the_compact_bytes_it_builds(rng, monkeypatch)
         layer = SparseLinear(CSR.from_dense(random_sparse(rng, (96, 512), 0.1)), batch1="csr")
         layer.set_batch1_layout(ell.SlicedEll.from_csr(layer.weight, "overlapping"))
         layers.append(layer)
-    monkeypatch.setattr(ell, "MIN_COMPACT_SAVING", 0.0)
+    _compact_beyond_the_budget(monkeypatch)
     seen = []
     real = ell.worth_compacting
-    monkeypatch.setattr(ell, "worth_compacting", lambda p, c, total, b=None: seen.append(total) or real(p, c, total, b))
+    monkeypatch.setattr(ell, "worth_compacting", lambda p, c, total, *rest: seen.append(total) or real(p, c, total, *rest))
     total = sum(k.ell.nbytes for k in layers)
     assert spmm.fit_batch1_layouts(layers, budget=total - 1) == 2
     switched = [k for k in layers if k.ell.compact]
-    assert len(switched) == 1 and switched[0].ell.aligned
+    assert len(switched) == 1 and switched[0].ell.aligned != geo().flat
     assert seen[1] == sum(k.ell.nbytes for k in layers)  # the total after the switch, exactly
 
+
+
+@needs_permute
+def test_flat_layouts_index_windows_beyond_uint16(rng):
+    # 600k columns over 8-column steps: 75k windows, past uint16's range.
+    if not geo().flat:
+        pytest.skip("per-pair geometry: no per-slot windows")
+    cols = 600_000
+    w = np.zeros((3, cols), np.float32)
+    for r, at in enumerate(([5, 70_000, 599_999], [524_300, 524_301], [])):
+        w[r, at] = rng.standard_normal(len(at)).astype(np.float32)
+    layer = SparseLinear(CSR.from_dense(w), batch1="ell")
+    assert layer.ell.slot_segments.dtype == np.int32 and int(layer.ell.slot_segments.max()) > 65_535
+    x = rng.standard_normal(cols).astype(np.float32)
+    assert_close(layer(x), reference_linear(x[None], w)[0].astype(np.float32))
