@@ -526,10 +526,11 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     fall short. ``flat`` (compile-time) 1 reads each slot's window from ``segments[k]``
     (one entry per slot) and loads its inputs per slot, so a pair is just a slot range
     (the flat layouts pass one per row group, ``ell.Geometry.flat``); 0 loads them once
-    per pair from ``segments[p]``. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2 (the caller picks by
-    ``isa.VARIANT``). No bounds checks: callers guarantee ``(nvec-1)*xstride +
-    segments[p]*S + W <= len(x)``, every slot inside ``offsets``, L readable values from
-    every compact start (the array is padded) and ``len(acc) >= L*nvec``.
+    per pair from ``segments[p]``. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2
+    (the caller picks by ``isa.VARIANT``). No bounds checks: callers guarantee
+    ``(nvec-1)*xstride + segments[i]*S + W <= len(x)`` for every pair (slot when flat)
+    i, every slot inside ``offsets``, L readable values from every compact start (the
+    array is padded) and ``len(acc) >= L*nvec``.
     """
     if not (all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (values, x, acc))
             and isinstance(offsets, types.Array) and offsets.dtype == types.uint8
