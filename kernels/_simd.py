@@ -475,8 +475,9 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
 # geometry, ``ell.GEOMETRIES``), by lanes: pair p's window is the segment columns from
 # ``segments[p] * step``; offsets at or above the segment mark padding lanes.
 # 16 lanes (AVX-512): a 32-column window in two zmm registers, one vpermi2ps per slot.
-# 8 lanes (AVX2): a 16-column window in two ymm registers, two vpermps and a blend.
-PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 8)}
+# 8 lanes (AVX2): a 16-column window in two ymm registers, two vpermps and a blend;
+# windows every 4 columns (ell.AVX2_STEP).
+PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 4)}
 PERMUTE_LANES, (PERMUTE_SEGMENT, PERMUTE_STEP) = 16, PERMUTE_GEOMETRY[16]
 # Most input vectors one ``permute_dot`` call takes (two table registers each).
 MAX_PERMUTE_VECTORS = 4
@@ -507,7 +508,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     """For v < nvec: ``acc[v*L + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
     x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes whose offset is
     below the window width W, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8
-    (W 16, S 8; AVX2), see PERMUTE_GEOMETRY.
+    (W 16, S 4; AVX2), see PERMUTE_GEOMETRY.
 
     The sliced-ELL SpMV's inner loop for one L-row group (``ell.py``) and ``nvec`` input
     vectors: per stored (group, window) pair, each vector's W inputs are loaded into

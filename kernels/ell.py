@@ -24,10 +24,11 @@ positions back to output rows.
 Each kernel variant (``isa.py``) has its own :class:`Geometry` (:data:`GEOMETRIES`): the
 numbers above are AVX-512's (16 lanes, 32-column windows, one ``vpermi2ps`` per slot).
 AVX2 has no two-table permute: its layout takes 8 lanes and 16-column windows, whose
-inputs fill two ymm registers, and a slot costs two ``vpermps`` and a blend (uniform
-90% sparsity fills ~47% of its lanes with aligned windows, ~57% overlapping). Its pairs
+inputs fill two ymm registers, and a slot costs two ``vpermps`` and a blend. Its pairs
 are short, so its kernel runs *flat* (:attr:`Geometry.flat`): each slot carries its
-window and a row group's slots run as one loop. The portable variant has no layout
+window and a row group's slots run as one loop, and its overlapping windows start every
+4 columns (uniform 90% sparsity fills ~47% of its lanes with aligned windows, ~61%
+overlapping). The portable variant has no layout
 (:data:`AVAILABLE` is False there). Padding costs bytes: about 8 per nonzero at 90%
 sparsity against the CSR's 6 (about 10 with the AVX2 geometry). The compact form
 (:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
@@ -95,11 +96,13 @@ MIN_FILL = 0.25
 # Its pairs average ~3.4 slots at 90% sparsity (AVX-512's ~6.4), and a loop per pair
 # spent more on loop exits than on slots; one loop over a group's slots, each loading
 # its window's inputs (two loads from L1), costs nothing per pair, so the planner takes
-# the plan of fewest slots (benchmarks/README.md, "AVX2 hosts").
+# the plan of fewest slots (benchmarks/README.md, "AVX2 hosts"). Windows every 4 columns
+# (AVX2_STEP) instead of every 8 take 6% fewer slots at 90% and ran 4096^2 10-13% faster.
 AVX2_PAIR_COST = 0.0
 AVX2_MIN_FILL = 0.25
+AVX2_STEP = 4
 GEOMETRIES = {"avx512": Geometry("avx512", 16, 32, 16, PAIR_COST, MIN_FILL),
-              "avx2": Geometry("avx2", 8, 16, 8, AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
+              "avx2": Geometry("avx2", 8, 16, AVX2_STEP, AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
 # The AVX-512 geometry's numbers, kept as names: rows per group (one 512-bit float32
 # vector), window width (two 512-bit registers, the table of one vpermi2ps), window step.
 GROUP_ROWS, SEGMENT, STEP = (GEOMETRIES["avx512"].lanes, GEOMETRIES["avx512"].segment,
@@ -124,8 +127,10 @@ MIN_COMPACT_SAVING = 0.2
 # prefetches (stream_budget). Measured here (Zen 4, 32 MiB L3, 2 threads, same process,
 # compact 4096^2 layers at 90%, 10.75 MB each; p50 without / with prefetches 128 slots
 # ahead): one layer 0.19-0.21 / 0.21-0.23 ms, two 0.45-0.69 / 0.48-0.55 ms, three
-# 0.99-1.59 / 0.69-0.89 ms, four 1.84-2.44 / 1.33-1.61 ms.
-STREAM_SHARE = 0.5
+# 0.99-1.59 / 0.69-0.89 ms, four 1.84-2.44 / 1.33-1.61 ms. The flat AVX2 kernel (one
+# padded 4096^2 layer, AVX2 code on the same host): 90%, 17.9 MB, 0.185 / 0.202 ms;
+# 80%, 27.8 MB, 0.49 / 0.37 ms. So the budget lies between 18 and 21.5 MB here.
+STREAM_SHARE = 0.6
 # Share of the L3 beyond which a model's flat layouts (the AVX2 kernel) switch to their
 # compact form. The flat kernel spends more per slot than the per-pair one, so its padded
 # form stays ahead until the layouts come from DRAM. Measured compiled for AVX2 on Zen 4
@@ -267,7 +272,7 @@ def _plan_windows(w: CSR, rows: np.ndarray, every: int, geo: Geometry) -> np.nda
     # Window starts, in steps: the last window ends at or after the last column, and no
     # window ends beyond the columns rounded up to a whole step (segment when aligned).
     blocks = -(-w.shape[1] // geo.step)
-    n_windows = max(1, blocks - 1) if every == 1 else blocks
+    n_windows = max(1, blocks - (geo.segment // geo.step - 1)) if every == 1 else blocks
     depth = np.zeros((-(-w.shape[0] // geo.lanes), n_windows), np.int64)
     _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, np.zeros(1, np.int64),
                     np.zeros(0, np.float32), np.zeros(0, np.uint8), False, geo.lanes, geo.step, geo.segment)

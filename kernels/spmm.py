@@ -151,7 +151,7 @@ class SparseLinear:
     ``"auto"`` the sliced ELL when it is available and its padding small (fill >= its
     geometry's ``min_fill``): padded or compact as ``ell.worth_compacting`` decides from its
     bytes; the CSR kernel otherwise. None (default) means BATCH1_DEFAULT, ``"auto"``.
-    A sliced-ELL layout larger than ``ell.stream_budget()`` (half the L3) is read with
+    A sliced-ELL layout larger than ``ell.stream_budget()`` (60% of the L3) is read with
     software prefetches. For a model's layers, :func:`fit_batch1_layouts` shares both
     budgets among them.
 
