@@ -476,7 +476,8 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
 # ``segments[p] * step``; offsets at or above the segment mark padding lanes.
 # 16 lanes (AVX-512): a 32-column window in two zmm registers, one vpermi2ps per slot.
 # 8 lanes (AVX2): a 16-column window in two ymm registers, two vpermps and a blend;
-# windows every 4 columns (ell.AVX2_STEP).
+# windows every 4 columns, because the flat kernel pays nothing per window and finer
+# starts pad less (benchmarks/README.md, "AVX2 hosts"). ell.GEOMETRIES takes these.
 PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 4)}
 PERMUTE_LANES, (PERMUTE_SEGMENT, PERMUTE_STEP) = 16, PERMUTE_GEOMETRY[16]
 # Most input vectors one ``permute_dot`` call takes (two table registers each).

@@ -48,6 +48,7 @@ import numba
 import numpy as np
 
 from . import isa
+from ._simd import PERMUTE_GEOMETRY
 from .csr import CSR, _readonly
 from .errors import KernelArgumentError
 
@@ -92,17 +93,14 @@ EMPTY = 255
 # costs dominate), with aligned windows, which fill uniform 90% sparsity about 0.5, 98%
 # 0.28, 99% 0.21 (overlapping: 0.64, 0.34, 0.24).
 MIN_FILL = 0.25
-# The AVX2 layout: 8 lanes, 16-column windows, two vpermps and a blend per slot, run flat.
-# Its pairs average ~3.4 slots at 90% sparsity (AVX-512's ~6.4), and a loop per pair
-# spent more on loop exits than on slots; one loop over a group's slots, each loading
-# its window's inputs (two loads from L1), costs nothing per pair, so the planner takes
-# the plan of fewest slots (benchmarks/README.md, "AVX2 hosts"). Windows every 4 columns
-# (AVX2_STEP) instead of every 8 take 6% fewer slots at 90% and ran 4096^2 10-13% faster.
+# The AVX2 layout runs flat: its pairs are too short for a loop each, and a slot that
+# loads its own window costs nothing per pair, so the planner takes the plan of fewest
+# slots (benchmarks/README.md, "AVX2 hosts").
 AVX2_PAIR_COST = 0.0
 AVX2_MIN_FILL = 0.25
-AVX2_STEP = 4
-GEOMETRIES = {"avx512": Geometry("avx512", 16, 32, 16, PAIR_COST, MIN_FILL),
-              "avx2": Geometry("avx2", 8, 16, AVX2_STEP, AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
+# Window width and step per geometry come from the kernel that reads them.
+GEOMETRIES = {"avx512": Geometry("avx512", 16, *PERMUTE_GEOMETRY[16], PAIR_COST, MIN_FILL),
+              "avx2": Geometry("avx2", 8, *PERMUTE_GEOMETRY[8], AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
 # The AVX-512 geometry's numbers, kept as names: rows per group (one 512-bit float32
 # vector), window width (two 512-bit registers, the table of one vpermi2ps), window step.
 GROUP_ROWS, SEGMENT, STEP = (GEOMETRIES["avx512"].lanes, GEOMETRIES["avx512"].segment,
@@ -127,17 +125,13 @@ MIN_COMPACT_SAVING = 0.2
 # prefetches (stream_budget). Measured here (Zen 4, 32 MiB L3, 2 threads, same process,
 # compact 4096^2 layers at 90%, 10.75 MB each; p50 without / with prefetches 128 slots
 # ahead): one layer 0.19-0.21 / 0.21-0.23 ms, two 0.45-0.69 / 0.48-0.55 ms, three
-# 0.99-1.59 / 0.69-0.89 ms, four 1.84-2.44 / 1.33-1.61 ms. The flat AVX2 kernel (one
-# padded 4096^2 layer, AVX2 code on the same host): 90%, 17.9 MB, 0.185 / 0.202 ms;
-# 80%, 27.8 MB, 0.49 / 0.37 ms. So the budget lies between 18 and 21.5 MB here.
+# 0.99-1.59 / 0.69-0.89 ms, four 1.84-2.44 / 1.33-1.61 ms. Below 60%, a layer still in
+# the L3 runs slower with prefetches (the flat AVX2 kernel's figures: benchmarks/README.md,
+# "AVX2 hosts").
 STREAM_SHARE = 0.6
 # Share of the L3 beyond which a model's flat layouts (the AVX2 kernel) switch to their
-# compact form. The flat kernel spends more per slot than the per-pair one, so its padded
-# form stays ahead until the layouts come from DRAM. Measured compiled for AVX2 on Zen 4
-# (32 MiB L3; 2 threads, same process, p50 padded / compact, prefetched from 16 MiB on):
-# one 4096^2 layer at 95% (12 MB) 0.14 / 0.18 ms, at 90% (18 MB) 0.21 / 0.27, at 80%
-# (28 MB) 0.37 / 0.44; two at 90% (36 MB) 0.49 / 0.60; four at 95% (49 MB) 0.90 / 0.79,
-# at 90% (73 MB) 1.27 / 1.25, at 80% (111 MB) 3.03 / 2.52.
+# compact form: the flat kernel's expand per slot costs more than the bytes it saves
+# until the layouts come from DRAM (benchmarks/README.md, "AVX2 hosts").
 FLAT_COMPACT_SHARE = 1.25
 # L3 assumed when sysfs does not tell.
 DEFAULT_L3_BYTES = 32 << 20
