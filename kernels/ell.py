@@ -36,7 +36,9 @@ nonzero) and expands them per slot. :class:`SparseLinear
 <sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
 available and the padding is small enough (the geometry's ``min_fill``), padded or compact as
 :func:`worth_compacting` decides from the bytes it would save; the CSR kernel
-otherwise. A model's layers are decided together (``spmm.fit_batch1_layouts``).
+otherwise. A model's layers are decided together (``spmm.fit_batch1_layouts``), and the
+runtime then times those forms against alternatives on the host that runs the model
+(``sparsify.runtime.calibrate.choose_working_set``): the budgets below are its starting guess.
 """
 
 from __future__ import annotations

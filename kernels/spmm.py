@@ -13,6 +13,7 @@ on every call. Non-contiguous inputs are accepted (copied to contiguous memory).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -410,7 +411,8 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
     compact form saves the largest share of their bytes first. Every sliced-ELL layer is
     then prefetched in software when the whole working set exceeds
     ``ell.stream_budget()`` (it streams from DRAM), and not otherwise. Returns how many
-    keep the padded form.
+    keep the padded form. These rules estimate the host's caches from the L3's size; the
+    runtime times them against alternatives at load (``sparsify.runtime.calibrate``).
     """
     total = sum(layer.weight.nbytes if layer.ell is None else layer.ell.nbytes for layer in layers)
     padded = [layer for layer in layers if layer.ell is not None and not layer.ell.compact]
@@ -427,6 +429,48 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
         if layer.ell is not None and bool(layer._ell_call.prefetch) != streamed:
             layer.set_batch1_layout(layer.ell, prefetch=streamed)
     return kept
+
+
+class Batch1Forms(NamedTuple):
+    """Both batch-1 layout forms of one layer: its padded layout, and its compact form's
+    bytes and the call that builds it (see :func:`batch1_forms`)."""
+
+    layer: "SparseLinear"
+    padded: ell.SlicedEll
+    compact_nbytes: int
+    build_compact: Callable[[], ell.SlicedEll]
+
+
+def batch1_forms(layers: list["SparseLinear"]) -> list[Batch1Forms]:
+    """Both forms of the batch-1 layout of each of ``layers`` that runs one, in the order
+    :func:`fit_batch1_layouts` compacts them: the largest share of bytes saved first. A
+    layer running its compact form has its padded one planned anew."""
+    forms = []
+    for layer in layers:
+        layout = layer.ell
+        if layout is None:
+            continue
+        if layout.compact:
+            padded = ell.SlicedEll.from_csr(layer.weight, geometry=layout.geometry)
+            forms.append(Batch1Forms(layer, padded, layout.nbytes, lambda built=layout: built))
+        else:
+            forms.append(Batch1Forms(layer, layout, *compact_form(layer.weight, layout)))
+    return sorted(forms, key=lambda f: f.compact_nbytes / max(1, f.padded.nbytes))
+
+
+def set_batch1_forms(forms: list[Batch1Forms], compacted: int, prefetch: bool,
+                     built: dict[int, ell.SlicedEll] | None = None) -> None:
+    """Run the first ``compacted`` of ``forms`` (:func:`batch1_forms` order) on their compact
+    form and the others padded, all prefetched in software or none. ``built`` keeps the
+    compact forms built so far, by position, for the next call."""
+    built = {} if built is None else built
+    for i, form in enumerate(forms):
+        if i < compacted:
+            if i not in built:
+                built[i] = form.build_compact()
+            form.layer.set_batch1_layout(built[i], prefetch)
+        else:
+            form.layer.set_batch1_layout(form.padded, prefetch)
 
 
 def _identity(kernel):
@@ -480,5 +524,5 @@ def _describe(a) -> str:
     return f"{ro}{layout} {a.dtype} array of shape {a.shape}"
 
 
-__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "compact_layout", "compact_form", "activation_code",
+__all__ = ["SparseLinear", "csr_linear", "fit_batch1_layouts", "batch1_forms", "set_batch1_forms", "Batch1Forms", "compact_layout", "compact_form", "activation_code",
            "pick_tile", "widest_tile", "checked", "prepare_bias", "RowChunks", "SERIAL_WORK", "launch"]

@@ -14,7 +14,10 @@ turns it off (the pass then uses its fixed rules), which the test suite does by 
 sliced-ELL layout the size rules chose against the CSR kernel. Which wins depends on the
 host: compiled for AVX2 and run on the Zen 4 VM, the CSR gather kernel beat the compact
 AVX2 layout at 4096x4096 90% (0.65 against 1.38 ms) while the AVX-512 layout beat the CSR
-(0.39 against 0.79 ms) (benchmarks/results/kernels*.json).
+(0.39 against 0.79 ms) (benchmarks/results/kernels*.json). It then times the layers'
+layouts together (:func:`choose_working_set`): which of them run compact, and whether they
+are prefetched, depends on the host's caches and memory, which the size rules of
+``spmm.fit_batch1_layouts`` only estimate from the L3's size.
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ CACHE_ENV = "SPARSIFY_CACHE_DIR"
 BUDGET_S = 0.03
 BLOCK_S = 0.002
 ROUNDS = 5
+# Least speed-up over the size rules' batch-1 forms a timed alternative needs to replace
+# them (choose_working_set): choices made on smaller gains came out from -4% to +8% against
+# the rules when re-timed on their own (benchmarks/README.md, "Batch-1 forms timed at load").
+WORKING_SET_MARGIN = 0.1
+# Beyond this share of the L3 a model's padded batch-1 layouts stream from DRAM on any host,
+# where the rules' answer (every layer compact, prefetched: the fewest bytes) holds; not timed.
+WORKING_SET_MAX_SHARE = 4.0
+# Timing budget per configuration there (it runs once per host and set of layouts).
+WORKING_SET_BUDGET_S = 0.1
+MAX_ROUNDS = 50
 
 
 def enabled() -> bool:
@@ -90,8 +103,129 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
             layer.set_batch1_layout(None)
         lines.append(f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: sliced ELL {form} {m.sparse_ms:.4f} ms vs "
                      f"CSR {m.dense_ms:.4f} ms -> {'ELL' if keep else 'CSR'}{', cached' if m.cached else ''}")
+    lines += choose_working_set(layers, cal)
     cal.save()
     return lines
+
+
+def choose_working_set(layers: list, cal: "Calibrator") -> list[str]:
+    """Time ``layers`` (a model's SparseLinear layers, called one after another at batch 1)
+    with their sliced-ELL layouts in the forms the size rules chose (``spmm.fit_batch1_layouts``)
+    and in the alternatives: the first k of ``spmm.batch1_forms`` compact for a few k, each
+    prefetched or not. Keep the fastest where it beats the rules' by WORKING_SET_MARGIN.
+    Timed only where the rules are a guess about this host's caches: the padded layouts
+    beyond ``ell.cache_budget()`` and within WORKING_SET_MAX_SHARE of the L3. The outcome
+    is cached per host and set of layouts. Returns one line saying what was timed and
+    kept (none when nothing was)."""
+    from sparsify.kernels import ell, spmm
+
+    running = [layer for layer in layers if layer.ell is not None]
+    if not running:
+        return []
+    sized = [(layer.ell, bool(layer._ell_call.prefetch)) for layer in running]
+    key = "batch1 set " + hashlib.sha256(json.dumps(
+        [[*layer.weight.shape, int(layer.weight.nnz), layout.geometry.variant, layout.compact, int(layout.nbytes),
+          prefetch] for layer, (layout, prefetch) in zip(running, sized)]).encode()).hexdigest()[:16]
+    entry, forms = cal.recall(key), None
+    cached = ", cached" if entry is not None else ""
+    if entry is None:
+        try:
+            forms = spmm.batch1_forms(running)
+            padded = sum(f.padded.nbytes for f in forms)
+            entry = {"timed": 0, "layers": len(forms), "padded_bytes": padded}
+            if ell.cache_budget() < padded <= WORKING_SET_MAX_SHARE * ell.cache_bytes(3, ell.DEFAULT_L3_BYTES):
+                entry.update(_time_working_set(layers, running, sized, forms), timed=1)
+        except Exception as exc:  # the rules' forms stand; say why nothing was timed
+            _restore(running, sized)
+            return [f"batch-1 layouts together: not timed ({type(exc).__name__}: {exc}); as sized"]
+        cal.record(key, entry)
+    if not entry["timed"]:
+        return []
+    n, k, prefetch = int(entry["layers"]), int(entry["compacted"]), bool(entry["prefetch"])
+    label = ("all padded" if k == 0 else "all compact" if k == n else f"{k} of {n} compact") + (
+        ", prefetched" if prefetch else "")
+    keep = entry["best_ms"] < (1.0 - WORKING_SET_MARGIN) * entry["sized_ms"]
+    if keep:
+        spmm.set_batch1_forms(forms or spmm.batch1_forms(running), k, prefetch)
+    else:  # the rules' forms, as they were (the timing leaves others)
+        _restore(running, sized)
+    return [f"batch-1 layouts together ({n}, {entry['padded_bytes'] / 1e6:.1f} MB padded): as sized "
+            f"{entry['sized_ms']:.4f} ms, best {label} {entry['best_ms']:.4f} ms -> {label if keep else 'as sized'}"
+            f"{cached}"]
+
+
+def _restore(running: list, sized: list) -> None:
+    """Put each layer back on the layout and prefetch setting it had."""
+    for layer, (layout, prefetch) in zip(running, sized):
+        layer.set_batch1_layout(layout, prefetch)
+
+
+def _time_working_set(layers: list, running: list, sized: list, forms: list) -> dict[str, float]:
+    """The timings behind choose_working_set: the model's batch-1 calls in a row, with the
+    layouts as sized and in each alternative; leaves the last alternative in place."""
+    from sparsify.kernels import spmm
+
+    n = len(forms)
+    choices = [(k, p) for k in sorted({0, n // 4, n // 2, (3 * n) // 4, n}) for p in (False, True)]
+    built: dict[int, object] = {}
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal(layer.in_features).astype(layer.dtype) for layer in layers]
+
+    def chain():
+        for layer, x in zip(layers, inputs):
+            layer(x)
+
+    def as_sized():
+        _restore(running, sized)
+
+    # The rules' own configuration is timed once, as sized, not again as an alternative.
+    state = {id(layer): (layout.compact, prefetch) for layer, (layout, prefetch) in zip(running, sized)}
+    choices = [(k, p) for k, p in choices
+               if any(state[id(f.layer)] != (i < k, p) for i, f in enumerate(forms))]
+    setups = [as_sized] + [lambda k=k, p=p: spmm.set_batch1_forms(forms, k, p, built) for k, p in choices]
+    ms = time_configurations(setups, chain, WORKING_SET_BUDGET_S)
+    best = min(range(len(choices)), key=lambda i: ms[i + 1])
+    return {"sized_ms": ms[0], "best_ms": ms[best + 1], "compacted": choices[best][0],
+            "prefetch": int(choices[best][1])}
+
+
+def _time_block(fn: Callable[[], object], calls: int, into: list[float]) -> float:
+    """Time ``calls`` calls of ``fn`` one by one, appending each (seconds) to ``into``;
+    returns their sum."""
+    total = 0.0
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        into.append(dt)
+        total += dt
+    return total
+
+
+def time_configurations(setups: list[Callable[[], object]], call: Callable[[], object],
+                        budget_s: float = BUDGET_S) -> list[float]:
+    """Median ms of ``call`` after each of ``setups`` (which reconfigure what it runs), in
+    rounds that visit the setups in a new random order each: a setup, then calls for
+    ~BLOCK_S untimed (the caches settle to that configuration) and ~BLOCK_S timed."""
+    samples: list[list[float]] = [[] for _ in setups]
+    spent = [0.0] * len(setups)
+    per_block = [0] * len(setups)
+    order = np.random.default_rng(0)
+    rounds = 0
+    while rounds < ROUNDS or min(spent) < budget_s:
+        for i in order.permutation(len(setups)):
+            setups[i]()
+            t0 = time.perf_counter()
+            call()
+            if not per_block[i]:
+                per_block[i] = max(2, min(200, int(BLOCK_S / max(time.perf_counter() - t0, 1e-7))))
+            for _ in range(per_block[i]):
+                call()
+            spent[i] += _time_block(call, per_block[i], samples[i])
+        rounds += 1
+        if rounds >= MAX_ROUNDS:
+            break
+    return [float(np.median(s) * 1e3) for s in samples]
 
 
 def kernel_note() -> str:
@@ -141,14 +275,9 @@ def time_pair(dense: Callable[[], object], sparse: Callable[[], object]) -> tupl
     rounds = 0
     while rounds < ROUNDS or min(spent) < BUDGET_S:
         for i, fn in enumerate(fns):
-            for _ in range(per_block[i]):
-                t0 = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t0
-                samples[i].append(dt)
-                spent[i] += dt
+            spent[i] += _time_block(fn, per_block[i], samples[i])
         rounds += 1
-        if rounds >= 50:
+        if rounds >= MAX_ROUNDS:
             break
     return float(np.median(samples[0]) * 1e3), float(np.median(samples[1]) * 1e3)
 
@@ -226,6 +355,19 @@ class Calibrator:
             self._entries["ort call"] = {"ms": call}
             self._dirty = True
         return self._overhead
+
+    def recall(self, key: str) -> dict[str, float] | None:
+        """The cached entry under ``key`` (None when this host has not measured it)."""
+        return self._entries.get(key)
+
+    def record(self, key: str, entry: dict[str, float]) -> None:
+        """Cache ``entry`` under ``key`` (written by :meth:`save`)."""
+        self._entries[key] = entry
+        self._dirty = True
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self._entries)
 
     def _recall_or_measure(self, key: str, measure: Callable[[], tuple[float, float]]) -> Measurement:
         entry = self._entries.get(key)
@@ -318,4 +460,4 @@ class Calibrator:
         return self._recall_or_measure(key, measure)
 
 
-__all__ = ["Calibrator", "Measurement", "choose_batch1_forms", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]
+__all__ = ["Calibrator", "Measurement", "choose_batch1_forms", "choose_working_set", "time_configurations", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]

@@ -112,7 +112,8 @@ class Session:
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
         # The linear layers run one after another: their batch-1 layouts are chosen together,
-        # then each kept only where it beats the CSR kernel on this host (timed, cached).
+        # each kept only where it beats the CSR kernel on this host, and their forms (compact
+        # or padded, prefetched or not) timed together against the size rules' (cached).
         linears = [layer.kernel for layer in self.layers.values() if isinstance(layer.kernel, SparseLinear)]
         fit_batch1_layouts(linears)
         from sparsify.runtime.calibrate import choose_batch1_forms
@@ -150,13 +151,14 @@ class Session:
         return list(self._outputs)
 
     def describe(self) -> list[str]:
-        """The kernels this host runs (variant, compile target, threading layer), then one
-        line per execution step (sparse kernel, numpy glue or ORT segment)."""
+        """The kernels this host runs (variant, compile target, threading layer), the batch-1
+        kernel decisions timed at load (``calibrated: ...``), then one line per execution
+        step (sparse kernel, numpy glue or ORT segment)."""
         from sparsify.kernels import isa
         from sparsify.kernels.threads import threading_layer
 
         head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
-        return [head] + describe(self.steps)
+        return [head] + [f"calibrated: {line}" for line in self.batch1_timings] + describe(self.steps)
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import onnx
@@ -127,3 +128,145 @@ def test_batch1_form_kept_only_where_it_beats_the_csr_kernel(cache, monkeypatch)
     np.testing.assert_allclose(y, w.astype(np.float64) @ np.ones(128), rtol=1e-5, atol=1e-5)
     monkeypatch.setenv(calibrate.ENV, "off")
     assert calibrate.choose_batch1_forms(layers[1:], 1) == [] and layers[1].ell is not None
+
+
+def _ell_layers(rng, count, shape=(64, 128)):
+    from sparsify.kernels import CSR, SparseLinear, ell
+
+    if ell.host_geometry() is None:
+        pytest.skip("no sliced-ELL layout on this host")
+    weights = []
+    for _ in range(count):
+        w = rng.standard_normal(shape).astype(np.float32)
+        w[rng.random(w.shape) >= 0.1] = 0
+        weights.append(w)
+    return weights, [SparseLinear(CSR.from_dense(w), batch1="ell") for w in weights]
+
+
+def _scored_timer(score, calls):
+    """A clock-free time_configurations: applies each setup and scores the layers' forms."""
+    def timer(setups, call, budget_s=calibrate.BUDGET_S):
+        calls.append(len(setups))
+        out = []
+        for setup in setups:
+            setup()
+            call()
+            out.append(score())
+        return out
+    return timer
+
+
+def test_working_set_keeps_the_fastest_forms_and_recalls_them(cache, monkeypatch):
+    from sparsify.kernels import ell
+
+    weights, layers = _ell_layers(np.random.default_rng(6), 3)
+    monkeypatch.setattr(ell, "cache_budget", lambda: 0)  # the layouts overflow it: timed
+    # Fewer bytes and prefetches win here: every layer compact and prefetched is fastest.
+    calls: list[int] = []
+    monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
+        lambda: 1.0 - sum(0.1 * l.ell.compact + 0.05 * bool(l._ell_call.prefetch) for l in layers), calls))
+    cal = calibrate.Calibrator(1)
+    lines = calibrate.choose_working_set(layers, cal)
+    cal.save()
+    # As sized (padded, not prefetched) and 3 layers x {0, 1, 2, 3} compact x prefetch or
+    # not, less the one configuration equal to the sized one.
+    assert calls == [8] and lines[0].endswith("-> all compact, prefetched"), (calls, lines)
+    assert all(l.ell.compact and l._ell_call.prefetch for l in layers)
+    x = np.random.default_rng(7).standard_normal(128).astype(np.float32)
+    for layer, w in zip(layers, weights):
+        np.testing.assert_allclose(layer(x), w.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+    # The same model loaded again (the rules' forms) recalls the outcome without timing.
+    calls.clear()
+    _, again = _ell_layers(np.random.default_rng(6), 3)
+    lines = calibrate.choose_working_set(again, calibrate.Calibrator(1))
+    assert calls == [] and lines[0].endswith("-> all compact, prefetched, cached"), lines
+    assert all(l.ell.compact and l._ell_call.prefetch for l in again)
+
+
+def test_working_set_keeps_the_sized_forms_within_the_margin(cache, monkeypatch):
+    from sparsify.kernels import ell
+
+    _, layers = _ell_layers(np.random.default_rng(8), 2)
+    sized = [(l.ell, l._ell_call.prefetch) for l in layers]
+    monkeypatch.setattr(ell, "cache_budget", lambda: 0)
+    gain = 0.5 * calibrate.WORKING_SET_MARGIN  # compact saves less than the margin
+    monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
+        lambda: 1.0 - gain * sum(l.ell.compact for l in layers), []))
+    lines = calibrate.choose_working_set(layers, calibrate.Calibrator(1))
+    assert lines[0].endswith("-> as sized") and "best all compact" in lines[0], lines
+    assert [(l.ell, l._ell_call.prefetch) for l in layers] == sized  # the very layouts, not copies
+
+
+def test_working_set_within_the_cache_is_not_timed(cache, monkeypatch):
+    _, layers = _ell_layers(np.random.default_rng(9), 2)
+    calls: list[int] = []
+    monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(lambda: 1.0, calls))
+    assert calibrate.choose_working_set(layers, calibrate.Calibrator(1)) == [] and calls == []
+    assert not any(l.ell.compact for l in layers)
+
+
+def test_time_configurations_times_each_setup_in_turn():
+    state = {"ms": 0.0}
+    seen = []
+
+    def call():
+        seen.append(state["ms"])
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < state["ms"] / 1e3:
+            pass
+
+    setups = [lambda: state.update(ms=0.05), lambda: state.update(ms=0.4)]
+    fast, slow = calibrate.time_configurations(setups, call, budget_s=0.01)
+    assert 0.04 < fast < 0.3 and 0.35 < slow, (fast, slow)
+    assert {0.05, 0.4} <= set(seen)
+
+
+def test_session_says_what_it_timed_and_runs_the_forms_kept(cache, monkeypatch, pairs):
+    import onnxruntime as ort
+
+    from sparsify.kernels import SparseLinear, ell
+    from sparsify.runtime import Session
+    from tests import models
+
+    if ell.host_geometry() is None:
+        pytest.skip("no sliced-ELL layout on this host")
+    _, dense, sparse, _ = pairs["mlp"]
+    monkeypatch.setattr(ell, "cache_budget", lambda: 0)
+    monkeypatch.setattr(calibrate.Calibrator, "batch1", lambda self, layer: (  # every layout beats the CSR
+        "x", calibrate.Measurement(0.5, 1.0, 0.0)))
+    holder: dict[str, list] = {}
+    monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
+        lambda: 1.0 - sum(0.1 * l.ell.compact for l in holder["layers"] if l.ell is not None), []))
+    real = calibrate.choose_working_set
+
+    def spy(layers, cal):
+        holder["layers"] = layers
+        return real(layers, cal)
+    monkeypatch.setattr(calibrate, "choose_working_set", spy)
+    sess = Session(sparse, threads=1)
+    lines = sess.describe()
+    timed = [line for line in lines if line.startswith("calibrated: batch-1 layouts together")]
+    linears = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
+    running = [k for k in linears if k.ell is not None]
+    assert len(timed) == 1 and timed[0].endswith("-> all compact"), lines
+    assert running and all(k.ell.compact for k in running)
+    x = models.inputs("mlp", 1, seed=4)
+    want = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_working_set_that_cannot_be_timed_keeps_the_sized_forms(cache, monkeypatch):
+    from sparsify.kernels import ell
+
+    _, layers = _ell_layers(np.random.default_rng(10), 2)
+    sized = [(l.ell, l._ell_call.prefetch) for l in layers]
+    monkeypatch.setattr(ell, "cache_budget", lambda: 0)
+
+    def fail(setups, call, budget_s=calibrate.BUDGET_S):
+        setups[-1]()  # leaves another configuration in place, then fails
+        raise MemoryError("no room for the compact forms")
+    monkeypatch.setattr(calibrate, "time_configurations", fail)
+    cal = calibrate.Calibrator(1)
+    lines = calibrate.choose_working_set(layers, cal)
+    assert lines == ["batch-1 layouts together: not timed (MemoryError: no room for the compact forms); as sized"]
+    assert [(l.ell, l._ell_call.prefetch) for l in layers] == sized and cal.keys == []
