@@ -160,7 +160,7 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
         result[name] = {k: summary(v) for k, v in parts.items()}
         result[name]["chunks"] = int(kernels[name][1].shape[0] - 1)
     return {"layer": {"shape": [size, size], "sparsity": sparsity, "batch": 1, "threads": threads,
-                      "layout": layer.describe_batch1(), "slots": e.slots, "pairs": int(e.segments.shape[0])},
+                      "layout": layer.describe_batch1(), "slots": e.slots, "pairs": int(e.slot_ptr.shape[0] - 1)},
             "cycles_per_us": finite(rate), "kernels": result}
 
 

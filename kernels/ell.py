@@ -30,7 +30,7 @@ window and a row group's slots run as one loop, and its overlapping windows star
 4 columns (uniform 90% sparsity fills ~47% of its lanes with aligned windows, ~61%
 overlapping). The portable variant has no layout
 (:data:`AVAILABLE` is False there). Padding costs bytes: about 8 per nonzero at 90%
-sparsity against the CSR's 6 (about 10 with the AVX2 geometry). The compact form
+sparsity against the CSR's 6 (about 8.6 with the AVX2 geometry, whose slots carry their windows). The compact form
 (:meth:`SlicedEll.compacted`) stores only the valid lanes' values (about 6 bytes per
 nonzero) and expands them per slot. :class:`SparseLinear
 <sparsify.kernels.spmm.SparseLinear>` uses this layout for batch-1 calls when it is
@@ -65,8 +65,9 @@ class Geometry(NamedTuple):
     ``segments[p] * step``; overlapping plans use every start, so each column lies in
     two windows, aligned plans every other one). ``pair_cost`` and ``min_fill``: see
     PAIR_COST and MIN_FILL. ``flat``: the kernel loads a window's inputs per slot from a
-    per-slot window index (:attr:`SlicedEll.slot_segments`) and runs each row group's
-    slots as one loop, instead of a loop per pair (see AVX2_PAIR_COST).
+    per-slot window index and runs each row group's slots as one loop, instead of a loop
+    per pair (see AVX2_PAIR_COST); the layout then stores a window per slot and one pair
+    per row group (:class:`SlicedEll`).
     """
 
     variant: str
@@ -134,7 +135,7 @@ STREAM_SHARE = 0.6
 # Share of the L3 beyond which a model's flat layouts (the AVX2 kernel) switch to their
 # compact form: the flat kernel's expand per slot costs more than the bytes it saves
 # until the layouts come from DRAM (benchmarks/README.md, "AVX2 hosts").
-FLAT_COMPACT_SHARE = 1.25
+FLAT_COMPACT_SHARE = 1.0
 # L3 assumed when sysfs does not tell.
 DEFAULT_L3_BYTES = 32 << 20
 
@@ -322,19 +323,28 @@ class WindowPlan:
         return self.w.nnz / (self.slots * self.geometry.lanes) if self.slots else 1.0
 
     @property
+    def stored_pairs(self) -> int:
+        """Pairs the layout stores: one per (group, window) pair holding a nonzero, or one
+        per row group for a flat geometry."""
+        return self.depth.shape[0] if self.geometry.flat else self.pairs
+
+    @property
     def nbytes(self) -> int:
         """:attr:`SlicedEll.nbytes` of the padded layout this plan builds: values and
-        offsets per slot lane, a segment and a slot pointer per pair, a group pointer per
-        group and a row per row."""
-        pairs, groups, geo = self.pairs, self.depth.shape[0], self.geometry
-        per_slot = np.dtype(slot_segment_dtype(self.w.shape[1], geo.step)).itemsize if geo.flat else 0
-        return (self.slots * (geo.lanes * 5 + per_slot) + pairs * 4 + (pairs + 1) * 8 + (groups + 1) * 8
+        offsets per slot lane, a window per pair (per slot when flat) and a slot pointer
+        per stored pair, a group pointer per group and a row per row."""
+        groups, geo, pairs = self.depth.shape[0], self.geometry, self.stored_pairs
+        if geo.flat:
+            windows = self.slots * np.dtype(slot_segment_dtype(self.w.shape[1], geo.step)).itemsize
+        else:
+            windows = pairs * 4
+        return (self.slots * geo.lanes * 5 + windows + (pairs + 1) * 8 + (groups + 1) * 8
                 + self.w.shape[0] * 4)
 
     @property
     def compact_nbytes(self) -> int:
         """:attr:`SlicedEll.nbytes` of the compact form of that layout."""
-        return _compact_nbytes(self.nbytes, self.slots, self.pairs, self.w.nnz, self.geometry.lanes)
+        return _compact_nbytes(self.nbytes, self.slots, self.stored_pairs, self.w.nnz, self.geometry.lanes)
 
 
 class SlicedEll:
@@ -346,13 +356,14 @@ class SlicedEll:
     ``geometry.step``), ``slot_ptr`` (int64) its first slot (one more entry than pairs),
     ``group_ptr`` (int64) each row group's first pair (one more entry than groups);
     ``rows`` (int32) is the output row of each lane position (``rows[g * lanes + lane]``).
-    A flat geometry's layout also holds ``slot_segments``, each slot's window (uint16
-    where every window index fits, else int32; None otherwise). Built from a fully
-    checked CSR, so every offset and segment is inside the matrix by construction.
+    A flat geometry's layout stores a window per slot instead, ``segments[k]`` (uint16
+    where every window index fits, else int32), and its pairs are its row groups: one
+    slot range each (``group_ptr`` counts 0, 1, 2, ...). Built from a fully checked CSR,
+    so every offset and segment is inside the matrix by construction.
     """
 
     __slots__ = ("values", "offsets", "segments", "slot_ptr", "group_ptr", "rows", "shape", "nnz",
-                 "value_start", "geometry", "slot_segments")
+                 "value_start", "geometry")
 
     def __init__(self, values, offsets, segments, slot_ptr, group_ptr, rows, shape, nnz,
                  value_start=None, geometry: Geometry | str | None = None) -> None:
@@ -360,10 +371,6 @@ class SlicedEll:
         self.slot_ptr, self.group_ptr, self.rows = slot_ptr, group_ptr, rows
         self.shape, self.nnz, self.value_start = shape, nnz, value_start
         self.geometry = resolve_geometry(geometry)
-        self.slot_segments = None
-        if self.geometry.flat:
-            dtype = slot_segment_dtype(shape[1], self.geometry.step)
-            self.slot_segments = _readonly(np.repeat(segments, np.diff(slot_ptr)).astype(dtype))
 
     @property
     def lanes(self) -> int:
@@ -392,7 +399,7 @@ class SlicedEll:
     @property
     def nbytes(self) -> int:
         arrays = (self.values, self.offsets, self.segments, self.slot_ptr, self.group_ptr, self.rows,
-                  self.value_start, self.slot_segments)
+                  self.value_start)
         return sum(a.nbytes for a in arrays if a is not None)
 
     @property
@@ -400,7 +407,7 @@ class SlicedEll:
         """:attr:`nbytes` of :meth:`compacted` (without building it)."""
         if self.compact:
             return self.nbytes
-        return _compact_nbytes(self.nbytes, self.slots, self.segments.shape[0], self.nnz, self.lanes)
+        return _compact_nbytes(self.nbytes, self.slots, self.slot_ptr.shape[0] - 1, self.nnz, self.lanes)
 
     @property
     def padded_columns(self) -> int:
@@ -459,8 +466,12 @@ class SlicedEll:
         _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, slot_ptr, values, offsets, True,
                         geo.lanes, geo.step, geo.segment)
         group_ptr = np.searchsorted(group_of, np.arange(depth.shape[0] + 1)).astype(np.int64)
-        return cls(*(_readonly(a) for a in (values, offsets, segments.astype(np.int32), slot_ptr,
-                                            group_ptr, rows)),
+        segments = segments.astype(np.int32)
+        if geo.flat:  # a window per slot; one pair per row group
+            segments = np.repeat(segments, np.diff(slot_ptr)).astype(slot_segment_dtype(n_cols, geo.step))
+            slot_ptr = slot_ptr[group_ptr]
+            group_ptr = np.arange(depth.shape[0] + 1, dtype=np.int64)
+        return cls(*(_readonly(a) for a in (values, offsets, segments, slot_ptr, group_ptr, rows)),
                    (n_rows, n_cols), int(w.nnz), geometry=geo)
 
     def compacted(self) -> "SlicedEll":
@@ -486,11 +497,12 @@ class SlicedEll:
     def to_dense(self) -> np.ndarray:
         """The float32 matrix this layout holds (for tests and debugging)."""
         out = np.zeros((self.shape[0], self.padded_columns), np.float32)
-        n, step, segment = self.lanes, self.geometry.step, self.geometry.segment
+        n, step, segment, flat = self.lanes, self.geometry.step, self.geometry.segment, self.geometry.flat
         for g in range(self.group_ptr.shape[0] - 1):
             for p in range(self.group_ptr[g], self.group_ptr[g + 1]):
                 q = self.value_start[p] if self.compact else 0
                 for k in range(self.slot_ptr[p], self.slot_ptr[p + 1]):
+                    start = self.segments[k if flat else p] * step
                     for lane in range(n):
                         off = self.offsets[k * n + lane]
                         if off >= segment:
@@ -500,7 +512,7 @@ class SlicedEll:
                         else:
                             value = self.values[k * n + lane]
                         row = self.rows[g * n + lane]
-                        out[row, self.segments[p] * step + off] += value
+                        out[row, start + off] += value
         return out[:, :self.shape[1]]
 
     def group_cost(self) -> np.ndarray:

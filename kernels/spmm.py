@@ -327,16 +327,9 @@ class _EllCall:
 def _ell_arrays(e: ell.SlicedEll) -> tuple[np.ndarray, ...]:
     """The sliced-ELL SpMV's weight arguments for ``e``: values, offsets, windows, slot
     pointers, value starts (the slot pointers again when padded: unused), group pointers,
-    rows. A flat layout's pairs are its row groups: one slot range each, every slot with
-    its own window."""
-    if not e.geometry.flat:
-        return (e.values, e.offsets, e.segments, e.slot_ptr, e.value_start if e.compact else e.slot_ptr,
-                e.group_ptr, e.rows)
-    first_pair = e.group_ptr[:-1]
-    slot_ptr = e.slot_ptr[e.group_ptr]
-    value_start = e.value_start[first_pair] if e.compact else slot_ptr
-    groups = np.arange(e.group_ptr.shape[0], dtype=np.int64)
-    return e.values, e.offsets, e.slot_segments, slot_ptr, value_start, groups, e.rows
+    rows."""
+    return (e.values, e.offsets, e.segments, e.slot_ptr, e.value_start if e.compact else e.slot_ptr,
+            e.group_ptr, e.rows)
 
 
 BATCH1_LAYOUTS = ("auto", "csr", "ell", "ell_compact")

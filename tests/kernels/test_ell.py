@@ -57,18 +57,25 @@ def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     assert c.value_start.shape == e.slot_ptr.shape and c.value_start[-1] == e.nnz
     assert e.compact_nbytes == c.compact_nbytes == c.nbytes
     assert sorted(e.rows) == list(range(shape[0]))
-    for layout in (e, c):  # a flat layout's per-slot windows repeat each pair's
-        if g.flat:
-            assert layout.slot_segments.dtype == np.uint16
-            np.testing.assert_array_equal(layout.slot_segments, np.repeat(e.segments, np.diff(e.slot_ptr)))
-        else:
-            assert layout.slot_segments is None
+    groups = -(-shape[0] // g.lanes)
+    if g.flat:  # a window per slot, and one pair (slot range) per row group
+        for layout in (e, c):
+            assert layout.segments.dtype == np.uint16 and layout.segments.shape[0] == e.slots
+            np.testing.assert_array_equal(layout.group_ptr, np.arange(groups + 1))
+        assert c.segments is e.segments and np.all(np.diff(e.slot_ptr) >= 0)
+        # the same slots, group by group, as the per-pair layout of this plan
+        pairs = ell.SlicedEll.from_csr(CSR.from_dense(w), windows, g._replace(flat=False))
+        np.testing.assert_array_equal(e.segments, np.repeat(pairs.segments, np.diff(pairs.slot_ptr)))
+        np.testing.assert_array_equal(e.slot_ptr, pairs.slot_ptr[pairs.group_ptr])
+        np.testing.assert_array_equal(e.values, pairs.values)
+    else:
+        assert e.segments.dtype == np.int32 and np.all(np.diff(e.slot_ptr) >= 1)
+        assert e.group_ptr[-1] == e.segments.shape[0]
     valid = e.offsets < g.segment
     assert valid.sum() == e.nnz == np.count_nonzero(w)
     assert np.all(e.offsets[~valid] == ell.EMPTY) and np.all(e.values[~valid] == 0)
-    assert np.all(np.diff(e.slot_ptr) >= 1) and np.all(np.diff(e.group_ptr) >= 0)
-    assert e.group_ptr.shape[0] == -(-shape[0] // g.lanes) + 1
-    assert e.group_ptr[-1] == e.segments.shape[0] == e.slot_ptr.shape[0] - 1
+    assert np.all(np.diff(e.group_ptr) >= 0)
+    assert e.group_ptr.shape[0] == groups + 1 and e.group_ptr[-1] == e.slot_ptr.shape[0] - 1
     assert np.all(e.segments * g.step < max(shape[1], 1))
     if windows == "aligned":
         assert np.all(e.segments % (g.segment // g.step) == 0)
@@ -81,8 +88,8 @@ def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     if windows == "auto":
         plans = {w: ell.SlicedEll.from_csr(CSR.from_dense(w_), w) for w, w_ in
                  (("aligned", w), ("overlapping", w))}
-        costs = {k: v.slots + g.pair_cost * v.segments.shape[0] for k, v in plans.items()}
-        assert e.slots + g.pair_cost * e.segments.shape[0] == min(costs.values())
+        costs = {k: v.slots + g.pair_cost * (v.slot_ptr.shape[0] - 1) for k, v in plans.items()}
+        assert e.slots + g.pair_cost * (e.slot_ptr.shape[0] - 1) == min(costs.values())
 
 
 def test_overlapping_windows_pad_less_than_aligned(rng):
@@ -485,6 +492,6 @@ def test_flat_layouts_index_windows_beyond_uint16(rng):
     for r, at in enumerate(([5, 70_000, 599_999], [524_300, 524_301], [])):
         w[r, at] = rng.standard_normal(len(at)).astype(np.float32)
     layer = SparseLinear(CSR.from_dense(w), batch1="ell")
-    assert layer.ell.slot_segments.dtype == np.int32 and int(layer.ell.slot_segments.max()) > 65_535
+    assert layer.ell.segments.dtype == np.int32 and int(layer.ell.segments.max()) > 65_535
     x = rng.standard_normal(cols).astype(np.float32)
     assert_close(layer(x), reference_linear(x[None], w)[0].astype(np.float32))
