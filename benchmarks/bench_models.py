@@ -117,6 +117,8 @@ def deploy_cases() -> list[Case]:
              blocks=("4x1",), unconverted=True),
         Case("vit-base", "benchmarks.deploy_models:vit_base", "head", {}, image, ratios=(), blocks=("4x1",)),
         Case("resnet-50", "benchmarks.deploy_models:resnet50", "channel", {}, image, ratios=(), blocks=("4x1",)),
+        Case("mobilenet-v2", "benchmarks.deploy_models:mobilenet_v2", "channel", {}, image, ratios=(),
+             blocks=("4x1",)),
     ]
 
 
@@ -215,6 +217,9 @@ def variant(case: Case, kind: str, level: float, dense_dir: Path, work: Path, s:
                                                                           trust=TRUST_ALL))
     rec["verify_max_abs"] = finite(report.max_abs) if report is not None else None
     rec["export_summary"] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+    if mode == "sparse":  # how many layers the export converted, and the whole-model check's timings
+        rec["export_summary"]["converted_layers"] = len(summary.get("converted", []))
+        rec["export_summary"]["whole_model"] = summary.get("whole_model", [])
     rec["onnx"] = describe_onnx(onnx_path)
     rec["path"] = str(onnx_path)
     return rec

@@ -6,6 +6,9 @@
   plus a class token, hidden 768, 12 heads, FFN 3072, 12 layers, pre-LN); input (N, 3, 224, 224).
 - :func:`resnet50`: a ResNet-50-shaped CNN (stem, bottleneck blocks 3/4/6/3 with 1x1, 3x3
   and strided convs, BatchNorm, ReLU); input (N, 3, 224, 224).
+- :func:`mobilenet_v2`: a MobileNetV2-shaped CNN (3x3/2 stem, 17 inverted residual blocks:
+  1x1 expand, 3x3 depthwise, 1x1 project, BatchNorm, ReLU6; 1x1 to 1280, pool, fc); input
+  (N, 3, 224, 224).
 
 Referenced by runs as ``benchmarks.deploy_models:<name>``; the keyword arguments shrink them
 for tests (``layers=1``, ``blocks=(1, 1, 1, 1)``...). Norm statistics are non-trivial so that
@@ -103,6 +106,50 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expand (skipped at ratio 1), 3x3 depthwise (strided in the
+    first block of a stage), 1x1 project, BatchNorm after each, ReLU6 after the first two,
+    residual where shapes allow."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, ratio: int) -> None:
+        super().__init__()
+        hidden = c_in * ratio
+        layers: list[nn.Module] = []
+        if ratio != 1:
+            layers += [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU6(), nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 layout (width 1.0): 3x3/2 stem to 32, inverted residual stages
+    (expansion, channels, blocks, stride) as in the paper, 1x1 to 1280, global pool, fc."""
+
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+              (6, 320, 1, 1))
+
+    def __init__(self, stages: tuple[tuple[int, int, int, int], ...] = STAGES, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()]
+        c = 32
+        for ratio, c_out, n, stride in stages:
+            for j in range(n):
+                layers.append(InvertedResidual(c, c_out, stride if j == 0 else 1, ratio))
+                c = c_out
+        layers += [nn.Conv2d(c, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 def bert_base(seed: int = 0, **kwargs) -> nn.Module:
     """BERT-base-shaped encoder in eval mode (``sparsify.models.testbeds.BertStyle`` at BERT-base
     sizes); input token ids (N, T <= max_len)."""
@@ -123,3 +170,8 @@ def vit_base(seed: int = 0, **kwargs) -> ViTBase:
 def resnet50(seed: int = 0, **kwargs) -> ResNet50:
     """ResNet-50-shaped CNN in eval mode; input (N, 3, 224, 224)."""
     return _seeded(ResNet50, seed, kwargs)
+
+
+def mobilenet_v2(seed: int = 0, **kwargs) -> MobileNetV2:
+    """MobileNetV2-shaped CNN in eval mode; input (N, 3, 224, 224)."""
+    return _seeded(MobileNetV2, seed, kwargs)

@@ -7,6 +7,7 @@ torch model's outputs before moving the file to its destination.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -18,7 +19,9 @@ from sparsify.export.options import SPARSE_ONLY
 from sparsify.export.onnx_write import Target, file_bytes, tensor_nbytes, use_external_data, weight_bytes, write_onnx
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify
 from sparsify.progress import LARGE_BYTES, bar
-from sparsify.passes.csr import CsrPass, CsrPlan
+from sparsify.export.sparse_speed import Tried, fit_whole_model, time_against_dense, timing_feeds
+from sparsify.passes.csr import CsrPass, CsrPlan, PassResult, rewrite_csr
+from sparsify.runtime.calibrate import enabled as calibration_enabled
 
 OPTIONS = SPARSE_ONLY
 
@@ -72,13 +75,12 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     with bar(2 * weights, "convert to CSR", large=weights >= LARGE_BYTES) as shown:
         result = CsrPass(threshold, target_batch).call(dense_model, base_dir=dense.path.parent, progress=shown.update)
     del dense_model
+    external = _write(result.model, dense, target, external_data)
+    whole: list[Tried] = []
+    if threshold is None and result.plan.converted and calibration_enabled():
+        result, external, whole = _check_whole_model(result, external, dense, target, external_data, input_sets,
+                                                     target_batch)
     csr, nnz = csr_bytes(result.model, result.plan)
-    sparse_weights = weight_bytes(result.model)
-    external = use_external_data(sparse_weights, external_data, "the sparse model")
-    with bar(sparse_weights, f"write {target.path.name}", large=sparse_weights >= LARGE_BYTES) as shown:
-        write_onnx(result.model, dense.path.parent, target, external=external,
-                   progress=lambda _name, done, _total: shown.update(done - shown.n))
-    check_onnx(target.path, "the sparse ONNX model")
     dense_outputs = expected_outputs(ort_runner(dense.path)[0], input_sets)
     session = Session(target.path, threads=1)
     names = [i.name for i in session.get_inputs()]
@@ -92,6 +94,11 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     report.raise_if_failed()
     sparse_bytes = file_bytes(target)
     lines = summary_lines(result.plan, dense_bytes, sparse_bytes, csr, nnz)
+    if whole:
+        total = whole[0].converted
+        lines.append(f"  whole model at batch {target_batch}, timed against the dense export: "
+                     + "; ".join(t.describe(total) for t in whole)
+                     + f" -> {len(result.plan.converted)} converted")
     if not result.plan.converted:
         lines.append("  note: no layer was converted; the file holds only standard ONNX ops")
     table = report.table().splitlines()
@@ -112,5 +119,47 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         "runtime_steps": session.describe(),
         "runtime_vs_ort": report.to_dict(),
         "external_data": external,
+        "whole_model": [dataclasses.asdict(t) for t in whole],
     }
     return candidate, extra
+
+
+def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str) -> bool:
+    """Write the sparse ``model`` (its dense weights read beside ``dense``) to ``target`` and
+    check it; returns whether its weights went to external data."""
+    sparse_weights = weight_bytes(model)
+    external = use_external_data(sparse_weights, external_data, "the sparse model")
+    with bar(sparse_weights, f"write {target.path.name}", large=sparse_weights >= LARGE_BYTES) as shown:
+        write_onnx(model, dense.path.parent, target, external=external,
+                   progress=lambda _name, done, _total: shown.update(done - shown.n))
+    if not external:  # a data file a previous candidate wrote would be moved beside the output
+        target.data_path.unlink(missing_ok=True)
+    check_onnx(target.path, "the sparse ONNX model")
+    return external
+
+
+def _check_whole_model(result: PassResult, external: bool, dense: Target, target: Target, external_data: str,
+                       input_sets: dict[str, Sequence[np.ndarray]], target_batch: int
+                       ) -> tuple[PassResult, bool, list[Tried]]:
+    """The conversion kept after timing the whole model (``sparse_speed.fit_whole_model``),
+    ``result`` being written to ``target`` already (``external``: its weights in external
+    data): the pass result at ``target``, whether its weights are external, what was timed."""
+    from sparsify.kernels import get_threads
+    from sparsify.ortsession import ort_session
+
+    threads = get_threads()
+    feeds = timing_feeds(dense.path, input_sets, target_batch)
+    dense_session = ort_session(str(dense.path), threads)
+    written = {"model": result.model, "external": external}
+
+    def write(plan: CsrPlan) -> None:
+        model = rewrite_csr(onnx.load(str(dense.path), load_external_data=False), plan, dense.path.parent)
+        written["model"], written["external"] = model, _write(model, dense, target, external_data)
+
+    def time_file(converted: int) -> Tried:
+        return time_against_dense(dense_session, target.path, feeds, threads, converted)
+
+    plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file)
+    if plan is not result.plan:
+        result = PassResult(written["model"], bool(plan.converted), plan)
+    return result, bool(written["external"]), tried

@@ -32,6 +32,8 @@ class LayerDecision:
     source: str | None = None
     # (R, C) when the converted weight is stored as a BSR of R x C blocks (sparsify.passes.blocks), else None.
     blocksize: tuple[int, int] | None = None
+    # Dense time over sparse time (with its ONNX Runtime call) when the layer was timed, else None.
+    speedup: float | None = None
 
     @property
     def label(self) -> str | None:
@@ -60,7 +62,7 @@ class LayerDecision:
                 "weight_shape": list(self.weight_shape) if self.weight_shape else None,
                 "nnz": self.nnz, "density": self.density, "convert": self.convert, "reason": self.reason,
                 "activation": self.activation, "threshold": self.threshold,
-                "blocksize": list(self.blocksize) if self.blocksize else None}
+                "blocksize": list(self.blocksize) if self.blocksize else None, "speedup": self.speedup}
 
 
 @dataclasses.dataclass

@@ -128,6 +128,7 @@ def decide_by_measurement(g: GraphIndex, d: LayerDecision, w: np.ndarray, shapes
         d.reason = f"not timed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
         return False
     reason = f"density {d.density:.3f}, {m.reason(calibrator.where)} at batch {target_batch}{layouts}"
+    d.speedup = m.speedup
     if m.convert:
         d.reason = reason
     else:

@@ -253,10 +253,14 @@ class Measurement:
         """Convert when the kernel plus the extra ONNX Runtime call beats the dense op."""
         return self.sparse_ms + self.overhead_ms < self.dense_ms
 
+    @property
+    def speedup(self) -> float:
+        """Dense time over the kernel's plus the extra ONNX Runtime call."""
+        return self.dense_ms / max(self.sparse_ms + self.overhead_ms, 1e-9)
+
     def reason(self, where: str) -> str:
-        speed = self.dense_ms / max(self.sparse_ms + self.overhead_ms, 1e-9)
         return (f"measured on {where}: sparse {self.sparse_ms:.4f} ms + {self.overhead_ms:.4f} ms runtime step "
-                f"vs dense ONNX Runtime {self.dense_ms:.4f} ms (x{speed:.2f})"
+                f"vs dense ONNX Runtime {self.dense_ms:.4f} ms (x{self.speedup:.2f})"
                 f"{', cached' if self.cached else ''}")
 
 
