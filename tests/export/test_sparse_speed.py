@@ -138,3 +138,22 @@ def test_an_inline_candidate_leaves_no_data_file_of_an_earlier_one(tmp_path):
     assert _write(model(), dense, target, "always") and target.data_path.is_file()
     assert not _write(model(), dense, target, "never") and not target.data_path.exists()
     onnx.checker.check_model(str(target.path))
+
+
+def test_no_whole_model_timing_beyond_the_memory_limit(digits_cnn_run, tmp_path, monkeypatch):
+    from sparsify.export import sparse_export
+
+    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(calibrate.ENV, "on")
+    win = calibrate.Measurement(0.1, 1.0, 0.01)
+    monkeypatch.setattr(calibrate.Calibrator, "conv", lambda self, w, *a, blocksize=None: win)
+    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: win)
+    monkeypatch.setattr(sparse_export, "memory_limit", lambda: 1000)
+
+    def refuse(*args):
+        raise AssertionError("timed beyond the memory limit")
+    monkeypatch.setattr(sparse_export, "time_against_dense", refuse)
+    _, report, summary = export_model(digits_cnn_run / "pruned", tmp_path / "m.onnx", mode="sparse")
+    assert report.ok and summary["whole_model"] == [] and len(summary["converted"]) == 7
+    assert any(line.startswith("  whole model not timed against the dense export: both at once would take about")
+               and "SPARSIFY_MAX_BYTES" in line for line in summary["lines"])
