@@ -5,8 +5,8 @@ plus one ONNX Runtime call. A converted layer can cost its model more than that,
 it splits ONNX Runtime's graph: ops that ORT fuses across it run apart (a Conv and the
 Clip after it), and convolutions in ORT's blocked channel layout convert their inputs
 and outputs at every split. A MobileNetV2-shaped CNN at 90% sparsity, batch 1, ran 2x
-slower than its dense export with all 35 of its 1x1 convs converted, each of which won
-on its own (benchmarks/README.md, "Whole-model check"). So the export times the
+slower than its dense export with its 34 1x1 convs, stem and classifier converted, each
+of which won on its own (benchmarks/README.md, "Whole-model check"). So the export times the
 converted model against the dense one at the target batch and, where it does not win,
 the models with fewer layers converted: the half whose own timings won by the most, then
 none. It keeps the fastest, and the layers it leaves dense say why.
