@@ -86,8 +86,8 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         # Both models are held at once: ORT's with its packed weight copies, ours with its layouts.
         need = 2 * weights + 3 * weight_bytes(result.model)
         if need <= memory_limit():
-            result, external, whole = _check_whole_model(result, external, dense, target, external_data,
-                                                         input_sets, target_batch)
+            result, external, whole, whole_skipped = _check_whole_model(result, external, dense, target,
+                                                                        external_data, input_sets, target_batch)
         else:
             whole_skipped = (f"  whole model not timed against the dense export: both at once would take about "
                              f"{human_bytes(need)}, more than the memory limit of {human_bytes(memory_limit())} "
@@ -154,10 +154,11 @@ def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data:
 
 def _check_whole_model(result: PassResult, external: bool, dense: Target, target: Target, external_data: str,
                        input_sets: dict[str, Sequence[np.ndarray]], target_batch: int
-                       ) -> tuple[PassResult, bool, list[Tried]]:
+                       ) -> tuple[PassResult, bool, list[Tried], str | None]:
     """The conversion kept after timing the whole model (``sparse_speed.fit_whole_model``),
     ``result`` being written to ``target`` already (``external``: its weights in external
-    data): the pass result at ``target``, whether its weights are external, what was timed."""
+    data): the pass result at ``target``, whether its weights are external, what was timed,
+    and why nothing was (None when it was). A timing that fails leaves ``result`` as planned."""
     from sparsify.kernels import get_threads
     from sparsify.ortsession import ort_session
 
@@ -173,7 +174,14 @@ def _check_whole_model(result: PassResult, external: bool, dense: Target, target
     def time_file(converted: int) -> Tried:
         return time_against_dense(dense_session, target.path, feeds, threads, converted)
 
-    plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file)
+    try:
+        plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file)
+    except Exception as exc:  # a best-effort step: the per-layer decisions stand
+        write(result.plan)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return (result, bool(written["external"]), [],
+                f"  whole model not timed against the dense export ({type(exc).__name__}: {first}); "
+                "the layers stay as the per-layer timings decided")
     if plan is not result.plan:
         result = PassResult(written["model"], bool(plan.converted), plan)
-    return result, bool(written["external"]), tried
+    return result, bool(written["external"]), tried, None

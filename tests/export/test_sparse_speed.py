@@ -14,6 +14,16 @@ from sparsify.runtime import calibrate
 from sparsify.sparse_ops import DOMAIN
 
 
+@pytest.fixture
+def every_layer_wins(tmp_path, monkeypatch):
+    """Host calibration on (its cache in tmp_path), every layer timed as a win on its own."""
+    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(calibrate.ENV, "on")
+    win = calibrate.Measurement(0.1, 1.0, 0.01)
+    monkeypatch.setattr(calibrate.Calibrator, "conv", lambda self, w, *a, blocksize=None: win)
+    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: win)
+
+
 def _plan(speedups) -> CsrPlan:
     decisions = [LayerDecision(f"n{i}", "MatMul", f"w{i}", (4, 4), 2, 0.125, True, f"timed x{s}", speedup=s)
                  for i, s in enumerate(speedups)]
@@ -65,13 +75,9 @@ def test_the_fastest_is_written_again_when_a_later_one_lost():
     assert written == [2, 0, 2] and len(chosen.converted) == 2
 
 
+@pytest.mark.usefixtures("every_layer_wins")
 def test_export_keeps_only_conversions_that_pay_off_whole(digits_cnn_run, tmp_path, monkeypatch):
-    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(calibrate.ENV, "on")
     # Every layer wins on its own; the whole model loses unless at most half are converted.
-    win = calibrate.Measurement(0.1, 1.0, 0.01)
-    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: win)
-    monkeypatch.setattr(calibrate.Calibrator, "conv", lambda self, w, *a, blocksize=None: win)
     seen = []
 
     def fake_time(dense_session, path, feeds, threads, converted):
@@ -104,13 +110,9 @@ def test_timing_feeds_repeat_the_first_batch_1_set(tmp_path):
     assert list(feeds) == ["x"] and feeds["x"].shape == (4, 3) and (feeds["x"] == x1).all()
 
 
+@pytest.mark.usefixtures("every_layer_wins")
 def test_export_times_the_whole_model_for_real(digits_cnn_run, tmp_path, monkeypatch):
-    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(calibrate.ENV, "on")
     monkeypatch.setattr(sparse_speed, "MIN_TIME_S", 0.05)
-    win = calibrate.Measurement(0.1, 1.0, 0.01)  # every layer converted first
-    monkeypatch.setattr(calibrate.Calibrator, "conv", lambda self, w, *a, blocksize=None: win)
-    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: win)
     _, report, summary = export_model(digits_cnn_run / "pruned", tmp_path / "m.onnx", mode="sparse")
     whole = summary["whole_model"]
     assert report.ok and whole and whole[0]["converted"] == 7
@@ -140,14 +142,10 @@ def test_an_inline_candidate_leaves_no_data_file_of_an_earlier_one(tmp_path):
     onnx.checker.check_model(str(target.path))
 
 
+@pytest.mark.usefixtures("every_layer_wins")
 def test_no_whole_model_timing_beyond_the_memory_limit(digits_cnn_run, tmp_path, monkeypatch):
     from sparsify.export import sparse_export
 
-    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(calibrate.ENV, "on")
-    win = calibrate.Measurement(0.1, 1.0, 0.01)
-    monkeypatch.setattr(calibrate.Calibrator, "conv", lambda self, w, *a, blocksize=None: win)
-    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: win)
     monkeypatch.setattr(sparse_export, "memory_limit", lambda: 1000)
 
     def refuse(*args):
@@ -157,3 +155,23 @@ def test_no_whole_model_timing_beyond_the_memory_limit(digits_cnn_run, tmp_path,
     assert report.ok and summary["whole_model"] == [] and len(summary["converted"]) == 7
     assert any(line.startswith("  whole model not timed against the dense export: both at once would take about")
                and "SPARSIFY_MAX_BYTES" in line for line in summary["lines"])
+
+
+@pytest.mark.usefixtures("every_layer_wins")
+def test_a_whole_model_timing_that_fails_leaves_the_planned_conversion(digits_cnn_run, tmp_path, monkeypatch):
+    from sparsify.export import sparse_export
+
+    calls = []
+
+    def flaky(dense_session, path, feeds, threads, converted):
+        calls.append(converted)
+        if len(calls) > 1:  # after the half was written
+            raise RuntimeError("a candidate would not load")
+        return Tried(converted, 2.0, 1.0)
+    monkeypatch.setattr(sparse_export, "time_against_dense", flaky)
+    out = tmp_path / "m.onnx"
+    _, report, summary = export_model(digits_cnn_run / "pruned", out, mode="sparse")
+    assert calls == [7, 3] and report.ok and summary["whole_model"] == []
+    assert len(summary["converted"]) == 7 and sum(n.domain == DOMAIN for n in onnx.load(str(out)).graph.node) == 7
+    assert any("whole model not timed against the dense export (RuntimeError: a candidate would not load)" in line
+               for line in summary["lines"])
