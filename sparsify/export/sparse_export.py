@@ -163,8 +163,8 @@ def _check_whole_model(result: PassResult, external: bool, dense: Target, target
     from sparsify.ortsession import ort_session
 
     threads = get_threads()
-    feeds = timing_feeds(dense.path, input_sets, target_batch)
     dense_session = ort_session(str(dense.path), threads)
+    feeds = timing_feeds([i.name for i in dense_session.get_inputs()], input_sets, target_batch)
     written = {"model": result.model, "external": external}
 
     def write(plan: CsrPlan) -> None:

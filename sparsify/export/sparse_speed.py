@@ -45,14 +45,9 @@ class Tried:
                 f"Runtime {self.dense_ms:.3f} ms (x{1 / max(self.ratio, 1e-9):.2f})")
 
 
-def timing_feeds(dense_path: Path, input_sets: dict[str, Sequence[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
-    """Feeds for the model at ``dense_path`` at ``batch``: the first verification set of batch
-    1 (else the first set), each input repeated along its batch axis."""
-    import onnx
-
-    model = onnx.load(str(dense_path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
+def timing_feeds(names: Sequence[str], input_sets: dict[str, Sequence[np.ndarray]], batch: int) -> dict[str, np.ndarray]:
+    """Feeds for a model whose inputs are ``names`` at ``batch``: the first verification set
+    of batch 1 (else the first set), each input repeated along its batch axis."""
     arrays = input_sets.get("random b1") or next(iter(input_sets.values()))
     return {n: np.ascontiguousarray(np.repeat(a[:1], batch, axis=0)) for n, a in zip(names, arrays)}
 
