@@ -78,6 +78,15 @@ class Geometry(NamedTuple):
     min_fill: float
     flat: bool = False
 
+    @property
+    def compact_windows(self) -> str:
+        """The windows of the compact form (``from_csr``'s ``windows``): the padded form's own
+        ("auto") for a flat kernel, which pays nothing per pair; "aligned" for a per-pair
+        kernel, whose loop over overlapping windows' twice as many (shallower) pairs costs
+        the compact form more than their fewer slots save (4096^2 at 90%, 2 threads, same
+        process, compact: aligned 218 us, overlapping 228 us)."""
+        return "auto" if self.flat else "aligned"
+
 
 # How from_csr places nonzeros in windows.
 WINDOW_CHOICES = ("auto", "overlapping", "aligned")

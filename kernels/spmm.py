@@ -362,7 +362,7 @@ def _batch1_layout(weight: CSR, batch1: str | None, variant: str) -> ell.SlicedE
         return ell.SlicedEll.from_plan(best)
     if best.fill < geo.min_fill:
         return None
-    compact_plan = best if geo.flat else plans["aligned"]
+    compact_plan = best if geo.compact_windows == "auto" else plans[geo.compact_windows]
     if ell.worth_compacting(best.nbytes, compact_plan.compact_nbytes, best.nbytes, flat=geo.flat):
         return ell.SlicedEll.from_plan(compact_plan).compacted()
     return ell.SlicedEll.from_plan(best)
@@ -370,27 +370,24 @@ def _batch1_layout(weight: CSR, batch1: str | None, variant: str) -> ell.SlicedE
 
 def compact_layout(weight: CSR, built: ell.SlicedEll | None = None,
                    geometry: ell.Geometry | None = None) -> ell.SlicedEll:
-    """The compact sliced-ELL form of ``weight``. Over aligned windows where the kernel
-    loops per pair: overlapping ones save the padded form's bytes and slots, but the
-    compact form stores no padding and runs slower over their twice as many (shallower)
-    pairs (4096^2 at 90%, 2 threads, same process: 218 against 228 us). A flat geometry
-    pays nothing per pair and takes the plan of fewest slots. ``built``, a layout of
-    ``weight`` at hand, is compacted instead of planning anew when its windows suit;
-    else the layout is of ``geometry`` (default the host's)."""
+    """The compact sliced-ELL form of ``weight``, over its geometry's
+    ``compact_windows``. ``built``, a layout of ``weight`` at hand, is compacted instead of
+    planning anew when its windows suit; else the layout is of ``geometry`` (default the
+    host's)."""
     if built is not None:
         return compact_form(weight, built)[1]()
-    flat = ell.resolve_geometry(geometry).flat
-    return ell.SlicedEll.from_csr(weight, "auto" if flat else "aligned", geometry).compacted()
+    return ell.SlicedEll.from_csr(weight, ell.resolve_geometry(geometry).compact_windows, geometry).compacted()
 
 
 def compact_form(weight: CSR, built: ell.SlicedEll) -> tuple[int, Callable[[], ell.SlicedEll]]:
     """``(nbytes, build)`` of ``compact_layout(weight, built)``: its exact size, known
-    before anything is built, and the call that builds it. An overlapping ``built`` of a
-    per-pair geometry is sized from the aligned plan the compact form uses, not from its
+    before anything is built, and the call that builds it. An overlapping ``built`` whose
+    geometry compacts over aligned windows is sized from that aligned plan, not from its
     own windows."""
-    if built.aligned or built.geometry.flat:
+    windows = built.geometry.compact_windows
+    if windows == "auto" or built.aligned:
         return built.compact_nbytes, built.compacted
-    plan = ell.SlicedEll.plans(weight, ("aligned",), built.geometry)["aligned"]
+    plan = ell.SlicedEll.plans(weight, (windows,), built.geometry)[windows]
     return plan.compact_nbytes, lambda: ell.SlicedEll.from_plan(plan).compacted()
 
 
