@@ -35,7 +35,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from benchmarks.common import envelope, finite, parser, say, write_json
-from sparsify.kernels._jit import activate_block
+from sparsify.kernels._jit import activate_block, all_finite
 from sparsify.kernels._simd import PERMUTE_LANES, permute_dot
 
 SCHEMA = "sparsify.trace_batch1/1"
@@ -64,12 +64,17 @@ def traced_kernel():
     def traced_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, bias, act, out,
                     bounds, stamps):  # pragma: no cover - compiled
         n_rows = bias.shape[0]
+        finite = all_finite(x)
         for ch in numba.prange(bounds.shape[0] - 1):
             stamps[ch, 0] = cycles()
             acc = np.empty(PERMUTE_LANES, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
-                permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                            x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0)
+                if finite:
+                    permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0, 1)
+                else:
+                    permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0, 0)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for lane in range(m):

@@ -136,6 +136,18 @@ def spmv(data, indices, indptr, x, bias, act, out, bounds):
         activate_block(out, bounds[ch], bounds[ch + 1], act)
 
 
+@numba.njit(inline="always")
+def all_finite(x):
+    """True when no element of the contiguous float32 array ``x`` is an infinity or NaN:
+    the largest magnitude's bits lie below the exponent's all-ones (an integer max,
+    which vectorizes; about 0.1 us per 4096 inputs)."""
+    bits = x.view(np.uint32)
+    widest = np.uint32(0)
+    for i in range(bits.shape[0]):
+        widest = max(widest, bits[i] & np.uint32(0x7FFFFFFF))
+    return widest < np.uint32(0x7F800000)
+
+
 @functools.lru_cache(maxsize=None)
 def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16, flat: int = 0):
     """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
@@ -158,13 +170,19 @@ def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int =
         Lane position ``g*lanes + l`` of group g is output row ``rows[g*lanes + l]``;
         ``bounds`` splits the groups into chunks of similar cost (one parallel task each).
         Each input reaches the end of the last window (``SlicedEll.padded_columns``).
+        Finite inputs take the kernel that leaves padding lanes unmasked.
         """
         n_rows = bias.shape[0]
+        finite = all_finite(x)
         for ch in numba.prange(bounds.shape[0] - 1):
             acc = np.empty(lanes * nvec, dtype=out.dtype)
             for g in range(bounds[ch], bounds[ch + 1]):
-                permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                            group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat)
+                if finite:
+                    permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
+                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat, 1)
+                else:
+                    permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
+                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat, 0)
                 r0 = g * lanes
                 m = min(lanes, n_rows - r0)
                 for v in range(nvec):

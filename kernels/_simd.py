@@ -480,6 +480,13 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
 # starts pad less (benchmarks/README.md, "AVX2 hosts"). ell.GEOMETRIES takes these.
 PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 4)}
 PERMUTE_LANES, (PERMUTE_SEGMENT, PERMUTE_STEP) = 16, PERMUTE_GEOMETRY[16]
+# A lane's offset byte, by lanes, and the byte of a padding lane. 16: the column in the
+# window; padding 255 (at or above the window width, which the kernel masks). 8: the
+# column's bits 0-2 (the vpermps index) with its bit 3 moved to bit 7, the sign the blend
+# between the two table registers reads, which saves a shift per slot (4096^2 at 90%:
+# 11-17% with finite inputs, benchmarks/README.md, "AVX2 hosts"); padding 8, bit 3
+# alone, which one shift turns into a sign where padding lanes must be masked.
+PERMUTE_PADDING = {16: 255, 8: 8}
 # Most input vectors one ``permute_dot`` call takes (two table registers each).
 MAX_PERMUTE_VECTORS = 4
 
@@ -505,17 +512,17 @@ def _expand_table(builder, lanes: int):
 
 @intrinsic(prefer_literal=True)
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
-                compact, nvec, prefetch, lanes, flat):
+                compact, nvec, prefetch, lanes, flat, finite):
     """For v < nvec: ``acc[v*L + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
-    x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes whose offset is
-    below the window width W, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8
-    (W 16, S 4; AVX2), see PERMUTE_GEOMETRY.
+    x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes that are not
+    padding, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8 (W 16, S 4; AVX2), see
+    PERMUTE_GEOMETRY; offsets are coded as PERMUTE_PADDING says.
 
     The sliced-ELL SpMV's inner loop for one L-row group (``ell.py``) and ``nvec`` input
     vectors: per stored (group, window) pair, each vector's W inputs are loaded into
     two registers once; per slot the weights and offsets are read once and each vector
     takes one permute (``vpermi2ps``; with 8 lanes two ``vpermps`` and a blend on the
-    offset's bit 3), padding lanes zeroed, and one FMA. With one vector two
+    offset's sign), padding lanes zeroed unless ``finite``, and one FMA. With one vector two
     accumulators alternate slot by slot; with several, each vector's own chain hides
     the FMA latency. ``compact``, ``nvec`` and ``lanes`` are compile-time constants.
     ``compact`` 0: padded weights, ``w(k, l) = values[k*L + l]`` (``value_start``
@@ -528,7 +535,10 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     fall short. ``flat`` (compile-time) 1 reads each slot's window from ``segments[k]``
     (one entry per slot) and loads its inputs per slot, so a pair is just a slot range
     (the flat layouts pass one per row group, ``ell.Geometry.flat``); 0 loads them once
-    per pair from ``segments[p]``. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2
+    per pair from ``segments[p]``. ``finite`` (compile-time) 1: the caller checked that
+    every input is finite, so padding lanes, whose weights are zero, are not masked
+    (their products are +-0, which leave a sum as it is); 0: they are, so an infinity or
+    NaN in a column a lane does not use never reaches it. float32 only; 16 lanes need AVX-512F, 8 lanes AVX2
     (the caller picks by ``isa.VARIANT``). No bounds checks: callers guarantee
     ``(nvec-1)*xstride + segments[i]*S + W <= len(x)`` for every pair (slot when flat)
     i, every slot inside ``offsets``, L readable values from every compact start (the
@@ -543,6 +553,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             and isinstance(prefetch, types.IntegerLiteral) and prefetch.literal_value >= 0
             and isinstance(lanes, types.IntegerLiteral) and lanes.literal_value in PERMUTE_GEOMETRY
             and isinstance(flat, types.IntegerLiteral) and flat.literal_value in (0, 1)
+            and isinstance(finite, types.IntegerLiteral) and finite.literal_value in (0, 1)
             and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
     n_lanes, packed = lanes.literal_value, bool(compact.literal_value)
@@ -551,6 +562,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
     n_vec = nvec.literal_value
     n_acc = 2 if n_vec == 1 else n_vec
     per_slot = bool(flat.literal_value)
+    unmasked = bool(finite.literal_value)
 
     def codegen(context, builder, sig, args):
         val_a, off_a, seg_a, ptr_a, start_a, x_a, acc_a = (
@@ -587,15 +599,16 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
         def permute(x_lo, index, x_hi):
-            """The inputs of each lane, zero on padding lanes."""
+            """The inputs of each lane, zero on padding lanes unless ``finite``."""
             if wide:
-                return builder.select(valid, builder.call(permute2, [x_lo, index, x_hi]), zero)
-            # blendv on the sign bits (offset bit 3 shifted up; the padding sign), so that
-            # LLVM keeps the mask in the dword lanes instead of redoing byte compares.
+                picked = builder.call(permute2, [x_lo, index, x_hi])
+                return picked if unmasked else builder.select(valid, picked, zero)
+            # blendv on the sign bits (the widened offset's bit 7 picks the table register;
+            # padding() holds the padding lanes' signs), so that LLVM keeps the masks in the
+            # dword lanes instead of redoing byte compares.
             lo, hi = builder.call(permps, [x_lo, index]), builder.call(permps, [x_hi, index])
-            upper = builder.bitcast(builder.shl(index, ir.Constant(vi, [28] * n_lanes)), vf)
-            picked = builder.call(blendv, [lo, hi, upper])
-            return builder.call(blendv, [picked, zero, padding])
+            picked = builder.call(blendv, [lo, hi, builder.bitcast(index, vf)])
+            return picked if unmasked else builder.call(blendv, [picked, zero, padding()])
 
         def expanded(q):
             """(weights of slot lanes from the compact values at q, zero on padding lanes;
@@ -604,12 +617,12 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             if wide:
                 count = builder.call(popcount, [builder.bitcast(valid, im)])
                 return builder.call(expand, [packed_values, zero, valid]), builder.zext(count, i64)
-            lanes_set = builder.xor(builder.call(movmsk, [padding]), ir.Constant(i32, (1 << n_lanes) - 1))
+            lanes_set = builder.xor(builder.call(movmsk, [padding()]), ir.Constant(i32, (1 << n_lanes) - 1))
             at = builder.gep(table, [ir.Constant(i64, 0),
                                      builder.mul(builder.zext(lanes_set, i64), ir.Constant(i64, n_lanes))])
             spread = builder.call(permps, [packed_values, builder.load(builder.bitcast(at, vi.as_pointer()), align=4)])
             count = builder.call(popcount32, [lanes_set])
-            return builder.call(blendv, [spread, zero, padding]), builder.zext(count, i64)
+            return builder.call(blendv, [spread, zero, padding()]), builder.zext(count, i64)
 
         entry = builder.block
         # The next compact value (unused when padded): carried from pair to pair.
@@ -660,11 +673,16 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         if wide:
             valid = builder.icmp_unsigned("<", offs, limit)
             index = builder.zext(offs, vi)
-        else:  # valid offsets are below 128 and EMPTY is 255: the sign of the widened
-            # offset is the padding mask (one vpmovsxbd, no byte compare and second widening)
+        else:  # one vpmovsxbd: bit 7 of the offset becomes the dword's sign
             index = builder.sext(offs, vi)
-            valid = builder.icmp_signed(">=", index, ir.Constant(vi, None))
-            padding = builder.bitcast(index, vf)  # blendv reads each lane's sign
+            padding_signs = []
+
+            def padding():
+                """The padding lanes as signs (blendv reads each lane's sign): bit 3 of
+                the offset shifted up, computed once per slot where it is needed."""
+                if not padding_signs:
+                    padding_signs.append(builder.bitcast(builder.shl(index, ir.Constant(vi, [28] * n_lanes)), vf))
+                return padding_signs[0]
         if packed:
             weights, count = expanded(q)
             q_next = builder.add(q, count)
@@ -694,7 +712,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         return context.get_dummy_value()
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
-                      nvec, prefetch, lanes, flat), codegen
+                      nvec, prefetch, lanes, flat, finite), codegen
 
 
 @intrinsic(prefer_literal=True)

@@ -9,7 +9,7 @@ fetches a value for every lane at once.
 
 For each (row group, window) pair holding a nonzero, the layout stores K *slots*; slot
 k holds, per lane, one of the lane's nonzeros in the window as a value and a 5-bit
-column offset, or EMPTY where the lane has fewer than k + 1 there. K is set by the
+column offset, or padding (a zero value) where the lane has fewer than k + 1 there. K is set by the
 deepest lane, so the other lanes pad. Windows start at multiples of STEP (half a
 SEGMENT) columns. Aligned windows start at multiples of SEGMENT only, so each nonzero
 has one; overlapping ones start at every STEP, each nonzero may go to either window
@@ -50,7 +50,7 @@ import numba
 import numpy as np
 
 from . import isa
-from ._simd import PERMUTE_GEOMETRY
+from ._simd import PERMUTE_GEOMETRY, PERMUTE_PADDING
 from .csr import CSR, _readonly
 from .errors import KernelArgumentError
 
@@ -87,6 +87,23 @@ class Geometry(NamedTuple):
         process, compact: aligned 218 us, overlapping 228 us)."""
         return "auto" if self.flat else "aligned"
 
+    def code_offsets(self, columns: np.ndarray) -> np.ndarray:
+        """The offset bytes the kernel reads (``_simd.PERMUTE_PADDING``) for lane columns
+        in their windows, EMPTY on padding lanes."""
+        columns = np.asarray(columns, np.uint8)
+        if self.lanes != 8:
+            return columns.copy()
+        coded = (columns & 7) | ((columns & 8) << 4)
+        return np.where(columns == EMPTY, PERMUTE_PADDING[8], coded).astype(np.uint8)
+
+    def lane_columns(self, offsets: np.ndarray) -> np.ndarray:
+        """Each lane's column in its window from the offset bytes, -1 on padding lanes."""
+        offsets = np.asarray(offsets, np.uint8).astype(np.int16)
+        if self.lanes != 8:
+            return np.where(offsets < self.segment, offsets, np.int16(-1))
+        columns = (offsets & 7) | ((offsets >> 4) & 8)
+        return np.where(offsets == PERMUTE_PADDING[8], np.int16(-1), columns)
+
 
 # How from_csr places nonzeros in windows.
 WINDOW_CHOICES = ("auto", "overlapping", "aligned")
@@ -97,7 +114,8 @@ WINDOW_CHOICES = ("auto", "overlapping", "aligned")
 # against aligned): 1024^2 at 50% 33-34 against 36-38 us; at 90% 19-22 both; 4096^2 at
 # 98% 139 against 134-135 us, 1024x4096 at 98% 39 against 37.5 us.
 PAIR_COST = 1.4
-# Column offset of a padding lane (>= SEGMENT: the kernel zeroes such lanes).
+# Column offset of a padding lane while a layout is planned (>= SEGMENT); the stored
+# offsets are coded for the kernel (Geometry.code_offsets).
 EMPTY = 255
 # Least fill (nonzeros / slot lanes) at which SparseLinear takes the layout. Measured on
 # this machine's Zen 4 cores (2 threads, CSR time / this layout's time): 4096^2 at fill
@@ -474,6 +492,7 @@ class SlicedEll:
         offsets = np.full(slot_ptr[-1] * geo.lanes, EMPTY, np.uint8)
         _assign_windows(w.indptr, w.indices, w.data, rows, every, depth, slot_ptr, values, offsets, True,
                         geo.lanes, geo.step, geo.segment)
+        offsets = geo.code_offsets(offsets)
         group_ptr = np.searchsorted(group_of, np.arange(depth.shape[0] + 1)).astype(np.int64)
         segments = segments.astype(np.int32)
         if geo.flat:  # a window per slot; one pair per row group
@@ -494,7 +513,7 @@ class SlicedEll:
         """
         if self.compact:
             return self
-        lanes = self.offsets.reshape(-1, self.lanes) < self.geometry.segment
+        lanes = self.geometry.lane_columns(self.offsets).reshape(-1, self.lanes) >= 0
         values = np.concatenate([self.values.reshape(-1, self.lanes)[lanes],
                                  np.zeros(self.lanes, np.float32)])
         before = np.zeros(lanes.shape[0] + 1, np.int64)
@@ -506,15 +525,16 @@ class SlicedEll:
     def to_dense(self) -> np.ndarray:
         """The float32 matrix this layout holds (for tests and debugging)."""
         out = np.zeros((self.shape[0], self.padded_columns), np.float32)
-        n, step, segment, flat = self.lanes, self.geometry.step, self.geometry.segment, self.geometry.flat
+        n, step, flat = self.lanes, self.geometry.step, self.geometry.flat
+        columns = self.geometry.lane_columns(self.offsets)
         for g in range(self.group_ptr.shape[0] - 1):
             for p in range(self.group_ptr[g], self.group_ptr[g + 1]):
                 q = self.value_start[p] if self.compact else 0
                 for k in range(self.slot_ptr[p], self.slot_ptr[p + 1]):
                     start = self.segments[k if flat else p] * step
                     for lane in range(n):
-                        off = self.offsets[k * n + lane]
-                        if off >= segment:
+                        off = int(columns[k * n + lane])
+                        if off < 0:
                             continue
                         if self.compact:
                             value, q = self.values[q], q + 1

@@ -72,6 +72,28 @@ def check_case(rows: int, cols: int, density: float, batch: int, seed: int, relu
                              f"{'serial' if serial else 'parallel'}: max abs err {err} (scale {scale})")
 
 
+def check_non_finite(layout: str, batch: int) -> None:
+    """Infinities and NaNs in the input reach only the rows whose nonzeros read them (the
+    sparse product's meaning): rows reading one column each share groups with rows reading
+    every column, so their lanes pad, and every other column of the first input is not
+    finite; a padding lane that multiplied its zero weight by its input would show."""
+    rng = np.random.default_rng(batch)
+    w = rng.uniform(0.5, 1.5, (40, 70)).astype(np.float32)
+    w[::2] = 0.0
+    w[::2, 5] = 1.0  # even rows read column 5 alone
+    layer = SparseLinear(CSR.from_dense(w), batch1=layout)
+    x = rng.standard_normal((batch, 70)).astype(np.float32)
+    x[0] = np.inf
+    x[0, 5], x[0, 30] = 0.5, np.nan
+    got = layer(x[0] if batch == 1 else x).reshape(batch, 40)
+    with np.errstate(invalid="ignore"):
+        expect = np.where(w[None] != 0, w[None].astype(np.float64) * x[:, None, :], 0.0).sum(axis=2)
+    if not np.allclose(got, expect, rtol=1e-5, atol=1e-5, equal_nan=True) or not np.array_equal(
+            np.isnan(got), np.isnan(expect)):
+        raise AssertionError(f"{isa.VARIANT}: layout {layout} batch {batch}: non-finite inputs reached rows "
+                             "that do not read them, or were lost")
+
+
 def block_weight(rng: np.random.Generator, rows: int, cols: int, block: tuple[int, int], density: float,
                  dtype=np.float32) -> np.ndarray:
     """A (rows, cols) weight whose nonzeros fill about ``density`` of its R x C blocks (block rows
@@ -190,6 +212,10 @@ def main(variant: str) -> int:
                 for serial in (False, True):
                     check_case(rows, cols, density, 1, 7, False, True, True, layout, serial)
                     count += 1
+    for layout in layouts:
+        for batch in (1, 4):
+            check_non_finite(layout, batch)
+            count += 1
     for kernel in _compiled_kernels():
         for sig in kernel.signatures:
             asm = kernel.inspect_asm(sig)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, ell, isa, spmm
+from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, _jit, _simd, ell, isa, spmm
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to
 
@@ -71,9 +71,12 @@ def test_layout_holds_exactly_the_csr(rng, shape, density, windows):
     else:
         assert e.segments.dtype == np.int32 and np.all(np.diff(e.slot_ptr) >= 1)
         assert e.group_ptr[-1] == e.segments.shape[0]
-    valid = e.offsets < g.segment
+    columns = g.lane_columns(e.offsets)
+    valid = columns >= 0
     assert valid.sum() == e.nnz == np.count_nonzero(w)
-    assert np.all(e.offsets[~valid] == ell.EMPTY) and np.all(e.values[~valid] == 0)
+    assert np.all(columns < g.segment) and np.all(e.values[~valid] == 0)
+    assert np.all(e.offsets[~valid] == _simd.PERMUTE_PADDING[g.lanes])
+    np.testing.assert_array_equal(g.code_offsets(np.where(valid, columns, ell.EMPTY)), e.offsets)
     assert np.all(np.diff(e.group_ptr) >= 0)
     assert e.group_ptr.shape[0] == groups + 1 and e.group_ptr[-1] == e.slot_ptr.shape[0] - 1
     assert np.all(e.segments * g.step < max(shape[1], 1))
@@ -170,20 +173,49 @@ def test_inputs_of_whole_steps_are_read_in_place(rng):
 
 
 @needs_permute
+@pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("batch1", ["ell", "ell_compact"])
-def test_padding_lanes_never_read_infinities_or_nans(batch1):
-    # Row 0 uses column 0 only, row 1 column 1 only: with x[1] = inf and x[2] = NaN, a
-    # padding lane that multiplied its (zero) value by x would turn row 0 into NaN.
-    w = np.zeros((2, 32), np.float32)
-    w[0, 0], w[1, 1], w[1, 5] = 2.0, 3.0, 1.0
+def test_padding_lanes_never_read_infinities_or_nans(batch1, batch):
+    # Row 0 reads column 8 only, row 1 every column, so row 0's lane pads row 1's slots,
+    # and every column row 0 does not read holds an infinity: a padding lane that
+    # multiplied its zero weight by its input would turn row 0 into NaN. Padding lanes
+    # are left unmasked only for finite inputs; batch 4 takes the four-vector pass.
+    w = np.zeros((2, 40), np.float32)
+    w[0, 8], w[1] = 2.0, 1.0
     layer = SparseLinear(CSR.from_dense(w), batch1=batch1)
-    x = np.zeros(32, np.float32)
-    x[0], x[1], x[2] = 1.5, np.inf, np.nan
-    y = layer(x)
-    assert y[0] == 3.0 and y[1] == np.inf
-    x[5] = np.nan
-    y = layer(x)
-    assert y[0] == 3.0 and np.isnan(y[1])
+    x = np.ones((batch, 40), np.float32)
+    x[0] = np.inf
+    x[0, 8] = 1.5
+    y = layer(x[0] if batch == 1 else x).reshape(batch, 2)
+    assert y[0, 0] == 3.0 and y[0, 1] == np.inf
+    assert np.all(y[1:, 0] == 2.0) and np.all(y[1:, 1] == 40.0)
+    x[0, 20] = np.nan
+    y = layer(x[0] if batch == 1 else x).reshape(batch, 2)
+    assert y[0, 0] == 3.0 and np.isnan(y[0, 1]) and np.all(y[1:, 1] == 40.0)
+
+
+def test_all_finite_finds_every_infinity_and_nan():
+    x = np.array([0.0, -0.0, 1e-45, -3.4e38, 3.4028235e38, 1.0], np.float32)
+    assert _jit.all_finite(x) and _jit.all_finite(x[:0])
+    for bad in (np.inf, -np.inf, np.nan, -np.nan):
+        for at in (0, 3, 5):
+            y = x.copy()
+            y[at] = bad
+            assert not _jit.all_finite(y)
+
+
+@pytest.mark.parametrize("name", sorted(ell.GEOMETRIES))
+def test_offset_bytes_are_coded_for_the_kernel(name):
+    g = ell.GEOMETRIES[name]
+    columns = np.array([*range(g.segment), ell.EMPTY], np.uint8)
+    coded = g.code_offsets(columns)
+    np.testing.assert_array_equal(g.lane_columns(coded), [*range(g.segment), -1])
+    assert coded[-1] == _simd.PERMUTE_PADDING[g.lanes]
+    if g.lanes == 8:  # bits 0-2 index the register; bit 7, the sign, picks the register
+        assert list(coded[[0, 7, 8, 9, 15]]) == [0, 7, 0x80, 0x81, 0x87]
+        assert not np.any(coded[:-1] & 8)  # bit 3 marks padding alone
+    else:
+        np.testing.assert_array_equal(coded[:-1], columns[:-1])
 
 
 @needs_permute
