@@ -85,7 +85,9 @@ def host_identity(threads: int) -> dict[str, object]:
 def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike | None = None) -> list[str]:
     """Keep each SparseLinear's sliced-ELL layout only where its batch-1 call beats the
     CSR kernel on this host (timed once per host and cached like the CSR pass's layer
-    timings; nothing happens when calibration is off). Returns one line per layer timed."""
+    timings; nothing happens when calibration is off), then choose the layouts' forms
+    together (:func:`choose_working_set`) and time again against the CSR kernel each
+    layout whose form that changed. Returns one line per timing."""
     from sparsify.kernels import set_threads
 
     if not enabled() or not any(layer.ell is not None for layer in layers):
@@ -94,18 +96,34 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
     cal = Calibrator(threads, directory)
     lines = []
     for layer in layers:
-        timed = cal.batch1(layer)
-        if timed is None:
-            continue
-        form, m = timed
-        keep = m.sparse_ms < m.dense_ms
-        if not keep:
-            layer.set_batch1_layout(None)
-        lines.append(f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: sliced ELL {form} {m.sparse_ms:.4f} ms vs "
-                     f"CSR {m.dense_ms:.4f} ms -> {'ELL' if keep else 'CSR'}{', cached' if m.cached else ''}")
+        lines += _keep_layout_if_faster(layer, cal)
+    before = [_batch1_form(layer) for layer in layers]
     lines += choose_working_set(layers, cal)
+    # A form the working-set step switched was not the one timed against the CSR kernel.
+    for layer, form in zip(layers, before):
+        if layer.ell is not None and _batch1_form(layer) != form:
+            lines += _keep_layout_if_faster(layer, cal, " (the form kept together)")
     cal.save()
     return lines
+
+
+def _batch1_form(layer) -> tuple | None:
+    """The layout and prefetch setting a SparseLinear runs at batch 1 (None: the CSR kernel)."""
+    return None if layer.ell is None else (layer.ell, bool(layer._ell_call.prefetch))
+
+
+def _keep_layout_if_faster(layer, cal: "Calibrator", note: str = "") -> list[str]:
+    """Keep the layer's sliced-ELL layout, in its current form, only if its batch-1 call
+    beats the CSR kernel's here; one line saying so (none without a layout)."""
+    timed = cal.batch1(layer)
+    if timed is None:
+        return []
+    form, m = timed
+    keep = m.sparse_ms < m.dense_ms
+    if not keep:
+        layer.set_batch1_layout(None)
+    return [f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: sliced ELL {form}{note} {m.sparse_ms:.4f} ms vs "
+            f"CSR {m.dense_ms:.4f} ms -> {'ELL' if keep else 'CSR'}{', cached' if m.cached else ''}"]
 
 
 def choose_working_set(layers: list, cal: "Calibrator") -> list[str]:

@@ -183,6 +183,32 @@ def test_working_set_keeps_the_fastest_forms_and_recalls_them(cache, monkeypatch
     assert all(l.ell.compact and l._ell_call.prefetch for l in again)
 
 
+def test_a_form_switched_together_is_timed_again_against_the_csr_kernel(cache, monkeypatch):
+    from sparsify.kernels import ell
+
+    weights, layers = _ell_layers(np.random.default_rng(9), 2)
+    monkeypatch.setattr(ell, "cache_budget", lambda: 0)
+    # Together, every layer compact is fastest; alone, the second layer's compact form
+    # loses to the CSR kernel, where its padded form won.
+    monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
+        lambda: 1.0 - 0.5 * sum(l.ell.compact for l in layers if l.ell is not None), []))
+    timed = []
+
+    def batch1(self, layer):
+        timed.append((layers.index(layer), layer.ell.compact))
+        csr_ms = 0.5 if layer is layers[1] and layer.ell.compact else 2.0
+        return ("compact" if layer.ell.compact else "padded"), calibrate.Measurement(1.0, csr_ms, 0.0)
+
+    monkeypatch.setattr(calibrate.Calibrator, "batch1", batch1)
+    lines = calibrate.choose_batch1_forms(layers, 1)
+    assert timed == [(0, False), (1, False), (0, True), (1, True)], timed
+    assert layers[0].ell is not None and layers[0].ell.compact and layers[1].ell is None
+    assert lines[-1].startswith("64x128: sliced ELL compact (the form kept together)") and lines[-1].endswith("-> CSR")
+    x = np.random.default_rng(10).standard_normal(128).astype(np.float32)
+    for layer, w in zip(layers, weights):
+        np.testing.assert_allclose(layer(x), w.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+
+
 def test_working_set_keeps_the_sized_forms_within_the_margin(cache, monkeypatch):
     from sparsify.kernels import ell
 
