@@ -34,7 +34,9 @@ _ROW_COST = 2
 DEFAULT_CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 # Below this many multiply-adds (nnz * batch) a call runs the serial kernel twins: a
 # parallel launch costs ~2 us here, and a parallel region waits for its slowest
-# thread, which on a busy machine can be descheduled for milliseconds.
+# thread, which on a busy machine can be descheduled for milliseconds. The runtime times
+# batch-1 calls near it on the running host instead (SparseLinear.set_batch1_serial,
+# sparsify.runtime.calibrate.SERIAL_TIMING_FACTOR).
 SERIAL_WORK = 32768
 # The sliced-ELL SpMV is cheaper per nonzero, so it stays serial longer: one thread beat
 # two up to about 42k nonzeros here (1024 columns at 90%: 26k 4.5 against 6.8 us, 52k
@@ -177,6 +179,7 @@ class SparseLinear:
         self._csr_arrays = tuple(kernel_array(a) for a in (self.weight.data, self.weight.indices,
                                                            self.weight.indptr))
         self._scratch = Scratch()  # the packed input of batched calls
+        self._batch1_serial: bool | None = None  # None: the SERIAL_WORK rule decides
         self.set_batch1_layout(_batch1_layout(self.weight, batch1, self.variant))
 
     def __repr__(self) -> str:
@@ -190,7 +193,9 @@ class SparseLinear:
         if (out is None and ell_call is not None and ell_call.in_place and type(x) is np.ndarray
                 and x.dtype is self.dtype and x.size == self.in_features and x.shape[-1] == self.in_features
                 and x.flags.c_contiguous):
-            serial = self._nnz < SERIAL_WORK * ELL_SERIAL_SCALE
+            serial = self._batch1_serial
+            if serial is None:
+                serial = self._nnz < SERIAL_WORK * ELL_SERIAL_SCALE
             if x.ndim == 1:
                 out = np.empty(self.out_features, self.dtype)
                 ell_call.one_row(x, out, serial)
@@ -206,7 +211,9 @@ class SparseLinear:
         if batch == 0 or self.out_features == 0:
             return out
         if ell_call is not None and (batch == 1 or batch <= ELL_ROWS_MAX_BATCH):
-            serial = self._nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
+            serial = self._batch1_serial if batch == 1 else None
+            if serial is None:
+                serial = self._nnz * batch < SERIAL_WORK * ELL_SERIAL_SCALE
             if batch == 1:
                 ell_call(x if x.ndim == 1 else x.reshape(-1), out if out.ndim == 1 else out.reshape(-1),
                          serial)
@@ -214,7 +221,10 @@ class SparseLinear:
                 ell_call.rows(x.reshape(batch, self.in_features), out.reshape(batch, self.out_features),
                               serial)
             return out
-        variant, n_chunks = launch(self.weight.nnz * batch)
+        if batch == 1 and self._batch1_serial is not None:
+            variant, n_chunks = (_jit.serial, 1) if self._batch1_serial else (_identity, None)
+        else:
+            variant, n_chunks = launch(self.weight.nnz * batch)
         self._run(x, out, batch, n_chunks, variant)
         return out
 
@@ -237,13 +247,22 @@ class SparseLinear:
                _jit.BLOCK_NNZ, bounds)
 
     def describe_batch1(self) -> str:
-        """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``."""
+        """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``
+        (``", one thread"`` or ``", all threads"`` added where :meth:`set_batch1_serial` chose)."""
         layout, call = self.ell, self._ell_call
+        threads = {None: "", True: ", one thread", False: ", all threads"}[self._batch1_serial]
         if layout is None or call is None:
-            return f"batch 1: CSR ({self.variant})"
+            return f"batch 1: CSR ({self.variant}){threads}"
         return (f"batch 1: sliced ELL {layout.geometry.variant} ({layout.lanes} lanes), "
                 f"{'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
-                f"{', prefetched' if call.prefetch else ''}")
+                f"{', prefetched' if call.prefetch else ''}{threads}")
+
+    def set_batch1_serial(self, serial: bool | None) -> None:
+        """Run batch-1 calls on one thread (True) or on all of them (False); None leaves
+        it to the SERIAL_WORK rule (the default). Larger batches keep the rule."""
+        if serial is not None and not isinstance(serial, bool):
+            raise KernelArgumentError(f"serial should be True, False or None, got {serial!r}")
+        self._batch1_serial = serial
 
     def set_batch1_layout(self, layout: ell.SlicedEll | None, prefetch: bool | None = None) -> None:
         """Run batch-1 calls on ``layout`` (a SlicedEll of this weight), or on the CSR

@@ -49,6 +49,12 @@ WORKING_SET_MAX_SHARE = 4.0
 # Timing budget per configuration there (it runs once per host and set of layouts).
 WORKING_SET_BUDGET_S = 0.1
 MAX_ROUNDS = 50
+# Batch-1 calls within this factor of the serial rule's boundary (spmm.SERIAL_WORK, in
+# nonzeros) are timed on one thread and on all: there the answer moves with the host. On
+# one AMD EPYC (Zen 4) VM, 1024x1024 at 90% (105k nonzeros, 2.6x the boundary) took 13.5 us
+# on two threads and more on one in the morning, and 22 us on two against 17 us on one an
+# hour later (benchmarks/README.md, "Batch-1 threads timed at load").
+SERIAL_TIMING_FACTOR = 8.0
 
 
 def enabled() -> bool:
@@ -103,8 +109,33 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
     for layer, form in zip(layers, before):
         if layer.ell is not None and _batch1_form(layer) != form:
             lines += _keep_layout_if_faster(layer, cal, " (the form kept together)")
+    if threads > 1:
+        for layer in layers:
+            lines += _choose_batch1_threads(layer, cal, threads)
     cal.save()
     return lines
+
+
+def _choose_batch1_threads(layer, cal: "Calibrator", threads: int) -> list[str]:
+    """Run the layer's batch-1 calls on one thread or on all, whichever is faster here,
+    where its nonzeros lie within SERIAL_TIMING_FACTOR of the serial rule's boundary
+    (elsewhere the rule stands). One line saying so (none when not timed)."""
+    from sparsify.kernels import spmm
+
+    nnz = int(layer.weight.nnz)
+    boundary = spmm.SERIAL_WORK * (spmm.ELL_SERIAL_SCALE if layer.ell is not None else 1.0)
+    if not boundary / SERIAL_TIMING_FACTOR <= nnz <= boundary * SERIAL_TIMING_FACTOR:
+        return []
+    try:
+        m = cal.batch1_threads(layer)
+    except Exception as exc:  # the rule stands; say why nothing was timed
+        return [f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: batch 1 threads not timed "
+                f"({type(exc).__name__}: {exc}); by the rule"]
+    serial = m.sparse_ms < m.dense_ms
+    layer.set_batch1_serial(serial)
+    return [f"{layer.weight.shape[0]}x{layer.weight.shape[1]}: batch 1 on one thread {m.sparse_ms:.4f} ms vs "
+            f"{threads} threads {m.dense_ms:.4f} ms -> {'one thread' if serial else f'{threads} threads'}"
+            f"{', cached' if m.cached else ''}"]
 
 
 def _batch1_form(layer) -> tuple | None:
@@ -452,6 +483,32 @@ class Calibrator:
         self._entries[key] = {"sparse_ms": ell_ms, "dense_ms": csr_ms}
         self._dirty = True
         return form, Measurement(ell_ms, csr_ms, 0.0)
+
+    def batch1_threads(self, layer) -> Measurement:
+        """Time a SparseLinear's batch-1 call, in its current kernel and form, on one
+        thread ("sparse" side) against all threads ("dense" side). The layer is left
+        on the rule (``set_batch1_serial(None)``)."""
+        out_f, in_f = layer.weight.shape
+        layer.set_batch1_serial(None)
+        key = f"batch1 threads {out_f}x{in_f} density {layer.weight.density:.2f} {layer.describe_batch1()}"
+        entry = self._entries.get(key)
+        if entry is not None:
+            return Measurement(entry["sparse_ms"], entry["dense_ms"], 0.0, cached=True)
+        x = np.random.default_rng(0).standard_normal(in_f).astype(layer.dtype)
+
+        def on(serial: bool):
+            def call():
+                layer.set_batch1_serial(serial)
+                return layer(x)
+            return call
+
+        try:
+            parallel_ms, serial_ms = time_pair(on(False), on(True))
+        finally:
+            layer.set_batch1_serial(None)
+        self._entries[key] = {"sparse_ms": serial_ms, "dense_ms": parallel_ms}
+        self._dirty = True
+        return Measurement(serial_ms, parallel_ms, 0.0)
 
     def conv(self, w: np.ndarray, x_shape: tuple[int, int, int, int], strides, pads, dilations, group: int,
              blocksize: tuple[int, int] | None = None) -> Measurement:

@@ -315,3 +315,30 @@ def test_batched_stores_stay_inside_the_output(rng, dtype, rows, batch):
     SparseLinear(CSR.from_dense(w))(x, out=out)
     assert_close(out, reference_linear(x, w, None).astype(dtype))
     assert (buf[batch * rows:] == -7.0).all()
+
+
+@pytest.mark.parametrize("serial", [True, False])
+def test_batch1_thread_choice_overrides_the_rule_at_batch_1_only(rng, monkeypatch, serial):
+    w = random_sparse(rng, (40, 70), 0.2)
+    layer = SparseLinear(CSR.from_dense(w))
+    seen = []  # per batch-1 call: did it run the serial kernel?
+    one_row = spmm._EllCall.one_row
+    monkeypatch.setattr(spmm._EllCall, "one_row", lambda self, x, out, s: (seen.append(s), one_row(self, x, out, s)))
+    run = SparseLinear._run
+    monkeypatch.setattr(SparseLinear, "_run", lambda self, x, out, batch, n_chunks, variant: (
+        seen.append(n_chunks == 1) if batch == 1 else None, run(self, x, out, batch, n_chunks, variant)))
+    x = rng.standard_normal((3, 70)).astype(np.float32)
+    with serial_work_set_to(0 if serial else float("inf")):  # the rule says the opposite
+        layer.set_batch1_serial(serial)
+        assert layer.describe_batch1().endswith(", one thread" if serial else ", all threads")
+        assert_close(layer(x[0]), reference_linear(x[0], w).astype(np.float32))
+        assert_close(layer(x[:1]), reference_linear(x[:1], w).astype(np.float32))
+        assert_close(layer(x), reference_linear(x, w).astype(np.float32))  # batch 3: the rule
+        # batch 3 on the sliced ELL runs its rows one by one, on the rule's threads
+        assert seen[:2] == [serial, serial] and all(s is (not serial) for s in seen[2:]), seen
+        layer.set_batch1_serial(None)
+        seen.clear()
+        layer(x[0])
+        assert seen == [not serial] and not layer.describe_batch1().endswith("thread")
+    with pytest.raises(KernelArgumentError, match="serial should be"):
+        layer.set_batch1_serial(1)

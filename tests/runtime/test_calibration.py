@@ -296,3 +296,49 @@ def test_working_set_that_cannot_be_timed_keeps_the_sized_forms(cache, monkeypat
     lines = calibrate.choose_working_set(layers, cal)
     assert lines == ["batch-1 layouts together: not timed (MemoryError: no room for the compact forms); as sized"]
     assert [(l.ell, l._ell_call.prefetch) for l in layers] == sized and cal.keys == []
+
+
+def test_batch1_threads_are_timed_near_the_serial_rule_only(cache, monkeypatch):
+    from sparsify.kernels import CSR, SparseLinear, spmm
+
+    rng = np.random.default_rng(11)
+    near, far = (rng.standard_normal(shape).astype(np.float32) for shape in ((256, 256), (2048, 2048)))
+    near[rng.random(near.shape) >= 0.2] = 0  # 13k nonzeros: within the factor of the boundary
+    far[rng.random(far.shape) >= 0.1] = 0  # 420k: beyond it
+    assert near.size * 0.2 * calibrate.SERIAL_TIMING_FACTOR > spmm.SERIAL_WORK * spmm.ELL_SERIAL_SCALE
+    layers = [SparseLinear(CSR.from_dense(w)) for w in (near, far)]
+    monkeypatch.setattr(calibrate.Calibrator, "batch1", lambda self, layer: None)  # keep the layouts
+    timed = []
+
+    def batch1_threads(self, layer):
+        timed.append(layer)
+        return calibrate.Measurement(2.0, 1.0, 0.0)  # one thread slower than two
+
+    monkeypatch.setattr(calibrate.Calibrator, "batch1_threads", batch1_threads)
+    lines = calibrate.choose_batch1_forms(layers, 2)
+    assert timed == [layers[0]] and lines == ["256x256: batch 1 on one thread 2.0000 ms vs 2 threads 1.0000 ms "
+                                              "-> 2 threads"], lines
+    assert layers[0].describe_batch1().endswith(", all threads") and layers[1]._batch1_serial is None
+    monkeypatch.setattr(calibrate.Calibrator, "batch1_threads", lambda self, layer: calibrate.Measurement(
+        0.5, 1.0, 0.0, cached=True))
+    lines = calibrate.choose_batch1_forms(layers, 2)
+    assert lines[-1].endswith("-> one thread, cached") and layers[0]._batch1_serial is True
+    x = rng.standard_normal(256).astype(np.float32)
+    np.testing.assert_allclose(layers[0](x), near.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
+    timed.clear()
+    assert calibrate.choose_batch1_forms(layers, 1) == [] and timed == []  # one thread: nothing to choose
+
+
+def test_batch1_thread_timing_is_real_and_cached(cache):
+    from sparsify.kernels import CSR, SparseLinear
+
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    w[rng.random(w.shape) >= 0.2] = 0
+    layer = SparseLinear(CSR.from_dense(w))
+    cal = calibrate.Calibrator(2)
+    m = cal.batch1_threads(layer)
+    assert m.sparse_ms > 0 and m.dense_ms > 0 and not m.cached and layer._batch1_serial is None
+    cal.save()
+    again = calibrate.Calibrator(2).batch1_threads(layer)
+    assert again.cached and (again.sparse_ms, again.dense_ms) == (m.sparse_ms, m.dense_ms)
