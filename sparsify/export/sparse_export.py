@@ -20,7 +20,7 @@ from sparsify.export.onnx_write import Target, file_bytes, tensor_nbytes, use_ex
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify
 from sparsify.limits import ENV_MAX_BYTES, human_bytes, memory_limit
 from sparsify.progress import LARGE_BYTES, bar
-from sparsify.export.sparse_speed import Tried, fit_whole_model, time_against_dense, timing_feeds
+from sparsify.export.sparse_speed import Tried, fit_whole_model, step_saving_layers, time_against_dense, timing_feeds
 from sparsify.passes.csr import CsrPass, CsrPlan, PassResult, rewrite_csr
 from sparsify.runtime.calibrate import enabled as calibration_enabled
 
@@ -107,7 +107,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     sparse_bytes = file_bytes(target)
     lines = summary_lines(result.plan, dense_bytes, sparse_bytes, csr, nnz)
     if whole:
-        total = whole[0].converted
+        total = sum(d.eligible for d in result.plan.decisions)
         lines.append(f"  whole model at batch {target_batch}, timed against the dense export: "
                      + "; ".join(t.describe(total) for t in whole)
                      + f" -> {len(result.plan.converted)} converted")
@@ -175,7 +175,8 @@ def _check_whole_model(result: PassResult, external: bool, dense: Target, target
         return time_against_dense(dense_session, target.path, feeds, threads, converted)
 
     try:
-        plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file)
+        extra = step_saving_layers(result.plan, onnx.load(str(dense.path), load_external_data=False).graph.node)
+        plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file, extra)
     except Exception as exc:  # a best-effort step: the per-layer decisions stand
         write(result.plan)
         first = str(exc).splitlines()[0] if str(exc) else ""

@@ -10,6 +10,11 @@ of which won on its own (benchmarks/README.md, "Whole-model check"). So the expo
 converted model against the dense one at the target batch and, where it does not win,
 the models with fewer layers converted: the half whose own timings won by the most, then
 none. It keeps the fastest, and the layers it leaves dense say why.
+
+The other way round, a layer that loses on its own can pay off in its model: when it and
+numpy glue are all that is left of an ONNX Runtime step, converting it saves that step's
+ORT call. So the export also times the model with such layers converted
+(:func:`step_saving_layers`) and keeps it where it runs WIDER_GAIN faster than the plan.
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx
 
-from sparsify.passes.csr_decisions import CsrPlan
+from sparsify.passes.csr_decisions import OVERRIDE_HINT, CsrPlan
+from sparsify.runtime import glue
+from sparsify.runtime.partition import standard_runs
 
 # Seconds of timed calls per model and candidate (interleaved with the dense model).
 MIN_TIME_S = 0.5
+# Least gain (time ratio) for which the model with step-saving layers converted replaces the
+# plan: timings of one model 0.5 s long agree within a few percent here, and the margin keeps
+# a choice from resting on that noise (the same margin as the batch-1 forms timed at load).
+WIDER_GAIN = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,36 +88,78 @@ def fewer(plan: CsrPlan, keep: int) -> CsrPlan:
     return dataclasses.replace(plan, decisions=decisions)
 
 
+def step_saving_layers(plan: CsrPlan, nodes: Sequence[onnx.NodeProto]) -> list[str]:
+    """The layers ``plan`` keeps dense but could convert whose conversion leaves an ONNX
+    Runtime step of the converted model (a run of standard nodes between sparse ones,
+    ``partition.standard_runs``) with nothing but numpy glue, so that the step no longer
+    calls ORT. ``nodes`` are the nodes of the model the plan was made on."""
+    sparse = {i for d in plan.converted for i in d.fused}
+    spare = [d for d in plan.decisions if not d.convert and d.convertible is not None
+             and not sparse.intersection(d.convertible[1])]
+    picked: list[str] = []
+    for run in standard_runs(nodes, sparse):
+        inside = [d for d in spare if d.convertible[1][0] in run]
+        covered = {i for d in inside for i in d.convertible[1]}
+        if inside and all(i in covered or glue.supports(nodes[i]) for i in run):
+            picked += [d.node for d in inside]
+    return picked
+
+
+def wider(plan: CsrPlan, layers: Sequence[str]) -> CsrPlan:
+    """A copy of ``plan`` that also converts ``layers`` (names of layers it keeps dense but could
+    convert), their reasons unchanged until the check keeps them."""
+    decisions = [copy.copy(d) for d in plan.decisions]
+    for d in decisions:
+        if d.node in layers:
+            d.convert_again(d.reason)
+    return dataclasses.replace(plan, decisions=decisions)
+
+
 def fit_whole_model(plan: CsrPlan, write: Callable[[CsrPlan], None], tried_first: Tried,
-                    time_file: Callable[[int], Tried]) -> tuple[CsrPlan, list[Tried]]:
-    """The plan to keep: ``plan`` (already written and timed as ``tried_first``) where it
-    beats the dense model, else the fastest of it, the half of its conversions that won by
-    the most, and none. ``write`` writes a plan's model to the export's target and
-    ``time_file(converted)`` times that file; the target ends holding the plan returned,
-    whose layers left dense say why."""
-    total = len(plan.converted)
+                    time_file: Callable[[int], Tried], extra: Sequence[str] = ()) -> tuple[CsrPlan, list[Tried]]:
+    """The plan to keep, of ``plan`` (already written and timed as ``tried_first``) and the plan
+    that also converts the ``extra`` layers (:func:`step_saving_layers`), kept where it runs
+    WIDER_GAIN faster; where the better of the two does not beat the dense model, the fastest
+    of it, the half of ``plan``'s conversions that won by the most, and none. ``write`` writes
+    a plan's model to the export's target and ``time_file(converted)`` times that file; the
+    target ends holding the plan returned, whose layers say why the check changed them."""
+    plans = {len(plan.converted): plan}
     tried = [tried_first]
-    if tried_first.ratio < 1.0:
+    best = tried_first
+    if extra:
+        plans[len(plan.converted) + len(extra)] = widened = wider(plan, extra)
+        write(widened)
+        tried.append(time_file(len(widened.converted)))
+        if tried[-1].ratio < WIDER_GAIN * tried_first.ratio:
+            best = tried[-1]
+    if best.ratio >= 1.0:
+        total = len(plan.converted)
+        for keep in sorted({total // 2, 0}, reverse=True):
+            if keep == total:
+                continue
+            plans[keep] = fewer(plan, keep)
+            write(plans[keep])
+            tried.append(time_file(keep))
+            if tried[-1].ratio < 1.0:
+                break
+        best = min(tried, key=lambda t: t.ratio)
+    if len(tried) == 1:
         return plan, tried
-    plans = {total: plan}
-    for keep in sorted({total // 2, 0}, reverse=True):
-        if keep == total:
-            continue
-        plans[keep] = fewer(plan, keep)
-        write(plans[keep])
-        tried.append(time_file(keep))
-        if tried[-1].ratio < 1.0:
-            break
-    best = min(tried, key=lambda t: t.ratio)
     if best is not tried[-1]:
         write(plans[best.converted])
     chosen = plans[best.converted]
-    reverted = {d.node for d in plan.converted} - {d.node for d in chosen.converted}
-    why = "; ".join(t.describe(total) for t in tried)
+    planned = {d.node for d in plan.converted}
+    kept = {d.node for d in chosen.converted}
+    eligible = sum(d.eligible for d in plan.decisions)
+    why = "; ".join(t.describe(eligible) for t in tried)
     for d in chosen.decisions:
-        if d.node in reverted:
+        if d.node in planned - kept:
             d.keep_dense(f"{d.reason}; left dense by the whole-model check at batch {plan.target_batch} ({why})")
+        elif d.node in kept - planned:
+            d.reason = (f"converted by the whole-model check at batch {plan.target_batch}, which saves an ONNX "
+                        f"Runtime step ({why}); on its own: {d.reason.removesuffix(OVERRIDE_HINT)}")
     return chosen, tried
 
 
-__all__ = ["Tried", "fit_whole_model", "fewer", "time_against_dense", "timing_feeds", "MIN_TIME_S"]
+__all__ = ["Tried", "fit_whole_model", "fewer", "step_saving_layers", "wider", "time_against_dense", "timing_feeds",
+           "MIN_TIME_S", "WIDER_GAIN"]

@@ -8,6 +8,9 @@ from typing import Any
 
 from sparsify.passes.onnx_graph import ValueShapes
 
+# The end of the reason of a layer kept dense that --density-threshold would convert.
+OVERRIDE_HINT = "; --density-threshold converts it anyway"
+
 
 @dataclasses.dataclass
 class LayerDecision:
@@ -34,6 +37,10 @@ class LayerDecision:
     blocksize: tuple[int, int] | None = None
     # Dense time over sparse time (with its ONNX Runtime call) when the layer was timed, else None.
     speedup: float | None = None
+    # What converting takes (activation, fused nodes, block shape), kept when a layer that can be
+    # converted is decided dense, so that a later step (the whole-model check) can convert it.
+    convertible: tuple[str, tuple[int, ...], tuple[int, int] | None] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str | None:
@@ -42,10 +49,24 @@ class LayerDecision:
             return f"{self.source} (initializer {self.weight})"
         return self.weight
 
+    @property
+    def eligible(self) -> bool:
+        """Whether the layer is converted or could be (:meth:`convert_again`)."""
+        return self.convert or self.convertible is not None
+
     def keep_dense(self, reason: str) -> None:
         """Decide against converting, for ``reason`` (nothing fused)."""
+        if self.convert:
+            self.convertible = (self.activation, self.fused, self.blocksize)
         self.convert, self.reason = False, reason
         self.activation, self.fused, self.blocksize = "none", (), None
+
+    def convert_again(self, reason: str) -> None:
+        """Convert a layer decided dense by :meth:`keep_dense`, as it would have been, for ``reason``."""
+        if self.convertible is None:
+            raise ValueError(f"layer {self.node!r} cannot be converted: {self.reason}")
+        self.activation, self.fused, self.blocksize = self.convertible
+        self.convert, self.reason = True, reason
 
     def line(self) -> str:
         """One human-readable line."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from sparsify.onnxfile import node_attrs
 from sparsify.passes.blocks import MAX_TIMED
-from sparsify.passes.csr_decisions import LayerDecision
+from sparsify.passes.csr_decisions import OVERRIDE_HINT, LayerDecision
 from sparsify.passes.onnx_graph import GraphIndex, ValueShapes
 
 # A linear layer converts below the density where CSR beat ONNX Runtime's dense op, per batch
@@ -80,7 +80,7 @@ def decide_by_threshold(g: GraphIndex, d: LayerDecision, shapes: ValueShapes, ta
     too_small = (conv_too_small(math.prod(d.weight_shape), shapes.positions(g.nodes[d.fused[0]].output[0]))
                  if density_threshold is None and kind == "conv" and threshold > 0 else None)
     if too_small:
-        d.keep_dense(too_small + "; --density-threshold converts it anyway")
+        d.keep_dense(too_small + OVERRIDE_HINT)
         return
     d.threshold = threshold
     source = "set by --density-threshold" if density_threshold is not None else f"for batch {target_batch}"
@@ -132,7 +132,7 @@ def decide_by_measurement(g: GraphIndex, d: LayerDecision, w: np.ndarray, shapes
     if m.convert:
         d.reason = reason
     else:
-        d.keep_dense(reason + "; --density-threshold converts it anyway")
+        d.keep_dense(reason + OVERRIDE_HINT)
     return True
 
 

@@ -264,6 +264,27 @@ def grouped_order(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[int
     return order
 
 
+def _groups(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[tuple[str, list[int]]]:
+    """The node list cut, in an order that keeps runs long (``grouped_order``), into single
+    sparse nodes ("sparse") and maximal runs of standard nodes ("std")."""
+    groups: list[tuple[str, list[int]]] = []
+    for i in grouped_order(nodes, sparse):
+        if i in sparse:
+            groups.append(("sparse", [i]))
+        elif groups and groups[-1][0] == "std":
+            groups[-1][1].append(i)
+        else:
+            groups.append(("std", [i]))
+    return groups
+
+
+def standard_runs(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[list[int]]:
+    """The runs of standard nodes (indices into ``nodes``) that :func:`partition` makes into one
+    step each when the nodes in ``sparse`` run as sparse layers: each run that is not all glue
+    (``glue.supports``) costs one ONNX Runtime call per run of the model."""
+    return [idx for kind, idx in _groups(nodes, sparse) if kind == "std"]
+
+
 def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: int, glue_policy: str = "numpy",
               where: str = "model", profile_prefix: str | None = None) -> list[Step]:
     """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer;
@@ -281,16 +302,7 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
     types = value_types(model)
     check_layer_inputs(layers, types, where)
-    # Cut the node list, in an order that keeps runs long, into sparse nodes and maximal
-    # runs of standard nodes.
-    groups: list[tuple[str, list[int]]] = []
-    for i in grouped_order(list(g.node), set(layers)):
-        if i in layers:
-            groups.append(("sparse", [i]))
-        elif groups and groups[-1][0] == "std":
-            groups[-1][1].append(i)
-        else:
-            groups.append(("std", [i]))
+    groups = _groups(list(g.node), set(layers))
     reads_after: list[set[str]] = [set() for _ in groups]
     later = {o.name for o in g.output}
     for k in range(len(groups) - 1, -1, -1):

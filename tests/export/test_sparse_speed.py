@@ -31,7 +31,7 @@ def _plan(speedups) -> CsrPlan:
     return CsrPlan(decisions, 1, None)
 
 
-def _run(plan, ratios):
+def _run(plan, ratios, extra=()):
     """fit_whole_model with a fake writer and clock: ``ratios`` by converted count."""
     written: list[int] = []
     timed = iter(ratios)
@@ -41,7 +41,7 @@ def _run(plan, ratios):
         assert ratio[0] == converted
         return Tried(converted, ratio[1], 1.0)
     first = time_file(len(plan.converted))
-    chosen, tried = fit_whole_model(plan, lambda p: written.append(len(p.converted)), first, time_file)
+    chosen, tried = fit_whole_model(plan, lambda p: written.append(len(p.converted)), first, time_file, extra)
     return chosen, tried, written
 
 
@@ -168,3 +168,130 @@ def test_a_whole_model_timing_that_fails_leaves_the_planned_conversion(digits_cn
     assert len(summary["converted"]) == 7 and sum(n.domain == DOMAIN for n in onnx.load(str(out)).graph.node) == 7
     assert any("whole model not timed against the dense export (RuntimeError: a candidate would not load)" in line
                for line in summary["lines"])
+
+
+def _mlp_graph(tail: str = "none"):
+    """Reshape -> Gemm fc1 -> Relu -> Gemm fc2 -> Relu -> Gemm head (-> Softmax with ``tail``
+    "softmax"): fc2 90% sparse, fc1 and head dense."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    fc2 = rng.standard_normal((32, 32)).astype(np.float32) * (rng.random((32, 32)) > 0.9)
+    inits = [numpy_helper.from_array(a, n) for n, a in
+             (("fc1", rng.standard_normal((32, 16)).astype(np.float32)), ("fc2", fc2),
+              ("head", rng.standard_normal((4, 32)).astype(np.float32)),
+              ("shape", np.array([-1, 16], np.int64)))]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"], name="reshape"),
+             helper.make_node("Gemm", ["flat", "fc1"], ["h1"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("Gemm", ["a1", "fc2"], ["h2"], name="fc2", transB=1),
+             helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+             helper.make_node("Gemm", ["a2", "head"], ["logits"], name="head", transB=1)]
+    out = "logits"
+    if tail == "softmax":
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], name="softmax"))
+        out = "probs"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _threshold_plan(model, threshold=0.5):
+    from sparsify.passes.csr_plan import plan_csr
+
+    return plan_csr(model, density_threshold=threshold)
+
+
+def test_layers_whose_conversion_empties_an_ort_step_are_found():
+    model = _mlp_graph()
+    plan = _threshold_plan(model)
+    assert [d.node for d in plan.converted] == ["fc2"] and all(d.eligible for d in plan.decisions)
+    # fc1's step is Reshape (glue) + fc1 + its Relu; head's step is head alone.
+    assert sparse_speed.step_saving_layers(plan, model.graph.node) == ["fc1", "head"]
+
+
+def test_a_layer_beside_an_op_numpy_cannot_run_is_not_converted_for_its_step():
+    model = _mlp_graph("softmax")
+    plan = _threshold_plan(model)
+    assert sparse_speed.step_saving_layers(plan, model.graph.node) == ["fc1"]  # Softmax keeps head's step in ORT
+
+
+def test_a_layer_that_cannot_be_converted_is_never_picked():
+    model = _mlp_graph()
+    plan = _threshold_plan(model)
+    head = next(d for d in plan.decisions if d.node == "head")
+    head.convertible = None  # as a structural skip leaves it
+    assert not head.eligible and sparse_speed.step_saving_layers(plan, model.graph.node) == ["fc1"]
+    with pytest.raises(ValueError, match="cannot be converted"):
+        head.convert_again("because")
+
+
+def test_wider_converts_the_layers_as_the_plan_would_have():
+    model = _mlp_graph()
+    plan = _threshold_plan(model)
+    fc1 = next(d for d in plan.decisions if d.node == "fc1")
+    assert fc1.fused == () and fc1.activation == "none"
+    widened = sparse_speed.wider(plan, ["fc1"])
+    again = next(d for d in widened.decisions if d.node == "fc1")
+    assert again.convert and again.activation == "relu" and len(again.fused) == 2
+    assert not fc1.convert  # the plan itself is not changed
+
+
+def _extra_plan():
+    plan = _plan([3.0])
+    for i in (1, 2):
+        d = LayerDecision(f"e{i}", "Gemm", f"we{i}", (4, 4), 4, 0.25, True, "", "relu", fused=(10 + i, 20 + i))
+        d.keep_dense(f"timed x0.9 on its own{sparse_speed.OVERRIDE_HINT}")
+        plan.decisions.append(d)
+    return plan
+
+
+def test_step_saving_layers_are_converted_when_the_model_runs_faster_with_them():
+    plan = _extra_plan()
+    chosen, tried, written = _run(plan, [(1, 0.8), (3, 0.6)], ["e1", "e2"])
+    assert written == [3] and [d.node for d in chosen.converted] == ["n0", "e1", "e2"]
+    e1 = next(d for d in chosen.decisions if d.node == "e1")
+    assert e1.activation == "relu" and e1.fused == (11, 21)
+    assert e1.reason.startswith("converted by the whole-model check at batch 1, which saves an ONNX Runtime step")
+    assert "3 of 3 layers converted" in e1.reason and e1.reason.endswith("on its own: timed x0.9 on its own")
+    assert not any(d.convert for d in plan.decisions if d.node.startswith("e"))  # the plan is not changed
+
+
+def test_step_saving_layers_stay_dense_without_a_clear_gain():
+    plan = _extra_plan()
+    chosen, tried, written = _run(plan, [(1, 0.8), (3, 0.75)], ["e1", "e2"])  # x1.07 < 1 / WIDER_GAIN
+    assert written == [3, 1] and chosen.converted == plan.converted
+    assert all(d.reason == f"timed x0.9 on its own{sparse_speed.OVERRIDE_HINT}" for d in chosen.skipped if d.eligible)
+
+
+def test_fewer_conversions_are_tried_when_neither_plan_beats_dense():
+    plan = _extra_plan()
+    chosen, tried, written = _run(plan, [(1, 1.3), (3, 1.1), (0, 1.0)], ["e1", "e2"])
+    assert written == [3, 0] and chosen.converted == [] and [t.converted for t in tried] == [1, 3, 0]
+
+
+@pytest.mark.usefixtures("no_model_size_floor")
+def test_export_converts_the_layers_that_save_an_ort_step(tmp_path, monkeypatch):
+    from sparsify.api import ModelSource, prune_model
+    from sparsify.export import sparse_export
+
+    monkeypatch.setenv(calibrate.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(calibrate.ENV, "on")
+    # Only the square hidden layer wins on its own; the input and output layers lose.
+    monkeypatch.setattr(calibrate.Calibrator, "linear", lambda self, w, rows, blocksize=None: calibrate.Measurement(
+        0.1, 1.0 if w.shape[0] == w.shape[1] else 0.05, 0.01))
+    seen = []
+
+    def fake_time(dense_session, path, feeds, threads, converted):
+        seen.append((converted, sum(n.domain == DOMAIN for n in onnx.load(str(path)).graph.node)))
+        return Tried(converted, 0.5 if converted == 3 else 0.8, 1.0)
+    monkeypatch.setattr(sparse_export, "time_against_dense", fake_time)
+    prune_model(ModelSource("digits-mlp", model_args={"hidden": 128}), tmp_path / "run", sparsity=0.9)
+    out = tmp_path / "m.onnx"
+    _, report, summary = export_model(tmp_path / "run", out, mode="sparse")
+    assert report.ok and seen == [(1, 1), (3, 3)]
+    assert sum(n.domain == DOMAIN for n in onnx.load(str(out)).graph.node) == 3
+    added = [d for d in summary["converted"] if d["reason"].startswith("converted by the whole-model check")]
+    assert len(added) == 2 and all("on its own: density" in d["reason"] for d in added)
+    assert any(line.startswith("  whole model at batch 1") and "3 of 3 layers converted" in line
+               and line.endswith("-> 3 converted") for line in summary["lines"])
