@@ -9,7 +9,8 @@ slower than its dense export with its 34 1x1 convs, stem and classifier converte
 of which won on its own (benchmarks/README.md, "Whole-model check"). So the export times the
 converted model against the dense one at the target batch and, where it does not win,
 the models with fewer layers converted: the half whose own timings won by the most, then
-none. It keeps the fastest, and the layers it leaves dense say why.
+none. It keeps the fastest that beats the dense model (none converted where nothing does), and
+the layers it leaves dense say why.
 
 The other way round, a layer that loses on its own can pay off in its model: when it and
 numpy glue are all that is left of an ONNX Runtime step, converting it saves that step's
@@ -120,7 +121,8 @@ def fit_whole_model(plan: CsrPlan, write: Callable[[CsrPlan], None], tried_first
     """The plan to keep, of ``plan`` (already written and timed as ``tried_first``) and the plan
     that also converts the ``extra`` layers (:func:`step_saving_layers`), kept where it runs
     WIDER_GAIN faster; where the better of the two does not beat the dense model, the fastest
-    of it, the half of ``plan``'s conversions that won by the most, and none. ``write`` writes
+    of it, the half of ``plan``'s conversions that won by the most, and none that beats the
+    dense model, else none. ``write`` writes
     a plan's model to the export's target and ``time_file(converted)`` times that file; the
     target ends holding the plan returned, whose layers say why the check changed them."""
     plans = {len(plan.converted): plan}
@@ -142,7 +144,10 @@ def fit_whole_model(plan: CsrPlan, write: Callable[[CsrPlan], None], tried_first
             tried.append(time_file(keep))
             if tried[-1].ratio < 1.0:
                 break
-        best = min(tried, key=lambda t: t.ratio)
+        # Where nothing beats the dense model, nothing is converted: a file of standard ops runs
+        # in plain ONNX Runtime as fast as the dense export, which every candidate lost to.
+        winners = [t for t in tried if t.ratio < 1.0]
+        best = min(winners or [t for t in tried if t.converted == 0] or tried, key=lambda t: t.ratio)
     if len(tried) == 1:
         return plan, tried
     if best is not tried[-1]:

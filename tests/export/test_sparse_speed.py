@@ -72,7 +72,20 @@ def test_nothing_converted_when_no_conversion_wins():
 def test_the_fastest_is_written_again_when_a_later_one_lost():
     plan = _plan([3.0, 1.5, 2.0, 1.2])
     chosen, tried, written = _run(plan, [(4, 1.3), (2, 1.05), (0, 1.1)])
-    assert written == [2, 0, 2] and len(chosen.converted) == 2
+    assert written == [2, 0] and chosen.converted == []  # nothing beat dense: standard ops only
+    plan = _extra_plan()
+    chosen, tried, written = _run(plan, [(1, 1.2), (3, 0.7)], ["e1", "e2"])
+    assert written == [3] and len(chosen.converted) == 3
+    chosen, tried, written = _run(plan, [(1, 0.9), (3, 0.95)], ["e1", "e2"])
+    assert written == [3, 1] and len(chosen.converted) == 1  # the plan, timed first, written again
+
+
+def test_nothing_is_converted_when_every_candidate_loses_to_dense():
+    # The model with step-saving layers converted is the least slow, yet slower than dense.
+    chosen, tried, written = _run(_extra_plan(), [(1, 2.0), (3, 1.4), (0, 1.2)], ["e1", "e2"])
+    assert written == [3, 0] and chosen.converted == [] and [t.converted for t in tried] == [1, 3, 0]
+    chosen, tried, written = _run(_extra_plan(), [(1, 2.0), (3, 1.1), (0, 1.2)], ["e1", "e2"])
+    assert written == [3, 0] and chosen.converted == []
 
 
 @pytest.mark.usefixtures("every_layer_wins")
