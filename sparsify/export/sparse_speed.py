@@ -118,13 +118,13 @@ def wider(plan: CsrPlan, layers: Sequence[str]) -> CsrPlan:
 
 def fit_whole_model(plan: CsrPlan, write: Callable[[CsrPlan], None], tried_first: Tried,
                     time_file: Callable[[int], Tried], extra: Sequence[str] = ()) -> tuple[CsrPlan, list[Tried]]:
-    """The plan to keep, of ``plan`` (already written and timed as ``tried_first``) and the plan
-    that also converts the ``extra`` layers (:func:`step_saving_layers`), kept where it runs
-    WIDER_GAIN faster; where the better of the two does not beat the dense model, the fastest
-    of it, the half of ``plan``'s conversions that won by the most, and none that beats the
-    dense model, else none. ``write`` writes
-    a plan's model to the export's target and ``time_file(converted)`` times that file; the
-    target ends holding the plan returned, whose layers say why the check changed them."""
+    """The plan to keep. ``plan`` (already written and timed as ``tried_first``) gives way to
+    the plan that also converts the ``extra`` layers (:func:`step_saving_layers`) where that
+    runs WIDER_GAIN faster. Where the better of the two does not beat the dense model, the
+    half of ``plan``'s conversions that won by the most and then none are timed too, and the
+    fastest candidate that beats the dense model is kept, else none. ``write`` writes a plan's
+    model to the export's target and ``time_file(converted)`` times that file; the target ends
+    holding the plan returned, whose layers say why the check changed them."""
     plans = {len(plan.converted): plan}
     tried = [tried_first]
     best = tried_first
