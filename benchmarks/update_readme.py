@@ -580,7 +580,9 @@ def render_headline(results: Path, readme_dir: Path, full: Path) -> str:
            f"`{rel}/`. p50 / p90 wall-clock latency; ours and the dense runtimes were timed interleaved "
            "in one process. The machine was shared with other work: the load column is the 1-minute load "
            "average the run recorded (above the core count, other work competed for the cores). AVX2 rows "
-           "are AVX2 code compiled for Zen 2 and run on the host named.", ""]
+           "are AVX2 code compiled for Zen 2 and run on the host named. A dense model larger than the L3 "
+           "streams its weights from memory that other tenants share, so its time, and every ratio against "
+           "it, moves more from run to run than ours (see \"What limits batch 1\" in the full tables).", ""]
     rows = headline_rows(docs)
     if rows:
         out += table(["result", "host (kernels)", "load", "ours p50 / p90", "dense p50", "speedup", "source"],
