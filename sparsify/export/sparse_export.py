@@ -78,16 +78,20 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     weights = weight_bytes(dense_model)
     with bar(2 * weights, "convert to CSR", large=weights >= LARGE_BYTES) as shown:
         result = CsrPass(threshold, target_batch).call(dense_model, base_dir=dense.path.parent, progress=shown.update)
+    check_whole = threshold is None and bool(result.plan.converted) and calibration_enabled()
+    # Found on the dense graph while it is loaded (the check's candidates are written from the file).
+    extra = step_saving_layers(result.plan, dense_model.graph.node) if check_whole else []
     del dense_model
     external = _write(result.model, dense, target, external_data)
     whole: list[Tried] = []
     whole_skipped = None
-    if threshold is None and result.plan.converted and calibration_enabled():
+    if check_whole:
         # Both models are held at once: ORT's with its packed weight copies, ours with its layouts.
         need = 2 * weights + 3 * weight_bytes(result.model)
         if need <= memory_limit():
             result, external, whole, whole_skipped = _check_whole_model(result, external, dense, target,
-                                                                        external_data, input_sets, target_batch)
+                                                                        external_data, input_sets, target_batch,
+                                                                        extra)
         else:
             whole_skipped = (f"  whole model not timed against the dense export: both at once would take about "
                              f"{human_bytes(need)}, more than the memory limit of {human_bytes(memory_limit())} "
@@ -107,7 +111,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     sparse_bytes = file_bytes(target)
     lines = summary_lines(result.plan, dense_bytes, sparse_bytes, csr, nnz)
     if whole:
-        total = sum(d.eligible for d in result.plan.decisions)
+        total = len(result.plan.eligible)
         lines.append(f"  whole model at batch {target_batch}, timed against the dense export: "
                      + "; ".join(t.describe(total) for t in whole)
                      + f" -> {len(result.plan.converted)} converted")
@@ -153,9 +157,10 @@ def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data:
 
 
 def _check_whole_model(result: PassResult, external: bool, dense: Target, target: Target, external_data: str,
-                       input_sets: dict[str, Sequence[np.ndarray]], target_batch: int
+                       input_sets: dict[str, Sequence[np.ndarray]], target_batch: int, extra: Sequence[str] = ()
                        ) -> tuple[PassResult, bool, list[Tried], str | None]:
-    """The conversion kept after timing the whole model (``sparse_speed.fit_whole_model``),
+    """The conversion kept after timing the whole model (``sparse_speed.fit_whole_model``; ``extra``: the
+    layers it may convert too, ``sparse_speed.step_saving_layers``),
     ``result`` being written to ``target`` already (``external``: its weights in external
     data): the pass result at ``target``, whether its weights are external, what was timed,
     and why nothing was (None when it was). A timing that fails leaves ``result`` as planned."""
@@ -175,7 +180,6 @@ def _check_whole_model(result: PassResult, external: bool, dense: Target, target
         return time_against_dense(dense_session, target.path, feeds, threads, converted)
 
     try:
-        extra = step_saving_layers(result.plan, onnx.load(str(dense.path), load_external_data=False).graph.node)
         plan, tried = fit_whole_model(result.plan, write, time_file(len(result.plan.converted)), time_file, extra)
     except Exception as exc:  # a best-effort step: the per-layer decisions stand
         write(result.plan)

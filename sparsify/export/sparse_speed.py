@@ -96,11 +96,11 @@ def step_saving_layers(plan: CsrPlan, nodes: Sequence[onnx.NodeProto]) -> list[s
     calls ORT. ``nodes`` are the nodes of the model the plan was made on."""
     sparse = {i for d in plan.converted for i in d.fused}
     spare = [d for d in plan.decisions if not d.convert and d.convertible is not None
-             and not sparse.intersection(d.convertible[1])]
+             and not sparse.intersection(d.convertible.fused)]
     picked: list[str] = []
     for run in standard_runs(nodes, sparse):
-        inside = [d for d in spare if d.convertible[1][0] in run]
-        covered = {i for d in inside for i in d.convertible[1]}
+        inside = [d for d in spare if d.convertible.fused[0] in run]
+        covered = {i for d in inside for i in d.convertible.fused}
         if inside and all(i in covered or glue.supports(nodes[i]) for i in run):
             picked += [d.node for d in inside]
     return picked
@@ -155,8 +155,7 @@ def fit_whole_model(plan: CsrPlan, write: Callable[[CsrPlan], None], tried_first
     chosen = plans[best.converted]
     planned = {d.node for d in plan.converted}
     kept = {d.node for d in chosen.converted}
-    eligible = sum(d.eligible for d in plan.decisions)
-    why = "; ".join(t.describe(eligible) for t in tried)
+    why = "; ".join(t.describe(len(plan.eligible)) for t in tried)
     for d in chosen.decisions:
         if d.node in planned - kept:
             d.keep_dense(f"{d.reason}; left dense by the whole-model check at batch {plan.target_batch} ({why})")

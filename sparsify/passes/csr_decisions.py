@@ -4,12 +4,21 @@ whole model (:class:`CsrPlan`): what ``sparsify inspect`` and the export report 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 from sparsify.passes.onnx_graph import ValueShapes
 
 # The end of the reason of a layer kept dense that --density-threshold would convert.
 OVERRIDE_HINT = "; --density-threshold converts it anyway"
+
+
+class Conversion(NamedTuple):
+    """What converting a layer takes: the activation it absorbs, the nodes it replaces (the
+    main node first) and its block shape (None: CSR)."""
+
+    activation: str
+    fused: tuple[int, ...]
+    blocksize: tuple[int, int] | None
 
 
 @dataclasses.dataclass
@@ -37,10 +46,9 @@ class LayerDecision:
     blocksize: tuple[int, int] | None = None
     # Dense time over sparse time (with its ONNX Runtime call) when the layer was timed, else None.
     speedup: float | None = None
-    # What converting takes (activation, fused nodes, block shape), kept when a layer that can be
-    # converted is decided dense, so that a later step (the whole-model check) can convert it.
-    convertible: tuple[str, tuple[int, ...], tuple[int, int] | None] | None = dataclasses.field(
-        default=None, repr=False, compare=False)
+    # Kept when a layer that can be converted is decided dense, so that a later step (the
+    # whole-model check) can convert it.
+    convertible: Conversion | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str | None:
@@ -57,7 +65,7 @@ class LayerDecision:
     def keep_dense(self, reason: str) -> None:
         """Decide against converting, for ``reason`` (nothing fused)."""
         if self.convert:
-            self.convertible = (self.activation, self.fused, self.blocksize)
+            self.convertible = Conversion(self.activation, self.fused, self.blocksize)
         self.convert, self.reason = False, reason
         self.activation, self.fused, self.blocksize = "none", (), None
 
@@ -100,6 +108,11 @@ class CsrPlan:
     def converted(self) -> list[LayerDecision]:
         """The decisions to convert, in graph order."""
         return [d for d in self.decisions if d.convert]
+
+    @property
+    def eligible(self) -> list[LayerDecision]:
+        """The decisions converted or convertible (:meth:`LayerDecision.convert_again`), in graph order."""
+        return [d for d in self.decisions if d.eligible]
 
     @property
     def skipped(self) -> list[LayerDecision]:
