@@ -50,10 +50,9 @@ WORKING_SET_MAX_SHARE = 4.0
 WORKING_SET_BUDGET_S = 0.1
 MAX_ROUNDS = 50
 # Batch-1 calls within this factor of the serial rule's boundary (spmm.SERIAL_WORK, in
-# nonzeros) are timed on one thread and on all: there the answer moves with the host. On
-# one AMD EPYC (Zen 4) VM, 1024x1024 at 90% (105k nonzeros, 2.6x the boundary) took 13.5 us
-# on two threads and more on one in the morning, and 22 us on two against 17 us on one an
-# hour later (benchmarks/README.md, "Batch-1 threads timed at load").
+# nonzeros) are timed on one thread and on all, because near it the faster choice changes
+# with the host and its load (1024x1024 at 90%, 2.6x the boundary, flipped within an hour:
+# benchmarks/README.md, "Batch-1 threads timed at load").
 SERIAL_TIMING_FACTOR = 8.0
 
 
