@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
+from typing import Iterator
 
 import numba
 import numpy as np
@@ -75,6 +77,17 @@ def get_threads() -> int:
     if _raw_get_threads is None:
         _raw_get_threads = _private_get_threads()
     return n
+
+
+@contextlib.contextmanager
+def kept_threads() -> Iterator[int]:
+    """Restore the calling thread's kernel thread count on exit, whatever the code inside set
+    (a ``sparsify.runtime.Session`` sets its own on every run); yields the count kept."""
+    n = get_threads()
+    try:
+        yield n
+    finally:
+        set_threads(n)
 
 
 def _private_get_threads():

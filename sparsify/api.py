@@ -15,7 +15,7 @@ from sparsify.artifact import WEIGHTS, Run, derive, is_run_dir, load_run, read_m
 from sparsify.data import (
     Splits, check_inputs, input_specs_from_data, load_data, make_input_specs, random_inputs, read_example_inputs,
 )
-from sparsify.errors import DataError, ModelError, RunError
+from sparsify.errors import DataError, ExportError, ModelError, RunError
 from sparsify.inputspec import InputSpec
 from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
 from sparsify.export.verify import VerifyReport
@@ -474,10 +474,21 @@ def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mo
                  **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Export a run; verification (on by default) must pass before anything appears at ``out``.
 
+    ``run_path`` may also be an ONNX file sparsify wrote (``sparsify.export.from_file``): mode
+    dense lowers its sparse ops to standard ones, mode sparse decides its layers again on this
+    host; the result is verified against the file.
     ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`);
     ``external_data`` (auto, always, never) puts ONNX weights in ``OUT.data`` beside ``OUT``.
     """
     from sparsify.export import pipeline
+
+    if Path(run_path).suffix == ".onnx" and not Path(run_path).exists():
+        raise ExportError(f"{run_path} does not exist; expected a run directory or an ONNX file sparsify exported")
+    if Path(run_path).is_file():
+        from sparsify.export.from_file import export_file
+
+        return export_file(Path(run_path), Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
+                           opset=opset, external_data=external_data, **mode_options)
 
     return pipeline.export_run(load_run(run_path, trust), Path(out), fmt=fmt, mode=mode, verify=verify,
                                atol=atol, rtol=rtol, opset=opset, external_data=external_data, **mode_options)

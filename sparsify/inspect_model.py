@@ -281,6 +281,10 @@ def inspect_onnx(path: str | Path) -> Inspection:
     if sparse:
         from sparsify.runtime.calibrate import kernel_note
         notes.append(kernel_note())
+    from sparsify.kernels import get_threads
+    from sparsify.runtime.conversion_record import describe_record, read_record
+    conversion = describe_record(read_record(model), get_threads())
+    notes += [conversion] if conversion else []
     size = os.path.getsize(path) + sum(os.path.getsize(base / f) for f in _data_files(model, path))
     result = Inspection(str(path), rows, size, notes)
     check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)

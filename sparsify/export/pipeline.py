@@ -17,6 +17,7 @@ from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes
 from sparsify.export.options import EXTERNAL_DATA_CHOICES, FORMATS, MODES
 from sparsify.export.verify import (VerifyReport, expected_outputs, ort_runner, torch_runner,
                                     verify as verify_outputs)
+from sparsify.kernels import kept_threads
 from sparsify.masks import fold_masks
 
 
@@ -75,7 +76,8 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
     subject = f"{type(getattr(reference, 'model', reference)).__name__} (run {run.path})"
     hint = ("re-run with 'sparsify --debug' for the traceback; --mode dense exports the masked model without "
             "graph rewrites")
-    with atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
+    # The kernels' thread count stays the caller's: verification sessions set their own.
+    with kept_threads(), atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
         if mode == "dense":
             summary["external_data"] = export_onnx(reference, example, target, input_names, output_names,
                                                    opset=opset, external_data=external_data, **onnx_options)

@@ -23,6 +23,7 @@ from sparsify.progress import LARGE_BYTES, bar
 from sparsify.export.sparse_speed import Tried, fit_whole_model, step_saving_layers, time_against_dense, timing_feeds
 from sparsify.passes.csr import CsrPass, CsrPlan, PassResult, rewrite_csr
 from sparsify.runtime.calibrate import enabled as calibration_enabled
+from sparsify.runtime.conversion_record import CONVERSION_METADATA, conversion_record
 
 OPTIONS = SPARSE_ONLY
 
@@ -66,6 +67,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     timed as a whole against the dense one and fewer layers converted where it loses
     (``sparse_speed``), when both fit in memory together (``sparsify.limits``).
     """
+    from sparsify.kernels import get_threads
     from sparsify.runtime import Session
 
     unknown = sorted(set(options) - set(OPTIONS))
@@ -82,7 +84,8 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     # Found on the dense graph while it is loaded (the check's candidates are written from the file).
     extra = step_saving_layers(result.plan, dense_model.graph.node) if check_whole else []
     del dense_model
-    external = _write(result.model, dense, target, external_data)
+    record = conversion_record(get_threads(), target_batch, threshold, threshold is None and calibration_enabled())
+    external = _write(result.model, dense, target, external_data, record)
     whole: list[Tried] = []
     whole_skipped = None
     if check_whole:
@@ -91,7 +94,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         if need <= memory_limit():
             result, external, whole, whole_skipped = _check_whole_model(result, external, dense, target,
                                                                         external_data, input_sets, target_batch,
-                                                                        extra)
+                                                                        record, extra)
         else:
             whole_skipped = (f"  whole model not timed against the dense export: both at once would take about "
                              f"{human_bytes(need)}, more than the memory limit of {human_bytes(memory_limit())} "
@@ -104,9 +107,8 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     def candidate(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return session.run(None, {n: np.ascontiguousarray(x) for n, x in zip(names, inputs)})
 
-    report: VerifyReport = verify(dense_outputs, candidate, input_sets,
-                                  "sparse runtime vs dense ONNX in ONNX Runtime", output_names,
-                                  atol=atol, rtol=rtol)
+    report: VerifyReport = verify(dense_outputs, candidate, input_sets, "the sparse runtime", output_names,
+                                  atol=atol, rtol=rtol, reference_name="the dense export in ONNX Runtime")
     report.raise_if_failed()
     sparse_bytes = file_bytes(target)
     lines = summary_lines(result.plan, dense_bytes, sparse_bytes, csr, nnz)
@@ -119,10 +121,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         lines.append(whole_skipped)
     if not result.plan.converted:
         lines.append("  note: no layer was converted; the file holds only standard ONNX ops")
-    table = report.table().splitlines()
-    table[0] = (f"verify the sparse runtime against the dense export in ONNX Runtime "
-                f"(atol {report.atol:g}, rtol {report.rtol:g})")
-    lines += table
+    lines += report.table().splitlines()
     extra = {
         "lines": lines,
         "converted": [d.to_dict() for d in result.plan.converted],
@@ -142,9 +141,13 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
     return candidate, extra
 
 
-def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str) -> bool:
-    """Write the sparse ``model`` (its dense weights read beside ``dense``) to ``target`` and
-    check it; returns whether its weights went to external data."""
+def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str, record: str) -> bool:
+    """Write the sparse ``model`` (its dense weights read beside ``dense``) to ``target`` with
+    ``record`` (``conversion_record``) in its metadata, and check it; returns whether its
+    weights went to external data."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props[CONVERSION_METADATA] = record
+    onnx.helper.set_model_props(model, props)
     sparse_weights = weight_bytes(model)
     external = use_external_data(sparse_weights, external_data, "the sparse model")
     with bar(sparse_weights, f"write {target.path.name}", large=sparse_weights >= LARGE_BYTES) as shown:
@@ -157,12 +160,13 @@ def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data:
 
 
 def _check_whole_model(result: PassResult, external: bool, dense: Target, target: Target, external_data: str,
-                       input_sets: dict[str, Sequence[np.ndarray]], target_batch: int, extra: Sequence[str] = ()
-                       ) -> tuple[PassResult, bool, list[Tried], str | None]:
+                       input_sets: dict[str, Sequence[np.ndarray]], target_batch: int, record: str,
+                       extra: Sequence[str] = ()) -> tuple[PassResult, bool, list[Tried], str | None]:
     """The conversion kept after timing the whole model (``sparse_speed.fit_whole_model``; ``extra``: the
     layers it may convert too, ``sparse_speed.step_saving_layers``),
     ``result`` being written to ``target`` already (``external``: its weights in external
-    data): the pass result at ``target``, whether its weights are external, what was timed,
+    data; ``record``: the metadata every candidate carries): the pass result at ``target``,
+    whether its weights are external, what was timed,
     and why nothing was (None when it was). A timing that fails leaves ``result`` as planned."""
     from sparsify.kernels import get_threads
     from sparsify.ortsession import ort_session
@@ -174,7 +178,7 @@ def _check_whole_model(result: PassResult, external: bool, dense: Target, target
 
     def write(plan: CsrPlan) -> None:
         model = rewrite_csr(onnx.load(str(dense.path), load_external_data=False), plan, dense.path.parent)
-        written["model"], written["external"] = model, _write(model, dense, target, external_data)
+        written["model"], written["external"] = model, _write(model, dense, target, external_data, record)
 
     def time_file(converted: int) -> Tried:
         return time_against_dense(dense_session, target.path, feeds, threads, converted)

@@ -38,6 +38,7 @@ class VerifyReport:
     atol: float
     rtol: float
     rows: list[OutputError]
+    reference: str = "the masked torch model"
 
     @property
     def ok(self) -> bool:
@@ -52,7 +53,7 @@ class VerifyReport:
         return max((r.max_rel for r in self.rows), default=0.0)
 
     def table(self) -> str:
-        head = f"verify {self.candidate} against the masked torch model (atol {self.atol:g}, rtol {self.rtol:g})"
+        head = f"verify {self.candidate} against {self.reference} (atol {self.atol:g}, rtol {self.rtol:g})"
         lines = [head, f"  {'inputs':<16} {'output':<12} {'shape':<16} {'max abs':>10} {'max rel':>10}  result"]
         for r in self.rows:
             lines.append(f"  {r.input_set:<16} {r.output:<12} {str(list(r.shape)):<16} {r.max_abs:>10.3e} "
@@ -60,7 +61,7 @@ class VerifyReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"candidate": self.candidate, "atol": self.atol, "rtol": self.rtol, "ok": self.ok,
+        return {"candidate": self.candidate, "reference": self.reference, "atol": self.atol, "rtol": self.rtol, "ok": self.ok,
                 "max_abs": self.max_abs, "max_rel": self.max_rel,
                 "rows": [dataclasses.asdict(r) for r in self.rows]}
 
@@ -68,7 +69,7 @@ class VerifyReport:
         if not self.ok:
             bad = [r for r in self.rows if not r.ok]
             raise VerificationError(
-                f"{self.candidate} does not match the reference within atol {self.atol:g} / rtol {self.rtol:g}: "
+                f"{self.candidate} does not match {self.reference} within atol {self.atol:g} / rtol {self.rtol:g}: "
                 + "; ".join(f"{r.output} on {r.input_set}: max abs {r.max_abs:.3e}, max rel {r.max_rel:.3e}" for r in bad)
                 + ".\n" + self.table())
 
@@ -114,11 +115,12 @@ def ort_runner(path: str | Path, threads: int = 1) -> tuple[Runner, list[str]]:
     return run, outputs
 
 
-def expected_outputs(reference: Runner, input_sets: dict[str, Sequence[np.ndarray]]) -> dict[str, list[np.ndarray]]:
+def expected_outputs(reference: Runner, input_sets: dict[str, Sequence[np.ndarray]],
+                     reference_name: str = "the masked torch model") -> dict[str, list[np.ndarray]]:
     """The reference's outputs on each named input set, computed once (the reference can then go)."""
     out = {}
     for name, inputs in input_sets.items():
-        with in_step("verification", f"the reference (masked torch model) on inputs '{name}' ({_shapes(inputs)})",
+        with in_step("verification", f"the reference ({reference_name}) on inputs '{name}' ({_shapes(inputs)})",
                      REFERENCE_HINT):
             out[name] = list(reference(inputs))
     return out
@@ -134,15 +136,17 @@ def _shapes(inputs: Sequence[np.ndarray]) -> str:
 def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Runner,
            input_sets: dict[str, Sequence[np.ndarray]], candidate_name: str,
            output_names: Sequence[str] | None = None,
-           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> VerifyReport:
-    """Compare every output of ``candidate`` with ``reference`` on each named input set.
+           atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+           reference_name: str = "the masked torch model") -> VerifyReport:
+    """Compare every output of ``candidate`` with ``reference`` (named ``reference_name`` in the
+    report) on each named input set.
 
     ``reference`` is a runner, or its outputs per input set (:func:`expected_outputs`).
     """
     rows: list[OutputError] = []
     for set_name, inputs in input_sets.items():
         shapes = _shapes(inputs)
-        with in_step("verification", f"the reference (masked torch model) on inputs '{set_name}' ({shapes})",
+        with in_step("verification", f"the reference ({reference_name}) on inputs '{set_name}' ({shapes})",
                      REFERENCE_HINT):
             expected = reference[set_name] if isinstance(reference, Mapping) else reference(inputs)
         with in_step("verification", f"{candidate_name} on inputs '{set_name}' ({shapes})",
@@ -155,4 +159,4 @@ def verify(reference: Runner | Mapping[str, Sequence[np.ndarray]], candidate: Ru
             name = output_names[i] if output_names and i < len(output_names) else f"output_{i}"
             max_abs, max_rel, ok = compare(np.asarray(e), np.asarray(a), atol, rtol)
             rows.append(OutputError(set_name, name, tuple(np.asarray(e).shape), max_abs, max_rel, ok))
-    return VerifyReport(candidate_name, atol, rtol, rows)
+    return VerifyReport(candidate_name, atol, rtol, rows, reference_name)

@@ -4,6 +4,7 @@ run a model file on .npy inputs (``--profile``: and print where the time goes)."
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,8 @@ def run_file(args: argparse.Namespace) -> int:
     if profile and repeat < 1:
         raise DataError(f"--repeat {repeat} should be a positive number of runs")
     session = Session(args.model, threads=args.threads, batch1=args.batch1, profile=profile)
+    if session.conversion_elsewhere:
+        print(f"sparsify run: note: {session.conversion}", file=sys.stderr)
     feeds = load_inputs(list(args.input), session)
     outputs = session.run(None, feeds)
     if profile:

@@ -14,6 +14,7 @@ import onnx
 
 from sparsify.errors import DataError
 from sparsify.ort_types import NUMPY_DTYPES, ort_type_string
+from sparsify.runtime.conversion_record import describe_record, host_differs, read_record
 from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition, whole_model_step
@@ -108,6 +109,11 @@ class Session:
         model = load_model(self.path)
         where = str(self.path)
         check_graph(model, where)
+        record = read_record(model)
+        #: Where the file's conversions were decided (None for files that do not say), and
+        #: whether that was timed on another CPU, kernel variant or thread count than this session's.
+        self.conversion = describe_record(record, self.threads)
+        self.conversion_elsewhere = host_differs(record, self.threads)
         inits = {i.name: i for i in model.graph.initializer}
         self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
                        if is_sparse_node(n)}
@@ -151,14 +157,16 @@ class Session:
         return list(self._outputs)
 
     def describe(self) -> list[str]:
-        """The kernels this host runs (variant, compile target, threading layer), the batch-1
-        kernel decisions timed at load (``calibrated: ...``), then one line per execution
-        step (sparse kernel, numpy glue or ORT segment)."""
+        """The kernels this host runs (variant, compile target, threading layer), where the
+        file's conversions were decided (``conversions: ...``, when the file says), the batch-1
+        kernel decisions timed at load (``calibrated: ...``), then one line per execution step
+        (sparse kernel, numpy glue or ORT segment)."""
         from sparsify.kernels import isa
         from sparsify.kernels.threads import threading_layer
 
         head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
-        return [head] + [f"calibrated: {line}" for line in self.batch1_timings] + describe(self.steps)
+        return ([head] + ([self.conversion] if self.conversion else [])
+                + [f"calibrated: {line}" for line in self.batch1_timings] + describe(self.steps))
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""

@@ -70,7 +70,7 @@ def test_runtime_mismatch_against_ort_fails_and_writes_nothing(digits_cnn_run, t
     real_run = Session.run
     monkeypatch.setattr(Session, "run", lambda self, names, feeds: [y + 1e-3 for y in real_run(self, names, feeds)])
     out = tmp_path / "m.onnx"
-    with pytest.raises(VerificationError, match="sparse runtime vs dense ONNX in ONNX Runtime"):
+    with pytest.raises(VerificationError, match="the sparse runtime does not match the dense export in ONNX Runtime"):
         export_model(digits_cnn_run / "pruned", out, mode="sparse", density_threshold=1.0)
     assert list(tmp_path.iterdir()) == []
 

@@ -143,8 +143,8 @@ def test_an_inline_candidate_leaves_no_data_file_of_an_earlier_one(tmp_path):
     dense = Target(tmp_path / "dense" / "dense.onnx", "dense.onnx.data")
     dense.path.parent.mkdir()
     target = Target(tmp_path / "out.onnx", "out.onnx.data")
-    assert _write(model(), dense, target, "always") and target.data_path.is_file()
-    assert not _write(model(), dense, target, "never") and not target.data_path.exists()
+    assert _write(model(), dense, target, "always", "{}") and target.data_path.is_file()
+    assert not _write(model(), dense, target, "never", "{}") and not target.data_path.exists()
     onnx.checker.check_model(str(target.path))
 
 

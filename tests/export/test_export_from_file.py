@@ -1,0 +1,163 @@
+"""``sparsify export FILE.onnx``: a sparse file lowered to standard ONNX, or its layers decided
+again on this host, verified against the file; and the conversion host the file records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from sparsify.api import export_model
+from sparsify.cli import main
+from sparsify.errors import ExportError, VerificationError
+from sparsify.export import from_file
+from sparsify.kernels import get_threads, isa, set_threads
+from sparsify.machine import cpu_model
+from sparsify.runtime import Session
+from sparsify.runtime.conversion_record import CONVERSION_METADATA, describe_record, host_differs, read_record
+from sparsify.sparse_ops import DOMAIN
+from tests.helpers import assert_close
+
+
+@pytest.fixture(scope="module")
+def sparse_file(digits_cnn_run, tmp_path_factory):
+    """The pruned digits-cnn exported sparse with every layer converted."""
+    out = tmp_path_factory.mktemp("from_file") / "cnn_sparse.onnx"
+    export_model(digits_cnn_run / "pruned", out, mode="sparse", density_threshold=1.0)
+    return out
+
+
+def outputs(path, x, threads=1):
+    session = Session(path, threads=threads)
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def sparse_ops(path) -> int:
+    return sum(n.domain == DOMAIN for n in onnx.load(str(path)).graph.node)
+
+
+def test_dense_mode_lowers_every_sparse_op_and_runs_in_ort(sparse_file, tmp_path):
+    import onnxruntime as ort
+
+    out = tmp_path / "dense.onnx"
+    path, report, summary = export_model(sparse_file, out, mode="dense")
+    assert path == out and report.ok and report.max_abs <= 1e-5
+    assert report.reference == "cnn_sparse.onnx in the sparse runtime"
+    assert {r.input_set for r in report.rows} == {"random b1", "random b3"}
+    assert summary["lowered"] == 7 and sparse_ops(out) == 0
+    meta = {p.key for p in onnx.load(str(out)).metadata_props}
+    assert "sparsify.inputs" in meta and CONVERSION_METADATA not in meta
+    x = np.random.default_rng(5).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert_close(sess.run(None, {sess.get_inputs()[0].name: x})[0], outputs(sparse_file, x))
+
+
+def test_sparse_mode_converts_again_and_records_how(sparse_file, tmp_path):
+    out = tmp_path / "again.onnx"
+    _, report, summary = export_model(sparse_file, out, mode="sparse", density_threshold=1.0)
+    assert report.ok and report.max_abs <= 1e-5
+    assert len(summary["converted"]) == 7 and sparse_ops(out) == 7
+    record = read_record(onnx.load(str(out)))
+    assert record["decided_by"] == "density threshold" and record["density_threshold"] == 1.0
+    assert record["cpu"] == cpu_model() and record["kernel_variant"] == isa.VARIANT
+    x = np.random.default_rng(6).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    assert_close(outputs(out, x), outputs(sparse_file, x))
+    # The fixed rules (calibration is off in the tests) keep some layers of the file dense.
+    _, _, summary = export_model(sparse_file, tmp_path / "rules.onnx", mode="sparse")
+    assert read_record(onnx.load(str(tmp_path / "rules.onnx")))["decided_by"] == "fixed rules"
+    assert sparse_ops(tmp_path / "rules.onnx") == len(summary["converted"])
+
+
+def test_the_callers_thread_count_survives_an_export(sparse_file, tmp_path):
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 threads")
+    before = get_threads()
+    try:
+        set_threads(2)
+        export_model(sparse_file, tmp_path / "a.onnx", mode="sparse", density_threshold=1.0)
+        assert get_threads() == 2
+    finally:
+        set_threads(before)
+
+
+def test_a_mismatch_writes_nothing(sparse_file, tmp_path, monkeypatch):
+    real = from_file.ort_runner
+
+    def off(path, threads=1):
+        run, names = real(path, threads)
+        return (lambda xs: [y + 1e-3 for y in run(xs)]), names
+
+    monkeypatch.setattr(from_file, "ort_runner", off)
+    with pytest.raises(VerificationError, match=r"dense.onnx \(dense\) does not match cnn_sparse.onnx"):
+        export_model(sparse_file, tmp_path / "dense.onnx", mode="dense")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "slim"], "--mode slim removes pruned channels by a run's masks"),
+    (["--mode", "dense", "--target-batch", "4"], "--target-batch applies to --mode sparse only"),
+    (["--mode", "sparse", "--opset", "17"], "--opset applies to run directories"),
+    (["--mode", "slim", "--format", "torch"], "--format torch needs a run directory"),
+])
+def test_cli_refuses_what_a_file_cannot_do(sparse_file, tmp_path, capsys, args, message):
+    assert main(["export", str(sparse_file), *args, "-o", str(tmp_path / "x.onnx")]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_missing_onnx_file(tmp_path, capsys):
+    with pytest.raises(ExportError, match="expected a run directory or an ONNX file"):
+        export_model(tmp_path / "none.onnx", tmp_path / "x.onnx", mode="dense")
+    assert main(["export", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "none.onnx does not exist" in capsys.readouterr().err
+
+
+def _with_record(src, dest, **record):
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[CONVERSION_METADATA] = json.dumps(record)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(dest))
+    return dest
+
+
+def test_a_file_timed_on_another_host_says_so(sparse_file, tmp_path, capsys):
+    here = dict(cpu=cpu_model(), kernel_variant=isa.VARIANT, threads=1, target_batch=1, decided_by="timed")
+    same = _with_record(sparse_file, tmp_path / "same.onnx", **here)
+    session = Session(same, threads=1)
+    assert not session.conversion_elsewhere
+    assert session.conversion == (f"conversions: timed on {cpu_model()} ({isa.VARIANT} kernels, 1 thread(s)) "
+                                  "at batch 1, as here")
+    assert session.conversion in session.describe()
+    other = _with_record(sparse_file, tmp_path / "other.onnx", **{**here, "cpu": "Other CPU", "kernel_variant": "avx2"})
+    session = Session(other, threads=1)
+    assert session.conversion_elsewhere
+    assert f"here: CPU {cpu_model()}, {isa.VARIANT} kernels, where other layers may win" in session.conversion
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    capsys.readouterr()
+    assert main(["run", str(other), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    err = capsys.readouterr().err
+    assert "timed on Other CPU (avx2 kernels, 1 thread(s))" in err and "--mode sparse" in err
+    assert main(["run", str(same), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["inspect", str(other)]) == 0
+    assert "note: conversions: timed on Other CPU" in capsys.readouterr().out
+
+
+def test_records_that_are_not_timed_or_not_readable():
+    assert describe_record(None, 1) is None and not host_differs(None, 1)
+    rules = {"decided_by": "fixed rules", "cpu": "Other CPU"}
+    assert describe_record(rules, 1) == "conversions: by the fixed density rules, not timed on a host"
+    assert not host_differs(rules, 1)
+    threshold = {"decided_by": "density threshold", "density_threshold": 0.3}
+    assert describe_record(threshold, 2) == "conversions: by density threshold 0.3, not timed on a host"
+    timed = {"decided_by": "timed", "cpu": cpu_model(), "kernel_variant": isa.VARIANT, "threads": 2}
+    assert not host_differs(timed, 2) and host_differs(timed, 1)
+    assert "here: 1 thread(s)," in describe_record(timed, 1)
+    model = onnx.ModelProto()
+    onnx.helper.set_model_props(model, {CONVERSION_METADATA: "{not json"})
+    assert read_record(model) is None
