@@ -15,6 +15,7 @@ import sys
 
 from sparsify.bench.backends import available_backends
 from sparsify.bench.harness import bench
+from sparsify.runtime.conversion_record import describe_record, host_differs
 from sparsify.trust import CodeTrust, add_trust_option
 
 
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.table())
     for model in result.models:
+        if host_differs(model.conversion, max(result.config["threads"])):
+            print(f"note: {model.label}: {describe_record(model.conversion, max(result.config['threads']))}",
+                  file=sys.stderr)
         if model.memory and model.memory.get("error"):
             print(f"note: peak memory of {model.label} not measured: {model.memory['error']}", file=sys.stderr)
     written = []

@@ -134,8 +134,8 @@ def bench(
     finally:
         bar.close()
 
-    infos = [ModelInfo(os.fspath(m), labels[i], chosen[i], files[i].kind, sizes[i], specs[i], mem[i])
-             for i, m in enumerate(models)]
+    infos = [ModelInfo(os.fspath(m), labels[i], chosen[i], files[i].kind, sizes[i], specs[i], mem[i],
+                       files[i].conversion) for i, m in enumerate(models)]
     records = []
     for b in batches:
         for t in threads:
@@ -153,4 +153,6 @@ def bench(
         "memory": memory, "seed": seed, "interleaved": True,
         "percentiles": "numpy linear interpolation", "inputs": INPUTS_DOC,
     }
-    return BenchResult(machine_info(), config, infos, records)
+    from sparsify.kernels import isa
+
+    return BenchResult({**machine_info(), "isa": isa.host_isa()}, config, infos, records)

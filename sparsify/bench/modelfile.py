@@ -32,6 +32,7 @@ class ModelFile:
     kind: str
     domains: frozenset[str] = frozenset()
     external_files: tuple[Path, ...] = ()
+    conversion: dict | None = None  # where a sparse export's layers were decided (runtime.conversion_record)
 
     @property
     def uses_sparsify_ops(self) -> bool:
@@ -76,7 +77,9 @@ def check_model_path(path: str | os.PathLike) -> ModelFile:
         return ModelFile(p, "run")
     model = load_onnx(p)
     check_external_data(model, p)  # the backends load it themselves: check its entries first
-    return ModelFile(p, "onnx", op_domains(model), external_data_files(model, p.parent))
+    from sparsify.runtime.conversion_record import read_record
+
+    return ModelFile(p, "onnx", op_domains(model), external_data_files(model, p.parent), read_record(model))
 
 
 def external_data_files(model: onnx.ModelProto, base: Path) -> tuple[Path, ...]:

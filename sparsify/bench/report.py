@@ -67,6 +67,7 @@ class ModelInfo:
     file_bytes: int
     input_specs: list[dict[str, Any]] = field(default_factory=list)
     memory: dict[str, Any] | None = None
+    conversion: dict[str, Any] | None = None  # a sparse export's record of where its layers were decided
 
     @property
     def peak_mib(self) -> float | None:
@@ -78,7 +79,7 @@ class ModelInfo:
         return {
             "model": self.model, "label": self.label, "backend": self.backend, "kind": self.kind,
             "file_bytes": self.file_bytes, "file_mib": self.file_bytes / MIB,
-            "input_specs": self.input_specs, "memory": self.memory,
+            "input_specs": self.input_specs, "memory": self.memory, "conversion": self.conversion,
         }
 
 
@@ -182,7 +183,7 @@ class BenchResult:
             raise ValueError(f"benchmark document has schema {doc.get('schema')!r}; expected {SCHEMA!r}")
         models = [
             ModelInfo(m["model"], m["label"], m["backend"], m["kind"], m["file_bytes"],
-                      m.get("input_specs", []), m.get("memory"))
+                      m.get("input_specs", []), m.get("memory"), m.get("conversion"))
             for m in doc["models"]
         ]
         return cls(doc["machine"], doc["config"], models, [Record.from_dict(r) for r in doc["results"]])
@@ -214,7 +215,9 @@ class BenchResult:
         align = "| " + " | ".join(":---" if i in _LEFT else "---:" for i in range(len(HEADERS))) + " |"
         body = ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows()]
         cores = self.machine.get("logical_cores")
-        caption = (f"Measured on {self.machine.get('cpu', 'unknown CPU')} ({cores} logical cores); "
+        variant = (self.machine.get("isa") or {}).get("kernel_variant")
+        kernels = f", sparsify's {variant} kernels" if variant else ""
+        caption = (f"Measured on {self.machine.get('cpu', 'unknown CPU')} ({cores} logical cores{kernels}); "
                    "latency percentiles over interleaved runs, spread = ±IQR/2 relative to p50, "
                    "speedup vs the first model at the same batch and threads, peak MiB = extra "
                    "resident memory of loading and running the model in a fresh process.")

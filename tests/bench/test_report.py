@@ -26,6 +26,9 @@ def test_json_has_schema_machine_config_and_results(result: BenchResult, tmp_pat
     assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["python"].count(".") == 2
     assert set(machine["packages"]) >= {"numpy", "torch", "onnxruntime", "numba"}
     assert machine["packages"]["numpy"] is not None
+    from sparsify.kernels import isa
+    assert machine["isa"]["kernel_variant"] == isa.VARIANT and machine["isa"]["target"]
+    assert [m["conversion"] for m in doc["models"]] == [None, None]  # files that record none
     assert doc["config"]["batches"] == [1, 8] and doc["config"]["repeat"] == 3
     assert [m["label"] for m in doc["models"]] == ["matmul.onnx", "add.onnx"]
     assert len(doc["results"]) == 4
@@ -53,6 +56,8 @@ def test_table_and_markdown_list_every_model_and_point(result: BenchResult):
     assert md[0].startswith("| model | backend |") and md[1].startswith("| :--- |")
     assert sum("| matmul.onnx |" in line for line in md) == 2 and sum("| add.onnx |" in line for line in md) == 2
     assert cpu_model() in result.markdown()
+    from sparsify.kernels import isa
+    assert f"sparsify's {isa.VARIANT} kernels" in result.markdown()
 
 
 def test_plot_writes_a_png(result: BenchResult, tmp_path: Path):

@@ -146,6 +146,13 @@ def test_a_file_timed_on_another_host_says_so(sparse_file, tmp_path, capsys):
     assert capsys.readouterr().err == ""
     assert main(["inspect", str(other)]) == 0
     assert "note: conversions: timed on Other CPU" in capsys.readouterr().out
+    out = tmp_path / "b.json"
+    assert main(["bench", str(same), str(other), "--repeat", "2", "--warmup", "0", "--threads", "1",
+                 "--no-memory", "--no-progress", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: other.onnx: conversions: timed on Other CPU" in err and "same.onnx" not in err
+    doc = json.loads(out.read_text())
+    assert [m["conversion"]["cpu"] for m in doc["models"]] == [cpu_model(), "Other CPU"]
 
 
 def test_records_that_are_not_timed_or_not_readable():
