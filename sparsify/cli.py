@@ -198,8 +198,8 @@ def _finetune_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _export_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory, or an ONNX file sparsify exported: --mode dense lowers its sparse "
-                               "ops to standard ONNX, --mode sparse decides its layers again on this host")
+    p.add_argument("run", help="run directory, or an ONNX file: --mode dense lowers sparsify's sparse ops to "
+                               "standard ONNX, --mode sparse decides its layers (again) on this host")
     add_flags(p, ExportOptions)
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
     add_trust_option(p)

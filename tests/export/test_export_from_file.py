@@ -168,3 +168,31 @@ def test_records_that_are_not_timed_or_not_readable():
     model = onnx.ModelProto()
     onnx.helper.set_model_props(model, {CONVERSION_METADATA: "{not json"})
     assert read_record(model) is None
+
+
+def test_a_dense_onnx_file_from_elsewhere_converts(tmp_path):
+    from tests import models
+
+    _, path = models.export("cnn", tmp_path / "cnn.onnx")  # pruned in torch, exported without sparsify's metadata
+    assert not {p.key for p in onnx.load(str(path)).metadata_props}
+    _, report, summary = export_model(path, tmp_path / "s.onnx", mode="sparse", density_threshold=1.0)
+    assert report.ok and report.reference == "cnn.onnx in the sparse runtime"
+    assert len(summary["converted"]) == sparse_ops(tmp_path / "s.onnx") == 5
+    x = models.inputs("cnn", 2, seed=4)
+    assert_close(outputs(tmp_path / "s.onnx", x), outputs(path, x))
+
+
+def test_a_fixed_batch_file_is_verified_at_its_batch(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    w[np.random.default_rng(1).random(w.shape) < 0.9] = 0
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                              [numpy_helper.from_array(w, "w")])
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    _, report, summary = export_model(path, tmp_path / "s.onnx", mode="sparse", density_threshold=1.0)
+    assert {r.input_set for r in report.rows} == {"random b1"} and report.ok
+    assert sparse_ops(tmp_path / "s.onnx") == 1
