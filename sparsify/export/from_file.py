@@ -24,7 +24,7 @@ from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes, use_exte
 from sparsify.export.options import SPARSE_ONLY
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify as verify_outputs
 from sparsify.progress import LARGE_BYTES, bar
-from sparsify.runtime.conversion_record import CONVERSION_METADATA
+from sparsify.runtime.conversion_record import CONVERSION_METADATA, read_record
 
 #: Batches of the seeded random verification inputs (the batch axis permitting).
 VERIFY_BATCHES = (1, 3)
@@ -47,18 +47,19 @@ def file_input_sets(session, path: Path) -> dict[str, list[np.ndarray]]:
     return sets
 
 
-def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int]:
+def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int, dict[str, Any] | None]:
     """The model at ``source`` with its sparse ops lowered and its conversion record dropped,
-    and how many sparse ops it held."""
+    how many sparse ops it held, and that record (None when it has none)."""
     from sparsify.onnxfile import load_onnx
     from sparsify.passes.densify import densify, sparse_node_labels
 
     model = load_onnx(source)
     lowered = len(sparse_node_labels(model))
+    record = read_record(model)
     dense = densify(model, base_dir=source.parent, where=where)
     props = {p.key: p.value for p in dense.metadata_props if p.key != CONVERSION_METADATA}
     onnx.helper.set_model_props(dense, props)
-    return dense, lowered
+    return dense, lowered, record
 
 
 def _write_dense(model: onnx.ModelProto, base_dir: Path, target: Target, external: bool) -> None:
@@ -89,7 +90,8 @@ def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dens
                 **options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Write the ONNX file ``source`` to ``out`` again: ``mode`` dense lowers its sparse ops to
     standard ones, sparse re-decides which layers to convert on this host (``options``:
-    ``density_threshold``, ``target_batch``, as for a run). Returns (path, verification report,
+    ``density_threshold``, ``target_batch``, as for a run; the target batch defaults to the one
+    the file records). Returns (path, verification report,
     summary) like ``pipeline.export_run``; ``out`` appears only once verified against
     ``source`` (unless ``verify`` is off; a sparse export is always checked against its dense
     model in ONNX Runtime)."""
@@ -116,7 +118,10 @@ def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dens
     subject = f"{source.name} (an ONNX file)"
     hint = "re-run with 'sparsify --debug' for the traceback, or export the run directory the file came from"
     with kept_threads(), atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
-        model, summary["lowered"] = _densified(source, where)
+        model, summary["lowered"], record = _densified(source, where)
+        recorded_batch = (record or {}).get("target_batch")
+        if mode == "sparse" and "target_batch" not in options and isinstance(recorded_batch, int) and recorded_batch > 1:
+            options["target_batch"] = recorded_batch  # the batch the file was exported for, unless told otherwise
         if mode == "dense":
             external = use_external_data(weight_bytes(model), external_data, "the dense model")
             _write_dense(model, source.parent, target, external)

@@ -196,3 +196,12 @@ def test_a_fixed_batch_file_is_verified_at_its_batch(tmp_path):
     _, report, summary = export_model(path, tmp_path / "s.onnx", mode="sparse", density_threshold=1.0)
     assert {r.input_set for r in report.rows} == {"random b1"} and report.ok
     assert sparse_ops(tmp_path / "s.onnx") == 1
+
+
+def test_the_recorded_target_batch_carries_over(sparse_file, tmp_path):
+    src = _with_record(sparse_file, tmp_path / "b8.onnx", cpu="Other CPU", kernel_variant="avx2", threads=2,
+                       target_batch=8, decided_by="timed")
+    _, _, summary = export_model(src, tmp_path / "again.onnx", mode="sparse")
+    assert summary["target_batch"] == 8 and read_record(onnx.load(str(tmp_path / "again.onnx")))["target_batch"] == 8
+    _, _, summary = export_model(src, tmp_path / "b2.onnx", mode="sparse", target_batch=2)
+    assert summary["target_batch"] == 2
