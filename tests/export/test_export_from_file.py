@@ -205,3 +205,18 @@ def test_the_recorded_target_batch_carries_over(sparse_file, tmp_path):
     assert summary["target_batch"] == 8 and read_record(onnx.load(str(tmp_path / "again.onnx")))["target_batch"] == 8
     _, _, summary = export_model(src, tmp_path / "b2.onnx", mode="sparse", target_batch=2)
     assert summary["target_batch"] == 2
+
+
+def test_a_file_with_external_data_exports_again(digits_cnn_run, tmp_path):
+    src = tmp_path / "ext.onnx"
+    export_model(digits_cnn_run / "pruned", src, mode="sparse", density_threshold=0.3, external_data="always")
+    assert (tmp_path / "ext.onnx.data").is_file()
+    kept_dense = 7 - sparse_ops(src)
+    assert kept_dense > 0  # so that dense weights are read from the data file too
+    for mode, data in (("dense", "always"), ("sparse", "never")):
+        out = tmp_path / f"{mode}.onnx"
+        _, report, _ = export_model(src, out, mode=mode, external_data=data, **({"density_threshold": 1.0}
+                                                                                 if mode == "sparse" else {}))
+        assert report.ok and (tmp_path / f"{mode}.onnx.data").is_file() == (data == "always")
+    x = np.random.default_rng(8).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    assert_close(outputs(tmp_path / "sparse.onnx", x), outputs(src, x))
