@@ -37,7 +37,7 @@ def forms(layers) -> list[str]:
             out.append("CSR")
         else:
             out.append(("compact" if layer.ell.compact else "padded")
-                       + (", prefetched" if layer._ell_call.prefetch else ""))
+                       + (", prefetched" if layer.batch1_prefetched else ""))
     return out
 
 

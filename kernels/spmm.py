@@ -257,6 +257,13 @@ class SparseLinear:
                 f"{'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
                 f"{', prefetched' if call.prefetch else ''}{threads}")
 
+    @property
+    def batch1_prefetched(self) -> bool:
+        """Whether batch-1 calls stream the sliced-ELL layout with software prefetches (False
+        on the CSR kernel)."""
+        call = self._ell_call
+        return call is not None and bool(call.prefetch)
+
     def set_batch1_serial(self, serial: bool | None) -> None:
         """Run batch-1 calls on one thread (True) or on all of them (False); None leaves
         it to the SERIAL_WORK rule (the default). Larger batches keep the rule."""
@@ -435,7 +442,7 @@ def fit_batch1_layouts(layers: list["SparseLinear"], budget: int | None = None) 
                 kept -= 1
     streamed = total > ell.stream_budget()
     for layer in layers:
-        if layer.ell is not None and bool(layer._ell_call.prefetch) != streamed:
+        if layer.ell is not None and layer.batch1_prefetched != streamed:
             layer.set_batch1_layout(layer.ell, prefetch=streamed)
     return kept
 

@@ -139,7 +139,7 @@ def _choose_batch1_threads(layer, cal: "Calibrator", threads: int) -> list[str]:
 
 def _batch1_form(layer) -> tuple | None:
     """The layout and prefetch setting a SparseLinear runs at batch 1 (None: the CSR kernel)."""
-    return None if layer.ell is None else (layer.ell, bool(layer._ell_call.prefetch))
+    return None if layer.ell is None else (layer.ell, layer.batch1_prefetched)
 
 
 def _keep_layout_if_faster(layer, cal: "Calibrator", note: str = "") -> list[str]:
@@ -170,7 +170,7 @@ def choose_working_set(layers: list, cal: "Calibrator") -> list[str]:
     running = [layer for layer in layers if layer.ell is not None]
     if not running:
         return []
-    sized = [(layer.ell, bool(layer._ell_call.prefetch)) for layer in running]
+    sized = [(layer.ell, layer.batch1_prefetched) for layer in running]
     key = "batch1 set " + hashlib.sha256(json.dumps(
         [[*layer.weight.shape, int(layer.weight.nnz), layout.geometry.variant, layout.compact, int(layout.nbytes),
           prefetch] for layer, (layout, prefetch) in zip(running, sized)]).encode()).hexdigest()[:16]
@@ -460,7 +460,7 @@ class Calibrator:
         layout = layer.ell
         if layout is None:
             return None
-        prefetch = bool(layer._ell_call.prefetch)
+        prefetch = layer.batch1_prefetched
         form = (f"{layout.geometry.variant} {'compact' if layout.compact else 'padded'}"
                 f"{' prefetched' if prefetch else ''}")
         out_f, in_f = layer.weight.shape

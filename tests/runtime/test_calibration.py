@@ -164,14 +164,14 @@ def test_working_set_keeps_the_fastest_forms_and_recalls_them(cache, monkeypatch
     # Fewer bytes and prefetches win here: every layer compact and prefetched is fastest.
     calls: list[int] = []
     monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
-        lambda: 1.0 - sum(0.1 * l.ell.compact + 0.05 * bool(l._ell_call.prefetch) for l in layers), calls))
+        lambda: 1.0 - sum(0.1 * l.ell.compact + 0.05 * l.batch1_prefetched for l in layers), calls))
     cal = calibrate.Calibrator(1)
     lines = calibrate.choose_working_set(layers, cal)
     cal.save()
     # As sized (padded, not prefetched) and 3 layers x {0, 1, 2, 3} compact x prefetch or
     # not, less the one configuration equal to the sized one.
     assert calls == [8] and lines[0].endswith("-> all compact, prefetched"), (calls, lines)
-    assert all(l.ell.compact and l._ell_call.prefetch for l in layers)
+    assert all(l.ell.compact and l.batch1_prefetched for l in layers)
     x = np.random.default_rng(7).standard_normal(128).astype(np.float32)
     for layer, w in zip(layers, weights):
         np.testing.assert_allclose(layer(x), w.astype(np.float64) @ x, rtol=1e-5, atol=1e-5)
@@ -180,7 +180,7 @@ def test_working_set_keeps_the_fastest_forms_and_recalls_them(cache, monkeypatch
     _, again = _ell_layers(np.random.default_rng(6), 3)
     lines = calibrate.choose_working_set(again, calibrate.Calibrator(1))
     assert calls == [] and lines[0].endswith("-> all compact, prefetched, cached"), lines
-    assert all(l.ell.compact and l._ell_call.prefetch for l in again)
+    assert all(l.ell.compact and l.batch1_prefetched for l in again)
 
 
 def test_a_form_switched_together_is_timed_again_against_the_csr_kernel(cache, monkeypatch):
@@ -213,14 +213,14 @@ def test_working_set_keeps_the_sized_forms_within_the_margin(cache, monkeypatch)
     from sparsify.kernels import ell
 
     _, layers = _ell_layers(np.random.default_rng(8), 2)
-    sized = [(l.ell, l._ell_call.prefetch) for l in layers]
+    sized = [(l.ell, l.batch1_prefetched) for l in layers]
     monkeypatch.setattr(ell, "cache_budget", lambda: 0)
     gain = 0.5 * calibrate.WORKING_SET_MARGIN  # compact saves less than the margin
     monkeypatch.setattr(calibrate, "time_configurations", _scored_timer(
         lambda: 1.0 - gain * sum(l.ell.compact for l in layers), []))
     lines = calibrate.choose_working_set(layers, calibrate.Calibrator(1))
     assert lines[0].endswith("-> as sized") and "best all compact" in lines[0], lines
-    assert [(l.ell, l._ell_call.prefetch) for l in layers] == sized  # the very layouts, not copies
+    assert [(l.ell, l.batch1_prefetched) for l in layers] == sized  # the very layouts, not copies
 
 
 def test_working_set_within_the_cache_is_not_timed(cache, monkeypatch):
@@ -285,7 +285,7 @@ def test_working_set_that_cannot_be_timed_keeps_the_sized_forms(cache, monkeypat
     from sparsify.kernels import ell
 
     _, layers = _ell_layers(np.random.default_rng(10), 2)
-    sized = [(l.ell, l._ell_call.prefetch) for l in layers]
+    sized = [(l.ell, l.batch1_prefetched) for l in layers]
     monkeypatch.setattr(ell, "cache_budget", lambda: 0)
 
     def fail(setups, call, budget_s=calibrate.BUDGET_S):
@@ -295,7 +295,7 @@ def test_working_set_that_cannot_be_timed_keeps_the_sized_forms(cache, monkeypat
     cal = calibrate.Calibrator(1)
     lines = calibrate.choose_working_set(layers, cal)
     assert lines == ["batch-1 layouts together: not timed (MemoryError: no room for the compact forms); as sized"]
-    assert [(l.ell, l._ell_call.prefetch) for l in layers] == sized and cal.keys == []
+    assert [(l.ell, l.batch1_prefetched) for l in layers] == sized and cal.keys == []
 
 
 def test_batch1_threads_are_timed_near_the_serial_rule_only(cache, monkeypatch):
