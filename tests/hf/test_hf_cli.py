@@ -53,6 +53,12 @@ def test_prune_finetune_export_bench(hf_dirs, tmp_path, capsys, name, no_model_s
     kept = [ln for ln in out.splitlines() if "kept dense" in ln and "not an initializer" not in ln]
     assert not kept, kept  # every Linear / Conv1D with a weight converts
     assert "MISMATCH" not in out
+    # The file exported again from itself (token ids and masks from the specs it records).
+    out = _ok(["export", f"{r}/sparse.onnx", "--mode", "sparse", "--density-threshold", "1.0",
+               "-o", f"{r}/again.onnx"], capsys)
+    assert "against sparse.onnx in the sparse runtime" in out and "MISMATCH" not in out
+    assert sum(n.domain == "ai.sparsify" for n in onnx.load(f"{r}/again.onnx").graph.node) == \
+        sum(n.domain == "ai.sparsify" for n in onnx.load(f"{r}/sparse.onnx").graph.node)
     out = _ok(["bench", f"{r}/slim.onnx", f"{r}/sparse.onnx", "--batch", "1,2", "--repeat", "2", "--warmup", "1",
                "--no-memory", "--no-progress", "--json", f"{r}/bench.json"], capsys)
     result = json.loads((tmp_path / "bench.json").read_text())
