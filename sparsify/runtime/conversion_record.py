@@ -13,6 +13,8 @@ from typing import Any
 
 import onnx
 
+from sparsify.limits import human_bytes
+
 CONVERSION_METADATA = "sparsify.conversion"
 
 
@@ -20,12 +22,9 @@ def conversion_record(threads: int, target_batch: int, density_threshold: float 
     """The JSON text recorded in a sparse export: the host (CPU model, kernel variant), threads
     and batch its layers were decided for, and how (``timed`` on this host, else by a density
     threshold, the given one or the fixed rules')."""
-    from sparsify.kernels import isa
-    from sparsify.machine import cpu_model
-
     how = "timed" if timed else ("density threshold" if density_threshold is not None else "fixed rules")
-    record: dict[str, Any] = {"cpu": cpu_model(), "kernel_variant": isa.VARIANT, "threads": int(threads),
-                              "target_batch": int(target_batch), "decided_by": how}
+    record: dict[str, Any] = {**_host(), "threads": int(threads), "target_batch": int(target_batch),
+                              "decided_by": how}
     if density_threshold is not None:
         record["density_threshold"] = float(density_threshold)
     return json.dumps(record, sort_keys=True)
@@ -41,14 +40,26 @@ def read_record(model: onnx.ModelProto) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _differences(record: dict[str, Any], threads: int) -> list[str]:
-    """What of a timed record this host and thread count do not match, for people."""
-    from sparsify.kernels import isa
+def _host() -> dict[str, Any]:
+    """What identifies the host's speed beyond the thread count: CPU model name, LLVM's name
+    for the core (one model name can cover several generations), kernel variant, L3 size."""
+    from sparsify.kernels import ell, isa
     from sparsify.machine import cpu_model
 
-    here = {"cpu": (cpu_model(), "CPU {}"), "kernel_variant": (isa.VARIANT, "{} kernels"),
-            "threads": (int(threads), "{} thread(s)")}
-    return [text.format(value) for key, (value, text) in here.items() if record.get(key) != value]
+    return {"cpu": cpu_model(), "host_cpu": str(isa.host_isa()["host_cpu"]), "kernel_variant": isa.VARIANT,
+            "l3_bytes": ell.cache_bytes(3, 0)}
+
+
+_DESCRIBE = {"cpu": "CPU {}", "host_cpu": "{} cores", "kernel_variant": "{} kernels", "l3_bytes": "{} L3",
+             "threads": "{} thread(s)"}
+
+
+def _differences(record: dict[str, Any], threads: int) -> list[str]:
+    """What of a timed record this host and thread count do not match, for people (keys the
+    record lacks are not compared)."""
+    here = {**_host(), "threads": int(threads)}
+    return [_DESCRIBE[key].format(human_bytes(value) if key == "l3_bytes" else value)
+            for key, value in here.items() if key in record and record[key] != value]
 
 
 def host_differs(record: dict[str, Any] | None, threads: int) -> bool:
@@ -66,8 +77,12 @@ def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
         rule = (f"density threshold {record.get('density_threshold')}" if how == "density threshold"
                 else "the fixed density rules")
         return f"conversions: by {rule}, not timed on a host"
-    line = (f"conversions: timed on {record.get('cpu')} ({record.get('kernel_variant')} kernels, "
-            f"{record.get('threads')} thread(s)) at batch {record.get('target_batch')}")
+    parts = [str(record["host_cpu"])] if "host_cpu" in record else []
+    parts.append(f"{record.get('kernel_variant')} kernels")
+    if isinstance(record.get("l3_bytes"), int) and record["l3_bytes"] > 0:
+        parts.append(f"{human_bytes(record['l3_bytes'])} L3")
+    parts.append(f"{record.get('threads')} thread(s)")
+    line = f"conversions: timed on {record.get('cpu')} ({', '.join(parts)}) at batch {record.get('target_batch')}"
     differs = _differences(record, threads)
     if not differs:
         return line + ", as here"

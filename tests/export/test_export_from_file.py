@@ -162,6 +162,13 @@ def test_records_that_are_not_timed_or_not_readable():
     assert not host_differs(rules, 1)
     threshold = {"decided_by": "density threshold", "density_threshold": 0.3}
     assert describe_record(threshold, 2) == "conversions: by density threshold 0.3, not timed on a host"
+    from sparsify.runtime.conversion_record import conversion_record
+    here = json.loads(conversion_record(2, 1, None, True))
+    assert set(here) >= {"cpu", "host_cpu", "kernel_variant", "l3_bytes", "threads", "target_batch"}
+    assert not host_differs(here, 2)
+    older = {**here, "host_cpu": "znver2"}  # one model name ("AMD EPYC") over two core generations
+    assert host_differs(older, 2) and "here: " + str(here["host_cpu"]) + " cores" in describe_record(older, 2)
+    assert describe_record(here, 2).startswith(f"conversions: timed on {here['cpu']} ({here['host_cpu']}, ")
     timed = {"decided_by": "timed", "cpu": cpu_model(), "kernel_variant": isa.VARIANT, "threads": 2}
     assert not host_differs(timed, 2) and host_differs(timed, 1)
     assert "here: 1 thread(s)," in describe_record(timed, 1)
