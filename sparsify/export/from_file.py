@@ -25,6 +25,7 @@ from sparsify.export.options import SPARSE_ONLY
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify as verify_outputs
 from sparsify.progress import LARGE_BYTES, bar
 from sparsify.runtime.conversion_record import CONVERSION_METADATA, read_record
+from sparsify.sparse_ops import DOMAIN
 
 #: Batches of the seeded random verification inputs (the batch axis permitting).
 VERIFY_BATCHES = (1, 3)
@@ -56,10 +57,19 @@ def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int, dict[str
     model = load_onnx(source)
     lowered = len(sparse_node_labels(model))
     record = read_record(model)
-    dense = densify(model, base_dir=source.parent, where=where)
+    weights = sum(_dense_bytes(n) for n in model.graph.node if n.domain == DOMAIN)
+    with bar(weights, "lower sparse ops", large=weights >= LARGE_BYTES) as shown:
+        dense = densify(model, base_dir=source.parent, where=where, progress=shown.update)
     props = {p.key: p.value for p in dense.metadata_props if p.key != CONVERSION_METADATA}
     onnx.helper.set_model_props(dense, props)
     return dense, lowered, record
+
+
+def _dense_bytes(node: onnx.NodeProto) -> int:
+    """Bytes of the float32 dense weight an ``ai.sparsify`` node lowers to (its ``shape``
+    attribute; 0 when absent: densify then refuses the node)."""
+    shape = next((list(a.ints) for a in node.attribute if a.name == "shape"), [])
+    return 4 * shape[0] * shape[1] if len(shape) == 2 else 0
 
 
 def _write_dense(model: onnx.ModelProto, base_dir: Path, target: Target, external: bool) -> None:
