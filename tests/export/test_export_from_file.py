@@ -84,6 +84,11 @@ def test_the_callers_thread_count_survives_an_export(sparse_file, tmp_path):
         set_threads(before)
 
 
+def test_no_verify_writes_without_the_check(sparse_file, tmp_path):
+    path, report, summary = export_model(sparse_file, tmp_path / "d.onnx", mode="dense", verify=False)
+    assert report is None and path.is_file() and sparse_ops(path) == 0
+
+
 def test_a_mismatch_writes_nothing(sparse_file, tmp_path, monkeypatch):
     real = from_file.ort_runner
 
