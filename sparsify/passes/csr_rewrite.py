@@ -14,17 +14,8 @@ from onnx import helper, numpy_helper
 from sparsify.onnxfile import node_attrs
 from sparsify.passes.csr_arrays import stored_arrays
 from sparsify.passes.csr_decisions import CsrPlan
-from sparsify.passes.onnx_graph import GraphIndex, ValueShapes
+from sparsify.passes.onnx_graph import GraphIndex, ValueShapes, unique_name
 from sparsify.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``, ... if taken; the result is marked taken."""
-    out, i = name, 1
-    while out in taken:
-        out, i = f"{name}_{i}", i + 1
-    taken.add(out)
-    return out
 
 
 def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | None = None,
@@ -54,13 +45,13 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
         w2d = w.T if d.transpose else w.reshape(w.shape[0], -1)
         data, idx, ptr = stored_arrays(w2d, d.blocksize)
         base = d.source or d.weight
-        names = tuple(_unique(f"{base}.csr_{part}", taken) for part in ("data", "indices", "indptr"))
+        names = tuple(unique_name(f"{base}.csr_{part}", taken) for part in ("data", "indices", "indptr"))
         for name, arr in zip(names, (data, idx, ptr)):
             new_inits.append(numpy_helper.from_array(arr, name))
         bias = d.bias
         if bias is not None and g.array(bias).shape != (w2d.shape[0],):
             b = g.array(bias).reshape(w2d.shape[0])
-            bias = _unique(f"{bias}.flat", taken)
+            bias = unique_name(f"{bias}.flat", taken)
             new_inits.append(numpy_helper.from_array(np.ascontiguousarray(b), bias))
         conv: dict[str, Any] = {}
         if d.op_type == "Conv":
@@ -69,7 +60,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
                         pads=a.get("pads", [0, 0, 0, 0]), dilations=a.get("dilations", [1, 1]),
                         group=a.get("group", 1))
         op = CONV_OP if d.op_type == "Conv" else LINEAR_OP
-        node = make_node(op, main.input[0], names, bias, d.output, _unique(f"{d.node}.sparse", taken),
+        node = make_node(op, main.input[0], names, bias, d.output, unique_name(f"{d.node}.sparse", taken),
                          tuple(w2d.shape), d.activation, d.source or d.weight, tuple(w.shape), d.op_type,
                          d.blocksize or (1, 1), **conv)
         replace[d.fused[0]] = node

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from sparsify.passes.onnx_graph import unique_name
 from sparsify.sparse_ops import CONV_OP, DOMAIN, SparseOpAttrs, node_label, parse_attrs, read_csr
 
 
@@ -31,20 +32,12 @@ def dense_weight(attrs: SparseOpAttrs, data: np.ndarray, indices: np.ndarray, in
     return bsr_matrix(arrays, shape=attrs.shape, blocksize=attrs.blocksize).toarray()
 
 
-class _Names:
-    """Fresh value, node and initializer names: ``base``, then ``base_1``, ``base_2``, ..."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        g = model.graph
-        self.taken = {i.name for i in g.initializer} | {v for n in g.node for v in [*n.input, *n.output]}
-        self.taken |= {n.name for n in g.node} | {v.name for v in [*g.input, *g.output, *g.value_info]}
-
-    def __call__(self, base: str) -> str:
-        out, i = base, 1
-        while out in self.taken:
-            out, i = f"{base}_{i}", i + 1
-        self.taken.add(out)
-        return out
+def _fresh_names(model: onnx.ModelProto) -> Callable[[str], str]:
+    """A function giving names no value, node or initializer of ``model`` has (nor an earlier result)."""
+    g = model.graph
+    taken = {i.name for i in g.initializer} | {v for n in g.node for v in [*n.input, *n.output]}
+    taken |= {n.name for n in g.node} | {v.name for v in [*g.input, *g.output, *g.value_info]}
+    return lambda base: unique_name(base, taken)
 
 
 def _activation(kind: str, x: str, y: str, name: str, fresh: Callable[[str], str],
@@ -104,7 +97,7 @@ def densify(model: onnx.ModelProto, base_dir: str | Path | None = None, where: s
     sparse = [n for n in model.graph.node if n.domain == DOMAIN]
     if not sparse:
         return out
-    fresh = _Names(model)
+    fresh = _fresh_names(model)
     inits = {i.name: i for i in model.graph.initializer}
     new_inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []

@@ -19,6 +19,15 @@ from sparsify.onnxfile import inferred_graph, initializer_array
 CACHED_BYTES = 1 << 20
 
 
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... if taken; the result is marked taken."""
+    out, i = name, 1
+    while out in taken:
+        out, i = f"{name}_{i}", i + 1
+    taken.add(out)
+    return out
+
+
 class GraphIndex:
     """Index of a graph: nodes in order, consumers of each value, initializers, graph outputs."""
 
