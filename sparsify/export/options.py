@@ -17,7 +17,7 @@ EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 # Options that only --mode sparse reads.
-SPARSE_ONLY = ("density_threshold", "target_batch")
+SPARSE_ONLY = ("density_threshold", "target_batch", "target_threads")
 
 
 @dataclasses.dataclass
@@ -38,6 +38,8 @@ class ExportOptions:
                                              "(default: decided per layer on this host)",
                                              bounds=Bounds(0.0, 1.0))
     target_batch: int | None = option(None, "sparse mode: batch size the conversion is chosen for", bounds=Bounds(1))
+    target_threads: int | None = option(None, "sparse mode: threads the model will run with, at which its layers "
+                                        "are timed (default: all of this machine's)", bounds=Bounds(1))
 
     def validate(self) -> "ExportOptions":
         check_fields(self)

@@ -58,8 +58,10 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
                   **options: Any) -> tuple[Callable[[Sequence[np.ndarray]], list[np.ndarray]], dict[str, Any]]:
     """Convert the dense ONNX model at ``dense`` to CSR and write it to ``target``; return (runtime runner, summary).
 
-    ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover)
-    and ``target_batch`` (int, default 1). The dense model's weights are read one layer at a
+    ``options``: ``density_threshold`` (float in [0, 1], overrides the measured crossover),
+    ``target_batch`` (int, default 1) and ``target_threads`` (the kernels' thread count the
+    layers are timed at; default the caller's, which this sets: callers keep their own with
+    ``kernels.kept_threads``). The dense model's weights are read one layer at a
     time. Before returning, the sparse runtime is checked against the dense model under ONNX
     Runtime on ``input_sets`` within ``atol``/``rtol`` (the user's tolerances), one model in
     memory at a time, and a VerificationError is raised on a mismatch. With measured
@@ -75,6 +77,7 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         raise ExportError(f"unknown sparse export option(s) {unknown}; expected {list(OPTIONS)}")
     threshold = options.get("density_threshold")
     target_batch = options.get("target_batch") or 1
+    _set_target_threads(options.get("target_threads"))
     dense_bytes = file_bytes(dense)
     dense_model = onnx.load(str(dense.path), load_external_data=False)
     weights = weight_bytes(dense_model)
@@ -139,6 +142,21 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
         "whole_model": [dataclasses.asdict(t) for t in whole],
     }
     return candidate, extra
+
+
+def _set_target_threads(threads: int | None) -> None:
+    """Run the kernels on ``threads`` threads from here on (None: leave them), or ExportError."""
+    import numba
+
+    from sparsify.kernels import set_threads
+
+    if threads is None:
+        return
+    limit = numba.config.NUMBA_NUM_THREADS
+    if not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ExportError(f"--target-threads {threads!r} should be an int in [1, {limit}] (this machine's "
+                          "thread limit)")
+    set_threads(threads)
 
 
 def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str, record: str) -> bool:

@@ -232,3 +232,16 @@ def test_a_file_with_external_data_exports_again(digits_cnn_run, tmp_path):
         assert report.ok and (tmp_path / f"{mode}.onnx.data").is_file() == (data == "always")
     x = np.random.default_rng(8).standard_normal((2, 1, 8, 8)).astype(np.float32)
     assert_close(outputs(tmp_path / "sparse.onnx", x), outputs(src, x))
+
+
+def test_target_threads_are_the_ones_timed_and_recorded(sparse_file, tmp_path):
+    before = get_threads()
+    _, _, summary = export_model(sparse_file, tmp_path / "t1.onnx", mode="sparse", target_threads=1)
+    assert read_record(onnx.load(str(tmp_path / "t1.onnx")))["threads"] == 1
+    assert get_threads() == before
+    import numba
+    with pytest.raises(ExportError, match=r"--target-threads 999 should be an int in \[1, "):
+        export_model(sparse_file, tmp_path / "t2.onnx", mode="sparse", target_threads=999)
+    assert not (tmp_path / "t2.onnx").exists() and numba.config.NUMBA_NUM_THREADS < 999
+    assert main(["export", str(sparse_file), "--mode", "dense", "--target-threads", "1", "-o",
+                 str(tmp_path / "t3.onnx")]) == 2
