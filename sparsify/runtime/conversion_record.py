@@ -54,22 +54,26 @@ _DESCRIBE = {"cpu": "CPU {}", "host_cpu": "{} cores", "kernel_variant": "{} kern
              "threads": "{} thread(s)"}
 
 
-def _differences(record: dict[str, Any], threads: int) -> list[str]:
-    """What of a timed record this host and thread count do not match, for people (keys the
-    record lacks are not compared)."""
+def _differences(record: dict[str, Any], threads: int) -> dict[str, str]:
+    """What of a timed record this host and thread count do not match: key -> this side, for
+    people (keys the record lacks are not compared)."""
     here = {**_host(), "threads": int(threads)}
-    return [_DESCRIBE[key].format(human_bytes(value) if key == "l3_bytes" else value)
-            for key, value in here.items() if key in record and record[key] != value]
+    return {key: _DESCRIBE[key].format(human_bytes(value) if key == "l3_bytes" else value)
+            for key, value in here.items() if key in record and record[key] != value}
 
 
 def host_differs(record: dict[str, Any] | None, threads: int) -> bool:
-    """Whether ``record``'s conversions were timed on another CPU, kernel variant or thread count."""
-    return record is not None and record.get("decided_by") == "timed" and bool(_differences(record, threads))
+    """Whether ``record``'s conversions were timed on another host (CPU, core generation, kernel
+    variant or L3 size). Another thread count alone does not count: exports time at all the
+    machine's threads by default and ``sparsify run`` runs on one, so that would flag every
+    file; :func:`describe_record` still names it."""
+    return (record is not None and record.get("decided_by") == "timed"
+            and any(key != "threads" for key in _differences(record, threads)))
 
 
 def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
     """One line for people: where the conversions were decided and, when that was timed on
-    another CPU, kernel variant or thread count than this process uses, what to do about it."""
+    another host or thread count than this process uses, what to do about it."""
     if record is None:
         return None
     how = record.get("decided_by")
@@ -86,8 +90,9 @@ def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
     differs = _differences(record, threads)
     if not differs:
         return line + ", as here"
-    return (f"{line}; here: {', '.join(differs)}, where other layers may win: "
-            "'sparsify export FILE.onnx --mode sparse -o OUT.onnx' decides them again on this host")
+    return (f"{line}; here: {', '.join(differs.values())}, where other layers may win: 'sparsify export "
+            "FILE.onnx --mode sparse -o OUT.onnx' (with --target-threads for another thread count) decides them "
+            "again on this host")
 
 
 __all__ = ["CONVERSION_METADATA", "conversion_record", "read_record", "describe_record", "host_differs"]
