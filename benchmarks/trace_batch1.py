@@ -130,8 +130,12 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
                          variant="avx512")  # the traced kernel is the 16-lane one
     e, call = layer.ell, layer._ell_call
     x = rng.standard_normal(size).astype(np.float32)
-    # The arguments the layer's own calls pass (its layout arrays as the kernels take them).
+    # The arguments the layer's own calls pass: its layout arrays as the kernels take them, and
+    # the input zero-padded to the layout's width (the last window may reach past the columns;
+    # a kernel reading past the input's end would add whatever lies there).
     head, tail = call.arrays, (call.bias, call.act)
+    xw = np.zeros(call.width, np.float32)
+    xw[:size] = x
     out = np.empty(size, np.float32)
     kernels = {"parallel": (traced_kernel(), call.bounds)}
     # The serial twin: the same function without parallel=True (prange runs as range).
@@ -141,7 +145,7 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     expect = layer(x)
     for name, (kernel, bounds) in kernels.items():
         for _ in range(50):
-            kernel(*head, x, *tail, out, bounds, stamps[name])
+            kernel(*head, xw, *tail, out, bounds, stamps[name])
         if not np.array_equal(out, expect):
             raise AssertionError(f"the traced {name} kernel disagrees with SparseLinear")
     rate = cycles_per_us()
@@ -149,7 +153,7 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     for _ in range(rounds):
         for name, (kernel, bounds) in kernels.items():
             st = stamps[name]
-            args = (*head, x, *tail, out, bounds, st)
+            args = (*head, xw, *tail, out, bounds, st)
             around = np.empty((calls, 2), np.int64)
             inside = np.empty((calls,) + st.shape, np.int64)
             for i in range(calls):

@@ -66,9 +66,6 @@ SKIPPED: dict[str, str] = {
         "torchvision imports",
     "sparsify prune mypkg.models:make_net --model-arg width=32 --weights net.safetensors \\":
         "needs the user's package; tests/hf/test_readme_own_model.py runs it on a stand-in mypkg",
-    "sparsify export pruned.onnx --mode sparse -o pruned-sparse.onnx":
-        "needs an ONNX file the user supplies; tests/export/test_export_from_file.py converts a stand-in "
-        "(test_a_dense_onnx_file_from_elsewhere_converts)",
     "from sparsify.api import ModelSource, export_model, prune_model":
         "needs ./my-bert; tests/hf/test_readme_own_model.py runs it on a tiny one",
     "sparsify finetune runs/dense --schedule gradual --final-sparsity 0.9 --start 0 --end 0.6 --every 1 \\":
