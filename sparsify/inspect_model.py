@@ -43,6 +43,7 @@ class Inspection:
     rows: list[LayerRow]
     file_bytes: int
     notes: list[str] = dataclasses.field(default_factory=list)
+    conversion: dict[str, Any] | None = None  # a sparse export's record of where its layers were decided
 
     def totals(self) -> dict[str, Any]:
         params = sum(r.params for r in self.rows)
@@ -70,7 +71,7 @@ class Inspection:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "totals": self.totals(), "notes": self.notes,
+        return {"source": self.source, "totals": self.totals(), "notes": self.notes, "conversion": self.conversion,
                 "rows": [{**dataclasses.asdict(r), "sparsity": r.sparsity} for r in self.rows]}
 
 
@@ -283,10 +284,11 @@ def inspect_onnx(path: str | Path) -> Inspection:
         notes.append(kernel_note())
     from sparsify.kernels import get_threads
     from sparsify.runtime.conversion_record import describe_record, read_record
-    conversion = describe_record(read_record(model), get_threads())
+    record = read_record(model)
+    conversion = describe_record(record, get_threads())
     notes += [conversion] if conversion else []
     size = os.path.getsize(path) + sum(os.path.getsize(base / f) for f in _data_files(model, path))
-    result = Inspection(str(path), rows, size, notes)
+    result = Inspection(str(path), rows, size, notes, record)
     check_int64(result.totals()["macs"], f"{where}: the total MAC count", ModelFileError)
     return result
 

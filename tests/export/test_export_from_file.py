@@ -151,6 +151,8 @@ def test_a_file_timed_on_another_host_says_so(sparse_file, tmp_path, capsys):
     assert capsys.readouterr().err == ""
     assert main(["inspect", str(other)]) == 0
     assert "note: conversions: timed on Other CPU" in capsys.readouterr().out
+    assert main(["inspect", str(other), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["conversion"]["cpu"] == "Other CPU"
     out = tmp_path / "b.json"
     assert main(["bench", str(same), str(other), "--repeat", "2", "--warmup", "0", "--threads", "1",
                  "--no-memory", "--no-progress", "--json", str(out)]) == 0
