@@ -105,6 +105,12 @@ def test_export_with_external_data_runs_and_verifies(digits_cnn_run, tmp_path, c
     assert main(["inspect", str(dest), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["totals"]["params"] > 10_000
+    # Written again over itself: the old model still reads m.onnx.data, so the new data file
+    # takes another name, and the command names the file it wrote.
+    assert main(["export", str(dest), "--mode", mode, *extra, "-o", str(dest)]) == 0
+    data = sorted(p.name for p in dest.parent.iterdir() if p.name != "m.onnx")
+    assert len(data) == 1 and data[0] != "m.onnx.data"
+    assert f"m.onnx + {data[0]}" in capsys.readouterr().out
 
 
 def test_failed_export_leaves_neither_file_and_replacing_a_pair_is_atomic(digits_cnn_run, tmp_path, monkeypatch):
