@@ -471,12 +471,13 @@ def verification_inputs(run: Run, seed: int = 0) -> dict[str, list[np.ndarray]]:
 def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mode: str = "dense",
                  verify: bool = True, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
                  opset: int | None = None, trust: CodeTrust = CodeTrust(), external_data: str = "auto",
-                 **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
+                 input_shapes: Sequence[str] = (), **mode_options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Export a run; verification (on by default) must pass before anything appears at ``out``.
 
     ``run_path`` may also be an ONNX file sparsify wrote (``sparsify.export.from_file``): mode
     dense lowers its sparse ops to standard ones, mode sparse decides its layers again on this
-    host; the result is verified against the file.
+    host; the result is verified against the file (``input_shapes``, ``--input-shape``: sizes of
+    dynamic dims the file records none for).
     ``trust`` allows code references named by the run (see :func:`sparsify.artifact.load_run`);
     ``external_data`` (auto, always, never) puts ONNX weights in ``OUT.data`` beside ``OUT``.
     """
@@ -488,7 +489,9 @@ def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mo
         from sparsify.export.from_file import export_file
 
         return export_file(Path(run_path), Path(out), fmt=fmt, mode=mode, verify=verify, atol=atol, rtol=rtol,
-                           opset=opset, external_data=external_data, **mode_options)
+                           opset=opset, external_data=external_data, input_shapes=input_shapes, **mode_options)
+    if input_shapes:
+        raise ExportError(f"--input-shape applies to ONNX files; the run {run_path} records its inputs")
 
     return pipeline.export_run(load_run(run_path, trust), Path(out), fmt=fmt, mode=mode, verify=verify,
                                atol=atol, rtol=rtol, opset=opset, external_data=external_data, **mode_options)

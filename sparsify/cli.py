@@ -102,7 +102,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sparsify.api import export_model
 
     opts = from_namespace(ExportOptions, args, verify=not args.no_verify).validate()
-    path, report, summary = export_model(args.run, args.output, trust=_trust(args), **opts.call_kwargs())
+    path, report, summary = export_model(args.run, args.output, trust=_trust(args), input_shapes=args.input_shape,
+                                         **opts.call_kwargs())
     if report is not None:
         print(report.table())
     for line in summary.get("lines", []):
@@ -207,6 +208,9 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory, or an ONNX file: --mode dense lowers sparsify's sparse ops to "
                                "standard ONNX, --mode sparse decides its layers (again) on this host")
     add_flags(p, ExportOptions)
+    p.add_argument("--input-shape", action="append", default=[], metavar="SHAPE",
+                   help="ONNX files only: example shape of each input, in order (repeatable), e.g. 1,128; sizes the "
+                        "dynamic dims the file records none for")
     p.add_argument("--no-verify", action="store_true", help="skip the equivalence check")
     add_trust_option(p)
     p.add_argument("-o", "--output", required=True, help="file to write")

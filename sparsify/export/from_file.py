@@ -31,21 +31,59 @@ from sparsify.sparse_ops import DOMAIN
 VERIFY_BATCHES = (1, 3)
 
 
-def file_input_sets(session, path: Path) -> dict[str, list[np.ndarray]]:
+def file_input_sets(session, path: Path, shapes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
     """Seeded random inputs for the model ``session`` runs (a ``sparsify.runtime.Session`` on
-    ``path``): "random b1", and "random b3" where the batch axis is not fixed at 1."""
+    ``path``): "random b1", and "random b3" where the batch axis is not fixed at 1. Dynamic
+    dims other than the batch take their sizes from the input specs the file records, else
+    from ``shapes`` (``--input-shape``, one per input, in order; ExportError when neither
+    gives one)."""
     from sparsify.bench.backends import specs_from_node_args
     from sparsify.bench.inputs import make_feeds, recorded_inputs
 
     specs = specs_from_node_args(session.get_inputs(), str(path))
     recorded = recorded_inputs(path)
+    dims = _given_dims(specs, shapes, path)
+    for spec in specs:
+        rec = recorded.get(spec.name, {}).get("shape")
+        for axis, d in enumerate(spec.shape):
+            if axis > 0 and not isinstance(d, int) and d not in dims and not (isinstance(rec, list) and len(rec) > axis):
+                raise ExportError(f"{path}: input {spec.name!r} has the dynamic dim {axis} ({d!r}) and the file "
+                                  "records no size for it; give one --input-shape per input, in order (e.g. "
+                                  "--input-shape 1,128), to verify the export at that size")
     sets = {}
     for batch in VERIFY_BATCHES:
         if batch > 1 and any(isinstance(s.shape[0], int) and s.shape[0] != batch for s in specs if s.shape):
             continue
-        feeds = make_feeds(specs, batch, seed=batch, where=str(path), recorded=recorded)
+        feeds = make_feeds(specs, batch, seed=batch, dims=dims, where=str(path), recorded=recorded)
         sets[f"random b{batch}"] = [feeds[s.name] for s in specs]
     return sets
+
+
+def _given_dims(specs, shapes: Sequence[str], path: Path) -> dict[str, int]:
+    """Sizes of the inputs' named dynamic dims from ``--input-shape`` texts (the batch axis
+    aside); ExportError when a shape does not fit its input."""
+    from sparsify.data import parse_input_shape
+
+    if not shapes:
+        return {}
+    if len(shapes) != len(specs):
+        raise ExportError(f"got {len(shapes)} --input-shape for {path}, which has {len(specs)} input(s) "
+                          f"{[s.name for s in specs]}; give one per input, in order")
+    dims: dict[str, int] = {}
+    for spec, text in zip(specs, shapes):
+        shape = parse_input_shape(text)
+        if len(shape) != len(spec.shape):
+            raise ExportError(f"--input-shape {text} has {len(shape)} dims; input {spec.name!r} of {path} has "
+                              f"{len(spec.shape)} ({list(spec.shape)})")
+        for axis, (d, size) in enumerate(zip(spec.shape, shape)):
+            if axis == 0:
+                continue
+            if isinstance(d, int) and d != size:
+                raise ExportError(f"--input-shape {text}: dim {axis} of input {spec.name!r} is fixed at {d} in "
+                                  f"{path}, not {size}")
+            if isinstance(d, str):
+                dims[d] = size
+    return dims
 
 
 def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int, dict[str, Any] | None]:
@@ -80,15 +118,15 @@ def _write_dense(model: onnx.ModelProto, base_dir: Path, target: Target, externa
     check_onnx(target.path, "the dense ONNX model")
 
 
-def _reference(source: Path, outputs: bool = True
+def _reference(source: Path, outputs: bool = True, shapes: Sequence[str] = ()
                ) -> tuple[list[str], dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
-    """The file's output names, verification inputs and (unless not ``outputs``) its outputs
-    on them in the sparse runtime."""
+    """The file's output names, verification inputs (``shapes``: see :func:`file_input_sets`)
+    and (unless not ``outputs``) its outputs on them in the sparse runtime."""
     from sparsify.runtime import Session
 
     session = Session(source, threads=1, batch1="csr")
     names = [i.name for i in session.get_inputs()]
-    input_sets = file_input_sets(session, source)
+    input_sets = file_input_sets(session, source, shapes)
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         return session.run(None, dict(zip(names, inputs)))
@@ -99,11 +137,12 @@ def _reference(source: Path, outputs: bool = True
 
 def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dense", verify: bool = True,
                 atol: float, rtol: float, opset: int | None = None, external_data: str = "auto",
-                **options: Any) -> tuple[Path, VerifyReport | None, dict]:
+                input_shapes: Sequence[str] = (), **options: Any) -> tuple[Path, VerifyReport | None, dict]:
     """Write the ONNX file ``source`` to ``out`` again: ``mode`` dense lowers its sparse ops to
     standard ones, sparse re-decides which layers to convert on this host (``options``:
     ``density_threshold``, ``target_batch``, as for a run; the target batch defaults to the one
-    the file records). Returns (path, verification report, summary) like
+    the file records; ``input_shapes`` size dynamic dims the file records no size for). Returns
+    (path, verification report, summary) like
     ``pipeline.export_run``; ``out`` appears only once verified against ``source`` (unless
     ``verify`` is off; a sparse export is always checked against its dense model in ONNX
     Runtime)."""
@@ -125,7 +164,7 @@ def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dens
         raise ExportError(f"{flags} {'applies' if len(options) == 1 else 'apply'} to --mode sparse only, "
                           f"not --mode {mode}")
     with kept_threads():  # the caller's thread count, which the sparse export times at
-        output_names, input_sets, expected = _reference(source, outputs=verify)
+        output_names, input_sets, expected = _reference(source, outputs=verify, shapes=input_shapes)
     summary: dict[str, Any] = {"mode": mode, "format": fmt, "source": str(source)}
     subject = f"{source.name} (an ONNX file)"
     hint = "re-run with 'sparsify --debug' for the traceback, or export the run directory the file came from"

@@ -247,3 +247,38 @@ def test_target_threads_are_the_ones_timed_and_recorded(sparse_file, tmp_path):
     assert not (tmp_path / "t2.onnx").exists() and numba.config.NUMBA_NUM_THREADS < 999
     assert main(["export", str(sparse_file), "--mode", "dense", "--target-threads", "1", "-o",
                  str(tmp_path / "t3.onnx")]) == 2
+
+
+def _seq_model(path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32) * 0.25
+    w[np.random.default_rng(1).random(w.shape) < 0.8] = 0
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 8])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_dynamic_dims_the_file_does_not_size_take_input_shape(tmp_path, capsys):
+    src = _seq_model(tmp_path / "seq.onnx")
+    out = tmp_path / "s.onnx"
+    with pytest.raises(ExportError, match=r"input 'x' has the dynamic dim 1 \('seq'\) and the file records no size"):
+        export_model(src, out, mode="sparse", density_threshold=1.0)
+    _, report, _ = export_model(src, out, mode="sparse", density_threshold=1.0, input_shapes=["1,12,16"])
+    assert report.ok and {r.shape for r in report.rows} == {(1, 12, 8), (3, 12, 8)}
+    assert sparse_ops(out) == 1
+    for shapes, message in ((["1,12,15"], "dim 2 of input 'x' is fixed at 16"), (["1,12"], "has 2 dims"),
+                            (["1,12,16", "1,4"], "got 2 --input-shape for")):
+        with pytest.raises(ExportError, match=message):
+            export_model(src, tmp_path / "bad.onnx", mode="sparse", input_shapes=shapes)
+    assert not (tmp_path / "bad.onnx").exists()
+    assert main(["export", str(src), "--mode", "dense", "--input-shape", "2,5,16", "-o", str(tmp_path / "d.onnx")]) == 0
+    assert "[1, 5, 8]" in capsys.readouterr().out
+
+
+def test_input_shape_is_for_files_only(digits_cnn_run, tmp_path):
+    with pytest.raises(ExportError, match="--input-shape applies to ONNX files"):
+        export_model(digits_cnn_run / "pruned", tmp_path / "x.onnx", mode="sparse", input_shapes=["1,1,8,8"])
