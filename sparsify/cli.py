@@ -108,13 +108,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(report.table())
     for line in summary.get("lines", []):
         print(line)
-    data = ""
-    if summary.get("external_data"):  # named NAME.data, or NAME.<token>.data when that replaced one in use
-        import onnx
-
-        from sparsify.export.onnx_write import external_files
-
-        data = "".join(f" + {name}" for name in sorted(external_files(onnx.load(str(path), load_external_data=False))))
+    data = f" + {summary['data_file']}" if summary.get("data_file") else ""
     print(f"wrote {path}{data} ({summary.get('bytes', 0):,} bytes, mode {args.mode})"
           + ("" if report is not None else " — verification skipped (--no-verify)"))
     return 0

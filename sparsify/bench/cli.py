@@ -95,10 +95,10 @@ def run(args: argparse.Namespace) -> int:
         trust=CodeTrust.from_options(args.trust_code),
     )
     print(result.table())
+    threads = max(result.config["threads"])
     for model in result.models:
-        if host_differs(model.conversion, max(result.config["threads"])):
-            print(f"note: {model.label}: {describe_record(model.conversion, max(result.config['threads']))}",
-                  file=sys.stderr)
+        if host_differs(model.conversion, threads):
+            print(f"note: {model.label}: {describe_record(model.conversion, threads)}", file=sys.stderr)
         if model.memory and model.memory.get("error"):
             print(f"note: peak memory of {model.label} not measured: {model.memory['error']}", file=sys.stderr)
     written = []

@@ -11,6 +11,7 @@ the file records give valid token ids and masks).
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,11 +22,11 @@ import onnx
 from sparsify.errors import ExportError, in_step
 from sparsify.export.onnx_export import check_onnx
 from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes, use_external_data, weight_bytes, write_onnx
-from sparsify.export.options import SPARSE_ONLY
+from sparsify.export.options import SPARSE_ONLY, check_mode_options
 from sparsify.export.verify import VerifyReport, expected_outputs, ort_runner, verify as verify_outputs
 from sparsify.progress import LARGE_BYTES, bar
 from sparsify.runtime.conversion_record import CONVERSION_METADATA, read_record
-from sparsify.sparse_ops import DOMAIN
+from sparsify.sparse_ops import DOMAIN, parse_attrs
 
 #: Batches of the seeded random verification inputs (the batch axis permitting).
 VERIFY_BATCHES = (1, 3)
@@ -95,19 +96,12 @@ def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int, dict[str
     model = load_onnx(source)
     lowered = len(sparse_node_labels(model))
     record = read_record(model)
-    weights = sum(_dense_bytes(n) for n in model.graph.node if n.domain == DOMAIN)
+    weights = sum(4 * math.prod(parse_attrs(n, where).shape) for n in model.graph.node if n.domain == DOMAIN)
     with bar(weights, "lower sparse ops", large=weights >= LARGE_BYTES) as shown:
         dense = densify(model, base_dir=source.parent, where=where, progress=shown.update)
     props = {p.key: p.value for p in dense.metadata_props if p.key != CONVERSION_METADATA}
     onnx.helper.set_model_props(dense, props)
     return dense, lowered, record
-
-
-def _dense_bytes(node: onnx.NodeProto) -> int:
-    """Bytes of the float32 dense weight an ``ai.sparsify`` node lowers to (its ``shape``
-    attribute; 0 when absent: densify then refuses the node)."""
-    shape = next((list(a.ints) for a in node.attribute if a.name == "shape"), [])
-    return 4 * shape[0] * shape[1] if len(shape) == 2 else 0
 
 
 def _write_dense(model: onnx.ModelProto, base_dir: Path, target: Target, external: bool) -> None:
@@ -159,15 +153,14 @@ def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dens
     unknown = sorted(set(options) - set(SPARSE_ONLY))
     if unknown:
         raise ExportError(f"unknown export option(s) {unknown}; expected {list(SPARSE_ONLY)}")
-    if options and mode != "sparse":
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
-        raise ExportError(f"{flags} {'applies' if len(options) == 1 else 'apply'} to --mode sparse only, "
-                          f"not --mode {mode}")
-    with kept_threads():  # the caller's thread count, which the sparse export times at
-        output_names, input_sets, expected = _reference(source, outputs=verify, shapes=input_shapes)
+    check_mode_options(options, mode)
     summary: dict[str, Any] = {"mode": mode, "format": fmt, "source": str(source)}
     subject = f"{source.name} (an ONNX file)"
     hint = "re-run with 'sparsify --debug' for the traceback, or export the run directory the file came from"
+    # The kernels' thread count stays the caller's (the sparse export times at it): the
+    # reference and verification sessions set their own.
+    with kept_threads():
+        output_names, input_sets, expected = _reference(source, outputs=verify, shapes=input_shapes)
     with kept_threads(), atomic_onnx(out, ExportError) as target, in_step(f"export --mode {mode}", subject, hint):
         model, summary["lowered"], record = _densified(source, where)
         recorded_batch = (record or {}).get("target_batch")
@@ -196,6 +189,7 @@ def export_file(source: Path, out: Path, *, fmt: str = "onnx", mode: str = "dens
                                     atol=atol, rtol=rtol, reference_name=f"{source.name} in the sparse runtime")
             report.raise_if_failed()
         summary["bytes"] = file_bytes(target)
+        summary["data_file"] = target.data_name if target.data_path.exists() else None
     return out, report, summary
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from sparsify.errors import ExportError
 from sparsify.options import Bounds, check_fields, option
 
 MODES = ("dense", "slim", "sparse")
@@ -18,6 +19,14 @@ DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 # Options that only --mode sparse reads.
 SPARSE_ONLY = ("density_threshold", "target_batch", "target_threads")
+
+
+def check_mode_options(options: dict[str, Any], mode: str) -> None:
+    """ExportError when options of --mode sparse (``options``, by keyword) come with another mode."""
+    if options and mode != "sparse":
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+        verb = "applies" if len(options) == 1 else "apply"
+        raise ExportError(f"{flags} {verb} to --mode sparse only, not --mode {mode}")
 
 
 @dataclasses.dataclass

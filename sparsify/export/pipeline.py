@@ -14,7 +14,7 @@ from sparsify.inputspec import INPUTS_METADATA
 from sparsify.errors import ExportError, in_step
 from sparsify.export.onnx_export import DEFAULT_OPSET, export_onnx, release_weights
 from sparsify.export.onnx_write import Target, atomic_onnx, file_bytes
-from sparsify.export.options import EXTERNAL_DATA_CHOICES, FORMATS, MODES
+from sparsify.export.options import EXTERNAL_DATA_CHOICES, FORMATS, MODES, check_mode_options
 from sparsify.export.verify import (VerifyReport, expected_outputs, ort_runner, torch_runner,
                                     verify as verify_outputs)
 from sparsify.kernels import kept_threads
@@ -54,10 +54,7 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
         raise ExportError(f"--format {fmt!r} should be one of {', '.join(FORMATS)}")
     if fmt == "torch" and mode != "slim":
         raise ExportError("--format torch is available for --mode slim only; use --format onnx")
-    if options and mode != "sparse":
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
-        verb = "applies" if len(options) == 1 else "apply"
-        raise ExportError(f"{flags} {verb} to --mode sparse only, not --mode {mode}")
+    check_mode_options(options, mode)
     if external_data not in EXTERNAL_DATA_CHOICES:
         raise ExportError(f"--external-data {external_data!r} should be one of {', '.join(EXTERNAL_DATA_CHOICES)}")
     masks = run.masks if mode == "slim" else {}
@@ -110,4 +107,5 @@ def export_run(run: Run, out: Path, *, fmt: str = "onnx", mode: str = "dense", v
                                     atol=atol, rtol=rtol)
             report.raise_if_failed()
         summary["bytes"] = file_bytes(target)
+        summary["data_file"] = target.data_name if target.data_path.exists() else None
     return out, report, summary

@@ -8,6 +8,7 @@ differently, so the file records where the timings ran (``metadata_props`` entry
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -40,9 +41,11 @@ def read_record(model: onnx.ModelProto) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+@functools.lru_cache(maxsize=1)
 def _host() -> dict[str, Any]:
     """What identifies the host's speed beyond the thread count: CPU model name, LLVM's name
-    for the core (one model name can cover several generations), kernel variant, L3 size."""
+    for the core (one model name can cover several generations), kernel variant, L3 size.
+    Read once per process (LLVM and sysfs); callers must not change the dict."""
     from sparsify.kernels import ell, isa
     from sparsify.machine import cpu_model
 

@@ -111,7 +111,7 @@ class Session:
         check_graph(model, where)
         record = read_record(model)
         #: Where the file's conversions were decided (None for files that do not say), and
-        #: whether that was timed on another CPU, kernel variant or thread count than this session's.
+        #: whether that was timed on another host (``conversion_record.host_differs``).
         self.conversion = describe_record(record, self.threads)
         self.conversion_elsewhere = host_differs(record, self.threads)
         inits = {i.name: i for i in model.graph.initializer}

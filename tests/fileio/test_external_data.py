@@ -139,6 +139,14 @@ def test_failed_export_leaves_neither_file_and_replacing_a_pair_is_atomic(digits
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
+def test_a_slim_export_with_external_data_names_its_data_file(digits_cnn_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(onnx_write, "EXTERNAL_THRESHOLD", 1024)
+    dest = tmp_path / "m.onnx"
+    assert main(["export", str(digits_cnn_run / "pruned"), "--mode", "slim", "-o", str(dest)]) == 0
+    assert "wrote " + str(dest) + " + m.onnx.data (" in capsys.readouterr().out
+    assert (tmp_path / "m.onnx.data").is_file()
+
+
 def test_export_options_of_another_mode_are_a_usage_error(digits_cnn_run, tmp_path, capsys):
     for mode in ("dense", "slim"):
         code = main(["export", str(digits_cnn_run / "pruned"), "--mode", mode, "--density-threshold", "0.3",

@@ -94,9 +94,9 @@ def test_a_leftover_whose_pid_was_reused_is_stale(tmp_path):
     assert remove_stale(tmp_path, "out.onnx") == [reused]
 
 
-# How long a signalled writer may take to clean up and exit. Generous: a CI run on a loaded
-# shared machine once saw no exit within 30 s (not reproduced in 45 local runs). A writer that
-# missed the signal sleeps its 60 s out and exits 0, which the exit-code check still catches.
+# How long a signalled writer may take to clean up and exit: generous, since a loaded shared
+# machine can be slow to; a writer that missed the signal sleeps its 60 s out and exits 0,
+# which the exit-code check still catches.
 COMMUNICATE_S = 120
 
 WRITER = textwrap.dedent("""
