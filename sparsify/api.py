@@ -28,6 +28,7 @@ from sparsify.trust import TRUST_ALL, CodeTrust
 
 if TYPE_CHECKING:
     from sparsify.distributed import DistContext
+    from sparsify.runtime import Session
     from sparsify.recipe import Recipe
     from sparsify.pruner import PruneOptions
     from sparsify.schedule import ScheduleOptions
@@ -495,3 +496,20 @@ def export_model(run_path: str | Path, out: str | Path, *, fmt: str = "onnx", mo
 
     return pipeline.export_run(load_run(run_path, trust), Path(out), fmt=fmt, mode=mode, verify=verify,
                                atol=atol, rtol=rtol, opset=opset, external_data=external_data, **mode_options)
+
+
+def load_session(path: str | Path, *, threads: int = 1, decide_here: bool = False, batch1: str = "auto",
+                 input_shapes: Sequence[str] = ()) -> "Session":
+    """A ``sparsify.runtime.Session`` on the ONNX file ``path`` with ``threads`` kernel threads.
+
+    With ``decide_here``, a sparse file whose conversions were decided on another host or
+    thread count is first exported again from itself on this one, verified, and cached
+    (``sparsify.export.decided_here``; the first load takes the export's time, later ones
+    none); ``input_shapes`` size dynamic dims the file records no size for."""
+    from sparsify.runtime import Session
+
+    if decide_here:
+        from sparsify.export.decided_here import decided_here
+
+        path = decided_here(path, threads=threads, input_shapes=input_shapes).path
+    return Session(path, threads=threads, batch1=batch1)

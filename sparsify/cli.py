@@ -155,13 +155,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sparsify.bench import cli as bench_cli
 
+    if args.decide_here:
+        threads = max(args.threads)
+        args.models = [_decided_here(m, threads, "bench") if m.endswith(".onnx") else m for m in args.models]
     return bench_cli.run(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sparsify.runtime.cli import run_file
+    from sparsify.runtime.cli import npy_shapes, run_file
 
+    if args.decide_here:
+        args.model = _decided_here(args.model, args.threads, "run", npy_shapes(args.input))
     return run_file(args)
+
+
+def _decided_here(model: str, threads: int, command: str, feed_shapes: Sequence[Sequence[int]] = ()) -> str:
+    """The file ``sparsify run|bench --decide-here`` runs for ``model``, said on stderr."""
+    from sparsify.export.decided_here import decided_here
+
+    decided = decided_here(model, threads=threads, feed_shapes=feed_shapes)
+    print(f"sparsify {command}: {decided.describe()}", file=sys.stderr)
+    return str(decided.path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -225,10 +239,15 @@ def _inspect_parser(p: argparse.ArgumentParser) -> None:
     add_trust_option(p)
 
 
+_DECIDE_HERE_HELP = ("for a sparse ONNX file whose conversions were timed on another host or thread count: decide "
+                     "them again on this one first (an export from the file, verified; cached per host and file)")
+
+
 def _bench_parser(p: argparse.ArgumentParser) -> None:
     from sparsify.bench import cli as bench_cli
 
     bench_cli.add_arguments(p)
+    p.add_argument("--decide-here", action="store_true", help=_DECIDE_HERE_HELP + ", at the largest --threads")
 
 
 def _run_parser(p: argparse.ArgumentParser) -> None:
@@ -242,6 +261,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", action="store_true",
                    help="after one warm-up run, time --repeat runs per step and per op and print the breakdown")
     p.add_argument("--repeat", type=int, default=10, help="runs timed by --profile (default 10)")
+    p.add_argument("--decide-here", action="store_true", help=_DECIDE_HERE_HELP + ", at --threads")
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:

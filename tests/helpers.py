@@ -59,3 +59,19 @@ def random_like(x, batch: int, seed: int):
         return torch.randn((batch,) + tuple(x.shape[1:]), generator=g)
     hi = int(x.max()) + 1
     return torch.randint(0, hi, (batch,) + tuple(x.shape[1:]), generator=g)
+
+
+def with_conversion_record(src, dest, **record):
+    """A copy of the ONNX file ``src`` at ``dest`` whose conversion record is ``record``."""
+    import json
+
+    import onnx
+
+    from sparsify.runtime.conversion_record import CONVERSION_METADATA
+
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[CONVERSION_METADATA] = json.dumps(record)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(dest))
+    return dest

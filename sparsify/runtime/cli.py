@@ -1,5 +1,6 @@
 """``sparsify run MODEL --input x.npy [--input ...] --threads N [--batch1 auto] [--profile [--repeat N]] -o y.npy``:
-run a model file on .npy inputs (``--profile``: and print where the time goes)."""
+run a model file on .npy inputs (``--profile``: and print where the time goes; ``--decide-here``
+is resolved by the CLI before this runs, ``sparsify.export.decided_here``)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def load_inputs(paths: list[str], session: "Session") -> dict[str, np.ndarray]:
         except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"input file {path} for input {spec.name!r} is not a readable .npy array: {exc}") from None
     return feeds
+
+
+def npy_shapes(paths: list[str]) -> tuple[tuple[int, ...], ...]:
+    """The shapes of the .npy files at ``paths`` (read from their headers); empty when one
+    cannot be read (:func:`load_inputs` then says which)."""
+    shapes = []
+    for p in paths:
+        try:
+            shapes.append(tuple(np.load(p, mmap_mode="r", allow_pickle=False).shape))
+        except (ValueError, OSError, EOFError):
+            return ()
+    return tuple(shapes)
 
 
 def run_file(args: argparse.Namespace) -> int:

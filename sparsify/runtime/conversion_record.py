@@ -57,7 +57,7 @@ _DESCRIBE = {"cpu": "CPU {}", "host_cpu": "{} cores", "kernel_variant": "{} kern
              "threads": "{} thread(s)"}
 
 
-def _differences(record: dict[str, Any], threads: int) -> dict[str, str]:
+def differences(record: dict[str, Any], threads: int) -> dict[str, str]:
     """What of a timed record this host and thread count do not match: key -> this side, for
     people (keys the record lacks are not compared)."""
     here = {**_host(), "threads": int(threads)}
@@ -71,7 +71,12 @@ def host_differs(record: dict[str, Any] | None, threads: int) -> bool:
     machine's threads by default and ``sparsify run`` runs on one, so that would flag every
     file; :func:`describe_record` still names it."""
     return (record is not None and record.get("decided_by") == "timed"
-            and any(key != "threads" for key in _differences(record, threads)))
+            and any(key != "threads" for key in differences(record, threads)))
+
+
+def same_host(record: dict[str, Any], threads: int) -> bool:
+    """Whether ``record`` matches this host and ``threads`` in everything it records."""
+    return not differences(record, threads)
 
 
 def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
@@ -90,12 +95,13 @@ def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
         parts.append(f"{human_bytes(record['l3_bytes'])} L3")
     parts.append(f"{record.get('threads')} thread(s)")
     line = f"conversions: timed on {record.get('cpu')} ({', '.join(parts)}) at batch {record.get('target_batch')}"
-    differs = _differences(record, threads)
+    differs = differences(record, threads)
     if not differs:
         return line + ", as here"
-    return (f"{line}; here: {', '.join(differs.values())}, where other layers may win: 'sparsify export "
-            "FILE.onnx --mode sparse -o OUT.onnx' (with --target-threads for another thread count) decides them "
-            "again on this host")
+    return (f"{line}; here: {', '.join(differs.values())}, where other layers may win: 'sparsify run' or "
+            "'sparsify bench' with --decide-here, or 'sparsify export FILE.onnx --mode sparse -o OUT.onnx' (with "
+            "--target-threads for another thread count), decides them again on this host")
 
 
-__all__ = ["CONVERSION_METADATA", "conversion_record", "read_record", "describe_record", "host_differs"]
+__all__ = ["CONVERSION_METADATA", "conversion_record", "read_record", "describe_record", "differences", "host_differs",
+           "same_host"]

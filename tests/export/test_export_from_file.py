@@ -18,7 +18,7 @@ from sparsify.machine import cpu_model
 from sparsify.runtime import Session
 from sparsify.runtime.conversion_record import CONVERSION_METADATA, describe_record, host_differs, read_record
 from sparsify.sparse_ops import DOMAIN
-from tests.helpers import assert_close
+from tests.helpers import assert_close, with_conversion_record
 
 
 @pytest.fixture(scope="module")
@@ -121,24 +121,15 @@ def test_cli_missing_onnx_file(tmp_path, capsys):
     assert "none.onnx does not exist" in capsys.readouterr().err
 
 
-def _with_record(src, dest, **record):
-    model = onnx.load(str(src))
-    props = {p.key: p.value for p in model.metadata_props}
-    props[CONVERSION_METADATA] = json.dumps(record)
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(dest))
-    return dest
-
-
 def test_a_file_timed_on_another_host_says_so(sparse_file, tmp_path, capsys):
     here = dict(cpu=cpu_model(), kernel_variant=isa.VARIANT, threads=1, target_batch=1, decided_by="timed")
-    same = _with_record(sparse_file, tmp_path / "same.onnx", **here)
+    same = with_conversion_record(sparse_file, tmp_path / "same.onnx", **here)
     session = Session(same, threads=1)
     assert not session.conversion_elsewhere
     assert session.conversion == (f"conversions: timed on {cpu_model()} ({isa.VARIANT} kernels, 1 thread(s)) "
                                   "at batch 1, as here")
     assert session.conversion in session.describe()
-    other = _with_record(sparse_file, tmp_path / "other.onnx", **{**here, "cpu": "Other CPU", "kernel_variant": "avx2"})
+    other = with_conversion_record(sparse_file, tmp_path / "other.onnx", **{**here, "cpu": "Other CPU", "kernel_variant": "avx2"})
     session = Session(other, threads=1)
     assert session.conversion_elsewhere
     assert f"here: CPU {cpu_model()}, {isa.VARIANT} kernels, where other layers may win" in session.conversion
@@ -213,7 +204,7 @@ def test_a_fixed_batch_file_is_verified_at_its_batch(tmp_path):
 
 
 def test_the_recorded_target_batch_carries_over(sparse_file, tmp_path):
-    src = _with_record(sparse_file, tmp_path / "b8.onnx", cpu="Other CPU", kernel_variant="avx2", threads=2,
+    src = with_conversion_record(sparse_file, tmp_path / "b8.onnx", cpu="Other CPU", kernel_variant="avx2", threads=2,
                        target_batch=8, decided_by="timed")
     _, _, summary = export_model(src, tmp_path / "again.onnx", mode="sparse")
     assert summary["target_batch"] == 8 and read_record(onnx.load(str(tmp_path / "again.onnx")))["target_batch"] == 8
