@@ -157,7 +157,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.decide_here:
         threads = max(args.threads)
-        args.models = [_decided_here(m, threads, "bench") if m.endswith(".onnx") else m for m in args.models]
+        args.models = [_decided_here(m, threads, "bench", input_shapes=args.input_shape) if m.endswith(".onnx") else m
+                       for m in args.models]
     return bench_cli.run(args)
 
 
@@ -169,11 +170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_file(args)
 
 
-def _decided_here(model: str, threads: int, command: str, feed_shapes: Sequence[Sequence[int]] = ()) -> str:
+def _decided_here(model: str, threads: int, command: str, feed_shapes: Sequence[Sequence[int]] = (),
+                  input_shapes: Sequence[str] = ()) -> str:
     """The file ``sparsify run|bench --decide-here`` runs for ``model``, said on stderr."""
     from sparsify.export.decided_here import decided_here
 
-    decided = decided_here(model, threads=threads, feed_shapes=feed_shapes)
+    decided = decided_here(model, threads=threads, input_shapes=input_shapes, feed_shapes=feed_shapes)
     print(f"sparsify {command}: {decided.describe()}", file=sys.stderr)
     return str(decided.path)
 

@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                         help="probe peak memory per model in a fresh process (default: on)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    parser.add_argument("--input-shape", action="append", default=[], metavar="D0,D1,...", dest="input_shape",
+                        help="one per model input, in order: sizes of its dynamic dims besides the batch (e.g. a "
+                             "sequence length; the batch comes from --batch), over the sizes a file records")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar on stderr (default: on)")
     add_trust_option(parser)
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     result = bench(
         args.models, batches=args.batch, threads=args.threads, backend=args.backend,
         warmup=args.warmup, repeat=args.repeat, min_time=args.min_time,
-        memory=args.memory, seed=args.seed, progress=args.progress,
+        memory=args.memory, seed=args.seed, progress=args.progress, input_shapes=args.input_shape,
         trust=CodeTrust.from_options(args.trust_code),
     )
     print(result.table())

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsify.bench.backends import factory_reference, get_backend, pick_backend, takes_trust
-from sparsify.bench.inputs import make_feeds, recorded_inputs
+from sparsify.bench.inputs import dims_from_shapes, make_feeds, recorded_inputs
 from sparsify.machine import machine_info
 from sparsify.bench.memory import measure_peak_memory
 from sparsify.bench.modelfile import ModelFile, check_model_path, size_on_disk
@@ -71,6 +71,7 @@ def bench(
     seed: int = 0,
     progress: bool = True,
     trust: CodeTrust | None = None,
+    input_shapes: Sequence[str] = (),
 ) -> BenchResult:
     """Benchmark ``models`` at every (batch, threads) point; the first model is the speedup reference.
 
@@ -79,7 +80,9 @@ def bench(
     directories). ``repeat`` fixes the number of timed runs; ``None`` runs for about
     ``min_time`` seconds per model and point. ``memory`` probes peak memory in a fresh
     process per model. ``trust`` allows the code references run directories name (their
-    model), as ``--trust-code`` does. Raises ModelFileError for a path that is not a model.
+    model), as ``--trust-code`` does. ``input_shapes`` (``--input-shape``, one per input, in
+    order; every model's inputs) size the dynamic dims other than the batch, over the sizes a
+    file records. Raises ModelFileError for a path that is not a model.
     """
     if isinstance(models, (str, os.PathLike)) or len(models) == 0:
         raise ValueError(f"models={models!r} should be a non-empty sequence of paths")
@@ -96,6 +99,7 @@ def bench(
     instances = {name: get_backend(name, trust) for name in dict.fromkeys(chosen)}
     sizes = [size_on_disk(mf) for mf in files]
     specs: list[list] = [[] for _ in files]
+    dims: list[dict[str, int]] = [{} for _ in files]
 
     from tqdm import tqdm
 
@@ -107,11 +111,12 @@ def bench(
             runners = [instances[name].load(mf.path, t) for name, mf in zip(chosen, files)]
             for i, r in enumerate(runners):
                 specs[i] = [s.to_dict() for s in r.input_specs]
+                dims[i] = dims_from_shapes(r.input_specs, input_shapes, str(files[i].path))
             for b in batches:
                 bar.set_postfix_str(f"batch={b} threads={t}")
                 fns = []
-                for mf, name, runner in zip(files, chosen, runners):
-                    feeds = make_feeds(runner.input_specs, b, seed=seed, where=str(mf.path),
+                for i, (mf, name, runner) in enumerate(zip(files, chosen, runners)):
+                    feeds = make_feeds(runner.input_specs, b, seed=seed, where=str(mf.path), dims=dims[i],
                                        recorded=recorded[mf.path])
                     _first_run(runner, feeds, mf, name, b)
                     fns.append(functools.partial(runner.run, feeds))
@@ -129,7 +134,8 @@ def bench(
                 bar.set_postfix_str(f"memory {labels[i]}")
                 mem[i] = measure_peak_memory(mf.path, name, factory_reference(name),
                                              threads=max(threads), batch=max(batches), seed=seed,
-                                             trust=trust if takes_trust(name) else None).to_dict()
+                                             trust=trust if takes_trust(name) else None,
+                                             dims=dims[i]).to_dict()
                 bar.update(1)
     finally:
         bar.close()
@@ -150,7 +156,7 @@ def bench(
     config = {
         "models": [os.fspath(m) for m in models], "batches": batches, "threads": threads,
         "backend": backend, "warmup": warmup, "repeat": repeat, "min_time": min_time,
-        "memory": memory, "seed": seed, "interleaved": True,
+        "memory": memory, "seed": seed, "input_shapes": list(input_shapes), "interleaved": True,
         "percentiles": "numpy linear interpolation", "inputs": INPUTS_DOC,
     }
     from sparsify.kernels import isa

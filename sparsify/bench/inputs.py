@@ -4,7 +4,8 @@ Shapes: the first dim of every input is the batch dim. It is set to the batch si
 is dynamic (``None`` or a symbolic name) or when it is the static value 1 (a model exported
 at batch 1 may still accept other batches; if it does not, the first run says so). A static
 first dim other than 1 must equal the batch size. Other dynamic dims take their value from
-``dims`` (by symbolic name), else raise :class:`DataError`.
+``dims`` (by symbolic name; :func:`dims_from_shapes` reads them from ``--input-shape``), else
+from the size the file records, else raise :class:`DataError`.
 
 Values, from ``numpy.random.default_rng(seed)`` drawn input by input in spec order:
 float inputs standard normal; integer inputs uniform in ``[int_low, int_high)`` (default
@@ -49,10 +50,39 @@ def feed_shape(spec: InputSpec, batch: int, dims: Mapping[str, int] | None = Non
             shape.append(int(dims[d]))
         else:
             raise DataError(
-                f"{where}: input {spec.name!r} has dynamic dim {i} ({d!r}) besides the batch dim; "
-                f"expected a value for it in dims, got {dict(dims)}"
+                f"{where}: input {spec.name!r} has the dynamic dim {i} ({d!r}) and no size for it is recorded or "
+                "given; give one --input-shape per input, in order (e.g. --input-shape 1,128; its batch dim is "
+                "ignored), to size it"
             )
     return tuple(shape)
+
+
+def dims_from_shapes(specs: Sequence[InputSpec], shapes: Sequence[str], where: str = "model") -> dict[str, int]:
+    """Sizes of the named dynamic dims of ``specs`` from ``--input-shape`` texts (one per input,
+    in order; the batch axis is left to the batch size); DataError when a shape does not fit
+    its input. They take precedence over the sizes a file records."""
+    from sparsify.data import parse_input_shape
+
+    if not shapes:
+        return {}
+    if len(shapes) != len(specs):
+        raise DataError(f"got {len(shapes)} --input-shape for {where}, which has {len(specs)} input(s) "
+                        f"{[s.name for s in specs]}; give one per input, in order")
+    dims: dict[str, int] = {}
+    for spec, text in zip(specs, shapes):
+        shape = parse_input_shape(text)
+        if len(shape) != len(spec.shape):
+            raise DataError(f"--input-shape {text} has {len(shape)} dims; input {spec.name!r} of {where} has "
+                            f"{len(spec.shape)} ({list(spec.shape)})")
+        for axis, (d, size) in enumerate(zip(spec.shape, shape)):
+            if axis == 0:
+                continue
+            if isinstance(d, int) and d != size:
+                raise DataError(f"--input-shape {text}: dim {axis} of input {spec.name!r} is fixed at {d} in "
+                                f"{where}, not {size}")
+            if isinstance(d, str):
+                dims[d] = size
+    return dims
 
 
 def recorded_inputs(path: str | os.PathLike) -> dict[str, dict]:

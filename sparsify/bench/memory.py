@@ -113,17 +113,19 @@ def measure_peak_memory(
     runs: int = 3,
     timeout: float = 600.0,
     trust: CodeTrust | None = None,
+    dims: dict[str, int] | None = None,
 ) -> MemoryResult:
     """Run the memory probe in a fresh process; failures come back as ``MemoryResult.error``.
 
-    ``trust`` is handed to the factory (the default torch backend's) in the fresh process.
+    ``trust`` is handed to the factory (the default torch backend's) in the fresh process;
+    ``dims`` size the inputs' dynamic dims (``sparsify.bench.inputs.make_feeds``).
     """
     if factory is None:
         return MemoryResult(None, batch=batch, threads=threads,
                             error=f"backend {backend!r} was registered with a factory a fresh process "
                                   "cannot import (a lambda or local function); register a module-level one")
     request = {"path": os.fspath(path), "backend": backend, "factory": factory,
-               "threads": threads, "batch": batch, "seed": seed, "runs": runs}
+               "threads": threads, "batch": batch, "seed": seed, "runs": runs, "dims": dict(dims or {})}
     if trust is not None:
         request["trust"] = {"everything": trust.everything, "refs": sorted(trust.refs)}
     try:
@@ -162,7 +164,7 @@ def _child(request: dict[str, Any]) -> dict[str, float]:
     baseline, method = _baseline()
     runner = backend.load(Path(request["path"]), int(request["threads"]))
     feeds = make_feeds(runner.input_specs, int(request["batch"]), seed=int(request["seed"]), where=request["path"],
-                       recorded=recorded_inputs(request["path"]))
+                       dims=request.get("dims"), recorded=recorded_inputs(request["path"]))
     for _ in range(int(request["runs"])):
         runner.run(feeds)
     return {"baseline_mib": baseline, "peak_mib": _peak(method), "method": method}

@@ -12,7 +12,7 @@ JSON schema ``sparsify.bench/1`` (also in ``sparsify/bench/SCHEMA.md``)::
       },
       "config": {
         "models": [str], "batches": [int], "threads": [int], "backend": str|null,
-        "warmup": int, "repeat": int|null, "min_time": float, "memory": bool, "seed": int,
+        "warmup": int, "repeat": int|null, "min_time": float, "memory": bool, "seed": int, "input_shapes": [str],
         "interleaved": true, "percentiles": "numpy linear interpolation",
         "inputs": str                                   # how feeds were generated
       },

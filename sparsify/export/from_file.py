@@ -35,22 +35,15 @@ VERIFY_BATCHES = (1, 3)
 def file_input_sets(session, path: Path, shapes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
     """Seeded random inputs for the model ``session`` runs (a ``sparsify.runtime.Session`` on
     ``path``): "random b1", and "random b3" where the batch axis is not fixed at 1. Dynamic
-    dims other than the batch take their sizes from the input specs the file records, else
-    from ``shapes`` (``--input-shape``, one per input, in order; ExportError when neither
+    dims other than the batch take their sizes from ``shapes`` (``--input-shape``, one per
+    input, in order), else from the input specs the file records (DataError when neither
     gives one)."""
     from sparsify.bench.backends import specs_from_node_args
-    from sparsify.bench.inputs import make_feeds, recorded_inputs
+    from sparsify.bench.inputs import dims_from_shapes, make_feeds, recorded_inputs
 
     specs = specs_from_node_args(session.get_inputs(), str(path))
     recorded = recorded_inputs(path)
-    dims = _given_dims(specs, shapes, path)
-    for spec in specs:
-        rec = recorded.get(spec.name, {}).get("shape")
-        for axis, d in enumerate(spec.shape):
-            if axis > 0 and not isinstance(d, int) and d not in dims and not (isinstance(rec, list) and len(rec) > axis):
-                raise ExportError(f"{path}: input {spec.name!r} has the dynamic dim {axis} ({d!r}) and the file "
-                                  "records no size for it; give one --input-shape per input, in order (e.g. "
-                                  "--input-shape 1,128), to verify the export at that size")
+    dims = dims_from_shapes(specs, shapes, str(path))
     sets = {}
     for batch in VERIFY_BATCHES:
         if batch > 1 and any(isinstance(s.shape[0], int) and s.shape[0] != batch for s in specs if s.shape):
@@ -58,33 +51,6 @@ def file_input_sets(session, path: Path, shapes: Sequence[str] = ()) -> dict[str
         feeds = make_feeds(specs, batch, seed=batch, dims=dims, where=str(path), recorded=recorded)
         sets[f"random b{batch}"] = [feeds[s.name] for s in specs]
     return sets
-
-
-def _given_dims(specs, shapes: Sequence[str], path: Path) -> dict[str, int]:
-    """Sizes of the inputs' named dynamic dims from ``--input-shape`` texts (the batch axis
-    aside); ExportError when a shape does not fit its input."""
-    from sparsify.data import parse_input_shape
-
-    if not shapes:
-        return {}
-    if len(shapes) != len(specs):
-        raise ExportError(f"got {len(shapes)} --input-shape for {path}, which has {len(specs)} input(s) "
-                          f"{[s.name for s in specs]}; give one per input, in order")
-    dims: dict[str, int] = {}
-    for spec, text in zip(specs, shapes):
-        shape = parse_input_shape(text)
-        if len(shape) != len(spec.shape):
-            raise ExportError(f"--input-shape {text} has {len(shape)} dims; input {spec.name!r} of {path} has "
-                              f"{len(spec.shape)} ({list(spec.shape)})")
-        for axis, (d, size) in enumerate(zip(spec.shape, shape)):
-            if axis == 0:
-                continue
-            if isinstance(d, int) and d != size:
-                raise ExportError(f"--input-shape {text}: dim {axis} of input {spec.name!r} is fixed at {d} in "
-                                  f"{path}, not {size}")
-            if isinstance(d, str):
-                dims[d] = size
-    return dims
 
 
 def _densified(source: Path, where: str) -> tuple[onnx.ModelProto, int, dict[str, Any] | None]:

@@ -51,3 +51,25 @@ def test_end_to_end_writes_json_markdown_and_prints_table(matmul_onnx: Path, add
     printed = capsys.readouterr().out
     assert "matmul.onnx" in printed and "add.onnx" in printed and f"wrote {out}" in printed
     assert "| add.onnx |" in md.read_text()
+
+
+def test_input_shape_sizes_dynamic_dims_in_timing_and_memory_probe(tmp_path: Path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsify.cli import main
+    from tests.bench.conftest import matmul_weight, save_model
+
+    seq = save_model(tmp_path / "seq.onnx", [helper.make_node("MatMul", ["x", "W"], ["y"])],
+                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "seq", 8])],
+                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "seq", 4])],
+                     [numpy_helper.from_array(matmul_weight(), "W")])
+    base = ["bench", str(seq), "--repeat", "2", "--warmup", "0", "--no-progress"]
+    assert main(base + ["--no-memory"]) == 2
+    assert "input 'x' has the dynamic dim 1 ('seq') and no size for it is recorded or given" in capsys.readouterr().err
+    out = tmp_path / "b.json"
+    assert main(base + ["--input-shape", "1,5,8", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["config"]["input_shapes"] == ["1,5,8"]
+    assert doc["models"][0]["memory"]["peak_mib"] is not None  # the fresh process sized 'seq' too
+    assert main(base + ["--no-memory", "--input-shape", "1,5,9"]) == 2
+    assert "dim 2 of input 'x' is fixed at 8" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 
 from sparsify.api import export_model
 from sparsify.cli import main
-from sparsify.errors import ExportError, VerificationError
+from sparsify.errors import DataError, ExportError, VerificationError
 from sparsify.export import from_file
 from sparsify.kernels import get_threads, isa, set_threads
 from sparsify.machine import cpu_model
@@ -256,14 +256,14 @@ def _seq_model(path):
 def test_dynamic_dims_the_file_does_not_size_take_input_shape(tmp_path, capsys):
     src = _seq_model(tmp_path / "seq.onnx")
     out = tmp_path / "s.onnx"
-    with pytest.raises(ExportError, match=r"input 'x' has the dynamic dim 1 \('seq'\) and the file records no size"):
+    with pytest.raises(DataError, match=r"input 'x' has the dynamic dim 1 \('seq'\) and no size for it is recorded"):
         export_model(src, out, mode="sparse", density_threshold=1.0)
     _, report, _ = export_model(src, out, mode="sparse", density_threshold=1.0, input_shapes=["1,12,16"])
     assert report.ok and {r.shape for r in report.rows} == {(1, 12, 8), (3, 12, 8)}
     assert sparse_ops(out) == 1
     for shapes, message in ((["1,12,15"], "dim 2 of input 'x' is fixed at 16"), (["1,12"], "has 2 dims"),
                             (["1,12,16", "1,4"], "got 2 --input-shape for")):
-        with pytest.raises(ExportError, match=message):
+        with pytest.raises(DataError, match=message):
             export_model(src, tmp_path / "bad.onnx", mode="sparse", input_shapes=shapes)
     assert not (tmp_path / "bad.onnx").exists()
     assert main(["export", str(src), "--mode", "dense", "--input-shape", "2,5,16", "-o", str(tmp_path / "d.onnx")]) == 0
