@@ -354,8 +354,6 @@ def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, sha
                   blocksize: tuple[int, int] = (1, 1)):
     """The float64 ``scipy.sparse`` matrix of a CSR (or, with ``blocksize``, BSR) triple, after
     checking every invariant (ModelFileError otherwise)."""
-    from scipy.sparse import bsr_matrix, csr_matrix
-
     rows, cols = (int(s) for s in shape)
     blocksize = tuple(int(b) for b in blocksize)
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
@@ -364,10 +362,19 @@ def reference_csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, sha
     problem = csr_problem(data, indices, indptr, (rows, cols), blocksize)
     if problem:
         raise ModelFileError(f"{'CSR' if blocksize == (1, 1) else 'BSR'} {problem[0]} {problem[1]}")
-    arrays = (data.astype(np.float64), indices.astype(np.int64), indptr.astype(np.int64))
-    if blocksize == (1, 1):
-        return csr_matrix(arrays, shape=(rows, cols))
-    return bsr_matrix(arrays, shape=(rows, cols), blocksize=blocksize).tocsr()
+    return scipy_matrix(data.astype(np.float64), indices, indptr, (rows, cols), blocksize).tocsr()
+
+
+def scipy_matrix(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
+                 blocksize: tuple[int, int] = (1, 1)):
+    """The ``scipy.sparse`` CSR (or, with ``blocksize``, BSR) matrix of already checked arrays,
+    in ``data``'s dtype."""
+    from scipy.sparse import bsr_matrix, csr_matrix
+
+    arrays = (data, indices.astype(np.int64), indptr.astype(np.int64))
+    if tuple(blocksize) == (1, 1):
+        return csr_matrix(arrays, shape=shape)
+    return bsr_matrix(arrays, shape=shape, blocksize=tuple(blocksize))
 
 
 def reference_dense(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,

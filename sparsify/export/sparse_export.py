@@ -146,17 +146,14 @@ def export_sparse(dense: Target, target: Target, output_names: Sequence[str], *,
 
 def _set_target_threads(threads: int | None) -> None:
     """Run the kernels on ``threads`` threads from here on (None: leave them), or ExportError."""
-    import numba
-
-    from sparsify.kernels import set_threads
+    from sparsify.kernels import KernelValueError, set_threads
 
     if threads is None:
         return
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not isinstance(threads, int) or not 1 <= threads <= limit:
-        raise ExportError(f"--target-threads {threads!r} should be an int in [1, {limit}] (this machine's "
-                          "thread limit)")
-    set_threads(threads)
+    try:
+        set_threads(threads)
+    except KernelValueError as exc:
+        raise ExportError(f"--target-threads {threads!r}: {exc} (this machine's thread limit)") from None
 
 
 def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str, record: str) -> bool:

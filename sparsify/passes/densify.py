@@ -19,17 +19,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from sparsify.passes.onnx_graph import unique_name
-from sparsify.sparse_ops import CONV_OP, DOMAIN, SparseOpAttrs, node_label, parse_attrs, read_csr
+from sparsify.sparse_ops import CONV_OP, DOMAIN, SparseOpAttrs, node_label, parse_attrs, read_csr, scipy_matrix
 
 
 def dense_weight(attrs: SparseOpAttrs, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """The [rows, cols] matrix of checked CSR (or BSR) arrays, in ``data``'s dtype."""
-    from scipy.sparse import bsr_matrix, csr_matrix
-
-    arrays = (data, indices.astype(np.int64), indptr.astype(np.int64))
-    if attrs.blocksize == (1, 1):
-        return csr_matrix(arrays, shape=attrs.shape).toarray()
-    return bsr_matrix(arrays, shape=attrs.shape, blocksize=attrs.blocksize).toarray()
+    return scipy_matrix(data, indices, indptr, attrs.shape, attrs.blocksize).toarray()
 
 
 def _fresh_names(model: onnx.ModelProto) -> Callable[[str], str]:
