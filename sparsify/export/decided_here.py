@@ -8,7 +8,8 @@ host": an AVX-512 host's file ran x0.87 of dense with AVX2 code, x1.00 once deci
 (``sparsify.export.from_file``, verified against the file) before running it, and keep
 the result in the calibration cache (``sparsify.runtime.calibrate.cache_dir``): one entry
 per source file, host and thread count, replaced when the source file changes. A file whose
-conversions were timed on this host at this thread count runs as it is.
+conversions were timed on this host at this thread count runs as it is, and so does every
+file while layer timing is off (``$SPARSIFY_CALIBRATION``): the fixed rules know no better.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     timed = calibrate.enabled()
     if record is not None and record.get("decided_by") == "timed" and same_host(record, threads):
         return Decided(source, source, "as recorded", f"timed on this host at {threads} thread(s)")
-    if record is not None and record.get("decided_by") != "timed" and not timed:
-        return Decided(source, source, "as recorded", f"decided by {record.get('decided_by')}, and timing is "
-                       f"off here (${calibrate.ENV})")
+    if record is not None and not timed:  # the fixed rules here would not know better than the file
+        return Decided(source, source, "as recorded", f"timing is off here (${calibrate.ENV}), so the file's "
+                       f"decisions ({record.get('decided_by')}) stand")
     if not input_shapes and _fits(model, feed_shapes):
         input_shapes = [",".join(str(d) for d in shape) for shape in feed_shapes]
     entry = calibrate.cache_dir() / CACHE_FOLDER / _entry_name(source, threads)

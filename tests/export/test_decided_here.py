@@ -34,6 +34,12 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def timing(monkeypatch):
+    """Layer timings on (the suite turns them off): deciding here means timing here."""
+    monkeypatch.setenv("SPARSIFY_CALIBRATION", "on")
+
+
 HERE = dict(cpu=cpu_model(), kernel_variant=isa.VARIANT, threads=1, target_batch=1, decided_by="timed")
 
 
@@ -42,7 +48,7 @@ def run(path, x):
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
-def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tmp_path, cache):
+def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tmp_path, cache, timing):
     other = with_conversion_record(sparse_file, tmp_path / "other.onnx", **{**HERE, "cpu": "Other CPU", "host_cpu": "znver9"})
     first = decided_here(other, threads=1)
     assert first.how == "decided" and first.source == other and first.path != other
@@ -50,8 +56,8 @@ def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tm
     assert first.reason.startswith(f"the file's were timed on Other CPU (znver9); here: CPU {cpu_model()}, ")
     assert "decided again on this host" in first.describe()
     record = read_record(onnx.load(str(first.path)))
-    # The suite runs with timing off, so the file is decided by the fixed rules of this host.
-    assert record["cpu"] == cpu_model() and record["decided_by"] == "fixed rules" and record["threads"] == 1
+    assert record["cpu"] == cpu_model() and record["decided_by"] == "timed" and record["threads"] == 1
+    assert (cache / "calibration").is_dir()  # the layer timings went to the same cache
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     assert_close(run(first.path, x), run(other, x))
 
@@ -71,7 +77,7 @@ def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tm
         assert read_record(onnx.load(str(two.path)))["threads"] == 2
 
 
-def test_a_file_timed_here_runs_as_it_is(sparse_file, tmp_path, cache):
+def test_a_file_timed_here_runs_as_it_is(sparse_file, tmp_path, cache, timing):
     same = with_conversion_record(sparse_file, tmp_path / "same.onnx", **HERE)
     decided = decided_here(same, threads=1)
     assert (decided.how, decided.path) == ("as recorded", same)
@@ -84,16 +90,19 @@ def test_a_file_timed_here_runs_as_it_is(sparse_file, tmp_path, cache):
 
 
 def test_files_with_nothing_to_decide_here_run_as_they_are(sparse_file, digits_cnn_run, tmp_path):
+    """(Timing is off, as in the rest of the suite.)"""
     dense = tmp_path / "dense.onnx"
     export_model(digits_cnn_run / "pruned", dense, mode="dense")
     assert decided_here(dense, threads=1).path == dense
-    # Fixed rules decide the same on every host, and with timing off nothing is timed here.
-    rules = with_conversion_record(sparse_file, tmp_path / "rules.onnx", **{**HERE, "decided_by": "fixed rules"})
-    decided = decided_here(rules, threads=1)
-    assert decided.how == "as recorded" and "timing is off here" in decided.reason
+    # With timing off here the fixed rules would decide, which know no better than the file's timings.
+    for how in ("fixed rules", "timed"):
+        rules = with_conversion_record(sparse_file, tmp_path / "rules.onnx", **{**HERE, "decided_by": how, "cpu": "X"})
+        decided = decided_here(rules, threads=1)
+        assert decided.how == "as recorded" and decided.reason == (
+            f"timing is off here ($SPARSIFY_CALIBRATION), so the file's decisions ({how}) stand")
 
 
-def test_bad_paths_and_cache_folders_get_one_paragraph(sparse_file, tmp_path, monkeypatch):
+def test_bad_paths_and_cache_folders_get_one_paragraph(sparse_file, tmp_path, monkeypatch, timing):
     with pytest.raises(ExportError, match="not one"):
         decided_here(tmp_path / "missing.onnx", threads=1)
     blocker = tmp_path / "a_file"
@@ -104,14 +113,14 @@ def test_bad_paths_and_cache_folders_get_one_paragraph(sparse_file, tmp_path, mo
         decided_here(other, threads=1)
 
 
-def test_load_session_decides_here_on_request(sparse_file, tmp_path):
+def test_load_session_decides_here_on_request(sparse_file, tmp_path, timing):
     other = with_conversion_record(sparse_file, tmp_path / "other.onnx", **{**HERE, "cpu": "Other CPU"})
     assert load_session(other).conversion_elsewhere
     session = load_session(other, decide_here=True)
-    assert not session.conversion_elsewhere and session.conversion.startswith("conversions: by the fixed density")
+    assert not session.conversion_elsewhere and session.conversion.endswith(", as here")
 
 
-def test_cli_run_and_bench_decide_here(sparse_file, tmp_path, capsys):
+def test_cli_run_and_bench_decide_here(sparse_file, tmp_path, capsys, timing):
     other = with_conversion_record(sparse_file, tmp_path / "other.onnx", **{**HERE, "cpu": "Other CPU"})
     x = np.random.default_rng(1).standard_normal((1, 1, 8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
