@@ -17,7 +17,7 @@ from sparsify.export.decided_here import decided_here
 from sparsify.kernels import isa
 from sparsify.machine import cpu_model
 from sparsify.runtime import Session
-from sparsify.runtime.conversion_record import read_record
+from sparsify.runtime.conversion_record import CONVERSION_METADATA, read_record
 from tests.helpers import assert_close, with_conversion_record
 
 
@@ -144,3 +144,19 @@ def test_cli_run_and_bench_decide_here(sparse_file, tmp_path, capsys, timing):
     assert main(["run", str(tmp_path / "x.npy"), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "z.npy"),
                  "--decide-here"]) == 2
     assert "x.npy is not one" in capsys.readouterr().err
+
+
+def test_a_changed_external_data_file_is_decided_again(digits_cnn_run, tmp_path, timing):
+    exported = tmp_path / "exported.onnx"
+    export_model(digits_cnn_run / "pruned", exported, mode="sparse", density_threshold=1.0, external_data="always")
+    model = onnx.load(str(exported), load_external_data=False)  # keeps reading exported.onnx.data
+    onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props}
+                                | {CONVERSION_METADATA: json.dumps({**HERE, "cpu": "Other CPU"})})
+    src = tmp_path / "ext.onnx"
+    onnx.save(model, str(src))
+    first = decided_here(src, threads=1)
+    assert first.how == "decided" and decided_here(src, threads=1).how == "cached"
+    data = tmp_path / "exported.onnx.data"
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert decided_here(src, threads=1).how == "decided"
