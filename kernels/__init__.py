@@ -9,7 +9,7 @@ Public API:
 - :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight, or a
   BSR of R x 1 blocks (:func:`conv.conv_block`).
 - :func:`norm.layer_norm` (``norm.py``): the runtime's LayerNormalization.
-- :func:`set_threads`, :func:`get_threads`, :func:`kept_threads`, :func:`warmup` (``threads.py``).
+- :func:`check_threads`, :func:`set_threads`, :func:`get_threads`, :func:`kept_threads`, :func:`warmup` (``threads.py``).
 - Errors (``errors.py``): :class:`KernelValueError` and its subclasses
   :class:`CSRFormatError`, :class:`KernelArgumentError`; the runtime wraps them.
 """
@@ -22,10 +22,10 @@ from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError
 from .conv import SparseConv2d, csr_conv2d
 from .spmm import SparseLinear, csr_linear
-from .threads import get_threads, kept_threads, set_threads, warmup
+from .threads import check_threads, get_threads, kept_threads, set_threads, warmup
 
 __all__ = [
     "REVISION", "CSR", "choose_index_dtypes", "CSRFormatError", "KernelArgumentError", "KernelValueError",
     "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d",
-    "set_threads", "get_threads", "kept_threads", "warmup",
+    "check_threads", "set_threads", "get_threads", "kept_threads", "warmup",
 ]

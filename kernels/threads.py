@@ -45,16 +45,22 @@ from .errors import KernelArgumentError
 from .spmm import SparseLinear
 
 
+def check_threads(n: int) -> int:
+    """``n`` as an int when the kernels can run on that many threads (1 <= n <=
+    numba.config.NUMBA_NUM_THREADS, this machine's limit), else KernelArgumentError."""
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
+        raise KernelArgumentError(f"threads {n!r} should be an int in [1, {limit}] (this machine's thread limit)")
+    return int(n)
+
+
 def set_threads(n: int) -> None:
-    """Use ``n`` threads in the parallel kernels (1 <= n <= numba.config.NUMBA_NUM_THREADS).
+    """Use ``n`` threads in the parallel kernels (see :func:`check_threads`).
 
     Like ``numba.set_num_threads``, which it wraps, the setting applies to the calling
     thread (and the parallel regions it launches).
     """
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not isinstance(n, (int, np.integer)) or not 1 <= n <= limit:
-        raise KernelArgumentError(f"threads {n!r} should be an int in [1, {limit}]")
-    numba.set_num_threads(int(n))
+    numba.set_num_threads(check_threads(n))
 
 
 def threading_layer() -> str:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sparsify.errors import ExportError
+from sparsify.errors import DataError, ExportError
 from sparsify.fileio import atomic_path
 
 #: Cache subfolder of the re-decided files.
@@ -67,6 +67,12 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     from sparsify.runtime.conversion_record import read_record, same_host
     from sparsify.sparse_ops import DOMAIN
 
+    from sparsify.kernels import KernelValueError, check_threads
+
+    try:
+        threads = check_threads(threads)
+    except KernelValueError as exc:
+        raise DataError(str(exc)) from None
     source = Path(source)
     if source.suffix != ".onnx" or not source.is_file():
         raise ExportError(f"--decide-here applies to ONNX files sparsify exported; {source} is not one")

@@ -153,7 +153,7 @@ def _set_target_threads(threads: int | None) -> None:
     try:
         set_threads(threads)
     except KernelValueError as exc:
-        raise ExportError(f"--target-threads {threads!r}: {exc} (this machine's thread limit)") from None
+        raise ExportError(f"--target-threads {threads!r}: {exc}") from None
 
 
 def _write(model: onnx.ModelProto, dense: Target, target: Target, external_data: str, record: str) -> bool:

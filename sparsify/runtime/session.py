@@ -91,14 +91,13 @@ class Session:
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto",
                  profile: bool = False) -> None:
-        from sparsify.kernels import SparseLinear, get_threads, set_threads
+        from sparsify.kernels import KernelValueError, SparseLinear, check_threads, get_threads, set_threads
         from sparsify.kernels.spmm import fit_batch1_layouts
 
-        import numba
-
-        limit = numba.config.NUMBA_NUM_THREADS
-        if not isinstance(threads, (int, np.integer)) or not 1 <= threads <= limit:
-            raise DataError(f"threads {threads!r} should be an int in [1, {limit}] (this machine's thread limit)")
+        try:
+            threads = check_threads(threads)
+        except KernelValueError as exc:
+            raise DataError(str(exc)) from None
         if glue not in GLUE_POLICIES:
             raise DataError(f"glue {glue!r} should be one of {GLUE_POLICIES}")
         if batch1 not in BATCH1_POLICIES:

@@ -12,7 +12,7 @@ import pytest
 
 from sparsify.api import export_model, load_session
 from sparsify.cli import main
-from sparsify.errors import ExportError
+from sparsify.errors import DataError, ExportError
 from sparsify.export.decided_here import decided_here
 from sparsify.kernels import isa
 from sparsify.machine import cpu_model
@@ -105,6 +105,8 @@ def test_files_with_nothing_to_decide_here_run_as_they_are(sparse_file, digits_c
 def test_bad_paths_and_cache_folders_get_one_paragraph(sparse_file, tmp_path, monkeypatch, timing):
     with pytest.raises(ExportError, match="not one"):
         decided_here(tmp_path / "missing.onnx", threads=1)
+    with pytest.raises(DataError, match=r"threads 0 should be an int in \[1, \d+\] \(this machine's thread limit\)"):
+        decided_here(sparse_file, threads=0)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setenv("SPARSIFY_CACHE_DIR", str(blocker))

@@ -48,7 +48,7 @@ def test_get_threads_is_per_calling_thread():
     assert seen == [(1, 1)] and get_threads() == before == numba.get_num_threads()
 
 
-@pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, "2"])
+@pytest.mark.parametrize("bad", [0, -1, 10**6, 1.5, "2", True])
 def test_set_threads_rejects(bad):
     with pytest.raises(KernelArgumentError, match="threads .* should be an int in"):
         set_threads(bad)
