@@ -40,14 +40,33 @@ def block_candidates(w2d: np.ndarray) -> list[tuple[int, int]]:
     rows, cols = nz.shape
     if nnz == 0 or nnz > BLOCK_MAX_DENSITY * nz.size:
         return []
-    out = []
-    for r, c in BLOCK_SHAPES:
-        if rows % r or cols % c:
+    # A shape's fill is at most that of every shape tiling its blocks (each nonempty block
+    # covers at least one nonempty sub-block), so finer shapes go first and a failed one
+    # rules out every shape it tiles: an unstructured weight is settled by 2x1 and 1x2.
+    occupied = {(1, 1): nz}
+    failed: list[tuple[int, int]] = []
+    fits = set()
+    for r, c in sorted(BLOCK_SHAPES, key=lambda b: (b[0] * b[1], b)):
+        if rows % r or cols % c or any(r % fr == 0 and c % fc == 0 for fr, fc in failed):
             continue
-        blocks = int(nz.reshape(rows // r, r, cols // c, c).any(axis=(1, 3)).sum())
-        if nnz >= BLOCK_MIN_FILL * blocks * r * c:
-            out.append((r, c))
-    return out
+        if nnz >= BLOCK_MIN_FILL * int(_occupied(occupied, r, c).sum()) * r * c:
+            fits.add((r, c))
+        else:
+            failed.append((r, c))
+    return [b for b in BLOCK_SHAPES if b in fits]
+
+
+def _occupied(cache: dict[tuple[int, int], np.ndarray], r: int, c: int) -> np.ndarray:
+    """Which r x c blocks hold a nonzero (r, c powers of two), from the halved shape's
+    blocks in ``cache`` (pairs of rows, else of columns, OR-ed)."""
+    if (r, c) not in cache:
+        if r > 1:
+            half = _occupied(cache, r // 2, c)
+            cache[(r, c)] = half[0::2] | half[1::2]
+        else:
+            half = _occupied(cache, r, c // 2)
+            cache[(r, c)] = half[:, 0::2] | half[:, 1::2]
+    return cache[(r, c)]
 
 
 def conv_block_candidates(w: np.ndarray, group: int) -> list[tuple[int, int]]:
