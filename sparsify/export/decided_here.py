@@ -7,20 +7,23 @@ host": an AVX-512 host's file ran x0.87 of dense with AVX2 code, x1.00 once deci
 :func:`decided_here`) therefore export such a file again from itself on the running host
 (``sparsify.export.from_file``, verified against the file) before running it, and keep
 the result in the calibration cache (``sparsify.runtime.calibrate.cache_dir``): one entry
-per source file, host and thread count, replaced when the source file changes. A file whose
+per source file, host and thread count, replaced when the source file changes. One process
+decides at a time on a host; others wait for it (workers started together). A file whose
 conversions were timed on this host at this thread count runs as it is, and so does every
 file while layer timing is off (``$SPARSIFY_CALIBRATION``): the fixed rules know no better.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from sparsify.errors import DataError, ExportError
 from sparsify.fileio import atomic_path
@@ -28,6 +31,7 @@ from sparsify.fileio import atomic_path
 #: Cache subfolder of the re-decided files.
 CACHE_FOLDER = "decided"
 _KEY_FILE = "key.json"
+_LOCK_FILE = ".lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +47,19 @@ class Decided:
     reason: str
     seconds: float = 0.0
     lines: tuple[str, ...] = ()
+    #: Seconds spent waiting for another process's decision (:func:`_decision_lock`).
+    waited: float = 0.0
 
     def describe(self) -> str:
         """One line for people."""
         if self.how == "as recorded":
             return f"{self.source.name}: runs as exported ({self.reason})"
+        wait = f" (after waiting {self.waited:.1f} s for another process deciding)" if self.waited >= 0.1 else ""
         if self.how == "cached":
-            return f"{self.source.name}: conversions decided on this host earlier ({self.reason}), from {self.path}"
+            return (f"{self.source.name}: conversions decided on this host earlier ({self.reason}), from "
+                    f"{self.path}{wait}")
         return (f"{self.source.name}: conversions decided again on this host in {self.seconds:.2f} s "
-                f"({self.reason}), cached at {self.path}")
+                f"({self.reason}), cached at {self.path}{wait}")
 
 
 def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Sequence[str] = (),
@@ -94,28 +102,47 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     reason = _why(record, threads)
     if _cached_key(entry) == key and out.is_file():
         return Decided(source, out, "cached", reason)
-    return _decide(source, entry, out, key, reason, threads, input_shapes)
+    start = time.perf_counter()
+    with _decision_lock(entry):
+        waited = time.perf_counter() - start
+        if _cached_key(entry) == key and out.is_file():  # decided by the process we waited for
+            return Decided(source, out, "cached", reason, waited=waited)
+        return _decide(source, entry, out, key, reason, threads, input_shapes, waited)
+
+
+@contextlib.contextmanager
+def _decision_lock(entry: Path) -> Iterator[None]:
+    """Hold the host's decision lock (``decided/.lock``; released when the process ends): one
+    process decides at a time, so that workers started together neither time their layers
+    against each other's timings nor export the same file twice."""
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        lock = open(entry.parent / _LOCK_FILE, "a+b")
+    except OSError as exc:
+        raise ExportError(f"cannot write the cache folder {entry}: {exc.strerror or exc} (set $SPARSIFY_CACHE_DIR "
+                          "to a writable folder)") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _decide(source: Path, entry: Path, out: Path, key: dict[str, Any], reason: str, threads: int,
-            input_shapes: Sequence[str]) -> Decided:
+            input_shapes: Sequence[str], waited: float) -> Decided:
     """Export ``source`` again on this host into the cache entry, then record its key."""
     from sparsify.export.from_file import export_file
     from sparsify.export.options import DEFAULT_ATOL, DEFAULT_RTOL
 
-    try:
-        entry.mkdir(parents=True, exist_ok=True)
-        (entry / _KEY_FILE).unlink(missing_ok=True)  # no key while the entry's model is replaced
-    except OSError as exc:
-        raise ExportError(f"cannot write the cache folder {entry}: {exc.strerror or exc} (set $SPARSIFY_CACHE_DIR "
-                          "to a writable folder)") from None
+    (entry / _KEY_FILE).unlink(missing_ok=True)  # no key while the entry's model is replaced
     start = time.perf_counter()
     _, _, summary = export_file(source, out, mode="sparse", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
                                 input_shapes=input_shapes, target_threads=threads)
     seconds = time.perf_counter() - start
     with atomic_path(entry / _KEY_FILE, ExportError) as tmp:
         tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
-    return Decided(source, out, "decided", reason, seconds, tuple(summary.get("lines", ())))
+    return Decided(source, out, "decided", reason, seconds, tuple(summary.get("lines", ())), waited)
 
 
 def _fits(model: Any, shapes: Sequence[Sequence[int]]) -> bool:

@@ -162,3 +162,19 @@ def test_a_changed_external_data_file_is_decided_again(digits_cnn_run, tmp_path,
     stat = data.stat()
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert decided_here(src, threads=1).how == "decided"
+
+
+def test_processes_started_together_decide_once(sparse_file, tmp_path, cache):
+    """Workers started at once: one decides, the other waits for it and takes its file."""
+    import subprocess
+    import sys
+
+    other = with_conversion_record(sparse_file, tmp_path / "other.onnx", **{**HERE, "cpu": "Other CPU"})
+    code = ("import sys; from sparsify.export.decided_here import decided_here; "
+            "d = decided_here(sys.argv[1], threads=1); print(d.how, d.path)")
+    env = {**os.environ, "SPARSIFY_CALIBRATION": "on", "SPARSIFY_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(other)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = sorted(p.communicate(timeout=300)[0].split() for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert [r[0] for r in results] == ["cached", "decided"] and results[0][1] == results[1][1]
