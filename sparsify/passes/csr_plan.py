@@ -143,14 +143,15 @@ def plan_csr(model: onnx.ModelProto, density_threshold: float | None = None,
         d.blocksize = fixed_rule_block(blocks)
         if progress:
             progress(w.nbytes)
-        measured = calibrator is not None and decide_by_measurement(g, d, w, shapes, target_batch, calibrator, blocks)
+        measured = False
+        if calibrator is not None:
+            with calibrator.exclusive():
+                measured = decide_by_measurement(g, d, w, shapes, target_batch, calibrator, blocks)
         del w
         if not measured:
             decide_by_threshold(g, d, shapes, target_batch, density_threshold)
         if d.convert:
             claimed.update(d.fused)
-    if calibrator is not None:
-        calibrator.save()
-    elif density_threshold is None:
+    if calibrator is None and density_threshold is None:
         keep_small_models_dense(g, decisions, target_batch, shapes)
     return CsrPlan(decisions, target_batch, density_threshold, shapes)

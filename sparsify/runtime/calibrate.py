@@ -9,6 +9,8 @@ vector features, kernel variant, thread count and library versions, under
 ``$SPARSIFY_CACHE_DIR`` (default ``$XDG_CACHE_HOME/sparsify`` or ``~/.cache/sparsify``),
 keyed by the layer's kind, shape, density (to 0.01) and batch. ``SPARSIFY_CALIBRATION=off``
 turns it off (the pass then uses its fixed rules), which the test suite does by default.
+Processes time one at a time (:meth:`Calibrator.exclusive`, a lock file beside the cache):
+timings taken while another process times on the same cores would be cached as this host's.
 
 :func:`choose_batch1_forms` does the same at load for each Linear's batch-1 kernel: the
 sliced-ELL layout the size rules chose against the CSR kernel. Which wins depends on the
@@ -22,14 +24,17 @@ are prefetched, depends on the host's caches and memory, which the size rules of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -99,6 +104,11 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
         return []
     set_threads(threads)
     cal = Calibrator(threads, directory)
+    with cal.exclusive():
+        return _choose_batch1_forms(layers, cal, threads)
+
+
+def _choose_batch1_forms(layers: list, cal: "Calibrator", threads: int) -> list[str]:
     lines = []
     for layer in layers:
         lines += _keep_layout_if_faster(layer, cal)
@@ -111,7 +121,6 @@ def choose_batch1_forms(layers: list, threads: int, directory: str | os.PathLike
     if threads > 1:
         for layer in layers:
             lines += _choose_batch1_threads(layer, cal, threads)
-    cal.save()
     return lines
 
 
@@ -344,6 +353,12 @@ def _one_node_model(op: str, w: np.ndarray, x_shape: tuple[int, ...], **attrs) -
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+# How deep this process is in Calibrator.exclusive (the file lock is taken at depth 0 only:
+# a second flock on another descriptor of the same file would wait for the first).
+_HELD = {"depth": 0}
+_HELD_LOCK = threading.Lock()
+
+
 class Calibrator:
     """Measures (or recalls) layers on this host; see the module docstring."""
 
@@ -371,6 +386,39 @@ class Calibrator:
         if not isinstance(doc, dict) or doc.get("identity") != self.identity or not isinstance(doc.get("entries"), dict):
             return {}
         return doc["entries"]
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator["Calibrator"]:
+        """Hold this host's calibration lock (``calibration/.lock`` in the cache folder) with
+        the entries other processes saved meanwhile read in, and save on leaving: one process
+        times at a time, so that workers started together neither time against each other
+        nor each time what another has cached. Re-entrant within a process; without a
+        writable cache folder there is nothing shared to guard."""
+        with _HELD_LOCK:
+            outer = _HELD["depth"] == 0
+            _HELD["depth"] += 1
+        try:
+            lock = None
+            if outer:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    lock = open(self.path.parent / ".lock", "a+b")
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                except OSError:
+                    lock = None
+            try:
+                self._entries = {**self._load(), **self._entries}
+                if self._overhead is None:
+                    self._overhead = self._entries.get("ort call", {}).get("ms")
+                yield self
+                self.save()
+            finally:
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                    lock.close()
+        finally:
+            with _HELD_LOCK:
+                _HELD["depth"] -= 1
 
     def save(self) -> None:
         """Write the cache (atomically) if anything new was measured; a cache that cannot be

@@ -342,3 +342,39 @@ def test_batch1_thread_timing_is_real_and_cached(cache):
     cal.save()
     again = calibrate.Calibrator(2).batch1_threads(layer)
     assert again.cached and (again.sparse_ms, again.dense_ms) == (m.sparse_ms, m.dense_ms)
+
+
+def test_processes_timing_together_take_turns_and_share_the_cache(cache, tmp_path):
+    """Workers loading at once: one times the layout, the other waits and finds it cached."""
+    import os
+    import subprocess
+    import sys
+
+    from sparsify.kernels import ell
+
+    if ell.host_geometry() is None:
+        pytest.skip("no sliced-ELL layout on this host")
+    go = tmp_path / "go"
+    code = f"""
+import os, sys, time
+import numpy as np
+from sparsify.kernels import CSR, SparseLinear
+from sparsify.runtime import calibrate
+rng = np.random.default_rng(7)
+w = rng.standard_normal((512, 512)).astype(np.float32)
+w[rng.random(w.shape) >= 0.1] = 0
+layer = SparseLinear(CSR.from_dense(w), batch1="ell")
+print("ready", flush=True)
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.005)
+print(calibrate.choose_batch1_forms([layer], 1)[0], flush=True)
+"""
+    env = {**os.environ, calibrate.CACHE_ENV: str(cache), calibrate.ENV: "on"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    go.touch()  # both start timing at once
+    lines = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], lines
+    assert sorted(line.endswith(", cached") for line in lines) == [False, True], lines
