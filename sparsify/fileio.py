@@ -295,3 +295,20 @@ def atomic_dir(dest: str | Path, error: type[SparsifyError], marker: str) -> Ite
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 2:
                     raise error(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def held_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file at ``path`` (created, with its folder, when
+    missing) until the block ends or the process does: processes that share a cache take
+    turns. OSError when the file cannot be created or locked."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

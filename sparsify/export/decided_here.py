@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -115,18 +114,16 @@ def _decision_lock(entry: Path) -> Iterator[None]:
     """Hold the host's decision lock (``decided/.lock``; released when the process ends): one
     process decides at a time, so that workers started together neither time their layers
     against each other's timings nor export the same file twice."""
-    try:
-        entry.mkdir(parents=True, exist_ok=True)
-        lock = open(entry.parent / _LOCK_FILE, "a+b")
-    except OSError as exc:
-        raise ExportError(f"cannot write the cache folder {entry}: {exc.strerror or exc} (set $SPARSIFY_CACHE_DIR "
-                          "to a writable folder)") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    from sparsify.fileio import held_lock
+
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            entry.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(held_lock(entry.parent / _LOCK_FILE))
+        except OSError as exc:
+            raise ExportError(f"cannot write the cache folder {entry}: {exc.strerror or exc} (set "
+                              "$SPARSIFY_CACHE_DIR to a writable folder)") from None
+        yield
 
 
 def _decide(source: Path, entry: Path, out: Path, key: dict[str, Any], reason: str, threads: int,

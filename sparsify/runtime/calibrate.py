@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -394,28 +393,23 @@ class Calibrator:
         times at a time, so that workers started together neither time against each other
         nor each time what another has cached. Re-entrant within a process; without a
         writable cache folder there is nothing shared to guard."""
+        from sparsify.fileio import held_lock
+
         with _HELD_LOCK:
             outer = _HELD["depth"] == 0
             _HELD["depth"] += 1
         try:
-            lock = None
-            if outer:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    lock = open(self.path.parent / ".lock", "a+b")
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                except OSError:
-                    lock = None
-            try:
+            with contextlib.ExitStack() as stack:
+                if outer:
+                    try:
+                        stack.enter_context(held_lock(self.path.parent / ".lock"))
+                    except OSError:
+                        pass  # not writable: nothing is shared through it
                 self._entries = {**self._load(), **self._entries}
                 if self._overhead is None:
                     self._overhead = self._entries.get("ort call", {}).get("ms")
                 yield self
                 self.save()
-            finally:
-                if lock is not None:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-                    lock.close()
         finally:
             with _HELD_LOCK:
                 _HELD["depth"] -= 1
