@@ -298,17 +298,22 @@ def atomic_dir(dest: str | Path, error: type[SparsifyError], marker: str) -> Ite
 
 
 @contextlib.contextmanager
-def held_lock(path: str | Path) -> Iterator[None]:
+def held_lock(path: str | Path) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on the file at ``path`` (created, with its folder, when
     missing) until the block ends or the process does: processes that share a cache take
-    turns. OSError when the file cannot be created or locked."""
+    turns. Yields False, holding nothing, where the file system refuses locks (some network
+    file systems); OSError when the file cannot be created."""
     import fcntl
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

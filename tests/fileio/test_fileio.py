@@ -215,3 +215,32 @@ def test_outputs_keep_the_usual_permissions_and_suffix(tmp_path):
         os.umask(old)
     assert (tmp_path / "plot.png").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "r").stat().st_mode & 0o777 == 0o755
+
+
+def test_held_lock_makes_processes_take_turns_and_survives_a_refused_lock(tmp_path, monkeypatch):
+    import fcntl
+    import subprocess
+    import sys
+
+    from sparsify.fileio import held_lock
+
+    lock = tmp_path / "cache" / ".lock"
+    with held_lock(lock) as held:
+        assert held and lock.is_file()
+        code = ("import sys, fcntl; f = open(sys.argv[1], 'a+b')\n"
+                "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+                "except BlockingIOError:\n    print('held')")
+        assert subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True).stdout == "held\n"
+    assert subprocess.run([sys.executable, "-c", code, str(lock)], capture_output=True, text=True).stdout == "free\n"
+
+    def refuse(*_args):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with held_lock(lock) as held:
+        assert held is False
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        with held_lock(blocker / ".lock"):
+            pass
