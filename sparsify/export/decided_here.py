@@ -48,17 +48,20 @@ class Decided:
     lines: tuple[str, ...] = ()
     #: Seconds spent waiting for another process's decision (:func:`_decision_lock`).
     waited: float = 0.0
+    #: (layers converted, layers decided) in ``path`` when decided here.
+    converted: tuple[int, int] | None = None
 
     def describe(self) -> str:
         """One line for people."""
         if self.how == "as recorded":
             return f"{self.source.name}: runs as exported ({self.reason})"
         wait = f" (after waiting {self.waited:.1f} s for another process deciding)" if self.waited >= 0.1 else ""
+        counts = f"{self.converted[0]} of {self.converted[1]} layers converted, " if self.converted else ""
         if self.how == "cached":
-            return (f"{self.source.name}: conversions decided on this host earlier ({self.reason}), from "
-                    f"{self.path}{wait}")
+            return (f"{self.source.name}: conversions decided on this host earlier ({self.reason}): {counts}"
+                    f"from {self.path}{wait}")
         return (f"{self.source.name}: conversions decided again on this host in {self.seconds:.2f} s "
-                f"({self.reason}), cached at {self.path}{wait}")
+                f"({self.reason}): {counts}cached at {self.path}{wait}")
 
 
 def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Sequence[str] = (),
@@ -99,13 +102,15 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     key = _source_key(model, source, threads, timed)
     out = entry / source.name
     reason = _why(record, threads)
-    if _cached_key(entry) == key and out.is_file():
-        return Decided(source, out, "cached", reason)
+    cached = _cached(entry, key, out)
+    if cached:
+        return Decided(source, out, "cached", reason, converted=cached)
     start = time.perf_counter()
     with _decision_lock(entry):
         waited = time.perf_counter() - start
-        if _cached_key(entry) == key and out.is_file():  # decided by the process we waited for
-            return Decided(source, out, "cached", reason, waited=waited)
+        cached = _cached(entry, key, out)
+        if cached:  # decided by the process we waited for
+            return Decided(source, out, "cached", reason, waited=waited, converted=cached)
         return _decide(source, entry, out, key, reason, threads, input_shapes, waited)
 
 
@@ -137,9 +142,12 @@ def _decide(source: Path, entry: Path, out: Path, key: dict[str, Any], reason: s
     _, _, summary = export_file(source, out, mode="sparse", atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL,
                                 input_shapes=input_shapes, target_threads=threads)
     seconds = time.perf_counter() - start
+    converted = len(summary.get("converted", []))
+    counts = (converted, converted + len(summary.get("skipped", [])))
     with atomic_path(entry / _KEY_FILE, ExportError) as tmp:
-        tmp.write_text(json.dumps(key, indent=1, sort_keys=True))
-    return Decided(source, out, "decided", reason, seconds, tuple(summary.get("lines", ())), waited)
+        tmp.write_text(json.dumps({"key": key, "converted": counts[0], "layers": counts[1]}, indent=1,
+                                  sort_keys=True))
+    return Decided(source, out, "decided", reason, seconds, tuple(summary.get("lines", ())), waited, counts)
 
 
 def _fits(model: Any, shapes: Sequence[Sequence[int]]) -> bool:
@@ -185,12 +193,16 @@ def _source_key(model: Any, source: Path, threads: int, timed: bool) -> dict[str
     return {"files": stats, "threads": int(threads), "timed": bool(timed)}
 
 
-def _cached_key(entry: Path) -> dict[str, Any] | None:
+def _cached(entry: Path, key: dict[str, Any], out: Path) -> tuple[int, int] | None:
+    """(layers converted, layers decided) of the entry's file when it was decided from the
+    source ``key`` describes and is still there; else None."""
     try:
-        key = json.loads((entry / _KEY_FILE).read_text())
+        doc = json.loads((entry / _KEY_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return key if isinstance(key, dict) else None
+    if not isinstance(doc, dict) or doc.get("key") != key or not out.is_file():
+        return None
+    return int(doc.get("converted", 0)), int(doc.get("layers", 0))
 
 
 __all__: Sequence[str] = ["Decided", "decided_here", "CACHE_FOLDER"]

@@ -54,7 +54,10 @@ def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tm
     assert first.how == "decided" and first.source == other and first.path != other
     assert first.path.name == "other.onnx" and cache in first.path.parents
     assert first.reason.startswith(f"the file's were timed on Other CPU (znver9); here: CPU {cpu_model()}, ")
-    assert "decided again on this host" in first.describe()
+    sparse_ops = sum(n.domain == "ai.sparsify" for n in onnx.load(str(first.path)).graph.node)
+    assert first.converted == (sparse_ops, 7)  # the digits-cnn's 7 layers, each decided here
+    assert f"decided again on this host in {first.seconds:.2f} s (" in first.describe()
+    assert f"): {sparse_ops} of 7 layers converted, cached at {first.path}" in first.describe()
     record = read_record(onnx.load(str(first.path)))
     assert record["cpu"] == cpu_model() and record["decided_by"] == "timed" and record["threads"] == 1
     assert (cache / "calibration").is_dir()  # the layer timings went to the same cache
@@ -62,7 +65,7 @@ def test_a_file_timed_elsewhere_is_decided_here_once_then_cached(sparse_file, tm
     assert_close(run(first.path, x), run(other, x))
 
     again = decided_here(other, threads=1)
-    assert (again.how, again.path) == ("cached", first.path)
+    assert (again.how, again.path, again.converted) == ("cached", first.path, first.converted)
     # A changed source file is decided again, into the same entry.
     stat = other.stat()
     os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
