@@ -99,8 +99,9 @@ def describe_record(record: dict[str, Any] | None, threads: int) -> str | None:
     if not differs:
         return line + ", as here"
     return (f"{line}; here: {', '.join(differs.values())}, where other layers may win: 'sparsify run' or "
-            "'sparsify bench' with --decide-here, or 'sparsify export FILE.onnx --mode sparse -o OUT.onnx' (with "
-            "--target-threads for another thread count), decides them again on this host")
+            "'sparsify bench' with --decide-here (in Python, sparsify.api.load_session(path, decide_here=True)), "
+            "or 'sparsify export FILE.onnx --mode sparse -o OUT.onnx' (with --target-threads for another thread "
+            "count), decides them again on this host")
 
 
 __all__ = ["CONVERSION_METADATA", "conversion_record", "read_record", "describe_record", "differences", "host_differs",
