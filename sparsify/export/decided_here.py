@@ -2,7 +2,7 @@
 
 A sparse export converts the layers that won in timings on the exporting host; on another
 CPU or thread count other layers may win (benchmarks/README.md, "A file decided on another
-host": an AVX-512 host's file ran x0.87 of dense with AVX2 code, x1.00 once decided there).
+host").
 ``sparsify run --decide-here`` and ``sparsify bench --decide-here`` (and
 :func:`decided_here`) therefore export such a file again from itself on the running host
 (``sparsify.export.from_file``, verified against the file) before running it, and keep
@@ -45,7 +45,6 @@ class Decided:
     how: str
     reason: str
     seconds: float = 0.0
-    lines: tuple[str, ...] = ()
     #: Seconds spent waiting for another process's decision (:func:`_decision_lock`).
     waited: float = 0.0
     #: (layers converted, layers decided) in ``path`` when decided here.
@@ -72,12 +71,11 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     ``input_shapes`` size dynamic dims the file records no size for (as ``--input-shape``);
     ``feed_shapes``, the shapes of the arrays the caller will feed, do so where they fit the
     file's inputs (the caller's own check reports those that do not)."""
+    from sparsify.kernels import KernelValueError, check_threads
     from sparsify.onnxfile import load_onnx
     from sparsify.runtime import calibrate
     from sparsify.runtime.conversion_record import read_record, same_host
     from sparsify.sparse_ops import DOMAIN
-
-    from sparsify.kernels import KernelValueError, check_threads
 
     try:
         threads = check_threads(threads)
@@ -147,7 +145,7 @@ def _decide(source: Path, entry: Path, out: Path, key: dict[str, Any], reason: s
     with atomic_path(entry / _KEY_FILE, ExportError) as tmp:
         tmp.write_text(json.dumps({"key": key, "converted": counts[0], "layers": counts[1]}, indent=1,
                                   sort_keys=True))
-    return Decided(source, out, "decided", reason, seconds, tuple(summary.get("lines", ())), waited, counts)
+    return Decided(source, out, "decided", reason, seconds, waited, counts)
 
 
 def _fits(model: Any, shapes: Sequence[Sequence[int]]) -> bool:

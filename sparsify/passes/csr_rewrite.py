@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from sparsify.onnxfile import node_attrs
 from sparsify.passes.csr_arrays import stored_arrays
 from sparsify.passes.csr_decisions import CsrPlan
-from sparsify.passes.onnx_graph import GraphIndex, ValueShapes, unique_name
+from sparsify.passes.onnx_graph import GraphIndex, ValueShapes, taken_names, unique_name
 from sparsify.sparse_ops import CONV_OP, DOMAIN, DOMAIN_VERSION, LINEAR_OP, make_node
 
 
@@ -34,8 +34,7 @@ def rewrite_csr(model: onnx.ModelProto, plan: CsrPlan, base_dir: str | Path | No
         return out
     g = GraphIndex(model, base_dir)
     shapes = plan.shapes if plan.shapes is not None and plan.shapes.of(model) else ValueShapes(model)
-    taken = {i.name for i in model.graph.initializer} | {v for n in model.graph.node for v in [*n.input, *n.output]}
-    taken |= {n.name for n in model.graph.node}
+    taken = taken_names(model)
     new_inits: list[onnx.TensorProto] = []
     replace: dict[int, onnx.NodeProto] = {}
     drop: set[int] = set()

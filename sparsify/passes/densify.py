@@ -18,21 +18,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from sparsify.passes.onnx_graph import unique_name
+from sparsify.passes.onnx_graph import taken_names, unique_name
 from sparsify.sparse_ops import CONV_OP, DOMAIN, SparseOpAttrs, node_label, parse_attrs, read_csr, scipy_matrix
-
-
-def dense_weight(attrs: SparseOpAttrs, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """The [rows, cols] matrix of checked CSR (or BSR) arrays, in ``data``'s dtype."""
-    return scipy_matrix(data, indices, indptr, attrs.shape, attrs.blocksize).toarray()
-
-
-def _fresh_names(model: onnx.ModelProto) -> Callable[[str], str]:
-    """A function giving names no value, node or initializer of ``model`` has (nor an earlier result)."""
-    g = model.graph
-    taken = {i.name for i in g.initializer} | {v for n in g.node for v in [*n.input, *n.output]}
-    taken |= {n.name for n in g.node} | {v.name for v in [*g.input, *g.output, *g.value_info]}
-    return lambda base: unique_name(base, taken)
 
 
 def _activation(kind: str, x: str, y: str, name: str, fresh: Callable[[str], str],
@@ -92,7 +79,11 @@ def densify(model: onnx.ModelProto, base_dir: str | Path | None = None, where: s
     sparse = [n for n in model.graph.node if n.domain == DOMAIN]
     if not sparse:
         return out
-    fresh = _fresh_names(model)
+    taken = taken_names(model)
+
+    def fresh(base: str) -> str:
+        return unique_name(base, taken)
+
     inits = {i.name: i for i in model.graph.initializer}
     new_inits: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -103,7 +94,7 @@ def densify(model: onnx.ModelProto, base_dir: str | Path | None = None, where: s
             continue
         attrs = parse_attrs(node, where)
         csr = read_csr(node, inits, attrs, where, base_dir)
-        weight = dense_weight(attrs, csr.data, csr.indices, csr.indptr)
+        weight = scipy_matrix(csr.data, csr.indices, csr.indptr, attrs.shape, attrs.blocksize).toarray()
         nodes += _lower(node, attrs, weight, csr.names.get("bias"), fresh, new_inits)
         dropped |= {csr.names[role] for role in ("data", "indices", "indptr")}
         if progress:
@@ -129,4 +120,4 @@ def sparse_node_labels(model: onnx.ModelProto) -> list[str]:
     return [node_label(n) for n in model.graph.node if n.domain == DOMAIN]
 
 
-__all__ = ["densify", "dense_weight", "sparse_node_labels"]
+__all__ = ["densify", "sparse_node_labels"]

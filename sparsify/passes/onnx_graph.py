@@ -19,6 +19,14 @@ from sparsify.onnxfile import inferred_graph, initializer_array
 CACHED_BYTES = 1 << 20
 
 
+def taken_names(model: onnx.ModelProto) -> set[str]:
+    """Every name ``model``'s graph uses: values (node inputs and outputs, graph inputs, outputs
+    and value_info), nodes and initializers; new names go through :func:`unique_name`."""
+    g = model.graph
+    taken = {i.name for i in g.initializer} | {v for n in g.node for v in [*n.input, *n.output]}
+    return taken | {n.name for n in g.node} | {v.name for v in [*g.input, *g.output, *g.value_info]}
+
+
 def unique_name(name: str, taken: set[str]) -> str:
     """``name``, or ``name_1``, ``name_2``, ... if taken; the result is marked taken."""
     out, i = name, 1
