@@ -22,8 +22,8 @@ from numba.extending import overload
 from ._simd import (MAX_PERMUTE_VECTORS, PERMUTE_GEOMETRY, SHIFTED_ROWS, STORE_ROWS, gather_dot,
                     permute_dot, shifted_rows, store_columns, tile_row, transpose_square)
 
-ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
-ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU}
+ACT_NONE, ACT_RELU, ACT_GELU, ACT_RELU6 = 0, 1, 2, 3
+ACTIVATIONS = {None: ACT_NONE, "none": ACT_NONE, "relu": ACT_RELU, "gelu": ACT_GELU, "relu6": ACT_RELU6}
 
 # Reassociation lets LLVM vectorize the row sums; no nnan/ninf so NaN and inf propagate.
 # The kernels use error_model="numpy" (no ZeroDivisionError test on each float division:
@@ -114,6 +114,12 @@ def activate_block(a, lo, hi, act):
     elif act == 2:
         for i in range(b.shape[0]):
             b[i] = gelu(b[i])
+    elif act == 3:
+        for i in range(b.shape[0]):
+            if b[i] < 0:  # as Clip(0, 6) in ONNX Runtime: NaN stays NaN
+                b[i] = 0
+            elif b[i] > 6:
+                b[i] = 6
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

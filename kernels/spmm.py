@@ -55,12 +55,12 @@ ELL_ROWS_MAX_BATCH = 4
 
 
 def activation_code(activation: str | None) -> int:
-    """Map ``None``/``"none"``/``"relu"``/``"gelu"`` to the kernels' activation code."""
+    """Map ``None``/``"none"``/``"relu"``/``"gelu"``/``"relu6"`` to the kernels' activation code."""
     try:
         return _jit.ACTIVATIONS[activation]
     except (KeyError, TypeError):
         raise KernelArgumentError(
-            f"activation {activation!r} should be one of None, 'relu', 'gelu'") from None
+            f"activation {activation!r} should be one of None, 'relu', 'gelu', 'relu6'") from None
 
 
 def widest_tile(variant: str | None = None) -> int:

@@ -12,7 +12,7 @@ Two ops, both reading a CSR weight from three ordinary initializers (``data``, `
     ([top, left, bottom, right], symmetric), ``dilations``, ``group`` as in ONNX ``Conv``.
 
 Common attributes: ``shape`` (ints, the CSR's [rows, cols]), ``activation`` ("none",
-"relu" or "gelu" with exact erf), ``blocksize`` ([R, C], default [1, 1]: see below), and
+"relu", "gelu" with exact erf, or "relu6": ONNX ``Clip`` to [0, 6]), ``blocksize`` ([R, C], default [1, 1]: see below), and
 informational ``weight_name`` / ``weight_shape`` / ``source_op`` (the dense initializer and
 node the op replaced).
 
@@ -48,7 +48,7 @@ DOMAIN_VERSION = 1
 LINEAR_OP = "SparseLinear"
 CONV_OP = "SparseConv"
 OPS = (LINEAR_OP, CONV_OP)
-ACTIVATIONS = ("none", "relu", "gelu")
+ACTIVATIONS = ("none", "relu", "gelu", "relu6")
 # Column-index dtypes read besides the kernels' own: sparsify wrote uint16 before files took the
 # kernels' dtypes, and such files must keep loading (the loader narrows them to the kernels' dtype).
 LEGACY_INDEX_DTYPES = (np.dtype(np.uint16),)
@@ -392,9 +392,11 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 
 def reference_activation(y: np.ndarray, activation: str) -> np.ndarray:
-    """Apply ``none`` / ``relu`` / exact-erf ``gelu`` to a float64 array."""
+    """Apply ``none`` / ``relu`` / exact-erf ``gelu`` / ``relu6`` to a float64 array."""
     if activation == "relu":
         return np.maximum(y, 0.0)
+    if activation == "relu6":
+        return np.clip(y, 0.0, 6.0)
     if activation == "gelu":
         return y * 0.5 * (1.0 + _erf(y / math.sqrt(2.0)))
     return y

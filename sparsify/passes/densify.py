@@ -24,9 +24,13 @@ from sparsify.sparse_ops import CONV_OP, DOMAIN, SparseOpAttrs, node_label, pars
 
 def _activation(kind: str, x: str, y: str, name: str, fresh: Callable[[str], str],
                 inits: list[onnx.TensorProto], dtype: np.dtype) -> list[onnx.NodeProto]:
-    """Nodes computing ``y = kind(x)`` for ``relu`` and exact-erf ``gelu``."""
+    """Nodes computing ``y = kind(x)`` for ``relu``, exact-erf ``gelu`` and ``relu6``."""
     if kind == "relu":
         return [helper.make_node("Relu", [x], [y], name=fresh(f"{name}.relu"))]
+    if kind == "relu6":
+        bounds = [fresh(f"{name}.relu6_min"), fresh(f"{name}.relu6_max")]
+        inits += [numpy_helper.from_array(np.array(v, dtype=dtype), b) for v, b in zip((0.0, 6.0), bounds)]
+        return [helper.make_node("Clip", [x, *bounds], [y], name=fresh(f"{name}.relu6"))]
     consts = {}
     for key, value in (("sqrt2", math.sqrt(2.0)), ("one", 1.0), ("half", 0.5)):
         consts[key] = fresh(f"{name}.gelu_{key}")

@@ -1,5 +1,6 @@
-"""Subgraph patterns a sparse op can absorb: a Relu, or the exact-erf GELU the torch exporter
-emits (``x * (0.5 * (erf(x / sqrt2) + 1))``), as the sole reader of a layer's output."""
+"""Subgraph patterns a sparse op can absorb: a Relu, ReLU6 (``Clip`` to constant bounds 0 and
+6), or the exact-erf GELU the torch exporter emits (``x * (0.5 * (erf(x / sqrt2) + 1))``), as
+the sole reader of a layer's output."""
 
 from __future__ import annotations
 
@@ -47,11 +48,26 @@ def match_gelu(g: GraphIndex, value: str) -> tuple[list[int], str] | None:
     return chain, g.nodes[mul_out].output[0]
 
 
+def is_relu6(g: GraphIndex, node) -> bool:
+    """Whether ``node`` is ``Clip(x, 0, 6)``: bounds as constant inputs (opset 11 on) or
+    attributes (earlier opsets)."""
+    if node.op_type != "Clip":
+        return False
+    if len(node.input) > 1:
+        bounds = [g.scalar(v) if v else None for v in list(node.input[1:3]) + [""] * (3 - len(node.input))]
+    else:
+        attrs = {a.name: a.f for a in node.attribute}
+        bounds = [attrs.get("min"), attrs.get("max")]
+    return bounds == [0.0, 6.0]
+
+
 def fuse_activation(g: GraphIndex, value: str) -> tuple[str, list[int], str]:
     """(activation, fused node indices, new output) for the activation consuming ``value``, if any."""
     nxt = g.sole_consumer(value)
     if nxt is not None and g.nodes[nxt].op_type == "Relu":
         return "relu", [nxt], g.nodes[nxt].output[0]
+    if nxt is not None and g.nodes[nxt].input[0] == value and is_relu6(g, g.nodes[nxt]):
+        return "relu6", [nxt], g.nodes[nxt].output[0]
     gelu = match_gelu(g, value)
     if gelu is not None:
         return "gelu", gelu[0], gelu[1]

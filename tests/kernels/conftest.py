@@ -31,6 +31,8 @@ def reference_linear(x, w_dense, bias=None, activation=None) -> np.ndarray:
         t = torch.relu(t)
     elif activation == "gelu":
         t = torch.nn.functional.gelu(t)
+    elif activation == "relu6":
+        t = torch.nn.functional.relu6(t)
     return t.numpy()
 
 

@@ -78,3 +78,15 @@ def test_gelu_layer_matches_torch_on_wide_outputs(rng, batch):
     pre = torch.from_numpy(x.astype(np.float64)) @ torch.from_numpy(w.astype(np.float64)).T
     ref = torch.nn.functional.gelu(pre).numpy()
     assert np.abs(y - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_relu6_clips_like_onnx_runtime(batch):
+    # Identity weight: the outputs are the inputs, spread over [-12, 12] and the special
+    # values, through the SpMV (batch 1, sliced ELL and CSR) and SpMM epilogues.
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 6.0, 6.5, -1e-30], np.float32)
+    values = np.concatenate([np.linspace(-12, 12, 49, dtype=np.float32), special])
+    x = np.stack([np.roll(values, i) for i in range(batch)])
+    y = csr_linear(x, CSR.from_dense(np.eye(values.shape[0], dtype=np.float32)), activation="relu6")
+    expect = np.where(np.isnan(x), np.nan, np.clip(x, 0, 6))
+    np.testing.assert_array_equal(y, expect)  # NaN where NaN, else exactly the clip

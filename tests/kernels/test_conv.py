@@ -21,6 +21,8 @@ def _reference(x, w4, bias, stride, padding, dilation, groups, activation):
         t = torch.relu(t)
     elif activation == "gelu":
         t = torch.nn.functional.gelu(t)
+    elif activation == "relu6":
+        t = torch.nn.functional.relu6(t)
     return t.numpy().astype(x.dtype)
 
 
@@ -36,7 +38,7 @@ def _check(rng, n, c, h, w, out, k, stride=1, padding=0, dilation=1, groups=1, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "relu6"])
 def test_pointwise(rng, path, dtype, activation):
     _check(rng, 3, 8, 5, 7, 6, 1, activation=activation, dtype=dtype)
 

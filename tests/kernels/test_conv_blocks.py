@@ -46,7 +46,7 @@ def test_block_conv_matches_torch(rng, path, r, k, stride, padding, dilation):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu", "relu6"])
 @pytest.mark.parametrize("k", [1, 3])
 def test_dtypes_and_activations(rng, dtype, activation, k):
     _check(rng, 1, 6, 9, 9, 8, k, padding=k // 2, activation=activation, dtype=dtype)

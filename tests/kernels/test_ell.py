@@ -129,7 +129,7 @@ def test_layout_rejects_float64():
 @needs_permute
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 70), cols=st.integers(1, 130), density=st.sampled_from(DENSITIES + [0.1]),
-       seed=st.integers(0, 2**31 - 1), activation=st.sampled_from([None, "relu", "gelu"]),
+       seed=st.integers(0, 2**31 - 1), activation=st.sampled_from([None, "relu", "gelu", "relu6"]),
        bias=st.booleans(), serial_work=st.sampled_from([0, float("inf")]))
 def test_permute_spmv_matches_dense(rows, cols, density, seed, activation, bias, serial_work):
     rng = np.random.default_rng(seed)

@@ -12,7 +12,7 @@ from sparsify.kernels.spmm import RowChunks, pick_tile
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, reference_linear, serial_work_set_to, take_layout_at_any_fill
 
-ACTS = [None, "relu", "gelu"]
+ACTS = [None, "relu", "gelu", "relu6"]
 
 
 @pytest.fixture(autouse=True, params=["csr", "ell", "ell_compact", "ell-avx2", "ell_compact-avx2"])

@@ -126,6 +126,50 @@ def test_relu_fused_only_when_it_is_the_sole_consumer():
     assert_close(reference_evaluator(result.model).run(None, {"x": xv})[0], expected)
 
 
+def test_relu6_fused_only_for_clip_to_constant_0_and_6(tmp_path):
+    rng = np.random.default_rng(2)
+    w = (rng.standard_normal((6, 3, 1, 1)) * 4).astype(np.float32)  # outputs well beyond 6
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    inits = {"w": w, "zero": np.array(0, np.float32), "six": np.array(6, np.float32),
+             "five": np.array(5, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="six"),
+             helper.make_node("Clip", ["a", "zero", "six"], ["b"]),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="five"),
+             helper.make_node("Clip", ["c", "zero", "five"], ["d"]),
+             helper.make_node("Conv", ["d", "w2"], ["e"], name="min_only"),
+             helper.make_node("Clip", ["e", "zero"], ["y"])]
+    inits["w2"] = (rng.standard_normal((6, 6, 1, 1)) * 4).astype(np.float32)
+    model = _graph(nodes, inits, [x])
+    result = CsrPass(density_threshold=1.0).call(model)
+    d = {x.node: x for x in result.plan.decisions}
+    assert [d[k].activation for k in ("six", "five", "min_only")] == ["relu6", "none", "none"]
+    assert [n.op_type for n in result.model.graph.node] == [CONV_OP, CONV_OP, "Clip", CONV_OP, "Clip"]
+    xv = rng.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": xv})[0]
+    assert_close(reference_evaluator(result.model).run(None, {"x": xv})[0], expected)
+    from sparsify.runtime.session import Session
+    onnx.save(result.model, str(tmp_path / "s.onnx"))
+    got = Session(tmp_path / "s.onnx").run(None, {"x": xv})[0]
+    assert_close(got, expected)
+    assert (got > 5.9).any()  # the second layer's clip to 5 did not hide the first one's to 6
+    from sparsify.passes.densify import densify
+    lowered = densify(result.model)
+    assert [n.op_type for n in lowered.graph.node].count("Clip") == 3
+    assert_close(ort.InferenceSession(lowered.SerializeToString(), providers=["CPUExecutionProvider"])
+                 .run(None, {"x": xv})[0], expected)
+
+
+def test_relu6_in_attribute_form_is_fused():
+    w = np.eye(4, dtype=np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["a"], name="fc", transB=1),
+             helper.make_node("Clip", ["a"], ["y"], min=0.0, max=6.0)]
+    g = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 6)])
+    assert plan_csr(model, density_threshold=1.0).decisions[0].activation == "relu6"
+
+
 @pytest.mark.parametrize("kind", ["mlp", "gelu", "cnn"])
 def test_rewrite_checks_and_reference_evaluator_equals_dense(dense_files, kind):
     _, path = dense_files[kind]
