@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from sparsify.errors import DataError, ExportError
+from sparsify.errors import ExportError
 from sparsify.fileio import atomic_path
 
 #: Cache subfolder of the re-decided files.
@@ -71,16 +71,13 @@ def decided_here(source: str | os.PathLike, *, threads: int, input_shapes: Seque
     ``input_shapes`` size dynamic dims the file records no size for (as ``--input-shape``);
     ``feed_shapes``, the shapes of the arrays the caller will feed, do so where they fit the
     file's inputs (the caller's own check reports those that do not)."""
-    from sparsify.kernels import KernelValueError, check_threads
     from sparsify.onnxfile import load_onnx
     from sparsify.runtime import calibrate
     from sparsify.runtime.conversion_record import read_record, same_host
+    from sparsify.runtime.session import checked_threads
     from sparsify.sparse_ops import DOMAIN
 
-    try:
-        threads = check_threads(threads)
-    except KernelValueError as exc:
-        raise DataError(str(exc)) from None
+    threads = checked_threads(threads)
     source = Path(source)
     if source.suffix != ".onnx" or not source.is_file():
         raise ExportError(f"--decide-here applies to ONNX files sparsify exported; {source} is not one")

@@ -57,6 +57,17 @@ def _dims_match(shape: tuple[int, ...], rank: int, dims: tuple[tuple[int, int], 
 BATCH1_POLICIES = ("auto", "csr")
 
 
+def checked_threads(threads: object) -> int:
+    """``threads`` as an int within this machine's limit (``kernels.check_threads``); a
+    DataError saying what is allowed otherwise."""
+    from sparsify.kernels import KernelValueError, check_threads
+
+    try:
+        return check_threads(threads)
+    except KernelValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 class Session:
     """Run an ONNX file with ``ai.sparsify`` ops: our kernels for those, ONNX Runtime/numpy for the rest.
 
@@ -91,13 +102,10 @@ class Session:
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto",
                  profile: bool = False) -> None:
-        from sparsify.kernels import KernelValueError, SparseLinear, check_threads, get_threads, set_threads
+        from sparsify.kernels import SparseLinear, get_threads, set_threads
         from sparsify.kernels.spmm import fit_batch1_layouts
 
-        try:
-            threads = check_threads(threads)
-        except KernelValueError as exc:
-            raise DataError(str(exc)) from None
+        threads = checked_threads(threads)
         if glue not in GLUE_POLICIES:
             raise DataError(f"glue {glue!r} should be one of {GLUE_POLICIES}")
         if batch1 not in BATCH1_POLICIES:
