@@ -9,6 +9,8 @@ Public API:
 - :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight, or a
   BSR of R x 1 blocks (:func:`conv.conv_block`).
 - :func:`norm.layer_norm` (``norm.py``): the runtime's LayerNormalization.
+- :func:`depthwise_conv2d`, :class:`DepthwiseConv2d` (``depthwise.py``): NCHW depthwise
+  convolution (ONNX ``Conv`` with ``group`` = channels), clips of its input and output fused.
 - :func:`check_threads`, :func:`set_threads`, :func:`get_threads`, :func:`kept_threads`, :func:`warmup` (``threads.py``).
 - Errors (``errors.py``): :class:`KernelValueError` and its subclasses
   :class:`CSRFormatError`, :class:`KernelArgumentError`; the runtime wraps them.
@@ -21,11 +23,12 @@ REVISION = 7
 from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError
 from .conv import SparseConv2d, csr_conv2d
+from .depthwise import DepthwiseConv2d, depthwise_conv2d
 from .spmm import SparseLinear, csr_linear
 from .threads import check_threads, get_threads, kept_threads, set_threads, warmup
 
 __all__ = [
     "REVISION", "CSR", "choose_index_dtypes", "CSRFormatError", "KernelArgumentError", "KernelValueError",
-    "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d",
+    "SparseLinear", "csr_linear", "SparseConv2d", "csr_conv2d", "DepthwiseConv2d", "depthwise_conv2d",
     "check_threads", "set_threads", "get_threads", "kept_threads", "warmup",
 ]

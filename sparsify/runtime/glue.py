@@ -3,14 +3,15 @@
 Running an Add + Relu between two sparse convs through its own ONNX Runtime session costs
 one ``InferenceSession.run`` (tens of microseconds of fixed overhead); numpy does it in a
 few. Only ops whose numpy result is ONNX's (up to float rounding: LayerNormalization runs
-a Numba kernel that accumulates in float64) are here, and only on
+a Numba kernel that accumulates in float64, a depthwise Conv one that accumulates in the
+input's float type) are here, and only on
 float tensors (the partitioner checks the inferred types); anything else runs in ORT.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -168,6 +169,180 @@ def _layer_norm(node, consts) -> GlueFn:
 IN_PLACE_RELU = {"Add", "Sub", "Mul", "Div"}
 
 
+def _dims(tensor: Any) -> list[int]:
+    """The shape of a constant: an ``onnx.TensorProto`` (the model's initializer) or an array."""
+    return list(tensor.dims) if isinstance(tensor, onnx.TensorProto) else list(np.shape(tensor))
+
+
+def _scalar(consts: Mapping[str, Any], name: str, what: str) -> float:
+    """The value of a constant scalar input (shape [] or [1], as ONNX Runtime takes)."""
+    a = np.asarray(consts[name])
+    if a.shape not in ((), (1,)):
+        raise ValueError(f"{what} {name!r} has shape {list(a.shape)}; expected a scalar")
+    return float(a.reshape(()))
+
+
+def clip_bounds(node: onnx.NodeProto, consts: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(min, max) of a ``Clip`` node, None where not given: from its constant inputs 1 and 2
+    (opset >= 11), or from its ``min``/``max`` attributes (opset 6)."""
+    a = node_attrs(node)
+    given = [v for v in node.input[1:3] if v]
+    if "min" in a or "max" in a:
+        if given:
+            raise ValueError("Clip has both min/max attributes and min/max inputs")
+        return (None if a.get("min") is None else float(a["min"]), None if a.get("max") is None else float(a["max"]))
+    name = list(node.input[1:3]) + ["", ""]
+    return (_scalar(consts, name[0], "Clip min") if name[0] else None,
+            _scalar(consts, name[1], "Clip max") if name[1] else None)
+
+
+def clip_limits(lo: float | None, hi: float | None, dtype: np.dtype) -> tuple[Any, Any]:
+    """Clip bounds as ``dtype`` scalars, as ONNX Runtime applies them: a missing bound is the
+    type's finite extreme (so Clip turns inf into it), a NaN bound clips nothing."""
+    info = np.finfo(dtype)
+    lo = info.min if lo is None else (-math.inf if math.isnan(lo) else lo)
+    hi = info.max if hi is None else (math.inf if math.isnan(hi) else hi)
+    return dtype.type(lo), dtype.type(hi)
+
+
+def _clip(node, consts) -> GlueFn:
+    lo, hi = clip_bounds(node, consts)
+
+    def run(xs):
+        x = xs[0]
+        return [np.clip(x, *clip_limits(lo, hi, x.dtype))]
+    return run
+
+
+# auto_pad values of Conv: NOTSET uses ``pads``; VALID pads nothing; SAME_UPPER / SAME_LOWER pad
+# so that the output has ceil(input / stride) positions, the odd one at the end / start.
+AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
+def _ints_attr(a: dict[str, Any], name: str, count: int, default: int, least: int) -> list[int]:
+    """An int-list attribute of ``count`` values >= ``least`` (``default`` each when missing)."""
+    v = [int(x) for x in a.get(name, [default] * count)]
+    if len(v) != count or any(x < least for x in v):
+        raise ValueError(f"Conv {name} {v} should be {count} ints >= {least}")
+    return v
+
+
+def same_pads(size: tuple[int, ...], kernel: list[int], strides: list[int], lower: bool) -> tuple[int, ...]:
+    """ONNX Runtime's (top, left, bottom, right) padding for auto_pad SAME_UPPER (``lower``
+    False) or SAME_LOWER: total ``(ceil(n / s) - 1) * s + k - n`` per axis (at least 0 when
+    k >= s), the odd one at the end (UPPER) or start (LOWER); dilation 1."""
+    begin, end = [], []
+    for n, k, s in zip(size, kernel, strides):
+        need = ((n + s - 1) // s - 1) * s + k - n
+        head = (need + 1) // 2 if lower else need // 2
+        begin.append(head)
+        end.append(need - head)
+    return tuple(begin + end)
+
+
+def depthwise_conv_supported(node: onnx.NodeProto, inits: Mapping[str, Any]) -> bool:
+    """True when Conv ``node`` is depthwise (weight (C*M, 1, kH, kW), ``group`` C) with its
+    weight and bias among ``inits`` (constants by name) and an auto_pad this module takes:
+    SAME_* only at dilation 1 with kernels at least the strides (ONNX Runtime's condition)."""
+    if len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+        return False
+    dims = _dims(inits[node.input[1]])
+    a = node_attrs(node)
+    group = a.get("group", 1)
+    if len(dims) != 4 or dims[1] != 1 or min(dims) < 1 or not isinstance(group, int) or group < 1 or dims[0] % group:
+        return False
+    auto_pad = a.get("auto_pad", "NOTSET")
+    if auto_pad not in AUTO_PADS:
+        return False
+    if auto_pad.startswith("SAME"):
+        strides, dilations = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+        return dilations == [1, 1] and len(strides) == 2 and all(k >= s for k, s in zip(dims[2:], strides))
+    return True
+
+
+def compile_depthwise(conv: onnx.NodeProto, consts: Mapping[str, Any], before: onnx.NodeProto | None = None,
+                      after: onnx.NodeProto | None = None) -> GlueFn:
+    """The depthwise ``conv`` (:func:`depthwise_conv_supported`) as one kernel pass
+    (``kernels.depthwise``), with the Clip ``before`` it on its input and the Clip or Relu
+    ``after`` it on its output applied in that pass (when given). Inputs: (x,); float16
+    runs in float32, then is rounded."""
+    from sparsify.kernels.depthwise import DepthwiseConv2d
+
+    a = node_attrs(conv)
+    w = np.asarray(consts[conv.input[1]])
+    group = int(a.get("group", 1))
+    if w.ndim != 4 or w.shape[1] != 1 or w.shape[0] % group:
+        raise ValueError(f"Conv weight of shape {list(w.shape)} with group {group} is not depthwise "
+                         "(C*M, 1, kH, kW) with C = group")
+    kernel = list(w.shape[2:])
+    if "kernel_shape" in a and list(a["kernel_shape"]) != kernel:
+        raise ValueError(f"Conv kernel_shape {list(a['kernel_shape'])} differs from the weight's {kernel}")
+    strides = _ints_attr(a, "strides", 2, 1, 1)
+    dilations = _ints_attr(a, "dilations", 2, 1, 1)
+    auto_pad = a.get("auto_pad", "NOTSET")
+    if auto_pad not in AUTO_PADS:
+        raise ValueError(f"Conv auto_pad {auto_pad!r} should be one of {list(AUTO_PADS)}")
+    pads = tuple(_ints_attr(a, "pads", 4, 0, 0)) if auto_pad == "NOTSET" else (0, 0, 0, 0)
+    bias = np.asarray(consts[conv.input[2]]) if len(conv.input) > 2 and conv.input[2] else None
+    if bias is not None and bias.shape != (w.shape[0],):
+        raise ValueError(f"Conv bias has shape {list(bias.shape)}; expected [{w.shape[0]}]")
+    pre = None if before is None else clip_bounds(before, consts)
+    post = None if after is None else ((0.0, math.inf) if after.op_type == "Relu" else clip_bounds(after, consts))
+    convs: dict[tuple[Any, ...], Any] = {}
+
+    def build(work: np.dtype, pad: tuple[int, ...]):
+        return DepthwiseConv2d(w.astype(work), None if bias is None else bias.astype(work), tuple(strides), pad,
+                               tuple(dilations), None if post is None else clip_limits(*post, work),
+                               None if pre is None else clip_limits(*pre, work))
+
+    def run(xs):
+        x = xs[0]
+        if x.ndim != 4 or x.shape[1] != group:
+            raise ValueError(f"Conv input of shape {list(x.shape)} should be (N, {group}, H, W): group {group}")
+        pad = pads if not auto_pad.startswith("SAME") else same_pads(x.shape[2:], kernel, strides,
+                                                                    auto_pad == "SAME_LOWER")
+        # float16 is convolved in float32 (clipped to its own limits there), then rounded.
+        work = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+        key = (work, pad)
+        fn = convs.get(key)
+        if fn is None:
+            fn = convs[key] = build(work, pad)
+        return [fn(x.astype(work, copy=False)).astype(x.dtype, copy=False)]
+    return run
+
+
+def _conv(node, consts) -> GlueFn:
+    return compile_depthwise(node, consts)
+
+
+def _reads(value: str, nodes: list[onnx.NodeProto]) -> int:
+    return sum(value in n.input for n in nodes)
+
+
+def depthwise_chain(nodes: list[onnx.NodeProto], i: int, outputs: list[str]
+                    ) -> tuple[onnx.NodeProto | None, onnx.NodeProto, onnx.NodeProto | None] | None:
+    """(before, conv, after) when ``nodes[i]`` starts a depthwise Conv that
+    :func:`compile_depthwise` runs in one pass with its neighbours: ``before`` a Clip right
+    before it whose output only the Conv reads, ``after`` a Clip or Relu right after it that
+    alone reads the Conv's output (neither a step output, in ``outputs``); None when
+    ``nodes[i]`` is neither such a Clip nor a Conv."""
+    before = None
+    if (nodes[i].op_type == "Clip" and i + 1 < len(nodes) and nodes[i + 1].op_type == "Conv"
+            and nodes[i + 1].input[0] == nodes[i].output[0] and nodes[i].output[0] not in outputs
+            and _reads(nodes[i].output[0], nodes) == 1):
+        before, i = nodes[i], i + 1
+    conv = nodes[i]
+    if conv.op_type != "Conv":
+        return None
+    after = nodes[i + 1] if i + 1 < len(nodes) else None
+    if (after is None or after.op_type not in ("Clip", "Relu") or after.input[0] != conv.output[0]
+            or conv.output[0] in outputs or _reads(conv.output[0], nodes) != 1):
+        after = None
+    return before, conv, after
+
+
 def _same_float_arrays(x: Any, y: Any) -> bool:
     """True when x and y are float32/float64 ndarrays of one shape and dtype (no broadcast): what
     the fused Numba kernels take."""
@@ -247,20 +422,34 @@ GLUE_OPS: dict[str, Callable[[onnx.NodeProto, dict], GlueFn]] = {
     "ReduceMean": _reduce_mean,
     "GlobalAveragePool": _global_average_pool,
     "LayerNormalization": _layer_norm,
+    "Clip": _clip,
+    "Conv": _conv,
 }
 # Node conditions beyond the op type: LayerNormalization only without its optional Mean
 # and InvStdDev outputs.
 ONLY_IF: dict[str, Callable[[onnx.NodeProto], bool]] = {
     "LayerNormalization": lambda node: not any(node.output[1:]),
 }
+# Node conditions on the node's constant inputs (the model's initializers by name): a Clip's
+# min and max are constants; a Conv is depthwise with constant weights.
+CONST_CHECKS: dict[str, Callable[[onnx.NodeProto, Mapping[str, Any]], bool]] = {
+    "Clip": lambda node, inits: all(v in inits for v in node.input[1:3] if v),
+    "Conv": depthwise_conv_supported,
+}
 # Inputs of these ops that are shapes/axes (int64), not float data.
 INT_INPUTS = {"Reshape": {1}, "ReduceMean": {1}}
 
 
-def supports(node: onnx.NodeProto) -> bool:
-    """True when ``node`` is a standard-domain op with a numpy implementation here."""
-    return (node.domain in ("", "ai.onnx") and node.op_type in GLUE_OPS
-            and ONLY_IF.get(node.op_type, lambda n: True)(node))
+def supports(node: onnx.NodeProto, inits: Mapping[str, Any] | None = None) -> bool:
+    """True when ``node`` is a standard-domain op with a numpy implementation here. ``inits``
+    are the model's initializers by name (TensorProtos or arrays); without them, a node whose
+    support depends on its constant inputs (CONST_CHECKS) is supported only where it has none
+    of them (a Clip without min and max inputs)."""
+    if not (node.domain in ("", "ai.onnx") and node.op_type in GLUE_OPS
+            and ONLY_IF.get(node.op_type, lambda n: True)(node)):
+        return False
+    check = CONST_CHECKS.get(node.op_type)
+    return check is None or check(node, {} if inits is None else inits)
 
 
 def compile_node(node: onnx.NodeProto, consts: dict[str, np.ndarray]) -> GlueFn:

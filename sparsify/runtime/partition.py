@@ -153,6 +153,15 @@ def _numpy_step(nodes: list[onnx.NodeProto], inputs: list[str], outputs: list[st
                 compiled.append((glue.compile_with_relu(n, consts), list(n.input), [relu.output[0]], relu))
                 i += 2
                 continue
+            chain = glue.depthwise_chain(nodes, i, outputs)
+            if chain is not None:
+                # A depthwise Conv with the Clip before it and the Clip or Relu after it: one pass.
+                before, conv, after = chain
+                n = conv  # (named in a compile error)
+                compiled.append((glue.compile_depthwise(conv, consts, before, after), [(before or conv).input[0]],
+                                 [(after or conv).output[0]], conv))
+                i += 1 + (before is not None) + (after is not None)
+                continue
             if i + 1 < len(nodes) and glue.fusable_add_layer_norm(n, nodes[i + 1]):
                 # A residual Add right before the LayerNormalization of its sum: one pass.
                 ln = nodes[i + 1]
@@ -326,7 +335,7 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
         outputs = [v for n in nodes for v in n.output if v and v in reads_after[k]]
         if not outputs:
             continue  # dead code
-        numpy_ok = glue_policy == "numpy" and all(glue.supports(n) for n in nodes) and all(
+        numpy_ok = glue_policy == "numpy" and all(glue.supports(n, inits) for n in nodes) and all(
             _is_float(types.get(v)) for n in nodes
             for j, v in enumerate(n.input) if v and j not in glue.INT_INPUTS.get(n.op_type, ()))
         if numpy_ok:

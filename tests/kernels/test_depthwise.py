@@ -1,0 +1,165 @@
+"""The depthwise convolution kernel against a float64 reference, and its argument checks."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sparsify.kernels import KernelArgumentError
+from sparsify.kernels import depthwise
+from sparsify.kernels.depthwise import DepthwiseConv2d, depthwise_conv2d
+from tests.helpers import assert_close
+
+
+def reference(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bounds=None,
+              input_bounds=None):
+    """The depthwise convolution in float64, tap by tap over a zero-padded copy (ONNX Conv, group = C)."""
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    x64 = x.astype(np.float64)
+    if input_bounds is not None:
+        x64 = np.minimum(np.maximum(x64, input_bounds[0]), input_bounds[1])
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = stride, dilation, padding
+    xp = np.pad(np.repeat(x64, c_out // c, axis=1), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    ho, wo = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1, (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    out = np.zeros((n, c_out, ho, wo)) + (0.0 if bias is None else bias.astype(np.float64)[None, :, None, None])
+    for ky, kx in itertools.product(range(kh), range(kw)):
+        rows = xp[:, :, ky * dh:ky * dh + sh * (ho - 1) + 1:sh, kx * dw:kx * dw + sw * (wo - 1) + 1:sw]
+        out += weight[None, :, 0, ky, kx, None, None].astype(np.float64) * rows
+    if bounds is not None:
+        out = np.minimum(np.maximum(out, bounds[0]), bounds[1])
+    return out.astype(x.dtype)
+
+
+def case(rng, n, c, h, w, k, m=1, dtype=np.float32, bias=True):
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((c * m, 1, k, k)).astype(dtype)
+    return x, weight, rng.standard_normal(c * m).astype(dtype) if bias else None
+
+
+@pytest.fixture(params=["parallel", "serial"])
+def path(request, monkeypatch):
+    """Every call through the parallel kernels (three chunks per thread, so that planes split
+    unevenly between tasks) or through their serial twins."""
+    parallel = request.param == "parallel"
+    monkeypatch.setattr(depthwise, "SERIAL_WORK", 0 if parallel else float("inf"))
+    monkeypatch.setattr(depthwise, "CHUNKS_PER_THREAD", 3)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matches_the_float64_reference_over_shapes_kernels_strides_pads_and_dilations(path, dtype):
+    rng = np.random.default_rng(0)
+    grid = itertools.product([1, 3, 16], [1, 2, 7, 13], [1, 7, 13, 24], [1, 3, 5], [1, 2],
+                             [(0, 0, 0, 0), (1, 1, 1, 1), (2, 1, 0, 2)], [1, 2])
+    checked = 0
+    for k, (c, h, w, kernel, s, pads, d) in enumerate(grid):
+        if k % 5 and not (kernel == 3 and pads == (1, 1, 1, 1) and d == 1):  # every 3x3 "same" case, 1 in 5 else
+            continue
+        span = (kernel - 1) * d + 1
+        if h + pads[0] + pads[2] < span or w + pads[1] + pads[3] < span:
+            continue
+        n, m = 1 + k % 2, 1 + (k // 2) % 2
+        x, weight, bias = case(rng, n, c, h, w, kernel, m, dtype, bias=k % 3 > 0)
+        bounds = (-0.5, 0.7) if k % 4 == 0 else None
+        got = depthwise_conv2d(x, weight, bias, (s, s), pads, (d, d), bounds)
+        want = reference(x, weight, bias, (s, s), pads, (d, d), bounds)
+        assert got.flags.c_contiguous
+        try:
+            assert_close(got, want)
+        except AssertionError as exc:
+            raise AssertionError(f"N={n} C={c} M={m} {h}x{w} kernel {kernel} stride {s} pads {pads} dilation {d} "
+                                 f"bias {bias is not None} bounds {bounds}: {exc}") from None
+        checked += 1
+    assert checked > 150
+
+
+@pytest.mark.parametrize("h, w", [(16, 16), (17, 33), (6, 40), (3, 16), (14, 14), (7, 7), (112, 2)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_the_3x3_kernel_at_plane_sizes_around_its_vector_runs(path, h, w, stride):
+    # Padding 1, stride 1 or 2: one run per output plane, rounded up to whole vectors where
+    # another plane of the task follows, else ending in a vector that overlaps the run.
+    rng = np.random.default_rng(h * 100 + w)
+    x, weight, bias = case(rng, 2, 5, h, w, 3, m=2)
+    got = depthwise_conv2d(x, weight, bias, (stride, stride), (1, 1, 1, 1), activation_bounds=(-1.0, 1.0))
+    assert_close(got, reference(x, weight, bias, (stride, stride), (1, 1, 1, 1), bounds=(-1.0, 1.0)))
+
+
+def test_non_contiguous_input_and_strides_or_dilations_per_axis():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((2, 9, 15, 20)).astype(np.float32)
+    x = base[:, ::2, 1:, ::2]  # (2, 5, 14, 10), no axis contiguous but the batch
+    assert not x.flags.c_contiguous
+    weight = rng.standard_normal((5, 1, 3, 2)).astype(np.float32)
+    got = depthwise_conv2d(x, weight, None, (2, 1), (1, 0, 2, 1), (1, 3))
+    assert_close(got, reference(x, weight, None, (2, 1), (1, 0, 2, 1), (1, 3)))
+    fast = depthwise_conv2d(x, weight[:, :, :, :1].repeat(3, axis=3), None, (2, 2), (1, 1, 1, 1))
+    assert_close(fast, reference(x, weight[:, :, :, :1].repeat(3, axis=3), None, (2, 2), (1, 1, 1, 1)))
+
+
+def test_input_and_output_clips_apply_as_a_clip_before_and_after():
+    rng = np.random.default_rng(2)
+    for k, s, pads in [(3, 1, (1, 1, 1, 1)), (3, 2, (1, 1, 1, 1)), (5, 2, (2, 2, 2, 2)), (3, 1, (0, 1, 2, 0))]:
+        x, weight, bias = case(rng, 1, 4, 9, 12, k)
+        x *= 3
+        got = depthwise_conv2d(x, weight, bias, (s, s), pads, activation_bounds=(0.0, 6.0), input_bounds=(-1.0, 2.0))
+        assert_close(got, reference(x, weight, bias, (s, s), pads, bounds=(0.0, 6.0), input_bounds=(-1.0, 2.0)))
+    # lo above hi gives hi everywhere, as ONNX Runtime's Clip does.
+    got = depthwise_conv2d(x, weight, bias, activation_bounds=(1.0, -1.0))
+    assert np.all(got == -1.0)
+
+
+@pytest.mark.parametrize("kernel, stride, pads", [(3, 1, (1, 1, 1, 1)), (3, 2, (1, 1, 1, 1)), (3, 1, (1, 2, 0, 1)),
+                                                  (5, 1, (2, 2, 2, 2)), (1, 2, (0, 0, 0, 0))])
+def test_inf_at_an_edge_reaches_only_its_own_neighbourhood_and_nan_stays_nan(kernel, stride, pads):
+    # The 3x3 kernel reads a row's neighbour in place of the padding and masks it off: an
+    # inf at a row's end must not leak into the next row's first output. The general kernel
+    # runs TAPS taps a pass: those past kh*kw must not turn an inf into NaN (0 * inf).
+    rng = np.random.default_rng(3)
+    x, weight, bias = case(rng, 1, 2, 8, 8, kernel)
+    x[0, 0, 4, 7] = np.inf  # at a row's end
+    x[0, 0, 1, 2] = -np.inf
+    x[0, 1, 4, 0] = np.nan
+    got = depthwise_conv2d(x, weight, bias, (stride, stride), pads, activation_bounds=(-2.0, 2.0))
+    want = reference(x, weight, bias, (stride, stride), pads, bounds=(-2.0, 2.0))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert_close(np.nan_to_num(got, nan=9.0), np.nan_to_num(want, nan=9.0))
+    assert np.isnan(got[0, 1]).sum() > 0 and np.isfinite(got[0, 0]).sum() > 0
+
+
+def test_a_prepared_convolution_serves_several_input_shapes():
+    rng = np.random.default_rng(4)
+    weight = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    conv = DepthwiseConv2d(weight, None, (2, 2), (1, 1, 1, 1), activation_bounds=(0.0, 6.0))
+    for shape in [(1, 3, 10, 10), (2, 6, 7, 9), (1, 6, 10, 10), (0, 6, 4, 4)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert_close(conv(x), reference(x, weight, None, (2, 2), (1, 1, 1, 1), bounds=(0.0, 6.0)))
+
+
+def test_bad_arguments_name_what_is_wrong():
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    w = np.zeros((4, 1, 3, 3), np.float32)
+    bad = [
+        (lambda: depthwise_conv2d(x[0], w), r"input should be a 4-D \(N, C, H, W\) float32"),
+        (lambda: depthwise_conv2d(x.astype(np.int32), w), r"input should be a 4-D .* float32 array \(the weight's"),
+        (lambda: depthwise_conv2d(x.astype(np.float64), w), r"float32 array \(the weight's dtype\)"),
+        (lambda: depthwise_conv2d(x, w.astype(np.int64)), r"weight should be a float32/float64 array"),
+        (lambda: depthwise_conv2d(x, np.zeros((4, 2, 3, 3), np.float32)), r"shape \(C\*M, 1, kH, kW\)"),
+        (lambda: depthwise_conv2d(x, np.zeros((6, 1, 3, 3), np.float32)),
+         r"input has 4 channels, but the weight's 6 output channels should be a multiple"),
+        (lambda: depthwise_conv2d(x, w, np.zeros(3, np.float32)), r"bias should be None or \(4,\) float32"),
+        (lambda: depthwise_conv2d(x, w, padding=(1, -1, 0, 0)), r"padding \(top, left, bottom, right\) should be 4 "
+                                                                r"ints >= 0, got \(1, -1, 0, 0\)"),
+        (lambda: depthwise_conv2d(x, w, padding=(1, 1)), r"padding .* should be 4 ints"),
+        (lambda: depthwise_conv2d(x, w, stride=(0, 1)), r"stride should be 2 ints >= 1, got \(0, 1\)"),
+        (lambda: depthwise_conv2d(x, w, dilation=(1.5, 1)), r"dilation should be 2 ints >= 1"),
+        (lambda: depthwise_conv2d(x, np.zeros((4, 1, 9, 3), np.float32)),
+         r"kernel spans 9 x 3 .* more than the padded input's 6 x 6"),
+        (lambda: depthwise_conv2d(x, w, activation_bounds=(0.0,)), r"activation_bounds should be None or two numbers"),
+        (lambda: depthwise_conv2d(x, w, input_bounds="0,6"), r"input_bounds should be None or two numbers"),
+    ]
+    for call, message in bad:
+        with pytest.raises(KernelArgumentError, match=message):
+            call()
