@@ -122,6 +122,18 @@ def activate_block(a, lo, hi, act):
                 b[i] = 6
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def clip_bounds(act):
+    """(floor, ceiling, later): the clip a kernel applies in registers for activation ``act``
+    (ReLU [0, inf), ReLU6 [0, 6], none and GELU open), and whether ``act`` still needs a pass
+    of its own (GELU)."""
+    if act == ACT_RELU:
+        return 0.0, np.inf, False
+    if act == ACT_RELU6:
+        return 0.0, 6.0, False
+    return -np.inf, np.inf, act != ACT_NONE
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def activate_rows(a, pos, rows, width, stride, act):
     """act on ``a[pos + q*stride : pos + q*stride + width]`` for q < rows, in place (a
@@ -299,6 +311,7 @@ def direct_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(SHIFTED_ROWS * width, dtype=xpad.dtype)
+            floor, ceiling, later = clip_bounds(act)
             x0 = n * img_in
             for oh0 in range(0, ho, SHIFTED_ROWS):
                 rows = min(SHIFTED_ROWS, ho - oh0)
@@ -311,13 +324,13 @@ def direct_conv_kernel(width: int):
                         pos = out_off + n * img_out + (r * ho + oh0) * wo + ow0
                         if whole:
                             shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
-                                         row_stride, bias[r], out[pos:], wo, width)
-                            if act != 0:
+                                         row_stride, bias[r], out, pos, wo, floor, ceiling, width)
+                            if later:
                                 activate_rows(out, pos, SHIFTED_ROWS, width, wo, act)
                             continue
                         shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
-                                     row_stride, bias[r], acc, width, width)
-                        if act != 0:
+                                     row_stride, bias[r], acc, 0, width, floor, ceiling, width)
+                        if later:
                             activate_rows(acc, 0, 1, rows * width, 0, act)
                         for q in range(rows):
                             for t in range(w):
@@ -352,21 +365,23 @@ def pointwise_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(step, dtype=x.dtype)
+            floor, ceiling, later = clip_bounds(act)
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for r in range(r0, r1):
                     lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
                     pos = out_off + n * img_out + r * p_out + s * step
                     # A whole step's positions are adjacent in the output: stored from the registers.
-                    shifted_rows(data, offsets, lo, hi, x, n * img_in + s * step, width, bias[r], out[pos:], width,
-                                 width)
-                    if act != 0:
+                    shifted_rows(data, offsets, lo, hi, x, n * img_in + s * step, width, bias[r], out, pos, width,
+                                 floor, ceiling, width)
+                    if later:
                         activate_rows(out, pos, 1, step, 0, act)
             if tail > 0:
                 for r in range(r0, r1):
                     lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                    shifted_rows(data, tail_offsets, lo, hi, tail_x, n * tail_img, width, bias[r], acc, width, width)
-                    if act != 0:
+                    shifted_rows(data, tail_offsets, lo, hi, tail_x, n * tail_img, width, bias[r], acc, 0, width,
+                                 floor, ceiling, width)
+                    if later:
                         activate_rows(acc, 0, 1, tail, 0, act)
                     pos = out_off + n * img_out + r * p_out + p_full
                     for t in range(tail):

@@ -376,19 +376,24 @@ SHIFTED_ROWS = 4
 
 
 @intrinsic(prefer_literal=True)
-def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_stride, width):
-    """For q < SHIFTED_ROWS: ``acc[q*acc_stride : q*acc_stride + width] = init + sum_{j in [lo, hi)}
-    data[j] * xf[p_jq : p_jq + width]`` with ``p_jq = base + q*row_stride + offsets[j]``.
+def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, floor,
+                 ceiling, width):
+    """For q < SHIFTED_ROWS: ``acc[acc_at + q*acc_stride : ... + width] = clip(init + sum_{j in
+    [lo, hi)} data[j] * xf[p_jq : p_jq + width])`` with ``p_jq = base + q*row_stride + offsets[j]``,
+    clipped to [floor, ceiling] (a NaN stays NaN; -inf and inf leave that side open).
 
     The direct conv's inner loop: SHIFTED_ROWS output rows of one channel share each
     nonzero's weight and offset loads. Two sets of SHIFTED_ROWS accumulator vectors
     (nonzeros alternate between them, the remainder goes to the first) stay in
-    registers and are added at the end. ``width`` is a compile-time integer constant;
-    ``lo``/``hi`` are unsigned positions; ``acc_stride`` lets the rows land straight in an
+    registers and are added at the end, clipped there (ReLU and ReLU6 cost no pass of their
+    own over the output). ``width`` is a compile-time integer constant; ``lo``/``hi`` are
+    unsigned positions; ``acc_at`` and ``acc_stride`` let the rows land straight in an
     output array (an output row apart) instead of a buffer. No bounds checks: callers
-    guarantee every ``p_jq + width <= len(xf)`` and ``(SHIFTED_ROWS-1)*acc_stride + width <= len(acc)``.
+    guarantee every ``p_jq + width <= len(xf)`` and ``acc_at + (SHIFTED_ROWS-1)*acc_stride +
+    width <= len(acc)``.
     """
-    if not _row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride, acc_stride):
+    if not (_row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride, acc_at, acc_stride)
+            and all(isinstance(b, types.Float) for b in (floor, ceiling))):
         return None
     n, rows = width.literal_value, SHIFTED_ROWS
 
@@ -444,15 +449,20 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
             a.add_incoming(first[q], tail)
             a.add_incoming(last[q], tail_body)
             merged.append(a)
-        init = _splat(builder, context.cast(builder, args[7], sig.args[7], sig.args[0].dtype), vty)
-        acc_stride = context.cast(builder, args[9], sig.args[9], types.int64)
+        init, floor_v, ceiling_v = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
+                                    for i in (7, 11, 12))
+        acc_at, acc_stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (9, 10))
         for q, a in enumerate(merged):
             total = builder.fadd(init, builder.fadd(a, second[q]))
-            ptr = builder.gep(acc_a.data, [builder.mul(acc_stride, ir.Constant(i64, q))])
+            # Compare-and-select, not maxps/minps alone: a NaN sum stays NaN.
+            total = builder.select(builder.fcmp_ordered("<", total, floor_v), floor_v, total)
+            total = builder.select(builder.fcmp_ordered(">", total, ceiling_v), ceiling_v, total)
+            ptr = builder.gep(acc_a.data, [builder.add(acc_at, builder.mul(acc_stride, ir.Constant(i64, q)))])
             builder.store(total, builder.bitcast(ptr, vty.as_pointer()), align=f_align)
         return context.get_dummy_value()
 
-    return types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_stride, width), codegen
+    return (types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, floor, ceiling,
+                       width), codegen)
 
 
 def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):

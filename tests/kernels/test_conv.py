@@ -149,3 +149,23 @@ def test_stride_one_and_phase_plane_paths_agree_on_one_weight(rng):
     full = csr_conv2d(x, m, None, 3, 1, 1)
     strided = csr_conv2d(x, m, None, 3, 2, 1)
     assert_close(strided, full[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize("k, padding", [(1, 0), (3, 1)])  # the pointwise and the direct kernel
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("width", [5, 37])  # partial steps only; whole steps and a partial one
+def test_clipping_activations_span_both_bounds_and_keep_nan(rng, k, padding, activation, width):
+    # Outputs spread over about [-40, 40], so ReLU6 clips at both ends; a NaN bias makes its
+    # channel NaN, which the clip leaves NaN, as ONNX Runtime's Relu and Clip do.
+    c, out, h = 6, 20, 9
+    w4 = (random_sparse(rng, (out, c * k * k), 0.5) * 8).reshape(out, c, k, k)
+    b = rng.standard_normal(out).astype(np.float32)
+    b[3] = np.nan
+    x = rng.standard_normal((1, c, h, width)).astype(np.float32)
+    y = csr_conv2d(x, CSR.from_dense(w4.reshape(out, -1)), b, k, 1, padding, 1, 1, activation)
+    ref = _reference(x, w4, b, 1, padding, 1, 1, activation)
+    assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(ref).any()
+    finite = ~np.isnan(ref)
+    assert_close(y[finite], ref[finite])
+    if activation == "relu6":
+        assert (ref[finite] == 6).any() and (ref[finite] == 0).any()
