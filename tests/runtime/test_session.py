@@ -257,3 +257,18 @@ def test_residual_add_and_relu_share_one_buffer(pairs, monkeypatch):
     for batch in (1, 2):
         x = models.inputs("cnn", batch, seed=batch)
         assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
+
+
+def test_values_are_dropped_after_their_last_reader():
+    from sparsify.runtime.partition import Step
+    from sparsify.runtime.session import dead_after
+
+    def step(ins, outs):
+        return Step("numpy", ins, outs, lambda xs: xs, ["n"])
+
+    steps = [step(["x"], ["a", "unused"]),  # "unused": written, never read
+             step(["a"], ["b"]),
+             step(["a", "b"], ["y", "c"]),  # "y" a graph output, read again below
+             step(["y", "c"], ["z"])]
+    dead = dead_after(steps, ["y", "z"])
+    assert [sorted(d) for d in dead] == [["unused", "x"], [], ["a", "b"], ["c"]]
