@@ -353,8 +353,10 @@ def pointwise_conv_kernel(width: int):
         ``x`` is the flat input, images of ``img_in`` values, with ``offsets[j]`` the start of
         nonzero j's channel (c_j * positions): no copy, no padding. Positions [0, p_full) run
         in whole steps of SHIFTED_ROWS * width read from ``x``; the last ``tail`` positions
-        from ``tail_x`` (images of ``tail_img`` values, channel starts ``tail_offsets``, each
-        zero-padded to a whole step). ``Y[n, r, p]`` is stored at
+        as one whole step from ``tail_x`` (images of ``tail_img`` values, channel starts
+        ``tail_offsets``), of whose values only the first ``tail`` per row are stored: the
+        caller makes a whole step readable from every channel start (reading into the next
+        channel, and past the last into slack). ``Y[n, r, p]`` is stored at
         ``out[out_off + n*img_out + r*p_out + p]``. Work items are (image, row chunk); each
         step's input block is reused by every row of the chunk.
         """

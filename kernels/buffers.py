@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
 
 # Bytes: one cache line, and one 512-bit vector.
 ALIGN = 64
+
+
+def readable_after(a: np.ndarray) -> int:
+    """Bytes that may be read past the end of C-contiguous ``a`` inside the buffer it views
+    (0 when ``a`` is not C-contiguous or that buffer is not an ndarray's)."""
+    base = a.base  # numpy points a view's base at the array that owns the memory
+    if not isinstance(base, np.ndarray) or base.base is not None or not (a.flags.c_contiguous
+                                                                         and base.flags.c_contiguous):
+        return 0
+    end = a.__array_interface__["data"][0] + a.nbytes
+    return max(0, base.__array_interface__["data"][0] + base.nbytes - end)
+
+
+def empty_with_slack(shape: tuple[int, ...], dtype, slack: int) -> np.ndarray:
+    """An uninitialised C-contiguous array with ``slack`` bytes after its end that may be read
+    (their values are arbitrary): a kernel may read whole vectors past the last row
+    (``readable_after``)."""
+    dtype = np.dtype(dtype)
+    count = math.prod(shape)
+    return np.empty(count + -(-slack // dtype.itemsize), dtype)[:count].reshape(shape)
 
 
 def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:

@@ -5,9 +5,9 @@ The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shap
 
 - 1x1 without padding (any stride): a strided conv's input is subsampled first; then every
   output channel is a sum over its nonzeros of whole input channels, computed
-  SHIFTED_ROWS * width positions at a time straight from the input (no copy; the last
-  partial step from a small zero-padded copy) with the accumulators in registers, stored
-  straight into the output.
+  SHIFTED_ROWS * width positions at a time straight from the input (the last partial step
+  too, reading on into slack after the input: the slack every conv's output has, else a flat
+  copy's) with the accumulators in registers, stored straight into the output.
 - Otherwise (any kernel size, stride, padding, dilation): the input is copied once into a
   zero-padded buffer, split into stride_h * stride_w phase planes when strided, and each
   nonzero (channel, tap) becomes an offset into it; every output row is a sum over the
@@ -26,11 +26,13 @@ kernels of the same two shapes: each loaded input vector serves RR of the block'
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _bsr_jit, _jit, isa
 from .bsr import BSR
-from .buffers import Scratch
+from .buffers import Scratch, empty_with_slack, readable_after
 from .csr import CSR
 from .errors import KernelArgumentError
 from .spmm import RowChunks, activation_code, checked, launch, pick_tile, prepare_bias, widest_tile
@@ -132,7 +134,8 @@ class SparseConv2d:
                 f"input spatial size ({h}, {w}) is too small for kernel {self.kernel_size}, "
                 f"padding {self.padding}, dilation {self.dilation}: output would be ({ho}, {wo})")
         o = self.out_channels
-        y = np.empty((n, o, ho, wo), dtype=self.dtype)
+        # The slack lets a next 1x1 conv read its last partial step in place (_pointwise).
+        y = empty_with_slack((n, o, ho, wo), self.dtype, POINTWISE_SLACK * self.dtype.itemsize)
         if n == 0 or o == 0:
             return y
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
@@ -178,7 +181,7 @@ class SparseConv2d:
     def _pointwise(self, x: np.ndarray, y: np.ndarray) -> None:
         """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` through the pointwise kernel:
         the input as it is (subsampled first when strided), positions in whole steps, the
-        last partial step from a small zero-padded copy."""
+        last partial step read on past its positions (see below)."""
         sh, sw = self.stride
         if (sh, sw) != (1, 1):
             x = x[:, :, ::sh, ::sw]
@@ -192,25 +195,29 @@ class SparseConv2d:
         step = q * width
         tail = p % step
         p_full = p - tail
-        offsets = self._channel_offsets(p)
-        tail_offsets = self._channel_offsets(step)
-        tail_x = self._scratch.get((n, c, step if tail else 1), self.dtype)
-        if tail:
-            tail_x[:, :, :tail] = x.reshape(n, c, p)[:, :, p_full:]
-            tail_x[:, :, tail:] = 0
+        offsets = tail_offsets = self._channel_offsets(p)
+        # The last partial step reads whole steps from its first position on, past each
+        # channel into the next (lanes whose results are not stored) and past the input's
+        # end into slack: the input's own when it has some, else a flat copy's.
+        xf = x.reshape(-1)
+        if tail and readable_after(x) < (step - tail) * x.itemsize:
+            copy = self._scratch.get((xf.shape[0] + step,), self.dtype)
+            copy[:xf.shape[0]] = xf
+            copy[xf.shape[0]:] = 0
+            xf = copy
+        tail_x = xf[p_full:]
         variant, n_chunks = launch(self.weight.nnz * n * p)
         if self._block:
             part, bias, chunks = self._parts[0]
             variant(_bsr_jit.block_pointwise_conv_kernel(r, rr, q, width))(
-                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x.reshape(-1),
-                tail_offsets[0], c * step, tail, bias, self._act, y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
+                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail_offsets[0], c * p,
+                tail, bias, self._act, y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
             return
         kernel = variant(_jit.pointwise_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
-            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x.reshape(-1),
-                   tail_offsets[g], c * step, tail, bias, self._act, y.reshape(-1), g * per * p, n, o * p, p,
-                   chunks.bounds(n_chunks))
+            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail_offsets[g], c * p,
+                   tail, bias, self._act, y.reshape(-1), g * per * p, n, o * p, p, chunks.bounds(n_chunks))
 
     def _channel_offsets(self, positions: int) -> list[np.ndarray]:
         """Per group, each nonzero's channel start (channel * ``positions``) for the pointwise kernel (cached)."""
@@ -240,11 +247,21 @@ class SparseConv2d:
         return found
 
 
+# Values a 1x1 conv may read past its input's end: its widest step (SHIFTED_ROWS rows of the
+# widest tile; the block kernels' Q * width is no wider).
+POINTWISE_SLACK = _jit.SHIFTED_ROWS * max(_jit.TILES)
+
+
 def step_widths() -> tuple[int, ...]:
     """Step widths the direct and pointwise kernels may use on this host: two sets of
     SHIFTED_ROWS accumulators of width/lanes registers each must fit in half the register
     file, which with AVX2's or SSE's 16 registers leaves width 8 only."""
-    return tuple(t for t in _jit.TILES if t <= (widest_tile() if isa.VARIANT == "avx512" else 8))
+    return _step_widths(isa.VARIANT)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_widths(variant: str) -> tuple[int, ...]:
+    return tuple(t for t in _jit.TILES if t <= (widest_tile(variant) if variant == "avx512" else 8))
 
 
 def conv_block(blocksize: tuple[int, int], groups: int = 1) -> bool:
@@ -265,6 +282,7 @@ def block_geometry(r: int, variant: str) -> tuple[int, int, int, int]:
     return r, min(r, 2), 2, 8
 
 
+@functools.lru_cache(maxsize=256)
 def pointwise_width(positions: int, widths: tuple[int, ...]) -> int:
     """The pointwise kernel's step width for ``positions`` outputs per image: the fewest
     computed positions (whole steps of SHIFTED_ROWS * width), weighed by a per-step cost

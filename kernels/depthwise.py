@@ -21,6 +21,8 @@ import numba
 import numpy as np
 
 from ._jit import serial
+from .buffers import empty_with_slack
+from .conv import POINTWISE_SLACK
 from .errors import KernelArgumentError
 
 # Below this much work (multiply-adds plus input values copied) a call runs on one thread:
@@ -395,7 +397,8 @@ class DepthwiseConv2d:
                                       f"(the weight's dtype), got {x!r:.80}")
         plan = self._plans.get(x.shape)
         shape, parallel = self._plan(x.shape) if plan is None else plan
-        out = np.empty(shape, self.dtype)
+        # With slack after it, as a sparse conv's output: a 1x1 conv reading it needs no copy.
+        out = empty_with_slack(shape, self.dtype, POINTWISE_SLACK * self.dtype.itemsize)
         if out.size == 0:
             return out
         x = np.ascontiguousarray(x)

@@ -8,6 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseConv2d, csr_conv2d
+from sparsify.kernels.buffers import readable_after
+from sparsify.kernels.conv import POINTWISE_SLACK
 from tests.helpers import assert_close
 from tests.kernels.conftest import random_sparse, serial_work_set_to
 
@@ -169,3 +171,28 @@ def test_clipping_activations_span_both_bounds_and_keep_nan(rng, k, padding, act
     assert_close(y[finite], ref[finite])
     if activation == "relu6":
         assert (ref[finite] == 6).any() and (ref[finite] == 0).any()
+
+
+@pytest.mark.parametrize("positions", [(7, 7), (14, 14), (3, 5), (1, 1)])
+def test_pointwise_tail_reads_past_channels_without_storing_them(rng, positions):
+    # The last partial step reads whole steps on past each channel and past the input's end:
+    # into NaN here (an input that is a view with NaN after it, and a conv output whose slack
+    # is arbitrary), which must never reach a stored output.
+    h, w = positions
+    c, out = 24, 10
+    w2 = random_sparse(rng, (out, c), 0.5)
+    b = rng.standard_normal(out).astype(np.float32)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    buf = np.full(x.size + 4096, np.nan, np.float32)
+    in_nan = buf[:x.size].reshape(x.shape)
+    in_nan[...] = x
+    assert readable_after(in_nan) == 4096 * 4 and readable_after(x) == 0
+    conv = SparseConv2d(CSR.from_dense(w2), b, activation="relu6")
+    expect = _reference(x, w2.reshape(out, c, 1, 1), b, 1, 0, 1, 1, "relu6")
+    for inp in (x, in_nan, x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)):  # none, slack, copied
+        y = conv(inp)
+        assert readable_after(y) >= POINTWISE_SLACK * 4
+        assert_close(y, expect)
+    # A conv's output (slack of arbitrary values after it) read by the next 1x1 conv in place.
+    first = SparseConv2d(CSR.from_dense(np.eye(c, dtype=np.float32)))
+    assert_close(conv(first(x)), expect)
