@@ -38,7 +38,7 @@ def _load_tbb() -> bool:
 
 TBB_LOADED = _load_tbb()
 
-from . import _jit, elementwise, ell, norm, spmm
+from . import _jit, depthwise, elementwise, ell, norm, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -119,19 +119,20 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     sliced-ELL ones, padded and compact, with and without prefetches, for float32 where
     AVX-512 makes them available), the SpMM kernel at every batch tile width
     (``_jit.TILES``), the input packing, the direct conv at every column width with its
-    input padding (and phase planes), the pointwise conv at every step width, and the
-    layer norm and the residual Add + Relu, each in its parallel version and its serial twin. Call
+    input padding (and phase planes), the pointwise conv at every step width, the depthwise
+    conv (its 3x3 kernel at strides 1 and 2, and the general one), and the layer norm and the
+    residual Add + Relu, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
     on first use.
     """
     rng = np.random.default_rng(0)
-    saved = spmm.SERIAL_WORK
+    saved = spmm.SERIAL_WORK, depthwise.SERIAL_WORK
     try:
         # Tiny inputs: once through the parallel kernels, once through their serial twins.
         for serial_work in (0, np.inf):
-            spmm.SERIAL_WORK = serial_work
+            spmm.SERIAL_WORK = depthwise.SERIAL_WORK = serial_work
             for dtype in dtypes:
                 for index_dtype in index_dtypes:
                     w = CSR.from_dense(rng.standard_normal((4, 9)).astype(dtype),
@@ -154,6 +155,10 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     pointwise = SparseConv2d(w.row_slice(0, 4), kernel_size=1)
                     for positions in (8, 40, 200):  # the pointwise kernel: every step width it picks
                         pointwise(np.ones((1, 9, 1, positions), dtype))
+                dw = np.ones((2, 1, 3, 3), dtype)
+                for stride, padding in (((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0))):
+                    depthwise.DepthwiseConv2d(dw, None, stride, padding, activation_bounds=(0.0, 6.0))(
+                        np.ones((1, 2, 4, 4), dtype))
         for dtype in dtypes:  # the runtime's LayerNormalization (after a residual Add or not), both twins
             x, v = np.ones((2, 4), dtype), np.ones(4, dtype)
             for kernel in (norm._layer_norm_rows, norm._serial_rows):
@@ -164,4 +169,4 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
             for kernel in (elementwise._add_relu, elementwise._serial_add_relu):
                 kernel(flat, flat, dtype(0), np.empty_like(flat))
     finally:
-        spmm.SERIAL_WORK = saved
+        spmm.SERIAL_WORK, depthwise.SERIAL_WORK = saved

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
-from sparsify.kernels import _jit, norm
+from sparsify.kernels import _jit, depthwise, norm
 from sparsify.kernels.conv import step_widths
 from sparsify.kernels.spmm import pack_lanes
 from tests.helpers import assert_close
@@ -61,7 +61,9 @@ def test_warmup_compiles_every_tile_and_dtype():
                + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
                + [_jit.pointwise_conv_kernel(t) for t in step_widths()])
     for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows,
-                                                          norm._add_layer_norm_rows, norm._serial_add_rows]:
+                                                          norm._add_layer_norm_rows, norm._serial_add_rows,
+                                                          depthwise._depthwise3x3, depthwise._serial_depthwise3x3,
+                                                          depthwise._depthwise, depthwise._serial_depthwise]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
 
