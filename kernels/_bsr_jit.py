@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from ._bsr_simd import block_shifted_rows, block_tile_rows, block_vec_rows
-from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows
+from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows, clip_bounds
 from ._simd import store_columns
 
 # Block sides the kernels are compiled for (vectors of R or C lanes).
@@ -109,6 +109,7 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * q * width, dtype=xpad.dtype)
+            floor, ceiling, later = clip_bounds(act)
             x0 = n * img_in
             for oh0 in range(0, ho, q):
                 rows = min(q, ho - oh0)
@@ -124,14 +125,14 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
                             pos = n * img_out + o * plane + oh0 * wo + ow0
                             if whole:
                                 block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
-                                                   out[pos:], wo, plane, r, rr, q, width)
-                                if act != 0:
+                                                   out, pos, wo, plane, floor, ceiling, r, rr, q, width)
+                                if later:
                                     for k in range(rr):
                                         activate_rows(out, pos + k * plane, q, width, wo, act)
                                 continue
                             block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
-                                               acc, width, q * width, r, rr, q, width)
-                            if act != 0:
+                                               acc, 0, width, q * width, floor, ceiling, r, rr, q, width)
+                            if later:
                                 activate_rows(acc, 0, 1, rr * q * width, 0, act)
                             for k in range(rr):
                                 for i in range(rows):
@@ -160,6 +161,7 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * step, dtype=x.dtype)
+            floor, ceiling, later = clip_bounds(act)
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for br in range(r0, r1):
@@ -168,8 +170,8 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
                         o = br * r + part
                         pos = n * img_out + o * p_out + s * step
                         block_shifted_rows(values, offsets, lo, hi, x, bias, n * img_in + s * step, width, o, part,
-                                           out[pos:], width, p_out, r, rr, q, width)
-                        if act != 0:
+                                           out, pos, width, p_out, floor, ceiling, r, rr, q, width)
+                        if later:
                             for k in range(rr):
                                 activate_rows(out, pos + k * p_out, 1, step, 0, act)
             if tail > 0:
@@ -178,8 +180,8 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
                     for part in range(0, r, rr):
                         o = br * r + part
                         block_shifted_rows(values, tail_offsets, lo, hi, tail_x, bias, n * tail_img, width, o, part,
-                                           acc, width, step, r, rr, q, width)
-                        if act != 0:
+                                           acc, 0, width, step, floor, ceiling, r, rr, q, width)
+                        if later:
                             activate_rows(acc, 0, 1, rr * step, 0, act)
                         pos = n * img_out + o * p_out + p_full
                         for k in range(rr):

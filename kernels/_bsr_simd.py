@@ -207,10 +207,11 @@ def block_vec_rows(typingctx, values, indices, lo, hi, x, bias, r0, out, R, C):
 
 
 @intrinsic(prefer_literal=True)
-def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, q_stride,
-                       r_stride, R, RR, Q, width):
-    """For rr < RR, q < Q: ``acc[rr*r_stride + q*q_stride : +width] = bias[r0 + rr] + sum_{j in
-    [lo, hi)} values[j*R + rr0 + rr] * xf[base + q*row_stride + offsets[j] : +width]``.
+def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, acc_at,
+                       q_stride, r_stride, floor, ceiling, R, RR, Q, width):
+    """For rr < RR, q < Q: ``acc[acc_at + rr*r_stride + q*q_stride : +width] = clip(bias[r0 + rr] +
+    sum_{j in [lo, hi)} values[j*R + rr0 + rr] * xf[base + q*row_stride + offsets[j] : +width])``,
+    clipped to [floor, ceiling] in registers as ``_simd.shifted_rows`` does.
 
     The block conv's inner loop (R x 1 blocks: R output channels share each (channel, tap)):
     RR of a block row's R channels times Q shifted input rows. Each block's Q input vectors
@@ -219,9 +220,10 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
     ``width`` are compile-time integers; ``lo``/``hi`` are unsigned block positions. No bounds
     checks: callers guarantee every input vector and accumulator row lies inside its array.
     """
-    ints = (base, row_stride, r0, rr0, q_stride, r_stride)
+    ints = (base, row_stride, r0, rr0, acc_at, q_stride, r_stride)
     if not (_block_types_ok(values, offsets, xf, bias, acc, R, RR, Q, width)
-            and all(isinstance(a, types.Integer) for a in (lo, hi, *ints))):
+            and all(isinstance(a, types.Integer) for a in (lo, hi, *ints))
+            and all(isinstance(b, types.Float) for b in (floor, ceiling))):
         return None
     n_r, n_rr, n_q, n = R.literal_value, RR.literal_value, Q.literal_value, width.literal_value
 
@@ -231,8 +233,10 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
         _keep_vector_width(builder, n * f_align * 8)
         i64 = ir.IntType(64)
         lo_v, hi_v = (context.cast(builder, args[i], sig.args[i], types.uint64) for i in (2, 3))
-        base_v, stride_v, r0_v, rr0_v, qs_v, rs_v = (context.cast(builder, args[i], sig.args[i], types.int64)
-                                                    for i in (6, 7, 8, 9, 11, 12))
+        base_v, stride_v, r0_v, rr0_v, at_v, qs_v, rs_v = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                                           for i in (6, 7, 8, 9, 11, 12, 13))
+        floor_v, ceiling_v = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
+                              for i in (14, 15))
         row_base = [builder.add(base_v, builder.mul(stride_v, ir.Constant(i64, q))) for q in range(n_q)]
         flags = ("contract",)
 
@@ -256,11 +260,15 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
             b = _splat(builder, builder.load(builder.gep(bias_a.data, [builder.add(r0_v, ir.Constant(i64, rr))]),
                                              align=f_align), vty)
             for q in range(n_q):
-                at = builder.add(builder.mul(rs_v, ir.Constant(i64, rr)), builder.mul(qs_v, ir.Constant(i64, q)))
+                at = builder.add(at_v, builder.add(builder.mul(rs_v, ir.Constant(i64, rr)),
+                                                   builder.mul(qs_v, ir.Constant(i64, q))))
                 ptr = builder.bitcast(builder.gep(acc_a.data, [at]), vty.as_pointer())
-                builder.store(builder.fadd(b, accs[rr * n_q + q]), ptr, align=f_align)
+                total = builder.fadd(b, accs[rr * n_q + q])
+                total = builder.select(builder.fcmp_ordered("<", total, floor_v), floor_v, total)
+                total = builder.select(builder.fcmp_ordered(">", total, ceiling_v), ceiling_v, total)
+                builder.store(total, ptr, align=f_align)
         return context.get_dummy_value()
 
-    sig = types.void(values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, q_stride, r_stride,
-                     R, RR, Q, width)
+    sig = types.void(values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, acc_at, q_stride, r_stride,
+                     floor, ceiling, R, RR, Q, width)
     return sig, codegen

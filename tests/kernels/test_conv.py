@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseConv2d, csr_conv2d
+from sparsify.kernels.bsr import BSR
 from sparsify.kernels.buffers import readable_after
 from sparsify.kernels.conv import POINTWISE_SLACK
 from tests.helpers import assert_close
@@ -156,7 +157,8 @@ def test_stride_one_and_phase_plane_paths_agree_on_one_weight(rng):
 @pytest.mark.parametrize("k, padding", [(1, 0), (3, 1)])  # the pointwise and the direct kernel
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
 @pytest.mark.parametrize("width", [5, 37])  # partial steps only; whole steps and a partial one
-def test_clipping_activations_span_both_bounds_and_keep_nan(rng, k, padding, activation, width):
+@pytest.mark.parametrize("block", [None, 4])  # the CSR kernels, and the 4x1 block kernels
+def test_clipping_activations_span_both_bounds_and_keep_nan(rng, k, padding, activation, width, block):
     # Outputs spread over about [-40, 40], so ReLU6 clips at both ends; a NaN bias makes its
     # channel NaN, which the clip leaves NaN, as ONNX Runtime's Relu and Clip do.
     c, out, h = 6, 20, 9
@@ -164,7 +166,14 @@ def test_clipping_activations_span_both_bounds_and_keep_nan(rng, k, padding, act
     b = rng.standard_normal(out).astype(np.float32)
     b[3] = np.nan
     x = rng.standard_normal((1, c, h, width)).astype(np.float32)
-    y = csr_conv2d(x, CSR.from_dense(w4.reshape(out, -1)), b, k, 1, padding, 1, 1, activation)
+    if block:
+        w4 *= np.repeat(rng.random((out // block, 1, 1, 1)) < 0.7, block, axis=0)  # whole 4x1 blocks
+        weight = BSR.from_dense(w4.reshape(out, -1), (block, 1))
+    else:
+        weight = CSR.from_dense(w4.reshape(out, -1))
+    conv = SparseConv2d(weight, b, k, 1, padding, 1, 1, activation)
+    assert conv.describe_layout().startswith("BSR" if block else "CSR")
+    y = conv(x)
     ref = _reference(x, w4, b, 1, padding, 1, 1, activation)
     assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(ref).any()
     finite = ~np.isnan(ref)
