@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from ._bsr_simd import block_shifted_rows, block_tile_rows, block_vec_rows
-from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows, clip_bounds
+from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows, activation_clip
 from ._simd import store_columns
 
 # Block sides the kernels are compiled for (vectors of R or C lanes).
@@ -109,7 +109,7 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * q * width, dtype=xpad.dtype)
-            floor, ceiling, later = clip_bounds(act)
+            floor, ceiling, later = activation_clip(act)
             x0 = n * img_in
             for oh0 in range(0, ho, q):
                 rows = min(q, ho - oh0)
@@ -148,11 +148,11 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
     _check_conv_block(r, rr, q, width)
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
-    def block_pointwise_conv(values, offsets, indptr, x, img_in, p_full, tail_x, tail_offsets, tail_img, tail, bias,
+    def block_pointwise_conv(values, offsets, indptr, x, img_in, p_full, tail_x, tail, bias,
                              act, out, n_img, img_out, p_out, bounds):
         """Y[n, o, p] = act(bias[o] + sum over block row o // r's blocks j of values[j*r + o % r]
         * X[n, c_j, p]) for a 1x1 conv, stored at ``out[n*img_out + o*p_out + p]``. ``x``,
-        ``offsets``, ``tail_x`` and ``tail_offsets`` as for the CSR pointwise conv, with steps of
+        ``offsets`` and ``tail_x`` as for the CSR pointwise conv, with steps of
         ``q * width`` positions."""
         step = q * width
         n_chunks = bounds.shape[0] - 1
@@ -161,7 +161,7 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * step, dtype=x.dtype)
-            floor, ceiling, later = clip_bounds(act)
+            floor, ceiling, later = activation_clip(act)
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for br in range(r0, r1):
@@ -179,7 +179,7 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
                     lo, hi = np.uintp(indptr[br]), np.uintp(indptr[br + 1])
                     for part in range(0, r, rr):
                         o = br * r + part
-                        block_shifted_rows(values, tail_offsets, lo, hi, tail_x, bias, n * tail_img, width, o, part,
+                        block_shifted_rows(values, offsets, lo, hi, tail_x, bias, n * img_in, width, o, part,
                                            acc, 0, width, step, floor, ceiling, r, rr, q, width)
                         if later:
                             activate_rows(acc, 0, 1, rr * step, 0, act)

@@ -123,7 +123,7 @@ def activate_block(a, lo, hi, act):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def clip_bounds(act):
+def activation_clip(act):
     """(floor, ceiling, later): the clip a kernel applies in registers for activation ``act``
     (ReLU [0, inf), ReLU6 [0, 6], none and GELU open), and whether ``act`` still needs a pass
     of its own (GELU)."""
@@ -311,7 +311,7 @@ def direct_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(SHIFTED_ROWS * width, dtype=xpad.dtype)
-            floor, ceiling, later = clip_bounds(act)
+            floor, ceiling, later = activation_clip(act)
             x0 = n * img_in
             for oh0 in range(0, ho, SHIFTED_ROWS):
                 rows = min(SHIFTED_ROWS, ho - oh0)
@@ -346,16 +346,16 @@ def pointwise_conv_kernel(width: int):
         raise ValueError(f"width {width} should be one of {TILES}")
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
-    def pointwise_conv(data, offsets, indptr, x, img_in, p_full, tail_x, tail_offsets, tail_img, tail, bias, act,
+    def pointwise_conv(data, offsets, indptr, x, img_in, p_full, tail_x, tail, bias, act,
                        out, out_off, n_img, img_out, p_out, bounds):
         """Y[n, r, p] = act(bias[r] + sum_j data[j] * X[n, c_j, p]) for a 1x1 conv.
 
         ``x`` is the flat input, images of ``img_in`` values, with ``offsets[j]`` the start of
         nonzero j's channel (c_j * positions): no copy, no padding. Positions [0, p_full) run
         in whole steps of SHIFTED_ROWS * width read from ``x``; the last ``tail`` positions
-        as one whole step from ``tail_x`` (images of ``tail_img`` values, channel starts
-        ``tail_offsets``), of whose values only the first ``tail`` per row are stored: the
-        caller makes a whole step readable from every channel start (reading into the next
+        as one whole step from ``tail_x``, the same input from position ``p_full`` on (or a
+        copy of it), of whose values only the first ``tail`` per row are stored: the caller
+        makes a whole step readable from every channel start there (reading into the next
         channel, and past the last into slack). ``Y[n, r, p]`` is stored at
         ``out[out_off + n*img_out + r*p_out + p]``. Work items are (image, row chunk); each
         step's input block is reused by every row of the chunk.
@@ -367,7 +367,7 @@ def pointwise_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(step, dtype=x.dtype)
-            floor, ceiling, later = clip_bounds(act)
+            floor, ceiling, later = activation_clip(act)
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for r in range(r0, r1):
@@ -381,7 +381,7 @@ def pointwise_conv_kernel(width: int):
             if tail > 0:
                 for r in range(r0, r1):
                     lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
-                    shifted_rows(data, tail_offsets, lo, hi, tail_x, n * tail_img, width, bias[r], acc, 0, width,
+                    shifted_rows(data, offsets, lo, hi, tail_x, n * img_in, width, bias[r], acc, 0, width,
                                  floor, ceiling, width)
                     if later:
                         activate_rows(acc, 0, 1, tail, 0, act)

@@ -195,7 +195,7 @@ class SparseConv2d:
         step = q * width
         tail = p % step
         p_full = p - tail
-        offsets = tail_offsets = self._channel_offsets(p)
+        offsets = self._channel_offsets(p)
         # The last partial step reads whole steps from its first position on, past each
         # channel into the next (lanes whose results are not stored) and past the input's
         # end into slack: the input's own when it has some, else a flat copy's.
@@ -210,14 +210,14 @@ class SparseConv2d:
         if self._block:
             part, bias, chunks = self._parts[0]
             variant(_bsr_jit.block_pointwise_conv_kernel(r, rr, q, width))(
-                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail_offsets[0], c * p,
-                tail, bias, self._act, y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
+                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, self._act,
+                y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
             return
         kernel = variant(_jit.pointwise_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
-            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail_offsets[g], c * p,
-                   tail, bias, self._act, y.reshape(-1), g * per * p, n, o * p, p, chunks.bounds(n_chunks))
+            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, self._act,
+                   y.reshape(-1), g * per * p, n, o * p, p, chunks.bounds(n_chunks))
 
     def _channel_offsets(self, positions: int) -> list[np.ndarray]:
         """Per group, each nonzero's channel start (channel * ``positions``) for the pointwise kernel (cached)."""

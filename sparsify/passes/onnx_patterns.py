@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from sparsify.passes.onnx_graph import GraphIndex
+from sparsify.runtime.glue import clip_bounds
 
 
 def _with_constant(g: GraphIndex, value: str, op_type: str, constant: float) -> int | None:
@@ -50,15 +51,14 @@ def match_gelu(g: GraphIndex, value: str) -> tuple[list[int], str] | None:
 
 def is_relu6(g: GraphIndex, node) -> bool:
     """Whether ``node`` is ``Clip(x, 0, 6)``: bounds as constant inputs (opset 11 on) or
-    attributes (earlier opsets)."""
+    attributes (earlier opsets), read as the runtime's Clip reads them."""
     if node.op_type != "Clip":
         return False
-    if len(node.input) > 1:
-        bounds = [g.scalar(v) if v else None for v in list(node.input[1:3]) + [""] * (3 - len(node.input))]
-    else:
-        attrs = {a.name: a.f for a in node.attribute}
-        bounds = [attrs.get("min"), attrs.get("max")]
-    return bounds == [0.0, 6.0]
+    consts = {v: g.array(v) for v in node.input[1:3] if v in g.inits}
+    try:
+        return clip_bounds(node, consts) == (0.0, 6.0)
+    except (KeyError, ValueError):  # a bound that is not a constant scalar
+        return False
 
 
 def fuse_activation(g: GraphIndex, value: str) -> tuple[str, list[int], str]:

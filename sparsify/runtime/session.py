@@ -59,10 +59,9 @@ BATCH1_POLICIES = ("auto", "csr")
 
 def dead_after(steps: Sequence[Step], outputs: Sequence[str]) -> list[list[str]]:
     """Per step, the values no later step reads and that are not graph outputs: a run drops
-    them right after that step (each one's last reader, or its writer if nothing reads it).
-    Holding every intermediate to the end of a run made each step write into memory no
-    longer in cache (MobileNetV2-shaped, 95%, batch 1: 4.4 ms a run against 2.9 ms for its
-    steps one by one; benchmarks/README.md, "Whole-model check")."""
+    them right after that step (each one's last reader, or its writer if nothing reads it),
+    so that later steps write into memory still in cache (benchmarks/README.md, "MobileNetV2
+    in the sparse runtime")."""
     last: dict[str, int] = {}
     for i, step in enumerate(steps):
         for v in [*step.inputs, *step.outputs]:
