@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from benchmarks.common import envelope, finite, parser, say, write_json
 from sparsify.kernels._jit import activate_block, all_finite
-from sparsify.kernels._simd import PERMUTE_LANES, permute_dot
+from sparsify.kernels._simd import PERMUTE_LANES, PERMUTE_SEGMENT, permute_dot
 
 SCHEMA = "sparsify.trace_batch1/1"
 
@@ -71,10 +71,10 @@ def traced_kernel():
             for g in range(bounds[ch], bounds[ch + 1]):
                 if finite:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0, 1)
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, PERMUTE_SEGMENT, 0, 1)
                 else:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, 0, 0)
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, PERMUTE_SEGMENT, 0, 0)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for lane in range(m):

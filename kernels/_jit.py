@@ -167,17 +167,20 @@ def all_finite(x):
 
 
 @functools.lru_cache(maxsize=None)
-def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16, flat: int = 0):
+def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int = 16, flat: int = 0,
+                    segment: int | None = None):
     """The sliced-ELL SpMV for padded (0) or compact (1) slot values and ``nvec`` input
     vectors per pass, prefetching ``prefetch`` slots ahead (0: not at all), over row
-    groups of ``lanes`` (16: AVX-512, 8: AVX2; ``_simd.PERMUTE_GEOMETRY``), with a window
-    per pair (``flat`` 0) or per slot (1; ``ell.Geometry.flat``). Cached; the kernel
-    closes over ints only, which reach ``permute_dot`` as compile-time constants."""
+    groups of ``lanes`` (16: AVX-512, 8: AVX2) and windows of ``segment`` columns (None:
+    twice the lanes; ``_simd.PERMUTE_GEOMETRY``), with a window per pair (``flat`` 0) or
+    per slot (1; ``ell.Geometry.flat``). Cached; the kernel closes over ints only, which
+    reach ``permute_dot`` as compile-time constants."""
+    segment = 2 * lanes if segment is None else segment
     if (compact not in (0, 1) or not 1 <= nvec <= MAX_PERMUTE_VECTORS or prefetch < 0
-            or lanes not in PERMUTE_GEOMETRY or flat not in (0, 1)):
+            or (lanes, segment) not in PERMUTE_GEOMETRY or flat not in (0, 1)):
         raise ValueError(f"compact {compact} should be 0 or 1, nvec {nvec} in [1, {MAX_PERMUTE_VECTORS}], "
-                         f"prefetch {prefetch} >= 0, lanes {lanes} one of {sorted(PERMUTE_GEOMETRY)} "
-                         f"and flat {flat} 0 or 1")
+                         f"prefetch {prefetch} >= 0, (lanes, segment) {(lanes, segment)} one of "
+                         f"{sorted(PERMUTE_GEOMETRY)} and flat {flat} 0 or 1")
 
     @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
     def ell_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, xstride, bias, act,
@@ -197,10 +200,10 @@ def ell_spmv_kernel(compact: int, nvec: int = 1, prefetch: int = 0, lanes: int =
             for g in range(bounds[ch], bounds[ch + 1]):
                 if finite:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat, 1)
+                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, segment, flat, 1)
                 else:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g],
-                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, flat, 0)
+                                group_ptr[g + 1], x, xstride, acc, compact, nvec, prefetch, lanes, segment, flat, 0)
                 r0 = g * lanes
                 m = min(lanes, n_rows - r0)
                 for v in range(nvec):

@@ -481,15 +481,20 @@ def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
     return counter, phis
 
 
-# Lanes, window width and window step of ``permute_dot`` (the sliced-ELL layout's
-# geometry, ``ell.GEOMETRIES``), by lanes: pair p's window is the segment columns from
-# ``segments[p] * step``; offsets at or above the segment mark padding lanes.
-# 16 lanes (AVX-512): a 32-column window in two zmm registers, one vpermi2ps per slot.
-# 8 lanes (AVX2): a 16-column window in two ymm registers, two vpermps and a blend;
-# windows every 4 columns, because the flat kernel pays nothing per window and finer
-# starts pad less (benchmarks/README.md, "AVX2 hosts"). ell.GEOMETRIES takes these.
-PERMUTE_GEOMETRY = {16: (32, 16), 8: (16, 4)}
-PERMUTE_LANES, (PERMUTE_SEGMENT, PERMUTE_STEP) = 16, PERMUTE_GEOMETRY[16]
+# Window steps of ``permute_dot`` (the sliced-ELL layout's geometries, ``ell.GEOMETRIES``),
+# by (lanes, window width): pair p's window is the width's columns from ``segments[p] *
+# step``; offsets at or above the width mark padding lanes.
+# 16 lanes, 32 columns (AVX-512): a window in two zmm registers, one vpermi2ps per slot.
+# 16 lanes, 64 columns (AVX-512): four registers, two vpermi2ps and a blend per slot; the
+# wider window pads less (uniform 90% sparsity fills 75% of the lanes with windows every
+# 32 columns, against 50% and 64% for 32-column ones), which pays where the slots come
+# from L3 (benchmarks/README.md, "Wider windows").
+# 8 lanes, 16 columns (AVX2): two ymm registers, two vpermps and a blend; windows every 4
+# columns, because the flat kernel pays nothing per window and finer starts pad less
+# (benchmarks/README.md, "AVX2 hosts"). ell.GEOMETRIES takes these.
+PERMUTE_GEOMETRY = {(16, 32): 16, (16, 64): 32, (8, 16): 4}
+PERMUTE_LANES, PERMUTE_SEGMENT = 16, 32
+PERMUTE_STEP = PERMUTE_GEOMETRY[PERMUTE_LANES, PERMUTE_SEGMENT]
 # A lane's offset byte, by lanes, and the byte of a padding lane. 16: the column in the
 # window; padding 255 (at or above the window width, which the kernel masks). 8: the
 # column's bits 0-2 (the vpermps index) with its bit 3 moved to bit 7, the sign the blend
@@ -522,19 +527,21 @@ def _expand_table(builder, lanes: int):
 
 @intrinsic(prefer_literal=True)
 def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc,
-                compact, nvec, prefetch, lanes, flat, finite):
+                compact, nvec, prefetch, lanes, segment, flat, finite):
     """For v < nvec: ``acc[v*L + l] = sum_{p in [plo, phi)} sum_{k in slots of p} w(k, l) *
     x[v*xstride + segments[p]*S + offsets[k*L + l]]`` over the lanes that are not
-    padding, for ``lanes`` L = 16 (W 32, step S 16; AVX-512) or 8 (W 16, S 4; AVX2), see
-    PERMUTE_GEOMETRY; offsets are coded as PERMUTE_PADDING says.
+    padding, for ``lanes`` L and ``segment`` W (window step S): 16 and 32 (S 16) or 64 (S
+    32) on AVX-512, 8 and 16 (S 4) on AVX2, see PERMUTE_GEOMETRY; offsets are coded as
+    PERMUTE_PADDING says.
 
     The sliced-ELL SpMV's inner loop for one L-row group (``ell.py``) and ``nvec`` input
     vectors: per stored (group, window) pair, each vector's W inputs are loaded into
-    two registers once; per slot the weights and offsets are read once and each vector
-    takes one permute (``vpermi2ps``; with 8 lanes two ``vpermps`` and a blend on the
-    offset's sign), padding lanes zeroed unless ``finite``, and one FMA. With one vector two
+    W/16 or two registers once; per slot the weights and offsets are read once and each
+    vector takes one permute (``vpermi2ps``; with 64 columns two and a blend on the
+    offset's bit 5; with 8 lanes two ``vpermps`` and a blend on the offset's sign), padding
+    lanes zeroed unless ``finite``, and one FMA. With one vector two
     accumulators alternate slot by slot; with several, each vector's own chain hides
-    the FMA latency. ``compact``, ``nvec`` and ``lanes`` are compile-time constants.
+    the FMA latency. ``compact``, ``nvec``, ``lanes`` and ``segment`` are compile-time constants.
     ``compact`` 0: padded weights, ``w(k, l) = values[k*L + l]`` (``value_start``
     unused); 1: compact weights, slot k's valid lanes taking the next values in order,
     pair ``plo``'s first at ``value_start[plo]`` (one unaligned load and an expand per
@@ -561,14 +568,16 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             and all(isinstance(a, types.Integer) for a in (plo, phi, xstride))
             and isinstance(compact, types.IntegerLiteral) and isinstance(nvec, types.IntegerLiteral)
             and isinstance(prefetch, types.IntegerLiteral) and prefetch.literal_value >= 0
-            and isinstance(lanes, types.IntegerLiteral) and lanes.literal_value in PERMUTE_GEOMETRY
+            and isinstance(lanes, types.IntegerLiteral) and isinstance(segment, types.IntegerLiteral)
+            and (lanes.literal_value, segment.literal_value) in PERMUTE_GEOMETRY
             and isinstance(flat, types.IntegerLiteral) and flat.literal_value in (0, 1)
             and isinstance(finite, types.IntegerLiteral) and finite.literal_value in (0, 1)
             and 1 <= nvec.literal_value <= MAX_PERMUTE_VECTORS):
         return None
-    n_lanes, packed = lanes.literal_value, bool(compact.literal_value)
-    seg_width, step = PERMUTE_GEOMETRY[n_lanes]
+    n_lanes, seg_width, packed = lanes.literal_value, segment.literal_value, bool(compact.literal_value)
+    step = PERMUTE_GEOMETRY[n_lanes, seg_width]
     wide = n_lanes == 16
+    quad = seg_width == 4 * n_lanes  # two two-table permutes per vector and slot
     n_vec = nvec.literal_value
     n_acc = 2 if n_vec == 1 else n_vec
     per_slot = bool(flat.literal_value)
@@ -599,6 +608,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         plo_v, phi_v, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (5, 6, 8))
         zero = ir.Constant(vf, None)
         limit = ir.Constant(vb, [seg_width] * n_lanes)
+        upper_bit = ir.Constant(vb, [2 * n_lanes] * n_lanes)  # the offset bit that picks the upper half
         table = None if wide else _expand_table(builder, n_lanes)
 
         def load_int(arr, arg, at):
@@ -608,11 +618,16 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         def vector_at(base, at, vty, align):
             return builder.load(builder.bitcast(builder.gep(base, [at]), vty.as_pointer()), align=align)
 
-        def permute(x_lo, index, x_hi):
-            """The inputs of each lane, zero on padding lanes unless ``finite``."""
+        def permute(table, index):
+            """The inputs of each lane from a vector's ``table`` registers, zero on padding
+            lanes unless ``finite``."""
             if wide:
-                picked = builder.call(permute2, [x_lo, index, x_hi])
+                picked = builder.call(permute2, [table[0], index, table[1]])
+                if quad:  # vpermi2ps reads the index's low 5 bits
+                    upper = builder.call(permute2, [table[2], index, table[3]])
+                    picked = builder.select(in_upper, upper, picked)
                 return picked if unmasked else builder.select(valid, picked, zero)
+            x_lo, x_hi = table
             # blendv on the sign bits (the widened offset's bit 7 picks the table register;
             # padding() holds the padding lanes' signs), so that LLVM keeps the masks in the
             # dword lanes instead of redoing byte compares.
@@ -647,13 +662,13 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
                                       pair_body, done)
 
         def window_tables(segment_at):
-            """Each vector's window inputs, in the two table registers of the permute."""
+            """Each vector's window inputs, in the table registers of its permutes."""
             base = builder.mul(load_int(seg_a, 2, segment_at), ir.Constant(i64, step))
             tables = []
             for v in range(n_vec):
                 at_v = builder.add(base, builder.mul(stride, ir.Constant(i64, v)))
-                tables.append((vector_at(x_a.data, at_v, vf, 4),
-                               vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, n_lanes)), vf, 4)))
+                tables.append([vector_at(x_a.data, builder.add(at_v, ir.Constant(i64, t * n_lanes)), vf, 4)
+                               for t in range(seg_width // n_lanes if wide else 2)])
             return tables
 
         builder.position_at_end(pair_body)
@@ -682,6 +697,8 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
             prefetch_at(val_a.data, q if packed else at, n_lanes // 2 if packed else n_lanes)
         if wide:
             valid = builder.icmp_unsigned("<", offs, limit)
+            if quad:
+                in_upper = builder.icmp_unsigned("!=", builder.and_(offs, upper_bit), ir.Constant(vb, None))
             index = builder.zext(offs, vi)
         else:  # one vpmovsxbd: bit 7 of the offset becomes the dword's sign
             index = builder.sext(offs, vi)
@@ -699,8 +716,8 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         else:
             weights, q_next = vector_at(val_a.data, at, vf, 4), q
         updated = []
-        for v, (x_lo, x_hi) in enumerate(tables):
-            updated.append(builder.call(fma, [weights, permute(x_lo, index, x_hi), accs[v]]))
+        for v, table in enumerate(tables):
+            updated.append(builder.call(fma, [weights, permute(table, index), accs[v]]))
         if n_vec == 1:  # two accumulators alternate slot by slot
             updated = [accs[1], updated[0]]
         k.add_incoming(builder.add(k, ir.Constant(i64, 1)), slot_body)
@@ -722,7 +739,7 @@ def permute_dot(typingctx, values, offsets, segments, slot_ptr, value_start, plo
         return context.get_dummy_value()
 
     return types.void(values, offsets, segments, slot_ptr, value_start, plo, phi, x, xstride, acc, compact,
-                      nvec, prefetch, lanes, flat, finite), codegen
+                      nvec, prefetch, lanes, segment, flat, finite), codegen
 
 
 @intrinsic(prefer_literal=True)

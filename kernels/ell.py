@@ -67,7 +67,8 @@ class Geometry(NamedTuple):
     PAIR_COST and MIN_FILL. ``flat``: the kernel loads a window's inputs per slot from a
     per-slot window index and runs each row group's slots as one loop, instead of a loop
     per pair (see AVX2_PAIR_COST); the layout then stores a window per slot and one pair
-    per row group (:class:`SlicedEll`).
+    per row group (:class:`SlicedEll`). ``slot_cost``: what a slot costs against one of a
+    two-register window (WIDE_SLOT_COST).
     """
 
     variant: str
@@ -77,6 +78,13 @@ class Geometry(NamedTuple):
     pair_cost: float
     min_fill: float
     flat: bool = False
+    slot_cost: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """The variant and window width, e.g. ``"avx512/64"``: names a layout's kernel in
+        notes and calibration keys."""
+        return f"{self.variant}/{self.segment}"
 
     @property
     def compact_windows(self) -> str:
@@ -128,9 +136,19 @@ MIN_FILL = 0.25
 # slots (benchmarks/README.md, "AVX2 hosts").
 AVX2_PAIR_COST = 0.0
 AVX2_MIN_FILL = 0.25
-# Window width and step per geometry come from the kernel that reads them.
-GEOMETRIES = {"avx512": Geometry("avx512", 16, *PERMUTE_GEOMETRY[16], PAIR_COST, MIN_FILL),
-              "avx2": Geometry("avx2", 8, *PERMUTE_GEOMETRY[8], AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
+# What a slot of a four-register (64-column) window costs against one of a two-register
+# window: a second vpermi2ps and a blend. Fitted with PAIR_COST's model to one thread's
+# times of both geometries over five layers in L2 (1024^2 at 50-98%, 512x2048, 2048x512;
+# benchmarks/README.md, "Wider windows"): 1.13.
+WIDE_SLOT_COST = 1.13
+# Window width and step per geometry come from the kernel that reads them. A variant may
+# run several (VARIANT_GEOMETRIES); each layer takes the plan of least cost among them.
+GEOMETRIES = {"avx512": Geometry("avx512", 16, 32, PERMUTE_GEOMETRY[16, 32], PAIR_COST, MIN_FILL),
+              "avx512_w64": Geometry("avx512", 16, 64, PERMUTE_GEOMETRY[16, 64], PAIR_COST, MIN_FILL,
+                                     slot_cost=WIDE_SLOT_COST),
+              "avx2": Geometry("avx2", 8, 16, PERMUTE_GEOMETRY[8, 16], AVX2_PAIR_COST, AVX2_MIN_FILL, flat=True)}
+# The geometries each variant's kernels read, its default (host_geometry) first.
+VARIANT_GEOMETRIES = {"avx512": ("avx512", "avx512_w64"), "avx2": ("avx2",)}
 # The AVX-512 geometry's numbers, kept as names: rows per group (one 512-bit float32
 # vector), window width (two 512-bit registers, the table of one vpermi2ps), window step.
 GROUP_ROWS, SEGMENT, STEP = (GEOMETRIES["avx512"].lanes, GEOMETRIES["avx512"].segment,
@@ -224,6 +242,13 @@ def host_geometry(variant: str | None = None) -> Geometry | None:
     return GEOMETRIES.get(isa.VARIANT if variant is None else variant)
 
 
+def variant_geometries(variant: str | None = None) -> tuple[Geometry, ...]:
+    """Every layout geometry the ``variant`` kernels run (default: this process's
+    variant), its default first; empty for the portable variant."""
+    names = VARIANT_GEOMETRIES.get(isa.VARIANT if variant is None else variant, ())
+    return tuple(GEOMETRIES[name] for name in names)
+
+
 def resolve_geometry(geometry: Geometry | str | None) -> Geometry:
     """A Geometry from a Geometry, a variant name, or None (the host's; AVX-512's layout
     where the host has no permute kernel, for building and inspecting layouts)."""
@@ -315,9 +340,10 @@ def _compact_nbytes(padded_nbytes: int, slots: int, pairs: int, nnz: int, lanes:
     return padded_nbytes - slots * lanes * 4 + (nnz + lanes) * 4 + (pairs + 1) * 8
 
 
-def window_cost(depth: np.ndarray, pair_cost: float = PAIR_COST) -> float:
-    """Estimated SpMV cost of a window plan, in slots: its slots plus ``pair_cost`` per pair."""
-    return float(depth.sum()) + pair_cost * float(np.count_nonzero(depth))
+def window_cost(depth: np.ndarray, pair_cost: float = PAIR_COST, slot_cost: float = 1.0) -> float:
+    """Estimated SpMV cost of a window plan, in two-register slots: ``slot_cost`` per slot
+    plus ``pair_cost`` per pair."""
+    return slot_cost * float(depth.sum()) + pair_cost * float(np.count_nonzero(depth))
 
 
 class WindowPlan:
@@ -334,7 +360,7 @@ class WindowPlan:
 
     @property
     def cost(self) -> float:
-        return window_cost(self.depth, self.geometry.pair_cost)
+        return window_cost(self.depth, self.geometry.pair_cost, self.geometry.slot_cost)
 
     @property
     def slots(self) -> int:
@@ -446,7 +472,7 @@ class SlicedEll:
 
     def __repr__(self) -> str:
         return (f"SlicedEll(shape={self.shape}, nnz={self.nnz}, slots={self.slots}, "
-                f"fill={self.fill:.2f}, {self.geometry.variant}{', compact' if self.compact else ''})")
+                f"fill={self.fill:.2f}, {self.geometry.label}{', compact' if self.compact else ''})")
 
     @classmethod
     def from_csr(cls, w: CSR, windows: str = "auto", geometry: Geometry | str | None = None) -> "SlicedEll":
@@ -551,4 +577,5 @@ class SlicedEll:
 
 __all__ = ["SlicedEll", "WindowPlan", "Geometry", "GEOMETRIES", "AVAILABLE", "MIN_FILL", "MIN_COMPACT_SAVING",
            "GROUP_ROWS", "SEGMENT", "STEP", "EMPTY", "cache_budget", "cache_bytes", "host_geometry",
-           "resolve_geometry", "slot_segment_dtype", "stream_budget", "flat_compact_budget", "worth_compacting"]
+           "resolve_geometry", "slot_segment_dtype", "stream_budget", "flat_compact_budget", "variant_geometries",
+           "worth_compacting"]

@@ -253,7 +253,7 @@ class SparseLinear:
         threads = {None: "", True: ", one thread", False: ", all threads"}[self._batch1_serial]
         if layout is None or call is None:
             return f"batch 1: CSR ({self.variant}){threads}"
-        return (f"batch 1: sliced ELL {layout.geometry.variant} ({layout.lanes} lanes), "
+        return (f"batch 1: sliced ELL {layout.geometry.label} ({layout.lanes} lanes), "
                 f"{'compact' if layout.compact else 'padded'}, fill {layout.fill:.2f}"
                 f"{', prefetched' if call.prefetch else ''}{threads}")
 
@@ -304,7 +304,9 @@ class _EllCall:
         self.serial_bounds = chunks.bounds(1)
         compact, many = int(e.compact), _jit.MAX_PERMUTE_VECTORS
         self.prefetch = prefetch
-        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch, e.lanes, int(e.geometry.flat)) for n in (1, many))
+        geo = e.geometry
+        one, four = (_jit.ell_spmv_kernel(compact, n, prefetch, geo.lanes, int(geo.flat), geo.segment)
+                     for n in (1, many))
         self.one = (one, _jit.serial(one))
         self.many = (four, _jit.serial(four))
         self.xpad = Scratch()  # inputs padded to the layout's width when they are narrower
@@ -381,9 +383,12 @@ def _batch1_layout(weight: CSR, batch1: str | None, variant: str) -> ell.SlicedE
         return None
     if batch1 == "ell_compact":
         return compact_layout(weight, geometry=geo)
-    # Decided from the plans, so that only the form taken is built.
-    plans = ell.SlicedEll.plans(weight, geometry=geo)
+    # Decided from the plans of every geometry the variant runs, so that only the form
+    # taken is built.
+    options = [ell.SlicedEll.plans(weight, geometry=g) for g in ell.variant_geometries(variant)]
+    plans = min(options, key=lambda found: min(plan.cost for plan in found.values()))
     best = min(plans.values(), key=lambda plan: plan.cost)
+    geo = best.geometry
     if batch1 == "ell":
         return ell.SlicedEll.from_plan(best)
     if best.fill < geo.min_fill:

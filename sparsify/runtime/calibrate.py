@@ -180,7 +180,7 @@ def choose_working_set(layers: list, cal: "Calibrator") -> list[str]:
         return []
     sized = [(layer.ell, layer.batch1_prefetched) for layer in running]
     key = "batch1 set " + hashlib.sha256(json.dumps(
-        [[*layer.weight.shape, int(layer.weight.nnz), layout.geometry.variant, layout.compact, int(layout.nbytes),
+        [[*layer.weight.shape, int(layer.weight.nnz), layout.geometry.label, layout.compact, int(layout.nbytes),
           prefetch] for layer, (layout, prefetch) in zip(running, sized)]).encode()).hexdigest()[:16]
     entry, forms = cal.recall(key), None
     cached = ", cached" if entry is not None else ""
@@ -503,7 +503,7 @@ class Calibrator:
         if layout is None:
             return None
         prefetch = layer.batch1_prefetched
-        form = (f"{layout.geometry.variant} {'compact' if layout.compact else 'padded'}"
+        form = (f"{layout.geometry.label} {'compact' if layout.compact else 'padded'}"
                 f"{' prefetched' if prefetch else ''}")
         out_f, in_f = layer.weight.shape
         key = f"batch1 {out_f}x{in_f} density {layer.weight.density:.2f} {form}"

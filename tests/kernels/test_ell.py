@@ -176,22 +176,27 @@ def test_inputs_of_whole_steps_are_read_in_place(rng):
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("batch1", ["ell", "ell_compact"])
 def test_padding_lanes_never_read_infinities_or_nans(batch1, batch):
-    # Row 0 reads column 8 only, row 1 every column, so row 0's lane pads row 1's slots,
-    # and every column row 0 does not read holds an infinity: a padding lane that
-    # multiplied its zero weight by its input would turn row 0 into NaN. Padding lanes
-    # are left unmasked only for finite inputs; batch 4 takes the four-vector pass.
-    w = np.zeros((2, 40), np.float32)
-    w[0, 8], w[1] = 2.0, 1.0
-    layer = SparseLinear(CSR.from_dense(w), batch1=batch1)
-    x = np.ones((batch, 40), np.float32)
+    # Padding lanes are left unmasked only for finite inputs; batch 4 takes the
+    # four-vector pass.
+    assert_padding_lanes_masked(lambda w: SparseLinear(w, batch1=batch1), batch, 40, 8)
+
+
+def assert_padding_lanes_masked(make_layer, batch: int, cols: int, col: int) -> None:
+    """Row 0 reads column ``col`` only, row 1 every column, so row 0's lane pads row 1's
+    slots, and every column row 0 does not read holds an infinity (then also a NaN): a
+    padding lane that multiplied its zero weight by its input would turn row 0 into NaN."""
+    w = np.zeros((2, cols), np.float32)
+    w[0, col], w[1] = 2.0, 1.0
+    layer = make_layer(CSR.from_dense(w))
+    x = np.ones((batch, cols), np.float32)
     x[0] = np.inf
-    x[0, 8] = 1.5
+    x[0, col] = 1.5
     y = layer(x[0] if batch == 1 else x).reshape(batch, 2)
     assert y[0, 0] == 3.0 and y[0, 1] == np.inf
-    assert np.all(y[1:, 0] == 2.0) and np.all(y[1:, 1] == 40.0)
-    x[0, 20] = np.nan
+    assert np.all(y[1:, 0] == 2.0) and np.all(y[1:, 1] == cols)
+    x[0, col // 2 + 1] = np.nan
     y = layer(x[0] if batch == 1 else x).reshape(batch, 2)
-    assert y[0, 0] == 3.0 and np.isnan(y[0, 1]) and np.all(y[1:, 1] == 40.0)
+    assert y[0, 0] == 3.0 and np.isnan(y[0, 1]) and np.all(y[1:, 1] == cols)
 
 
 def test_all_finite_finds_every_infinity_and_nan():
@@ -228,7 +233,7 @@ def test_auto_takes_the_layout_only_above_min_fill(rng):
     assert SparseLinear(CSR.from_dense(dense90), batch1="csr").ell is None
     assert SparseLinear(CSR.from_dense(dense90), batch1="csr").describe_batch1() == f"batch 1: CSR ({isa.VARIANT})"
     assert SparseLinear(CSR.from_dense(dense90), batch1="ell_compact").describe_batch1().startswith(
-        f"batch 1: sliced ELL {isa.VARIANT} ({geo().lanes} lanes), compact, fill 0.")
+        f"batch 1: sliced ELL {geo().label} ({geo().lanes} lanes), compact, fill 0.")
     assert SparseLinear(CSR.from_dense(dense90.astype(np.float64))).ell is None
 
 
@@ -527,3 +532,89 @@ def test_flat_layouts_index_windows_beyond_uint16(rng):
     assert layer.ell.segments.dtype == np.int32 and int(layer.ell.segments.max()) > 65_535
     x = rng.standard_normal(cols).astype(np.float32)
     assert_close(layer(x), reference_linear(x[None], w)[0].astype(np.float32))
+
+
+# The AVX-512 kernels also read 64-column windows (four table registers, two permutes and
+# a blend per slot): every test below runs each AVX-512 geometry, on the AVX-512 variant.
+needs_avx512 = pytest.mark.skipif("avx512" not in isa.VARIANTS, reason="the AVX-512 kernels do not run here")
+WIDE = ell.GEOMETRIES["avx512_w64"]
+
+
+def _on_avx512():
+    """Skip unless the variant under test (the autouse ``variant`` fixture) is AVX-512."""
+    if isa.VARIANT != "avx512":
+        pytest.skip("the 64-column windows are AVX-512's")
+
+
+@needs_avx512
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("windows", ["aligned", "overlapping"])
+def test_wide_windows_hold_exactly_the_csr(rng, shape, density, windows):
+    _on_avx512()
+    w = random_sparse(rng, shape, density, empty_rows=True)
+    e = ell.SlicedEll.from_csr(CSR.from_dense(w), windows, WIDE)
+    for layout in (e, e.compacted()):
+        np.testing.assert_array_equal(layout.to_dense(), w)
+        assert layout.geometry == WIDE
+    columns = WIDE.lane_columns(e.offsets)
+    assert (columns >= 0).sum() == np.count_nonzero(w) and np.all(columns < 64)
+    assert np.all(e.offsets[columns < 0] == _simd.PERMUTE_PADDING[16])
+    assert np.all(e.segments * WIDE.step + 64 <= e.padded_columns)
+    if windows == "aligned":
+        assert np.all(e.segments % 2 == 0)
+
+
+@needs_avx512
+@needs_permute
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 70), cols=st.integers(1, 200), density=st.sampled_from(DENSITIES + [0.1]),
+       seed=st.integers(0, 2**31 - 1), windows=st.sampled_from(["aligned", "overlapping"]),
+       compact=st.booleans(), batch=st.integers(1, 5), serial_work=st.sampled_from([0, float("inf")]))
+def test_wide_window_spmv_matches_dense(rows, cols, density, seed, windows, compact, batch, serial_work):
+    # Batches 1-4 run the sliced ELL (one row, or four in one pass), 5 the SpMM.
+    _on_avx512()
+    rng = np.random.default_rng(seed)
+    w = random_sparse(rng, (rows, cols), density, empty_rows=density > 0.5)
+    b = rng.standard_normal(rows).astype(np.float32)
+    layer = SparseLinear(CSR.from_dense(w), b, "relu", batch1="csr")
+    layout = ell.SlicedEll.from_csr(layer.weight, windows, WIDE)
+    layer.set_batch1_layout(layout.compacted() if compact else layout)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
+    with serial_work_set_to(serial_work):
+        assert_close(layer(x), reference_linear(x, w, b, "relu").astype(np.float32))
+        if batch == 1:
+            assert_close(layer(x[0]), reference_linear(x, w, b, "relu")[0].astype(np.float32))
+
+
+@needs_avx512
+@needs_permute
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("compact", [False, True])
+def test_wide_window_padding_lanes_never_read_infinities_or_nans(batch, compact):
+    # Row 0's column in the upper half of a 64-column window: bit 5 of its offset picks
+    # the second permute.
+    _on_avx512()
+
+    def make_layer(w):
+        layer = SparseLinear(w, batch1="csr")
+        layout = ell.SlicedEll.from_csr(layer.weight, "aligned", WIDE)
+        layer.set_batch1_layout(layout.compacted() if compact else layout)
+        return layer
+
+    assert_padding_lanes_masked(make_layer, batch, 80, 40)
+
+
+@needs_avx512
+def test_auto_takes_the_cheapest_plan_of_every_geometry(rng):
+    # Uniform 90%: 64-column windows every 32 columns pad least (fill ~0.75 against
+    # ~0.5 and ~0.64), and their plan costs least even at WIDE_SLOT_COST per slot.
+    _on_avx512()
+    w = CSR.from_dense(random_sparse(rng, (256, 512), 0.1))
+    layer = SparseLinear(w, batch1="ell")
+    costs = {(g.segment, k): p.cost for g in ell.variant_geometries("avx512")
+             for k, p in ell.SlicedEll.plans(w, geometry=g).items()}
+    assert layer.ell.geometry == WIDE and not layer.ell.aligned
+    assert min(costs, key=costs.get) == (64, "overlapping")
+    assert layer.describe_batch1().startswith("batch 1: sliced ELL avx512/64 (16 lanes), padded")
+    assert ell.variant_geometries("avx2") == (ell.GEOMETRIES["avx2"],) and ell.variant_geometries("portable") == ()
