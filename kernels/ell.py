@@ -23,6 +23,9 @@ positions back to output rows.
 
 Each kernel variant (``isa.py``) has its own :class:`Geometry` (:data:`GEOMETRIES`): the
 numbers above are AVX-512's (16 lanes, 32-column windows, one ``vpermi2ps`` per slot).
+AVX-512 also runs 64-column windows every 32 columns (four table registers, two permutes
+and a blend per slot; uniform 90% sparsity fills 75% of their lanes), and each layer takes
+the plan of least cost over both widths (:func:`variant_geometries`, WIDE_SLOT_COST).
 AVX2 has no two-table permute: its layout takes 8 lanes and 16-column windows, whose
 inputs fill two ymm registers, and a slot costs two ``vpermps`` and a blend. Its pairs
 are short, so its kernel runs *flat* (:attr:`Geometry.flat`): each slot carries its
