@@ -91,12 +91,15 @@ class Geometry(NamedTuple):
 
     @property
     def compact_windows(self) -> str:
-        """The windows of the compact form (``from_csr``'s ``windows``): the padded form's own
-        ("auto") for a flat kernel, which pays nothing per pair; "aligned" for a per-pair
-        kernel, whose loop over overlapping windows' twice as many (shallower) pairs costs
-        the compact form more than their fewer slots save (4096^2 at 90%, 2 threads, same
-        process, compact: aligned 218 us, overlapping 228 us)."""
-        return "auto" if self.flat else "aligned"
+        """The windows of the compact form (``from_csr``'s ``windows``): "aligned" for the
+        per-pair kernel over 32-column windows, whose loop over overlapping windows' twice
+        as many (shallower) pairs costs the compact form more than their fewer slots save
+        (4096^2 at 90%, 2 threads, same process, compact: aligned 218 us, overlapping 228
+        us); the padded form's own ("auto") for a flat kernel, which pays nothing per pair,
+        and for 64-column windows, whose overlapping plan has as many pairs as the aligned
+        32-column one (4096^2 at 90%, compact: overlapping 134-150 us, aligned 156-171 us
+        in three runs; benchmarks/README.md, "Wider windows")."""
+        return "aligned" if not self.flat and self.segment == 2 * self.lanes else "auto"
 
     def code_offsets(self, columns: np.ndarray) -> np.ndarray:
         """The offset bytes the kernel reads (``_simd.PERMUTE_PADDING``) for lane columns

@@ -335,8 +335,8 @@ def test_fit_batch1_layouts_compacts_every_layout_when_they_overflow(rng, monkey
     x = rng.standard_normal(128).astype(np.float32)
     before = [k(x) for k in layers]
     assert spmm.fit_batch1_layouts(layers, budget=layers[0].weight.nbytes) == 0
-    # Aligned windows, unless the geometry is flat (then the windows the layers had).
-    assert all(k.ell.compact and (k.ell.aligned or geo().flat) for k in layers)
+    # Aligned windows where the geometry compacts over them, else the windows the layers had.
+    assert all(k.ell.compact and (k.ell.aligned or k.ell.geometry.compact_windows == "auto") for k in layers)
     for k, y in zip(layers, before):
         assert_close(k(x), y)
     assert spmm.fit_batch1_layouts(layers, budget=1 << 40) == 0  # compact ones stay compact
@@ -618,3 +618,16 @@ def test_auto_takes_the_cheapest_plan_of_every_geometry(rng):
     assert min(costs, key=costs.get) == (64, "overlapping")
     assert layer.describe_batch1().startswith("batch 1: sliced ELL avx512/64 (16 lanes), padded")
     assert ell.variant_geometries("avx2") == (ell.GEOMETRIES["avx2"],) and ell.variant_geometries("portable") == ()
+
+
+@needs_avx512
+def test_wide_windows_compact_over_their_own_windows(rng):
+    # 64-column windows keep an overlapping plan's windows when compacted (as many pairs
+    # as aligned 32-column windows); 32-column ones replan aligned.
+    _on_avx512()
+    c = CSR.from_dense(random_sparse(rng, (64, 256), 0.3))
+    assert WIDE.compact_windows == "auto" and ell.GEOMETRIES["avx512"].compact_windows == "aligned"
+    overlapping = ell.SlicedEll.from_csr(c, "overlapping", WIDE)
+    compact = spmm.compact_layout(c, overlapping)
+    assert compact.compact and compact.offsets is overlapping.offsets
+    np.testing.assert_array_equal(compact.to_dense(), c.to_dense())
