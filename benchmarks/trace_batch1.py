@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 
 from benchmarks.common import envelope, finite, parser, say, write_json
 from sparsify.kernels._jit import activate_block, all_finite
-from sparsify.kernels._simd import PERMUTE_LANES, PERMUTE_SEGMENT, permute_dot
+from sparsify.kernels._simd import PERMUTE_LANES, permute_dot
 
 SCHEMA = "sparsify.trace_batch1/1"
 
@@ -57,9 +57,10 @@ def read_cycles() -> int:  # pragma: no cover - compiled
     return cycles()
 
 
-def traced_kernel():
-    """The instrumented SpMV: ``_jit.ell_spmv_kernel(0, 1, 0)`` (AVX-512, per-pair windows) plus ``stamps[ch] = (start,
-    end, thread)`` per row chunk (compiled on first use, not cached)."""
+def traced_kernel(segment: int):
+    """The instrumented SpMV: ``_jit.ell_spmv_kernel(0, 1, 0, 16, 0, segment)`` (AVX-512, per-pair windows of
+    ``segment`` columns) plus ``stamps[ch] = (start, end, thread)`` per row chunk (compiled on first use, not
+    cached)."""
     @numba.njit(parallel=True, nogil=True, error_model="numpy")
     def traced_spmv(values, offsets, segments, slot_ptr, value_start, group_ptr, rows, x, bias, act, out,
                     bounds, stamps):  # pragma: no cover - compiled
@@ -71,10 +72,10 @@ def traced_kernel():
             for g in range(bounds[ch], bounds[ch + 1]):
                 if finite:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, PERMUTE_SEGMENT, 0, 1)
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, segment, 0, 1)
                 else:
                     permute_dot(values, offsets, segments, slot_ptr, value_start, group_ptr[g], group_ptr[g + 1],
-                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, PERMUTE_SEGMENT, 0, 0)
+                                x, 0, acc, 0, 1, 0, PERMUTE_LANES, segment, 0, 0)
                 r0 = g * PERMUTE_LANES
                 m = min(PERMUTE_LANES, n_rows - r0)
                 for lane in range(m):
@@ -137,7 +138,7 @@ def run(size: int, sparsity: float, threads: int, calls: int, rounds: int) -> di
     xw = np.zeros(call.width, np.float32)
     xw[:size] = x
     out = np.empty(size, np.float32)
-    kernels = {"parallel": (traced_kernel(), call.bounds)}
+    kernels = {"parallel": (traced_kernel(e.geometry.segment), call.bounds)}
     # The serial twin: the same function without parallel=True (prange runs as range).
     twin = numba.njit(nogil=True, error_model="numpy")(kernels["parallel"][0].py_func)
     kernels["serial"] = (twin, call.serial_bounds)
