@@ -8,7 +8,10 @@ intrinsic emits a whole row loop with its accumulators as LLVM vector values:
 - ``tile_row``: one CSR row against a packed batch tile (SpMM);
 - ``gather_dot``: one CSR row against a vector, 512-bit masked gathers (SpMV);
 - ``shifted_rows``: one output channel, SHIFTED_ROWS output rows (direct conv);
-- ``store_columns``: the linear SpMM's transposing store of its accumulated rows.
+- ``store_columns``: the linear SpMM's transposing store of its accumulated rows;
+- ``row_taps`` (``strided_taps`` at any stride and dilation): a row step of output pixels
+  of 16 channels of the channel-blocked depthwise conv, ``planes_to_pixels`` and
+  ``pixels_to_planes`` its transposes between NCHW planes and pixel vectors.
 
 Numba's on-disk cache keys a kernel on its own source file (``_jit.py``) only: after
 editing this file, delete ``kernels/__pycache__/*.nbi``/``*.nbc`` (or touch ``_jit.py``),
@@ -790,3 +793,347 @@ def transpose_square(typingctx, src, src_off, src_stride, dst, dst_off, dst_stri
         return context.get_dummy_value()
 
     return types.void(src, src_off, src_stride, dst, dst_off, dst_stride, n), codegen
+
+
+# Channels per pixel vector of the channel-blocked depthwise conv (``depthwise.py``): one
+# 512-bit vector of float32 (LLVM splits it in two on AVX2, in four on baseline x86-64).
+PIXEL_LANES = 16
+
+
+def _clip_vector(builder, v, floor, ceiling):
+    """``v`` below ``floor`` becomes ``floor``, then above ``ceiling`` becomes ``ceiling``;
+    a NaN stays NaN (compare-and-select, as ``shifted_rows`` clips)."""
+    v = builder.select(builder.fcmp_ordered("<", v, floor), floor, v)
+    return builder.select(builder.fcmp_ordered(">", v, ceiling), ceiling, v)
+
+
+def _half_transposes(builder, rows):
+    """Eight 16-lane vectors whose 8-lane halves are the rows of two 8 x 8 blocks (the low
+    halves one block, the high halves the other), both transposed: vector j of the result
+    holds column j of each. 24 shuffles that stay within 256-bit halves (pairs of values,
+    pairs of pairs, then 128-bit quarters), where ``transpose_square``'s 16 x 16 takes 64
+    two-register permutes."""
+    i32 = ir.IntType(32)
+
+    def mask(picks):
+        return ir.Constant(ir.VectorType(i32, 16), picks)
+
+    # Indices into the 32 lanes of (a, b): within each 128-bit quarter q (unpcklps/unpckhps,
+    # unpcklpd/unpckhpd), then the quarters within each 256-bit half h.
+    lo_ps = mask([q * 4 + k // 2 + (16 if k % 2 else 0) for q in range(4) for k in range(4)])
+    hi_ps = mask([q * 4 + 2 + k // 2 + (16 if k % 2 else 0) for q in range(4) for k in range(4)])
+    lo_pd = mask([q * 4 + k % 2 + (16 if k >= 2 else 0) for q in range(4) for k in range(4)])
+    hi_pd = mask([q * 4 + 2 + k % 2 + (16 if k >= 2 else 0) for q in range(4) for k in range(4)])
+    lo_q = mask([h * 8 + j + (16 if s else 0) for h in range(2) for s in range(2) for j in range(4)])
+    hi_q = mask([h * 8 + 4 + j + (16 if s else 0) for h in range(2) for s in range(2) for j in range(4)])
+    pairs = []
+    for i in range(4):
+        a, b = rows[2 * i], rows[2 * i + 1]
+        pairs += [builder.shuffle_vector(a, b, lo_ps), builder.shuffle_vector(a, b, hi_ps)]
+    quads = []
+    for j in range(2):
+        a0, a1, a2, a3 = pairs[4 * j:4 * j + 4]
+        quads += [builder.shuffle_vector(a0, a2, lo_pd), builder.shuffle_vector(a0, a2, hi_pd),
+                  builder.shuffle_vector(a1, a3, lo_pd), builder.shuffle_vector(a1, a3, hi_pd)]
+    return ([builder.shuffle_vector(quads[k], quads[k + 4], lo_q) for k in range(4)]
+            + [builder.shuffle_vector(quads[k], quads[k + 4], hi_q) for k in range(4)])
+
+
+def _pixel_vector_type(context, sig_dtype):
+    """(the PIXEL_LANES-lane vector type of ``sig_dtype``, its element alignment)."""
+    fty = context.get_value_type(sig_dtype)
+    return ir.VectorType(fty, PIXEL_LANES), context.get_abi_sizeof(fty)
+
+
+@intrinsic(prefer_literal=True)
+def planes_to_pixels(typingctx, src, src_at, plane_stride, dst, dst_at, pixels, pixel_at, lo, hi, clip):
+    """``dst[dst_at + pixels[pixel_at + j]*16 + i] = src[src_at + i*plane_stride + j]`` for i, j <
+    16 (PIXEL_LANES), clipped to [lo, hi] as ``shifted_rows`` clips when ``clip`` (a
+    compile-time 0 or 1) is 1.
+
+    The channel-blocked depthwise conv's input transpose: positions j .. j + 15 of 16 planes
+    become 16 pixel vectors of one value per plane, each stored where ``pixels`` puts its
+    position. Each register is loaded as two halves (positions 0-7, or 8-15, of planes i and
+    i + 8), so that only in-half shuffles remain (``_half_transposes``). No bounds checks:
+    callers guarantee the positions lie inside ``src`` and every pixel vector inside ``dst``.
+    """
+    if not (isinstance(clip, types.IntegerLiteral) and clip.literal_value in (0, 1)
+            and isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float)
+            and isinstance(pixels, types.Array) and isinstance(pixels.dtype, types.Integer)
+            and all(isinstance(a, types.Integer) for a in (src_at, plane_stride, dst_at, pixel_at))
+            and all(isinstance(b, types.Float) for b in (lo, hi))):
+        return None
+    n, half, clipped = PIXEL_LANES, PIXEL_LANES // 2, bool(clip.literal_value)
+
+    def codegen(context, builder, sig, args):
+        src_a, dst_a, pix_a = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 5))
+        s_at, stride, d_at, p_at = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 6))
+        vty, align = _pixel_vector_type(context, sig.args[0].dtype)
+        hty = ir.VectorType(vty.element, half)
+        _keep_vector_width(builder, min(512, n * align * 8))
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        joined = ir.Constant(ir.VectorType(i32, n), list(range(n)))
+
+        def halves(i, j0):  # positions j0 .. j0 + 7 of planes i and i + 8
+            low, high = (builder.load(builder.bitcast(builder.gep(src_a.data, [builder.add(
+                s_at, builder.add(builder.mul(stride, ir.Constant(i64, plane)), ir.Constant(i64, j0)))]),
+                hty.as_pointer()), align=align) for plane in (i, i + half))
+            return builder.shuffle_vector(low, high, joined)
+
+        columns = [v for j0 in (0, half) for v in _half_transposes(builder, [halves(i, j0) for i in range(half)])]
+        if clipped:
+            floor, ceiling = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
+                              for i in (7, 8))
+        for j, v in enumerate(columns):
+            p = builder.load(builder.gep(pix_a.data, [builder.add(p_at, ir.Constant(i64, j))]))
+            at = builder.add(d_at, builder.mul(context.cast(builder, p, sig.args[5].dtype, types.int64),
+                                               ir.Constant(i64, n)))
+            if clipped:
+                v = _clip_vector(builder, v, floor, ceiling)
+            builder.store(v, builder.bitcast(builder.gep(dst_a.data, [at]), vty.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, src_at, plane_stride, dst, dst_at, pixels, pixel_at, lo, hi, clip), codegen
+
+
+@intrinsic
+def pixels_to_planes(typingctx, src, src_at, dst, dst_at, plane_stride):
+    """``dst[dst_at + i*plane_stride + j] = src[src_at + j*16 + i]`` for i, j < 16 (PIXEL_LANES).
+
+    The channel-blocked depthwise conv's output transpose: 16 adjacent pixel vectors become
+    16 values of each of 16 planes, every store half a register (the low halves of the
+    in-half transposes go to planes 0-7, the high halves to planes 8-15). No bounds checks:
+    callers guarantee both ranges lie inside the arrays.
+    """
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.dtype == dst.dtype
+            and isinstance(src.dtype, types.Float)
+            and all(isinstance(a, types.Integer) for a in (src_at, dst_at, plane_stride))):
+        return None
+    n, half = PIXEL_LANES, PIXEL_LANES // 2
+
+    def codegen(context, builder, sig, args):
+        src_a, dst_a = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 2))
+        s_at, d_at, stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 3, 4))
+        vty, align = _pixel_vector_type(context, sig.args[0].dtype)
+        hty = ir.VectorType(vty.element, half)
+        _keep_vector_width(builder, min(512, n * align * 8))
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        pixels = [builder.load(builder.bitcast(builder.gep(src_a.data, [builder.add(s_at, ir.Constant(i64, j * n))]),
+                                               vty.as_pointer()), align=align) for j in range(n)]
+        low = ir.Constant(ir.VectorType(i32, half), list(range(half)))
+        high = ir.Constant(ir.VectorType(i32, half), list(range(half, n)))
+        for j0 in (0, half):
+            for i, v in enumerate(_half_transposes(builder, pixels[j0:j0 + half])):
+                for plane, part in ((i, low), (i + half, high)):
+                    at = builder.add(builder.add(d_at, builder.mul(stride, ir.Constant(i64, plane))),
+                                     ir.Constant(i64, j0))
+                    builder.store(builder.shuffle_vector(v, v, part),
+                                  builder.bitcast(builder.gep(dst_a.data, [at]), hty.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, src_at, dst, dst_at, plane_stride), codegen
+
+
+def _taps_types_ok(buf, weights, out, floor, ceiling, pixels, *ints) -> bool:
+    """The typing shared by ``row_taps`` and ``strided_taps``."""
+    return (isinstance(pixels, types.IntegerLiteral) and pixels.literal_value >= 1
+            and all(isinstance(a, types.Array) and a.dtype == buf.dtype for a in (buf, weights, out))
+            and isinstance(buf.dtype, types.Float)
+            and all(isinstance(a, types.Integer) for a in ints)
+            and all(isinstance(b, types.Float) for b in (floor, ceiling)))
+
+
+def _store_clipped(context, builder, sig, args, out, out_at, accs, floor_at):
+    """``out[out_at + r*16 : +16] = accs[r]`` clipped to [floor, ceiling], the float arguments
+    ``floor_at`` and ``floor_at + 1`` (a NaN stays NaN)."""
+    vty, align = _pixel_vector_type(context, sig.args[0].dtype)
+    floor, ceiling = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
+                      for i in (floor_at, floor_at + 1))
+    i64 = ir.IntType(64)
+    for r, acc in enumerate(accs):
+        at = builder.add(out_at, ir.Constant(i64, r * PIXEL_LANES))
+        builder.store(_clip_vector(builder, acc, floor, ceiling),
+                      builder.bitcast(builder.gep(out.data, [at]), vty.as_pointer()), align=align)
+
+
+@intrinsic(prefer_literal=True)
+def row_taps(typingctx, buf, base, row_step, kh, kw, weights, b_at, w_at, out, out_at, floor, ceiling, pixels,
+             stride):
+    """For r < ``pixels``: ``out[out_at + r*16 : +16] = clip(weights[b_at : +16] + sum_{ky < kh}
+    sum_{kx < kw} weights[w_at + (ky*kw + kx)*16 : +16] * buf[base + ky*row_step + (r*stride +
+    kx)*16 : +16], floor, ceiling)``, clipped as ``shifted_rows`` clips: 16 (PIXEL_LANES)
+    channels of ``pixels`` output pixels of a row of the channel-blocked depthwise conv.
+
+    ``buf`` holds the input as pixel vectors, pixel k of kernel row ky's input at ``base +
+    ky*row_step + k*16``; output pixel r reads pixels r*stride + kx. The ``pixels``
+    accumulators (starting at the bias) stay in registers, and each input pixel of a kernel
+    row is loaded once: per phase b < ``stride`` a window of ``pixels`` vectors (pixel
+    r*stride + kx for the taps kx = a*stride + b) moves one pixel on per ``stride`` taps,
+    loading one new vector. Each kernel row is summed from zero apart and then added to the
+    accumulators (rounding errors grow with kh + kw terms, not kh*kw). ``pixels`` and
+    ``stride`` are compile-time constants; the windows take ``stride * (pixels - 1)``
+    registers. No bounds checks: callers guarantee every pixel read lies inside ``buf``,
+    the weights inside ``weights`` and the ``pixels`` vectors inside ``out``.
+    """
+    if not (_taps_types_ok(buf, weights, out, floor, ceiling, pixels, base, row_step, kh, kw, b_at, w_at, out_at)
+            and isinstance(stride, types.IntegerLiteral) and stride.literal_value >= 1):
+        return None
+    count, step = pixels.literal_value, stride.literal_value
+
+    def codegen(context, builder, sig, args):
+        buf_a, w_a, out_a = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 5, 8))
+        base_v, rstep, kh_v, kw_v, b_at_v, w_at_v, o_at = (context.cast(builder, args[i], sig.args[i], types.int64)
+                                                           for i in (1, 2, 3, 4, 6, 7, 9))
+        vty, align = _pixel_vector_type(context, sig.args[0].dtype)
+        _keep_vector_width(builder, min(512, PIXEL_LANES * align * 8))
+        i64 = ir.IntType(64)
+        zero, one, lanes = ir.Constant(i64, 0), ir.Constant(i64, 1), ir.Constant(i64, PIXEL_LANES)
+        none = ir.Constant(vty, None)
+        flags = ("contract",)
+
+        def load(ptr, at):
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), vty.as_pointer()), align=align)
+
+        def pixel(row, k):  # input pixel k (an int or an i64) of a kernel row
+            return load(row, builder.mul(ir.Constant(i64, k) if isinstance(k, int) else k, lanes))
+
+        def newest(row, a, b):  # the pixel window b takes in at step a: (a + pixels - 1)*stride + b
+            return pixel(row, builder.add(builder.mul(builder.add(a, ir.Constant(i64, count - 1)),
+                                                      ir.Constant(i64, step)), ir.Constant(i64, b)))
+
+        def taps(sums, weight, window):
+            return [builder.fadd(s, builder.fmul(weight, x, flags=flags), flags=flags) for s, x in zip(sums, window)]
+
+        init = load(w_a.data, b_at_v)
+        whole = builder.udiv(kw_v, ir.Constant(i64, step))  # steps with every phase's tap
+        rest = builder.sub(kw_v, builder.mul(whole, ir.Constant(i64, step)))
+        kw_lanes = builder.mul(kw_v, lanes)
+        entry = builder.block
+        ky_head, ky_body, a_head, a_body, tail, ky_end, done = (
+            builder.append_basic_block(f"row_taps.{b}") for b in ("ky", "ky_body", "a", "a_body", "tail", "ky_end",
+                                                                   "done"))
+        builder.branch(ky_head)
+
+        builder.position_at_end(ky_head)
+        ky, outer = _counted_loop_head(builder, zero, kh_v, [zero, w_at_v] + [init] * count, entry, ky_body, done)
+        row_off, w_row, totals = outer[0], outer[1], outer[2:]
+        builder.position_at_end(ky_body)
+        row = builder.gep(buf_a.data, [builder.add(base_v, row_off)])
+        windows = [pixel(row, r * step + b) for b in range(step) for r in range(count - 1)]
+        builder.branch(a_head)
+
+        builder.position_at_end(a_head)
+        a, inner = _counted_loop_head(builder, zero, whole, [w_row] + windows + [none] * count, ky_body, a_body, tail)
+        w_pos, held, sums = inner[0], inner[1:1 + step * (count - 1)], inner[1 + step * (count - 1):]
+        builder.position_at_end(a_body)
+        moved, new_sums = [], sums
+        for b in range(step):
+            window = held[b * (count - 1):(b + 1) * (count - 1)] + [newest(row, a, b)]
+            new_sums = taps(new_sums, load(w_a.data, builder.add(w_pos, ir.Constant(i64, b * PIXEL_LANES))), window)
+            moved += window[1:]
+        a.add_incoming(builder.add(a, one), a_body)
+        for phi, value in zip(inner, [builder.add(w_pos, ir.Constant(i64, step * PIXEL_LANES))] + moved + new_sums):
+            phi.add_incoming(value, a_body)
+        builder.branch(a_head)
+
+        # The row's last ``rest`` (< stride) taps: phases 0 .. rest - 1 of one more step.
+        builder.position_at_end(tail)
+        for b in range(step - 1):
+            before = builder.block
+            go, join = (builder.append_basic_block(f"row_taps.{x}{b}") for x in ("rest", "join"))
+            builder.cbranch(builder.icmp_unsigned(">", rest, ir.Constant(i64, b)), go, join)
+            builder.position_at_end(go)
+            window = held[b * (count - 1):(b + 1) * (count - 1)] + [newest(row, a, b)]
+            added = taps(sums, load(w_a.data, builder.add(w_pos, ir.Constant(i64, b * PIXEL_LANES))), window)
+            builder.branch(join)
+            builder.position_at_end(join)
+            merged = []
+            for old, new in zip(sums, added):
+                phi = builder.phi(vty)
+                phi.add_incoming(old, before)
+                phi.add_incoming(new, go)
+                merged.append(phi)
+            sums = merged
+        builder.branch(ky_end)
+
+        builder.position_at_end(ky_end)
+        ky.add_incoming(builder.add(ky, one), ky_end)
+        moved = [builder.add(row_off, rstep), builder.add(w_row, kw_lanes)]
+        for phi, value in zip(outer, moved + [builder.fadd(t, s) for t, s in zip(totals, sums)]):
+            phi.add_incoming(value, ky_end)
+        builder.branch(ky_head)
+
+        builder.position_at_end(done)
+        _store_clipped(context, builder, sig, args, out_a, o_at, totals, 10)
+        return context.get_dummy_value()
+
+    return (types.void(buf, base, row_step, kh, kw, weights, b_at, w_at, out, out_at, floor, ceiling, pixels, stride),
+            codegen)
+
+
+@intrinsic(prefer_literal=True)
+def strided_taps(typingctx, buf, base, pixel_step, taps, t_lo, t_hi, kw, weights, b_at, w_at, out, out_at, floor,
+                 ceiling, pixels):
+    """For r < ``pixels``: ``out[out_at + r*16 : +16] = clip(weights[b_at : +16] + sum_{t_lo <= t <
+    t_hi} weights[w_at + t*16 : +16] * buf[base + r*pixel_step + taps[t] : +16], floor,
+    ceiling)``: ``row_taps`` for any stride and dilation, each tap's offset read from ``taps``
+    and its input loaded for each pixel (runs of ``kw`` taps, a kernel row, summed apart as
+    there; t_hi - t_lo a multiple of kw). ``pixels`` is a compile-time constant. No bounds
+    checks, as ``row_taps``.
+    """
+    if not (_taps_types_ok(buf, weights, out, floor, ceiling, pixels, base, pixel_step, t_lo, t_hi, kw, b_at, w_at,
+                           out_at)
+            and isinstance(taps, types.Array) and isinstance(taps.dtype, types.Integer)):
+        return None
+    count = pixels.literal_value
+
+    def codegen(context, builder, sig, args):
+        buf_a, tap_a, w_a, out_a = (context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 3, 7, 10))
+        base_v, p_step, lo_v, hi_v, kw_v, b_at_v, w_at_v, o_at = (
+            context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5, 6, 8, 9, 11))
+        vty, align = _pixel_vector_type(context, sig.args[0].dtype)
+        _keep_vector_width(builder, min(512, PIXEL_LANES * align * 8))
+        i64 = ir.IntType(64)
+        one, lanes = ir.Constant(i64, 1), ir.Constant(i64, PIXEL_LANES)
+        flags = ("contract",)
+
+        def load(ptr):
+            return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=align)
+
+        starts = [builder.gep(buf_a.data, [builder.add(base_v, builder.mul(p_step, ir.Constant(i64, r)))])
+                  for r in range(count)]
+        init = load(builder.gep(w_a.data, [b_at_v]))
+        w0 = builder.gep(w_a.data, [w_at_v])
+        entry = builder.block
+        row_head, row_body, tap_head, tap_body, row_end, done = (
+            builder.append_basic_block(f"strided_taps.{b}") for b in ("row", "row_body", "tap", "tap_body", "row_end",
+                                                                       "done"))
+        builder.branch(row_head)
+        builder.position_at_end(row_head)
+        t0, totals = _counted_loop_head(builder, lo_v, hi_v, [init] * count, entry, row_body, done)
+        builder.position_at_end(row_body)
+        t_end = builder.add(t0, kw_v)
+        builder.branch(tap_head)
+        builder.position_at_end(tap_head)
+        t, sums = _counted_loop_head(builder, t0, t_end, [ir.Constant(vty, None)] * count, row_body, tap_body, row_end)
+        builder.position_at_end(tap_body)
+        off = context.cast(builder, builder.load(builder.gep(tap_a.data, [t])), sig.args[3].dtype, types.int64)
+        weight = load(builder.gep(w0, [builder.mul(t, lanes)]))
+        t.add_incoming(builder.add(t, one), tap_body)
+        for phi, start in zip(sums, starts):
+            phi.add_incoming(builder.fadd(phi, builder.fmul(weight, load(builder.gep(start, [off])), flags=flags),
+                                          flags=flags), tap_body)
+        builder.branch(tap_head)
+        builder.position_at_end(row_end)
+        t0.add_incoming(t_end, row_end)
+        for total, s in zip(totals, sums):
+            total.add_incoming(builder.fadd(total, s), row_end)
+        builder.branch(row_head)
+
+        builder.position_at_end(done)
+        _store_clipped(context, builder, sig, args, out_a, o_at, totals, 12)
+        return context.get_dummy_value()
+
+    return (types.void(buf, base, pixel_step, taps, t_lo, t_hi, kw, weights, b_at, w_at, out, out_at, floor, ceiling,
+                       pixels), codegen)

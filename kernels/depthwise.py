@@ -5,23 +5,37 @@ channels c*M .. c*M + M - 1, as ONNX ``Conv`` with ``group`` equal to the input 
 A clip of the input (a Clip before the Conv) and of the output (a Clip or Relu after it)
 can be applied in the same pass.
 
-Each task copies one input plane at a time into a zero-padded buffer laid out so that every
-kernel tap reads a contiguous run at a fixed offset from the output position: the loops
-over outputs then vectorize at any stride. A 3x3 kernel with padding 1 and stride 1 or 2
-(MobileNet's depthwise convolutions) has its own kernel, which computes a whole output
-plane as one run; the general one computes runs of output rows over the padded width and
-copies the valid columns out.
+Three kernels, chosen by structure:
+
+- A 3x3 kernel with padding 1 and stride 1, or stride 2 with output rows of at least 16
+  (MobileNet's depthwise convolutions but the smallest), has its own kernel, which copies
+  one input plane at a time into a zero-padded buffer and computes a whole output plane as
+  one run of vectors along the plane.
+- Every other conv runs its input channels in blocks of 16 (``_simd.PIXEL_LANES``): a
+  block's input is transposed into a buffer of pixel vectors (one value per channel, one
+  cache line in float32) between the left and right padding's zeros, each kernel tap is
+  then one aligned vector load times a vector of the 16 channels' weights (kernel rows on
+  the top or bottom padding are skipped), a row's output pixels are accumulated in
+  registers (``_simd.row_taps``) and transposed back to the NCHW planes.
+- The channels past the last whole block (C mod 16 of them) run plane by plane: each
+  plane is copied into a zero-padded polyphase buffer laid out so that every kernel tap
+  reads a contiguous run at a fixed offset from the output position; runs of output rows
+  over the padded width are computed and their valid columns copied out.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
+from . import isa
 from ._jit import serial
-from .buffers import empty_with_slack
+from ._simd import PIXEL_LANES, pixels_to_planes, planes_to_pixels, row_taps, strided_taps
+from .buffers import aligned_empty, empty_with_slack
 from .conv import POINTWISE_SLACK
 from .errors import KernelArgumentError
 
@@ -30,17 +44,39 @@ from .errors import KernelArgumentError
 # 1.3e5 against 8.0 us on two, and both ~10.5 us for 2.5e5. (The smallest MobileNetV2
 # depthwise layer, 960 x 7 x 7, has 4.7e5.)
 SERIAL_WORK = 1 << 18
-# Kernel taps per pass over a run: their weights and offsets stay in registers.
+# Kernel taps per pass over a run of the plane kernel: their weights and offsets stay in registers.
 TAPS = 9
-# Values per run of output rows the general kernel computes before copying them out (16 KiB
+# Values per run of output rows the plane kernel computes before copying them out (16 KiB
 # of float32: the run and the buffer rows it reads stay in L1).
 BLOCK = 4096
 # Parallel chunks per thread: more than one lets a thread that other work delays fall behind
 # without holding up the others.
 CHUNKS_PER_THREAD = 2
+# The same for the blocked kernel, whose tasks are bands of equal work: Numba's tbb layer gave
+# each thread a fixed share of the chunks anyway, and a second chunk per thread only split
+# the blocks into more bands (their overlapping input rows transposed twice): one measured
+# 0-9% faster (2 threads, bench_depthwise.py's 5x5 and 7x7 shapes, against ONNX Runtime).
+BLOCK_CHUNKS_PER_THREAD = 1
 # Values per vector at the widest (AVX-512 float32): runs are rounded up to whole vectors,
 # so that no scalar remainder loop runs.
 VEC = 16
+# Channels per block of the blocked kernel: the lanes of a pixel vector.
+LANES = PIXEL_LANES
+# Output pixels of a row per ``row_taps`` call (a step), at stride 1 (and any other but 2)
+# and at stride 2, then the narrower steps rows take where those compute fewer outputs past
+# the row's end, by the target the kernels compile for. AVX-512: a step's accumulators,
+# kernel-row sums and window (8 + 8 + 7 vectors at stride 1, 8 + 8 + 14 at stride 2) and a
+# weight fit its 32 registers; steps of 7 leave rows 7*2^k wide (ImageNet models' feature
+# maps) nothing to compute past their end (4-13% faster on the rows of 7, 14 and 28 of
+# benchmarks/bench_depthwise.py). AVX2 and baseline x86-64 hold a pixel vector in 2 or 4 of
+# their 16 registers: steps of 8 spilled there (4x slower than the plane kernel); AVX2 ran
+# fastest with 4 at stride 1 and 2 at stride 2, baseline x86-64 with 2 at both (on
+# bench_depthwise.py's 5x5 and 7x7 shapes, compiled for znver2 and x86-64 on the Zen 4).
+(PIXELS, NARROW), (PIXELS2, NARROW2) = {"avx512": ((8, 7), (8, 7)), "avx2": ((4, 4), (2, 2))}.get(
+    isa.target_variant(), ((2, 2), (2, 2)))
+# Output positions the blocked kernel computes before transposing them out: their pixel
+# vectors (8 KiB of float32) stay in L1.
+SEGMENT = 128
 FASTMATH = {"contract"}
 # Code rules for the loops below, each measured:
 # - Offsets are np.uintp: a signed index costs a negative-index wraparound test, which
@@ -144,32 +180,168 @@ def _planes(xf, w, bias, of, toff, kh, kw, sh, sw, h, w_in, c_in, mult, ho, wo, 
         c = c + 1 if c + 1 < c_in else 0  # (no division per plane)
 
 
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _blocks(xf, wf, of, scratch, at, pixels, taps, c_in, mult, h, w_in, ho, wo, pitch, kh, kw, sh, sw, dh, dw, pt, pl,
+            ilo, ihi, lo, hi, bands, first, end):
+    """Blocked items first .. end - 1 of :func:`_depthwise` (x, the blocked weights, out and
+    scratch flattened): one parallel task, its buffers in ``scratch`` from ``at`` on.
+
+    Item (n, block, band) computes output rows band*Ho // bands .. (band + 1)*Ho // bands - 1
+    of the block's 16 channels of image n. The buffer holds the input rows, each ``pitch``
+    pixel vectors with the left and right padding's zeros (then one vector where input the
+    conv never reads is thrown); kernel rows that fall on the top or bottom padding are left
+    out of the sums, not multiplied by zeros. Input rows are transposed in as the output rows
+    come to need them, and the output positions, SEGMENT or so at a time, are computed into
+    pixel vectors after the buffer and transposed out.
+    """
+    if first >= end:
+        return
+    hw, howo, vec = h * w_in, ho * wo, LANES
+    wrow = (1 + kh * kw) * vec
+    ob = at + (h * pitch + 1) * vec
+    for r in range(h):  # the padding's zeros (the input's pixels are written for each block)
+        row = at + r * pitch * vec
+        for i in range(min(pl, pitch) * vec):
+            scratch[row + i] = 0
+        for i in range(min(pl + w_in, pitch) * vec, pitch * vec):
+            scratch[row + i] = 0
+    clip_in = ilo > -np.inf or ihi < np.inf
+    wide, thin = (PIXELS2, NARROW2) if dw == 1 and sw == 2 else (PIXELS, NARROW)
+    narrow = (max(wo, thin) + thin - 1) // thin * thin < (max(wo, wide) + wide - 1) // wide * wide
+    step = thin if narrow else wide
+    per_row = (wo + step - 1) // step
+    seg_rows = max(1, SEGMENT // wo)
+    row_step, ostride = dh * pitch * vec, mult * howo
+    for item in range(first, end):
+        n = item // (c_in // vec * bands)
+        cb = item // bands - n * (c_in // vec)
+        band = item - item // bands * bands
+        src = (n * c_in + cb * vec) * hw
+        oy0, oy1 = band * ho // bands, (band + 1) * ho // bands
+        ready = max(0, oy0 * sh - pt) * w_in  # input positions transposed in so far
+        last = min(h, (oy1 - 1) * sh + (kh - 1) * dh - pt + 1) * w_in
+        if hw < vec:  # a plane smaller than a transpose: value by value
+            for q in range(ready, last):
+                d = at + pixels[q] * vec
+                for i in range(vec):
+                    v = xf[src + i * hw + q]
+                    v = ilo if ilo > v else v
+                    scratch[d + i] = ihi if ihi < v else v
+            ready = last
+        for m in range(mult):
+            b_at = (cb * mult + m) * wrow
+            dst = ((n * c_in + cb * vec) * mult + m) * howo
+            oy = oy0
+            while oy < oy1:
+                oe = min(oy1, oy + seg_rows)
+                if (oy1 - oe) * wo < vec:  # too few positions left for a transpose: this segment takes them
+                    oe = oy1
+                s = oy * wo
+                for y in range(oy, oe):
+                    need = min(last, min(h, y * sh + (kh - 1) * dh - pt + 1) * w_in)
+                    while ready < need:  # the last transpose of a plane overlaps the one before
+                        q = min(ready, hw - vec)
+                        if clip_in:
+                            planes_to_pixels(xf, src + q, hw, scratch, at, pixels, q, ilo, ihi, 1)
+                        else:
+                            planes_to_pixels(xf, src + q, hw, scratch, at, pixels, q, ilo, ihi, 0)
+                        ready += vec
+                    # Kernel rows ky0 .. ky1 - 1 read input rows (none: the sums are the bias).
+                    if dh == 1:  # (no division for the usual dilation: on 7x7 planes 2-5% of the time)
+                        ky0 = max(0, pt - y * sh)
+                        ky1 = max(ky0, min(kh, pt + h - y * sh))
+                    else:
+                        ky0 = max(0, (pt - y * sh + dh - 1) // dh)
+                        ky1 = max(ky0, min(kh, (pt + h - 1 - y * sh) // dh + 1))
+                    rows, row0 = ky1 - ky0, at + (y * sh - pt) * pitch * vec  # kernel row 0's input row
+                    w_at = b_at + vec + ky0 * kw * vec
+                    for k in range(per_row):
+                        # A row narrower than a step computes past its end into the next row's
+                        # outputs (computed after it) or the slack; a last partial step overlaps
+                        # the one before.
+                        ox = min(k * step, max(0, wo - step))
+                        base, o = row0 + ox * sw * vec, ob + (y * wo + ox - s) * vec
+                        top = base + ky0 * row_step
+                        if dw == 1 and sw == 1:
+                            if narrow:
+                                row_taps(scratch, top, row_step, rows, kw, wf, b_at, w_at, scratch, o, lo, hi,
+                                         NARROW, 1)
+                            else:
+                                row_taps(scratch, top, row_step, rows, kw, wf, b_at, w_at, scratch, o, lo, hi,
+                                         PIXELS, 1)
+                        elif dw == 1 and sw == 2:
+                            if narrow:
+                                row_taps(scratch, top, row_step, rows, kw, wf, b_at, w_at, scratch, o, lo, hi,
+                                         NARROW2, 2)
+                            else:
+                                row_taps(scratch, top, row_step, rows, kw, wf, b_at, w_at, scratch, o, lo, hi,
+                                         PIXELS2, 2)
+                        elif narrow:
+                            strided_taps(scratch, base, sw * vec, taps, ky0 * kw, ky1 * kw, kw, wf, b_at, b_at + vec,
+                                         scratch, o, lo, hi, NARROW)
+                        else:
+                            strided_taps(scratch, base, sw * vec, taps, ky0 * kw, ky1 * kw, kw, wf, b_at, b_at + vec,
+                                         scratch, o, lo, hi, PIXELS)
+                e = oe * wo
+                if e - s >= vec:
+                    for q0 in range(s, e, vec):
+                        q = min(q0, e - vec)
+                        pixels_to_planes(scratch, ob + (q - s) * vec, of, dst + q, ostride)
+                else:
+                    for q in range(s, e):
+                        for i in range(vec):
+                            of[dst + i * ostride + q] = scratch[ob + (q - s) * vec + i]
+                oy = oe
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def _depthwise(x, w, bias, kh, kw, sh, sw, dh, dw, pt, pl, ilo, ihi, lo, hi, out, chunks):
+def _depthwise(x, w, bias, wb, pixels, taps, kh, kw, sh, sw, dh, dw, pt, pl, ilo, ihi, lo, hi, out, scratch, values,
+               pitch, bands, chunks):
     """out[n, c*M + m] = clip(bias + conv of clip(x[n, c], ilo, ihi) with kernel w[c*M + m]
     (flattened kh*kw), lo, hi) for the zero padding (pt, pl) at the top and left; out's shape
     gives the output size and so the bottom and right padding. ``chunks`` parallel tasks
-    share the (n, c) planes.
+    share the work: each whole block of 16 channels in ``bands`` bands of output rows
+    (:func:`_blocks`), the channels past the last whole block plane by plane (:func:`_planes`).
 
-    Polyphase layout: sub-plane (qy, qx) holds padded rows qy, qy + sh, ... and columns
+    Blocked layout: ``wb[b*M + m]`` holds the bias, then the kh*kw taps' weights, of output
+    channels (16b + l)*M + m, l < 16, lane by lane; ``pixels[y*W + x]`` is the buffer pixel
+    of input position (y, x), ``y*pitch + x + pl``, or H*pitch for the columns past the
+    ``pitch`` >= (max(Wo, step) - 1)*sw + (kw - 1)*dw + 1 the conv reads; ``taps[ky*kw +
+    kx]`` is tap (ky, kx)'s offset in values, (ky*dh*pitch + kx*dw)*16 (both only needed when
+    C >= 16). Task ch has ``values`` values of ``scratch`` from ch*values on (a multiple of
+    16, aligned to 64 bytes): H rows of ``pitch`` pixel vectors, one more vector, then
+    max(SEGMENT, Wo) + 16 + step output pixel vectors (step: the widest row step).
+
+    Plane layout: sub-plane (qy, qx) holds padded rows qy, qy + sh, ... and columns
     qx, qx + sw, ... (hq rows of wq); tap (ky, kx) reads sub-plane (ky*dh % sh, kx*dw % sw)
     from row ky*dh // sh and column kx*dw // sw on, the output position's own row and column.
     """
     n_img, c_in, h, w_in = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    taps = kh * kw
+    mult = out.shape[1] // c_in
+    whole, left = c_in // LANES, c_in % LANES
     hq = ho + (kh - 1) * dh // sh
     wq = wo + (kw - 1) * dw // sw
-    toff = np.zeros((taps + TAPS - 1) // TAPS * TAPS, np.int64)
-    for t in range(taps):
+    # (np.empty and a loop: in a parallel kernel np.zeros is a parallel loop of its own, a
+    # launch of the thread pool.)
+    toff = np.empty((kh * kw + TAPS - 1) // TAPS * TAPS, np.int64)
+    for t in range(toff.shape[0]):
         oy, ox = (t // kw) * dh, (t % kw) * dw
-        toff[t] = (((oy % sh) * sw + ox % sw) * hq + oy // sh) * wq + ox // sw
+        toff[t] = (((oy % sh) * sw + ox % sw) * hq + oy // sh) * wq + ox // sw if t < kh * kw else 0
     xf, of = x.reshape(x.size), out.reshape(out.size)
-    planes = n_img * c_in
-    per = (planes + chunks - 1) // chunks
+    wf = wb.reshape(wb.size)
+    items, planes = n_img * whole * bands, n_img * left
     for ch in numba.prange(chunks):
-        _planes(xf, w, bias, of, toff, kh, kw, sh, sw, h, w_in, c_in, out.shape[1] // c_in, ho, wo, hq, wq, pt, pl,
-                ilo, ihi, lo, hi, ch * per, min(planes, (ch + 1) * per))
+        _blocks(xf, wf, of, scratch, ch * values, pixels, taps, c_in, mult, h, w_in, ho, wo, pitch, kh, kw, sh, sw,
+                dh, dw, pt, pl, ilo, ihi, lo, hi, bands, ch * items // chunks, (ch + 1) * items // chunks)
+        r, r_end = ch * planes // chunks, (ch + 1) * planes // chunks
+        while r < r_end:  # the channels past the last block, image by image
+            n = r // left
+            stop = min(r_end, (n + 1) * left)
+            first = n * c_in + whole * LANES - n * left
+            _planes(xf, w, bias, of, toff, kh, kw, sh, sw, h, w_in, c_in, mult, ho, wo, hq, wq, pt, pl, ilo, ihi, lo,
+                    hi, first + r, first + stop)
+            r = stop
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -300,7 +472,9 @@ def _depthwise3x3(x, w, bias, stride, ilo, ihi, lo, hi, out, chunks):
     n_img, c_in, h, w_in = x.shape
     ho, wo = out.shape[2], out.shape[3]
     hw = ho * wo
-    edge = np.full((hw + VEC - 1) // VEC * VEC, 3, np.uint8)  # read as far as a rounded run
+    edge = np.empty((hw + VEC - 1) // VEC * VEC, np.uint8)  # read as far as a rounded run
+    for i in range(edge.shape[0]):  # (not np.full: see _depthwise)
+        edge[i] = 3
     for oy in range(ho):
         edge[oy * wo] &= 2
         if stride == 1:
@@ -315,6 +489,18 @@ def _depthwise3x3(x, w, bias, stride, ilo, ihi, lo, hi, out, chunks):
 
 _serial_depthwise = serial(_depthwise)
 _serial_depthwise3x3 = serial(_depthwise3x3)
+_local = threading.local()
+
+
+def _scratch(count: int, dtype: np.dtype) -> np.ndarray:
+    """At least ``count`` values of ``dtype``, 64-byte aligned: the blocked kernel's buffers, one
+    array per calling thread and dtype, shared by every convolution and grown on demand.
+    (``buffers.Scratch.get`` took 4 us a call, twice the kernel on a small plane.)"""
+    buf = getattr(_local, dtype.char, None)
+    if buf is None or buf.shape[0] < count:
+        buf = aligned_empty(max(count, 1), dtype)
+        setattr(_local, dtype.char, buf)
+    return buf
 
 
 def _ints(value, count: int, name: str, least: int) -> tuple[int, ...]:
@@ -338,6 +524,20 @@ def _bounds(bounds, name: str) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise KernelArgumentError(f"depthwise_conv2d {name} should be None or two numbers (lo, hi), "
                                   f"got {bounds!r}") from None
+
+
+class _Plan(NamedTuple):
+    """How :class:`DepthwiseConv2d` runs an input shape."""
+
+    shape: tuple[int, int, int, int]  # the output's
+    parallel: bool  # the parallel kernel, not its serial twin (SERIAL_WORK)
+    fast: bool  # the 3x3 kernel
+    # The blocked kernel's buffer pitch, scratch values per task (0: no whole block), pixel
+    # table and tap table (``_depthwise``).
+    pitch: int
+    values: int
+    pixels: np.ndarray
+    taps: np.ndarray
 
 
 class DepthwiseConv2d:
@@ -367,12 +567,13 @@ class DepthwiseConv2d:
         # Compared in the data's dtype, as ONNX Clip's bounds are.
         self._clips = tuple(dtype.type(v) for v in (*_bounds(input_bounds, "input_bounds"),
                                                     *_bounds(activation_bounds, "activation_bounds")))
-        self._fast = ((kh, kw) + self.dilation + self.padding == (3, 3, 1, 1, 1, 1, 1, 1)
-                      and self.stride in ((1, 1), (2, 2)))
-        self._plans: dict[tuple[int, ...], tuple[tuple[int, int, int, int], bool]] = {}
+        self._three = ((kh, kw) + self.dilation + self.padding == (3, 3, 1, 1, 1, 1, 1, 1)
+                       and self.stride in ((1, 1), (2, 2)))
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._blocked: dict[int, np.ndarray] = {}
 
-    def _plan(self, shape: tuple[int, ...]) -> tuple[tuple[int, int, int, int], bool]:
-        """(output shape, parallel?) for an input of ``shape``, after checking it fits."""
+    def _plan(self, shape: tuple[int, ...]) -> _Plan:
+        """How an input of ``shape`` runs, after checking it fits."""
         n, c, h, w = shape
         c_out, (kh, kw) = self.out_channels, self.kernel_shape
         if c < 1 or c_out % c:
@@ -385,7 +586,19 @@ class DepthwiseConv2d:
                                       f"dilation {dh} x {dw}), more than the padded input's "
                                       f"{h + pt + pb} x {w + pl + pr}")
         out = (n, c_out, (h + pt + pb - span_h) // sh + 1, (w + pl + pr - span_w) // sw + 1)
-        plan = out, n * (c_out * out[2] * out[3] * kh * kw + c * h * w) >= SERIAL_WORK
+        ho, wo = out[2], out[3]
+        # The 3x3 kernel where it applies, but at stride 2 for rows of fewer than VEC outputs,
+        # where its polyphase copy does not vectorize: on MobileNetV2's shapes it measured
+        # faster than the blocked kernel but there (benchmarks/README.md, "Depthwise convolutions").
+        fast = self._three and (sh == 1 or wo >= VEC)
+        pitch = (max(wo, PIXELS, PIXELS2) - 1) * sw + span_w
+        blocked = c >= LANES and not fast
+        rows, cols = np.arange(h if blocked else 0), np.arange(w if blocked else 0) + pl
+        pixels = np.where(cols < pitch, rows[:, None] * pitch + cols, h * pitch)
+        taps = (np.arange(kh)[:, None] * dh * pitch + np.arange(kw) * dw) * LANES
+        values = (h * pitch + 1 + max(SEGMENT, wo) + LANES + max(PIXELS, PIXELS2)) * LANES
+        plan = _Plan(out, n * (c_out * ho * wo * kh * kw + c * h * w) >= SERIAL_WORK, fast, pitch,
+                     values if blocked else 0, pixels.astype(np.int64).reshape(-1), taps.astype(np.int64).reshape(-1))
         if len(self._plans) < 64:
             self._plans[shape] = plan
         return plan
@@ -396,22 +609,46 @@ class DepthwiseConv2d:
             raise KernelArgumentError(f"depthwise_conv2d input should be a 4-D (N, C, H, W) {self.dtype} array "
                                       f"(the weight's dtype), got {x!r:.80}")
         plan = self._plans.get(x.shape)
-        shape, parallel = self._plan(x.shape) if plan is None else plan
+        shape, parallel, fast, pitch, values, pixels, taps = self._plan(x.shape) if plan is None else plan
         # With slack after it, as a sparse conv's output: a 1x1 conv reading it needs no copy.
         out = empty_with_slack(shape, self.dtype, POINTWISE_SLACK * self.dtype.itemsize)
         if out.size == 0:
             return out
         x = np.ascontiguousarray(x)
-        chunks = min(x.shape[0] * x.shape[1], CHUNKS_PER_THREAD * numba.get_num_threads()) if parallel else 1
-        if self._fast:
+        n, c = x.shape[:2]
+        if fast:
+            chunks = min(n * c, CHUNKS_PER_THREAD * numba.get_num_threads()) if parallel else 1
             kernel = _depthwise3x3 if parallel else _serial_depthwise3x3
             kernel(x, self._w, self._b, self.stride[0], *self._clips, out, chunks)
-        else:
-            kernel = _depthwise if parallel else _serial_depthwise
-            (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.stride, self.dilation
-            kernel(x, self._w, self._b, kh, kw, sh, sw, dh, dw, self.padding[0], self.padding[1], *self._clips, out,
-                   chunks)
+            return out
+        whole, bands, chunks = c // LANES, 1, 1
+        if parallel:
+            # Whole blocks split into bands of output rows so that every task gets as many.
+            chunks = min(n * (whole * shape[2] + c % LANES), BLOCK_CHUNKS_PER_THREAD * numba.get_num_threads())
+            if whole:
+                bands = min(shape[2], chunks // math.gcd(n * whole, chunks))
+        kernel = _depthwise if parallel else _serial_depthwise
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.stride, self.dilation
+        kernel(x, self._w, self._b, self._blocked_weights(c), pixels, taps, kh, kw, sh, sw, dh, dw, self.padding[0],
+               self.padding[1], *self._clips, out, _scratch(chunks * values, self.dtype), values, pitch, bands, chunks)
         return out
+
+    def _blocked_weights(self, c: int) -> np.ndarray:
+        """The blocked kernel's weights for ``c`` input channels (``_depthwise``'s ``wb``): per
+        whole block b and multiplier index m, the bias, then each tap's weights, of output
+        channels (16b + l)*M + m, l < 16."""
+        wb = self._blocked.get(c)
+        if wb is None:
+            whole, m = c // LANES, self.out_channels // c
+            taps = self._w.shape[1]
+            used = whole * LANES * m
+            wb = np.empty((whole, m, 1 + taps, LANES), self.dtype)
+            wb[:, :, 0] = self._b[:used].reshape(whole, LANES, m).transpose(0, 2, 1)
+            wb[:, :, 1:] = self._w[:used].reshape(whole, LANES, m, taps).transpose(0, 2, 3, 1)
+            wb = wb.reshape(whole * m, (1 + taps) * LANES)
+            if len(self._blocked) < 8:
+                self._blocked[c] = wb
+        return wb
 
 
 def depthwise_conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,

@@ -5,7 +5,8 @@ VARIANT`` with ``NUMBA_CPU_NAME`` set (e.g. ``haswell`` for AVX2, ``x86-64`` for
 portable variant): Numba then compiles for that target, ``isa.VARIANT`` must come out as
 VARIANT, and the linear layer is property-tested (hypothesis) at batches 1 to 20 on every
 batch-1 layout the variant has, the block-sparse linear layer on every block shape and the
-conv (pointwise, direct, strided; CSR and R x 1 blocks) against numpy, then the compiled code is checked for
+conv (pointwise, direct, strided; CSR and R x 1 blocks) against numpy, the depthwise conv on each
+of its kernels (3x3, channel-blocked at every row step, plane by plane), then the compiled code is checked for
 instructions the target lacks. Prints ``ok <variant> <examples>`` and exits 0, or fails with the reason.
 """
 
@@ -26,6 +27,13 @@ DENSITIES = [0.0, 1e-3, 0.5, 1.0, 0.1]
 TARGET_BLOCKS = [(4, 1), (16, 1), (1, 4), (1, 16), (4, 4), (2, 8)]
 # R of the R x 1 block convs checked per target (RR < R and RR = R passes).
 CONV_BLOCKS = [2, 16]
+# Depthwise convs checked per target, (C, H, W, kernel, stride, padding (top, left, bottom,
+# right), dilation, multiplier): the 3x3 kernel at stride 1 and 2; the blocked one at strides 1
+# and 2 (its row steps) and 3 with a dilation (its strided steps), on rows of 7*2^k and others,
+# each with channels past the last block (the plane kernel); a few shapes, each both twins.
+DEPTHWISE_CASES = [(17, 12, 20, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1), (5, 9, 40, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2),
+                   (33, 7, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1), (32, 16, 13, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+                   (17, 14, 14, 3, (3, 1), (0, 2, 1, 1), (1, 2), 2), (16, 28, 28, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1)]
 # Registers a target without them must never use: AVX2 code no zmm (nor AVX-512 mask
 # registers), baseline x86-64 no ymm either.
 FORBIDDEN = {"avx2": ("zmm",), "portable": ("zmm", "ymm")}
@@ -162,6 +170,32 @@ def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: in
                              f"{block}x1 on {(n, c, h, w)}: max abs err {err}")
 
 
+def check_depthwise_case(c: int, h: int, w: int, k: int, stride: tuple[int, int], padding: tuple[int, ...],
+                         dilation: tuple[int, int], mult: int, serial: bool, seed: int) -> None:
+    """DepthwiseConv2d (clips before and after) against the float64 reference of its tests, with an
+    inf and a NaN in the input (NaN where the reference has NaN)."""
+    from sparsify.kernels import depthwise
+    from tests.kernels.test_depthwise import reference as depthwise_reference
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    x[0, c - 1, h - 1, w - 1], x[1, 0, h // 2, 0] = np.nan, np.inf
+    weight = rng.standard_normal((c * mult, 1, k, k - 1 if k > 3 else k)).astype(np.float32)
+    bias = rng.standard_normal(c * mult).astype(np.float32)
+    saved = depthwise.SERIAL_WORK
+    depthwise.SERIAL_WORK = float("inf") if serial else 0
+    try:
+        got = depthwise.depthwise_conv2d(x, weight, bias, stride, padding, dilation, (-4.0, 4.0), (-3.0, 3.0))
+    finally:
+        depthwise.SERIAL_WORK = saved
+    want = depthwise_reference(x, weight, bias, stride, padding, dilation, (-4.0, 4.0), (-3.0, 3.0))
+    err = np.abs(np.nan_to_num(got, nan=9.0) - np.nan_to_num(want, nan=9.0)).max(initial=0.0)
+    if got.shape != want.shape or not np.array_equal(np.isnan(got), np.isnan(want)) or not err <= 1e-5:
+        raise AssertionError(f"{isa.VARIANT}: depthwise {c}x{h}x{w} kernel {weight.shape[2:]} stride {stride} padding "
+                             f"{padding} dilation {dilation} multiplier {mult} {'serial' if serial else 'parallel'}: "
+                             f"shape {got.shape} against {want.shape}, max abs err {err}")
+
+
 def main(variant: str) -> int:
     if isa.VARIANT != variant:
         print(f"expected the {variant} variant for this target, got {isa.VARIANT} ({isa.describe_target()})")
@@ -205,6 +239,10 @@ def main(variant: str) -> int:
         check_conv_case(**case)
 
     conv_prop()
+    for k, case in enumerate(DEPTHWISE_CASES):
+        for serial in (False, True):
+            check_depthwise_case(*case, serial=serial, seed=k)
+            count += 1
     # The edge shapes on every layout, both kernel twins.
     for layout in layouts:
         for rows, cols in ((1, 300), (300, 1), (17, 33)):
@@ -251,6 +289,8 @@ def _compiled_kernels():
     kernels += [f(*block_geometry(r, isa.VARIANT)) for r in CONV_BLOCKS
                 for f in (_bsr_jit.block_direct_conv_kernel, _bsr_jit.block_pointwise_conv_kernel)]
     kernels += [_jit.pad_phases]
+    from sparsify.kernels import depthwise
+    kernels += [depthwise._depthwise, depthwise._depthwise3x3]
     kernels += [_jit.serial(k) for k in kernels]
     return [k for k in kernels if k.signatures]
 

@@ -1,11 +1,20 @@
-"""The depthwise convolution kernel against a float64 reference, and its argument checks."""
+"""The depthwise convolution kernels against a float64 reference, and their argument checks.
+
+Three kernels share the work (``kernels/depthwise.py``): the 3x3 one (padding 1, stride 1, or
+stride 2 with output rows of at least 16), the channel-blocked one for every whole block of
+16 input channels, and the plane one for the channels past the last whole block. The cases
+below reach each: channel counts 1 and 3 (planes only), 16 and 32 (blocks only), 17 and 33
+(both).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from sparsify.kernels import KernelArgumentError
 from sparsify.kernels import depthwise
@@ -39,14 +48,39 @@ def case(rng, n, c, h, w, k, m=1, dtype=np.float32, bias=True):
     return x, weight, rng.standard_normal(c * m).astype(dtype) if bias else None
 
 
-@pytest.fixture(params=["parallel", "serial"])
-def path(request, monkeypatch):
+@contextlib.contextmanager
+def kernels(parallel: bool):
     """Every call through the parallel kernels (three chunks per thread, so that planes split
-    unevenly between tasks) or through their serial twins."""
-    parallel = request.param == "parallel"
-    monkeypatch.setattr(depthwise, "SERIAL_WORK", 0 if parallel else float("inf"))
-    monkeypatch.setattr(depthwise, "CHUNKS_PER_THREAD", 3)
-    return request.param
+    unevenly between tasks and blocks into bands of output rows) or through their serial twins."""
+    saved = depthwise.SERIAL_WORK, depthwise.CHUNKS_PER_THREAD, depthwise.BLOCK_CHUNKS_PER_THREAD
+    depthwise.SERIAL_WORK = 0 if parallel else float("inf")
+    depthwise.CHUNKS_PER_THREAD = depthwise.BLOCK_CHUNKS_PER_THREAD = 3
+    try:
+        yield
+    finally:
+        depthwise.SERIAL_WORK, depthwise.CHUNKS_PER_THREAD, depthwise.BLOCK_CHUNKS_PER_THREAD = saved
+
+
+@pytest.fixture(params=["parallel", "serial"])
+def path(request):
+    with kernels(request.param == "parallel"):
+        yield request.param
+
+
+def check(x, weight, bias=None, stride=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), bounds=None,
+          input_bounds=None) -> np.ndarray:
+    """depthwise_conv2d against the reference (NaN where the reference has NaN); returns the output."""
+    got = depthwise_conv2d(x, weight, bias, stride, padding, dilation, bounds, input_bounds)
+    want = reference(x, weight, bias, stride, padding, dilation, bounds, input_bounds)
+    assert got.flags.c_contiguous
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    try:
+        assert_close(np.nan_to_num(got, nan=9.0), np.nan_to_num(want, nan=9.0))
+    except AssertionError as exc:
+        raise AssertionError(f"x {x.shape} weight {weight.shape} stride {stride} padding {padding} dilation "
+                             f"{dilation} bias {bias is not None} bounds {bounds} input_bounds {input_bounds}: "
+                             f"{exc}") from None
+    return got
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -76,15 +110,91 @@ def test_matches_the_float64_reference_over_shapes_kernels_strides_pads_and_dila
     assert checked > 150
 
 
-@pytest.mark.parametrize("h, w", [(16, 16), (17, 33), (6, 40), (3, 16), (14, 14), (7, 7), (112, 2)])
+@pytest.mark.parametrize("h, w", [(16, 16), (17, 33), (6, 40), (3, 16), (14, 14), (7, 7), (112, 2), (4, 31), (3, 32)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_the_3x3_kernel_at_plane_sizes_around_its_vector_runs(path, h, w, stride):
     # Padding 1, stride 1 or 2: one run per output plane, rounded up to whole vectors where
-    # another plane of the task follows, else ending in a vector that overlaps the run.
+    # another plane of the task follows, else ending in a vector that overlaps the run. (At
+    # stride 2, rows of fewer than 16 outputs, w < 31, go to the plane kernel here.)
     rng = np.random.default_rng(h * 100 + w)
     x, weight, bias = case(rng, 2, 5, h, w, 3, m=2)
     got = depthwise_conv2d(x, weight, bias, (stride, stride), (1, 1, 1, 1), activation_bounds=(-1.0, 1.0))
     assert_close(got, reference(x, weight, bias, (stride, stride), (1, 1, 1, 1), bounds=(-1.0, 1.0)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(c=st.sampled_from([1, 3, 16, 17, 32, 33]), m=st.integers(1, 2), n=st.integers(1, 2), h=st.integers(1, 30),
+       w=st.integers(1, 30), kh=st.integers(1, 7), kw=st.integers(1, 7), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       dh=st.integers(1, 2), dw=st.integers(1, 2), pads=st.tuples(*[st.integers(0, 3)] * 4), bias=st.booleans(),
+       bounds=st.sampled_from([None, (-0.5, 0.7), (0.0, np.inf)]), input_bounds=st.sampled_from([None, (-1.0, 0.5)]),
+       dtype=st.sampled_from([np.float32, np.float64]), parallel=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_property_any_kernel_stride_dilation_padding_multiplier_and_channel_count(
+        c, m, n, h, w, kh, kw, sh, sw, dh, dw, pads, bias, bounds, input_bounds, dtype, parallel, seed):
+    # Kernels 1..7 on either axis, strides 1-3, dilations 1-2, any padding, planes 1x1 to 30x30:
+    # blocked steps (8 or 7 outputs) past narrow rows' ends, bands of rows split between tasks,
+    # planes under one transpose (16 positions), channels in blocks, past them, or both.
+    if h + pads[0] + pads[2] < (kh - 1) * dh + 1 or w + pads[1] + pads[3] < (kw - 1) * dw + 1:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((c * m, 1, kh, kw)).astype(dtype)
+    b = rng.standard_normal(c * m).astype(dtype) if bias else None
+    with kernels(parallel):
+        check(x, weight, b, (sh, sw), pads, (dh, dw), bounds, input_bounds)
+
+
+@pytest.mark.parametrize("c, h, kernel, stride", [
+    (32, 7, 5, 1), (48, 14, 5, 2), (32, 28, 7, 1), (16, 56, 5, 1), (32, 16, 7, 1), (33, 12, 5, 2), (17, 9, 7, 2),
+    (32, 28, 3, 2), (32, 14, 3, 2), (32, 7, 3, 1)])
+def test_the_blocked_kernel_at_model_like_shapes(path, c, h, kernel, stride):
+    # EfficientNet's 5x5 and ConvNeXt's 7x7 (padding k // 2) on rows of 7*2^k (steps of 7) and
+    # of 8*2^k (steps of 8), and MobileNet's 3x3 at stride 2 on rows under 16, which leave the
+    # 3x3 kernel for the blocked one; clipped, with a multiplier of 2 on some.
+    rng = np.random.default_rng(c * h + kernel)
+    m = 2 if h % 2 else 1
+    x, weight, bias = case(rng, 2, c, h, h, kernel, m)
+    p = kernel // 2
+    check(x, weight, bias, (stride, stride), (p, p, p, p), bounds=(-1.5, 1.5), input_bounds=(-2.0, 2.0))
+    check(x, weight, None, (stride, stride), (p, p, p, p))
+
+
+@pytest.mark.parametrize("kernel", [(1, 4), (2, 6), (4, 1), (6, 3), (5, 2), (3, 7)])
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (1, 2), (3, 2), (2, 3)])
+def test_rectangular_kernels_of_odd_and_even_widths_at_strides_1_to_3(path, kernel, stride):
+    # A blocked row step reads its window in one phase per stride, and a kernel width that is
+    # not a multiple of the stride ends on a partial step.
+    rng = np.random.default_rng(kernel[0] * 10 + kernel[1])
+    x = rng.standard_normal((1, 33, 11, 15)).astype(np.float32)
+    weight = rng.standard_normal((33, 1, *kernel)).astype(np.float32)
+    check(x, weight, rng.standard_normal(33).astype(np.float32), stride, (1, 2, 0, 3), bounds=(-2.0, 2.0))
+
+
+@pytest.mark.parametrize("kernel, stride, pads", [(3, 1, (1, 2, 0, 1)), (5, 2, (2, 2, 2, 2)), (7, 1, (3, 3, 3, 3)),
+                                                  (3, 2, (1, 1, 1, 1)), (2, 3, (0, 1, 1, 0))])
+def test_non_finite_inputs_in_blocks_reach_only_their_own_neighbourhood(path, kernel, stride, pads):
+    # Blocks move whole pixels of 16 channels: an inf or NaN in one channel must stay in its
+    # own channel and its own taps' outputs, at a plane's corners, a row's ends and in the
+    # channel past the last block.
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x, weight, bias = case(rng, 2, 17, 10, 12, kernel)
+    x[0, 0, 0, 0] = np.inf
+    x[0, 3, 4, 11] = -np.inf  # at a row's end
+    x[0, 15, 9, 11] = np.nan  # the last pixel of the last channel of the block
+    x[1, 16, 5, 0] = np.inf  # the channel past the block, at a row's start
+    x[1, 7, 9, 9] = np.nan  # a pixel every case reads
+    got = check(x, weight, bias, (stride, stride), pads, bounds=(-2.0, 2.0))
+    assert np.isnan(got[1, 7]).any() and np.isfinite(got[0, 14]).all() and np.isfinite(got[1, 8]).all()
+
+
+def test_a_block_repeats_each_channel_for_a_depth_multiplier():
+    # Output channel c*M + m reads input channel c: blocks of 16 input channels, each the
+    # source of M output channels 16c*M .. apart.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 33, 9, 11)).astype(np.float32)
+    weight = rng.standard_normal((99, 1, 5, 3)).astype(np.float32)
+    bias = rng.standard_normal(99).astype(np.float32)
+    for stride in (1, 2):
+        check(x, weight, bias, (stride, 1), (2, 1, 1, 0), bounds=(-3.0, 3.0))
 
 
 def test_non_contiguous_input_and_strides_or_dilations_per_axis():
@@ -115,11 +225,13 @@ def test_input_and_output_clips_apply_as_a_clip_before_and_after():
                                                   (5, 1, (2, 2, 2, 2)), (1, 2, (0, 0, 0, 0))])
 def test_inf_at_an_edge_reaches_only_its_own_neighbourhood_and_nan_stays_nan(kernel, stride, pads):
     # The 3x3 kernel reads a row's neighbour in place of the padding and masks it off: an
-    # inf at a row's end must not leak into the next row's first output. The general kernel
-    # runs TAPS taps a pass: those past kh*kw must not turn an inf into NaN (0 * inf).
+    # inf at a row's end must not leak into the next row's first output. The plane kernel
+    # runs TAPS taps a pass: those past kh*kw must not turn an inf into NaN (0 * inf). (The
+    # 3x3 kernel takes stride 2 for rows of 16 outputs and more.)
     rng = np.random.default_rng(3)
-    x, weight, bias = case(rng, 1, 2, 8, 8, kernel)
-    x[0, 0, 4, 7] = np.inf  # at a row's end
+    w = 40 if (kernel, stride) == (3, 2) else 8
+    x, weight, bias = case(rng, 1, 2, 8, w, kernel)
+    x[0, 0, 4, w - 1] = np.inf  # at a row's end
     x[0, 0, 1, 2] = -np.inf
     x[0, 1, 4, 0] = np.nan
     got = depthwise_conv2d(x, weight, bias, (stride, stride), pads, activation_bounds=(-2.0, 2.0))
