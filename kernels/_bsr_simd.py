@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._simd import _intrinsic_fn, _keep_vector_width, _splat
+from ._simd import _clip_vector, _intrinsic_fn, _keep_vector_width, _splat
 
 # Accumulators of the SpMV, taking consecutive blocks in turn: each block's update waits on
 # the previous one's otherwise (an FMA's latency per block).
@@ -263,9 +263,7 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
                 at = builder.add(at_v, builder.add(builder.mul(rs_v, ir.Constant(i64, rr)),
                                                    builder.mul(qs_v, ir.Constant(i64, q))))
                 ptr = builder.bitcast(builder.gep(acc_a.data, [at]), vty.as_pointer())
-                total = builder.fadd(b, accs[rr * n_q + q])
-                total = builder.select(builder.fcmp_ordered("<", total, floor_v), floor_v, total)
-                total = builder.select(builder.fcmp_ordered(">", total, ceiling_v), ceiling_v, total)
+                total = _clip_vector(builder, builder.fadd(b, accs[rr * n_q + q]), floor_v, ceiling_v)
                 builder.store(total, ptr, align=f_align)
         return context.get_dummy_value()
 

@@ -202,6 +202,13 @@ def _splat(builder, value, vty):
                                   ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
 
 
+def _clip_vector(builder, v, floor, ceiling):
+    """``v`` below ``floor`` becomes ``floor``, then above ``ceiling`` becomes ``ceiling``:
+    compare-and-select, not maxps/minps alone, so that a NaN stays NaN."""
+    v = builder.select(builder.fcmp_ordered("<", v, floor), floor, v)
+    return builder.select(builder.fcmp_ordered(">", v, ceiling), ceiling, v)
+
+
 def _masked_gather(builder, base, fty, idx, mask):
     """``base[idx[k]]`` for the lanes of ``mask`` (zero elsewhere): one hardware gather.
 
@@ -456,10 +463,7 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
                                     for i in (7, 11, 12))
         acc_at, acc_stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (9, 10))
         for q, a in enumerate(merged):
-            total = builder.fadd(init, builder.fadd(a, second[q]))
-            # Compare-and-select, not maxps/minps alone: a NaN sum stays NaN.
-            total = builder.select(builder.fcmp_ordered("<", total, floor_v), floor_v, total)
-            total = builder.select(builder.fcmp_ordered(">", total, ceiling_v), ceiling_v, total)
+            total = _clip_vector(builder, builder.fadd(init, builder.fadd(a, second[q])), floor_v, ceiling_v)
             ptr = builder.gep(acc_a.data, [builder.add(acc_at, builder.mul(acc_stride, ir.Constant(i64, q)))])
             builder.store(total, builder.bitcast(ptr, vty.as_pointer()), align=f_align)
         return context.get_dummy_value()
@@ -798,13 +802,6 @@ def transpose_square(typingctx, src, src_off, src_stride, dst, dst_off, dst_stri
 # Channels per pixel vector of the channel-blocked depthwise conv (``depthwise.py``): one
 # 512-bit vector of float32 (LLVM splits it in two on AVX2, in four on baseline x86-64).
 PIXEL_LANES = 16
-
-
-def _clip_vector(builder, v, floor, ceiling):
-    """``v`` below ``floor`` becomes ``floor``, then above ``ceiling`` becomes ``ceiling``;
-    a NaN stays NaN (compare-and-select, as ``shifted_rows`` clips)."""
-    v = builder.select(builder.fcmp_ordered("<", v, floor), floor, v)
-    return builder.select(builder.fcmp_ordered(">", v, ceiling), ceiling, v)
 
 
 def _half_transposes(builder, rows):
