@@ -48,6 +48,10 @@ def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
+# Views a Scratch keeps per thread (one per shape and dtype it was asked for).
+VIEWS_KEPT = 64
+
+
 class Scratch:
     """One aligned scratch buffer per calling thread, grown on demand and then reused.
 
@@ -61,9 +65,21 @@ class Scratch:
 
     def get(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised aligned C-contiguous array of ``shape`` and ``dtype``."""
+        local = self._local
+        views = getattr(local, "views", None)
+        # Each (shape, dtype) view is made once per buffer: making it costs ~4 us, more than
+        # a small kernel call.
+        key = (shape, dtype)
+        view = None if views is None else views.get(key)
+        if view is not None:
+            return view
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        buf = getattr(self._local, "buf", None)
+        nbytes = math.prod(int(n) for n in shape) * dtype.itemsize
+        buf = getattr(local, "buf", None)
         if buf is None or buf.nbytes < nbytes:
-            buf = self._local.buf = aligned_empty(max(nbytes, 1), np.uint8)
-        return buf[:nbytes].view(dtype).reshape(shape)
+            buf = local.buf = aligned_empty(max(nbytes, 1), np.uint8)
+            views = local.views = {}
+        elif views is None or len(views) >= VIEWS_KEPT:
+            views = local.views = {}
+        view = views[key] = buf[:nbytes].view(dtype).reshape(shape)
+        return view

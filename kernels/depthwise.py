@@ -26,7 +26,6 @@ Three kernels, chosen by structure:
 from __future__ import annotations
 
 import math
-import threading
 from typing import NamedTuple
 
 import numba
@@ -35,7 +34,7 @@ import numpy as np
 from . import isa
 from ._jit import serial
 from ._simd import PIXEL_LANES, pixels_to_planes, planes_to_pixels, row_taps, strided_taps
-from .buffers import aligned_empty, empty_with_slack
+from .buffers import Scratch, empty_with_slack
 from .conv import POINTWISE_SLACK
 from .errors import KernelArgumentError
 
@@ -489,18 +488,8 @@ def _depthwise3x3(x, w, bias, stride, ilo, ihi, lo, hi, out, chunks):
 
 _serial_depthwise = serial(_depthwise)
 _serial_depthwise3x3 = serial(_depthwise3x3)
-_local = threading.local()
-
-
-def _scratch(count: int, dtype: np.dtype) -> np.ndarray:
-    """At least ``count`` values of ``dtype``, 64-byte aligned: the blocked kernel's buffers, one
-    array per calling thread and dtype, shared by every convolution and grown on demand.
-    (``buffers.Scratch.get`` took 4 us a call, twice the kernel on a small plane.)"""
-    buf = getattr(_local, dtype.char, None)
-    if buf is None or buf.shape[0] < count:
-        buf = aligned_empty(max(count, 1), dtype)
-        setattr(_local, dtype.char, buf)
-    return buf
+# The blocked kernel's buffers: one per calling thread, shared by every convolution.
+_SCRATCH = Scratch()
 
 
 def _ints(value, count: int, name: str, least: int) -> tuple[int, ...]:
@@ -630,7 +619,8 @@ class DepthwiseConv2d:
         kernel = _depthwise if parallel else _serial_depthwise
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.stride, self.dilation
         kernel(x, self._w, self._b, self._blocked_weights(c), pixels, taps, kh, kw, sh, sw, dh, dw, self.padding[0],
-               self.padding[1], *self._clips, out, _scratch(chunks * values, self.dtype), values, pitch, bands, chunks)
+               self.padding[1], *self._clips, out, _SCRATCH.get((chunks * values,), self.dtype), values, pitch, bands,
+               chunks)
         return out
 
     def _blocked_weights(self, c: int) -> np.ndarray:

@@ -254,6 +254,31 @@ def test_aligned_empty_is_cache_line_aligned(shape, dtype):
         a[...] = 1  # the whole extent is usable
 
 
+def test_scratch_views_share_one_aligned_buffer_per_thread():
+    import threading
+
+    from sparsify.kernels.buffers import ALIGN, VIEWS_KEPT, Scratch
+
+    s = Scratch()
+    a = s.get((4, 8), np.float32)
+    assert a.shape == (4, 8) and a.dtype == np.float32 and a.flags.c_contiguous and a.ctypes.data % ALIGN == 0
+    assert s.get((4, 8), np.float32) is a  # the same view again
+    b = s.get((3,), np.dtype(np.float64))
+    assert b.shape == (3,) and b.dtype == np.float64 and b.ctypes.data == a.ctypes.data
+    for n in range(2, VIEWS_KEPT + 3):  # more shapes than kept: all still right
+        v = s.get((n,), np.int8)
+        assert v.shape == (n,) and v.ctypes.data == a.ctypes.data
+    big = s.get((1 << 16,), np.float32)  # grows: a new buffer, old views not handed out again
+    assert big.shape == (1 << 16,) and big.ctypes.data % ALIGN == 0
+    again = s.get((4, 8), np.float32)
+    assert again is not a and again.ctypes.data == big.ctypes.data
+    other = []
+    t = threading.Thread(target=lambda: other.append(s.get((4, 8), np.float32)))
+    t.start()
+    t.join()
+    assert other[0].ctypes.data != again.ctypes.data  # another thread, its own buffer
+
+
 def test_packed_inputs_are_aligned_and_reused_per_thread(rng, monkeypatch):
     import threading
 
