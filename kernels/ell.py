@@ -97,8 +97,7 @@ class Geometry(NamedTuple):
         (4096^2 at 90%, 2 threads, same process, compact: aligned 218 us, overlapping 228
         us); the padded form's own ("auto") for a flat kernel, which pays nothing per pair,
         and for 64-column windows, whose overlapping plan has as many pairs as the aligned
-        32-column one (4096^2 at 90%, compact: overlapping 134-150 us, aligned 156-171 us
-        in three runs; benchmarks/README.md, "Wider windows")."""
+        32-column one (benchmarks/README.md, "Wider windows")."""
         return "aligned" if not self.flat and self.segment == 2 * self.lanes else "auto"
 
     def code_offsets(self, columns: np.ndarray) -> np.ndarray:
@@ -143,9 +142,8 @@ MIN_FILL = 0.25
 AVX2_PAIR_COST = 0.0
 AVX2_MIN_FILL = 0.25
 # What a slot of a four-register (64-column) window costs against one of a two-register
-# window: a second vpermi2ps and a blend. Fitted with PAIR_COST's model to one thread's
-# times of both geometries over five layers in L2 (1024^2 at 50-98%, 512x2048, 2048x512;
-# benchmarks/README.md, "Wider windows"): 1.13.
+# window, which it exceeds by a second vpermi2ps and a blend (fitted: benchmarks/README.md,
+# "Wider windows").
 WIDE_SLOT_COST = 1.13
 # Window width and step per geometry come from the kernel that reads them. A variant may
 # run several (VARIANT_GEOMETRIES); each layer takes the plan of least cost among them.
