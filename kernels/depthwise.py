@@ -17,10 +17,12 @@ Three kernels, chosen by structure:
   then one aligned vector load times a vector of the 16 channels' weights (kernel rows on
   the top or bottom padding are skipped), a row's output pixels are accumulated in
   registers (``_simd.row_taps``) and transposed back to the NCHW planes.
-- The channels past the last whole block (C mod 16 of them) run plane by plane: each
-  plane is copied into a zero-padded polyphase buffer laid out so that every kernel tap
-  reads a contiguous run at a fixed offset from the output position; runs of output rows
-  over the padded width are computed and their valid columns copied out.
+- The channels past the last whole block (C mod 16 of them) run plane by plane, as do all
+  channels of a weight holding inf or NaN (its products with the padding's zeros are NaN,
+  which the other two kernels would leave out): each plane is copied into a zero-padded
+  polyphase buffer laid out so that every kernel tap reads a contiguous run at a fixed
+  offset from the output position; runs of output rows over the padded width are computed
+  and their valid columns copied out.
 """
 
 from __future__ import annotations
@@ -181,11 +183,11 @@ def _planes(xf, w, bias, of, toff, kh, kw, sh, sw, h, w_in, c_in, mult, ho, wo, 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _blocks(xf, wf, of, scratch, at, pixels, taps, c_in, mult, h, w_in, ho, wo, pitch, kh, kw, sh, sw, dh, dw, pt, pl,
-            ilo, ihi, lo, hi, bands, first, end):
+            ilo, ihi, lo, hi, whole, bands, first, end):
     """Blocked items first .. end - 1 of :func:`_depthwise` (x, the blocked weights, out and
     scratch flattened): one parallel task, its buffers in ``scratch`` from ``at`` on.
 
-    Item (n, block, band) computes output rows band*Ho // bands .. (band + 1)*Ho // bands - 1
+    Item (n, block, band), block < ``whole``, computes output rows band*Ho // bands .. (band + 1)*Ho // bands - 1
     of the block's 16 channels of image n. The buffer holds the input rows, each ``pitch``
     pixel vectors with the left and right padding's zeros (then one vector where input the
     conv never reads is thrown); kernel rows that fall on the top or bottom padding are left
@@ -212,8 +214,8 @@ def _blocks(xf, wf, of, scratch, at, pixels, taps, c_in, mult, h, w_in, ho, wo, 
     seg_rows = max(1, SEGMENT // wo)
     row_step, ostride = dh * pitch * vec, mult * howo
     for item in range(first, end):
-        n = item // (c_in // vec * bands)
-        cb = item // bands - n * (c_in // vec)
+        n = item // (whole * bands)
+        cb = item // bands - n * whole
         band = item - item // bands * bands
         src = (n * c_in + cb * vec) * hw
         oy0, oy1 = band * ho // bands, (band + 1) * ho // bands
@@ -295,19 +297,19 @@ def _blocks(xf, wf, of, scratch, at, pixels, taps, c_in, mult, h, w_in, ho, wo, 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _depthwise(x, w, bias, wb, pixels, taps, kh, kw, sh, sw, dh, dw, pt, pl, ilo, ihi, lo, hi, out, scratch, values,
-               pitch, bands, chunks):
+               pitch, whole, bands, chunks):
     """out[n, c*M + m] = clip(bias + conv of clip(x[n, c], ilo, ihi) with kernel w[c*M + m]
     (flattened kh*kw), lo, hi) for the zero padding (pt, pl) at the top and left; out's shape
     gives the output size and so the bottom and right padding. ``chunks`` parallel tasks
-    share the work: each whole block of 16 channels in ``bands`` bands of output rows
-    (:func:`_blocks`), the channels past the last whole block plane by plane (:func:`_planes`).
+    share the work: the first ``whole`` blocks of 16 channels each in ``bands`` bands of
+    output rows (:func:`_blocks`), the channels past them plane by plane (:func:`_planes`).
 
     Blocked layout: ``wb[b*M + m]`` holds the bias, then the kh*kw taps' weights, of output
     channels (16b + l)*M + m, l < 16, lane by lane; ``pixels[y*W + x]`` is the buffer pixel
     of input position (y, x), ``y*pitch + x + pl``, or H*pitch for the columns past the
     ``pitch`` >= (max(Wo, step) - 1)*sw + (kw - 1)*dw + 1 the conv reads; ``taps[ky*kw +
     kx]`` is tap (ky, kx)'s offset in values, (ky*dh*pitch + kx*dw)*16 (both only needed when
-    C >= 16). Task ch has ``values`` values of ``scratch`` from ch*values on (a multiple of
+    ``whole`` > 0). Task ch has ``values`` values of ``scratch`` from ch*values on (a multiple of
     16, aligned to 64 bytes): H rows of ``pitch`` pixel vectors, one more vector, then
     max(SEGMENT, Wo) + 16 + step output pixel vectors (step: the widest row step).
 
@@ -318,7 +320,7 @@ def _depthwise(x, w, bias, wb, pixels, taps, kh, kw, sh, sw, dh, dw, pt, pl, ilo
     n_img, c_in, h, w_in = x.shape
     ho, wo = out.shape[2], out.shape[3]
     mult = out.shape[1] // c_in
-    whole, left = c_in // LANES, c_in % LANES
+    left = c_in - whole * LANES
     hq = ho + (kh - 1) * dh // sh
     wq = wo + (kw - 1) * dw // sw
     # (np.empty and a loop: in a parallel kernel np.zeros is a parallel loop of its own, a
@@ -332,7 +334,7 @@ def _depthwise(x, w, bias, wb, pixels, taps, kh, kw, sh, sw, dh, dw, pt, pl, ilo
     items, planes = n_img * whole * bands, n_img * left
     for ch in numba.prange(chunks):
         _blocks(xf, wf, of, scratch, ch * values, pixels, taps, c_in, mult, h, w_in, ho, wo, pitch, kh, kw, sh, sw,
-                dh, dw, pt, pl, ilo, ihi, lo, hi, bands, ch * items // chunks, (ch + 1) * items // chunks)
+                dh, dw, pt, pl, ilo, ihi, lo, hi, whole, bands, ch * items // chunks, (ch + 1) * items // chunks)
         r, r_end = ch * planes // chunks, (ch + 1) * planes // chunks
         while r < r_end:  # the channels past the last block, image by image
             n = r // left
@@ -556,8 +558,11 @@ class DepthwiseConv2d:
         # Compared in the data's dtype, as ONNX Clip's bounds are.
         self._clips = tuple(dtype.type(v) for v in (*_bounds(input_bounds, "input_bounds"),
                                                     *_bounds(activation_bounds, "activation_bounds")))
+        # The 3x3 and blocked kernels leave out taps that meet the padding; the plane kernel
+        # multiplies them by its zeros, so a weight of inf or NaN there gives NaN, as ONNX's Conv.
+        self._finite = bool(np.isfinite(self._w).all())
         self._three = ((kh, kw) + self.dilation + self.padding == (3, 3, 1, 1, 1, 1, 1, 1)
-                       and self.stride in ((1, 1), (2, 2)))
+                       and self.stride in ((1, 1), (2, 2)) and self._finite)
         self._plans: dict[tuple[int, ...], _Plan] = {}
         self._blocked: dict[int, np.ndarray] = {}
 
@@ -581,7 +586,7 @@ class DepthwiseConv2d:
         # faster than the blocked kernel but there (benchmarks/README.md, "Depthwise convolutions").
         fast = self._three and (sh == 1 or wo >= VEC)
         pitch = (max(wo, PIXELS, PIXELS2) - 1) * sw + span_w
-        blocked = c >= LANES and not fast
+        blocked = c >= LANES and not fast and self._finite
         rows, cols = np.arange(h if blocked else 0), np.arange(w if blocked else 0) + pl
         pixels = np.where(cols < pitch, rows[:, None] * pitch + cols, h * pitch)
         taps = (np.arange(kh)[:, None] * dh * pitch + np.arange(kw) * dw) * LANES
@@ -610,33 +615,34 @@ class DepthwiseConv2d:
             kernel = _depthwise3x3 if parallel else _serial_depthwise3x3
             kernel(x, self._w, self._b, self.stride[0], *self._clips, out, chunks)
             return out
-        whole, bands, chunks = c // LANES, 1, 1
+        whole, bands, chunks = c // LANES if values else 0, 1, 1
         if parallel:
             # Whole blocks split into bands of output rows so that every task gets as many.
-            chunks = min(n * (whole * shape[2] + c % LANES), BLOCK_CHUNKS_PER_THREAD * numba.get_num_threads())
+            planes = c - whole * LANES
+            chunks = min(n * (whole * shape[2] + planes), BLOCK_CHUNKS_PER_THREAD * numba.get_num_threads())
             if whole:
                 bands = min(shape[2], chunks // math.gcd(n * whole, chunks))
         kernel = _depthwise if parallel else _serial_depthwise
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_shape, self.stride, self.dilation
-        kernel(x, self._w, self._b, self._blocked_weights(c), pixels, taps, kh, kw, sh, sw, dh, dw, self.padding[0],
-               self.padding[1], *self._clips, out, _SCRATCH.get((chunks * values,), self.dtype), values, pitch, bands,
-               chunks)
+        kernel(x, self._w, self._b, self._blocked_weights(c, whole), pixels, taps, kh, kw, sh, sw, dh, dw,
+               self.padding[0], self.padding[1], *self._clips, out, _SCRATCH.get((chunks * values,), self.dtype),
+               values, pitch, whole, bands, chunks)
         return out
 
-    def _blocked_weights(self, c: int) -> np.ndarray:
-        """The blocked kernel's weights for ``c`` input channels (``_depthwise``'s ``wb``): per
-        whole block b and multiplier index m, the bias, then each tap's weights, of output
-        channels (16b + l)*M + m, l < 16."""
-        wb = self._blocked.get(c)
+    def _blocked_weights(self, c: int, whole: int) -> np.ndarray:
+        """The blocked kernel's weights for ``c`` input channels of which the first ``whole``
+        blocks run blocked (``_depthwise``'s ``wb``): per block b and multiplier index m, the
+        bias, then each tap's weights, of output channels (16b + l)*M + m, l < 16."""
+        wb = self._blocked.get(c) if whole else None
         if wb is None:
-            whole, m = c // LANES, self.out_channels // c
+            m = self.out_channels // c
             taps = self._w.shape[1]
             used = whole * LANES * m
             wb = np.empty((whole, m, 1 + taps, LANES), self.dtype)
             wb[:, :, 0] = self._b[:used].reshape(whole, LANES, m).transpose(0, 2, 1)
             wb[:, :, 1:] = self._w[:used].reshape(whole, LANES, m, taps).transpose(0, 2, 3, 1)
             wb = wb.reshape(whole * m, (1 + taps) * LANES)
-            if len(self._blocked) < 8:
+            if whole and len(self._blocked) < 8:
                 self._blocked[c] = wb
         return wb
 

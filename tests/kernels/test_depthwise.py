@@ -186,6 +186,22 @@ def test_non_finite_inputs_in_blocks_reach_only_their_own_neighbourhood(path, ke
     assert np.isnan(got[1, 7]).any() and np.isfinite(got[0, 14]).all() and np.isfinite(got[1, 8]).all()
 
 
+@pytest.mark.parametrize("kernel, stride, pads, w", [(3, 1, (1, 1, 1, 1), 12), (3, 2, (1, 1, 1, 1), 40),
+                                                     (5, 1, (2, 2, 2, 2), 12), (7, 2, (3, 3, 3, 3), 12)])
+def test_non_finite_weights_meet_the_padding_as_onnx_conv_does(path, kernel, stride, pads, w):
+    # 0 * inf is NaN: an inf or NaN weight gives NaN wherever its tap reads the padding, even
+    # at outputs the finite taps keep finite. Kernel corners reach the padding at the plane's
+    # corners only, which the 3x3 and blocked kernels otherwise leave out of the sums.
+    rng = np.random.default_rng(kernel + stride)
+    x, weight, bias = case(rng, 1, 17, 9, w, kernel)
+    weight[0, 0, 0, 0] = np.inf  # top-left tap: NaN along the top rows and left columns
+    weight[5, 0, kernel - 1, kernel - 1] = -np.inf
+    weight[16, 0, 0, kernel - 1] = np.nan  # the channel past the block: NaN everywhere
+    got = check(x, weight, bias, (stride, stride), pads, bounds=(-3.0, 3.0))
+    assert np.isnan(got[0, 0, 0]).all() and np.isnan(got[0, 5, -1]).all() and np.isnan(got[0, 16]).all()
+    assert np.isfinite(got[0, 0, 1:, 1:]).any() and np.isfinite(got[0, 1]).all()
+
+
 def test_a_block_repeats_each_channel_for_a_depth_multiplier():
     # Output channel c*M + m reads input channel c: blocks of 16 input channels, each the
     # source of M output channels 16c*M .. apart.
