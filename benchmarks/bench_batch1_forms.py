@@ -14,14 +14,13 @@ re-runs itself with the AVX2 kernels (see ``benchmarks/common.py``).
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, finite, parser, rerun_for_avx2, say, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, finite, parser, rerun_for_avx2, say  # noqa: E402
 
 # (width, depth, sparsity): one layer in the L3, beside it, beyond it; two and four layers.
 CHAINS = [(4096, 1, 0.9), (4096, 1, 0.8), (4096, 2, 0.9), (4096, 4, 0.9), (4096, 4, 0.95), (2048, 4, 0.9)]
@@ -101,15 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     chains = QUICK if args.quick else CHAINS
     doc = envelope(SCHEMA, {"threads": args.threads, "chains": chains, "quick": args.quick,
                                               "l3_bytes": ell.cache_bytes(3, ell.DEFAULT_L3_BYTES)})
-    doc["load"] = {"before": list(os.getloadavg())}
     doc["points"] = []
     for width, depth, sparsity in chains:
         pt = chain_point(width, depth, sparsity, args.threads, 0.3 if args.quick else 1.0)
         say(f"{depth} x {width}^2 at {sparsity:.0%}: rules {pt['rules']} {pt['rules_ms']['p50']:.4f} ms, "
             f"timed {pt['timed']} {pt['timed_ms']['p50']:.4f} ms (x{pt['rules_over_timed']:.2f}); {pt['calibration']}")
         doc["points"].append(pt)
-    doc["load"]["after"] = list(os.getloadavg())
-    say(f"wrote {write_json(args.out, doc)}")
+    finish(args.out, doc)
     return 0
 
 

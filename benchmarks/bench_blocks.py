@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchmarks.bench_kernels import ort_matmul_session
-from benchmarks.common import RESULTS, envelope, finite, parser, rerun_for_avx2, say, write_json
+from benchmarks.common import RESULTS, envelope, finish, finite, parser, rerun_for_avx2, say
 from sparsify.bench.timing import Stats, measure_interleaved
 from sparsify.kernels import CSR, SparseLinear, set_threads
 from sparsify.kernels.bsr import BSR, SparseBlockLinear
@@ -141,8 +141,7 @@ def main(argv=None) -> int:
                     + f"; load {p['loadavg_end'][0]:.2f}")
     doc["points"] = points
     doc["total_s"] = round(time.perf_counter() - t0, 1)
-    write_json(args.out, doc)
-    say(f"wrote {args.out} ({doc['total_s']} s)")
+    finish(args.out, doc)
     return 0
 
 

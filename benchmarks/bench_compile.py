@@ -336,12 +336,10 @@ def main(argv: list[str] | None = None) -> int:
               "wall": "wall_s = the step alone; process_s = whole child process incl. interpreter start and imports",
               "verify": "exports verify against the masked torch model (API default)"}
     doc = envelope(SCHEMA, config)
-    doc["load"] = {"before": list(os.getloadavg())}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sparsify-bench-compile-") as root:
         doc["models"] = [run_case(c, Path(root), repeat, args.timeout, steps) for c in cases]
     doc["total_s"] = round(time.perf_counter() - t0, 1)
-    doc["load"]["after"] = list(os.getloadavg())
     if args.update:
         doc = merged_with_earlier(doc, Path(args.out), p.error)
     write_outputs(args, doc, plot_sweep if args.sweep else plot)

@@ -31,7 +31,7 @@ if __package__ in (None, ""):
 # First: importing sparsify sets the bounded OpenMP spin defaults before any pool starts.
 import sparsify  # noqa: F401  isort: skip
 
-from benchmarks.common import envelope, finite, parser, say, stop, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, finite, parser, say, stop  # noqa: E402
 
 SCHEMA = "sparsify.depthwise/2"
 # (channels, height, width, stride, kernel) of depthwise convs at a 224x224 input: MobileNetV2's
@@ -138,14 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     doc = envelope(SCHEMA, {"threads": args.threads, "min_time": min_time, "seed": args.seed, "quick": args.quick,
                             "kernel": "k x k, padding k // 2, batch 1, float32, bias", "tolerance": TOLERANCE})
     doc.update({"lscpu_model_name": lscpu_model(), "kernel_variant": isa.VARIANT,
-                "threading_layer": threading_layer(), "load": {"before": list(os.getloadavg())}, "points": []})
+                "threading_layer": threading_layer(), "points": []})
     for i, (c, h, w, s, k) in enumerate(shapes):
         point = measure_shape(c, h, w, s, k, args.threads, min_time, args.seed + i)
         say(f"C={c} {h}x{w} {k}x{k} stride {s}: ours {point['ours']['p50_us']:.1f} us, ORT "
             f"{point['ort']['p50_us']:.1f} us (x{point['ort_over_ours']:.2f})")
         doc["points"].append(point)
-    doc["load"]["after"] = list(os.getloadavg())
-    say(f"wrote {write_json(args.out, doc)}")
+    finish(args.out, doc)
     return 0
 
 

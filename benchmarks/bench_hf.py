@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, parser, say, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, parser, say, write_json  # noqa: E402
 
 SEQ = 128
 # name -> (config class, config kwargs, model class, --hf-task); standard base sizes
@@ -96,18 +96,14 @@ def main() -> None:
     config = {"models": names, "threads": threads, "ratio": 0.5, "structure": "head,channel", "seq": SEQ,
               "quick": args.quick, "min_time": args.min_time, "interleaved": True}
     doc = envelope("sparsify.hf/1", config)
-    import os
-
-    doc["load_average_start"] = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="sparsify-hf-") as tmp:
         for name in names:
             rows.append(one(name, Path(tmp), threads, args.min_time, args.quick))
             say(str({k: v for k, v in rows[-1].items() if k != "groups_kept"}))
             doc["results"] = rows
-            doc["load_average_end"] = os.getloadavg()
-            write_json(args.out, doc)
-    say(f"wrote {args.out}")
+            write_json(args.out, doc)  # (the models so far: a crash later keeps them)
+    finish(args.out, doc)
 
 
 if __name__ == "__main__":

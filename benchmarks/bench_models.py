@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import os
 import shutil
 import sys
 import tempfile
@@ -469,7 +468,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "latency": "sparsify.bench.bench, all ONNX files of a model interleaved; speedup = dense p50 / p50",
               "accuracy": "test split of the bundled digits data, percent"}
     doc = envelope(SCHEMA, config)
-    doc["load"] = {"before": list(os.getloadavg())}
     import torch
 
     # Training, pruning, export and verification run torch on one thread: the digits models are
@@ -490,7 +488,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if root_ctx:
             root_ctx.cleanup()
     doc["total_s"] = round(time.perf_counter() - t0, 1)
-    doc["load"]["after"] = list(os.getloadavg())
     return doc
 
 

@@ -254,25 +254,25 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="sparsify-quality-"))
     t0 = time.perf_counter()
     if args.blocks_only:
+        doc = envelope(SCHEMA, {"quick": args.quick, "models": models, "blocks_only": True,
+                                "split": "digits test (271 samples)", "seed": 0})
         try:
             records = [bench_blocks_only(m, work, args.quick) for m in models]
         finally:
             if args.keep is None:
                 shutil.rmtree(work, ignore_errors=True)
-        doc = envelope(SCHEMA, {"quick": args.quick, "models": models, "blocks_only": True,
-                                "split": "digits test (271 samples)", "seed": 0})
         doc["models"] = records
         doc["total_s"] = round(time.perf_counter() - t0, 1)
         write_outputs(args, doc, None)
         return 0
+    doc = envelope(SCHEMA, {"quick": args.quick, "models": models, "calibration_batches": args.calibration_batches,
+                            "bn_recalibrate_batches": BN_BATCHES, "split": "digits test (271 samples)", "seed": 0})
     try:
         records = [bench_model(m, work, args.quick, args.calibration_batches, args.reuse and args.keep is not None)
                    for m in models]
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
-    doc = envelope(SCHEMA, {"quick": args.quick, "models": models, "calibration_batches": args.calibration_batches,
-                            "bn_recalibrate_batches": BN_BATCHES, "split": "digits test (271 samples)", "seed": 0})
     doc["models"] = records
     doc["targets"] = evaluate_targets(records)
     doc["total_s"] = round(time.perf_counter() - t0, 1)

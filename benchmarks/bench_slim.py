@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, finite, parser, say, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, finite, parser, say  # noqa: E402
 
 SCHEMA = "sparsify.slim/1"
 
@@ -122,6 +122,8 @@ def main(argv=None) -> int:
     size = 112 if quick else 224
     seq = 64 if quick else 128
     g = torch.Generator().manual_seed(0)
+    doc = envelope(SCHEMA, {"quick": quick, "threads": args.threads, "warmup": warmup, "repeat": repeat,
+                            "ratio": 0.5})
     results = []
     resnet = resnet_style(seed=0)
     img = torch.randn(2, 3, size, size, generator=g)
@@ -131,11 +133,8 @@ def main(argv=None) -> int:
     ids = torch.randint(0, 8000, (2, seq), generator=g)
     results.append(bench_model(f"bert_style_L{2 if quick else 4}_T{seq}", bert, (ids,), bert_masks,
                                threads=args.threads, warmup=warmup, repeat=repeat))
-    doc = envelope(SCHEMA, {"quick": quick, "threads": args.threads, "warmup": warmup, "repeat": repeat,
-                            "ratio": 0.5})
     doc["results"] = results
-    path = write_json(args.out, doc)
-    say(f"wrote {path}")
+    finish(args.out, doc)
     for r in results:
         print(f"{r['model']}: MACs {r['macs_before']:.3g} -> {r['macs_after']:.3g} (x{r['macs_ratio']}), "
               f"ORT batch-1 p50 {r['latency_dense']['p50_ms']:.2f} -> {r['latency_slim']['p50_ms']:.2f} ms "

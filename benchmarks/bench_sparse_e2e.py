@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import envelope, finite, parser, say, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, finite, parser, say  # noqa: E402
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
 
@@ -419,9 +419,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["mlp"] = leg_mlp(work, width, batches, args.threads, min_time)
             doc["layers"] = leg_layers(work, (1024,) if args.quick else (4096, 1024), batches, args.threads, min_time)
             doc["glue"] = leg_glue(work, args.threads, min_time)
-    doc["loadavg"] = list(os.getloadavg())
-    path = write_json(args.out, doc)
-    say(f"wrote {path}")
+    finish(args.out, doc)
     return 0
 
 

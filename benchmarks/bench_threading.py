@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import envelope, finite, parser, say, stop, write_json  # noqa: E402
+from benchmarks.common import envelope, finish, finite, parser, say, stop  # noqa: E402
 
 # name -> environment of the measuring process (on top of the caller's, minus these keys).
 SETTINGS = {
@@ -103,7 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     spec = {"threads": args.threads, "sizes": [1024] if args.quick else [1024, 4096],
             "min_time": 0.1 if args.quick else 0.5}
     doc = envelope("sparsify.threading/1", {**spec, "quick": args.quick, "settings": SETTINGS})
-    doc["load"] = {"before": list(os.getloadavg())}
     doc["settings"] = []
     lib = Path(sys.prefix) / "lib"
     for name, env_set in SETTINGS.items():
@@ -128,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(x{pt['ours_p90_over_p50']:.2f}); ORT {pt['ort_dense']['p50_ms']:.4f}, "
                 f"torch {pt['torch_dense']['p50_ms']:.4f}, numpy {pt['numpy_dense']['p50_ms']:.4f}")
         doc["settings"].append({"setting": name, "env": env_set, **res, "load": list(os.getloadavg())})
-    doc["load"]["after"] = list(os.getloadavg())
-    path = write_json(args.out, doc)
-    say(f"wrote {path}")
+    finish(args.out, doc)
     return 0
 
 

@@ -78,13 +78,15 @@ def thread_env() -> dict[str, str]:
 
 
 def envelope(schema: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The common head of every document: schema, created, machine, config, thread env, and
-    ``isa``: the kernel variant this process runs and the host CPU (``kernels.isa.host_isa``)."""
+    """The common head of every document: schema, created, machine, config, thread env,
+    ``isa`` (the kernel variant this process runs and the host CPU, ``kernels.isa.host_isa``)
+    and ``load``: the load averages now, as ``before``; :func:`finish` adds ``after``."""
     from sparsify.machine import machine_info
     from sparsify.kernels.isa import host_isa
 
     return {"schema": schema, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": machine_info(), "config": config, "env": thread_env(), "isa": host_isa()}
+            "machine": machine_info(), "config": config, "env": thread_env(), "isa": host_isa(),
+            "load": {"before": list(os.getloadavg())}}
 
 
 def file_mode(path: str | os.PathLike | None = None) -> int:
@@ -115,6 +117,15 @@ def write_text_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
     """Write ``doc`` atomically as indented JSON; refuses NaN/inf (not valid JSON)."""
     return write_text_atomic(path, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def finish(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Record the load averages now as ``doc["load"]["after"]``, write ``doc`` to ``path``
+    (:func:`write_json`) and say so."""
+    doc.setdefault("load", {})["after"] = list(os.getloadavg())
+    out = write_json(path, doc)
+    say(f"wrote {out}" + (f" ({doc['total_s']} s)" if "total_s" in doc else ""))
+    return out
 
 
 def pyplot():
@@ -150,9 +161,8 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def write_outputs(args: argparse.Namespace, doc: dict[str, Any],
                   plot: Callable[[dict[str, Any], Path], Any] | None = None) -> None:
-    """Write the JSON to ``args.out`` and, unless ``--no-plot``, the PNG made by ``plot(doc, path)``."""
-    write_json(args.out, doc)
-    say(f"wrote {args.out}" + (f" ({doc['total_s']} s)" if "total_s" in doc else ""))
+    """:func:`finish` ``doc`` to ``args.out`` and, unless ``--no-plot``, write the PNG made by ``plot(doc, path)``."""
+    finish(args.out, doc)
     png = plot_path(args)
     if plot is not None and png is not None:
         plot(doc, png)

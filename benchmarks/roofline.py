@@ -301,7 +301,6 @@ def run(quick: bool, smoke: bool = False) -> dict[str, Any]:
               "ceilings": "best sample (min time) of each bandwidth / GEMM measurement; kernel points at p50",
               "processes": "one fresh process per family (bandwidth, gemm, sparse_kernels, dense_kernels)"}
     doc = envelope(SCHEMA, config)
-    doc["load"] = {"before": list(os.getloadavg())}
     doc["l3_reported_bytes"] = l3_bytes()
     doc["family_env"] = {}
     kernel_kw = {"shapes": shapes, "sparsity": sparsity, "batches": batches, "threads": threads, "min_time": min_time}
@@ -315,7 +314,6 @@ def run(quick: bool, smoke: bool = False) -> dict[str, Any]:
     doc["ceilings"] = ceilings(doc["bandwidth"], doc["gemm"], threads)
     doc["kernels"] = rows["sparse_kernels"] + rows["dense_kernels"]
     attach_roofs(doc["kernels"], doc["ceilings"])
-    doc["load"]["after"] = list(os.getloadavg())
     return doc
 
 

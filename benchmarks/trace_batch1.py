@@ -34,7 +34,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from benchmarks.common import envelope, finite, parser, say, write_json
+from benchmarks.common import envelope, finish, finite, parser
 from sparsify.kernels._jit import activate_block, all_finite
 from sparsify.kernels._simd import PERMUTE_LANES, permute_dot
 
@@ -184,11 +184,10 @@ def main(argv=None) -> int:
     config = {"quick": args.quick, "size": args.size, "sparsity": args.sparsity, "threads": args.threads,
               "calls_per_block": calls, "rounds": rounds}
     doc = {**envelope(SCHEMA, config), **run(args.size, args.sparsity, args.threads, calls, rounds)}
-    write_json(args.out, doc)
+    finish(args.out, doc)
     for name, parts in doc["kernels"].items():
         print(f"{name:8s} ({parts['chunks']} chunks): " + ", ".join(
             f"{k} p50 {parts[k]['p50_us']:.2f} us" for k in ("total", "pre", "work_max", "post")))
-    say(f"wrote {args.out}")
     return 0
 
 

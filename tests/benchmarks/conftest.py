@@ -11,11 +11,15 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def read_doc(path: Path, schema: str) -> dict[str, Any]:
-    """The JSON document at ``path``, checked for the schema tag and the common envelope."""
+    """The JSON document at ``path``, checked for the schema tag and the common envelope (with
+    the load averages before and after the run)."""
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["schema"] == schema
-    assert set(doc) >= {"created", "machine", "config"}
+    assert set(doc) >= {"created", "machine", "config", "load"}
     assert doc["machine"]["logical_cores"] >= 1 and doc["machine"]["cpu"]
+    for when in ("before", "after"):
+        load = doc["load"][when]
+        assert len(load) == 3 and all(isinstance(v, float) and v >= 0 for v in load), (when, load)
     return doc
 
 
