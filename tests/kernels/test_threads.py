@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
-from sparsify.kernels import _jit, depthwise, norm
+from sparsify.kernels import _depthwise3x3_jit, _depthwise_jit, _jit, norm
 from sparsify.kernels.conv import step_widths
 from sparsify.kernels.spmm import pack_lanes
 from tests.helpers import assert_close
@@ -62,8 +62,10 @@ def test_warmup_compiles_every_tile_and_dtype():
                + [_jit.pointwise_conv_kernel(t) for t in step_widths()])
     for k in kernels + [_jit.serial(k) for k in kernels] + [norm._layer_norm_rows, norm._serial_rows,
                                                           norm._add_layer_norm_rows, norm._serial_add_rows,
-                                                          depthwise._depthwise3x3, depthwise._serial_depthwise3x3,
-                                                          depthwise._depthwise, depthwise._serial_depthwise]:
+                                                          _depthwise3x3_jit.depthwise3x3_kernel,
+                                                          _depthwise3x3_jit.serial_depthwise3x3_kernel,
+                                                          _depthwise_jit.depthwise_kernel,
+                                                          _depthwise_jit.serial_depthwise_kernel]:
         dtypes = {str(sig[0].dtype) for sig in k.signatures}
         assert {"float32", "float64"} <= dtypes, (k, dtypes)
 
