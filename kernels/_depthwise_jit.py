@@ -26,14 +26,11 @@ VEC = 16
 LANES = PIXEL_LANES
 # Output pixels of a row per ``row_taps`` call (a step), at stride 1 (and any other but 2)
 # and at stride 2, then the narrower steps rows take where those compute fewer outputs past
-# the row's end, by the target the kernels compile for. AVX-512: a step's accumulators,
-# kernel-row sums and window (8 + 8 + 7 vectors at stride 1, 8 + 8 + 14 at stride 2) and a
-# weight fit its 32 registers; steps of 7 leave rows 7*2^k wide (ImageNet models' feature
-# maps) nothing to compute past their end (4-13% faster on the rows of 7, 14 and 28 of
-# benchmarks/bench_depthwise.py). AVX2 and baseline x86-64 hold a pixel vector in 2 or 4 of
-# their 16 registers: steps of 8 spilled there (4x slower than the plane kernel); AVX2 ran
-# fastest with 4 at stride 1 and 2 at stride 2, baseline x86-64 with 2 at both (on
-# bench_depthwise.py's 5x5 and 7x7 shapes, compiled for znver2 and x86-64 on the Zen 4).
+# the row's end, by the target the kernels compile for: as many as keep a step's
+# accumulators, kernel-row sums, window and a weight in the target's registers (AVX-512: 32,
+# AVX2 and baseline x86-64: 16, holding a pixel vector in 2 or 4), and steps of 7 on AVX-512
+# so that rows 7*2^k wide (ImageNet models' feature maps) compute nothing past their end
+# (measured: benchmarks/README.md, "Depthwise convolutions").
 (PIXELS, NARROW), (PIXELS2, NARROW2) = {"avx512": ((8, 7), (8, 7)), "avx2": ((4, 4), (2, 2))}.get(
     isa.target_variant(), ((2, 2), (2, 2)))
 # Output positions the blocked kernel computes before transposing them out: their pixel

@@ -48,10 +48,9 @@ SERIAL_WORK = 1 << 18
 # Parallel chunks per thread: more than one lets a thread that other work delays fall behind
 # without holding up the others.
 CHUNKS_PER_THREAD = 2
-# The same for the blocked kernel, whose tasks are bands of equal work: Numba's tbb layer gave
-# each thread a fixed share of the chunks anyway, and a second chunk per thread only split
-# the blocks into more bands (their overlapping input rows transposed twice): one measured
-# 0-9% faster (2 threads, bench_depthwise.py's 5x5 and 7x7 shapes, against ONNX Runtime).
+# The same for the blocked kernel, whose tasks are bands of equal work: a second chunk per
+# thread only splits the blocks into more bands, whose overlapping input rows are transposed
+# twice (measured: benchmarks/README.md, "Depthwise convolutions").
 BLOCK_CHUNKS_PER_THREAD = 1
 # The blocked kernel's buffers: one per calling thread, shared by every convolution.
 _SCRATCH = Scratch()
