@@ -9,6 +9,7 @@ Public API:
 - :class:`SparseConv2d`, :func:`csr_conv2d` (``conv.py``): NCHW conv with a CSR weight, or a
   BSR of R x 1 blocks (:func:`conv.conv_block`).
 - :func:`norm.layer_norm` (``norm.py``): the runtime's LayerNormalization.
+- :func:`pool.max_pool2d` (``pool.py``): the runtime's MaxPool.
 - :func:`depthwise_conv2d`, :class:`DepthwiseConv2d` (``depthwise.py``): NCHW depthwise
   convolution (ONNX ``Conv`` with ``group`` = channels), clips of its input and output fused.
 - :func:`check_threads`, :func:`set_threads`, :func:`get_threads`, :func:`kept_threads`, :func:`warmup` (``threads.py``).

@@ -38,7 +38,7 @@ def _load_tbb() -> bool:
 
 TBB_LOADED = _load_tbb()
 
-from . import _jit, depthwise, elementwise, ell, norm, spmm
+from . import _jit, depthwise, elementwise, ell, norm, pool, spmm
 from .conv import SparseConv2d
 from .csr import CSR
 from .errors import KernelArgumentError
@@ -121,7 +121,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     (``_jit.TILES``), the input packing, the direct conv at every column width with its
     input padding (and phase planes), the pointwise conv at every step width, the depthwise
     conv (its 3x3 kernel at strides 1 and 2, and the general one), and the layer norm and the
-    residual Add + Relu, each in its parallel version and its serial twin. Call
+    residual Add + Relu and the max pool, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
     ``spmm.SERIAL_WORK``). The first call in a fresh environment can take a minute or
     more; later processes load the on-disk cache. Other index dtypes (int64) compile
@@ -168,5 +168,8 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
             flat = np.ones(8, dtype)  # the residual Add + Relu, both twins
             for kernel in (elementwise._add_relu, elementwise._serial_add_relu):
                 kernel(flat, flat, dtype(0), np.empty_like(flat))
+            image = np.ones((1, 1, 4, 4), dtype)  # the MaxPool, both twins
+            for kernel in (pool._max_pool2d, pool._serial_max_pool2d):
+                kernel(image, 3, 3, 2, 2, 1, 1, 1, 1, np.empty((1, 1, 2, 2), dtype))
     finally:
         spmm.SERIAL_WORK, depthwise.SERIAL_WORK = saved

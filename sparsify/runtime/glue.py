@@ -223,7 +223,7 @@ def _ints_attr(a: dict[str, Any], name: str, count: int, default: int, least: in
     """An int-list attribute of ``count`` values >= ``least`` (``default`` each when missing)."""
     v = [int(x) for x in a.get(name, [default] * count)]
     if len(v) != count or any(x < least for x in v):
-        raise ValueError(f"Conv {name} {v} should be {count} ints >= {least}")
+        raise ValueError(f"{name} {v} should be {count} ints >= {least}")
     return v
 
 
@@ -410,6 +410,36 @@ def _global_average_pool(node, consts) -> GlueFn:
     return run
 
 
+def max_pool_supported(node: onnx.NodeProto) -> bool:
+    """True for a MaxPool this module runs: 2-D, without the Indices output, ceil_mode 0, no
+    SAME auto_pad (ONNX Runtime runs the others)."""
+    a = node_attrs(node)
+    return (len(node.output) < 2 or not node.output[1]) and len(a.get("kernel_shape", [])) == 2 \
+        and a.get("ceil_mode", 0) == 0 and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+
+
+def _max_pool(node, consts) -> GlueFn:
+    from sparsify.kernels.pool import max_pool2d
+
+    a = node_attrs(node)
+    kernel = _ints_attr(a, "kernel_shape", 2, 1, 1)
+    strides = _ints_attr(a, "strides", 2, 1, 1)
+    dilations = _ints_attr(a, "dilations", 2, 1, 1)
+    pads = _ints_attr(a, "pads", 4, 0, 0) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]
+    if any(p >= k for p, k in zip(pads, kernel + kernel)):
+        raise ValueError(f"MaxPool pads {pads} should each be below the kernel's size {kernel} on their axis")
+
+    def run(xs):
+        x = xs[0]
+        if x.ndim != 4:
+            raise ValueError(f"a 2-D MaxPool needs an input of rank 4 (N, C, H, W), got rank {x.ndim}")
+        # float16 is pooled in float32: max picks one of the inputs, so rounding back is exact.
+        work = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
+        y = max_pool2d(x.astype(work, copy=False), tuple(kernel), tuple(strides), tuple(pads), tuple(dilations))
+        return [y.astype(x.dtype, copy=False)]
+    return run
+
+
 GLUE_OPS: dict[str, Callable[[onnx.NodeProto, dict], GlueFn]] = {
     "Add": _binary(np.add),
     "Sub": _binary(np.subtract),
@@ -424,11 +454,13 @@ GLUE_OPS: dict[str, Callable[[onnx.NodeProto, dict], GlueFn]] = {
     "LayerNormalization": _layer_norm,
     "Clip": _clip,
     "Conv": _conv,
+    "MaxPool": _max_pool,
 }
 # Node conditions beyond the op type: LayerNormalization only without its optional Mean
-# and InvStdDev outputs.
+# and InvStdDev outputs; MaxPool as max_pool_supported says.
 ONLY_IF: dict[str, Callable[[onnx.NodeProto], bool]] = {
     "LayerNormalization": lambda node: not any(node.output[1:]),
+    "MaxPool": max_pool_supported,
 }
 # Node conditions on the node's constant inputs (the model's initializers by name): a Clip's
 # min and max are constants; a Conv is depthwise with constant weights.

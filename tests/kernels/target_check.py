@@ -6,7 +6,7 @@ portable variant): Numba then compiles for that target, ``isa.VARIANT`` must com
 VARIANT, and the linear layer is property-tested (hypothesis) at batches 1 to 20 on every
 batch-1 layout the variant has, the block-sparse linear layer on every block shape and the
 conv (pointwise, direct, strided; CSR and R x 1 blocks) against numpy, the depthwise conv on each
-of its kernels (3x3, channel-blocked at every row step, plane by plane), then the compiled code is checked for
+of its kernels (3x3, channel-blocked at every row step, plane by plane), the max pool, then the compiled code is checked for
 instructions the target lacks. Prints ``ok <variant> <examples>`` and exits 0, or fails with the reason.
 """
 
@@ -34,6 +34,10 @@ CONV_BLOCKS = [2, 16]
 DEPTHWISE_CASES = [(17, 12, 20, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1), (5, 9, 40, 3, (2, 2), (1, 1, 1, 1), (1, 1), 2),
                    (33, 7, 7, 5, (1, 1), (2, 2, 2, 2), (1, 1), 1), (32, 16, 13, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
                    (17, 14, 14, 3, (3, 1), (0, 2, 1, 1), (1, 2), 2), (16, 28, 28, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1)]
+# Max pools checked per target: (N, C, H, W), kernel, strides, pads, dilations; the stride-2
+# path (even and odd columns apart) and the general one.
+POOL_CASES = [((1, 3, 17, 20), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+              ((1, 2, 9, 11), (2, 3), (1, 3), (1, 2, 0, 0), (2, 1))]
 # Registers a target without them must never use: AVX2 code no zmm (nor AVX-512 mask
 # registers), baseline x86-64 no ymm either.
 FORBIDDEN = {"avx2": ("zmm",), "portable": ("zmm", "ymm")}
@@ -196,6 +200,22 @@ def check_depthwise_case(c: int, h: int, w: int, k: int, stride: tuple[int, int]
                              f"shape {got.shape} against {want.shape}, max abs err {err}")
 
 
+def check_pool_case(shape, kernel, strides, pads, dilations) -> None:
+    """The max pool's parallel kernel and its serial twin against the float64 definition."""
+    from sparsify.kernels import pool
+    from tests.kernels.test_pool import numpy_max_pool
+
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[::7] = np.nan
+    want = numpy_max_pool(x, kernel, strides, pads, dilations)
+    for kernel_fn in (pool._max_pool2d, pool._serial_max_pool2d):
+        got = np.empty_like(want)
+        kernel_fn(x, *kernel, *strides, pads[0], pads[1], *dilations, got)
+        if not np.array_equal(got, want, equal_nan=True):
+            raise AssertionError(f"{isa.VARIANT}: max pool {shape} kernel {kernel} strides {strides} pads {pads} "
+                                 f"({kernel_fn.py_func.__name__}) differs from the definition")
+
+
 def main(variant: str) -> int:
     if isa.VARIANT != variant:
         print(f"expected the {variant} variant for this target, got {isa.VARIANT} ({isa.describe_target()})")
@@ -243,6 +263,9 @@ def main(variant: str) -> int:
         for serial in (False, True):
             check_depthwise_case(*case, serial=serial, seed=k)
             count += 1
+    for case in POOL_CASES:
+        check_pool_case(*case)
+        count += 2
     # The edge shapes on every layout, both kernel twins.
     for layout in layouts:
         for rows, cols in ((1, 300), (300, 1), (17, 33)):
@@ -292,6 +315,8 @@ def _compiled_kernels():
     from sparsify.kernels import _depthwise3x3_jit, _depthwise_jit
     kernels += [_depthwise_jit.depthwise_kernel, _depthwise3x3_jit.depthwise3x3_kernel]
     kernels += [_jit.serial(k) for k in kernels]
+    from sparsify.kernels import pool
+    kernels += [pool._max_pool2d, pool._serial_max_pool2d]
     return [k for k in kernels if k.signatures]
 
 
