@@ -19,7 +19,7 @@ Public API:
 
 # Bumped whenever a kernel changes speed: host calibrations cached under another
 # revision are measured again (sparsify.runtime.calibrate.host_identity).
-REVISION = 9
+REVISION = 10
 
 from .csr import CSR, choose_index_dtypes
 from .errors import CSRFormatError, KernelArgumentError, KernelValueError

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 
 from ._bsr_simd import block_shifted_rows, block_tile_rows, block_vec_rows
-from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows, activation_clip
+from ._jit import OUT_ROWS, SPMM_FASTMATH, activate_block, activate_rows, finish_rows, kernel_clip
 from ._simd import store_columns
 
 # Block sides the kernels are compiled for (vectors of R or C lanes).
@@ -95,10 +95,11 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
     _check_conv_block(r, rr, q, width)
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
-    def block_direct_conv(values, offsets, indptr, xpad, bias, act, out, n_img, img_in, img_out, ho, wo,
+    def block_direct_conv(values, offsets, indptr, xpad, bias, act, out, res, n_img, img_in, img_out, ho, wo,
                           row_stride, bounds):
         """Y[n, o, oh, ow] = act(bias[o] + sum over block row o // r's blocks j of
-        values[j*r + o % r] * xpad[n*img_in + offsets[j] + oh*row_stride + ow]), stored at
+        values[j*r + o % r] * xpad[n*img_in + offsets[j] + oh*row_stride + ow] (+ res at the
+        output's own index when ``res`` is not empty)), stored at
         ``out[n*img_out + (o*ho + oh)*wo + ow]``; ``xpad`` as for the CSR direct conv, with rows
         below the image for whole ``q``-row steps. Work items are (image, chunk of block rows);
         whole steps are stored straight from the registers."""
@@ -109,7 +110,9 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * q * width, dtype=xpad.dtype)
-            floor, ceiling, later = activation_clip(act)
+            floor, ceiling, later, pfloor, pceiling = kernel_clip(act, res)
+            finish = later or res.size > 0
+            none = res[:0]
             x0 = n * img_in
             for oh0 in range(0, ho, q):
                 rows = min(q, ho - oh0)
@@ -125,19 +128,19 @@ def block_direct_conv_kernel(r: int, rr: int, q: int, width: int):
                             pos = n * img_out + o * plane + oh0 * wo + ow0
                             if whole:
                                 block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
-                                                   out, pos, wo, plane, floor, ceiling, r, rr, q, width)
+                                                   out, pos, wo, plane, res, floor, ceiling, r, rr, q, width)
                                 if later:
                                     for k in range(rr):
                                         activate_rows(out, pos + k * plane, q, width, wo, act)
                                 continue
                             block_shifted_rows(values, offsets, lo, hi, xpad, bias, start, row_stride, o, part,
-                                               acc, 0, width, q * width, floor, ceiling, r, rr, q, width)
-                            if later:
-                                activate_rows(acc, 0, 1, rr * q * width, 0, act)
+                                               acc, 0, width, q * width, none, pfloor, pceiling, r, rr, q, width)
                             for k in range(rr):
                                 for i in range(rows):
                                     for t in range(w):
                                         out[pos + k * plane + i * wo + t] = acc[(k * q + i) * width + t]
+                                if finish:
+                                    finish_rows(out, pos + k * plane, rows, w, wo, res, floor, ceiling, act)
 
     return block_direct_conv
 
@@ -149,11 +152,11 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
     def block_pointwise_conv(values, offsets, indptr, x, img_in, p_full, tail_x, tail, bias,
-                             act, out, n_img, img_out, p_out, bounds):
+                             act, out, res, n_img, img_out, p_out, bounds):
         """Y[n, o, p] = act(bias[o] + sum over block row o // r's blocks j of values[j*r + o % r]
-        * X[n, c_j, p]) for a 1x1 conv, stored at ``out[n*img_out + o*p_out + p]``. ``x``,
-        ``offsets`` and ``tail_x`` as for the CSR pointwise conv, with steps of
-        ``q * width`` positions."""
+        * X[n, c_j, p] (+ res at the output's own index when ``res`` is not empty)) for a 1x1
+        conv, stored at ``out[n*img_out + o*p_out + p]``. ``x``, ``offsets`` and ``tail_x`` as
+        for the CSR pointwise conv, with steps of ``q * width`` positions."""
         step = q * width
         n_chunks = bounds.shape[0] - 1
         n_steps = p_full // step
@@ -161,7 +164,9 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(rr * step, dtype=x.dtype)
-            floor, ceiling, later = activation_clip(act)
+            floor, ceiling, later, pfloor, pceiling = kernel_clip(act, res)
+            finish = later or res.size > 0
+            none = res[:0]
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for br in range(r0, r1):
@@ -170,7 +175,7 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
                         o = br * r + part
                         pos = n * img_out + o * p_out + s * step
                         block_shifted_rows(values, offsets, lo, hi, x, bias, n * img_in + s * step, width, o, part,
-                                           out, pos, width, p_out, floor, ceiling, r, rr, q, width)
+                                           out, pos, width, p_out, res, floor, ceiling, r, rr, q, width)
                         if later:
                             for k in range(rr):
                                 activate_rows(out, pos + k * p_out, 1, step, 0, act)
@@ -180,12 +185,12 @@ def block_pointwise_conv_kernel(r: int, rr: int, q: int, width: int):
                     for part in range(0, r, rr):
                         o = br * r + part
                         block_shifted_rows(values, offsets, lo, hi, tail_x, bias, n * img_in, width, o, part,
-                                           acc, 0, width, step, floor, ceiling, r, rr, q, width)
-                        if later:
-                            activate_rows(acc, 0, 1, rr * step, 0, act)
+                                           acc, 0, width, step, none, pfloor, pceiling, r, rr, q, width)
                         pos = n * img_out + o * p_out + p_full
                         for k in range(rr):
                             for t in range(tail):
                                 out[pos + k * p_out + t] = acc[k * step + t]
+                            if finish:
+                                finish_rows(out, pos + k * p_out, 1, tail, 0, res, floor, ceiling, act)
 
     return block_pointwise_conv

@@ -21,7 +21,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._simd import _clip_vector, _intrinsic_fn, _keep_vector_width, _splat
+from ._simd import _clip_vector, _intrinsic_fn, _keep_vector_width, _plus_residual, _splat
 
 # Accumulators of the SpMV, taking consecutive blocks in turn: each block's update waits on
 # the previous one's otherwise (an FMA's latency per block).
@@ -208,10 +208,11 @@ def block_vec_rows(typingctx, values, indices, lo, hi, x, bias, r0, out, R, C):
 
 @intrinsic(prefer_literal=True)
 def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, acc_at,
-                       q_stride, r_stride, floor, ceiling, R, RR, Q, width):
-    """For rr < RR, q < Q: ``acc[acc_at + rr*r_stride + q*q_stride : +width] = clip(bias[r0 + rr] +
-    sum_{j in [lo, hi)} values[j*R + rr0 + rr] * xf[base + q*row_stride + offsets[j] : +width])``,
-    clipped to [floor, ceiling] in registers as ``_simd.shifted_rows`` does.
+                       q_stride, r_stride, res, floor, ceiling, R, RR, Q, width):
+    """For rr < RR, q < Q: ``acc[i : i + width] = clip(bias[r0 + rr] + sum_{j in [lo, hi)}
+    values[j*R + rr0 + rr] * xf[base + q*row_stride + offsets[j] : +width] (+ res[i : i + width]))``
+    with ``i = acc_at + rr*r_stride + q*q_stride``, clipped to [floor, ceiling] in registers and
+    the residual ``res`` added only when it is not empty, as ``_simd.shifted_rows`` does.
 
     The block conv's inner loop (R x 1 blocks: R output channels share each (channel, tap)):
     RR of a block row's R channels times Q shifted input rows. Each block's Q input vectors
@@ -222,6 +223,7 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
     """
     ints = (base, row_stride, r0, rr0, acc_at, q_stride, r_stride)
     if not (_block_types_ok(values, offsets, xf, bias, acc, R, RR, Q, width)
+            and isinstance(res, types.Array) and res.dtype == values.dtype and res.ndim == 1
             and all(isinstance(a, types.Integer) for a in (lo, hi, *ints))
             and all(isinstance(b, types.Float) for b in (floor, ceiling))):
         return None
@@ -236,7 +238,7 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
         base_v, stride_v, r0_v, rr0_v, at_v, qs_v, rs_v = (context.cast(builder, args[i], sig.args[i], types.int64)
                                                            for i in (6, 7, 8, 9, 11, 12, 13))
         floor_v, ceiling_v = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
-                              for i in (14, 15))
+                              for i in (15, 16))
         row_base = [builder.add(base_v, builder.mul(stride_v, ir.Constant(i64, q))) for q in range(n_q)]
         flags = ("contract",)
 
@@ -256,17 +258,20 @@ def block_shifted_rows(typingctx, values, offsets, lo, hi, xf, bias, base, row_s
 
         zero = ir.Constant(vty, None)
         accs = _chained_loop(builder, "block_shifted_rows", lo_v, hi_v, [zero] * (n_rr * n_q), 1, body)
+        totals, at = [], []
         for rr in range(n_rr):
             b = _splat(builder, builder.load(builder.gep(bias_a.data, [builder.add(r0_v, ir.Constant(i64, rr))]),
                                              align=f_align), vty)
             for q in range(n_q):
-                at = builder.add(at_v, builder.add(builder.mul(rs_v, ir.Constant(i64, rr)),
-                                                   builder.mul(qs_v, ir.Constant(i64, q))))
-                ptr = builder.bitcast(builder.gep(acc_a.data, [at]), vty.as_pointer())
-                total = _clip_vector(builder, builder.fadd(b, accs[rr * n_q + q]), floor_v, ceiling_v)
-                builder.store(total, ptr, align=f_align)
+                at.append(builder.add(at_v, builder.add(builder.mul(rs_v, ir.Constant(i64, rr)),
+                                                        builder.mul(qs_v, ir.Constant(i64, q)))))
+                totals.append(builder.fadd(b, accs[rr * n_q + q]))
+        totals = _plus_residual(context, builder, sig.args[14], args[14], totals, at, vty, f_align)
+        for total, i in zip(totals, at):
+            ptr = builder.bitcast(builder.gep(acc_a.data, [i]), vty.as_pointer())
+            builder.store(_clip_vector(builder, total, floor_v, ceiling_v), ptr, align=f_align)
         return context.get_dummy_value()
 
     sig = types.void(values, offsets, lo, hi, xf, bias, base, row_stride, r0, rr0, acc, acc_at, q_stride, r_stride,
-                     floor, ceiling, R, RR, Q, width)
+                     res, floor, ceiling, R, RR, Q, width)
     return sig, codegen

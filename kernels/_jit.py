@@ -142,6 +142,37 @@ def activate_rows(a, pos, rows, width, stride, act):
         activate_block(a, pos + q * stride, pos + q * stride + width, act)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def finish_rows(a, pos, rows, width, stride, res, floor, ceiling, act):
+    """Outputs a kernel stored, ``a[pos + q*stride : pos + q*stride + width]`` for q < rows, in
+    place: plus ``res`` at the same positions and clipped to [floor, ceiling] (a NaN stays NaN)
+    when ``res`` is not empty, then ``act`` when it needs a pass of its own (GELU). Applied to
+    each block while it is in cache, it saves a residual Add (+ Relu) a pass over the output."""
+    if res.size > 0:
+        lo, hi = a.dtype.type(floor), a.dtype.type(ceiling)
+        for q in range(rows):
+            s = np.uintp(pos + q * stride)
+            for t in range(np.uintp(0), np.uintp(width)):
+                v = a[s + t] + res[s + t]
+                v = lo if v < lo else v
+                a[s + t] = hi if v > hi else v
+    if activation_clip(act)[2]:
+        activate_rows(a, pos, rows, width, stride, act)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def kernel_clip(act, res):
+    """(floor, ceiling, later, partial floor, partial ceiling) of a conv kernel with residual
+    ``res`` (empty: none): the clip of ``act`` (:func:`activation_clip`), which whole blocks
+    apply in registers after adding the residual there; whether ``act`` needs a pass of its own;
+    and the clip of blocks computed into a buffer first, open when a residual must come before
+    it (:func:`finish_rows` adds it and clips once they are stored)."""
+    floor, ceiling, later = activation_clip(act)
+    if res.size > 0:
+        return floor, ceiling, later, -np.inf, np.inf
+    return floor, ceiling, later, floor, ceiling
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def spmv(data, indices, indptr, x, bias, act, out, bounds):
     """out[r] = act(bias[r] + sum_j data[j] * x[indices[j]]); bias has one value per row.
@@ -294,9 +325,10 @@ def direct_conv_kernel(width: int):
         raise ValueError(f"width {width} should be one of {TILES}")
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
-    def direct_conv(data, offsets, indptr, xpad, bias, act, out, out_off, n_img, img_in, img_out,
+    def direct_conv(data, offsets, indptr, xpad, bias, act, out, res, out_off, n_img, img_in, img_out,
                     ho, wo, row_stride, bounds):
-        """Y[n, r, oh, ow] = act(bias[r] + sum_j data[j] * xpad[n*img_in + offsets[j] + oh*row_stride + ow]).
+        """Y[n, r, oh, ow] = act(bias[r] + sum_j data[j] * xpad[n*img_in + offsets[j] + oh*row_stride + ow]
+        (+ res[i] when ``res`` is not empty, i the output's own index)).
 
         ``xpad`` is the flat zero-padded input: images of ``img_in`` values, rows of
         ``row_stride`` values, wide enough that whole ``width``-column steps past ``wo``
@@ -314,7 +346,9 @@ def direct_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(SHIFTED_ROWS * width, dtype=xpad.dtype)
-            floor, ceiling, later = activation_clip(act)
+            floor, ceiling, later, pfloor, pceiling = kernel_clip(act, res)
+            finish = later or res.size > 0
+            none = res[:0]
             x0 = n * img_in
             for oh0 in range(0, ho, SHIFTED_ROWS):
                 rows = min(SHIFTED_ROWS, ho - oh0)
@@ -327,17 +361,17 @@ def direct_conv_kernel(width: int):
                         pos = out_off + n * img_out + (r * ho + oh0) * wo + ow0
                         if whole:
                             shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
-                                         row_stride, bias[r], out, pos, wo, floor, ceiling, width)
+                                         row_stride, bias[r], out, pos, wo, res, floor, ceiling, width)
                             if later:
                                 activate_rows(out, pos, SHIFTED_ROWS, width, wo, act)
                             continue
                         shifted_rows(data, offsets, lo, hi, xpad, x0 + oh0 * row_stride + ow0,
-                                     row_stride, bias[r], acc, 0, width, floor, ceiling, width)
-                        if later:
-                            activate_rows(acc, 0, 1, rows * width, 0, act)
+                                     row_stride, bias[r], acc, 0, width, none, pfloor, pceiling, width)
                         for q in range(rows):
                             for t in range(w):
                                 out[pos + q * wo + t] = acc[q * width + t]
+                        if finish:
+                            finish_rows(out, pos, rows, w, wo, res, floor, ceiling, act)
 
     return direct_conv
 
@@ -350,8 +384,9 @@ def pointwise_conv_kernel(width: int):
 
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
     def pointwise_conv(data, offsets, indptr, x, img_in, p_full, tail_x, tail, bias, act,
-                       out, out_off, n_img, img_out, p_out, bounds):
-        """Y[n, r, p] = act(bias[r] + sum_j data[j] * X[n, c_j, p]) for a 1x1 conv.
+                       out, res, out_off, n_img, img_out, p_out, bounds):
+        """Y[n, r, p] = act(bias[r] + sum_j data[j] * X[n, c_j, p] (+ res[i] when ``res`` is not
+        empty, i the output's own index)) for a 1x1 conv.
 
         ``x`` is the flat input, images of ``img_in`` values, with ``offsets[j]`` the start of
         nonzero j's channel (c_j * positions): no copy, no padding. Positions [0, p_full) run
@@ -370,7 +405,9 @@ def pointwise_conv_kernel(width: int):
             n = item // n_chunks
             ch = item - n * n_chunks
             acc = np.empty(step, dtype=x.dtype)
-            floor, ceiling, later = activation_clip(act)
+            floor, ceiling, later, pfloor, pceiling = kernel_clip(act, res)
+            finish = later or res.size > 0
+            none = res[:0]
             r0, r1 = bounds[ch], bounds[ch + 1]
             for s in range(n_steps):
                 for r in range(r0, r1):
@@ -378,19 +415,19 @@ def pointwise_conv_kernel(width: int):
                     pos = out_off + n * img_out + r * p_out + s * step
                     # A whole step's positions are adjacent in the output: stored from the registers.
                     shifted_rows(data, offsets, lo, hi, x, n * img_in + s * step, width, bias[r], out, pos, width,
-                                 floor, ceiling, width)
+                                 res, floor, ceiling, width)
                     if later:
                         activate_rows(out, pos, 1, step, 0, act)
             if tail > 0:
                 for r in range(r0, r1):
                     lo, hi = np.uintp(indptr[r]), np.uintp(indptr[r + 1])
                     shifted_rows(data, offsets, lo, hi, tail_x, n * img_in, width, bias[r], acc, 0, width,
-                                 floor, ceiling, width)
-                    if later:
-                        activate_rows(acc, 0, 1, tail, 0, act)
+                                 none, pfloor, pceiling, width)
                     pos = out_off + n * img_out + r * p_out + p_full
                     for t in range(tail):
                         out[pos + t] = acc[t]
+                    if finish:
+                        finish_rows(out, pos, 1, tail, 0, res, floor, ceiling, act)
 
     return pointwise_conv
 

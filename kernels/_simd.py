@@ -209,6 +209,31 @@ def _clip_vector(builder, v, floor, ceiling):
     return builder.select(builder.fcmp_ordered(">", v, ceiling), ceiling, v)
 
 
+def _plus_residual(context, builder, res_type, res_arg, totals, positions, vty, f_align):
+    """``totals[k] + res[positions[k]]`` (vectors of ``vty``) when the array ``res`` is not
+    empty, else ``totals``: one branch on its size, so a kernel without a residual loads nothing."""
+    res = context.make_array(res_type)(context, builder, res_arg)
+    has = builder.icmp_unsigned("!=", res.nitems, ir.Constant(res.nitems.type, 0))
+    before = builder.block
+    with builder.if_then(has):
+        added = [builder.fadd(t, builder.load(builder.bitcast(builder.gep(res.data, [at]), vty.as_pointer()),
+                                              align=f_align)) for t, at in zip(totals, positions)]
+        then = builder.block
+    return _merge(builder, vty, totals, before, added, then)
+
+
+def _merge(builder, vty, old, old_block, new, new_block):
+    """Per pair, a phi of ``old`` (reaching from ``old_block``) and ``new`` (from ``new_block``):
+    the values after a branch that may or may not have run."""
+    merged = []
+    for a, b in zip(old, new):
+        phi = builder.phi(vty)
+        phi.add_incoming(a, old_block)
+        phi.add_incoming(b, new_block)
+        merged.append(phi)
+    return merged
+
+
 def _masked_gather(builder, base, fty, idx, mask):
     """``base[idx[k]]`` for the lanes of ``mask`` (zero elsewhere): one hardware gather.
 
@@ -386,11 +411,13 @@ SHIFTED_ROWS = 4
 
 
 @intrinsic(prefer_literal=True)
-def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, floor,
-                 ceiling, width):
-    """For q < SHIFTED_ROWS: ``acc[acc_at + q*acc_stride : ... + width] = clip(init + sum_{j in
-    [lo, hi)} data[j] * xf[p_jq : p_jq + width])`` with ``p_jq = base + q*row_stride + offsets[j]``,
-    clipped to [floor, ceiling] (a NaN stays NaN; -inf and inf leave that side open).
+def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, res,
+                 floor, ceiling, width):
+    """For q < SHIFTED_ROWS: ``acc[i_q : i_q + width] = clip(init + sum_{j in [lo, hi)} data[j] *
+    xf[p_jq : p_jq + width] (+ res[i_q : i_q + width]))`` with ``i_q = acc_at + q*acc_stride``,
+    ``p_jq = base + q*row_stride + offsets[j]``, clipped to [floor, ceiling] (a NaN stays NaN;
+    -inf and inf leave that side open). The residual ``res`` (same dtype) is added, in
+    registers, only when it is not empty: a residual Add (+ Relu) costs no pass of its own.
 
     The direct conv's inner loop: SHIFTED_ROWS output rows of one channel share each
     nonzero's weight and offset loads. Two sets of SHIFTED_ROWS accumulator vectors
@@ -403,6 +430,7 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
     width <= len(acc)``.
     """
     if not (_row_loop_types_ok(data, offsets, xf, acc, width, base, row_stride, acc_at, acc_stride)
+            and isinstance(res, types.Array) and res.dtype == data.dtype and res.ndim == 1
             and all(isinstance(b, types.Float) for b in (floor, ceiling))):
         return None
     n, rows = width.literal_value, SHIFTED_ROWS
@@ -460,16 +488,19 @@ def shifted_rows(typingctx, data, offsets, lo, hi, xf, base, row_stride, init, a
             a.add_incoming(last[q], tail_body)
             merged.append(a)
         init, floor_v, ceiling_v = (_splat(builder, context.cast(builder, args[i], sig.args[i], sig.args[0].dtype), vty)
-                                    for i in (7, 11, 12))
+                                    for i in (7, 12, 13))
         acc_at, acc_stride = (context.cast(builder, args[i], sig.args[i], types.int64) for i in (9, 10))
-        for q, a in enumerate(merged):
-            total = _clip_vector(builder, builder.fadd(init, builder.fadd(a, second[q])), floor_v, ceiling_v)
-            ptr = builder.gep(acc_a.data, [builder.add(acc_at, builder.mul(acc_stride, ir.Constant(i64, q)))])
-            builder.store(total, builder.bitcast(ptr, vty.as_pointer()), align=f_align)
+        at = [builder.add(acc_at, builder.mul(acc_stride, ir.Constant(i64, q))) for q in range(rows)]
+        totals = [builder.fadd(init, builder.fadd(a, second[q])) for q, a in enumerate(merged)]
+        totals = _plus_residual(context, builder, sig.args[11], args[11], totals, at, vty, f_align)
+        for q, total in enumerate(totals):
+            ptr = builder.gep(acc_a.data, [at[q]])
+            builder.store(_clip_vector(builder, total, floor_v, ceiling_v), builder.bitcast(ptr, vty.as_pointer()),
+                          align=f_align)
         return context.get_dummy_value()
 
-    return (types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, floor, ceiling,
-                       width), codegen)
+    return (types.void(data, offsets, lo, hi, xf, base, row_stride, init, acc, acc_at, acc_stride, res, floor,
+                       ceiling, width), codegen)
 
 
 def _counted_loop_head(builder, start, end, carried, pred, body, exit_block):
@@ -1045,13 +1076,7 @@ def row_taps(typingctx, buf, base, row_step, kh, kw, weights, b_at, w_at, out, o
             added = taps(sums, load(w_a.data, builder.add(w_pos, ir.Constant(i64, b * PIXEL_LANES))), window)
             builder.branch(join)
             builder.position_at_end(join)
-            merged = []
-            for old, new in zip(sums, added):
-                phi = builder.phi(vty)
-                phi.add_incoming(old, before)
-                phi.add_incoming(new, go)
-                merged.append(phi)
-            sums = merged
+            sums = _merge(builder, vty, sums, before, added, go)
         builder.branch(ky_end)
 
         builder.position_at_end(ky_end)

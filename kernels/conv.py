@@ -15,6 +15,10 @@ The weight is torch's ``conv.weight.reshape(out_channels, -1)`` as a CSR of shap
   accumulators in registers. Nothing is unfolded, so the work is nnz * Ho * Wo
   multiply-adds plus one copy of the input.
 
+``with_residual(x, residual, activation)`` adds a residual (ResNet's shortcut) to each block of
+outputs in registers before the clip, with the ReLU or ReLU6 after the Add as the clip: the
+Add costs no pass of its own over the output.
+
 Grouped convs run one kernel call per group (correct for any ``groups``, but depthwise
 convs pay one launch per channel: they are not a fast path).
 
@@ -119,6 +123,22 @@ class SparseConv2d:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The conv of ``x`` (N, C, H, W) -> (N, out_channels, Ho, Wo)."""
+        return self._run(x, _NO_RESIDUAL, self._act)
+
+    def with_residual(self, x: np.ndarray, residual: np.ndarray, activation: str | None = None) -> np.ndarray:
+        """``activation(conv(x) + residual)`` in one pass: a residual Add (and the ReLU or ReLU6
+        after it) applied to each block of outputs while it is in cache. ``residual`` has the
+        output's shape and dtype; the sum is the one a separate Add would give, bit for bit.
+        Only for a layer without an activation of its own (that would come before the Add)."""
+        if self.activation is not None:
+            raise KernelArgumentError(f"with_residual needs a conv without an activation of its own; this one "
+                                      f"has {self.activation!r}, which would apply before the residual Add")
+        act = activation_code(activation)
+        if not isinstance(residual, np.ndarray) or residual.dtype != self.dtype:
+            raise KernelArgumentError(f"residual should be a {self.dtype} array, got {residual!r:.60}")
+        return self._run(x, residual, act)
+
+    def _run(self, x: np.ndarray, residual: np.ndarray, act: int) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
         if x.dtype != self.dtype:
@@ -134,18 +154,24 @@ class SparseConv2d:
                 f"input spatial size ({h}, {w}) is too small for kernel {self.kernel_size}, "
                 f"padding {self.padding}, dilation {self.dilation}: output would be ({ho}, {wo})")
         o = self.out_channels
+        if residual is not _NO_RESIDUAL:
+            if residual.shape != (n, o, ho, wo):
+                raise KernelArgumentError(f"residual shape {residual.shape} should be the output's, {(n, o, ho, wo)}")
+            residual = np.ascontiguousarray(residual).reshape(-1)
         # The slack lets a next 1x1 conv read its last partial step in place (_pointwise).
         y = empty_with_slack((n, o, ho, wo), self.dtype, POINTWISE_SLACK * self.dtype.itemsize)
         if n == 0 or o == 0:
             return y
+        res = residual if residual.size else _no_residual(self.dtype)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
-            self._pointwise(x, y)
+            self._pointwise(x, y, res, act)
             return y
-        self._direct(np.ascontiguousarray(x), y)
+        self._direct(np.ascontiguousarray(x), y, res, act)
         return y
 
-    def _direct(self, x: np.ndarray, y: np.ndarray) -> None:
-        """The conv of contiguous ``x`` into ``y`` through the direct kernel. A stride-s conv
+    def _direct(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int) -> None:
+        """The conv of contiguous ``x`` into ``y`` through the direct kernel (plus ``res``, the flat
+        residual or an empty array, then ``act``). A stride-s conv
         reads the input split into s*s phase planes (``plane[a*s+b][i, j] = xpad[s*i+a, s*j+b]``),
         in which every tap is a stride-1 shift: nothing is unfolded."""
         n, c, h, w = x.shape
@@ -168,18 +194,19 @@ class SparseConv2d:
         if self._block:
             part, bias, chunks = self._parts[0]
             variant(_bsr_jit.block_direct_conv_kernel(r, rr, q, width))(
-                self._values, offsets[0], part.indptr, xpad.reshape(-1), bias, self._act, y.reshape(-1), n,
+                self._values, offsets[0], part.indptr, xpad.reshape(-1), bias, act, y.reshape(-1), res, n,
                 sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq, chunks.bounds(n_chunks))
             return
         kernel = variant(_jit.direct_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
-            kernel(part.data, offsets[g], part.indptr, xpad.reshape(-1), bias, self._act,
-                   y.reshape(-1), g * per * ho * wo, n, sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq,
+            kernel(part.data, offsets[g], part.indptr, xpad.reshape(-1), bias, act,
+                   y.reshape(-1), res, g * per * ho * wo, n, sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq,
                    chunks.bounds(n_chunks))
 
-    def _pointwise(self, x: np.ndarray, y: np.ndarray) -> None:
-        """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` through the pointwise kernel:
+    def _pointwise(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int) -> None:
+        """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` (plus ``res``, then ``act``, as
+        in :meth:`_direct`) through the pointwise kernel:
         the input as it is (subsampled first when strided), positions in whole steps, the
         last partial step read on past its positions (see below)."""
         sh, sw = self.stride
@@ -210,14 +237,14 @@ class SparseConv2d:
         if self._block:
             part, bias, chunks = self._parts[0]
             variant(_bsr_jit.block_pointwise_conv_kernel(r, rr, q, width))(
-                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, self._act,
-                y.reshape(-1), n, o * p, p, chunks.bounds(n_chunks))
+                self._values, offsets[0], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, act,
+                y.reshape(-1), res, n, o * p, p, chunks.bounds(n_chunks))
             return
         kernel = variant(_jit.pointwise_conv_kernel(width))
         per = o // self.groups
         for g, (part, bias, chunks) in enumerate(self._parts):
-            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, self._act,
-                   y.reshape(-1), g * per * p, n, o * p, p, chunks.bounds(n_chunks))
+            kernel(part.data, offsets[g], part.indptr, x.reshape(-1), c * p, p_full, tail_x, tail, bias, act,
+                   y.reshape(-1), res, g * per * p, n, o * p, p, chunks.bounds(n_chunks))
 
     def _channel_offsets(self, positions: int) -> list[np.ndarray]:
         """Per group, each nonzero's channel start (channel * ``positions``) for the pointwise kernel (cached)."""
@@ -245,6 +272,16 @@ class SparseConv2d:
                 found.append(((phase * self.in_channels + chan) * hq + di // sh) * wq + dj // sw)
             self._offset_cache[key] = found
         return found
+
+
+# The residual argument of a conv without one (its own object, so _run can tell them apart).
+_NO_RESIDUAL = np.empty(0, np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_residual(dtype: np.dtype) -> np.ndarray:
+    """An empty residual of ``dtype``: the kernels' "none" (one array type per dtype, one compile)."""
+    return np.empty(0, dtype)
 
 
 # Values a 1x1 conv may read past its input's end: its widest step (SHIFTED_ROWS rows of the

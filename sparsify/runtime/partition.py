@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -131,6 +131,90 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str
     inputs = [layer.input] if const is None else []
     detail = getattr(kernel, "describe_batch1", None) or getattr(kernel, "describe_layout", None)
     return Step("sparse", inputs, [layer.output], run, [layer.node_name], detail, [layer.op_type])
+
+
+@dataclasses.dataclass
+class ResidualFusion:
+    """A sparse conv whose output only a following Add reads (and the Add's sum only a Relu or
+    Clip-free ReLU after it): run as one kernel pass with the Add's other input as residual."""
+
+    add: onnx.NodeProto
+    relu: onnx.NodeProto | None
+    residual: str  # the Add's other input
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return [self.add] + ([self.relu] if self.relu is not None else [])
+
+    @property
+    def output(self) -> str:
+        return (self.relu or self.add).output[0]
+
+
+def plan_residual_fusion(layer: SparseLayer, following: Sequence[onnx.NodeProto], read_later: set[str],
+                         inits: Mapping[str, Any], types: dict[str, onnx.TypeProto]) -> ResidualFusion | None:
+    """The fusion of sparse ``layer`` with the first nodes of the run of standard nodes that
+    ``following`` it, when those are an Add of its output (and a Relu of the sum); None
+    otherwise. ``read_later`` holds the values read after that run (and the graph outputs).
+    The conv must have no activation of its own, its output must have no other reader, and
+    the residual must be a computed value of the conv's float type."""
+    kernel = layer.kernel
+    if (layer.op_type != CONV_OP or getattr(kernel, "activation", "") is not None or not following
+            or not hasattr(kernel, "with_residual")):
+        return None
+    add = following[0]
+    if (add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2
+            or layer.output not in add.input or add.input[0] == add.input[1]):
+        return None
+    other = add.input[1] if add.input[0] == layer.output else add.input[0]
+    rest = following[1:]
+    if (layer.output in read_later or any(layer.output in _node_inputs(n) for n in rest)
+            or other in inits or not other):
+        return None
+    want, got = types.get(layer.output), types.get(other)
+    if want is None or got is None or want.tensor_type.elem_type != got.tensor_type.elem_type:
+        return None
+    relu = rest[0] if rest and rest[0].op_type == "Relu" and rest[0].domain in ("", "ai.onnx") else None
+    if relu is not None and (relu.input[0] != add.output[0] or add.output[0] in read_later
+                             or any(add.output[0] in _node_inputs(n) for n in rest[1:])):
+        relu = None
+    return ResidualFusion(add, relu, other)
+
+
+def _residual_step(layer: SparseLayer, fusion: ResidualFusion, where: str) -> Step:
+    """The kernel call of a sparse conv with a residual Add (+ Relu) in its pass; inputs
+    the conv's and the residual. A residual the kernel cannot take (another shape or dtype:
+    a broadcast) runs the Add (+ Relu) as the glue would, after the conv."""
+    kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
+    attrs, itemsize = layer.attrs, layer.csr.dtype.itemsize
+    activation = "relu" if fusion.relu is not None else None
+    apart = (glue.compile_with_relu(fusion.add, {}) if fusion.relu is not None
+             else glue.compile_node(fusion.add, {}))
+    checked_shape: list[tuple[int, ...] | None] = [None]
+
+    def run(xs: list[Any]) -> list[np.ndarray]:
+        x, res = xs
+        try:
+            shape = getattr(x, "shape", None)
+            if shape is not None and shape != checked_shape[0]:
+                check_input_shape(attrs, shape, itemsize, label, KernelInputError)
+                checked_shape[0] = shape
+            if (type(res) is np.ndarray and type(x) is np.ndarray and res.dtype == kernel.dtype and x.ndim == 4
+                    and res.shape == (x.shape[0], kernel.out_channels, *kernel.output_size(*x.shape[2:]))):
+                return [kernel.with_residual(x, res, activation)]
+            y = kernel(x)
+        except KernelValueError as exc:
+            raise KernelInputError(f"{label}: {exc}") from None
+        try:
+            return apart([y, res])
+        except Exception as exc:  # numpy's broadcast error on shapes the file got wrong
+            raise KernelInputError(f"{where}: Add node {fusion.add.name or fusion.add.output[0]!r} cannot add "
+                                   f"inputs of shapes {_shapes([y, res])}: {type(exc).__name__}: {exc}") from None
+
+    nodes = [layer.node_name] + [n.name or n.op_type for n in fusion.nodes]
+    detail = getattr(kernel, "describe_layout", None)
+    return Step("sparse", [layer.input, fusion.residual], [fusion.output], run, nodes, detail,
+                [layer.op_type] + [n.op_type for n in fusion.nodes])
 
 
 def _shapes(values: Sequence[Any]) -> list[Any]:
@@ -319,13 +403,23 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
         for i in groups[k][1]:
             later.update(_node_inputs(g.node[i]))
     steps: list[Step] = []
+    fused: set[int] = set()  # standard nodes (indices) run inside a sparse step
     for k, (kind, idx) in enumerate(groups):
         if kind == "sparse":
             layer = layers[idx[0]]
             const = tensor_array(inits[layer.input], where) if layer.input in inits else None
-            steps.append(_sparse_step(layer, const, where))
+            following = [g.node[i] for i in groups[k + 1][1]] if k + 1 < len(groups) and glue_policy == "numpy" else []
+            fusion = None if const is not None else plan_residual_fusion(
+                layer, following, reads_after[k + 1] if following else set(), inits, types)
+            if fusion is not None:
+                fused.update(groups[k + 1][1][:len(fusion.nodes)])  # the run's first nodes
+                steps.append(_residual_step(layer, fusion, where))
+            else:
+                steps.append(_sparse_step(layer, const, where))
             continue
-        nodes = [g.node[i] for i in idx]
+        nodes = [g.node[i] for i in idx if i not in fused]
+        if not nodes:
+            continue
         produced = {v for n in nodes for v in n.output if v}
         inputs: list[str] = []
         for n in nodes:

@@ -144,8 +144,9 @@ def check_block_case(block: tuple[int, int], blocks_out: int, blocks_in: int, de
 
 def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: int, padding: int, density: float,
                     seed: int, block: int = 1) -> None:
-    """SparseConv2d against float64 numpy (an explicit loop over the taps) on one random case;
-    ``block`` > 1: ``out`` blocks of ``block`` x 1 through the block conv kernels."""
+    """SparseConv2d against float64 numpy (an explicit loop over the taps) on one random case, and
+    its residual + ReLU pass against its output + residual, then ReLU (bit for bit); ``block``
+    > 1: ``out`` blocks of ``block`` x 1 through the block conv kernels."""
     rng = np.random.default_rng(seed)
     if block > 1:
         out *= block
@@ -172,6 +173,11 @@ def check_conv_case(n: int, c: int, h: int, w: int, out: int, k: int, stride: in
     if not err <= 1e-5 * max(1.0, np.abs(x).max() * np.abs(w4).reshape(out, -1).sum(1).max(initial=0.0)):
         raise AssertionError(f"{isa.VARIANT}: conv {out}x{c}x{k}x{k} stride {stride} pad {padding} block "
                              f"{block}x1 on {(n, c, h, w)}: max abs err {err}")
+    residual = rng.standard_normal(y.shape).astype(np.float32)
+    if not np.array_equal(conv.with_residual(x, residual, "relu"), np.maximum(y + residual, np.float32(0))):
+        raise AssertionError(f"{isa.VARIANT}: conv {out}x{c}x{k}x{k} stride {stride} pad {padding} block "
+                             f"{block}x1 on {(n, c, h, w)}: with a residual + ReLU differs from the conv's "
+                             "output + residual, then ReLU")
 
 
 def check_depthwise_case(c: int, h: int, w: int, k: int, stride: tuple[int, int], padding: tuple[int, ...],

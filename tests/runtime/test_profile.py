@@ -30,7 +30,7 @@ def test_profile_times_every_step_and_splits_ort_segments_by_op(pairs, glue):
     if glue == "ort":  # the glue ops are named from ONNX Runtime's own per-node profile
         assert any(k.startswith("ort ") and "overhead" not in k and "not split" not in k for k in prof.ops)
     else:
-        assert "numpy Relu" in prof.ops or "numpy Add" in prof.ops
+        assert any(k.startswith("numpy ") for k in prof.ops)
     lines = prof.table()
     assert lines[0].startswith("3 run(s)") and any("sparse SparseConv" in line for line in lines)
     assert prof.to_dict()["runs"] == 3
