@@ -92,6 +92,7 @@ class SparseConv2d:
         self._act = activation_code(activation)
         per = out_ch // self.groups
         self._scratch = Scratch()  # the padded (stride 1) or unfolded input
+        self._step_widths: dict[tuple[int, int], int] = {}  # (H, W) of the input -> width set for it
         self._offset_cache: dict[tuple[int, int], list[np.ndarray]] = {}
         self._parts = []
         if self._block:  # one part: the block pattern (its indices are the weight's columns)
@@ -113,6 +114,35 @@ class SparseConv2d:
             return "CSR"
         r, rr, q, width = self._block
         return f"BSR {r}x1, {rr} channels x {q} rows of {width} per step"
+
+    def step_widths(self) -> tuple[int, ...]:
+        """The step widths this conv's CSR kernels can take on this host (none for block weights,
+        whose width their geometry fixes)."""
+        return () if self._block else step_widths()
+
+    def step_width(self, height: int, width: int) -> int | None:
+        """The step width for inputs of spatial size (height, width): the one set for that size
+        (:meth:`set_step_width`, e.g. timed on this host), else the size rule's; None for
+        block weights."""
+        if self._block:
+            return None
+        chosen = self._step_widths.get((height, width))
+        if chosen is not None:
+            return chosen
+        ho, wo = self.output_size(height, width)
+        if self.kernel_size == (1, 1) and self.padding == (0, 0):
+            return pointwise_width(ho * wo, step_widths())
+        return pick_tile(wo, max(step_widths()))
+
+    def set_step_width(self, height: int, width: int, step: int | None) -> None:
+        """Run inputs of spatial size (height, width) at step width ``step`` (one of
+        :meth:`step_widths`), or by the size rule again (None)."""
+        if step is None:
+            self._step_widths.pop((height, width), None)
+            return
+        if step not in self.step_widths():
+            raise KernelArgumentError(f"step width {step!r} should be one of {self.step_widths()}")
+        self._step_widths[(height, width)] = int(step)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(Ho, Wo) for an input of spatial size (height, width)."""
@@ -163,15 +193,16 @@ class SparseConv2d:
         if n == 0 or o == 0:
             return y
         res = residual if residual.size else _no_residual(self.dtype)
+        step = self.step_width(h, w)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
-            self._pointwise(x, y, res, act)
+            self._pointwise(x, y, res, act, step)
             return y
-        self._direct(np.ascontiguousarray(x), y, res, act)
+        self._direct(np.ascontiguousarray(x), y, res, act, step)
         return y
 
-    def _direct(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int) -> None:
+    def _direct(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int, step: int | None) -> None:
         """The conv of contiguous ``x`` into ``y`` through the direct kernel (plus ``res``, the flat
-        residual or an empty array, then ``act``). A stride-s conv
+        residual or an empty array, then ``act``; CSR steps ``step`` columns wide). A stride-s conv
         reads the input split into s*s phase planes (``plane[a*s+b][i, j] = xpad[s*i+a, s*j+b]``),
         in which every tap is a stride-1 shift: nothing is unfolded."""
         n, c, h, w = x.shape
@@ -180,7 +211,7 @@ class SparseConv2d:
         if self._block:
             r, rr, q, width = self._block
         else:
-            q, width = _jit.SHIFTED_ROWS, pick_tile(wo, max(step_widths()))
+            q, width = _jit.SHIFTED_ROWS, step
         # Room for whole column steps and, below the image, whole row steps; in each plane.
         hq = max(-(-(h + 2 * ph) // sh), -(-ho // q) * q + (kh - 1) * dh // sh)
         wq = max(-(-(w + 2 * pw) // sw), -(-wo // width) * width + (kw - 1) * dw // sw)
@@ -204,9 +235,9 @@ class SparseConv2d:
                    y.reshape(-1), res, g * per * ho * wo, n, sh * sw * c * hq * wq, o * ho * wo, ho, wo, wq,
                    chunks.bounds(n_chunks))
 
-    def _pointwise(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int) -> None:
-        """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` (plus ``res``, then ``act``, as
-        in :meth:`_direct`) through the pointwise kernel:
+    def _pointwise(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int, step_width: int | None) -> None:
+        """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` (plus ``res``, then ``act``, CSR
+        steps of SHIFTED_ROWS rows ``step_width`` wide, as in :meth:`_direct`) through the pointwise kernel:
         the input as it is (subsampled first when strided), positions in whole steps, the
         last partial step read on past its positions (see below)."""
         sh, sw = self.stride
@@ -218,7 +249,7 @@ class SparseConv2d:
         if self._block:
             r, rr, q, width = self._block
         else:
-            q, width = _jit.SHIFTED_ROWS, pointwise_width(p, step_widths())
+            q, width = _jit.SHIFTED_ROWS, step_width
         step = q * width
         tail = p % step
         p_full = p - tail

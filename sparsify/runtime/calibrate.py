@@ -53,6 +53,10 @@ WORKING_SET_MAX_SHARE = 4.0
 # Timing budget per configuration there (it runs once per host and set of layouts).
 WORKING_SET_BUDGET_S = 0.1
 MAX_ROUNDS = 50
+# Least speed-up over the size rule's step width a timed conv step width needs to replace it,
+# and the timing budget per width (a model has tens of conv shapes, all timed at its first load).
+CONV_STEP_MARGIN = 0.05
+CONV_STEP_BUDGET_S = 0.01
 # Batch-1 calls within this factor of the serial rule's boundary (spmm.SERIAL_WORK, in
 # nonzeros) are timed on one thread and on all, because near it the faster choice changes
 # with the host and its load (1024x1024 at 90%, 2.6x the boundary, flipped within an hour:
@@ -120,6 +124,34 @@ def _choose_batch1_forms(layers: list, cal: "Calibrator", threads: int) -> list[
     if threads > 1:
         for layer in layers:
             lines += _choose_batch1_threads(layer, cal, threads)
+    return lines
+
+
+def choose_conv_step_widths(convs: list, threads: int, directory: str | os.PathLike | None = None) -> list[str]:
+    """Set each SparseConv2d's step width, for the input size it will see, to the fastest of
+    the widths its kernels take on this host, where that beats the size rule's width by
+    CONV_STEP_MARGIN (timed once per host and cached like the other timings; nothing happens
+    when calibration is off). ``convs`` holds (layer, (C, H, W)) pairs, the input's size at
+    batch 1. Returns one line per layer timed."""
+    from sparsify.kernels import set_threads
+
+    convs = [(layer, shape) for layer, shape in convs if len(layer.step_widths()) > 1]
+    if not enabled() or not convs:
+        return []
+    set_threads(threads)
+    cal = Calibrator(threads, directory)
+    lines = []
+    with cal.exclusive():
+        for layer, (c, h, w) in convs:
+            rule = layer.step_width(h, w)
+            times, cached = cal.conv_step_widths(layer, (c, h, w))
+            best = min(times, key=times.get)
+            chosen = best if times[best] < times[rule] * (1 - CONV_STEP_MARGIN) else rule
+            layer.set_step_width(h, w, chosen if chosen != rule else None)
+            (kh, kw), (sh, _) = layer.kernel_size, layer.stride
+            lines.append(f"conv {layer.out_channels}x{c} {kh}x{kw}/{sh} at {h}x{w}: step width "
+                         + ", ".join(f"{k} {v:.4f} ms" for k, v in sorted(times.items()))
+                         + f" (rule {rule}) -> {chosen}{', cached' if cached else ''}")
     return lines
 
 
@@ -551,11 +583,33 @@ class Calibrator:
         self._dirty = True
         return Measurement(serial_ms, parallel_ms, 0.0)
 
+    def conv_step_widths(self, layer, shape: tuple[int, int, int]) -> tuple[dict[int, float], bool]:
+        """(step width -> median ms of ``layer`` on one random input of ``shape`` (C, H, W), and
+        whether that was cached). The layer is left on its size rule for that input size."""
+        c, h, w = shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        key = (f"conv steps {layer.out_channels}x{c}x{kh}x{kw} density {layer.weight.density:.2f} input {c}x{h}x{w} "
+               f"strides {[sh, sw]} pads {[ph, pw]} dilations {[dh, dw]} group {layer.groups}")
+        entry = self._entries.get(key)
+        widths = layer.step_widths()
+        if entry is not None and all(str(k) in entry for k in widths):
+            return {k: float(entry[str(k)]) for k in widths}, True
+        x = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(layer.dtype)
+        setups = [lambda k=k: layer.set_step_width(h, w, k) for k in widths]
+        try:
+            times = dict(zip(widths, time_configurations(setups, lambda: layer(x), CONV_STEP_BUDGET_S)))
+        finally:
+            layer.set_step_width(h, w, None)
+        self._entries[key] = {str(k): v for k, v in times.items()}
+        self._dirty = True
+        return times, False
+
     def conv(self, w: np.ndarray, x_shape: tuple[int, int, int, int], strides, pads, dilations, group: int,
              blocksize: tuple[int, int] | None = None) -> Measurement:
         """A Conv of weight ``w`` (O, C/g, kh, kw) on an input of ``x_shape`` (N, C, H, W):
         our SparseConv2d (over the CSR, or with ``blocksize`` the BSR of those blocks of
-        ``w.reshape(O, -1)``) against ONNX Runtime's Conv."""
+        ``w.reshape(O, -1)``; at its fastest step width, :meth:`conv_step_widths`) against
+        ONNX Runtime's Conv."""
         density = np.count_nonzero(w) / max(1, w.size)
         block = f" blocks {blocksize[0]}x{blocksize[1]}" if blocksize else ""
         key = (f"conv {'x'.join(map(str, w.shape))} density {density:.2f}{block} input {'x'.join(map(str, x_shape))} "
@@ -575,9 +629,12 @@ class Calibrator:
             sess = ort_session(_one_node_model("Conv", w32, x_shape, strides=list(strides), pads=list(pads),
                                                dilations=list(dilations), group=group), self.threads, spinning=False)
             x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+            if len(layer.step_widths()) > 1:  # at the step width the runtime will time and take here
+                times, _ = self.conv_step_widths(layer, tuple(x_shape[1:]))
+                layer.set_step_width(x_shape[2], x_shape[3], min(times, key=times.get))
             return time_pair(lambda: sess.run(None, {"x": x}), lambda: layer(x))
 
         return self._recall_or_measure(key, measure)
 
 
-__all__ = ["Calibrator", "Measurement", "choose_batch1_forms", "choose_working_set", "time_configurations", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]
+__all__ = ["Calibrator", "Measurement", "choose_batch1_forms", "choose_conv_step_widths", "choose_working_set", "time_configurations", "kernel_note", "enabled", "cache_dir", "host_identity", "time_pair", "ENV", "CACHE_ENV"]

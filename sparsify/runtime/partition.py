@@ -378,22 +378,37 @@ def standard_runs(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[lis
     return [idx for kind, idx in _groups(nodes, sparse) if kind == "std"]
 
 
-def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: int, glue_policy: str = "numpy",
-              where: str = "model", profile_prefix: str | None = None) -> list[Step]:
-    """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer;
-    ``profile_prefix`` turns on ONNX Runtime's per-node profiler in the ORT steps."""
-    if glue_policy not in GLUE_POLICIES:
-        raise ValueError(f"glue policy {glue_policy!r} should be one of {GLUE_POLICIES}")
+def declared_types(model: onnx.ModelProto, layers: dict[int, SparseLayer]) -> dict[str, onnx.TypeProto]:
+    """:func:`value_types` of ``model`` once the element type of every sparse output the file
+    leaves untyped is declared in it (shape inference stops at our ops otherwise; the model is
+    ours to edit)."""
     g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    # Shape inference stops at our ops unless their outputs are typed: declare the element
-    # type of every sparse output the file leaves untyped (the model is ours to edit).
     declared = {vi.name for vi in [*g.value_info, *g.output]}
     for layer in layers.values():
         if layer.output not in declared:
             data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
             g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
-    types = value_types(model)
+            declared.add(layer.output)
+    return value_types(model)
+
+
+def input_dims(layer: SparseLayer, types: dict[str, onnx.TypeProto]) -> list[int | None] | None:
+    """The dims of a sparse layer's input as the file or shape inference knows them (None per
+    unknown dim; None when its rank is unknown)."""
+    return _dims(types.get(layer.input))
+
+
+def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: int, glue_policy: str = "numpy",
+              where: str = "model", profile_prefix: str | None = None,
+              types: dict[str, onnx.TypeProto] | None = None) -> list[Step]:
+    """The execution steps of ``model``; ``layers`` maps node index -> prepared sparse layer;
+    ``profile_prefix`` turns on ONNX Runtime's per-node profiler in the ORT steps; ``types``
+    are :func:`declared_types` when the caller has them."""
+    if glue_policy not in GLUE_POLICIES:
+        raise ValueError(f"glue policy {glue_policy!r} should be one of {GLUE_POLICIES}")
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    types = declared_types(model, layers) if types is None else types
     check_layer_inputs(layers, types, where)
     groups = _groups(list(g.node), set(layers))
     reads_after: list[set[str]] = [set() for _ in groups]

@@ -17,7 +17,8 @@ from sparsify.ort_types import NUMPY_DTYPES, ort_type_string
 from sparsify.runtime.conversion_record import describe_record, host_differs, read_record
 from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
-from sparsify.runtime.partition import GLUE_POLICIES, Step, describe, partition, whole_model_step
+from sparsify.runtime.partition import (GLUE_POLICIES, Step, declared_types, describe, input_dims, partition,
+                                        whole_model_step)
 from sparsify.runtime.profile import Profiler, RunProfile
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Session:
 
     def __init__(self, path: str | Path, threads: int = 1, glue: str = "numpy", batch1: str = "auto",
                  profile: bool = False) -> None:
-        from sparsify.kernels import SparseLinear, get_threads, set_threads
+        from sparsify.kernels import SparseConv2d, SparseLinear, get_threads, set_threads
         from sparsify.kernels.spmm import fit_batch1_layouts
 
         threads = checked_threads(threads)
@@ -158,8 +159,16 @@ class Session:
                              for i in self._inputs]
         self._profile_dir = tempfile.TemporaryDirectory(prefix="sparsify-profile-") if profile else None
         prefix = None if self._profile_dir is None else os.path.join(self._profile_dir.name, "ort")
+        self.conv_timings: list[str] = []
         if self.layers:
-            self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where, prefix)
+            types = declared_types(model, self.layers)
+            self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where, prefix, types)
+            # Each conv's step width, for the input size the file gives it, timed on this host.
+            from sparsify.runtime.calibrate import choose_conv_step_widths
+            self.conv_timings = choose_conv_step_widths(
+                [(layer.kernel, tuple(dims[1:])) for layer in self.layers.values()
+                 if isinstance(layer.kernel, SparseConv2d) and (dims := input_dims(layer, types)) is not None
+                 and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:])], self.threads)
         else:
             self.steps = [whole_model_step(self.path, model, self.threads, where, prefix)]
         self._output_names = [o.name for o in self._outputs]
@@ -184,14 +193,14 @@ class Session:
     def describe(self) -> list[str]:
         """The kernels this host runs (variant, compile target, threading layer), where the
         file's conversions were decided (``conversions: ...``, when the file says), the batch-1
-        kernel decisions timed at load (``calibrated: ...``), then one line per execution step
+        kernel and conv step-width decisions timed at load (``calibrated: ...``), then one line per execution step
         (sparse kernel, numpy glue or ORT segment)."""
         from sparsify.kernels import isa
         from sparsify.kernels.threads import threading_layer
 
         head = f"kernels: {isa.describe_variant()}; {self.threads} thread(s), Numba {threading_layer()} layer"
         return ([head] + ([self.conversion] if self.conversion else [])
-                + [f"calibrated: {line}" for line in self.batch1_timings] + describe(self.steps))
+                + [f"calibrated: {line}" for line in self.batch1_timings + self.conv_timings] + describe(self.steps))
 
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The feeds after checking names, dtypes, ranks and static dims (DataError naming the input)."""

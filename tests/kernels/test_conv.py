@@ -205,3 +205,30 @@ def test_pointwise_tail_reads_past_channels_without_storing_them(rng, positions)
     # A conv's output (slack of arbitrary values after it) read by the next 1x1 conv in place.
     first = SparseConv2d(CSR.from_dense(np.eye(c, dtype=np.float32)))
     assert_close(conv(first(x)), expect)
+
+
+@pytest.mark.parametrize("k, stride, padding", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1)])
+def test_every_step_width_gives_the_same_outputs_bit_for_bit(rng, k, stride, padding):
+    w = random_sparse(rng, (12, 6 * k * k), 0.4)
+    conv = SparseConv2d(CSR.from_dense(w), rng.standard_normal(12).astype(np.float32), k, stride, padding,
+                        activation="relu")
+    x = rng.standard_normal((2, 6, 13, 37)).astype(np.float32)
+    rule = conv.step_width(13, 37)
+    assert rule in conv.step_widths()
+    want = conv(x)
+    for width in conv.step_widths():
+        conv.set_step_width(13, 37, width)
+        assert conv.step_width(13, 37) == width and conv.step_width(13, 36) == conv.step_width(13, 36)
+        np.testing.assert_array_equal(conv(x), want)  # each output's sum runs in one order
+    conv.set_step_width(13, 37, None)
+    assert conv.step_width(13, 37) == rule
+    with pytest.raises(KernelArgumentError, match="step width 12 should be one of"):
+        conv.set_step_width(13, 37, 12)
+
+
+def test_block_convs_have_no_step_width_to_choose(rng):
+    from tests.kernels.test_conv_blocks import _block_weight
+    conv = SparseConv2d(BSR.from_dense(_block_weight(rng, 8, 4, 4, 0.5), (4, 1)), None, 1)
+    assert conv.step_widths() == () and conv.step_width(5, 5) is None
+    with pytest.raises(KernelArgumentError, match="step width"):
+        conv.set_step_width(5, 5, 16)

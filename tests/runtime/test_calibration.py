@@ -378,3 +378,49 @@ print(calibrate.choose_batch1_forms([layer], 1)[0], flush=True)
     lines = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], lines
     assert sorted(line.endswith(", cached") for line in lines) == [False, True], lines
+
+
+def test_conv_step_widths_are_timed_kept_by_margin_and_cached(cache, monkeypatch):
+    from sparsify.kernels import CSR, SparseConv2d
+
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    w[rng.random(w.shape) < 0.8] = 0
+    layers = [SparseConv2d(CSR.from_dense(w), None, 1) for _ in range(2)]
+    widths = layers[0].step_widths()
+    if len(widths) < 2:
+        pytest.skip("one step width on this host")
+    rule = layers[0].step_width(20, 20)
+    other = next(k for k in widths if k != rule)
+    # The first shape: another width 20% faster than the rule's; the second: 2% (within the margin).
+    scores = {20: {k: (0.8 if k == other else 1.0) for k in widths}, 21: {k: (0.98 if k == other else 1.0) for k in widths}}
+    calls = []
+
+    def fake(setups, call, budget_s=calibrate.BUDGET_S):
+        calls.append(len(setups))
+        h = 20 if len(calls) == 1 else 21
+        return [scores[h][k] for k in widths]
+    monkeypatch.setattr(calibrate, "time_configurations", fake)
+    lines = calibrate.choose_conv_step_widths([(layers[0], (8, 20, 20)), (layers[1], (8, 21, 21))], threads=1)
+    assert layers[0].step_width(20, 20) == other and layers[1].step_width(21, 21) == rule
+    assert lines[0].endswith(f"(rule {rule}) -> {other}") and lines[1].endswith(f"(rule {rule}) -> {rule}")
+    assert "conv 16x8 1x1/1 at 20x20: step width" in lines[0]
+    # Recalled, not timed again, by a new process (a new Calibrator) on fresh layers.
+    fresh = SparseConv2d(CSR.from_dense(w), None, 1)
+    again = calibrate.choose_conv_step_widths([(fresh, (8, 20, 20))], threads=1)
+    assert len(calls) == 2 and again[0].endswith(f"-> {other}, cached") and fresh.step_width(20, 20) == other
+
+
+def test_session_times_its_convs_step_widths_on_real_timings(cache, pairs, monkeypatch):
+    from sparsify.runtime import Session
+    from tests import models
+
+    _, _, sparse, _ = pairs["cnn"]
+    sess = Session(sparse, threads=1)
+    timed = [line for line in sess.describe() if line.startswith("calibrated: conv ")]
+    assert timed and all("step width" in line and " -> " in line for line in timed)
+    x = models.inputs("cnn", 2)
+    monkeypatch.setenv(calibrate.ENV, "off")
+    plain = Session(sparse, threads=1)
+    assert not any(line.startswith("calibrated: conv ") for line in plain.describe())
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
