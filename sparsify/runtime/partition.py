@@ -104,20 +104,24 @@ def check_layer_inputs(layers: dict[int, SparseLayer], types: dict[str, onnx.Typ
             check_input_shape(layer.attrs, dims, layer.csr.dtype.itemsize, label, ModelFileError)
 
 
-def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str = "model") -> Step:
-    """The kernel call of one sparse node; ``const`` is its input when that is an initializer."""
-    kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
+def _input_guard(layer: SparseLayer, label: str) -> Callable[[Any], None]:
+    """A check of a conv's input against its attributes, once per input shape (its buffers
+    grow with its pads and its input): KernelInputError naming ``label``."""
     attrs, itemsize = layer.attrs, layer.csr.dtype.itemsize
     checked_shape: list[tuple[int, ...] | None] = [None]
 
     def guard(x: Any) -> None:
-        # A conv's buffers grow with its pads and its input: check them once per input shape.
         shape = getattr(x, "shape", None)
         if shape is not None and shape != checked_shape[0]:
             check_input_shape(attrs, shape, itemsize, label, KernelInputError)
             checked_shape[0] = shape
+    return guard
 
-    check = guard if layer.op_type == CONV_OP else None
+
+def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str = "model") -> Step:
+    """The kernel call of one sparse node; ``const`` is its input when that is an initializer."""
+    kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
+    check = _input_guard(layer, label) if layer.op_type == CONV_OP else None
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         x = xs[0] if const is None else const
@@ -135,8 +139,8 @@ def _sparse_step(layer: SparseLayer, const: np.ndarray | None = None, where: str
 
 @dataclasses.dataclass
 class ResidualFusion:
-    """A sparse conv whose output only a following Add reads (and the Add's sum only a Relu or
-    Clip-free ReLU after it): run as one kernel pass with the Add's other input as residual."""
+    """A sparse conv whose output only a following Add reads (and, when a Relu follows, the sum
+    only that Relu): run as one kernel pass with the Add's other input as residual."""
 
     add: onnx.NodeProto
     relu: onnx.NodeProto | None
@@ -186,19 +190,15 @@ def _residual_step(layer: SparseLayer, fusion: ResidualFusion, where: str) -> St
     the conv's and the residual. A residual the kernel cannot take (another shape or dtype:
     a broadcast) runs the Add (+ Relu) as the glue would, after the conv."""
     kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
-    attrs, itemsize = layer.attrs, layer.csr.dtype.itemsize
     activation = "relu" if fusion.relu is not None else None
     apart = (glue.compile_with_relu(fusion.add, {}) if fusion.relu is not None
              else glue.compile_node(fusion.add, {}))
-    checked_shape: list[tuple[int, ...] | None] = [None]
+    check = _input_guard(layer, label)
 
     def run(xs: list[Any]) -> list[np.ndarray]:
         x, res = xs
         try:
-            shape = getattr(x, "shape", None)
-            if shape is not None and shape != checked_shape[0]:
-                check_input_shape(attrs, shape, itemsize, label, KernelInputError)
-                checked_shape[0] = shape
+            check(x)
             if (type(res) is np.ndarray and type(x) is np.ndarray and res.dtype == kernel.dtype and x.ndim == 4
                     and res.shape == (x.shape[0], kernel.out_channels, *kernel.output_size(*x.shape[2:]))):
                 return [kernel.with_residual(x, res, activation)]
