@@ -10,6 +10,8 @@ import numba
 import numpy as np
 
 from ._jit import serial
+from .buffers import empty_with_slack
+from .conv import POINTWISE_SLACK
 from .errors import KernelArgumentError
 
 # Below this many values a call runs on one thread (a parallel launch costs a few microseconds).
@@ -38,6 +40,7 @@ def add_relu(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         raise KernelArgumentError(f"add_relu inputs should be float32/float64 arrays of one shape and dtype, "
                                   f"got {x!r:.60} and {y!r:.60}")
     xf, yf = np.ascontiguousarray(x).reshape(-1), np.ascontiguousarray(y).reshape(-1)
-    out = np.empty_like(xf)
+    # With slack after it, as a sparse conv's output: a 1x1 conv reading it needs no copy.
+    out = empty_with_slack(xf.shape, x.dtype, POINTWISE_SLACK * x.dtype.itemsize)
     (_add_relu if xf.size >= SERIAL_VALUES else _serial_add_relu)(xf, yf, x.dtype.type(0), out)
     return out.reshape(x.shape)

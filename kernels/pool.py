@@ -12,6 +12,8 @@ import numba
 import numpy as np
 
 from ._jit import serial
+from .buffers import empty_with_slack
+from .conv import POINTWISE_SLACK
 from .errors import KernelArgumentError
 
 # Below this many output values a call runs on one thread (a parallel launch costs a few
@@ -109,7 +111,8 @@ def max_pool2d(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int] 
     if ho < 1 or wo < 1:
         raise KernelArgumentError(f"max_pool2d input of spatial size {(h, w)} is too small for kernel {(kh, kw)}, "
                                   f"dilations {(dh, dw)} and pads {p}: the output would be {(ho, wo)}")
-    out = np.empty((n, c, ho, wo), x.dtype)
+    # With slack after it, as a sparse conv's output: a 1x1 conv reading it needs no copy.
+    out = empty_with_slack((n, c, ho, wo), x.dtype, POINTWISE_SLACK * x.dtype.itemsize)
     if out.size:
         run = _max_pool2d if out.size >= SERIAL_VALUES else _serial_max_pool2d
         run(np.ascontiguousarray(x), kh, kw, sh, sw, p[0], p[1], dh, dw, out)

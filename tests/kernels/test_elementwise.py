@@ -64,3 +64,12 @@ def test_glue_add_relu_uses_the_kernel_and_falls_back_for_broadcasts(rng, monkey
     assert calls == [x.shape]
     sub = glue.compile_with_relu(onnx.helper.make_node("Sub", ["a", "b"], ["c"]), {})
     np.testing.assert_array_equal(sub([x, y])[0], np.maximum(x - y, 0))
+
+
+def test_the_sum_has_slack_for_a_following_pointwise_conv(rng):
+    from sparsify.kernels.buffers import readable_after
+    from sparsify.kernels.conv import POINTWISE_SLACK
+
+    x = rng.standard_normal((1, 8, 7, 7)).astype(np.float32)
+    out = add_relu(x, x)
+    assert out.flags.c_contiguous and readable_after(out) >= POINTWISE_SLACK * out.itemsize

@@ -96,3 +96,11 @@ def test_nan_propagates_and_inf_is_kept(rng):
 def test_bad_arguments_are_named(call, message):
     with pytest.raises(KernelArgumentError, match=message):
         call(np.ones((1, 2, 5, 5), np.float32))
+
+
+def test_the_output_has_slack_for_a_following_pointwise_conv(rng):
+    from sparsify.kernels.buffers import readable_after
+    from sparsify.kernels.conv import POINTWISE_SLACK
+
+    y = max_pool2d(rng.standard_normal((1, 3, 9, 9)).astype(np.float32), (3, 3), (2, 2), (1, 1, 1, 1))
+    assert y.flags.c_contiguous and readable_after(y) >= POINTWISE_SLACK * y.itemsize
