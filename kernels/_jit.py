@@ -146,8 +146,9 @@ def activate_rows(a, pos, rows, width, stride, act):
 def finish_rows(a, pos, rows, width, stride, res, floor, ceiling, act):
     """Outputs a kernel stored, ``a[pos + q*stride : pos + q*stride + width]`` for q < rows, in
     place: plus ``res`` at the same positions and clipped to [floor, ceiling] (a NaN stays NaN)
-    when ``res`` is not empty, then ``act`` when it needs a pass of its own (GELU). Applied to
-    each block while it is in cache, it saves a residual Add (+ Relu) a pass over the output."""
+    when ``res`` is not empty, then ``act`` when it needs a pass of its own (GELU): the end of a
+    block the kernel computed into a buffer (a partial step, a tail), whose residual the
+    registers did not add."""
     if res.size > 0:
         lo, hi = a.dtype.type(floor), a.dtype.type(ceiling)
         for q in range(rows):
