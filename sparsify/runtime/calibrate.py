@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import threading
@@ -57,6 +58,9 @@ MAX_ROUNDS = 50
 # and the timing budget per width (a model has tens of conv shapes, all timed at its first load).
 CONV_STEP_MARGIN = 0.05
 CONV_STEP_BUDGET_S = 0.01
+# Convs doing more multiply-adds than this per image (ResNet-50's largest: 47 M at 90%) keep
+# the rule: their timing would take seconds at load.
+CONV_STEP_MAX_MACS = 1 << 28
 # Batch-1 calls within this factor of the serial rule's boundary (spmm.SERIAL_WORK, in
 # nonzeros) are timed on one thread and on all, because near it the faster choice changes
 # with the host and its load (1024x1024 at 90%, 2.6x the boundary, flipped within an hour:
@@ -144,13 +148,21 @@ def choose_conv_step_widths(convs: list, threads: int, directory: str | os.PathL
     with cal.exclusive():
         for layer, (c, h, w) in convs:
             rule = layer.step_width(h, w)
-            times, cached = cal.conv_step_widths(layer, (c, h, w))
+            (kh, kw), (sh, _) = layer.kernel_size, layer.stride
+            what = f"conv {layer.out_channels}x{c} {kh}x{kw}/{sh} at {h}x{w}: step width"
+            macs = int(layer.weight.nnz) * math.prod(layer.output_size(h, w))
+            if macs > CONV_STEP_MAX_MACS:
+                lines.append(f"{what} not timed ({macs} multiply-adds a call); by the rule, {rule}")
+                continue
+            try:
+                times, cached = cal.conv_step_widths(layer, (c, h, w))
+            except Exception as exc:  # the rule stands; say why nothing was timed
+                lines.append(f"{what} not timed ({type(exc).__name__}: {exc}); by the rule, {rule}")
+                continue
             best = min(times, key=times.get)
             chosen = best if times[best] < times[rule] * (1 - CONV_STEP_MARGIN) else rule
             layer.set_step_width(h, w, chosen if chosen != rule else None)
-            (kh, kw), (sh, _) = layer.kernel_size, layer.stride
-            lines.append(f"conv {layer.out_channels}x{c} {kh}x{kw}/{sh} at {h}x{w}: step width "
-                         + ", ".join(f"{k} {v:.4f} ms" for k, v in sorted(times.items()))
+            lines.append(f"{what} " + ", ".join(f"{k} {v:.4f} ms" for k, v in sorted(times.items()))
                          + f" (rule {rule}) -> {chosen}{', cached' if cached else ''}")
     return lines
 

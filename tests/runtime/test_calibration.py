@@ -424,3 +424,24 @@ def test_session_times_its_convs_step_widths_on_real_timings(cache, pairs, monke
     plain = Session(sparse, threads=1)
     assert not any(line.startswith("calibrated: conv ") for line in plain.describe())
     np.testing.assert_array_equal(sess.run(None, {"x": x})[0], plain.run(None, {"x": x})[0])
+
+
+def test_conv_step_widths_too_costly_or_failing_to_time_keep_the_rule(cache, monkeypatch):
+    from sparsify.kernels import CSR, SparseConv2d
+
+    w = np.ones((16, 8), np.float32)
+    layer = SparseConv2d(CSR.from_dense(w), None, 1)
+    if len(layer.step_widths()) < 2:
+        pytest.skip("one step width on this host")
+    rule = layer.step_width(30, 30)
+    monkeypatch.setattr(calibrate, "CONV_STEP_MAX_MACS", 16 * 8 * 30 * 30 - 1)
+    (line,) = calibrate.choose_conv_step_widths([(layer, (8, 30, 30))], threads=1)
+    assert line.endswith(f"not timed (115200 multiply-adds a call); by the rule, {rule}")
+    monkeypatch.setattr(calibrate, "CONV_STEP_MAX_MACS", 1 << 28)
+
+    def broken(*a, **k):
+        raise MemoryError("no room")
+    monkeypatch.setattr(calibrate, "time_configurations", broken)
+    (line,) = calibrate.choose_conv_step_widths([(layer, (8, 30, 30))], threads=1)
+    assert line.endswith(f"not timed (MemoryError: no room); by the rule, {rule}")
+    assert layer.step_width(30, 30) == rule
