@@ -1,12 +1,13 @@
 """Atomic file and directory writes: a destination is either the old good content or the new complete one.
 
 Every temporary of one write lives in one private folder beside the destination, named
-``.NAME.sparsify-tmp-<pid>-<random>`` and holding an ``owner.json`` (process id and start
-time, host, destination name). The folder is removed when the write ends, however it ends:
+``.NAME.sparsify-tmp-<pid>-<start>-<host tag>-<random>`` and holding an ``owner.json`` (process
+id and start time, host, destination name). The folder is removed when the write ends, however it ends:
 an exception, Ctrl-C, or SIGTERM/SIGHUP (turned into a clean exit with status 128 + the
 signal's number, see :class:`Terminated`). A process killed outright (SIGKILL, power loss)
 cannot clean up; the next write to the same destination removes such leftovers when
-``owner.json`` proves them ours and their process gone. Output folders created for a write
+``owner.json`` (or, killed before that was written, the folder's name) proves them ours and
+their process gone. Output folders created for a write
 that then fails are removed again.
 """
 
@@ -119,6 +120,28 @@ def _owner_record(dest: Path) -> dict[str, Any]:
             "dest": dest.name}
 
 
+def _host_tag() -> str:
+    """A short digest of this host's name, for temporary folder names."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _folder_prefix(dest: Path) -> str:
+    """The name of a write's private folder up to mkdtemp's random part: it carries the owner's
+    process id, start time and host tag too, so that a write killed before its ``owner.json``
+    was complete still leaves a folder the next write can prove stale."""
+    pid = os.getpid()
+    return f".{dest.name}{TMP_TAG}{pid}-{_start_time(pid) or 'x'}-{_host_tag()}-"
+
+
+def _owner_from_name(name: str, dest_name: str) -> dict[str, Any] | None:
+    """The owner a folder's name states (``_folder_prefix``), or None for any other name."""
+    parts = name[len(f".{dest_name}{TMP_TAG}"):].split("-")
+    if len(parts) < 4 or not parts[0].isdigit() or not parts[1].isdigit() or len(parts[2]) != 8:
+        return None
+    host = socket.gethostname() if parts[2] == _host_tag() else None
+    return {"tool": "sparsify", "pid": int(parts[0]), "start": parts[1], "host": host, "dest": dest_name}
+
+
 def _owner_gone(owner: dict[str, Any]) -> bool:
     """True only when the process that wrote ``owner`` provably no longer runs."""
     if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
@@ -148,8 +171,8 @@ def remove_stale(parent: Path, dest_name: str) -> list[Path]:
             continue
         try:
             owner = json.loads((entry / OWNER).read_text())
-        except (OSError, ValueError):
-            continue
+        except (OSError, ValueError):  # killed before owner.json was complete: the name says
+            owner = _owner_from_name(entry.name, dest_name)
         if (isinstance(owner, dict) and owner.get("tool") == "sparsify" and owner.get("dest") == dest_name
                 and _owner_gone(owner)):
             shutil.rmtree(entry, ignore_errors=True)
@@ -208,7 +231,7 @@ def workspace(dest: str | Path, error: type[SparsifyError]) -> Iterator[Path]:
                 raise error(f"output path {dest} is not writable (no write permission on {parent})")
             remove_stale(parent, dest.name)
             try:
-                work = Path(tempfile.mkdtemp(prefix=f".{dest.name}{TMP_TAG}{os.getpid()}-", dir=parent))
+                work = Path(tempfile.mkdtemp(prefix=_folder_prefix(dest), dir=parent))
             except OSError as exc:
                 raise error(f"output path {dest} cannot be written: creating a file in {parent} failed "
                             f"({exc.strerror or exc})") from None

@@ -87,6 +87,29 @@ def test_the_next_write_removes_leftovers_of_a_killed_one_it_can_prove_are_ours(
     assert remove_stale(tmp_path, "other.onnx") == [other_dest]
 
 
+def test_a_write_killed_before_its_owner_file_was_complete_is_stale_by_its_name(tmp_path):
+    from sparsify.fileio import _folder_prefix, _start_time
+
+    dest = tmp_path / "out.onnx"
+    prefix = _folder_prefix(dest)
+    assert prefix.startswith(f".out.onnx{TMP_TAG}{os.getpid()}-")
+    pid = _dead_pid()
+    dead = tmp_path / prefix.replace(f"{TMP_TAG}{os.getpid()}-", f"{TMP_TAG}{pid}-", 1)
+    dead = dead.with_name(dead.name + "abc")
+    dead.mkdir()
+    (dead / OWNER).write_text('{"tool": "spars')  # cut short by the kill
+    empty = dead.with_name(dead.name[:-3] + "xyz")
+    empty.mkdir()  # killed between the folder and its owner file
+    alive = tmp_path / (prefix + "def")  # this process, still running
+    alive.mkdir()
+    elsewhere = tmp_path / prefix.replace(f"{TMP_TAG}{os.getpid()}-", f"{TMP_TAG}{pid}-", 1)
+    elsewhere = elsewhere.with_name(elsewhere.name[:-9] + "0badc0de-ghi")  # another host's tag
+    elsewhere.mkdir()
+    assert _start_time(os.getpid()) is not None
+    assert sorted(remove_stale(tmp_path, "out.onnx")) == sorted([dead, empty])
+    assert alive.exists() and elsewhere.exists()
+
+
 def test_a_leftover_whose_pid_was_reused_is_stale(tmp_path):
     from sparsify.fileio import _owner_record
 
