@@ -153,7 +153,7 @@ class SparseConv2d:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The conv of ``x`` (N, C, H, W) -> (N, out_channels, Ho, Wo)."""
-        return self._run(x, _NO_RESIDUAL, self._act)
+        return self._run(x, None, self._act)
 
     def with_residual(self, x: np.ndarray, residual: np.ndarray, activation: str | None = None) -> np.ndarray:
         """``activation(conv(x) + residual)`` in one pass: a residual Add (and the ReLU or ReLU6
@@ -168,7 +168,7 @@ class SparseConv2d:
             raise KernelArgumentError(f"residual should be a {self.dtype} array, got {residual!r:.60}")
         return self._run(x, residual, act)
 
-    def _run(self, x: np.ndarray, residual: np.ndarray, act: int) -> np.ndarray:
+    def _run(self, x: np.ndarray, residual: np.ndarray | None, act: int) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
         if x.dtype != self.dtype:
@@ -184,7 +184,7 @@ class SparseConv2d:
                 f"input spatial size ({h}, {w}) is too small for kernel {self.kernel_size}, "
                 f"padding {self.padding}, dilation {self.dilation}: output would be ({ho}, {wo})")
         o = self.out_channels
-        if residual is not _NO_RESIDUAL:
+        if residual is not None:
             if residual.shape != (n, o, ho, wo):
                 raise KernelArgumentError(f"residual shape {residual.shape} should be the output's, {(n, o, ho, wo)}")
             residual = np.ascontiguousarray(residual).reshape(-1)
@@ -192,7 +192,7 @@ class SparseConv2d:
         y = empty_with_slack((n, o, ho, wo), self.dtype, POINTWISE_SLACK * self.dtype.itemsize)
         if n == 0 or o == 0:
             return y
-        res = residual if residual.size else _no_residual(self.dtype)
+        res = _no_residual(self.dtype) if residual is None else residual
         step = self.step_width(h, w)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             self._pointwise(x, y, res, act, step)
@@ -303,10 +303,6 @@ class SparseConv2d:
                 found.append(((phase * self.in_channels + chan) * hq + di // sh) * wq + dj // sw)
             self._offset_cache[key] = found
         return found
-
-
-# The residual argument of a conv without one (its own object, so _run can tell them apart).
-_NO_RESIDUAL = np.empty(0, np.float32)
 
 
 @functools.lru_cache(maxsize=None)
