@@ -486,6 +486,22 @@ def pad_phases(x, ph, pw, sh, sw, xq):
                     row[j] = src[ih, iw] if 0 <= iw < width else 0
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def subsample(x, sh, sw, out):
+    """out[n, c, i, j] = x[n, c, sh*i, sw*j]: the input a strided 1x1 conv without padding
+    reads; out is (N, C, Ho, Wo) with sh*(Ho-1) < H and sw*(Wo-1) < W."""
+    c_in, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    for item in numba.prange(out.shape[0] * c_in * ho):  # one output row each
+        plane = item // ho
+        n = plane // c_in
+        c = plane - n * c_in
+        i = item - plane * ho
+        src = x[n, c, sh * i]
+        dst = out[n, c, i]
+        for j in range(wo):
+            dst[j] = src[sw * j]
+
+
 # Input columns per pack_rows work item: a (tile x PACK_COLUMNS) block of x is written
 # as one contiguous (PACK_COLUMNS x tile) block of xp.
 PACK_COLUMNS = 64

@@ -131,8 +131,8 @@ class SparseConv2d:
             return chosen
         ho, wo = self.output_size(height, width)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
-            return pointwise_width(ho * wo, step_widths())
-        return pick_tile(wo, max(step_widths()))
+            return pointwise_width(ho * wo, rule_widths())
+        return pick_tile(wo, max(rule_widths()))
 
     def set_step_width(self, height: int, width: int, step: int | None) -> None:
         """Run inputs of spatial size (height, width) at step width ``step`` (one of
@@ -238,14 +238,12 @@ class SparseConv2d:
     def _pointwise(self, x: np.ndarray, y: np.ndarray, res: np.ndarray, act: int, step_width: int | None) -> None:
         """A 1x1 conv (any stride, no padding) of ``x`` into ``y`` (plus ``res``, then ``act``, CSR
         steps of SHIFTED_ROWS rows ``step_width`` wide, as in :meth:`_direct`) through the pointwise kernel:
-        the input as it is (subsampled first when strided), positions in whole steps, the
+        the input as it is (subsampled into scratch first when strided), positions in whole steps, the
         last partial step read on past its positions (see below)."""
         sh, sw = self.stride
-        if (sh, sw) != (1, 1):
-            x = x[:, :, ::sh, ::sw]
-        x = np.ascontiguousarray(x)
         n, c = x.shape[:2]
-        o, p = y.shape[1], y.shape[2] * y.shape[3]
+        o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+        p = ho * wo
         if self._block:
             r, rr, q, width = self._block
         else:
@@ -254,17 +252,25 @@ class SparseConv2d:
         tail = p % step
         p_full = p - tail
         offsets = self._channel_offsets(p)
+        variant, n_chunks = launch(self.weight.nnz * n * p)
         # The last partial step reads whole steps from its first position on, past each
         # channel into the next (lanes whose results are not stored) and past the input's
         # end into slack: the input's own when it has some, else a flat copy's.
-        xf = x.reshape(-1)
-        if tail and readable_after(x) < (step - tail) * x.itemsize:
-            copy = self._scratch.get((xf.shape[0] + step,), self.dtype)
-            copy[:xf.shape[0]] = xf
-            copy[xf.shape[0]:] = 0
-            xf = copy
+        if (sh, sw) != (1, 1):  # subsampled into scratch with a step of slack after it
+            size = n * c * p
+            flat = self._scratch.get((size + step,), self.dtype)
+            variant(_jit.subsample)(x, sh, sw, flat[:size].reshape(n, c, ho, wo))
+            flat[size:] = 0
+            x, xf = flat[:size], flat
+        else:
+            x = np.ascontiguousarray(x)
+            xf = x.reshape(-1)
+            if tail and readable_after(x) < (step - tail) * x.itemsize:
+                copy = self._scratch.get((xf.shape[0] + step,), self.dtype)
+                copy[:xf.shape[0]] = xf
+                copy[xf.shape[0]:] = 0
+                xf = copy
         tail_x = xf[p_full:]
-        variant, n_chunks = launch(self.weight.nnz * n * p)
         if self._block:
             part, bias, chunks = self._parts[0]
             variant(_bsr_jit.block_pointwise_conv_kernel(r, rr, q, width))(
@@ -317,14 +323,27 @@ POINTWISE_SLACK = _jit.SHIFTED_ROWS * max(_jit.TILES)
 
 
 def step_widths() -> tuple[int, ...]:
-    """Step widths the direct and pointwise kernels may use on this host: two sets of
-    SHIFTED_ROWS accumulators of width/lanes registers each must fit in half the register
-    file, which with AVX2's or SSE's 16 registers leaves width 8 only."""
+    """Step widths the direct and pointwise kernels may use on this host, for timing (see
+    rule_widths): on AVX2 also 16, whose two sets of SHIFTED_ROWS accumulators
+    overflow the 16 registers and spill, yet which some layers run faster (benchmarks/README.md,
+    "Conv step widths timed at load")."""
     return _step_widths(isa.VARIANT)
+
+
+def rule_widths() -> tuple[int, ...]:
+    """The step widths the size rule picks from on this host (pointwise_width, pick_tile):
+    those whose two sets of SHIFTED_ROWS accumulators fit in half the register file, which
+    with AVX2's or SSE's 16 registers leaves width 8 only."""
+    return _rule_widths(isa.VARIANT)
 
 
 @functools.lru_cache(maxsize=None)
 def _step_widths(variant: str) -> tuple[int, ...]:
+    return _rule_widths(variant) + ((16,) if variant == "avx2" else ())
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_widths(variant: str) -> tuple[int, ...]:
     return tuple(t for t in _jit.TILES if t <= (widest_tile(variant) if variant == "avx512" else 8))
 
 

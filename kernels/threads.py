@@ -119,7 +119,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
     sliced-ELL ones, padded and compact, with and without prefetches, for float32 where
     AVX-512 makes them available), the SpMM kernel at every batch tile width
     (``_jit.TILES``), the input packing, the direct conv at every column width with its
-    input padding (and phase planes), the pointwise conv at every step width, the depthwise
+    input planes, the pointwise conv at every step width (and a strided one's subsampling), the depthwise
     conv (its 3x3 kernel at strides 1 and 2, and the general one), and the layer norm and the
     residual Add + Relu and the max pool, each in its parallel version and its serial twin. Call
     it once before timing or serving, not while other threads call the kernels (it switches
@@ -155,6 +155,7 @@ def warmup(dtypes=(np.float32, np.float64), index_dtypes=(np.int16, np.int32)) -
                     pointwise = SparseConv2d(w.row_slice(0, 4), kernel_size=1)
                     for positions in (8, 40, 200):  # the pointwise kernel: every step width it picks
                         pointwise(np.ones((1, 9, 1, positions), dtype))
+                    SparseConv2d(w, kernel_size=1, stride=2)(np.ones((1, 9, 3, 3), dtype))
                 dw = np.ones((2, 1, 3, 3), dtype)
                 for stride, padding in (((1, 1), (1, 1, 1, 1)), ((2, 2), (1, 1, 1, 1)), ((1, 1), (0, 0, 0, 0))):
                     depthwise.DepthwiseConv2d(dw, None, stride, padding, activation_bounds=(0.0, 6.0))(

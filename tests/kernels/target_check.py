@@ -317,7 +317,7 @@ def _compiled_kernels():
     from sparsify.kernels.conv import block_geometry
     kernels += [f(*block_geometry(r, isa.VARIANT)) for r in CONV_BLOCKS
                 for f in (_bsr_jit.block_direct_conv_kernel, _bsr_jit.block_pointwise_conv_kernel)]
-    kernels += [_jit.pad_phases]
+    kernels += [_jit.pad_phases, _jit.subsample]
     from sparsify.kernels import _depthwise3x3_jit, _depthwise_jit
     kernels += [_depthwise_jit.depthwise_kernel, _depthwise3x3_jit.depthwise3x3_kernel]
     kernels += [_jit.serial(k) for k in kernels]

@@ -226,6 +226,37 @@ def test_every_step_width_gives_the_same_outputs_bit_for_bit(rng, k, stride, pad
         conv.set_step_width(13, 37, 12)
 
 
+def test_step_widths_timed_per_variant_and_the_rule_keeps_to_registers():
+    from sparsify.kernels.conv import _rule_widths, _step_widths, rule_widths, step_widths
+    # AVX2's 16 registers hold two sets of 4 accumulators of width 8 only; 16 spills but is timed.
+    assert _rule_widths("avx2") == (8,) and _step_widths("avx2") == (8, 16)
+    assert _rule_widths("portable") == _step_widths("portable") == (8,)
+    assert _step_widths("avx512") == _rule_widths("avx512") and 32 in _rule_widths("avx512")
+    assert set(rule_widths()) <= set(step_widths())
+
+
+@pytest.mark.parametrize("stride", [2, (2, 3), (3, 1)])
+def test_strided_pointwise_reads_only_the_positions_it_keeps(rng, stride):
+    # The subsampled input goes to scratch: positions the stride skips (NaN here) are never read,
+    # the last partial step reads zeros past its end, and a second call reuses the scratch.
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    w = random_sparse(rng, (10, 7), 0.5)
+    b = rng.standard_normal(10).astype(np.float32)
+    conv = SparseConv2d(CSR.from_dense(w), b, 1, stride, activation="relu")
+    x = rng.standard_normal((2, 7, 11, 13)).astype(np.float32)
+    kept = np.zeros(x.shape, bool)
+    kept[:, :, ::sh, ::sw] = True
+    poisoned = np.where(kept, x, np.float32(np.nan))
+    expect = _reference(x, w.reshape(10, 7, 1, 1), b, (sh, sw), 0, 1, 1, "relu")
+    strided_view = np.repeat(poisoned, 2, axis=3)[:, :, :, ::2]  # not contiguous
+    for width in conv.step_widths():
+        conv.set_step_width(11, 13, width)
+        for inp in (poisoned, strided_view, poisoned):
+            y = conv(inp)
+            assert np.isfinite(y).all()
+            assert_close(y, expect)
+
+
 def test_block_convs_have_no_step_width_to_choose(rng):
     from tests.kernels.test_conv_blocks import _block_weight
     conv = SparseConv2d(BSR.from_dense(_block_weight(rng, 8, 4, 4, 0.5), (4, 1)), None, 1)

@@ -56,7 +56,7 @@ def test_set_threads_rejects(bad):
 
 def test_warmup_compiles_every_tile_and_dtype():
     warmup()
-    kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows_kernel(pack_lanes()), _jit.pad_input]
+    kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows_kernel(pack_lanes()), _jit.pad_input, _jit.subsample]
                + [_jit.spmm_kernel(t) for t in _jit.TILES]
                + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
                + [_jit.pointwise_conv_kernel(t) for t in step_widths()])
