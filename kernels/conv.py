@@ -127,9 +127,10 @@ class SparseConv2d:
         if self._block:
             return None
         chosen = self._step_widths.get((height, width))
-        if chosen is not None:
-            return chosen
-        ho, wo = self.output_size(height, width)
+        return chosen if chosen is not None else self._rule_width(*self.output_size(height, width))
+
+    def _rule_width(self, ho: int, wo: int) -> int:
+        """The size rule's step width for an (ho, wo) output."""
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             return pointwise_width(ho * wo, rule_widths())
         return pick_tile(wo, max(rule_widths()))
@@ -193,7 +194,7 @@ class SparseConv2d:
         if n == 0 or o == 0:
             return y
         res = _no_residual(self.dtype) if residual is None else residual
-        step = self.step_width(h, w)
+        step = None if self._block else (self._step_widths.get((h, w)) or self._rule_width(ho, wo))
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             self._pointwise(x, y, res, act, step)
             return y

@@ -93,19 +93,27 @@ def pooled_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: in
     return (size + pad_begin + pad_end - (kernel - 1) * dilation - 1) // stride + 1
 
 
-def max_pool2d(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int] = (1, 1),
-               pads: tuple[int, int, int, int] = (0, 0, 0, 0), dilations: tuple[int, int] = (1, 1)) -> np.ndarray:
-    """ONNX ``MaxPool`` (2-D, ceil_mode 0) of a float32/float64 ``x`` (N, C, H, W); ``pads`` is
-    (top, left, bottom, right), each below the kernel's size on its axis, as ONNX Runtime requires."""
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 4:
-        raise KernelArgumentError(f"max_pool2d input should be a float32/float64 array (N, C, H, W), got {x!r:.80}")
+def pool_window(kernel, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1)):
+    """The checked window of a 2-D max pool: ((kh, kw), (sh, sw), (top, left, bottom, right),
+    (dh, dw)) as ints, each pad below the kernel's size on its axis (ONNX Runtime's rule);
+    KernelArgumentError naming the bad one."""
     kh, kw = _ints("kernel", kernel, 1)
-    sh, sw = _ints("strides", strides, 1)
-    dh, dw = _ints("dilations", dilations, 1)
+    steps = _ints("strides", strides, 1)
+    dilated = _ints("dilations", dilations, 1)
     p = tuple(int(t) for t in pads) if isinstance(pads, (tuple, list)) else ()
     if len(p) != 4 or any(t < 0 for t in p) or max(p[0], p[2]) >= kh or max(p[1], p[3]) >= kw:
         raise KernelArgumentError(f"max_pool2d pads {pads!r} should be four ints >= 0 (top, left, bottom, right), "
                                   f"each below the kernel's size {(kh, kw)} on its axis")
+    return (kh, kw), steps, p, dilated
+
+
+def max_pool2d(x: np.ndarray, kernel: tuple[int, int], strides: tuple[int, int] = (1, 1),
+               pads: tuple[int, int, int, int] = (0, 0, 0, 0), dilations: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """ONNX ``MaxPool`` (2-D, ceil_mode 0) of a float32/float64 ``x`` (N, C, H, W); the window
+    as :func:`pool_window` takes it, ``pads`` (top, left, bottom, right)."""
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 4:
+        raise KernelArgumentError(f"max_pool2d input should be a float32/float64 array (N, C, H, W), got {x!r:.80}")
+    (kh, kw), (sh, sw), p, (dh, dw) = pool_window(kernel, strides, pads, dilations)
     n, c, h, w = x.shape
     ho, wo = pooled_size(h, kh, sh, p[0], p[2], dh), pooled_size(w, kw, sw, p[1], p[3], dw)
     if ho < 1 or wo < 1:

@@ -419,15 +419,12 @@ def max_pool_supported(node: onnx.NodeProto) -> bool:
 
 
 def _max_pool(node, consts) -> GlueFn:
-    from sparsify.kernels.pool import max_pool2d
+    from sparsify.kernels.pool import max_pool2d, pool_window
 
     a = node_attrs(node)
-    kernel = _ints_attr(a, "kernel_shape", 2, 1, 1)
-    strides = _ints_attr(a, "strides", 2, 1, 1)
-    dilations = _ints_attr(a, "dilations", 2, 1, 1)
     pads = _ints_attr(a, "pads", 4, 0, 0) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]
-    if any(p >= k for p, k in zip(pads, kernel + kernel)):
-        raise ValueError(f"MaxPool pads {pads} should each be below the kernel's size {kernel} on their axis")
+    window = pool_window(_ints_attr(a, "kernel_shape", 2, 1, 1), _ints_attr(a, "strides", 2, 1, 1), pads,
+                         _ints_attr(a, "dilations", 2, 1, 1))
 
     def run(xs):
         x = xs[0]
@@ -435,7 +432,7 @@ def _max_pool(node, consts) -> GlueFn:
             raise ValueError(f"a 2-D MaxPool needs an input of rank 4 (N, C, H, W), got rank {x.ndim}")
         # float16 is pooled in float32: max picks one of the inputs, so rounding back is exact.
         work = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float32)
-        y = max_pool2d(x.astype(work, copy=False), tuple(kernel), tuple(strides), tuple(pads), tuple(dilations))
+        y = max_pool2d(x.astype(work, copy=False), *window)
         return [y.astype(x.dtype, copy=False)]
     return run
 
