@@ -226,6 +226,20 @@ def test_every_step_width_gives_the_same_outputs_bit_for_bit(rng, k, stride, pad
         conv.set_step_width(13, 37, 12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int16, np.bool_, np.complex64])
+def test_readable_after_counts_the_bytes_left_in_the_owning_buffer(dtype):
+    owner = np.zeros(40, dtype)
+    size = owner.itemsize
+    assert readable_after(owner[3:10]) == 30 * size
+    assert readable_after(owner[:40]) == 0
+    assert readable_after(owner[:24].reshape(2, 3, 4)) == 16 * size
+    assert readable_after(owner.reshape(5, 8)[:, :4]) == 0  # not contiguous
+    assert readable_after(owner) == 0  # owns its memory: no base
+    assert readable_after(owner[:10].view(np.uint8)) == 30 * size  # another dtype over the same buffer
+    chained = np.frombuffer(owner.tobytes(), dtype)[:5]  # its base is not an ndarray
+    assert readable_after(chained) == 0
+
+
 def test_step_widths_timed_per_variant_and_the_rule_keeps_to_registers():
     from sparsify.kernels.conv import _rule_widths, _step_widths, rule_widths, step_widths
     # AVX2's 16 registers hold two sets of 4 accumulators of width 8 only; 16 spills but is timed.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparsify.kernels import CSR, KernelArgumentError, SparseLinear, get_threads, set_threads, warmup
-from sparsify.kernels import _depthwise3x3_jit, _depthwise_jit, _jit, norm
+from sparsify.kernels import _depthwise3x3_jit, _depthwise_jit, _jit, buffers, norm
 from sparsify.kernels.conv import step_widths
 from sparsify.kernels.spmm import pack_lanes
 from tests.helpers import assert_close
@@ -56,6 +56,7 @@ def test_set_threads_rejects(bad):
 
 def test_warmup_compiles_every_tile_and_dtype():
     warmup()
+    assert {str(sig[0].dtype) for sig in buffers._bytes_after.signatures} >= {"float32", "float64"}
     kernels = ([_jit.spmv, _jit.pad_phases, _jit.pack_rows_kernel(pack_lanes()), _jit.pad_input, _jit.subsample]
                + [_jit.spmm_kernel(t) for t in _jit.TILES]
                + [_jit.direct_conv_kernel(t) for t in _jit.TILES]
