@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,7 +23,7 @@ from sparsify.sparse_ops import CONV_OP, DOMAIN, check_input_shape
 from sparsify.kernels import KernelValueError
 from sparsify.onnxfile import inferred_graph, tensor_array
 from sparsify.runtime import glue
-from sparsify.runtime.loader import SparseLayer
+from sparsify.runtime.loader import SparseLayer, is_sparse_node
 
 # "numpy": glue-only segments run in numpy (ORT for the rest); "ort": every standard segment in ORT.
 GLUE_POLICIES = ("numpy", "ort")
@@ -378,18 +379,36 @@ def standard_runs(nodes: Sequence[onnx.NodeProto], sparse: set[int]) -> list[lis
     return [idx for kind, idx in _groups(nodes, sparse) if kind == "std"]
 
 
-def declared_types(model: onnx.ModelProto, layers: dict[int, SparseLayer]) -> dict[str, onnx.TypeProto]:
+def declared_types(model: onnx.ModelProto, outputs: Mapping[str, int]) -> dict[str, onnx.TypeProto]:
     """:func:`value_types` of ``model`` once the element type of every sparse output the file
-    leaves untyped is declared in it (shape inference stops at our ops otherwise; the model is
-    ours to edit)."""
+    leaves untyped (``outputs``: name -> TensorProto element type, :func:`sparse_output_types`)
+    is declared in it (shape inference stops at our ops otherwise; the model is ours to edit)."""
     g = model.graph
     declared = {vi.name for vi in [*g.value_info, *g.output]}
-    for layer in layers.values():
-        if layer.output not in declared:
-            data_type = TensorProto.DOUBLE if layer.csr.dtype == np.float64 else TensorProto.FLOAT
-            g.value_info.append(helper.make_tensor_value_info(layer.output, data_type, None))
-            declared.add(layer.output)
+    for name, data_type in outputs.items():
+        if name not in declared:
+            g.value_info.append(helper.make_tensor_value_info(name, data_type, None))
+            declared.add(name)
     return value_types(model)
+
+
+def sparse_output_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of each ``ai.sparsify`` node's output, read from the file before its
+    layers are built: its weight values' (double or float; a file whose values tensor is
+    missing or of another type fails when its layer is built)."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    return {n.output[0]: TensorProto.DOUBLE if len(n.input) > 1 and inits.get(n.input[1]) == TensorProto.DOUBLE
+            else TensorProto.FLOAT for n in model.graph.node if is_sparse_node(n) and n.output and n.output[0]}
+
+
+def least_rows_per_call(types: Mapping[str, onnx.TypeProto], name: str) -> int | None:
+    """The fewest rows a Linear whose input is value ``name`` hands its kernel in a call that has
+    any: the product of the dims the file fixes, all but the features (a dim it leaves open,
+    such as the batch, counts 1); None when the input's rank is unknown."""
+    dims = _dims(types.get(name))
+    if not dims:
+        return None
+    return math.prod(d for d in dims[:-1] if isinstance(d, int))
 
 
 def input_dims(layer: SparseLayer, types: dict[str, onnx.TypeProto]) -> list[int | None] | None:
@@ -408,7 +427,7 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
         raise ValueError(f"glue policy {glue_policy!r} should be one of {GLUE_POLICIES}")
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    types = declared_types(model, layers) if types is None else types
+    types = declared_types(model, sparse_output_types(model)) if types is None else types
     check_layer_inputs(layers, types, where)
     groups = _groups(list(g.node), set(layers))
     reads_after: list[set[str]] = [set() for _ in groups]

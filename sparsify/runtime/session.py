@@ -14,11 +14,12 @@ import onnx
 
 from sparsify.errors import DataError
 from sparsify.ort_types import NUMPY_DTYPES, ort_type_string
+from sparsify.sparse_ops import LINEAR_OP
 from sparsify.runtime.conversion_record import describe_record, host_differs, read_record
 from sparsify.runtime.graphcheck import check_graph
 from sparsify.runtime.loader import build_sparse_layer, is_sparse_node, load_model
 from sparsify.runtime.partition import (GLUE_POLICIES, Step, declared_types, describe, input_dims, partition,
-                                        whole_model_step)
+                                        least_rows_per_call, sparse_output_types, whole_model_step)
 from sparsify.runtime.profile import Profiler, RunProfile
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +141,9 @@ class Session:
         self.conversion = describe_record(record, self.threads)
         self.conversion_elsewhere = host_differs(record, self.threads)
         inits = {i.name: i for i in model.graph.initializer}
-        self.layers = {i: build_sparse_layer(n, inits, where, batch1) for i, n in enumerate(model.graph.node)
-                       if is_sparse_node(n)}
+        types = declared_types(model, sparse_output_types(model))
+        self.layers = {i: build_sparse_layer(n, inits, where, self._batch1_choice(n, types, batch1))
+                       for i, n in enumerate(model.graph.node) if is_sparse_node(n)}
         # The linear layers run one after another: their batch-1 layouts are chosen together,
         # each kept only where it beats the CSR kernel on this host, and their forms (compact
         # or padded, prefetched or not) timed together against the size rules' (cached).
@@ -161,7 +163,6 @@ class Session:
         prefix = None if self._profile_dir is None else os.path.join(self._profile_dir.name, "ort")
         self.conv_timings: list[str] = []
         if self.layers:
-            types = declared_types(model, self.layers)
             self.steps: list[Step] = partition(model, self.layers, self.threads, glue, where, prefix, types)
             # Each conv's step width, for the input size the file gives it, timed on this host.
             from sparsify.runtime.calibrate import choose_conv_step_widths
@@ -180,6 +181,19 @@ class Session:
                 label = ", ".join(step.nodes) + (f" ({step.detail()})" if step.detail else "")
                 timer = self._profiler.add(i, step.kind, label, step.op_types or step.nodes, step.session)
                 step.run = timer.wrap(step.run)
+
+    @staticmethod
+    def _batch1_choice(node: onnx.NodeProto, types: Mapping[str, onnx.TypeProto], batch1: str) -> str:
+        """``batch1`` for a Linear node, but "csr" (no batch-1 layout) when the dims the file fixes
+        give every call more rows than the batch-1 kernels take (a transformer's 128 tokens at
+        any batch): that layout would never run, and it would take memory, load time and the
+        batch-1 layouts' shared cache budget (``fit_batch1_layouts``)."""
+        from sparsify.kernels.spmm import ELL_ROWS_MAX_BATCH
+
+        if node.op_type != LINEAR_OP or not node.input:
+            return batch1
+        rows = least_rows_per_call(types, node.input[0])
+        return "csr" if rows is not None and rows > ELL_ROWS_MAX_BATCH else batch1
 
     # -- ORT-like interface -------------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:

@@ -272,3 +272,36 @@ def test_values_are_dropped_after_their_last_reader():
              step(["y", "c"], ["z"])]
     dead = dead_after(steps, ["y", "z"])
     assert [sorted(d) for d in dead] == [["unused", "x"], [], ["a", "b"], ["c"]]
+
+
+@pytest.mark.parametrize("tokens, keeps_layout", [(6, False), (4, True), (None, True)])
+def test_linear_fed_more_rows_than_batch1_kernels_take_builds_no_batch1_layout(tmp_path, monkeypatch, tokens,
+                                                                               keeps_layout):
+    # A transformer's Linear sees batch x tokens rows per call: with the tokens fixed above
+    # ELL_ROWS_MAX_BATCH its batch-1 layout could never run, whatever the (open) batch.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsify.kernels import SparseLinear, ell
+    from sparsify.kernels.spmm import ELL_ROWS_MAX_BATCH
+    from sparsify.passes.csr import CsrPass
+    assert tokens is None or (tokens > ELL_ROWS_MAX_BATCH) != keeps_layout
+    for name, geo in list(ell.GEOMETRIES.items()):  # the layout at any fill
+        monkeypatch.setitem(ell.GEOMETRIES, name, geo._replace(min_fill=0.0))
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 24)).astype(np.float32) * (rng.random((16, 24)) < 0.2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens or "tokens", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens or "tokens", 24])],
+        [numpy_helper.from_array(w, "w")])
+    dense = tmp_path / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(dense))
+    sparse = tmp_path / "sparse.onnx"
+    onnx.save(CsrPass(density_threshold=1.0).call(onnx.load(str(dense))).model, str(sparse))
+    sess = Session(sparse, threads=2)
+    (layer,) = [layer.kernel for layer in sess.layers.values() if isinstance(layer.kernel, SparseLinear)]
+    assert (layer.ell is not None) == (keeps_layout and ell.AVAILABLE)
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, tokens or 2, 16)).astype(np.float32)
+        assert_close(sess.run(None, {"x": x})[0], ort_run(dense, x))
