@@ -265,19 +265,21 @@ def spmm_kernel(tile: int):
     if tile not in TILES:
         raise ValueError(f"tile {tile} should be one of {TILES}")
     @numba.njit(parallel=True, cache=True, nogil=True, fastmath=SPMM_FASTMATH, error_model="numpy")
-    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_t, s_r, s_b, valid, group,
+    def spmm(data, indices, indptr, xp, bias, act, out, off, s_n, s_t, s_r, s_b, head, s_h, valid, group,
              block_nnz, bounds):
         """Y[n, r, b] = act(bias[r] + sum_j data[j] * X[n, indices[j], b]) for b < valid.
 
         The input is packed: ``xp[n, b // tile, c, b % tile] = X[n, c, b]`` (C-contiguous,
         zero beyond ``valid``), so each nonzero scales one contiguous ``tile``-vector and
         a tile's working set is in*tile values. ``Y[n, r, b]`` is stored at
-        ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (b % tile)*s_b]`` (``out`` is a flat
-        buffer): the same kernel writes (batch, out) linear outputs (``s_r == 1``) and
-        NCHW conv outputs (``s_b == 1``); one of the two strides must be 1. It computes
-        OUT_ROWS rows before storing them, so in the linear layout each batch column gets
-        one run of OUT_ROWS adjacent values (``store_columns``) instead of one scattered
-        value per cache line. Work items are (image, row chunk).
+        ``out[off + n*s_n + (b // tile)*s_t + r*s_r + (r // head)*s_h + (b % tile)*s_b]``
+        (``out`` is a flat buffer): the same kernel writes (batch, out) linear outputs
+        (``s_r == 1``), the same split into heads of ``head`` rows laid out head-major
+        (``s_h``: attention's Reshape and Transpose; ``head`` at least the rows and ``s_h``
+        0 otherwise) and NCHW conv outputs (``s_b == 1``); one of ``s_r`` and ``s_b`` must
+        be 1. It computes up to OUT_ROWS rows of one head before storing them, so in the
+        linear layout each batch column gets one run of adjacent values (``store_columns``)
+        instead of one scattered value per cache line. Work items are (image, row chunk).
         """
         n_img = xp.shape[0]
         n_tiles = xp.shape[1]
@@ -300,20 +302,22 @@ def spmm_kernel(tile: int):
                         xf = xp[n, ti].reshape(-1)
                         b0 = ti * tile
                         w = min(tile, valid - b0)
-                        for rb in range(r_lo, r_hi, OUT_ROWS):
-                            nr = min(OUT_ROWS, r_hi - rb)
+                        rb = r_lo
+                        while rb < r_hi:
+                            nr = min(OUT_ROWS, r_hi - rb, head - rb % head)
                             for i in range(nr):
                                 lo, hi = np.uintp(indptr[rb + i]), np.uintp(indptr[rb + i + 1])
                                 tile_row(data, indices, lo, hi, xf, bias[rb + i], acc[i * tile:],
                                          tile)
                             activate_block(acc, 0, nr * tile, act)
-                            pos = base + ti * s_t + rb * s_r
+                            pos = base + ti * s_t + rb * s_r + (rb // head) * s_h
                             if s_b == 1:  # batch positions contiguous (conv): row by row
                                 for i in range(nr):
                                     for t in range(w):
                                         out[pos + i * s_r + t] = acc[i * tile + t]
                             else:  # rows contiguous (linear, s_r == 1): a run per column
                                 store_columns(acc, tile, nr, w, out, pos, s_b)
+                            rb += nr
                     r_lo = r_hi
 
     return spmm

@@ -228,6 +228,36 @@ class SparseLinear:
         self._run(x, out, batch, n_chunks, variant)
         return out
 
+    def head_major(self, x: np.ndarray, heads: int) -> np.ndarray:
+        """``layer(x)`` for ``x`` (N, T, in_features) split into ``heads`` heads and laid out
+        head-major, (N, heads, T, out_features // heads): attention's Reshape to (N, T, heads,
+        D) and Transpose (0, 2, 1, 3), with no pass of their own where the batched kernel runs
+        (T rows above ELL_ROWS_MAX_BATCH); the values are the layer's, bit for bit."""
+        out, _ = linear_output(x, None, self.dtype, self.in_features, self.out_features)
+        if x.ndim != 3:
+            raise KernelArgumentError(f"head_major input shape {x.shape} should be (N, T, {self.in_features})")
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or self.out_features % heads:
+            raise KernelArgumentError(f"heads {heads!r} should be an int >= 1 dividing out_features "
+                                      f"{self.out_features}")
+        n, t = x.shape[:2]
+        d = self.out_features // heads
+        if n * t == 0 or t <= ELL_ROWS_MAX_BATCH:  # the row kernels: their rows, rearranged
+            y = self(x)
+            return np.ascontiguousarray(y.reshape(n, t, heads, d).transpose(0, 2, 1, 3))
+        y = np.empty((n, heads, t, d), self.dtype)
+        variant, n_chunks = launch(self.weight.nnz * n * t)
+        tile = pick_tile(t, widest_tile(self.variant))
+        xp = self._scratch.get((n, -(-t // tile), self.in_features, tile), self.dtype)
+        pack = variant(_jit.pack_rows_kernel(pack_lanes(self.variant)))
+        x = np.ascontiguousarray(x)
+        for i in range(n):
+            pack(x[i], xp[i:i + 1])
+        kernel = variant(_jit.spmm_kernel(tile))
+        group = _jit.tile_group(self.in_features, tile, xp.itemsize)
+        kernel(*self._csr_arrays, xp, self.bias, self._act, y.reshape(-1), 0, heads * t * d, tile * d, 1, d, d,
+               (t - 1) * d, t, group, _jit.BLOCK_NNZ, self._chunks.bounds(n_chunks))
+        return y
+
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
         bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
@@ -243,7 +273,7 @@ class SparseLinear:
         kernel = variant(_jit.spmm_kernel(tile))
         group = _jit.tile_group(self.in_features, tile, xp.itemsize)
         kernel(*self._csr_arrays, xp, self.bias, self._act, out.reshape(-1),
-               0, 0, tile * self.out_features, 1, self.out_features, batch, group,
+               0, 0, tile * self.out_features, 1, self.out_features, self.out_features, 0, batch, group,
                _jit.BLOCK_NNZ, bounds)
 
     def describe_batch1(self) -> str:

@@ -218,6 +218,102 @@ def _residual_step(layer: SparseLayer, fusion: ResidualFusion, where: str) -> St
                 [layer.op_type] + [n.op_type for n in fusion.nodes])
 
 
+@dataclasses.dataclass
+class HeadSplit:
+    """A sparse Linear whose output only a Reshape to (N, T, heads, D) reads, and that Reshape's
+    output only a Transpose (0, 2, 1, 3): attention's split into heads, run as the layer's
+    head-major store (``SparseLinear.head_major``)."""
+
+    reshape: onnx.NodeProto
+    transpose: onnx.NodeProto
+    shape: tuple[int, ...]  # the Reshape's target, as the file gives it (no 0 where it sets allowzero)
+
+    @property
+    def nodes(self) -> list[onnx.NodeProto]:
+        return [self.reshape, self.transpose]
+
+    @property
+    def heads(self) -> int:
+        return self.shape[2]
+
+    def target(self, x_shape: tuple[int, ...], features: int) -> tuple[int, ...] | None:
+        """The Reshape's output shape for the layer's input shape ``x_shape`` (N, T, in), as
+        ONNX resolves 0 (copy) and -1 (infer); None when it cannot."""
+        dims = list(x_shape[:-1]) + [features]
+        out = [dims[i] if d == 0 and i < len(dims) else d for i, d in enumerate(self.shape)]
+        if out.count(-1) == 1:
+            known = math.prod(d for d in out if d != -1)
+            total = math.prod(dims)
+            if known <= 0 or total % known:
+                return None
+            out[out.index(-1)] = total // known
+        return tuple(out) if -1 not in out and math.prod(out) == math.prod(dims) else None
+
+
+def plan_head_split(layer: SparseLayer, nodes: Sequence[onnx.NodeProto], readers: Mapping[str, list[int]],
+                    inits: Mapping[str, Any]) -> tuple[HeadSplit, list[int]] | None:
+    """The fusion of sparse Linear ``layer`` with the Reshape and Transpose that split its output
+    into heads head-major (shape [N or 0 or -1, T or 0 or -1, heads, D] with heads * D its
+    outputs, perm (0, 2, 1, 3)), wherever in ``nodes`` they run, and their indices; None
+    otherwise. ``readers`` maps each value to the indices of the nodes that read it (a graph
+    output also has the reader -1): the layer's output and the Reshape's must each have one."""
+    kernel = layer.kernel
+    if layer.op_type == CONV_OP or not hasattr(kernel, "head_major"):
+        return None
+    first = readers.get(layer.output, [])
+    if len(first) != 1 or first[0] < 0:
+        return None
+    r = first[0]
+    reshape = nodes[r]
+    if (reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx") or len(reshape.input) != 2
+            or reshape.input[0] != layer.output or reshape.input[1] not in inits):
+        return None
+    after = readers.get(reshape.output[0], [])
+    if len(after) != 1 or after[0] < 0:
+        return None
+    transpose = nodes[after[0]]
+    if (transpose.op_type != "Transpose" or transpose.domain not in ("", "ai.onnx")
+            or list(transpose.input) != [reshape.output[0]]
+            or [list(a.ints) for a in transpose.attribute if a.name == "perm"] != [[0, 2, 1, 3]]):
+        return None
+    try:
+        shape = tuple(int(d) for d in tensor_array(inits[reshape.input[1]], "model").reshape(-1))
+    except Exception:  # noqa: BLE001 - a shape the Reshape itself would reject: left to it
+        return None
+    allowzero = any(a.name == "allowzero" and a.i for a in reshape.attribute)
+    if (len(shape) != 4 or shape[2] < 1 or shape[3] < 1 or shape[2] * shape[3] != kernel.out_features
+            or any(d < -1 for d in shape[:2]) or (allowzero and 0 in shape)):
+        return None
+    return HeadSplit(reshape, transpose, shape), [r, after[0]]
+
+
+def _head_split_step(layer: SparseLayer, split: HeadSplit, where: str) -> Step:
+    """The kernel call of a sparse Linear storing its output split into heads head-major; an
+    input the Reshape would not turn into (N, T, heads, D) runs the three ops apart."""
+    kernel, label = layer.kernel, f"{where}: {layer.op_type} node {layer.node_name!r}"
+    heads = split.heads
+
+    def run(xs: list[Any]) -> list[np.ndarray]:
+        x = xs[0]
+        try:
+            if type(x) is np.ndarray and x.ndim == 3 and split.target(x.shape, kernel.out_features) == (
+                    x.shape[0], x.shape[1], heads, kernel.out_features // heads):
+                return [kernel.head_major(x, heads)]
+            y = kernel(x)
+        except KernelValueError as exc:
+            raise KernelInputError(f"{label}: {exc}") from None
+        target = split.target(y.shape[:-1] + (layer.csr.shape[1],), kernel.out_features) if y.ndim >= 1 else None
+        if target is None or len(target) != 4:
+            raise KernelInputError(f"{where}: Reshape node {split.reshape.name or split.reshape.output[0]!r} "
+                                   f"cannot reshape an input of shape {list(y.shape)} to {list(split.shape)}")
+        return [np.ascontiguousarray(y.reshape(target).transpose(0, 2, 1, 3))]
+
+    nodes = [layer.node_name] + [n.name or n.op_type for n in split.nodes]
+    detail = getattr(kernel, "describe_batch1", None)
+    return Step("sparse", [layer.input], [split.transpose.output[0]], run, nodes, detail,
+                [layer.op_type] + [n.op_type for n in split.nodes])
+
+
 def _shapes(values: Sequence[Any]) -> list[Any]:
     return [list(v.shape) if hasattr(v, "shape") else type(v).__name__ for v in values]
 
@@ -436,6 +532,10 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
         reads_after[k] = set(later)
         for i in groups[k][1]:
             later.update(_node_inputs(g.node[i]))
+    readers: dict[str, list[int]] = {o.name: [-1] for o in g.output}
+    for i, n in enumerate(g.node):
+        for v in set(_node_inputs(n)):
+            readers.setdefault(v, []).append(i)
     steps: list[Step] = []
     fused: set[int] = set()  # standard nodes (indices) run inside a sparse step
     for k, (kind, idx) in enumerate(groups):
@@ -443,11 +543,16 @@ def partition(model: onnx.ModelProto, layers: dict[int, SparseLayer], threads: i
             layer = layers[idx[0]]
             const = tensor_array(inits[layer.input], where) if layer.input in inits else None
             following = [g.node[i] for i in groups[k + 1][1]] if k + 1 < len(groups) and glue_policy == "numpy" else []
-            fusion = None if const is not None else plan_residual_fusion(
-                layer, following, reads_after[k + 1] if following else set(), inits, types)
+            read_later = reads_after[k + 1] if following else set()
+            fusion = None if const is not None else plan_residual_fusion(layer, following, read_later, inits, types)
+            split = None if const is not None or fusion is not None or glue_policy != "numpy" else plan_head_split(
+                layer, g.node, readers, inits)
             if fusion is not None:
                 fused.update(groups[k + 1][1][:len(fusion.nodes)])  # the run's first nodes
                 steps.append(_residual_step(layer, fusion, where))
+            elif split is not None:
+                fused.update(split[1])  # wherever the schedule put them: after the layer
+                steps.append(_head_split_step(layer, split[0], where))
             else:
                 steps.append(_sparse_step(layer, const, where))
             continue
