@@ -124,13 +124,15 @@ class SparseConv2d:
         """The step width for inputs of spatial size (height, width): the one set for that size
         (:meth:`set_step_width`, e.g. timed on this host), else the size rule's; None for
         block weights."""
+        return self._step_width(height, width, *self.output_size(height, width))
+
+    def _step_width(self, height: int, width: int, ho: int, wo: int) -> int | None:
+        """:meth:`step_width` for an input whose (ho, wo) output the caller has."""
         if self._block:
             return None
         chosen = self._step_widths.get((height, width))
-        return chosen if chosen is not None else self._rule_width(*self.output_size(height, width))
-
-    def _rule_width(self, ho: int, wo: int) -> int:
-        """The size rule's step width for an (ho, wo) output."""
+        if chosen is not None:
+            return chosen
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             return pointwise_width(ho * wo, rule_widths())
         return pick_tile(wo, max(rule_widths()))
@@ -194,7 +196,7 @@ class SparseConv2d:
         if n == 0 or o == 0:
             return y
         res = _no_residual(self.dtype) if residual is None else residual
-        step = None if self._block else (self._step_widths.get((h, w)) or self._rule_width(ho, wo))
+        step = self._step_width(h, w, ho, wo)
         if self.kernel_size == (1, 1) and self.padding == (0, 0):
             self._pointwise(x, y, res, act, step)
             return y

@@ -233,7 +233,7 @@ class SparseLinear:
         head-major, (N, heads, T, out_features // heads): attention's Reshape to (N, T, heads,
         D) and Transpose (0, 2, 1, 3), with no pass of their own where the batched kernel runs
         (T rows above ELL_ROWS_MAX_BATCH); the values are the layer's, bit for bit."""
-        out, _ = linear_output(x, None, self.dtype, self.in_features, self.out_features)
+        check_linear_input(x, self.dtype, self.in_features)
         if x.ndim != 3:
             raise KernelArgumentError(f"head_major input shape {x.shape} should be (N, T, {self.in_features})")
         if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or self.out_features % heads:
@@ -245,36 +245,34 @@ class SparseLinear:
             y = self(x)
             return np.ascontiguousarray(y.reshape(n, t, heads, d).transpose(0, 2, 1, 3))
         y = np.empty((n, heads, t, d), self.dtype)
-        variant, n_chunks = launch(self.weight.nnz * n * t)
+        self._spmm(np.ascontiguousarray(x), y.reshape(-1), heads, *launch(self.weight.nnz * n * t))
+        return y
+
+    def _spmm(self, x: np.ndarray, out: np.ndarray, heads: int, variant, n_chunks: int | None) -> None:
+        """Flat ``out`` = the layer on C-contiguous ``x`` (N, T, in_features) through the batched
+        kernel, each image's (T, out_features) output split into ``heads`` heads laid out
+        head-major (1: as it is)."""
+        n, t = x.shape[:2]
+        d = self.out_features // heads
         tile = pick_tile(t, widest_tile(self.variant))
         xp = self._scratch.get((n, -(-t // tile), self.in_features, tile), self.dtype)
         pack = variant(_jit.pack_rows_kernel(pack_lanes(self.variant)))
-        x = np.ascontiguousarray(x)
         for i in range(n):
             pack(x[i], xp[i:i + 1])
         kernel = variant(_jit.spmm_kernel(tile))
-        group = _jit.tile_group(self.in_features, tile, xp.itemsize)
-        kernel(*self._csr_arrays, xp, self.bias, self._act, y.reshape(-1), 0, heads * t * d, tile * d, 1, d, d,
-               (t - 1) * d, t, group, _jit.BLOCK_NNZ, self._chunks.bounds(n_chunks))
-        return y
+        kernel(*self._csr_arrays, xp, self.bias, self._act, out, 0, heads * t * d, tile * d, 1, d, d, (t - 1) * d, t,
+               _jit.tile_group(self.in_features, tile, xp.itemsize), _jit.BLOCK_NNZ, self._chunks.bounds(n_chunks))
 
     def _run(self, x: np.ndarray, out: np.ndarray, batch: int, n_chunks: int | None, variant) -> None:
-        bounds = self._chunks.bounds(n_chunks)
         if batch == 1:
             xv = x.reshape(-1)
             if not xv.flags.c_contiguous:
                 xv = np.ascontiguousarray(xv)
-            variant(_jit.spmv)(*self._csr_arrays, xv, self.bias, self._act, out.reshape(-1), bounds)
+            variant(_jit.spmv)(*self._csr_arrays, xv, self.bias, self._act, out.reshape(-1),
+                               self._chunks.bounds(n_chunks))
             return
-        x2 = x.reshape(batch, self.in_features)
-        tile = pick_tile(batch, widest_tile(self.variant))
-        xp = self._scratch.get((1, -(-batch // tile), self.in_features, tile), self.dtype)
-        variant(_jit.pack_rows_kernel(pack_lanes(self.variant)))(np.ascontiguousarray(x2), xp)
-        kernel = variant(_jit.spmm_kernel(tile))
-        group = _jit.tile_group(self.in_features, tile, xp.itemsize)
-        kernel(*self._csr_arrays, xp, self.bias, self._act, out.reshape(-1),
-               0, 0, tile * self.out_features, 1, self.out_features, self.out_features, 0, batch, group,
-               _jit.BLOCK_NNZ, bounds)
+        self._spmm(np.ascontiguousarray(x.reshape(1, batch, self.in_features)), out.reshape(-1), 1, variant,
+                   n_chunks)
 
     def describe_batch1(self) -> str:
         """Which kernel batch-1 calls run, e.g. ``"batch 1: sliced ELL, compact, fill 0.50"``
@@ -528,19 +526,25 @@ def _identity(kernel):
     return kernel
 
 
-def linear_output(x, out, dtype: np.dtype, in_features: int, out_features: int) -> tuple[np.ndarray, int]:
-    """(output array, batch rows) of a linear layer's call on ``x`` (..., in_features), after
-    checking ``x`` and a given ``out`` (KernelArgumentError naming what is wrong)."""
+def check_linear_input(x, dtype: np.dtype, in_features: int) -> None:
+    """KernelArgumentError naming what is wrong unless ``x`` is an array (..., in_features) of
+    ``dtype``."""
     if not isinstance(x, np.ndarray):
         raise KernelArgumentError(f"input should be a numpy array, got {type(x).__name__}")
     if x.dtype is not dtype and x.dtype != dtype:
         raise KernelArgumentError(
             f"input dtype {x.dtype} should be {dtype} (the weight's dtype); "
             "convert it explicitly")
-    shape = x.shape
-    if not shape or shape[-1] != in_features:
+    if not x.shape or x.shape[-1] != in_features:
         raise KernelArgumentError(
-            f"input shape {shape} should end in {in_features} (in_features)")
+            f"input shape {x.shape} should end in {in_features} (in_features)")
+
+
+def linear_output(x, out, dtype: np.dtype, in_features: int, out_features: int) -> tuple[np.ndarray, int]:
+    """(output array, batch rows) of a linear layer's call on ``x`` (..., in_features), after
+    checking ``x`` and a given ``out`` (KernelArgumentError naming what is wrong)."""
+    check_linear_input(x, dtype, in_features)
+    shape = x.shape
     out_shape = shape[:-1] + (out_features,)
     if out is None:
         out = np.empty(out_shape, dtype=dtype)

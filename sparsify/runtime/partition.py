@@ -236,10 +236,9 @@ class HeadSplit:
     def heads(self) -> int:
         return self.shape[2]
 
-    def target(self, x_shape: tuple[int, ...], features: int) -> tuple[int, ...] | None:
-        """The Reshape's output shape for the layer's input shape ``x_shape`` (N, T, in), as
+    def target(self, dims: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The Reshape's output shape for an input of shape ``dims`` (the layer's output), as
         ONNX resolves 0 (copy) and -1 (infer); None when it cannot."""
-        dims = list(x_shape[:-1]) + [features]
         out = [dims[i] if d == 0 and i < len(dims) else d for i, d in enumerate(self.shape)]
         if out.count(-1) == 1:
             known = math.prod(d for d in out if d != -1)
@@ -296,14 +295,14 @@ def _head_split_step(layer: SparseLayer, split: HeadSplit, where: str) -> Step:
     def run(xs: list[Any]) -> list[np.ndarray]:
         x = xs[0]
         try:
-            if type(x) is np.ndarray and x.ndim == 3 and split.target(x.shape, kernel.out_features) == (
-                    x.shape[0], x.shape[1], heads, kernel.out_features // heads):
+            if type(x) is np.ndarray and x.ndim == 3 and split.target((*x.shape[:2], kernel.out_features)) == (
+                    *x.shape[:2], heads, kernel.out_features // heads):
                 return [kernel.head_major(x, heads)]
             y = kernel(x)
         except KernelValueError as exc:
             raise KernelInputError(f"{label}: {exc}") from None
-        target = split.target(y.shape[:-1] + (layer.csr.shape[1],), kernel.out_features) if y.ndim >= 1 else None
-        if target is None or len(target) != 4:
+        target = split.target(y.shape)
+        if target is None:
             raise KernelInputError(f"{where}: Reshape node {split.reshape.name or split.reshape.output[0]!r} "
                                    f"cannot reshape an input of shape {list(y.shape)} to {list(split.shape)}")
         return [np.ascontiguousarray(y.reshape(target).transpose(0, 2, 1, 3))]
